@@ -1,0 +1,305 @@
+//! The candle backend: validated IR -> [`CandleModel`] (CPU; CUDA behind `cuda`).
+//!
+//! Parameters are candle `Var`s named after the model's structure:
+//!
+//! | name                                   | shape                |
+//! |----------------------------------------|----------------------|
+//! | `features.{f}.embedding`               | `[rows, dim]`        |
+//! | `layers.{l}.experts.{i}.weight`        | `[E, d_i, d_{i+1}]`  |
+//! | `layers.{l}.experts.{i}.bias`          | `[E, d_{i+1}]`       |
+//! | `layers.{l}.gates.weight`              | `[G, d_in, E]`       |
+//! | `layers.{l}.gates.bias`                | `[G, E]`             |
+//! | `tasks.{t}.tower.{i}.weight` / `.bias` | `[d_i, d_{i+1}]` / `[d_{i+1}]` |
+//!
+//! A layer's experts are one fused tensor per MLP depth and run as one GEMM (first
+//! depth) or one batched matmul (deeper); all gates of a layer are one matmul; the
+//! mixture is one batched matmul `[B, G, E] x [B, E, h]`. No loop over experts, no
+//! host round-trip in `forward`.
+
+mod fused;
+
+pub use fused::{ExpertStack, GateBank};
+
+use candle_core::{DType, Tensor, Var, D};
+
+use super::{Backend, Device};
+use crate::data::Dataset;
+use crate::ir::{Activation, FeatureKind, Model, Stream, TaskOutput, Validated};
+use crate::rng::Rng;
+
+pub type Result<T> = candle_core::Result<T>;
+
+/// Maps our device enum to candle's.
+pub fn candle_device(d: Device) -> Result<candle_core::Device> {
+    match d {
+        Device::Cpu => Ok(candle_core::Device::Cpu),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => candle_core::Device::new_cuda(n),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(candle_core::Error::Msg("this multigate was built without the `cuda` feature; rebuild with --features cuda".into())),
+    }
+}
+
+/// The candle backend for one device.
+pub struct CandleBackend {
+    pub device: candle_core::Device,
+}
+
+impl Backend for CandleBackend {
+    type Model = CandleModel;
+    type Error = candle_core::Error;
+    fn build(&self, model: &Validated, seed: u64) -> Result<CandleModel> {
+        CandleModel::new(model, seed, &self.device)
+    }
+}
+
+/// One minibatch on the device.
+pub struct Batch {
+    /// Per categorical feature: table rows `[B]` (u32).
+    pub cat: Vec<Tensor>,
+    /// All dense values `[B, dense_width]`, or None when the model has no dense input.
+    pub dense: Option<Tensor>,
+    /// Per task: labels `[B]` (empty when the data has none).
+    pub labels: Vec<Tensor>,
+    pub size: usize,
+}
+
+impl Batch {
+    /// Gathers rows `idx` of `ds` into device tensors.
+    pub fn gather(ds: &Dataset, idx: &[usize], device: &candle_core::Device) -> Result<Batch> {
+        let b = idx.len();
+        let cat = ds
+            .cat
+            .iter()
+            .map(|c| Tensor::from_vec(idx.iter().map(|&i| c[i]).collect::<Vec<u32>>(), b, device))
+            .collect::<Result<Vec<_>>>()?;
+        let w = ds.dense_width;
+        let dense = if w > 0 {
+            let mut v = Vec::with_capacity(b * w);
+            for &i in idx {
+                v.extend_from_slice(&ds.dense[i * w..(i + 1) * w]);
+            }
+            Some(Tensor::from_vec(v, (b, w), device)?)
+        } else {
+            None
+        };
+        let labels = ds
+            .labels
+            .iter()
+            .filter(|l| !l.is_empty())
+            .map(|l| Tensor::from_vec(idx.iter().map(|&i| l[i]).collect::<Vec<f32>>(), b, device))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Batch { cat, dense, labels, size: b })
+    }
+}
+
+/// The forward pass's results.
+pub struct Output {
+    /// Per task: the logit (binary) or the prediction (regression), `[B]`.
+    pub heads: Vec<Tensor>,
+    /// Per gated layer: gate weights `[B, G, E]` (per-task streams: `[B*T, 1, E]`
+    /// reshaped to `[B, T, E]`).
+    pub gates: Vec<Tensor>,
+}
+
+struct Tower {
+    layers: Vec<(Var, Var)>,
+    activation: Activation,
+}
+
+struct LayerParams {
+    experts: ExpertStack,
+    gates: Option<GateBank>,
+}
+
+/// A model built from IR, ready to train.
+pub struct CandleModel {
+    pub ir: Model,
+    pub device: candle_core::Device,
+    /// Every parameter with its checkpoint name, in a stable order.
+    pub vars: Vec<(String, Var)>,
+    embeddings: Vec<Option<Var>>,
+    layers: Vec<LayerParams>,
+    towers: Vec<Tower>,
+}
+
+/// Glorot-uniform init from our seeded RNG, as `[.., fan_in, fan_out]`.
+fn glorot(rng: &mut Rng, shape: &[usize], fan_in: usize, fan_out: usize, device: &candle_core::Device) -> Result<Var> {
+    let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * limit) as f32).collect();
+    Var::from_tensor(&Tensor::from_vec(v, shape, device)?)
+}
+
+fn zeros(shape: &[usize], device: &candle_core::Device) -> Result<Var> {
+    Var::zeros(shape, DType::F32, device)
+}
+
+pub(crate) fn activate(x: &Tensor, a: Activation) -> Result<Tensor> {
+    match a {
+        Activation::Relu => x.relu(),
+        Activation::Tanh => x.tanh(),
+        Activation::Sigmoid => (x.neg()?.exp()? + 1.0)?.recip(),
+        Activation::Gelu => x.gelu(),
+        Activation::Linear => Ok(x.clone()),
+    }
+}
+
+impl CandleModel {
+    /// Builds and initialises every parameter from `seed`.
+    pub fn new(model: &Validated, seed: u64, device: &candle_core::Device) -> Result<CandleModel> {
+        let ir = model.model().clone();
+        let mut rng = Rng::derive(seed, "init");
+        let mut vars = Vec::new();
+        let mut embeddings = Vec::new();
+        for f in &ir.features {
+            match &f.kind {
+                FeatureKind::Categorical { encoding, dim } => {
+                    let n = encoding.rows() * dim;
+                    let v: Vec<f32> = (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * 0.05) as f32).collect();
+                    let var = Var::from_tensor(&Tensor::from_vec(v, (encoding.rows(), *dim), device)?)?;
+                    vars.push((format!("features.{}.embedding", f.name), var.clone()));
+                    embeddings.push(Some(var));
+                }
+                FeatureKind::Dense { .. } => embeddings.push(None),
+            }
+        }
+        let mut layers = Vec::new();
+        for l in &ir.layers {
+            let e = &l.experts;
+            let mut ws = Vec::new();
+            for (i, w) in e.dims.windows(2).enumerate() {
+                let weight = glorot(&mut rng, &[e.count, w[0], w[1]], w[0], w[1], device)?;
+                let bias = zeros(&[e.count, w[1]], device)?;
+                vars.push((format!("layers.{}.experts.{i}.weight", l.name), weight.clone()));
+                vars.push((format!("layers.{}.experts.{i}.bias", l.name), bias.clone()));
+                ws.push((weight, bias));
+            }
+            let experts = ExpertStack { layers: ws, count: e.count, activation: e.activation };
+            let gates = if l.gates.is_empty() {
+                None
+            } else {
+                let g = l.gates.len();
+                let d_in = l.input.width();
+                let weight = glorot(&mut rng, &[g, d_in, e.count], d_in, e.count, device)?;
+                let bias = zeros(&[g, e.count], device)?;
+                vars.push((format!("layers.{}.gates.weight", l.name), weight.clone()));
+                vars.push((format!("layers.{}.gates.bias", l.name), bias.clone()));
+                Some(GateBank { weight, bias, gates: g, experts: e.count })
+            };
+            layers.push(LayerParams { experts, gates });
+        }
+        let mut towers = Vec::new();
+        for t in &ir.tasks {
+            let TaskOutput::Tower { dims, activation } = &t.output;
+            let mut ls = Vec::new();
+            for (i, w) in dims.windows(2).enumerate() {
+                let weight = glorot(&mut rng, &[w[0], w[1]], w[0], w[1], device)?;
+                let bias = zeros(&[w[1]], device)?;
+                vars.push((format!("tasks.{}.tower.{i}.weight", t.name), weight.clone()));
+                vars.push((format!("tasks.{}.tower.{i}.bias", t.name), bias.clone()));
+                ls.push((weight, bias));
+            }
+            towers.push(Tower { layers: ls, activation: *activation });
+        }
+        Ok(CandleModel { ir, device: device.clone(), vars, embeddings, layers, towers })
+    }
+
+    /// The concatenated input `[B, input_width]`.
+    fn inputs(&self, batch: &Batch) -> Result<Tensor> {
+        let mut pieces = Vec::with_capacity(self.ir.features.len() + self.ir.crosses.len());
+        let mut looked_up: Vec<Option<Tensor>> = Vec::with_capacity(self.ir.features.len());
+        let (mut cat_i, mut dense_off) = (0, 0);
+        for (f, emb) in self.ir.features.iter().zip(&self.embeddings) {
+            match (&f.kind, emb) {
+                (FeatureKind::Categorical { .. }, Some(table)) => {
+                    let ids = &batch.cat[cat_i];
+                    cat_i += 1;
+                    let e = table.as_tensor().index_select(ids, 0)?; // [B, dim]
+                    pieces.push(e.clone());
+                    looked_up.push(Some(e));
+                }
+                (FeatureKind::Dense { width, .. }, _) => {
+                    let dense = batch.dense.as_ref().ok_or_else(|| candle_core::Error::Msg("batch has no dense values".into()))?;
+                    pieces.push(dense.narrow(1, dense_off, *width)?); // [B, width]
+                    dense_off += width;
+                    looked_up.push(None);
+                }
+                _ => return Err(candle_core::Error::Msg("embedding table missing".into())),
+            }
+        }
+        for c in &self.ir.crosses {
+            match (&looked_up[c.a.0], &looked_up[c.b.0]) {
+                (Some(a), Some(b)) => pieces.push((a * b)?), // [B, dim]
+                _ => return Err(candle_core::Error::Msg("cross of a dense feature".into())),
+            }
+        }
+        if pieces.len() == 1 {
+            return pieces[0].contiguous();
+        }
+        Tensor::cat(&pieces, 1) // [B, input_width]
+    }
+
+    /// Runs the model. Shapes: see [`Output`].
+    pub fn forward(&self, batch: &Batch) -> Result<Output> {
+        let n_tasks = self.ir.tasks.len();
+        let mut h = self.inputs(batch)?; // [B, D] or [B, T, D]
+        let mut stream = Stream::Shared { width: self.ir.input_width };
+        let mut gates = Vec::new();
+        for (l, p) in self.ir.layers.iter().zip(&self.layers) {
+            let (out, g) = fused::forward_layer(&h, stream, l.output, &p.experts, p.gates.as_ref(), n_tasks)?;
+            if let Some(g) = g {
+                gates.push(g);
+            }
+            h = out;
+            stream = l.output;
+        }
+        // Per-task streams: [B, T, d] -> [T, B, d] so slot t is contiguous.
+        let per_task = match stream {
+            Stream::PerTask { .. } => Some(h.transpose(0, 1)?.contiguous()?),
+            Stream::Shared { .. } => None,
+        };
+        let mut heads = Vec::with_capacity(n_tasks);
+        for (t, tower) in self.towers.iter().enumerate() {
+            let mut x = match &per_task {
+                Some(pt) => pt.get(t)?, // [B, d]
+                None => h.clone(),
+            };
+            let last = tower.layers.len() - 1;
+            for (i, (w, b)) in tower.layers.iter().enumerate() {
+                x = x.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?;
+                if i < last {
+                    x = activate(&x, tower.activation)?;
+                }
+            }
+            heads.push(x.squeeze(D::Minus1)?); // [B]
+        }
+        Ok(Output { heads, gates })
+    }
+
+    /// Predictions in the task's units: probabilities for binary tasks.
+    pub fn predict(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
+        let out = self.forward(batch)?;
+        out.heads
+            .iter()
+            .zip(&self.ir.tasks)
+            .map(|(h, t)| match t.kind {
+                crate::ir::TaskKind::Binary => activate(h, Activation::Sigmoid)?.to_vec1::<f32>(),
+                crate::ir::TaskKind::Regression => h.to_vec1::<f32>(),
+            })
+            .collect()
+    }
+
+    /// Copies every parameter's current value (for best-epoch restore).
+    pub fn snapshot(&self) -> Result<Vec<Tensor>> {
+        self.vars.iter().map(|(_, v)| v.as_tensor().copy()).collect()
+    }
+
+    /// Restores values taken by [`snapshot`](Self::snapshot).
+    pub fn restore(&self, values: &[Tensor]) -> Result<()> {
+        for ((_, v), t) in self.vars.iter().zip(values) {
+            v.set(t)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! `multigate bench`: training and inference throughput with a per-phase breakdown.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+
+use super::{compile, Failure};
+use multigate::backend::candle::{candle_device, Batch, CandleModel};
+use multigate::backend::Device;
+use multigate::data;
+use multigate::ir::{DataSource, SyntheticKind};
+use multigate::train::adam::{Adam, AdamConfig};
+use multigate::train::batch_loss;
+
+pub fn bench(path: &Path, batch_size: usize, steps: usize, device: Device) -> Result<(), Failure> {
+    let (_, c) = compile(path)?;
+    let dev = candle_device(device)?;
+    let batch_size = batch_size.max(1);
+    let steps = steps.max(1);
+    // Enough distinct rows for 16 different batches; the categorical generator serves
+    // any spec without dense inputs wider than 64, the MMoE one serves its own.
+    let rows = batch_size * 16;
+    let frame = match &c.data.source {
+        DataSource::Synthetic(s) => match &s.kind {
+            SyntheticKind::Mmoe { dim, correlation, scale, sin_terms, sin_sd, noise_sd } => {
+                let p = data::synthetic::MmoeParams { dim: *dim, correlation: *correlation, scale: *scale, sin_terms: *sin_terms, sin_sd: *sin_sd, noise_sd: *noise_sd };
+                data::synthetic::mmoe_frame(&c.model, &p, rows, s.seed)
+            }
+            SyntheticKind::Categorical { cardinality } => data::synthetic::categorical_frame(&c.model, *cardinality, rows, s.seed),
+        },
+        DataSource::Csv(_) => data::synthetic::categorical_frame(&c.model, 1000, rows, 1),
+    };
+    let ds = data::encode(&c.model, &frame, true)?;
+    let batches: Vec<Batch> = (0..16)
+        .map(|i| Batch::gather(&ds, &(i * batch_size..(i + 1) * batch_size).collect::<Vec<_>>(), &dev))
+        .collect::<Result<_, _>>()?;
+    let model = CandleModel::new(&c.model, c.train.seed, &dev)?;
+    let vars = model.vars.iter().map(|(_, v)| v.clone()).collect();
+    let mut opt = Adam::new(vars, AdamConfig::from(&c.train))?;
+    let sync = |t: &Tensor| -> Result<(), Failure> {
+        t.to_scalar::<f32>()?;
+        Ok(())
+    };
+
+    let warmup = 20.min(steps);
+    // Forward only (inference): the model's heads, synchronised once per step.
+    for b in batches.iter().cycle().take(warmup) {
+        sync(&model.forward(b)?.heads[0].sum_all()?)?;
+    }
+    let t0 = Instant::now();
+    for b in batches.iter().cycle().take(steps) {
+        sync(&model.forward(b)?.heads[0].sum_all()?)?;
+    }
+    let forward_only = t0.elapsed();
+
+    // Full training steps, timing each phase.
+    let (mut fwd, mut bwd, mut optim) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for (i, b) in batches.iter().cycle().take(warmup + steps).enumerate() {
+        let t = Instant::now();
+        let (loss, _) = batch_loss(&model, b)?;
+        sync(&loss)?;
+        let t_f = t.elapsed();
+        let t = Instant::now();
+        let grads = loss.backward()?;
+        let t_b = t.elapsed();
+        let t = Instant::now();
+        opt.step(&grads, c.train.lr)?;
+        let t_o = t.elapsed();
+        if i >= warmup {
+            fwd += t_f;
+            bwd += t_b;
+            optim += t_o;
+        }
+    }
+    let train = fwd + bwd + optim;
+    let per_sec = |d: Duration| (steps * batch_size) as f64 / d.as_secs_f64().max(1e-12);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0 / steps as f64;
+    println!("model {}: {} parameters, {} forward FLOPs/sample", c.model.name, c.model.param_count(), c.model.flops_per_sample());
+    println!("device {device:?}, threads {}, batch {batch_size}, {steps} timed steps after {warmup} warm-up", candle_core::utils::get_num_threads());
+    println!("train:        {:>10.0} samples/s  ({:.3} ms/step)", per_sec(train), ms(train));
+    println!("  forward+loss {:>6.1}%  {:.3} ms", 100.0 * fwd.as_secs_f64() / train.as_secs_f64(), ms(fwd));
+    println!("  backward     {:>6.1}%  {:.3} ms", 100.0 * bwd.as_secs_f64() / train.as_secs_f64(), ms(bwd));
+    println!("  optimizer    {:>6.1}%  {:.3} ms", 100.0 * optim.as_secs_f64() / train.as_secs_f64(), ms(optim));
+    println!("forward only: {:>10.0} samples/s  ({:.3} ms/step)", per_sec(forward_only), ms(forward_only));
+    Ok(())
+}

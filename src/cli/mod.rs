@@ -1,0 +1,302 @@
+//! The command line: the only place that prints and exits.
+
+mod bench;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use multigate::backend::candle::{candle_device, CandleModel};
+use multigate::backend::Device;
+use multigate::data::{self, Need};
+use multigate::export::{self, BundleContents};
+use multigate::ir::{DataSource, SyntheticKind};
+use multigate::lower::Compiled;
+use multigate::pipeline::{self, CompileError};
+use multigate::source::SourceFile;
+use multigate::train::{self, TrainReport};
+
+#[derive(Parser)]
+#[command(name = "multigate", version, about = "Compile, train and export multi-task recommendation models (MMoE, MoE, shared-bottom)")]
+struct Cli {
+    /// Worker threads for candle's CPU kernels (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a spec; print its IR, or every error (exit 2).
+    Check { spec: PathBuf },
+    /// Compile a spec, train it, report per-task metrics and write a bundle.
+    CompileAndTrain {
+        spec: PathBuf,
+        /// Train on this CSV instead of the spec's data.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Bundle folder (default: runs/<model name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the spec's epoch count.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Override the synthetic generator's row count.
+        #[arg(long)]
+        rows: Option<usize>,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+    },
+    /// Predict with a bundle: one column per task (probabilities for binary tasks).
+    Predict {
+        bundle: PathBuf,
+        data: PathBuf,
+        /// Output CSV (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+    },
+    /// Write the spec's synthetic data to a CSV file.
+    Synth {
+        spec: PathBuf,
+        #[arg(long)]
+        rows: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Measure training and inference throughput of a spec at a batch size.
+    Bench {
+        spec: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        /// Timed steps per measurement.
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+    },
+}
+
+/// A failure: its message and exit code.
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure { message: message.into(), code }
+    }
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::new(1, format!("error: {e}"))
+    }
+}
+
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    if let Some(n) = cli.threads {
+        // Read by candle's CPU kernels (and rayon) when they first start.
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+    let result = match cli.command {
+        Command::Check { spec } => check(&spec),
+        Command::CompileAndTrain { spec, data, out, epochs, rows, device } => compile_and_train(&spec, data.as_deref(), out, epochs, rows, device),
+        Command::Predict { bundle, data, out, device } => predict(&bundle, &data, out.as_deref(), device),
+        Command::Synth { spec, rows, out } => synth(&spec, rows, &out),
+        Command::Bench { spec, batch, steps, device } => bench::bench(&spec, batch, steps, device),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("{}", f.message.trim_end());
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Reads and compiles a spec; spec errors exit 2 with every message rendered.
+pub(crate) fn compile(path: &Path) -> Result<(SourceFile, Compiled), Failure> {
+    let (src, compiled) = pipeline::compile_file(path).map_err(|e| Failure::new(2, format!("error: {e}")))?;
+    match compiled {
+        Ok(c) => {
+            for w in &c.warnings {
+                eprint!("{}", multigate::diag::render(&src, w, colour()));
+            }
+            Ok((src, c))
+        }
+        Err(e) => {
+            let n = match &e {
+                CompileError::Lower(es) => es.len(),
+                _ => 1,
+            };
+            Err(Failure::new(2, format!("{}\n{} error(s) in {}", e.render(Some(&src), colour()), n, src.name)))
+        }
+    }
+}
+
+fn check(path: &Path) -> Result<(), Failure> {
+    let (_, c) = compile(path)?;
+    print!("{}", *c.model);
+    Ok(())
+}
+
+/// Where the spec mentions a column, as `file:line:col`.
+fn spec_locator(src: &SourceFile) -> impl Fn(&Need) -> String + '_ {
+    move |need: &Need| match src.text.find(&format!("\"{}\"", need.column)) {
+        Some(i) => format!("{} ({})", src.locate(&(i..i + 1)), need.reader),
+        None => format!("{} ({}; column named after it)", src.name, need.reader),
+    }
+}
+
+fn compile_and_train(path: &Path, data_path: Option<&Path>, out: Option<PathBuf>, epochs: Option<usize>, rows: Option<usize>, device: Device) -> Result<(), Failure> {
+    let (src, mut c) = compile(path)?;
+    if let Some(e) = epochs {
+        c.train.epochs = e.max(1);
+    }
+    if let (Some(r), DataSource::Synthetic(s)) = (rows, &mut c.data.source) {
+        s.rows = r.max(1);
+    }
+    let dev = candle_device(device)?;
+    println!("model {}: {} parameters, {} forward FLOPs/sample", c.model.name, c.model.param_count(), c.model.flops_per_sample());
+    let (splits, info) = data::load_splits(&c.model, &c.data, data_path, &spec_locator(&src))?;
+    println!("data: {} (train {}, validation {}, test {})", info.source, splits.train.rows, splits.validation.rows, splits.test.as_ref().map_or(0, |t| t.rows));
+    if let Some(r) = info.label_correlation {
+        println!("synthetic labels: Pearson correlation {r:.4} (task relatedness p = {})", match &c.data.source {
+            DataSource::Synthetic(s) => match s.kind {
+                SyntheticKind::Mmoe { correlation, .. } => correlation.to_string(),
+                _ => "?".into(),
+            },
+            _ => "?".into(),
+        });
+    }
+    let model = CandleModel::new(&c.model, c.train.seed, &dev)?;
+    let names: Vec<String> = c.model.tasks.iter().map(|t| t.name.clone()).collect();
+    let report = train::fit(&model, &c.train, &splits, &mut |e| {
+        let losses: Vec<String> = names.iter().zip(&e.train_loss).map(|(n, l)| format!("{n} {l:.4}")).collect();
+        println!("epoch {:>3}  lr {:.2e}  train loss [{}]  {:.0} samples/s", e.epoch, e.lr, losses.join(", "), e.train_samples_per_sec);
+        for (n, m) in names.iter().zip(&e.validation) {
+            println!("           val {n}: {m}");
+        }
+    })?;
+    print_report(&names, &report);
+    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&c.model.name));
+    let metrics = serde_json::json!({
+        "model": c.model.name,
+        "params": c.model.param_count(),
+        "flops_per_sample": c.model.flops_per_sample(),
+        "tasks": names,
+        "data": info.source,
+        "label_correlation": info.label_correlation,
+        "report": report,
+    });
+    export::write_bundle(&out, &model, BundleContents { spec_toml: &spec_for_bundle(&src), metrics_json: &serde_json::to_string_pretty(&metrics)?, optimizer: None })?;
+    println!("bundle written to {}", out.display());
+    Ok(())
+}
+
+/// The normalised spec (every default written out).
+fn spec_for_bundle(src: &SourceFile) -> String {
+    match multigate::spec::parse_toml(src) {
+        Ok(spec) => spec.to_toml(),
+        Err(_) => src.text.to_string(),
+    }
+}
+
+fn print_report(names: &[String], r: &TrainReport) {
+    println!("best epoch {} (lowest validation loss)", r.best_epoch);
+    for (n, m) in names.iter().zip(&r.validation) {
+        println!("validation {n}: {m}");
+    }
+    if let Some(test) = &r.test {
+        for (n, m) in names.iter().zip(test) {
+            println!("test {n}: {m}");
+        }
+    }
+    for g in &r.gate_usage {
+        println!("gate usage, layer {} (mean weight per expert on validation):", g.layer);
+        for (name, w) in &g.gates {
+            let ws: Vec<String> = w.iter().map(|x| format!("{x:.3}")).collect();
+            println!("  {name}: [{}]", ws.join(" "));
+        }
+    }
+}
+
+fn predict(bundle: &Path, data_path: &Path, out: Option<&Path>, device: Device) -> Result<(), Failure> {
+    let dev = candle_device(device)?;
+    let b = export::read_bundle(bundle, &dev)?;
+    let format = match &b.compiled.data.source {
+        DataSource::Csv(c) => c.format.clone(),
+        DataSource::Synthetic(_) => multigate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None },
+    };
+    let needs = data::needs(&b.compiled.model);
+    let frame = data::csv_source::read_csv(data_path, &format, &needs, false, &spec_locator(&b.source))?;
+    let ds = data::encode(&b.compiled.model, &frame, false)?;
+    let (preds, _) = train::predict(&b.model, &ds, 4096)?;
+    let names: Vec<&str> = b.compiled.model.tasks.iter().map(|t| t.name.as_str()).collect();
+    let mut text = String::with_capacity(ds.rows * 12 * names.len());
+    text.push_str(&names.join(","));
+    text.push('\n');
+    for i in 0..ds.rows {
+        let row: Vec<String> = preds.iter().map(|p| format!("{}", p[i])).collect();
+        text.push_str(&row.join(","));
+        text.push('\n');
+    }
+    match out {
+        Some(p) => write_atomic(p, text.as_bytes())?,
+        None => print!("{text}"),
+    }
+    if ds.has_labels() {
+        let eval = train::evaluate(&b.model, &ds, 4096)?;
+        for (n, m) in names.iter().zip(&eval.metrics) {
+            eprintln!("{n}: {m}");
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file via a temporary sibling and a rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    let tmp = path.with_file_name(format!(".{}.tmp-{}", path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| Failure::new(1, format!("error: {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Failure::new(1, format!("error: {}: {e}", path.display()))
+    })
+}
+
+fn synth(path: &Path, rows: usize, out: &Path) -> Result<(), Failure> {
+    let (_, c) = compile(path)?;
+    let DataSource::Synthetic(s) = &c.data.source else {
+        return Err(Failure::new(2, format!("error: {} reads CSV files; `synth` needs [data] source = \"synthetic\"", path.display())));
+    };
+    let frame = match &s.kind {
+        SyntheticKind::Mmoe { dim, correlation, scale, sin_terms, sin_sd, noise_sd } => {
+            let p = data::synthetic::MmoeParams { dim: *dim, correlation: *correlation, scale: *scale, sin_terms: *sin_terms, sin_sd: *sin_sd, noise_sd: *noise_sd };
+            data::synthetic::mmoe_frame(&c.model, &p, rows, s.seed)
+        }
+        SyntheticKind::Categorical { cardinality } => data::synthetic::categorical_frame(&c.model, *cardinality, rows, s.seed),
+    };
+    let mut buf = Vec::new();
+    frame.write_csv(&mut buf)?;
+    write_atomic(out, &buf)?;
+    println!("wrote {} rows to {}", rows, out.display());
+    Ok(())
+}

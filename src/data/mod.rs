@@ -1,0 +1,313 @@
+//! Data: sources (synthetic generators, CSV) -> [`Frame`] -> encoded [`Dataset`]
+//! -> minibatches.
+//!
+//! A source reads only the columns the model needs ([`Needs`]). Encoding hashes or
+//! looks up categoricals, transforms dense values and derives labels; every bad value
+//! is an error naming where it came from. New sources (Parquet, streaming) produce a
+//! `Frame` or feed [`encode`] chunk by chunk.
+
+pub mod csv_source;
+pub mod frame;
+pub mod hash;
+pub mod synthetic;
+
+pub use frame::{Column, Frame, Origin};
+
+use crate::ir::{FeatureKind, Model, TaskKind};
+use crate::rng::Rng;
+use hash::hash_bucket;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: String, source: std::io::Error },
+    #[error("{path}: column `{column}` is not in the file (the spec reads it at {spec_at}); the file has: {available}")]
+    MissingColumn { path: String, column: String, spec_at: String, available: String },
+    #[error("{at}: {problem}")]
+    BadRow { at: String, problem: String },
+    #[error("{at}: column `{column}`: {problem}")]
+    BadValue { at: String, column: String, problem: String },
+    #[error("{path}: no rows")]
+    NoRows { path: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How a source must deliver a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    Num,
+    Cat,
+}
+
+/// A column the model reads, and who reads it.
+#[derive(Debug, Clone)]
+pub struct Need {
+    pub column: String,
+    pub kind: ColumnKind,
+    /// `feature x` or `label of task y`, for messages.
+    pub reader: String,
+    pub is_label: bool,
+}
+
+/// Every column the model reads, in a stable order.
+pub fn needs(model: &Model) -> Vec<Need> {
+    let mut out = Vec::new();
+    for f in &model.features {
+        match &f.kind {
+            FeatureKind::Categorical { .. } => out.push(Need { column: f.column.clone(), kind: ColumnKind::Cat, reader: format!("feature `{}`", f.name), is_label: false }),
+            FeatureKind::Dense { width, .. } => {
+                for c in dense_columns(&f.column, *width) {
+                    out.push(Need { column: c, kind: ColumnKind::Num, reader: format!("feature `{}`", f.name), is_label: false });
+                }
+            }
+        }
+    }
+    for t in &model.tasks {
+        let kind = if t.label.positive.is_some() { ColumnKind::Cat } else { ColumnKind::Num };
+        out.push(Need { column: t.label.column.clone(), kind, reader: format!("the label of task `{}`", t.name), is_label: true });
+    }
+    out
+}
+
+/// The columns a dense feature of `width` reads.
+pub fn dense_columns(column: &str, width: usize) -> Vec<String> {
+    if width == 1 {
+        vec![column.to_string()]
+    } else {
+        (0..width).map(|i| format!("{column}_{i}")).collect()
+    }
+}
+
+/// Encoded rows, ready to batch.
+#[derive(Debug, Clone, Default)]
+pub struct Dataset {
+    pub rows: usize,
+    /// One entry per categorical feature (in feature order): table row of each data row.
+    pub cat: Vec<Vec<u32>>,
+    /// All dense values, `[rows, dense_width]` row-major, features in order.
+    pub dense: Vec<f32>,
+    pub dense_width: usize,
+    /// One entry per task: labels, or empty when the data has no labels (predict).
+    pub labels: Vec<Vec<f32>>,
+}
+
+impl Dataset {
+    /// The rows at `idx`, in that order.
+    pub fn select(&self, idx: &[usize]) -> Dataset {
+        let w = self.dense_width;
+        let mut dense = Vec::with_capacity(idx.len() * w);
+        for &i in idx {
+            dense.extend_from_slice(&self.dense[i * w..(i + 1) * w]);
+        }
+        Dataset {
+            rows: idx.len(),
+            cat: self.cat.iter().map(|c| idx.iter().map(|&i| c[i]).collect()).collect(),
+            dense,
+            dense_width: w,
+            labels: self.labels.iter().map(|l| if l.is_empty() { Vec::new() } else { idx.iter().map(|&i| l[i]).collect() }).collect(),
+        }
+    }
+
+    pub fn has_labels(&self) -> bool {
+        !self.labels.is_empty() && self.labels.iter().all(|l| l.len() == self.rows)
+    }
+
+    /// Appends another dataset's rows.
+    pub fn extend(&mut self, other: Dataset) {
+        if self.rows == 0 && self.cat.is_empty() && self.labels.is_empty() {
+            *self = other;
+            return;
+        }
+        self.rows += other.rows;
+        for (a, b) in self.cat.iter_mut().zip(other.cat) {
+            a.extend(b);
+        }
+        self.dense.extend(other.dense);
+        for (a, b) in self.labels.iter_mut().zip(other.labels) {
+            a.extend(b);
+        }
+    }
+}
+
+/// Encodes a frame for `model`. With `require_labels = false` (prediction), absent
+/// label columns give empty label vectors.
+pub fn encode(model: &Model, frame: &Frame, require_labels: bool) -> Result<Dataset, DataError> {
+    let missing = |c: &str| DataError::Other(format!("{}: column `{c}` missing", frame.origin.name));
+    let mut ds = Dataset { rows: frame.rows, ..Default::default() };
+    ds.dense_width = model.features.iter().map(|f| if let FeatureKind::Dense { width, .. } = f.kind { width } else { 0 }).sum();
+    ds.dense = vec![0.0; frame.rows * ds.dense_width];
+    let mut offset = 0;
+    for f in &model.features {
+        match &f.kind {
+            FeatureKind::Categorical { encoding, .. } => {
+                let rows = match frame.column(&f.column).ok_or_else(|| missing(&f.column))? {
+                    Column::Cat { dict, codes } => {
+                        let table: Vec<u32> = dict.iter().map(|v| encode_value(&f.name, encoding, v)).collect();
+                        codes.iter().map(|&c| table[c as usize]).collect()
+                    }
+                    Column::Num(v) => v.iter().map(|x| encode_value(&f.name, encoding, &format!("{x}"))).collect(),
+                };
+                ds.cat.push(rows);
+            }
+            FeatureKind::Dense { width, transform, fill } => {
+                for (j, c) in dense_columns(&f.column, *width).iter().enumerate() {
+                    let Column::Num(v) = frame.column(c).ok_or_else(|| missing(c))? else {
+                        return Err(DataError::Other(format!("column `{c}` must be numeric")));
+                    };
+                    for (i, &x) in v.iter().enumerate() {
+                        let y = transform.apply(if x.is_nan() { *fill } else { x });
+                        if !y.is_finite() {
+                            return Err(DataError::BadValue { at: frame.origin.describe(i), column: c.clone(), problem: format!("value {x} is not finite after the transform") });
+                        }
+                        ds.dense[i * ds.dense_width + offset + j] = y;
+                    }
+                }
+                offset += width;
+            }
+        }
+    }
+    for t in &model.tasks {
+        let Some(col) = frame.column(&t.label.column) else {
+            if require_labels {
+                return Err(missing(&t.label.column));
+            }
+            ds.labels.push(Vec::new());
+            continue;
+        };
+        let labels: Vec<f32> = match (col, &t.label.positive) {
+            (Column::Cat { dict, codes }, Some(p)) => {
+                let pos: Vec<f32> = dict.iter().map(|v| f32::from(v == p)).collect();
+                codes.iter().map(|&c| pos[c as usize]).collect()
+            }
+            (Column::Num(v), Some(p)) => v.iter().map(|x| f32::from(format!("{x}") == *p)).collect(),
+            (Column::Num(v), None) => v.clone(),
+            (Column::Cat { .. }, None) => return Err(DataError::Other(format!("label column `{}` must be numeric", t.label.column))),
+        };
+        for (i, &y) in labels.iter().enumerate() {
+            let bad = match t.kind {
+                TaskKind::Binary => y != 0.0 && y != 1.0,
+                TaskKind::Regression => !y.is_finite(),
+            };
+            if bad {
+                let expected = if t.kind == TaskKind::Binary { "0 or 1 (or set `positive`)" } else { "a finite number" };
+                return Err(DataError::BadValue { at: frame.origin.describe(i), column: t.label.column.clone(), problem: format!("label of task `{}` is {y}, expected {expected}", t.name) });
+            }
+        }
+        ds.labels.push(labels);
+    }
+    Ok(ds)
+}
+
+fn encode_value(feature: &str, encoding: &crate::ir::Encoding, value: &str) -> u32 {
+    match encoding {
+        crate::ir::Encoding::Hash { buckets } => hash_bucket(feature, value, *buckets),
+        crate::ir::Encoding::Vocab { values } => values.iter().position(|v| v == value).map_or(0, |i| i as u32 + 1),
+    }
+}
+
+/// Splits off `fraction` of the rows (seeded shuffle); returns (rest, held out).
+pub fn split(ds: Dataset, fraction: f64, seed: u64, label: &str) -> (Dataset, Dataset) {
+    if fraction <= 0.0 {
+        return (ds, Dataset { labels: vec![Vec::new(); 0], ..Default::default() });
+    }
+    let mut idx: Vec<usize> = (0..ds.rows).collect();
+    Rng::derive(seed, label).shuffle(&mut idx);
+    let n_out = ((ds.rows as f64) * fraction).round() as usize;
+    let (out, keep) = idx.split_at(n_out.min(ds.rows));
+    let mut keep = keep.to_vec();
+    let mut out = out.to_vec();
+    keep.sort_unstable();
+    out.sort_unstable();
+    (ds.select(&keep), ds.select(&out))
+}
+
+/// The encoded splits.
+#[derive(Debug, Clone, Default)]
+pub struct Splits {
+    pub train: Dataset,
+    pub validation: Dataset,
+    pub test: Option<Dataset>,
+}
+
+/// What a load produced besides the splits, for the user to see.
+#[derive(Debug, Clone, Default)]
+pub struct LoadInfo {
+    /// Pearson correlation of the two labels (MMoE generator only).
+    pub label_correlation: Option<f64>,
+    pub source: String,
+}
+
+/// Makes or reads the rows `data` describes and splits them.
+/// `train_override` replaces the spec's training files (`--data`).
+pub fn load_splits(
+    model: &Model,
+    data: &crate::ir::DataConfig,
+    train_override: Option<&std::path::Path>,
+    spec_at: &dyn Fn(&Need) -> String,
+) -> Result<(Splits, LoadInfo), DataError> {
+    use crate::ir::{DataSource, SyntheticKind};
+    let needs = needs(model);
+    let mut info = LoadInfo::default();
+    let read = |path: &std::path::Path, format: &crate::ir::CsvFormat| -> Result<Dataset, DataError> {
+        let frame = csv_source::read_csv(path, format, &needs, true, spec_at)?;
+        encode(model, &frame, true)
+    };
+    let (all, validation, test) = match (&data.source, train_override) {
+        (DataSource::Synthetic(s), None) => {
+            let frame = match &s.kind {
+                SyntheticKind::Mmoe { dim, correlation, scale, sin_terms, sin_sd, noise_sd } => {
+                    let p = synthetic::MmoeParams { dim: *dim, correlation: *correlation, scale: *scale, sin_terms: *sin_terms, sin_sd: *sin_sd, noise_sd: *noise_sd };
+                    synthetic::mmoe_frame(model, &p, s.rows, s.seed)
+                }
+                SyntheticKind::Categorical { cardinality } => synthetic::categorical_frame(model, *cardinality, s.rows, s.seed),
+            };
+            info.source = frame.origin.name.clone();
+            let ds = encode(model, &frame, true)?;
+            if matches!(s.kind, SyntheticKind::Mmoe { .. }) && ds.labels.len() == 2 {
+                info.label_correlation = Some(synthetic::pearson(&ds.labels[0], &ds.labels[1]));
+            }
+            (ds, None, None)
+        }
+        (source, over) => {
+            let default_format = crate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None };
+            let (files, format, val, test): (Vec<std::path::PathBuf>, _, _, _) = match (source, over) {
+                (DataSource::Csv(c), Some(p)) => (vec![p.to_path_buf()], c.format.clone(), None, None),
+                (DataSource::Csv(c), None) => (c.train.clone(), c.format.clone(), c.validation.clone(), c.test.clone()),
+                (DataSource::Synthetic(_), Some(p)) => (vec![p.to_path_buf()], default_format, None, None),
+                (DataSource::Synthetic(_), None) => unreachable!("handled above"),
+            };
+            if files.is_empty() {
+                return Err(DataError::Other("the spec names no training file: set [data] train = [\"...\"] or pass --data".into()));
+            }
+            let mut all = Dataset::default();
+            for f in &files {
+                all.extend(read(f, &format)?);
+            }
+            info.source = files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+            let validation = val.map(|p| read(&p, &format)).transpose()?;
+            let test = test.map(|p| read(&p, &format)).transpose()?;
+            (all, validation, test)
+        }
+    };
+    let seed = match &data.source {
+        crate::ir::DataSource::Synthetic(s) => s.seed,
+        _ => 0,
+    };
+    let (rest, test) = match test {
+        Some(t) => (all, Some(t)),
+        None if data.test_fraction > 0.0 => {
+            let (rest, t) = split(all, data.test_fraction, seed, "test-split");
+            (rest, Some(t))
+        }
+        None => (all, None),
+    };
+    let (train, validation) = match validation {
+        Some(v) => (rest, v),
+        None => {
+            let frac = data.validation_fraction / (1.0 - data.test_fraction);
+            split(rest, frac, seed, "validation-split")
+        }
+    };
+    Ok((Splits { train, validation, test }, info))
+}

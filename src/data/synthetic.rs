@@ -1,0 +1,180 @@
+//! Built-in generators.
+//!
+//! * [`mmoe_frame`]: the MMoE paper's synthetic regression data (Ma et al., KDD 2018,
+//!   section 3.2). Two orthogonal unit vectors u1, u2 in R^d; w1 = c u1,
+//!   w2 = c (p u1 + sqrt(1 - p^2) u2); x ~ N(0, I);
+//!   y_k = w_k.x + sum_{i=1..m} sin(alpha_i w_k.x + beta_i) + eps, eps ~ N(0, noise^2),
+//!   alpha_i, beta_i ~ N(0, sin_sd^2), shared by both tasks (as in the paper).
+//! * [`categorical_frame`]: random ids per categorical feature (log-uniform over
+//!   `cardinality` values) and labels from a fixed random teacher, for benchmarks.
+
+use super::frame::{Column, Frame, Interner, Origin};
+use crate::ir::{FeatureKind, Model, TaskKind};
+use crate::rng::{splitmix64, Rng};
+
+/// Pearson correlation of two equal-length series.
+pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len()) as f64;
+    if n < 2.0 {
+        return f64::NAN;
+    }
+    let ma = a.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let mb = b.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (dx, dy) = (x as f64 - ma, y as f64 - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    sab / (saa * sbb).sqrt()
+}
+
+/// Settings of the MMoE generator.
+#[derive(Debug, Clone, Copy)]
+pub struct MmoeParams {
+    pub dim: usize,
+    pub correlation: f64,
+    pub scale: f64,
+    pub sin_terms: usize,
+    pub sin_sd: f64,
+    pub noise_sd: f64,
+}
+
+/// The two weight vectors w1, w2 (Gram-Schmidt on Gaussian draws).
+pub fn mmoe_weights(p: &MmoeParams, rng: &mut Rng) -> (Vec<f64>, Vec<f64>) {
+    let d = p.dim;
+    let normalise = |v: &mut Vec<f64>| {
+        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+    };
+    let mut u1: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+    normalise(&mut u1);
+    let mut u2: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+    if d > 1 {
+        let dot: f64 = u1.iter().zip(&u2).map(|(a, b)| a * b).sum();
+        u2.iter_mut().zip(&u1).for_each(|(b, a)| *b -= dot * a);
+        normalise(&mut u2);
+    }
+    let q = (1.0 - p.correlation * p.correlation).max(0.0).sqrt();
+    let w1 = u1.iter().map(|a| p.scale * a).collect();
+    let w2 = u1.iter().zip(&u2).map(|(a, b)| p.scale * (p.correlation * a + q * b)).collect();
+    (w1, w2)
+}
+
+/// Generates the paper's data: columns `{x}_0 .. {x}_{d-1}` (the model's dense
+/// feature columns, in order) and the two tasks' label columns.
+pub fn mmoe_frame(model: &Model, p: &MmoeParams, rows: usize, seed: u64) -> Frame {
+    let mut rng = Rng::derive(seed, "mmoe-synthetic");
+    let (w1, w2) = mmoe_weights(p, &mut rng);
+    let alpha: Vec<f64> = (0..p.sin_terms).map(|_| p.sin_sd * rng.normal()).collect();
+    let beta: Vec<f64> = (0..p.sin_terms).map(|_| p.sin_sd * rng.normal()).collect();
+    let mut xs = vec![Vec::with_capacity(rows); p.dim];
+    let (mut y1, mut y2) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    let mut x = vec![0.0f64; p.dim];
+    for _ in 0..rows {
+        x.iter_mut().for_each(|v| *v = rng.normal());
+        let label = |w: &[f64], rng: &mut Rng| {
+            let wx: f64 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let s: f64 = alpha.iter().zip(&beta).map(|(a, b)| (a * wx + b).sin()).sum();
+            wx + s + p.noise_sd * rng.normal()
+        };
+        y1.push(label(&w1, &mut rng) as f32);
+        y2.push(label(&w2, &mut rng) as f32);
+        for (col, v) in xs.iter_mut().zip(&x) {
+            col.push(*v as f32);
+        }
+    }
+    let mut names = Vec::new();
+    for f in &model.features {
+        if let FeatureKind::Dense { width, .. } = f.kind {
+            names.extend(super::dense_columns(&f.column, width));
+        }
+    }
+    let mut columns: Vec<Column> = xs.into_iter().map(Column::Num).collect();
+    names.truncate(columns.len());
+    for (t, y) in model.tasks.iter().zip([y1, y2]) {
+        names.push(t.label.column.clone());
+        columns.push(Column::Num(y));
+    }
+    Frame { names, columns, rows, origin: Origin { name: "synthetic mmoe data".into(), lines: Vec::new() } }
+}
+
+/// Teacher weight of one categorical value for one task: a fixed N(0, 1) draw.
+fn teacher(seed: u64, feature: usize, value: usize, task: usize) -> f64 {
+    let k = splitmix64(seed ^ splitmix64((feature as u64) << 40 ^ (value as u64) << 8 ^ task as u64));
+    Rng::new(k).normal()
+}
+
+/// Random categorical (and dense) inputs; task 0 follows teacher 0, task k > 0
+/// follows 0.6 teacher 0 + 0.8 teacher k, so tasks are related but not equal.
+pub fn categorical_frame(model: &Model, cardinality: usize, rows: usize, seed: u64) -> Frame {
+    let mut rng = Rng::derive(seed, "categorical-synthetic");
+    let n_tasks = model.tasks.len();
+    let mut names = Vec::new();
+    let mut columns = Vec::new();
+    let mut score = vec![vec![0.0f64; rows]; n_tasks.max(1)];
+    let n_feat = model.features.len().max(1) as f64;
+    for (fi, f) in model.features.iter().enumerate() {
+        match &f.kind {
+            FeatureKind::Categorical { encoding, .. } => {
+                let card = cardinality.min(encoding.rows() * 4).max(1);
+                let mut col = Interner::default();
+                let weights: Vec<Vec<f64>> = (0..n_tasks).map(|t| (0..card).map(|v| teacher(seed, fi, v, t)).collect()).collect();
+                let values: Vec<String> = (0..card).map(|v| format!("v{v}")).collect();
+                for (r, _) in (0..rows).enumerate() {
+                    let v = ((card as f64).powf(rng.uniform()) as usize).saturating_sub(1).min(card - 1);
+                    col.push(&values[v]);
+                    for t in 0..n_tasks {
+                        score[t][r] += weights[t][v];
+                    }
+                }
+                names.push(f.column.clone());
+                columns.push(col.finish());
+            }
+            FeatureKind::Dense { width, .. } => {
+                for (j, c) in super::dense_columns(&f.column, *width).into_iter().enumerate() {
+                    let w: Vec<f64> = (0..n_tasks).map(|t| teacher(seed, fi, 1_000_000 + j, t)).collect();
+                    let v: Vec<f32> = (0..rows)
+                        .map(|r| {
+                            let x = rng.normal();
+                            for t in 0..n_tasks {
+                                score[t][r] += w[t] * x;
+                            }
+                            x as f32
+                        })
+                        .collect();
+                    names.push(c);
+                    columns.push(Column::Num(v));
+                }
+            }
+        }
+    }
+    let norm = 1.5 / n_feat.sqrt();
+    for (t, task) in model.tasks.iter().enumerate() {
+        let z: Vec<f64> = (0..rows)
+            .map(|r| {
+                let s = if t == 0 { score[0][r] } else { 0.6 * score[0][r] + 0.8 * score[t][r] };
+                s * norm - 1.0
+            })
+            .collect();
+        let col = match (task.kind, &task.label.positive) {
+            (TaskKind::Regression, _) => Column::Num(z.iter().map(|&v| (v + 0.1 * rng.normal()) as f32).collect()),
+            (TaskKind::Binary, positive) => {
+                let y: Vec<bool> = z.iter().map(|&v| rng.uniform() < 1.0 / (1.0 + (-v).exp())).collect();
+                match positive {
+                    None => Column::Num(y.iter().map(|&b| f32::from(b)).collect()),
+                    Some(p) => {
+                        let neg = if p == "0" { "1".to_string() } else { "0".to_string() };
+                        Column::Cat { dict: vec![neg, p.clone()], codes: y.iter().map(|&b| u32::from(b)).collect() }
+                    }
+                }
+            }
+        };
+        if !names.contains(&task.label.column) {
+            names.push(task.label.column.clone());
+            columns.push(col);
+        }
+    }
+    Frame { names, columns, rows, origin: Origin { name: "synthetic categorical data".into(), lines: Vec::new() } }
+}

@@ -1,0 +1,158 @@
+//! Bundles: a trained model on disk.
+//!
+//! A bundle is a folder:
+//!
+//! | file                    | what                                                 |
+//! |-------------------------|------------------------------------------------------|
+//! | `model.safetensors`     | every parameter, named as in the candle backend      |
+//! | `optimizer.safetensors` | Adam moments (`{i}.m`, `{i}.v`) and the step, to resume |
+//! | `spec.toml`             | the normalised spec (every default written out)       |
+//! | `model.ir`              | the IR text, checked against `spec.toml` on load      |
+//! | `metrics.json`          | per-epoch and final metrics, gate usage               |
+//!
+//! Writes are atomic: everything goes to a temporary folder beside the target, which
+//! then replaces the target by rename. An interrupted export leaves the old bundle.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+
+use crate::backend::candle::CandleModel;
+use crate::lower::Compiled;
+use crate::pipeline::{compile_source, CompileError};
+use crate::source::SourceFile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: not a multigate bundle: {problem}")]
+    Corrupt { path: String, problem: String },
+    #[error("{path}: the bundle's spec does not compile: {problem}")]
+    BadSpec { path: String, problem: String },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io { path: path.display().to_string(), source }
+}
+
+/// What a bundle holds besides the weights.
+pub struct BundleContents<'a> {
+    pub spec_toml: &'a str,
+    pub metrics_json: &'a str,
+    pub optimizer: Option<(Vec<(String, Tensor)>, u64)>,
+}
+
+/// Writes a bundle to `dir` atomically.
+pub fn write_bundle(dir: &Path, model: &CandleModel, contents: BundleContents<'_>) -> Result<(), ExportError> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "bundle".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let result = (|| {
+        let weights: HashMap<String, Tensor> = model.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
+        if let Some((state, step)) = &contents.optimizer {
+            let mut map: HashMap<String, Tensor> = state.iter().cloned().collect();
+            map.insert("step".into(), Tensor::new(&[*step as f32], &candle_core::Device::Cpu)?);
+            candle_core::safetensors::save(&map, tmp.join("optimizer.safetensors"))?;
+        }
+        for (file, text) in [("spec.toml", contents.spec_toml.to_string()), ("model.ir", model.ir.to_string()), ("metrics.json", contents.metrics_json.to_string())] {
+            let p = tmp.join(file);
+            std::fs::write(&p, text).map_err(io(&p))?;
+        }
+        sync_dir(&tmp);
+        Ok::<(), ExportError>(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    replace_dir(&tmp, dir)
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if let Ok(f) = std::fs::File::open(e.path()) {
+                let _ = f.sync_all();
+            }
+        }
+    }
+}
+
+/// Moves `tmp` to `dir`. An existing `dir` is moved aside first and removed only
+/// after the new one is in place.
+fn replace_dir(tmp: &Path, dir: &Path) -> Result<(), ExportError> {
+    if !dir.exists() {
+        return std::fs::rename(tmp, dir).map_err(io(dir));
+    }
+    if !dir.is_dir() {
+        let _ = std::fs::remove_dir_all(tmp);
+        return Err(ExportError::Io { path: dir.display().to_string(), source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a folder") });
+    }
+    let old: PathBuf = dir.with_file_name(format!(".{}.old-{}", dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), std::process::id()));
+    std::fs::rename(dir, &old).map_err(io(dir))?;
+    if let Err(e) = std::fs::rename(tmp, dir) {
+        // Put the old bundle back.
+        let _ = std::fs::rename(&old, dir);
+        return Err(io(dir)(e));
+    }
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// A bundle read back: the compiled spec and the model with its trained weights.
+pub struct Bundle {
+    pub compiled: Compiled,
+    pub model: CandleModel,
+    pub source: SourceFile,
+}
+
+/// Reads a bundle, checking that its spec, IR text and weights agree.
+pub fn read_bundle(dir: &Path, device: &candle_core::Device) -> Result<Bundle, ExportError> {
+    let corrupt = |problem: String| ExportError::Corrupt { path: dir.display().to_string(), problem };
+    if !dir.is_dir() {
+        return Err(corrupt("no such folder".into()));
+    }
+    let spec_path = dir.join("spec.toml");
+    let mut source = SourceFile::read(&spec_path).map_err(|e| corrupt(format!("spec.toml: {e}")))?;
+    source.path = None; // Data paths in a bundle's spec are not used.
+    let compiled = compile_source(&source).map_err(|e| ExportError::BadSpec {
+        path: dir.display().to_string(),
+        problem: match &e {
+            CompileError::Lower(es) => es.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; "),
+            other => other.to_string(),
+        },
+    })?;
+    let ir_text = std::fs::read_to_string(dir.join("model.ir")).map_err(|e| corrupt(format!("model.ir: {e}")))?;
+    if ir_text != compiled.model.to_string() {
+        return Err(corrupt("model.ir does not match spec.toml (edited or from another version)".into()));
+    }
+    let weights_path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&weights_path).map_err(|e| corrupt(format!("model.safetensors: {e}")))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| corrupt(format!("model.safetensors: {e}")))?;
+    let model = CandleModel::new(&compiled.model, 0, device)?;
+    if tensors.len() != model.vars.len() {
+        return Err(corrupt(format!("model.safetensors holds {} tensors, the model has {}", tensors.len(), model.vars.len())));
+    }
+    for (name, var) in &model.vars {
+        let t = tensors.get(name).ok_or_else(|| corrupt(format!("model.safetensors lacks `{name}`")))?;
+        if t.shape() != var.as_tensor().shape() || t.dtype() != var.as_tensor().dtype() {
+            return Err(corrupt(format!("`{name}` is {:?} {:?}, the model needs {:?} {:?}", t.dtype(), t.shape(), var.as_tensor().dtype(), var.as_tensor().shape())));
+        }
+        let finite = t.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite());
+        if !finite {
+            return Err(corrupt(format!("`{name}` holds NaN or infinite values")));
+        }
+        var.set(t)?;
+    }
+    Ok(Bundle { compiled, model, source })
+}

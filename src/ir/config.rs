@@ -1,0 +1,70 @@
+//! Resolved data and training settings: the spec's `[data]` and `[train]` after
+//! defaults, range checks and path resolution.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataConfig {
+    pub source: DataSource,
+    pub validation_fraction: f64,
+    pub test_fraction: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSource {
+    Synthetic(SyntheticConfig),
+    Csv(CsvConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticConfig {
+    pub kind: SyntheticKind,
+    pub rows: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyntheticKind {
+    /// The MMoE paper's generator (Ma et al. 2018, section 3.2).
+    Mmoe { dim: usize, correlation: f64, scale: f64, sin_terms: usize, sin_sd: f64, noise_sd: f64 },
+    /// Random ids per categorical feature, labels from a fixed random teacher.
+    Categorical { cardinality: usize },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvFormat {
+    pub delimiter: u8,
+    pub header: bool,
+    /// Declared column names (when there is no header).
+    pub columns: Vec<String>,
+    pub missing: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvConfig {
+    pub train: Vec<PathBuf>,
+    pub validation: Option<PathBuf>,
+    pub test: Option<PathBuf>,
+    pub format: CsvFormat,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub lr_decay_rate: f64,
+    pub lr_decay_epochs: usize,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Learning rate for a 0-based epoch: `lr * rate ^ (epoch / decay_epochs)`.
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        self.lr * self.lr_decay_rate.powf(epoch as f64 / self.lr_decay_epochs as f64)
+    }
+}

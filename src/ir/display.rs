@@ -1,0 +1,127 @@
+//! The IR's stable text form: one line per node with shapes and parameter counts.
+//! Snapshots test this text, and bundles store it to detect a mismatched spec.
+
+use std::fmt;
+
+use super::*;
+
+fn mlp(dims: &[usize]) -> String {
+    let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    format!("Mlp[{}]", dims.join(" -> "))
+}
+
+fn stream(s: &Stream) -> String {
+    match s {
+        Stream::Shared { width } => format!("shared[{width}]"),
+        Stream::PerTask { width } => format!("per_task[{width}]"),
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "model {}", self.name)?;
+        for feat in &self.features {
+            match &feat.kind {
+                FeatureKind::Categorical { encoding, dim } => {
+                    let enc = match encoding {
+                        Encoding::Hash { buckets } => format!("hash({buckets})"),
+                        Encoding::Vocab { values } => format!("vocab({} + oov)", values.len()),
+                    };
+                    writeln!(
+                        f,
+                        "  feature {}: categorical {enc} <- {:?} -> embed[{dim}]  params {}",
+                        feat.name,
+                        feat.column,
+                        encoding.rows() * dim
+                    )?;
+                }
+                FeatureKind::Dense { width, transform, fill } => {
+                    let t = match transform {
+                        Transform::None => "none".to_string(),
+                        Transform::Log1p => "log1p".to_string(),
+                        Transform::ZScore { mean, std } => format!("zscore(mean={mean}, std={std})"),
+                    };
+                    writeln!(
+                        f,
+                        "  feature {}: dense[{width}] {t} fill {fill} <- {:?}",
+                        feat.name, feat.column
+                    )?;
+                }
+            }
+        }
+        for c in &self.crosses {
+            writeln!(
+                f,
+                "  cross {}: product({}, {}) -> [{}]",
+                c.name,
+                self.feature(c.a).name,
+                self.feature(c.b).name,
+                c.dim
+            )?;
+        }
+        writeln!(f, "  concat -> [{}]", self.input_width)?;
+        for l in &self.layers {
+            writeln!(
+                f,
+                "  layer {}: {} {} -> {}  params {}",
+                l.name,
+                l.kind.as_str(),
+                stream(&l.input),
+                stream(&l.output),
+                l.params()
+            )?;
+            let e = &l.experts;
+            let owner = match e.owner {
+                ExpertOwner::Shared => "shared".to_string(),
+                ExpertOwner::Task(t) => format!("task {}", self.tasks[t.0].name),
+            };
+            writeln!(
+                f,
+                "    expert_group {}: {} x {} {} ({owner})  params {}",
+                e.name,
+                e.count,
+                mlp(&e.dims),
+                e.activation.as_str(),
+                e.params()
+            )?;
+            for g in &l.gates {
+                let owner = match g.owner {
+                    GateOwner::AllTasks => "all tasks".to_string(),
+                    GateOwner::Task(t) => format!("task {}", self.tasks[t.0].name),
+                };
+                writeln!(
+                    f,
+                    "    gate {}: softmax[{} -> {}] ({owner})  params {}",
+                    g.name,
+                    g.d_in,
+                    g.experts,
+                    g.params()
+                )?;
+            }
+        }
+        for t in &self.tasks {
+            let TaskOutput::Tower { dims, activation } = &t.output;
+            let label = match &t.label.positive {
+                Some(p) => format!("{:?} == {:?}", t.label.column, p),
+                None => format!("{:?}", t.label.column),
+            };
+            writeln!(
+                f,
+                "  task {}: {} label {label} weight {}",
+                t.name,
+                t.kind.as_str(),
+                t.loss_weight
+            )?;
+            writeln!(
+                f,
+                "    tower {}: {} {}  params {}",
+                t.name,
+                mlp(dims),
+                activation.as_str(),
+                t.tower_params()
+            )?;
+        }
+        writeln!(f, "  params {}", self.param_count())?;
+        writeln!(f, "  flops/sample {}", self.flops_per_sample())
+    }
+}

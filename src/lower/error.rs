@@ -1,0 +1,217 @@
+//! Errors and warnings of lowering. Each carries the span(s) it is about and
+//! structured data; the message is made from that data, never preformatted.
+
+use miette::Diagnostic;
+use thiserror::Error;
+
+use crate::source::Span;
+
+#[derive(Debug, Clone, Error, Diagnostic, PartialEq)]
+pub enum LowerError {
+    #[error("unknown {what} `{found}`")]
+    #[diagnostic(code(multigate::lower::unknown_word))]
+    UnknownWord {
+        what: &'static str,
+        found: String,
+        #[label("expected one of: {}", expected.join(", "))]
+        span: Span,
+        expected: &'static [&'static str],
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("unknown {what} `{name}`")]
+    #[diagnostic(code(multigate::lower::unknown_name))]
+    UnknownName {
+        what: &'static str,
+        name: String,
+        #[label("no {what} has this name")]
+        span: Span,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("duplicate {what} name `{name}`")]
+    #[diagnostic(code(multigate::lower::duplicate), help("names of features and crosses, of layers, and of tasks must be unique"))]
+    Duplicate {
+        what: &'static str,
+        name: String,
+        #[label("first defined here")]
+        first: Span,
+        #[label("defined again here")]
+        second: Span,
+    },
+
+    #[error("{what} is {found}, but must be {expected}")]
+    #[diagnostic(code(multigate::lower::out_of_range))]
+    OutOfRange {
+        what: &'static str,
+        found: String,
+        expected: &'static str,
+        #[label("out of range")]
+        span: Span,
+    },
+
+    #[error("{what} is required here")]
+    #[diagnostic(code(multigate::lower::missing))]
+    Missing {
+        what: &'static str,
+        #[label("in this item")]
+        span: Span,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("`{key}` does not apply to {context}")]
+    #[diagnostic(code(multigate::lower::not_allowed))]
+    NotAllowed {
+        key: &'static str,
+        context: &'static str,
+        #[label("remove this")]
+        span: Span,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("cross `{name}` multiplies embeddings of different widths ({a}: {a_dim}, {b}: {b_dim})")]
+    #[diagnostic(code(multigate::lower::cross_width), help("give both features the same embedding_dim"))]
+    CrossWidth {
+        name: String,
+        a: String,
+        a_dim: usize,
+        b: String,
+        b_dim: usize,
+        #[label("widths {a_dim} and {b_dim}")]
+        span: Span,
+    },
+
+    #[error("cross `{name}` needs categorical features, but `{feature}` is dense")]
+    #[diagnostic(code(multigate::lower::cross_dense), help("only categorical embeddings can be crossed"))]
+    CrossDense {
+        name: String,
+        feature: String,
+        #[label("a dense feature")]
+        span: Span,
+    },
+
+    #[error("shared_bottom layer `{layer}` has no experts and no gate")]
+    #[diagnostic(
+        code(multigate::lower::gate_on_shared_bottom),
+        help("remove `experts`, or make the layer `moe` (one gate) or `mmoe` (a gate per task)")
+    )]
+    GateOnSharedBottom {
+        layer: String,
+        #[label("not allowed on shared_bottom")]
+        span: Span,
+    },
+
+    #[error("label column `{column}` of task `{task}` is also read by feature `{feature}` (label leakage)")]
+    #[diagnostic(
+        code(multigate::lower::label_leak),
+        help("remove the feature, or point it at another column")
+    )]
+    LabelLeak {
+        task: String,
+        feature: String,
+        column: String,
+        #[label("the label")]
+        label: Span,
+        #[label("read as an input here")]
+        input: Span,
+    },
+
+    #[error("the synthetic `{generator}` generator cannot serve this spec: {reason}")]
+    #[diagnostic(code(multigate::lower::synthetic))]
+    Synthetic {
+        generator: &'static str,
+        reason: String,
+        #[label("generator chosen here")]
+        span: Span,
+        #[help]
+        help: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Error, Diagnostic, PartialEq)]
+pub enum LowerWarning {
+    #[error("layer `{layer}` is gated but has only one expert")]
+    #[diagnostic(
+        code(multigate::lower::one_expert),
+        severity(Warning),
+        help("with one expert every gate outputs 1.0; this is a shared-bottom with extra parameters")
+    )]
+    OneExpert {
+        layer: String,
+        #[label("one expert")]
+        span: Span,
+    },
+    #[error("feature `{feature}` embeds {rows} rows into {dim} dimensions")]
+    #[diagnostic(
+        code(multigate::lower::wide_embedding),
+        severity(Warning),
+        help("an embedding wider than its row count cannot use the extra width")
+    )]
+    WideEmbedding {
+        feature: String,
+        rows: usize,
+        dim: usize,
+        #[label("wider than the table has rows")]
+        span: Span,
+    },
+}
+
+impl LowerError {
+    /// The primary span, for one-line messages.
+    pub fn span(&self) -> Span {
+        match self {
+            LowerError::UnknownWord { span, .. }
+            | LowerError::UnknownName { span, .. }
+            | LowerError::OutOfRange { span, .. }
+            | LowerError::Missing { span, .. }
+            | LowerError::NotAllowed { span, .. }
+            | LowerError::CrossWidth { span, .. }
+            | LowerError::CrossDense { span, .. }
+            | LowerError::GateOnSharedBottom { span, .. }
+            | LowerError::Synthetic { span, .. } => span.clone(),
+            LowerError::Duplicate { second, .. } => second.clone(),
+            LowerError::LabelLeak { input, .. } => input.clone(),
+        }
+    }
+}
+
+/// Levenshtein distance, for did-you-mean.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// "did you mean `x`?" when a candidate is close enough.
+pub fn did_you_mean<'a>(found: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let best = candidates
+        .into_iter()
+        .map(|c| (distance(found, c), c))
+        .min_by_key(|(d, _)| *d)?;
+    let limit = (found.chars().count() / 3).max(2);
+    (best.0 <= limit).then(|| format!("did you mean `{}`?", best.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        assert_eq!(distance("kitten", "sitting"), 3);
+        assert_eq!(did_you_mean("mmeo", ["moe", "mmoe"]).as_deref(), Some("did you mean `mmoe`?"));
+        assert_eq!(did_you_mean("zzzzzz", ["moe", "mmoe"]), None);
+    }
+}

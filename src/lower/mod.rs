@@ -1,0 +1,517 @@
+//! Lowering: [`Spec`] -> [`ir::Validated`], with every name resolved, every width
+//! inferred and every value range-checked, before any tensor exists.
+//!
+//! All problems found are reported together ([`LowerError`]), each with its span;
+//! suspicious but legal specs produce [`LowerWarning`]s.
+
+mod error;
+
+pub use error::{did_you_mean, LowerError, LowerWarning};
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::ir::*;
+use crate::source::{SourceFile, Span};
+use crate::spec::{self, Sp, Spec};
+
+/// The output of lowering: the validated graph plus resolved settings.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub model: Validated,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+    pub warnings: Vec<LowerWarning>,
+}
+
+/// Lowers a spec. `src` is the file it came from (for relative data paths).
+pub fn lower(spec: &Spec, src: &SourceFile) -> Result<Compiled, Vec<LowerError>> {
+    let mut cx = Lower { errors: Vec::new(), warnings: Vec::new() };
+    let model = cx.lower_model(spec);
+    let data = cx.lower_data(spec, &src.base_dir(), &model);
+    let train = cx.lower_train(&spec.train);
+    if cx.errors.is_empty() {
+        Ok(Compiled { model: Validated::new_unchecked(model), data, train, warnings: cx.warnings })
+    } else {
+        Err(cx.errors)
+    }
+}
+
+struct Lower {
+    errors: Vec<LowerError>,
+    warnings: Vec<LowerWarning>,
+}
+
+const FEATURE_TYPES: &[&str] = &["categorical", "dense"];
+const TRANSFORMS: &[&str] = &["none", "log1p", "zscore"];
+const LAYER_KINDS: &[&str] = &["shared_bottom", "moe", "mmoe"];
+const TASK_KINDS: &[&str] = &["binary", "regression"];
+const SOURCES: &[&str] = &["synthetic", "csv"];
+const GENERATORS: &[&str] = &["mmoe", "categorical"];
+const CROSS_OPS: &[&str] = &["product"];
+const OPTIMIZERS: &[&str] = &["adam"];
+
+/// Default expert count of a gated layer.
+pub const DEFAULT_EXPERTS: usize = 8;
+/// Default embedding width.
+pub const DEFAULT_EMBEDDING_DIM: usize = 8;
+
+impl Lower {
+    fn word<'a>(&mut self, what: &'static str, v: &'a Sp<String>, expected: &'static [&'static str]) -> Option<&'a str> {
+        if expected.contains(&v.get_ref().as_str()) {
+            Some(v.get_ref().as_str())
+        } else {
+            self.errors.push(LowerError::UnknownWord {
+                what,
+                found: v.get_ref().clone(),
+                span: v.span(),
+                expected,
+                help: did_you_mean(v.get_ref(), expected.iter().copied()),
+            });
+            None
+        }
+    }
+
+    fn range(&mut self, what: &'static str, ok: bool, found: impl ToString, expected: &'static str, span: Span) {
+        if !ok {
+            self.errors.push(LowerError::OutOfRange { what, found: found.to_string(), expected, span });
+        }
+    }
+
+    /// A count that must be >= 1 and fit comfortably in memory.
+    fn count(&mut self, what: &'static str, v: &Sp<u64>, max: u64) -> usize {
+        let x = *v.get_ref();
+        self.range(what, (1..=max).contains(&x), x, "at least 1 and at most the documented maximum", v.span());
+        x.clamp(1, max) as usize
+    }
+
+    fn activation(&mut self, v: &Option<Sp<String>>) -> Activation {
+        match v {
+            None => Activation::Relu,
+            Some(v) => self.word("activation", v, Activation::NAMES).and_then(Activation::parse).unwrap_or(Activation::Relu),
+        }
+    }
+
+    fn units(&mut self, what: &'static str, units: &[Sp<u64>]) -> Vec<usize> {
+        units.iter().map(|u| self.count(what, u, MAX_UNITS)).collect()
+    }
+
+    fn name_check(&mut self, what: &'static str, v: &Sp<String>, seen: &mut HashMap<String, Span>) {
+        let name = v.get_ref();
+        if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-') {
+            self.errors.push(LowerError::OutOfRange {
+                what: "a name",
+                found: format!("{name:?}"),
+                expected: "non-empty letters, digits, `_` or `-`",
+                span: v.span(),
+            });
+        }
+        if let Some(first) = seen.get(name) {
+            self.errors.push(LowerError::Duplicate { what, name: name.clone(), first: first.clone(), second: v.span() });
+        } else {
+            seen.insert(name.clone(), v.span());
+        }
+    }
+
+    fn lower_model(&mut self, spec: &Spec) -> Model {
+        let name = spec.model.name.get_ref().clone();
+        let mut seen = HashMap::new();
+        let mut features = Vec::new();
+        for f in &spec.features {
+            self.name_check("feature", &f.name, &mut seen);
+            features.push(self.lower_feature(f));
+        }
+        let mut crosses = Vec::new();
+        for c in &spec.crosses {
+            self.name_check("feature", &c.name, &mut seen);
+            if let Some(c) = self.lower_cross(c, spec, &features) {
+                crosses.push(c);
+            }
+        }
+        if spec.features.is_empty() {
+            self.errors.push(LowerError::Missing {
+                what: "at least one [[features]] entry",
+                span: spec.model.name.span(),
+                help: Some("declare inputs with [[features]] name = .., type = \"dense\" | \"categorical\"".into()),
+            });
+        }
+        let input_width = features.iter().map(Feature::width).sum::<usize>() + crosses.iter().map(|c| c.dim).sum::<usize>();
+
+        // Tasks first, so that gates can name them.
+        let mut task_seen = HashMap::new();
+        let mut tasks = Vec::new();
+        for t in &spec.tasks {
+            self.name_check("task", &t.name, &mut task_seen);
+            tasks.push(t);
+        }
+        if spec.tasks.is_empty() {
+            self.errors.push(LowerError::Missing {
+                what: "at least one [[tasks]] entry",
+                span: spec.model.name.span(),
+                help: Some("declare a task with [[tasks]] name = .., kind = \"binary\", label = \"column\"".into()),
+            });
+        }
+        let n_tasks = tasks.len().max(1);
+
+        let mut layer_seen = HashMap::new();
+        let mut layers = Vec::new();
+        let mut stream = Stream::Shared { width: input_width };
+        for (i, l) in spec.layers.iter().enumerate() {
+            let lname = match &l.name {
+                Some(n) => {
+                    self.name_check("layer", n, &mut layer_seen);
+                    n.get_ref().clone()
+                }
+                None => format!("layer{i}"),
+            };
+            let layer = self.lower_layer(l, lname, stream, &spec.tasks, n_tasks);
+            stream = layer.output;
+            layers.push(layer);
+        }
+
+        let tasks = tasks.iter().map(|t| self.lower_task(t, stream.width())).collect::<Vec<_>>();
+        self.check_leaks(spec, &features);
+        Model { name, features, crosses, input_width, layers, tasks }
+    }
+
+    fn lower_feature(&mut self, f: &spec::FeatureSpec) -> Feature {
+        let name = f.name.get_ref().clone();
+        let column = f.column.as_ref().map_or_else(|| name.clone(), |c| c.get_ref().clone());
+        let kind = self.word("feature type", &f.kind, FEATURE_TYPES).unwrap_or("dense");
+        let ctx_cat = "a categorical feature";
+        let ctx_dense = "a dense feature";
+        let kind = if kind == "categorical" {
+            for (key, v) in [("width", f.width.as_ref().map(|v| v.span())), ("transform", f.transform.as_ref().map(|v| v.span())), ("mean", f.mean.as_ref().map(|v| v.span())), ("std", f.std.as_ref().map(|v| v.span())), ("fill", f.fill.as_ref().map(|v| v.span()))] {
+                if let Some(span) = v {
+                    self.errors.push(LowerError::NotAllowed { key, context: ctx_cat, span, help: None });
+                }
+            }
+            let encoding = match (&f.hash_buckets, &f.vocabulary) {
+                (Some(b), None) => Encoding::Hash { buckets: self.count("hash_buckets", b, MAX_ROWS) },
+                (None, Some(v)) => {
+                    let values = v.get_ref().clone();
+                    self.range("the vocabulary size", !values.is_empty() && values.len() as u64 <= MAX_ROWS, values.len(), "at least 1 value", v.span());
+                    let mut uniq = std::collections::HashSet::new();
+                    if let Some(dup) = values.iter().find(|x| !uniq.insert(*x)) {
+                        self.errors.push(LowerError::OutOfRange { what: "the vocabulary", found: format!("repeating {dup:?}"), expected: "distinct values", span: v.span() });
+                    }
+                    Encoding::Vocab { values }
+                }
+                (Some(_), Some(v)) => {
+                    self.errors.push(LowerError::NotAllowed { key: "vocabulary", context: "a feature that already has hash_buckets", span: v.span(), help: Some("choose one of hash_buckets and vocabulary".into()) });
+                    Encoding::Hash { buckets: 1 }
+                }
+                (None, None) => {
+                    self.errors.push(LowerError::Missing { what: "`hash_buckets` or `vocabulary`", span: f.name.span(), help: Some("e.g. hash_buckets = 1000".into()) });
+                    Encoding::Hash { buckets: 1 }
+                }
+            };
+            let dim = match &f.embedding_dim {
+                Some(d) => self.count("embedding_dim", d, MAX_UNITS),
+                None => DEFAULT_EMBEDDING_DIM,
+            };
+            if dim > encoding.rows() {
+                let span = f.embedding_dim.as_ref().map_or_else(|| f.name.span(), |d| d.span());
+                self.warnings.push(LowerWarning::WideEmbedding { feature: name.clone(), rows: encoding.rows(), dim, span });
+            }
+            FeatureKind::Categorical { encoding, dim }
+        } else {
+            for (key, v) in [("hash_buckets", f.hash_buckets.as_ref().map(|v| v.span())), ("vocabulary", f.vocabulary.as_ref().map(|v| v.span())), ("embedding_dim", f.embedding_dim.as_ref().map(|v| v.span()))] {
+                if let Some(span) = v {
+                    self.errors.push(LowerError::NotAllowed { key, context: ctx_dense, span, help: None });
+                }
+            }
+            let width = f.width.as_ref().map_or(1, |w| self.count("width", w, MAX_UNITS));
+            let transform = match f.transform.as_ref().map(|t| (t, self.word("transform", t, TRANSFORMS))) {
+                None | Some((_, None)) | Some((_, Some("none"))) => Transform::None,
+                Some((_, Some("log1p"))) => Transform::Log1p,
+                Some((t, Some(_))) => match (&f.mean, &f.std) {
+                    (Some(m), Some(s)) => {
+                        let (mean, std) = (*m.get_ref(), *s.get_ref());
+                        self.range("mean", mean.is_finite(), mean, "a finite number", m.span());
+                        self.range("std", std.is_finite() && std > 0.0, std, "a positive number", s.span());
+                        Transform::ZScore { mean: mean as f32, std: std as f32 }
+                    }
+                    _ => {
+                        self.errors.push(LowerError::Missing { what: "`mean` and `std`", span: t.span(), help: Some("zscore computes (x - mean) / std from declared values".into()) });
+                        Transform::None
+                    }
+                },
+            };
+            if !matches!(transform, Transform::ZScore { .. }) {
+                for (key, v) in [("mean", f.mean.as_ref().map(|v| v.span())), ("std", f.std.as_ref().map(|v| v.span()))] {
+                    if let Some(span) = v {
+                        self.errors.push(LowerError::NotAllowed { key, context: "a feature without transform = \"zscore\"", span, help: None });
+                    }
+                }
+            }
+            let fill = f.fill.as_ref().map_or(0.0, |v| {
+                self.range("fill", v.get_ref().is_finite(), v.get_ref(), "a finite number", v.span());
+                *v.get_ref()
+            }) as f32;
+            FeatureKind::Dense { width, transform, fill }
+        };
+        Feature { name, column, kind }
+    }
+
+    fn lower_cross(&mut self, c: &spec::CrossSpec, spec: &Spec, features: &[Feature]) -> Option<Cross> {
+        self.word("cross op", &c.op, CROSS_OPS);
+        let names = c.features.get_ref();
+        if names.len() != 2 {
+            self.range("the number of crossed features", false, names.len(), "exactly 2", c.features.span());
+            return None;
+        }
+        let mut ids = Vec::new();
+        for n in names {
+            match spec.features.iter().position(|f| f.name.get_ref() == n.get_ref()) {
+                Some(i) => ids.push(FeatureId(i)),
+                None => self.errors.push(LowerError::UnknownName {
+                    what: "feature",
+                    name: n.get_ref().clone(),
+                    span: n.span(),
+                    help: did_you_mean(n.get_ref(), spec.features.iter().map(|f| f.name.get_ref().as_str())),
+                }),
+            }
+        }
+        let [a, b] = ids[..] else { return None };
+        let mut dims = Vec::new();
+        for (id, n) in [(a, &names[0]), (b, &names[1])] {
+            match &features[id.0].kind {
+                FeatureKind::Categorical { dim, .. } => dims.push(*dim),
+                FeatureKind::Dense { .. } => self.errors.push(LowerError::CrossDense { name: c.name.get_ref().clone(), feature: n.get_ref().clone(), span: n.span() }),
+            }
+        }
+        let [da, db] = dims[..] else { return None };
+        if da != db {
+            self.errors.push(LowerError::CrossWidth {
+                name: c.name.get_ref().clone(),
+                a: names[0].get_ref().clone(),
+                a_dim: da,
+                b: names[1].get_ref().clone(),
+                b_dim: db,
+                span: c.features.span(),
+            });
+            return None;
+        }
+        Some(Cross { name: c.name.get_ref().clone(), a, b, dim: da })
+    }
+
+    fn lower_layer(&mut self, l: &spec::LayerSpec, name: String, input: Stream, tasks: &[spec::TaskSpec], n_tasks: usize) -> Layer {
+        let kind = match self.word("layer kind", &l.kind, LAYER_KINDS) {
+            Some("moe") => LayerKind::Moe,
+            Some("mmoe") => LayerKind::Mmoe,
+            _ => LayerKind::SharedBottom,
+        };
+        let count = match (kind, &l.experts) {
+            (LayerKind::SharedBottom, Some(e)) => {
+                self.errors.push(LowerError::GateOnSharedBottom { layer: name.clone(), span: e.span() });
+                1
+            }
+            (LayerKind::SharedBottom, None) => 1,
+            (_, Some(e)) => self.count("experts", e, MAX_EXPERTS),
+            (_, None) => DEFAULT_EXPERTS,
+        };
+        if kind != LayerKind::SharedBottom && count == 1 {
+            let span = l.experts.as_ref().map_or_else(|| l.kind.span(), |e| e.span());
+            self.warnings.push(LowerWarning::OneExpert { layer: name.clone(), span });
+        }
+        let units = self.units("expert units", l.units.get_ref());
+        if units.is_empty() {
+            self.errors.push(LowerError::OutOfRange { what: "units", found: "[]".into(), expected: "at least one layer of units", span: l.units.span() });
+        }
+        let mut dims = vec![input.width()];
+        dims.extend(&units);
+        let d_out = *dims.last().unwrap_or(&1);
+        let activation = self.activation(&l.activation);
+        let gates = match kind {
+            LayerKind::SharedBottom => Vec::new(),
+            LayerKind::Moe => vec![Gate { name: format!("{name}.gate"), owner: GateOwner::AllTasks, d_in: input.width(), experts: count }],
+            LayerKind::Mmoe => (0..n_tasks)
+                .map(|t| Gate {
+                    name: format!("{name}.gate.{}", tasks.get(t).map_or("task", |t| t.name.get_ref().as_str())),
+                    owner: GateOwner::Task(TaskId(t)),
+                    d_in: input.width(),
+                    experts: count,
+                })
+                .collect(),
+        };
+        let output = match (kind, input) {
+            (LayerKind::Mmoe, _) | (_, Stream::PerTask { .. }) => Stream::PerTask { width: d_out },
+            _ => Stream::Shared { width: d_out },
+        };
+        let experts = ExpertGroup { name: format!("{name}.experts"), owner: ExpertOwner::Shared, count, dims, activation };
+        Layer { name, kind, input, output, experts, gates }
+    }
+
+    fn lower_task(&mut self, t: &spec::TaskSpec, d_in: usize) -> Task {
+        let kind = match self.word("task kind", &t.kind, TASK_KINDS) {
+            Some("regression") => TaskKind::Regression,
+            _ => TaskKind::Binary,
+        };
+        let column = match &t.label {
+            Some(l) => {
+                if l.get_ref().is_empty() {
+                    self.range("the label column", false, "\"\"", "a column name", l.span());
+                }
+                l.get_ref().clone()
+            }
+            None => {
+                self.errors.push(LowerError::Missing { what: "`label`", span: t.name.span(), help: Some(format!("name the column task `{}` learns, e.g. label = \"{}\"", t.name.get_ref(), t.name.get_ref())) });
+                String::new()
+            }
+        };
+        if let (Some(p), TaskKind::Regression) = (&t.positive, kind) {
+            self.errors.push(LowerError::NotAllowed { key: "positive", context: "a regression task", span: p.span(), help: Some("`positive` turns a column into a 0/1 label for binary tasks".into()) });
+        }
+        let hidden = t.tower.as_ref().map_or_else(Vec::new, |u| self.units("tower units", u.get_ref()));
+        let mut dims = vec![d_in];
+        dims.extend(hidden);
+        dims.push(1);
+        let loss_weight = t.weight.as_ref().map_or(1.0, |w| {
+            let x = *w.get_ref();
+            self.range("the loss weight", x.is_finite() && x >= 0.0, x, "a finite number >= 0", w.span());
+            x
+        }) as f32;
+        Task {
+            name: t.name.get_ref().clone(),
+            kind,
+            label: Label { column, positive: t.positive.as_ref().map(|p| p.get_ref().clone()) },
+            output: TaskOutput::Tower { dims, activation: self.activation(&t.activation) },
+            loss_weight,
+        }
+    }
+
+    fn check_leaks(&mut self, spec: &Spec, features: &[Feature]) {
+        for t in &spec.tasks {
+            let Some(label) = &t.label else { continue };
+            for (f, fs) in features.iter().zip(&spec.features) {
+                let reads = match &f.kind {
+                    FeatureKind::Dense { width, .. } if *width > 1 => (0..*width).any(|i| format!("{}_{i}", f.column) == *label.get_ref()),
+                    _ => f.column == *label.get_ref(),
+                };
+                if reads {
+                    let input = fs.column.as_ref().map_or_else(|| fs.name.span(), |c| c.span());
+                    self.errors.push(LowerError::LabelLeak { task: t.name.get_ref().clone(), feature: f.name.clone(), column: label.get_ref().clone(), label: label.span(), input });
+                }
+            }
+        }
+    }
+
+    fn fraction(&mut self, what: &'static str, v: &Sp<f64>) -> f64 {
+        let x = *v.get_ref();
+        self.range(what, (0.0..1.0).contains(&x), x, "in [0, 1)", v.span());
+        x
+    }
+
+    fn lower_data(&mut self, spec: &Spec, base: &Path, model: &Model) -> DataConfig {
+        let d = &spec.data;
+        let validation_fraction = self.fraction("validation_fraction", &d.validation_fraction);
+        let test_fraction = self.fraction("test_fraction", &d.test_fraction);
+        if validation_fraction + test_fraction >= 1.0 {
+            self.range("validation_fraction + test_fraction", false, validation_fraction + test_fraction, "below 1", d.test_fraction.span());
+        }
+        let source = match self.word("data source", &d.source, SOURCES) {
+            Some("csv") => {
+                let delim = d.delimiter.get_ref();
+                let delimiter = match delim.as_bytes() {
+                    [b] => *b,
+                    _ => {
+                        self.range("the delimiter", false, format!("{delim:?}"), "one ASCII character", d.delimiter.span());
+                        b','
+                    }
+                };
+                if !d.header && d.columns.is_empty() {
+                    self.errors.push(LowerError::Missing { what: "`columns` (the file has no header)", span: d.source.span(), help: Some("list the column names in file order, or set header = true".into()) });
+                }
+                let mut seen = HashMap::new();
+                for c in &d.columns {
+                    self.name_check("column", c, &mut seen);
+                }
+                let path = |p: &Sp<String>| base.join(p.get_ref());
+                DataSource::Csv(CsvConfig {
+                    train: d.train.iter().map(path).collect(),
+                    validation: d.validation.as_ref().map(path),
+                    test: d.test.as_ref().map(path),
+                    format: CsvFormat { delimiter, header: d.header, columns: d.columns.iter().map(|c| c.get_ref().clone()).collect(), missing: d.missing.as_ref().map(|m| m.get_ref().clone()) },
+                })
+            }
+            _ => DataSource::Synthetic(self.lower_synthetic(&d.synthetic, model)),
+        };
+        DataConfig { source, validation_fraction, test_fraction }
+    }
+
+    fn lower_synthetic(&mut self, s: &spec::SyntheticSpec, model: &Model) -> SyntheticConfig {
+        let rows = self.count("rows", &s.rows, MAX_SYNTHETIC_ROWS);
+        let kind = match self.word("synthetic generator", &s.kind, GENERATORS) {
+            Some("categorical") => {
+                if let Some(f) = model.features.iter().find(|f| matches!(f.kind, FeatureKind::Dense { width, .. } if width > 64)) {
+                    self.errors.push(LowerError::Synthetic { generator: "categorical", reason: format!("dense feature `{}` is wider than 64", f.name), span: s.kind.span(), help: None });
+                }
+                SyntheticKind::Categorical { cardinality: self.count("cardinality", &s.cardinality, MAX_ROWS) }
+            }
+            _ => {
+                let dim = self.count("dim", &s.dim, MAX_UNITS);
+                let correlation = *s.correlation.get_ref();
+                self.range("correlation", (-1.0..=1.0).contains(&correlation), correlation, "in [-1, 1]", s.correlation.span());
+                let scale = *s.scale.get_ref();
+                self.range("scale", scale.is_finite() && scale > 0.0, scale, "a positive number", s.scale.span());
+                let sin_sd = *s.sin_sd.get_ref();
+                self.range("sin_sd", sin_sd.is_finite() && sin_sd >= 0.0, sin_sd, "a number >= 0", s.sin_sd.span());
+                let noise_sd = *s.noise_sd.get_ref();
+                self.range("noise_sd", noise_sd.is_finite() && noise_sd >= 0.0, noise_sd, "a number >= 0", s.noise_sd.span());
+                let sin_terms = *s.sin_terms.get_ref();
+                self.range("sin_terms", sin_terms <= 1000, sin_terms, "at most 1000", s.sin_terms.span());
+                let dense: usize = model.features.iter().map(|f| if let FeatureKind::Dense { width, .. } = f.kind { width } else { 0 }).sum();
+                let categorical = model.features.iter().any(|f| matches!(f.kind, FeatureKind::Categorical { .. }));
+                if dense != dim || categorical {
+                    self.errors.push(LowerError::Synthetic {
+                        generator: "mmoe",
+                        reason: format!("it makes {dim} dense inputs, and the spec declares {dense} dense values{}", if categorical { " and categorical features" } else { "" }),
+                        span: s.kind.span(),
+                        help: Some(format!("declare one dense feature with width = {dim}, or use kind = \"categorical\"")),
+                    });
+                }
+                if model.tasks.len() != 2 || model.tasks.iter().any(|t| t.kind != TaskKind::Regression) {
+                    self.errors.push(LowerError::Synthetic { generator: "mmoe", reason: "it makes exactly two regression labels".into(), span: s.kind.span(), help: Some("declare two tasks with kind = \"regression\"".into()) });
+                }
+                SyntheticKind::Mmoe { dim, correlation, scale, sin_terms: sin_terms.min(1000) as usize, sin_sd, noise_sd }
+            }
+        };
+        SyntheticConfig { kind, rows, seed: s.seed }
+    }
+
+    fn lower_train(&mut self, t: &spec::TrainSection) -> TrainConfig {
+        self.word("optimizer", &t.optimizer, OPTIMIZERS);
+        let pos = |x: f64| x.is_finite() && x > 0.0;
+        self.range("lr", pos(*t.lr.get_ref()), t.lr.get_ref(), "a positive number", t.lr.span());
+        for (what, v) in [("beta1", &t.beta1), ("beta2", &t.beta2)] {
+            self.range(what, (0.0..1.0).contains(v.get_ref()), v.get_ref(), "in [0, 1)", v.span());
+        }
+        self.range("eps", pos(*t.eps.get_ref()), t.eps.get_ref(), "a positive number", t.eps.span());
+        let wd = *t.weight_decay.get_ref();
+        self.range("weight_decay", wd.is_finite() && wd >= 0.0, wd, "a number >= 0", t.weight_decay.span());
+        let rate = *t.lr_decay_rate.get_ref();
+        self.range("lr_decay_rate", rate > 0.0 && rate <= 1.0, rate, "in (0, 1]", t.lr_decay_rate.span());
+        TrainConfig {
+            lr: *t.lr.get_ref(),
+            beta1: *t.beta1.get_ref(),
+            beta2: *t.beta2.get_ref(),
+            eps: *t.eps.get_ref(),
+            weight_decay: wd,
+            lr_decay_rate: rate,
+            lr_decay_epochs: self.count("lr_decay_epochs", &t.lr_decay_epochs, 1 << 20),
+            batch_size: self.count("batch_size", &t.batch_size, 1 << 20),
+            epochs: self.count("epochs", &t.epochs, 1 << 20),
+            seed: t.seed,
+        }
+    }
+}
+
+/// Largest embedding table (rows) or vocabulary accepted.
+pub const MAX_ROWS: u64 = 1 << 26;
+/// Largest width of any layer.
+pub const MAX_UNITS: u64 = 1 << 16;
+/// Most experts in a layer.
+pub const MAX_EXPERTS: u64 = 1024;
+/// Most rows the synthetic generators make.
+pub const MAX_SYNTHETIC_ROWS: u64 = 100_000_000;

@@ -1,0 +1,386 @@
+//! The model spec: what a user writes, parsed but not yet checked.
+//!
+//! In: the text of a `.toml` spec. Out: a [`Spec`] whose fields keep their byte
+//! spans ([`Sp`]) so that lowering can point at the line of a mistake. Names are
+//! not resolved here and shapes are not inferred; that is `lower`'s job. Every
+//! field has a default, documented on the field and in the README's spec
+//! reference. The DSL front end (`.mg`, issue 3) will build this same struct.
+
+mod toml_front;
+
+pub use toml_front::{parse_toml, SpecError};
+
+use serde::{Deserialize, Serialize};
+
+/// A value with the byte span it came from.
+pub type Sp<T> = toml::Spanned<T>;
+
+/// A whole model spec.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub model: ModelSection,
+    #[serde(default)]
+    pub data: DataSection,
+    #[serde(default)]
+    pub features: Vec<FeatureSpec>,
+    #[serde(default)]
+    pub crosses: Vec<CrossSpec>,
+    #[serde(default)]
+    pub layers: Vec<LayerSpec>,
+    #[serde(default)]
+    pub tasks: Vec<TaskSpec>,
+    #[serde(default)]
+    pub train: TrainSection,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// The model's name; used in the IR header and the bundle.
+    pub name: Sp<String>,
+}
+
+/// Where the rows come from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// `"synthetic"` (built-in generators) or `"csv"`. Default `"synthetic"`.
+    #[serde(default = "d_source")]
+    pub source: Sp<String>,
+    /// Settings of the synthetic generators.
+    #[serde(default)]
+    pub synthetic: SyntheticSpec,
+    /// Training file(s), relative to the spec's folder. `.gz` files are decompressed.
+    #[serde(default)]
+    pub train: Vec<Sp<String>>,
+    /// Validation file; when absent, `validation_fraction` of the training rows is held out.
+    #[serde(default)]
+    pub validation: Option<Sp<String>>,
+    /// Test file, evaluated once at the end with the best-validation weights.
+    #[serde(default)]
+    pub test: Option<Sp<String>>,
+    /// Fraction of the training rows held out for validation when no file is given. Default 0.1.
+    #[serde(default = "d_val_frac")]
+    pub validation_fraction: Sp<f64>,
+    /// Fraction of the training rows held out as a test set when no test file is given. Default 0.
+    #[serde(default = "d_zero")]
+    pub test_fraction: Sp<f64>,
+    /// Field delimiter, one character. Default `","`. Whitespace around fields is trimmed.
+    #[serde(default = "d_delim")]
+    pub delimiter: Sp<String>,
+    /// Whether the first line names the columns. Default true.
+    #[serde(default = "d_true")]
+    pub header: bool,
+    /// Column names, required when `header = false`.
+    #[serde(default)]
+    pub columns: Vec<Sp<String>>,
+    /// A token that means "missing": dense inputs read it as their `fill`, categoricals
+    /// as their own bucket; a missing label is an error. Default: none.
+    #[serde(default)]
+    pub missing: Option<Sp<String>>,
+}
+
+/// Built-in generators.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticSpec {
+    /// `"mmoe"`: the MMoE paper's regression generator (needs a dense feature of width
+    /// `dim` and two regression tasks). `"categorical"`: random ids per categorical
+    /// feature, labels from a fixed random teacher. Default `"mmoe"`.
+    #[serde(default = "d_syn_kind")]
+    pub kind: Sp<String>,
+    /// Rows generated. Default 100000.
+    #[serde(default = "d_rows")]
+    pub rows: Sp<u64>,
+    /// Generator seed. Default 1.
+    #[serde(default = "d_one_u64")]
+    pub seed: u64,
+    /// Input dimension d. Default 100.
+    #[serde(default = "d_dim")]
+    pub dim: Sp<u64>,
+    /// Task relatedness p (the cosine of the two weight vectors), in [-1, 1]. Default 0.5.
+    #[serde(default = "d_half")]
+    pub correlation: Sp<f64>,
+    /// Scale c of the weight vectors. Default 1.
+    #[serde(default = "d_one_f64")]
+    pub scale: Sp<f64>,
+    /// Number m of sine terms. Default 10.
+    #[serde(default = "d_sin")]
+    pub sin_terms: Sp<u64>,
+    /// Standard deviation of alpha_i and beta_i, drawn from N(0, sd^2). Default 1.
+    #[serde(default = "d_one_f64")]
+    pub sin_sd: Sp<f64>,
+    /// Standard deviation of the label noise epsilon. Default 0.1.
+    #[serde(default = "d_noise")]
+    pub noise_sd: Sp<f64>,
+    /// Categorical generator: distinct values per feature (capped by its buckets). Default 1000.
+    #[serde(default = "d_card")]
+    pub cardinality: Sp<u64>,
+}
+
+/// One input feature.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSpec {
+    pub name: Sp<String>,
+    /// `"categorical"` or `"dense"`.
+    #[serde(rename = "type")]
+    pub kind: Sp<String>,
+    /// Column read; defaults to the feature's name. A dense feature of width w > 1 reads
+    /// `column_0 .. column_{w-1}`.
+    #[serde(default)]
+    pub column: Option<Sp<String>>,
+    /// Categorical: number of hash buckets (xxh3 of `name=value`, fixed seed).
+    #[serde(default)]
+    pub hash_buckets: Option<Sp<u64>>,
+    /// Categorical: an inline vocabulary; index 0 is the out-of-vocabulary bucket.
+    #[serde(default)]
+    pub vocabulary: Option<Sp<Vec<String>>>,
+    /// Categorical: embedding width. Default 8.
+    #[serde(default)]
+    pub embedding_dim: Option<Sp<u64>>,
+    /// Dense: number of values (columns). Default 1.
+    #[serde(default)]
+    pub width: Option<Sp<u64>>,
+    /// Dense: `"none"` (default), `"log1p"` or `"zscore"` (needs `mean` and `std`).
+    #[serde(default)]
+    pub transform: Option<Sp<String>>,
+    #[serde(default)]
+    pub mean: Option<Sp<f64>>,
+    #[serde(default)]
+    pub std: Option<Sp<f64>>,
+    /// Dense: value used for a missing field. Default 0.
+    #[serde(default)]
+    pub fill: Option<Sp<f64>>,
+}
+
+/// A feature built from two categorical embeddings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossSpec {
+    pub name: Sp<String>,
+    /// `"product"`: the elementwise product of the two embeddings. Default `"product"`.
+    #[serde(default = "d_product")]
+    pub op: Sp<String>,
+    /// Exactly two categorical features with equal embedding widths.
+    pub features: Sp<Vec<Sp<String>>>,
+}
+
+/// One layer of the stack between the inputs and the towers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSpec {
+    /// Optional name, used in diagnostics and parameter names. Default `layer{i}`.
+    #[serde(default)]
+    pub name: Option<Sp<String>>,
+    /// `"shared_bottom"`, `"moe"` or `"mmoe"`.
+    pub kind: Sp<String>,
+    /// Experts in a gated layer. Default 8 for `moe`/`mmoe`; not allowed on `shared_bottom`.
+    #[serde(default)]
+    pub experts: Option<Sp<u64>>,
+    /// Hidden units of each expert (or of the shared-bottom MLP), one entry per layer.
+    pub units: Sp<Vec<Sp<u64>>>,
+    /// `"relu"` (default), `"tanh"`, `"sigmoid"`, `"gelu"` or `"linear"`.
+    #[serde(default)]
+    pub activation: Option<Sp<String>>,
+}
+
+/// One prediction task and its tower.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub name: Sp<String>,
+    /// `"binary"` or `"regression"`.
+    pub kind: Sp<String>,
+    /// The label column.
+    #[serde(default)]
+    pub label: Option<Sp<String>>,
+    /// Binary: the label is 1 where the column equals this string, else 0. Without it
+    /// a binary label column must hold 0 or 1.
+    #[serde(default)]
+    pub positive: Option<Sp<String>>,
+    /// Tower hidden units (before the one-unit output). Default `[]`.
+    #[serde(default)]
+    pub tower: Option<Sp<Vec<Sp<u64>>>>,
+    /// Tower activation. Default `"relu"`.
+    #[serde(default)]
+    pub activation: Option<Sp<String>>,
+    /// Weight of this task's loss in the sum. Default 1.
+    #[serde(default)]
+    pub weight: Option<Sp<f64>>,
+}
+
+/// Optimiser and schedule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// `"adam"`. Default `"adam"`.
+    #[serde(default = "d_adam")]
+    pub optimizer: Sp<String>,
+    /// Initial learning rate. Default 1e-3.
+    #[serde(default = "d_lr")]
+    pub lr: Sp<f64>,
+    #[serde(default = "d_beta1")]
+    pub beta1: Sp<f64>,
+    #[serde(default = "d_beta2")]
+    pub beta2: Sp<f64>,
+    #[serde(default = "d_eps")]
+    pub eps: Sp<f64>,
+    /// Decoupled (AdamW-style) weight decay. Default 0.
+    #[serde(default = "d_zero")]
+    pub weight_decay: Sp<f64>,
+    /// Exponential decay: lr(epoch) = lr * lr_decay_rate ^ (epoch / lr_decay_epochs).
+    /// Default rate 1 (no decay), epochs 1.
+    #[serde(default = "d_one_f64")]
+    pub lr_decay_rate: Sp<f64>,
+    #[serde(default = "d_one_u64_sp")]
+    pub lr_decay_epochs: Sp<u64>,
+    /// Default 512.
+    #[serde(default = "d_batch")]
+    pub batch_size: Sp<u64>,
+    /// Default 10.
+    #[serde(default = "d_epochs")]
+    pub epochs: Sp<u64>,
+    /// Seeds weight initialisation and shuffling. Default 42.
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+}
+
+fn sp<T>(v: T) -> Sp<T> {
+    toml::Spanned::new(0..0, v)
+}
+fn d_zero() -> Sp<f64> {
+    sp(0.0)
+}
+fn d_source() -> Sp<String> {
+    sp("synthetic".into())
+}
+fn d_syn_kind() -> Sp<String> {
+    sp("mmoe".into())
+}
+fn d_product() -> Sp<String> {
+    sp("product".into())
+}
+fn d_adam() -> Sp<String> {
+    sp("adam".into())
+}
+fn d_delim() -> Sp<String> {
+    sp(",".into())
+}
+fn d_true() -> bool {
+    true
+}
+fn d_val_frac() -> Sp<f64> {
+    sp(0.1)
+}
+fn d_rows() -> Sp<u64> {
+    sp(100_000)
+}
+fn d_one_u64() -> u64 {
+    1
+}
+fn d_one_u64_sp() -> Sp<u64> {
+    sp(1)
+}
+fn d_dim() -> Sp<u64> {
+    sp(100)
+}
+fn d_half() -> Sp<f64> {
+    sp(0.5)
+}
+fn d_one_f64() -> Sp<f64> {
+    sp(1.0)
+}
+fn d_sin() -> Sp<u64> {
+    sp(10)
+}
+fn d_noise() -> Sp<f64> {
+    sp(0.1)
+}
+fn d_card() -> Sp<u64> {
+    sp(1000)
+}
+fn d_lr() -> Sp<f64> {
+    sp(1e-3)
+}
+fn d_beta1() -> Sp<f64> {
+    sp(0.9)
+}
+fn d_beta2() -> Sp<f64> {
+    sp(0.999)
+}
+fn d_eps() -> Sp<f64> {
+    sp(1e-8)
+}
+fn d_batch() -> Sp<u64> {
+    sp(512)
+}
+fn d_epochs() -> Sp<u64> {
+    sp(10)
+}
+fn d_seed() -> u64 {
+    42
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            source: d_source(),
+            synthetic: SyntheticSpec::default(),
+            train: Vec::new(),
+            validation: None,
+            test: None,
+            validation_fraction: d_val_frac(),
+            test_fraction: sp(0.0),
+            delimiter: d_delim(),
+            header: true,
+            columns: Vec::new(),
+            missing: None,
+        }
+    }
+}
+
+impl Default for SyntheticSpec {
+    fn default() -> Self {
+        SyntheticSpec {
+            kind: d_syn_kind(),
+            rows: d_rows(),
+            seed: 1,
+            dim: d_dim(),
+            correlation: d_half(),
+            scale: d_one_f64(),
+            sin_terms: d_sin(),
+            sin_sd: d_one_f64(),
+            noise_sd: d_noise(),
+            cardinality: d_card(),
+        }
+    }
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            optimizer: d_adam(),
+            lr: d_lr(),
+            beta1: d_beta1(),
+            beta2: d_beta2(),
+            eps: d_eps(),
+            weight_decay: sp(0.0),
+            lr_decay_rate: d_one_f64(),
+            lr_decay_epochs: d_one_u64_sp(),
+            batch_size: d_batch(),
+            epochs: d_epochs(),
+            seed: d_seed(),
+        }
+    }
+}
+
+impl Spec {
+    /// The spec as canonical TOML, every default written out. This is what a bundle stores.
+    pub fn to_toml(&self) -> String {
+        // Serialising plain data structs to TOML cannot fail: no maps with non-string keys,
+        // and arrays of tables come after plain values in every struct above.
+        toml::to_string(self).unwrap_or_else(|e| format!("# could not serialise spec: {e}\n"))
+    }
+}

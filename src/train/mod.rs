@@ -1,0 +1,243 @@
+//! Training: shuffled minibatches, weighted per-task losses, Adam, exponential LR
+//! decay, per-epoch validation, best-epoch selection, test evaluation and gate
+//! diagnostics.
+//!
+//! In: a [`CandleModel`], a [`TrainConfig`] and encoded splits. Out: a
+//! [`TrainReport`]; the model is left holding the best-validation weights. Progress
+//! goes to a callback; this module prints nothing.
+
+pub mod adam;
+pub mod loss;
+pub mod metrics;
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use crate::backend::candle::{Batch, CandleModel};
+use crate::data::Dataset;
+use crate::ir::{TaskKind, TrainConfig};
+use crate::rng::Rng;
+use adam::{Adam, AdamConfig};
+use metrics::{binary_metrics, regression_metrics, TaskMetrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("the loss of task `{task}` became {value} at epoch {epoch}, step {step}; lower the learning rate or check the inputs for extreme values")]
+    NonFinite { task: String, value: f32, epoch: usize, step: u64 },
+    #[error("the training split has no rows")]
+    NoRows,
+    #[error("the data has no labels for task `{0}`")]
+    NoLabels(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub use crate::data::Splits;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub lr: f64,
+    /// Mean training loss per task.
+    pub train_loss: Vec<f64>,
+    /// Weighted validation loss (the selection criterion).
+    pub validation_loss: f64,
+    pub validation: Vec<TaskMetrics>,
+    pub seconds: f64,
+    pub train_samples_per_sec: f64,
+}
+
+/// Mean gate weight per expert over a split: how each gate uses its experts.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateUsage {
+    pub layer: String,
+    /// Per gate (task or shared): gate name and mean weight per expert.
+    pub gates: Vec<(String, Vec<f64>)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub epochs: Vec<EpochReport>,
+    pub best_epoch: usize,
+    pub validation: Vec<TaskMetrics>,
+    pub test: Option<Vec<TaskMetrics>>,
+    pub gate_usage: Vec<GateUsage>,
+}
+
+/// Predictions, loss and gate usage of a model over a dataset.
+pub struct Evaluation {
+    pub predictions: Vec<Vec<f32>>,
+    pub metrics: Vec<TaskMetrics>,
+    pub loss: f64,
+    pub gate_usage: Vec<GateUsage>,
+}
+
+/// Predicts every row in batches of `batch_size`.
+pub fn predict(model: &CandleModel, ds: &Dataset, batch_size: usize) -> candle_core::Result<(Vec<Vec<f32>>, Vec<GateUsage>)> {
+    let n_tasks = model.ir.tasks.len();
+    let mut preds = vec![Vec::with_capacity(ds.rows); n_tasks];
+    let gated: Vec<&crate::ir::Layer> = model.ir.layers.iter().filter(|l| !l.gates.is_empty()).collect();
+    let mut sums: Vec<Option<Tensor>> = vec![None; gated.len()];
+    let idx: Vec<usize> = (0..ds.rows).collect();
+    for chunk in idx.chunks(batch_size.max(1)) {
+        let batch = Batch::gather(ds, chunk, &model.device)?;
+        let out = model.forward(&batch)?;
+        for ((h, t), p) in out.heads.iter().zip(&model.ir.tasks).zip(&mut preds) {
+            let v = match t.kind {
+                TaskKind::Binary => crate::backend::candle::activate(h, crate::ir::Activation::Sigmoid)?,
+                TaskKind::Regression => h.clone(),
+            };
+            p.extend(v.to_vec1::<f32>()?);
+        }
+        for (s, g) in sums.iter_mut().zip(&out.gates) {
+            let g = g.sum(0)?; // [G, E]
+            *s = Some(match s.take() {
+                Some(acc) => (acc + g)?,
+                None => g,
+            });
+        }
+    }
+    let mut usage = Vec::new();
+    for (l, s) in gated.iter().zip(sums) {
+        let Some(s) = s else { continue };
+        let rows = s.to_vec2::<f32>()?;
+        let names: Vec<String> = if rows.len() == l.gates.len() {
+            l.gates.iter().map(|g| g.name.clone()).collect()
+        } else {
+            model.ir.tasks.iter().map(|t| format!("{}.gate@{}", l.name, t.name)).collect()
+        };
+        let gates = names.into_iter().zip(rows).map(|(n, r)| (n, r.iter().map(|&x| x as f64 / ds.rows.max(1) as f64).collect())).collect();
+        usage.push(GateUsage { layer: l.name.clone(), gates });
+    }
+    Ok((preds, usage))
+}
+
+/// Predicts and scores a labelled dataset.
+pub fn evaluate(model: &CandleModel, ds: &Dataset, batch_size: usize) -> Result<Evaluation, TrainError> {
+    let (predictions, gate_usage) = predict(model, ds, batch_size)?;
+    let mut metrics = Vec::new();
+    let mut loss = 0.0;
+    for ((t, p), y) in model.ir.tasks.iter().zip(&predictions).zip(&ds.labels) {
+        if y.len() != p.len() {
+            return Err(TrainError::NoLabels(t.name.clone()));
+        }
+        let m = match t.kind {
+            TaskKind::Binary => {
+                let m = binary_metrics(p, y);
+                loss += t.loss_weight as f64 * m.logloss;
+                TaskMetrics::Binary(m)
+            }
+            TaskKind::Regression => {
+                let m = regression_metrics(p, y);
+                loss += t.loss_weight as f64 * m.mse;
+                TaskMetrics::Regression(m)
+            }
+        };
+        metrics.push(m);
+    }
+    Ok(Evaluation { predictions, metrics, loss, gate_usage })
+}
+
+/// The weighted training loss of a batch, and each task's loss.
+pub fn batch_loss(model: &CandleModel, batch: &Batch) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+    let out = model.forward(batch)?;
+    let mut per_task = Vec::with_capacity(out.heads.len());
+    let mut total: Option<Tensor> = None;
+    for ((h, t), y) in out.heads.iter().zip(&model.ir.tasks).zip(&batch.labels) {
+        let l = match t.kind {
+            TaskKind::Binary => loss::bce_with_logits(h, y)?,
+            TaskKind::Regression => loss::mse(h, y)?,
+        };
+        let w = (&l * t.loss_weight as f64)?;
+        total = Some(match total {
+            Some(acc) => (acc + w)?,
+            None => w,
+        });
+        per_task.push(l);
+    }
+    let total = total.ok_or_else(|| candle_core::Error::Msg("model has no tasks".into()))?;
+    Ok((total, per_task))
+}
+
+/// Trains `model` on `splits.train`, validating after every epoch; leaves the model
+/// at the best-validation epoch and reports test metrics there.
+pub fn fit(model: &CandleModel, cfg: &TrainConfig, splits: &Splits, on_epoch: &mut dyn FnMut(&EpochReport)) -> Result<TrainReport, TrainError> {
+    let train = &splits.train;
+    if train.rows == 0 {
+        return Err(TrainError::NoRows);
+    }
+    for (t, l) in model.ir.tasks.iter().zip(&train.labels) {
+        if l.len() != train.rows {
+            return Err(TrainError::NoLabels(t.name.clone()));
+        }
+    }
+    let vars = model.vars.iter().map(|(_, v)| v.clone()).collect();
+    let mut opt = Adam::new(vars, AdamConfig::from(cfg))?;
+    let mut rng = Rng::derive(cfg.seed, "shuffle");
+    let mut order: Vec<usize> = (0..train.rows).collect();
+    let mut epochs = Vec::new();
+    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
+    let n_tasks = model.ir.tasks.len();
+    for epoch in 0..cfg.epochs {
+        let start = Instant::now();
+        let lr = cfg.lr_at(epoch);
+        rng.shuffle(&mut order);
+        let mut sums = vec![0.0f64; n_tasks];
+        let mut seen = 0usize;
+        for chunk in order.chunks(cfg.batch_size) {
+            let batch = Batch::gather(train, chunk, &model.device)?;
+            let (total, per_task) = batch_loss(model, &batch)?;
+            let values = Tensor::stack(&per_task, 0)?.to_vec1::<f32>()?;
+            for ((s, &v), t) in sums.iter_mut().zip(&values).zip(&model.ir.tasks) {
+                if !v.is_finite() {
+                    return Err(TrainError::NonFinite { task: t.name.clone(), value: v, epoch: epoch + 1, step: opt.step + 1 });
+                }
+                *s += v as f64 * chunk.len() as f64;
+            }
+            seen += chunk.len();
+            let grads = total.backward()?;
+            opt.step(&grads, lr)?;
+        }
+        let train_secs = start.elapsed().as_secs_f64();
+        let val = if splits.validation.rows > 0 { Some(evaluate(model, &splits.validation, 4096)?) } else { None };
+        let validation_loss = val.as_ref().map_or(f64::NAN, |v| v.loss);
+        let report = EpochReport {
+            epoch: epoch + 1,
+            lr,
+            train_loss: sums.iter().map(|s| s / seen.max(1) as f64).collect(),
+            validation_loss,
+            validation: val.map(|v| v.metrics).unwrap_or_default(),
+            seconds: start.elapsed().as_secs_f64(),
+            train_samples_per_sec: seen as f64 / train_secs.max(1e-9),
+        };
+        on_epoch(&report);
+        let improved = match &best {
+            None => true,
+            Some((b, _, _)) => validation_loss < *b,
+        };
+        if improved && splits.validation.rows > 0 {
+            best = Some((validation_loss, epoch + 1, model.snapshot()?));
+        }
+        epochs.push(report);
+    }
+    let best_epoch = match best {
+        Some((_, e, values)) => {
+            model.restore(&values)?;
+            e
+        }
+        None => cfg.epochs,
+    };
+    let (validation, gate_usage) = if splits.validation.rows > 0 {
+        let v = evaluate(model, &splits.validation, 4096)?;
+        (v.metrics, v.gate_usage)
+    } else {
+        (Vec::new(), predict(model, train, 4096)?.1)
+    };
+    let test = match &splits.test {
+        Some(t) if t.rows > 0 => Some(evaluate(model, t, 4096)?.metrics),
+        _ => None,
+    };
+    Ok(TrainReport { epochs, best_epoch, validation, test, gate_usage })
+}
