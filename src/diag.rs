@@ -1,5 +1,6 @@
-//! Rendering diagnostics: a labelled snippet with file:line:col, without colour
-//! when asked (tests, pipes), so snapshots are stable.
+//! Diagnostics shared by every stage: rendering (a labelled snippet with
+//! file:line:col, without colour when asked, so snapshots are stable) and
+//! did-you-mean suggestions.
 
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, NamedSource};
 
@@ -49,5 +50,46 @@ impl Diagnostic for Wrapped<'_> {
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
         Some(&self.src)
+    }
+}
+
+/// Edit distance with adjacent transpositions (optimal string alignment), for did-you-mean.
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// "did you mean `x`?" when a candidate is close enough.
+pub fn did_you_mean<'a>(found: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let best = candidates.into_iter().map(|c| (distance(found, c), c)).min_by_key(|(d, _)| *d)?;
+    let limit = (found.chars().count() / 3).max(2);
+    (best.0 <= limit).then(|| format!("did you mean `{}`?", best.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        assert_eq!(distance("kitten", "sitting"), 3);
+        assert_eq!(did_you_mean("mmeo", ["moe", "mmoe"]).as_deref(), Some("did you mean `mmoe`?"));
+        assert_eq!(did_you_mean("zzzzzz", ["moe", "mmoe"]), None);
     }
 }

@@ -39,7 +39,8 @@ pub fn compile_source(src: &SourceFile) -> Result<Compiled, CompileError> {
 
 /// Reads, parses and lowers a spec file.
 pub fn compile_file(path: &Path) -> Result<(SourceFile, Result<Compiled, CompileError>), CompileError> {
-    let src = SourceFile::read(path).map_err(|source| CompileError::Read { path: path.display().to_string(), source })?;
+    let src =
+        SourceFile::read(path).map_err(|source| CompileError::Read { path: path.display().to_string(), source })?;
     let compiled = compile_source(&src);
     Ok((src, compiled))
 }

@@ -39,11 +39,7 @@ impl SourceFile {
 
     /// The folder relative data paths in the spec are resolved against.
     pub fn base_dir(&self) -> PathBuf {
-        self.path
-            .as_ref()
-            .and_then(|p| p.parent())
-            .map(|p| p.to_path_buf())
-            .unwrap_or_else(|| PathBuf::from("."))
+        self.path.as_ref().and_then(|p| p.parent()).map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from("."))
     }
 
     /// 1-based line and column of a byte offset.

@@ -24,10 +24,19 @@ pub fn bench(path: &Path, batch_size: usize, steps: usize, device: Device) -> Re
     let frame = match &c.data.source {
         DataSource::Synthetic(s) => match &s.kind {
             SyntheticKind::Mmoe { dim, correlation, scale, sin_terms, sin_sd, noise_sd } => {
-                let p = data::synthetic::MmoeParams { dim: *dim, correlation: *correlation, scale: *scale, sin_terms: *sin_terms, sin_sd: *sin_sd, noise_sd: *noise_sd };
+                let p = data::synthetic::MmoeParams {
+                    dim: *dim,
+                    correlation: *correlation,
+                    scale: *scale,
+                    sin_terms: *sin_terms,
+                    sin_sd: *sin_sd,
+                    noise_sd: *noise_sd,
+                };
                 data::synthetic::mmoe_frame(&c.model, &p, rows, s.seed)
             }
-            SyntheticKind::Categorical { cardinality } => data::synthetic::categorical_frame(&c.model, *cardinality, rows, s.seed),
+            SyntheticKind::Categorical { cardinality } => {
+                data::synthetic::categorical_frame(&c.model, *cardinality, rows, s.seed)
+            }
         },
         DataSource::Csv(_) => data::synthetic::categorical_frame(&c.model, 1000, rows, 1),
     };
@@ -76,8 +85,16 @@ pub fn bench(path: &Path, batch_size: usize, steps: usize, device: Device) -> Re
     let train = fwd + bwd + optim;
     let per_sec = |d: Duration| (steps * batch_size) as f64 / d.as_secs_f64().max(1e-12);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0 / steps as f64;
-    println!("model {}: {} parameters, {} forward FLOPs/sample", c.model.name, c.model.param_count(), c.model.flops_per_sample());
-    println!("device {device:?}, threads {}, batch {batch_size}, {steps} timed steps after {warmup} warm-up", candle_core::utils::get_num_threads());
+    println!(
+        "model {}: {} parameters, {} forward FLOPs/sample",
+        c.model.name,
+        c.model.param_count(),
+        c.model.flops_per_sample()
+    );
+    println!(
+        "device {device:?}, threads {}, batch {batch_size}, {steps} timed steps after {warmup} warm-up",
+        candle_core::utils::get_num_threads()
+    );
     println!("train:        {:>10.0} samples/s  ({:.3} ms/step)", per_sec(train), ms(train));
     println!("  forward+loss {:>6.1}%  {:.3} ms", 100.0 * fwd.as_secs_f64() / train.as_secs_f64(), ms(fwd));
     println!("  backward     {:>6.1}%  {:.3} ms", 100.0 * bwd.as_secs_f64() / train.as_secs_f64(), ms(bwd));

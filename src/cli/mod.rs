@@ -19,7 +19,11 @@ use multigate::source::SourceFile;
 use multigate::train::{self, TrainReport};
 
 #[derive(Parser)]
-#[command(name = "multigate", version, about = "Compile, train and export multi-task recommendation models (MMoE, MoE, shared-bottom)")]
+#[command(
+    name = "multigate",
+    version,
+    about = "Compile, train and export multi-task recommendation models (MMoE, MoE, shared-bottom)"
+)]
 struct Cli {
     /// Worker threads for candle's CPU kernels (default: all cores).
     #[arg(long, global = true)]
@@ -114,7 +118,9 @@ pub fn run() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check { spec } => check(&spec),
-        Command::CompileAndTrain { spec, data, out, epochs, rows, device } => compile_and_train(&spec, data.as_deref(), out, epochs, rows, device),
+        Command::CompileAndTrain { spec, data, out, epochs, rows, device } => {
+            compile_and_train(&spec, data.as_deref(), out, epochs, rows, device)
+        }
         Command::Predict { bundle, data, out, device } => predict(&bundle, &data, out.as_deref(), device),
         Command::Synth { spec, rows, out } => synth(&spec, rows, &out),
         Command::Bench { spec, batch, steps, device } => bench::bench(&spec, batch, steps, device),
@@ -166,7 +172,14 @@ fn spec_locator(src: &SourceFile) -> impl Fn(&Need) -> String + '_ {
     }
 }
 
-fn compile_and_train(path: &Path, data_path: Option<&Path>, out: Option<PathBuf>, epochs: Option<usize>, rows: Option<usize>, device: Device) -> Result<(), Failure> {
+fn compile_and_train(
+    path: &Path,
+    data_path: Option<&Path>,
+    out: Option<PathBuf>,
+    epochs: Option<usize>,
+    rows: Option<usize>,
+    device: Device,
+) -> Result<(), Failure> {
     let (src, mut c) = compile(path)?;
     if let Some(e) = epochs {
         c.train.epochs = e.max(1);
@@ -175,23 +188,43 @@ fn compile_and_train(path: &Path, data_path: Option<&Path>, out: Option<PathBuf>
         s.rows = r.max(1);
     }
     let dev = candle_device(device)?;
-    println!("model {}: {} parameters, {} forward FLOPs/sample", c.model.name, c.model.param_count(), c.model.flops_per_sample());
+    println!(
+        "model {}: {} parameters, {} forward FLOPs/sample",
+        c.model.name,
+        c.model.param_count(),
+        c.model.flops_per_sample()
+    );
     let (splits, info) = data::load_splits(&c.model, &c.data, data_path, &spec_locator(&src))?;
-    println!("data: {} (train {}, validation {}, test {})", info.source, splits.train.rows, splits.validation.rows, splits.test.as_ref().map_or(0, |t| t.rows));
+    println!(
+        "data: {} (train {}, validation {}, test {})",
+        info.source,
+        splits.train.rows,
+        splits.validation.rows,
+        splits.test.as_ref().map_or(0, |t| t.rows)
+    );
     if let Some(r) = info.label_correlation {
-        println!("synthetic labels: Pearson correlation {r:.4} (task relatedness p = {})", match &c.data.source {
-            DataSource::Synthetic(s) => match s.kind {
-                SyntheticKind::Mmoe { correlation, .. } => correlation.to_string(),
+        println!(
+            "synthetic labels: Pearson correlation {r:.4} (task relatedness p = {})",
+            match &c.data.source {
+                DataSource::Synthetic(s) => match s.kind {
+                    SyntheticKind::Mmoe { correlation, .. } => correlation.to_string(),
+                    _ => "?".into(),
+                },
                 _ => "?".into(),
-            },
-            _ => "?".into(),
-        });
+            }
+        );
     }
     let model = CandleModel::new(&c.model, c.train.seed, &dev)?;
     let names: Vec<String> = c.model.tasks.iter().map(|t| t.name.clone()).collect();
     let report = train::fit(&model, &c.train, &splits, &mut |e| {
         let losses: Vec<String> = names.iter().zip(&e.train_loss).map(|(n, l)| format!("{n} {l:.4}")).collect();
-        println!("epoch {:>3}  lr {:.2e}  train loss [{}]  {:.0} samples/s", e.epoch, e.lr, losses.join(", "), e.train_samples_per_sec);
+        println!(
+            "epoch {:>3}  lr {:.2e}  train loss [{}]  {:.0} samples/s",
+            e.epoch,
+            e.lr,
+            losses.join(", "),
+            e.train_samples_per_sec
+        );
         for (n, m) in names.iter().zip(&e.validation) {
             println!("           val {n}: {m}");
         }
@@ -207,7 +240,15 @@ fn compile_and_train(path: &Path, data_path: Option<&Path>, out: Option<PathBuf>
         "label_correlation": info.label_correlation,
         "report": report,
     });
-    export::write_bundle(&out, &model, BundleContents { spec_toml: &spec_for_bundle(&src), metrics_json: &serde_json::to_string_pretty(&metrics)?, optimizer: None })?;
+    export::write_bundle(
+        &out,
+        &model,
+        BundleContents {
+            spec_toml: &spec_for_bundle(&src),
+            metrics_json: &serde_json::to_string_pretty(&metrics)?,
+            optimizer: None,
+        },
+    )?;
     println!("bundle written to {}", out.display());
     Ok(())
 }
@@ -244,7 +285,9 @@ fn predict(bundle: &Path, data_path: &Path, out: Option<&Path>, device: Device) 
     let b = export::read_bundle(bundle, &dev)?;
     let format = match &b.compiled.data.source {
         DataSource::Csv(c) => c.format.clone(),
-        DataSource::Synthetic(_) => multigate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None },
+        DataSource::Synthetic(_) => {
+            multigate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None }
+        }
     };
     let needs = data::needs(&b.compiled.model);
     let frame = data::csv_source::read_csv(data_path, &format, &needs, false, &spec_locator(&b.source))?;
@@ -274,7 +317,11 @@ fn predict(bundle: &Path, data_path: &Path, out: Option<&Path>, device: Device) 
 
 /// Writes a file via a temporary sibling and a rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    let tmp = path.with_file_name(format!(".{}.tmp-{}", path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), std::process::id()));
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+        std::process::id()
+    ));
     std::fs::write(&tmp, bytes).map_err(|e| Failure::new(1, format!("error: {}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -285,14 +332,26 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
 fn synth(path: &Path, rows: usize, out: &Path) -> Result<(), Failure> {
     let (_, c) = compile(path)?;
     let DataSource::Synthetic(s) = &c.data.source else {
-        return Err(Failure::new(2, format!("error: {} reads CSV files; `synth` needs [data] source = \"synthetic\"", path.display())));
+        return Err(Failure::new(
+            2,
+            format!("error: {} reads CSV files; `synth` needs [data] source = \"synthetic\"", path.display()),
+        ));
     };
     let frame = match &s.kind {
         SyntheticKind::Mmoe { dim, correlation, scale, sin_terms, sin_sd, noise_sd } => {
-            let p = data::synthetic::MmoeParams { dim: *dim, correlation: *correlation, scale: *scale, sin_terms: *sin_terms, sin_sd: *sin_sd, noise_sd: *noise_sd };
+            let p = data::synthetic::MmoeParams {
+                dim: *dim,
+                correlation: *correlation,
+                scale: *scale,
+                sin_terms: *sin_terms,
+                sin_sd: *sin_sd,
+                noise_sd: *noise_sd,
+            };
             data::synthetic::mmoe_frame(&c.model, &p, rows, s.seed)
         }
-        SyntheticKind::Categorical { cardinality } => data::synthetic::categorical_frame(&c.model, *cardinality, rows, s.seed),
+        SyntheticKind::Categorical { cardinality } => {
+            data::synthetic::categorical_frame(&c.model, *cardinality, rows, s.seed)
+        }
     };
     let mut buf = Vec::new();
     frame.write_csv(&mut buf)?;

@@ -74,7 +74,12 @@ pub fn read_csv(
                     available.truncate(400);
                     available.push_str(", ...");
                 }
-                return Err(DataError::MissingColumn { path: shown, column: need.column.clone(), spec_at: spec_at(need), available });
+                return Err(DataError::MissingColumn {
+                    path: shown,
+                    column: need.column.clone(),
+                    spec_at: spec_at(need),
+                    available,
+                });
             }
         }
     }
@@ -88,7 +93,9 @@ pub fn read_csv(
             Err(e) => {
                 let line = e.position().map_or(0, |p| p.line());
                 let problem = match e.kind() {
-                    csv::ErrorKind::UnequalLengths { expected_len, len, .. } => format!("expected {expected_len} fields, found {len}"),
+                    csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                        format!("expected {expected_len} fields, found {len}")
+                    }
                     csv::ErrorKind::Utf8 { .. } => "the row is not valid UTF-8".to_string(),
                     _ => e.to_string(),
                 };
@@ -97,7 +104,10 @@ pub fn read_csv(
         }
         let line = record.position().map_or(0, |p| p.line());
         if !format.header && record.len() != header.len() {
-            return Err(DataError::BadRow { at: format!("{shown}:{line}"), problem: format!("expected {} fields (the spec's `columns`), found {}", header.len(), record.len()) });
+            return Err(DataError::BadRow {
+                at: format!("{shown}:{line}"),
+                problem: format!("expected {} fields (the spec's `columns`), found {}", header.len(), record.len()),
+            });
         }
         lines.push(line);
         for ((b, &slot), name) in builders.iter_mut().zip(&slots).zip(&names) {
@@ -109,7 +119,11 @@ pub fn read_csv(
                     let x = if is_missing {
                         f32::NAN
                     } else {
-                        field.parse::<f32>().map_err(|_| DataError::BadValue { at: format!("{shown}:{line}"), column: name.clone(), problem: format!("`{field}` is not a number") })?
+                        field.parse::<f32>().map_err(|_| DataError::BadValue {
+                            at: format!("{shown}:{line}"),
+                            column: name.clone(),
+                            problem: format!("`{field}` is not a number"),
+                        })?
                     };
                     v.push(x);
                 }

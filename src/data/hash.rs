@@ -29,6 +29,8 @@ mod tests {
         assert_eq!(hash_bucket("class_worker", "Private", 1000), PINNED_CLASS_WORKER);
     }
 
-    const PINNED_SITE_ID: u64 = 0;
-    const PINNED_CLASS_WORKER: u32 = 0;
+    // Cross-checked against the reference implementation (python-xxhash 3.x:
+    // xxh3_64_intdigest(b"site_id=1fbe01fe", seed=HASH_SEED)).
+    const PINNED_SITE_ID: u64 = 714_691_384_556_225_380;
+    const PINNED_CLASS_WORKER: u32 = 173;
 }

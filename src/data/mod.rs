@@ -21,7 +21,9 @@ use hash::hash_bucket;
 pub enum DataError {
     #[error("cannot open {path}: {source}")]
     Open { path: String, source: std::io::Error },
-    #[error("{path}: column `{column}` is not in the file (the spec reads it at {spec_at}); the file has: {available}")]
+    #[error(
+        "{path}: column `{column}` is not in the file (the spec reads it at {spec_at}); the file has: {available}"
+    )]
     MissingColumn { path: String, column: String, spec_at: String, available: String },
     #[error("{at}: {problem}")]
     BadRow { at: String, problem: String },
@@ -55,17 +57,32 @@ pub fn needs(model: &Model) -> Vec<Need> {
     let mut out = Vec::new();
     for f in &model.features {
         match &f.kind {
-            FeatureKind::Categorical { .. } => out.push(Need { column: f.column.clone(), kind: ColumnKind::Cat, reader: format!("feature `{}`", f.name), is_label: false }),
+            FeatureKind::Categorical { .. } => out.push(Need {
+                column: f.column.clone(),
+                kind: ColumnKind::Cat,
+                reader: format!("feature `{}`", f.name),
+                is_label: false,
+            }),
             FeatureKind::Dense { width, .. } => {
                 for c in dense_columns(&f.column, *width) {
-                    out.push(Need { column: c, kind: ColumnKind::Num, reader: format!("feature `{}`", f.name), is_label: false });
+                    out.push(Need {
+                        column: c,
+                        kind: ColumnKind::Num,
+                        reader: format!("feature `{}`", f.name),
+                        is_label: false,
+                    });
                 }
             }
         }
     }
     for t in &model.tasks {
         let kind = if t.label.positive.is_some() { ColumnKind::Cat } else { ColumnKind::Num };
-        out.push(Need { column: t.label.column.clone(), kind, reader: format!("the label of task `{}`", t.name), is_label: true });
+        out.push(Need {
+            column: t.label.column.clone(),
+            kind,
+            reader: format!("the label of task `{}`", t.name),
+            is_label: true,
+        });
     }
     out
 }
@@ -105,7 +122,11 @@ impl Dataset {
             cat: self.cat.iter().map(|c| idx.iter().map(|&i| c[i]).collect()).collect(),
             dense,
             dense_width: w,
-            labels: self.labels.iter().map(|l| if l.is_empty() { Vec::new() } else { idx.iter().map(|&i| l[i]).collect() }).collect(),
+            labels: self
+                .labels
+                .iter()
+                .map(|l| if l.is_empty() { Vec::new() } else { idx.iter().map(|&i| l[i]).collect() })
+                .collect(),
         }
     }
 
@@ -135,7 +156,8 @@ impl Dataset {
 pub fn encode(model: &Model, frame: &Frame, require_labels: bool) -> Result<Dataset, DataError> {
     let missing = |c: &str| DataError::Other(format!("{}: column `{c}` missing", frame.origin.name));
     let mut ds = Dataset { rows: frame.rows, ..Default::default() };
-    ds.dense_width = model.features.iter().map(|f| if let FeatureKind::Dense { width, .. } = f.kind { width } else { 0 }).sum();
+    ds.dense_width =
+        model.features.iter().map(|f| if let FeatureKind::Dense { width, .. } = f.kind { width } else { 0 }).sum();
     ds.dense = vec![0.0; frame.rows * ds.dense_width];
     let mut offset = 0;
     for f in &model.features {
@@ -158,7 +180,11 @@ pub fn encode(model: &Model, frame: &Frame, require_labels: bool) -> Result<Data
                     for (i, &x) in v.iter().enumerate() {
                         let y = transform.apply(if x.is_nan() { *fill } else { x });
                         if !y.is_finite() {
-                            return Err(DataError::BadValue { at: frame.origin.describe(i), column: c.clone(), problem: format!("value {x} is not finite after the transform") });
+                            return Err(DataError::BadValue {
+                                at: frame.origin.describe(i),
+                                column: c.clone(),
+                                problem: format!("value {x} is not finite after the transform"),
+                            });
                         }
                         ds.dense[i * ds.dense_width + offset + j] = y;
                     }
@@ -182,7 +208,9 @@ pub fn encode(model: &Model, frame: &Frame, require_labels: bool) -> Result<Data
             }
             (Column::Num(v), Some(p)) => v.iter().map(|x| f32::from(format!("{x}") == *p)).collect(),
             (Column::Num(v), None) => v.clone(),
-            (Column::Cat { .. }, None) => return Err(DataError::Other(format!("label column `{}` must be numeric", t.label.column))),
+            (Column::Cat { .. }, None) => {
+                return Err(DataError::Other(format!("label column `{}` must be numeric", t.label.column)))
+            }
         };
         for (i, &y) in labels.iter().enumerate() {
             let bad = match t.kind {
@@ -190,8 +218,13 @@ pub fn encode(model: &Model, frame: &Frame, require_labels: bool) -> Result<Data
                 TaskKind::Regression => !y.is_finite(),
             };
             if bad {
-                let expected = if t.kind == TaskKind::Binary { "0 or 1 (or set `positive`)" } else { "a finite number" };
-                return Err(DataError::BadValue { at: frame.origin.describe(i), column: t.label.column.clone(), problem: format!("label of task `{}` is {y}, expected {expected}", t.name) });
+                let expected =
+                    if t.kind == TaskKind::Binary { "0 or 1 (or set `positive`)" } else { "a finite number" };
+                return Err(DataError::BadValue {
+                    at: frame.origin.describe(i),
+                    column: t.label.column.clone(),
+                    problem: format!("label of task `{}` is {y}, expected {expected}", t.name),
+                });
             }
         }
         ds.labels.push(labels);
@@ -257,10 +290,19 @@ pub fn load_splits(
         (DataSource::Synthetic(s), None) => {
             let frame = match &s.kind {
                 SyntheticKind::Mmoe { dim, correlation, scale, sin_terms, sin_sd, noise_sd } => {
-                    let p = synthetic::MmoeParams { dim: *dim, correlation: *correlation, scale: *scale, sin_terms: *sin_terms, sin_sd: *sin_sd, noise_sd: *noise_sd };
+                    let p = synthetic::MmoeParams {
+                        dim: *dim,
+                        correlation: *correlation,
+                        scale: *scale,
+                        sin_terms: *sin_terms,
+                        sin_sd: *sin_sd,
+                        noise_sd: *noise_sd,
+                    };
                     synthetic::mmoe_frame(model, &p, s.rows, s.seed)
                 }
-                SyntheticKind::Categorical { cardinality } => synthetic::categorical_frame(model, *cardinality, s.rows, s.seed),
+                SyntheticKind::Categorical { cardinality } => {
+                    synthetic::categorical_frame(model, *cardinality, s.rows, s.seed)
+                }
             };
             info.source = frame.origin.name.clone();
             let ds = encode(model, &frame, true)?;
@@ -270,7 +312,8 @@ pub fn load_splits(
             (ds, None, None)
         }
         (source, over) => {
-            let default_format = crate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None };
+            let default_format =
+                crate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None };
             let (files, format, val, test): (Vec<std::path::PathBuf>, _, _, _) = match (source, over) {
                 (DataSource::Csv(c), Some(p)) => (vec![p.to_path_buf()], c.format.clone(), None, None),
                 (DataSource::Csv(c), None) => (c.train.clone(), c.format.clone(), c.validation.clone(), c.test.clone()),
@@ -278,7 +321,9 @@ pub fn load_splits(
                 (DataSource::Synthetic(_), None) => unreachable!("handled above"),
             };
             if files.is_empty() {
-                return Err(DataError::Other("the spec names no training file: set [data] train = [\"...\"] or pass --data".into()));
+                return Err(DataError::Other(
+                    "the spec names no training file: set [data] train = [\"...\"] or pass --data".into(),
+                ));
             }
             let mut all = Dataset::default();
             for f in &files {

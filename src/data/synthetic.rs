@@ -120,7 +120,8 @@ pub fn categorical_frame(model: &Model, cardinality: usize, rows: usize, seed: u
             FeatureKind::Categorical { encoding, .. } => {
                 let card = cardinality.min(encoding.rows() * 4).max(1);
                 let mut col = Interner::default();
-                let weights: Vec<Vec<f64>> = (0..n_tasks).map(|t| (0..card).map(|v| teacher(seed, fi, v, t)).collect()).collect();
+                let weights: Vec<Vec<f64>> =
+                    (0..n_tasks).map(|t| (0..card).map(|v| teacher(seed, fi, v, t)).collect()).collect();
                 let values: Vec<String> = (0..card).map(|v| format!("v{v}")).collect();
                 for (r, _) in (0..rows).enumerate() {
                     let v = ((card as f64).powf(rng.uniform()) as usize).saturating_sub(1).min(card - 1);

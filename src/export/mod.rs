@@ -57,14 +57,19 @@ pub fn write_bundle(dir: &Path, model: &CandleModel, contents: BundleContents<'_
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let result = (|| {
-        let weights: HashMap<String, Tensor> = model.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        let weights: HashMap<String, Tensor> =
+            model.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
         candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
         if let Some((state, step)) = &contents.optimizer {
             let mut map: HashMap<String, Tensor> = state.iter().cloned().collect();
             map.insert("step".into(), Tensor::new(&[*step as f32], &candle_core::Device::Cpu)?);
             candle_core::safetensors::save(&map, tmp.join("optimizer.safetensors"))?;
         }
-        for (file, text) in [("spec.toml", contents.spec_toml.to_string()), ("model.ir", model.ir.to_string()), ("metrics.json", contents.metrics_json.to_string())] {
+        for (file, text) in [
+            ("spec.toml", contents.spec_toml.to_string()),
+            ("model.ir", model.ir.to_string()),
+            ("metrics.json", contents.metrics_json.to_string()),
+        ] {
             let p = tmp.join(file);
             std::fs::write(&p, text).map_err(io(&p))?;
         }
@@ -96,9 +101,16 @@ fn replace_dir(tmp: &Path, dir: &Path) -> Result<(), ExportError> {
     }
     if !dir.is_dir() {
         let _ = std::fs::remove_dir_all(tmp);
-        return Err(ExportError::Io { path: dir.display().to_string(), source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a folder") });
+        return Err(ExportError::Io {
+            path: dir.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a folder"),
+        });
     }
-    let old: PathBuf = dir.with_file_name(format!(".{}.old-{}", dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(), std::process::id()));
+    let old: PathBuf = dir.with_file_name(format!(
+        ".{}.old-{}",
+        dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+        std::process::id()
+    ));
     std::fs::rename(dir, &old).map_err(io(dir))?;
     if let Err(e) = std::fs::rename(tmp, dir) {
         // Put the old bundle back.
@@ -138,15 +150,26 @@ pub fn read_bundle(dir: &Path, device: &candle_core::Device) -> Result<Bundle, E
     }
     let weights_path = dir.join("model.safetensors");
     let bytes = std::fs::read(&weights_path).map_err(|e| corrupt(format!("model.safetensors: {e}")))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| corrupt(format!("model.safetensors: {e}")))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| corrupt(format!("model.safetensors: {e}")))?;
     let model = CandleModel::new(&compiled.model, 0, device)?;
     if tensors.len() != model.vars.len() {
-        return Err(corrupt(format!("model.safetensors holds {} tensors, the model has {}", tensors.len(), model.vars.len())));
+        return Err(corrupt(format!(
+            "model.safetensors holds {} tensors, the model has {}",
+            tensors.len(),
+            model.vars.len()
+        )));
     }
     for (name, var) in &model.vars {
         let t = tensors.get(name).ok_or_else(|| corrupt(format!("model.safetensors lacks `{name}`")))?;
         if t.shape() != var.as_tensor().shape() || t.dtype() != var.as_tensor().dtype() {
-            return Err(corrupt(format!("`{name}` is {:?} {:?}, the model needs {:?} {:?}", t.dtype(), t.shape(), var.as_tensor().dtype(), var.as_tensor().shape())));
+            return Err(corrupt(format!(
+                "`{name}` is {:?} {:?}, the model needs {:?} {:?}",
+                t.dtype(),
+                t.shape(),
+                var.as_tensor().dtype(),
+                var.as_tensor().shape()
+            )));
         }
         let finite = t.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite());
         if !finite {

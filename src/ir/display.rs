@@ -41,11 +41,7 @@ impl fmt::Display for Model {
                         Transform::Log1p => "log1p".to_string(),
                         Transform::ZScore { mean, std } => format!("zscore(mean={mean}, std={std})"),
                     };
-                    writeln!(
-                        f,
-                        "  feature {}: dense[{width}] {t} fill {fill} <- {:?}",
-                        feat.name, feat.column
-                    )?;
+                    writeln!(f, "  feature {}: dense[{width}] {t} fill {fill} <- {:?}", feat.name, feat.column)?;
                 }
             }
         }
@@ -105,21 +101,8 @@ impl fmt::Display for Model {
                 Some(p) => format!("{:?} == {:?}", t.label.column, p),
                 None => format!("{:?}", t.label.column),
             };
-            writeln!(
-                f,
-                "  task {}: {} label {label} weight {}",
-                t.name,
-                t.kind.as_str(),
-                t.loss_weight
-            )?;
-            writeln!(
-                f,
-                "    tower {}: {} {}  params {}",
-                t.name,
-                mlp(dims),
-                activation.as_str(),
-                t.tower_params()
-            )?;
+            writeln!(f, "  task {}: {} label {label} weight {}", t.name, t.kind.as_str(), t.loss_weight)?;
+            writeln!(f, "    tower {}: {} {}  params {}", t.name, mlp(dims), activation.as_str(), t.tower_params())?;
         }
         writeln!(f, "  params {}", self.param_count())?;
         writeln!(f, "  flops/sample {}", self.flops_per_sample())

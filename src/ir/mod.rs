@@ -323,11 +323,8 @@ impl Layer {
     pub fn flops(&self, n_tasks: usize) -> usize {
         let slots = self.input.slots(n_tasks);
         let experts = slots * self.experts.flops_per_slot();
-        let gates: usize = self
-            .gates
-            .iter()
-            .map(|g| 2 * g.d_in * g.experts + 2 * g.experts * self.experts.d_out())
-            .sum();
+        let gates: usize =
+            self.gates.iter().map(|g| 2 * g.d_in * g.experts + 2 * g.experts * self.experts.d_out()).sum();
         experts + gates
     }
     pub fn params(&self) -> usize {

@@ -32,7 +32,10 @@ pub enum LowerError {
     },
 
     #[error("duplicate {what} name `{name}`")]
-    #[diagnostic(code(multigate::lower::duplicate), help("names of features and crosses, of layers, and of tasks must be unique"))]
+    #[diagnostic(
+        code(multigate::lower::duplicate),
+        help("names of features and crosses, of layers, and of tasks must be unique")
+    )]
     Duplicate {
         what: &'static str,
         name: String,
@@ -47,7 +50,7 @@ pub enum LowerError {
     OutOfRange {
         what: &'static str,
         found: String,
-        expected: &'static str,
+        expected: std::borrow::Cow<'static, str>,
         #[label("out of range")]
         span: Span,
     },
@@ -106,10 +109,7 @@ pub enum LowerError {
     },
 
     #[error("label column `{column}` of task `{task}` is also read by feature `{feature}` (label leakage)")]
-    #[diagnostic(
-        code(multigate::lower::label_leak),
-        help("remove the feature, or point it at another column")
-    )]
+    #[diagnostic(code(multigate::lower::label_leak), help("remove the feature, or point it at another column"))]
     LabelLeak {
         task: String,
         feature: String,
@@ -176,42 +176,5 @@ impl LowerError {
             LowerError::Duplicate { second, .. } => second.clone(),
             LowerError::LabelLeak { input, .. } => input.clone(),
         }
-    }
-}
-
-/// Levenshtein distance, for did-you-mean.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-/// "did you mean `x`?" when a candidate is close enough.
-pub fn did_you_mean<'a>(found: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    let best = candidates
-        .into_iter()
-        .map(|c| (distance(found, c), c))
-        .min_by_key(|(d, _)| *d)?;
-    let limit = (found.chars().count() / 3).max(2);
-    (best.0 <= limit).then(|| format!("did you mean `{}`?", best.1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn suggests_close_names_only() {
-        assert_eq!(distance("kitten", "sitting"), 3);
-        assert_eq!(did_you_mean("mmeo", ["moe", "mmoe"]).as_deref(), Some("did you mean `mmoe`?"));
-        assert_eq!(did_you_mean("zzzzzz", ["moe", "mmoe"]), None);
     }
 }

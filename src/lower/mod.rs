@@ -6,7 +6,8 @@
 
 mod error;
 
-pub use error::{did_you_mean, LowerError, LowerWarning};
+pub use crate::diag::did_you_mean;
+pub use error::{LowerError, LowerWarning};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,6 +31,8 @@ pub fn lower(spec: &Spec, src: &SourceFile) -> Result<Compiled, Vec<LowerError>>
     let model = cx.lower_model(spec);
     let data = cx.lower_data(spec, &src.base_dir(), &model);
     let train = cx.lower_train(&spec.train);
+    // Report in file order, whatever order the checks ran in.
+    cx.errors.sort_by_key(|e| e.span().start);
     if cx.errors.is_empty() {
         Ok(Compiled { model: Validated::new_unchecked(model), data, train, warnings: cx.warnings })
     } else {
@@ -57,7 +60,12 @@ pub const DEFAULT_EXPERTS: usize = 8;
 pub const DEFAULT_EMBEDDING_DIM: usize = 8;
 
 impl Lower {
-    fn word<'a>(&mut self, what: &'static str, v: &'a Sp<String>, expected: &'static [&'static str]) -> Option<&'a str> {
+    fn word<'a>(
+        &mut self,
+        what: &'static str,
+        v: &'a Sp<String>,
+        expected: &'static [&'static str],
+    ) -> Option<&'a str> {
         if expected.contains(&v.get_ref().as_str()) {
             Some(v.get_ref().as_str())
         } else {
@@ -72,23 +80,39 @@ impl Lower {
         }
     }
 
-    fn range(&mut self, what: &'static str, ok: bool, found: impl ToString, expected: &'static str, span: Span) {
+    fn range(
+        &mut self,
+        what: &'static str,
+        ok: bool,
+        found: impl ToString,
+        expected: impl Into<std::borrow::Cow<'static, str>>,
+        span: Span,
+    ) {
         if !ok {
-            self.errors.push(LowerError::OutOfRange { what, found: found.to_string(), expected, span });
+            self.errors.push(LowerError::OutOfRange {
+                what,
+                found: found.to_string(),
+                expected: expected.into(),
+                span,
+            });
         }
     }
 
     /// A count that must be >= 1 and fit comfortably in memory.
     fn count(&mut self, what: &'static str, v: &Sp<u64>, max: u64) -> usize {
         let x = *v.get_ref();
-        self.range(what, (1..=max).contains(&x), x, "at least 1 and at most the documented maximum", v.span());
+        if !(1..=max).contains(&x) {
+            self.range(what, false, x, format!("between 1 and {max}"), v.span());
+        }
         x.clamp(1, max) as usize
     }
 
     fn activation(&mut self, v: &Option<Sp<String>>) -> Activation {
         match v {
             None => Activation::Relu,
-            Some(v) => self.word("activation", v, Activation::NAMES).and_then(Activation::parse).unwrap_or(Activation::Relu),
+            Some(v) => {
+                self.word("activation", v, Activation::NAMES).and_then(Activation::parse).unwrap_or(Activation::Relu)
+            }
         }
     }
 
@@ -102,12 +126,17 @@ impl Lower {
             self.errors.push(LowerError::OutOfRange {
                 what: "a name",
                 found: format!("{name:?}"),
-                expected: "non-empty letters, digits, `_` or `-`",
+                expected: "non-empty letters, digits, `_` or `-`".into(),
                 span: v.span(),
             });
         }
         if let Some(first) = seen.get(name) {
-            self.errors.push(LowerError::Duplicate { what, name: name.clone(), first: first.clone(), second: v.span() });
+            self.errors.push(LowerError::Duplicate {
+                what,
+                name: name.clone(),
+                first: first.clone(),
+                second: v.span(),
+            });
         } else {
             seen.insert(name.clone(), v.span());
         }
@@ -135,7 +164,8 @@ impl Lower {
                 help: Some("declare inputs with [[features]] name = .., type = \"dense\" | \"categorical\"".into()),
             });
         }
-        let input_width = features.iter().map(Feature::width).sum::<usize>() + crosses.iter().map(|c| c.dim).sum::<usize>();
+        let input_width =
+            features.iter().map(Feature::width).sum::<usize>() + crosses.iter().map(|c| c.dim).sum::<usize>();
 
         // Tasks first, so that gates can name them.
         let mut task_seen = HashMap::new();
@@ -177,11 +207,24 @@ impl Lower {
     fn lower_feature(&mut self, f: &spec::FeatureSpec) -> Feature {
         let name = f.name.get_ref().clone();
         let column = f.column.as_ref().map_or_else(|| name.clone(), |c| c.get_ref().clone());
-        let kind = self.word("feature type", &f.kind, FEATURE_TYPES).unwrap_or("dense");
+        // An unknown type is reported once; the feature is then read as whichever kind
+        // its other keys suggest, so that no second error follows from the first.
+        let looks_categorical = f.hash_buckets.is_some() || f.vocabulary.is_some() || f.embedding_dim.is_some();
+        let kind = self.word("feature type", &f.kind, FEATURE_TYPES).unwrap_or(if looks_categorical {
+            "categorical"
+        } else {
+            "dense"
+        });
         let ctx_cat = "a categorical feature";
         let ctx_dense = "a dense feature";
         let kind = if kind == "categorical" {
-            for (key, v) in [("width", f.width.as_ref().map(|v| v.span())), ("transform", f.transform.as_ref().map(|v| v.span())), ("mean", f.mean.as_ref().map(|v| v.span())), ("std", f.std.as_ref().map(|v| v.span())), ("fill", f.fill.as_ref().map(|v| v.span()))] {
+            for (key, v) in [
+                ("width", f.width.as_ref().map(|v| v.span())),
+                ("transform", f.transform.as_ref().map(|v| v.span())),
+                ("mean", f.mean.as_ref().map(|v| v.span())),
+                ("std", f.std.as_ref().map(|v| v.span())),
+                ("fill", f.fill.as_ref().map(|v| v.span())),
+            ] {
                 if let Some(span) = v {
                     self.errors.push(LowerError::NotAllowed { key, context: ctx_cat, span, help: None });
                 }
@@ -190,19 +233,39 @@ impl Lower {
                 (Some(b), None) => Encoding::Hash { buckets: self.count("hash_buckets", b, MAX_ROWS) },
                 (None, Some(v)) => {
                     let values = v.get_ref().clone();
-                    self.range("the vocabulary size", !values.is_empty() && values.len() as u64 <= MAX_ROWS, values.len(), "at least 1 value", v.span());
+                    self.range(
+                        "the vocabulary size",
+                        !values.is_empty() && values.len() as u64 <= MAX_ROWS,
+                        values.len(),
+                        "at least 1 value",
+                        v.span(),
+                    );
                     let mut uniq = std::collections::HashSet::new();
                     if let Some(dup) = values.iter().find(|x| !uniq.insert(*x)) {
-                        self.errors.push(LowerError::OutOfRange { what: "the vocabulary", found: format!("repeating {dup:?}"), expected: "distinct values", span: v.span() });
+                        self.errors.push(LowerError::OutOfRange {
+                            what: "the vocabulary",
+                            found: format!("repeating {dup:?}"),
+                            expected: "distinct values".into(),
+                            span: v.span(),
+                        });
                     }
                     Encoding::Vocab { values }
                 }
                 (Some(_), Some(v)) => {
-                    self.errors.push(LowerError::NotAllowed { key: "vocabulary", context: "a feature that already has hash_buckets", span: v.span(), help: Some("choose one of hash_buckets and vocabulary".into()) });
+                    self.errors.push(LowerError::NotAllowed {
+                        key: "vocabulary",
+                        context: "a feature that already has hash_buckets",
+                        span: v.span(),
+                        help: Some("choose one of hash_buckets and vocabulary".into()),
+                    });
                     Encoding::Hash { buckets: 1 }
                 }
                 (None, None) => {
-                    self.errors.push(LowerError::Missing { what: "`hash_buckets` or `vocabulary`", span: f.name.span(), help: Some("e.g. hash_buckets = 1000".into()) });
+                    self.errors.push(LowerError::Missing {
+                        what: "`hash_buckets` or `vocabulary`",
+                        span: f.name.span(),
+                        help: Some("e.g. hash_buckets = 1000".into()),
+                    });
                     Encoding::Hash { buckets: 1 }
                 }
             };
@@ -212,11 +275,20 @@ impl Lower {
             };
             if dim > encoding.rows() {
                 let span = f.embedding_dim.as_ref().map_or_else(|| f.name.span(), |d| d.span());
-                self.warnings.push(LowerWarning::WideEmbedding { feature: name.clone(), rows: encoding.rows(), dim, span });
+                self.warnings.push(LowerWarning::WideEmbedding {
+                    feature: name.clone(),
+                    rows: encoding.rows(),
+                    dim,
+                    span,
+                });
             }
             FeatureKind::Categorical { encoding, dim }
         } else {
-            for (key, v) in [("hash_buckets", f.hash_buckets.as_ref().map(|v| v.span())), ("vocabulary", f.vocabulary.as_ref().map(|v| v.span())), ("embedding_dim", f.embedding_dim.as_ref().map(|v| v.span()))] {
+            for (key, v) in [
+                ("hash_buckets", f.hash_buckets.as_ref().map(|v| v.span())),
+                ("vocabulary", f.vocabulary.as_ref().map(|v| v.span())),
+                ("embedding_dim", f.embedding_dim.as_ref().map(|v| v.span())),
+            ] {
                 if let Some(span) = v {
                     self.errors.push(LowerError::NotAllowed { key, context: ctx_dense, span, help: None });
                 }
@@ -233,15 +305,25 @@ impl Lower {
                         Transform::ZScore { mean: mean as f32, std: std as f32 }
                     }
                     _ => {
-                        self.errors.push(LowerError::Missing { what: "`mean` and `std`", span: t.span(), help: Some("zscore computes (x - mean) / std from declared values".into()) });
+                        self.errors.push(LowerError::Missing {
+                            what: "`mean` and `std`",
+                            span: t.span(),
+                            help: Some("zscore computes (x - mean) / std from declared values".into()),
+                        });
                         Transform::None
                     }
                 },
             };
             if !matches!(transform, Transform::ZScore { .. }) {
-                for (key, v) in [("mean", f.mean.as_ref().map(|v| v.span())), ("std", f.std.as_ref().map(|v| v.span()))] {
+                for (key, v) in [("mean", f.mean.as_ref().map(|v| v.span())), ("std", f.std.as_ref().map(|v| v.span()))]
+                {
                     if let Some(span) = v {
-                        self.errors.push(LowerError::NotAllowed { key, context: "a feature without transform = \"zscore\"", span, help: None });
+                        self.errors.push(LowerError::NotAllowed {
+                            key,
+                            context: "a feature without transform = \"zscore\"",
+                            span,
+                            help: None,
+                        });
                     }
                 }
             }
@@ -278,7 +360,11 @@ impl Lower {
         for (id, n) in [(a, &names[0]), (b, &names[1])] {
             match &features[id.0].kind {
                 FeatureKind::Categorical { dim, .. } => dims.push(*dim),
-                FeatureKind::Dense { .. } => self.errors.push(LowerError::CrossDense { name: c.name.get_ref().clone(), feature: n.get_ref().clone(), span: n.span() }),
+                FeatureKind::Dense { .. } => self.errors.push(LowerError::CrossDense {
+                    name: c.name.get_ref().clone(),
+                    feature: n.get_ref().clone(),
+                    span: n.span(),
+                }),
             }
         }
         let [da, db] = dims[..] else { return None };
@@ -296,7 +382,14 @@ impl Lower {
         Some(Cross { name: c.name.get_ref().clone(), a, b, dim: da })
     }
 
-    fn lower_layer(&mut self, l: &spec::LayerSpec, name: String, input: Stream, tasks: &[spec::TaskSpec], n_tasks: usize) -> Layer {
+    fn lower_layer(
+        &mut self,
+        l: &spec::LayerSpec,
+        name: String,
+        input: Stream,
+        tasks: &[spec::TaskSpec],
+        n_tasks: usize,
+    ) -> Layer {
         let kind = match self.word("layer kind", &l.kind, LAYER_KINDS) {
             Some("moe") => LayerKind::Moe,
             Some("mmoe") => LayerKind::Mmoe,
@@ -317,7 +410,12 @@ impl Lower {
         }
         let units = self.units("expert units", l.units.get_ref());
         if units.is_empty() {
-            self.errors.push(LowerError::OutOfRange { what: "units", found: "[]".into(), expected: "at least one layer of units", span: l.units.span() });
+            self.errors.push(LowerError::OutOfRange {
+                what: "units",
+                found: "[]".into(),
+                expected: "at least one layer of units".into(),
+                span: l.units.span(),
+            });
         }
         let mut dims = vec![input.width()];
         dims.extend(&units);
@@ -325,7 +423,12 @@ impl Lower {
         let activation = self.activation(&l.activation);
         let gates = match kind {
             LayerKind::SharedBottom => Vec::new(),
-            LayerKind::Moe => vec![Gate { name: format!("{name}.gate"), owner: GateOwner::AllTasks, d_in: input.width(), experts: count }],
+            LayerKind::Moe => vec![Gate {
+                name: format!("{name}.gate"),
+                owner: GateOwner::AllTasks,
+                d_in: input.width(),
+                experts: count,
+            }],
             LayerKind::Mmoe => (0..n_tasks)
                 .map(|t| Gate {
                     name: format!("{name}.gate.{}", tasks.get(t).map_or("task", |t| t.name.get_ref().as_str())),
@@ -339,7 +442,8 @@ impl Lower {
             (LayerKind::Mmoe, _) | (_, Stream::PerTask { .. }) => Stream::PerTask { width: d_out },
             _ => Stream::Shared { width: d_out },
         };
-        let experts = ExpertGroup { name: format!("{name}.experts"), owner: ExpertOwner::Shared, count, dims, activation };
+        let experts =
+            ExpertGroup { name: format!("{name}.experts"), owner: ExpertOwner::Shared, count, dims, activation };
         Layer { name, kind, input, output, experts, gates }
     }
 
@@ -356,12 +460,25 @@ impl Lower {
                 l.get_ref().clone()
             }
             None => {
-                self.errors.push(LowerError::Missing { what: "`label`", span: t.name.span(), help: Some(format!("name the column task `{}` learns, e.g. label = \"{}\"", t.name.get_ref(), t.name.get_ref())) });
+                self.errors.push(LowerError::Missing {
+                    what: "`label`",
+                    span: t.name.span(),
+                    help: Some(format!(
+                        "name the column task `{}` learns, e.g. label = \"{}\"",
+                        t.name.get_ref(),
+                        t.name.get_ref()
+                    )),
+                });
                 String::new()
             }
         };
         if let (Some(p), TaskKind::Regression) = (&t.positive, kind) {
-            self.errors.push(LowerError::NotAllowed { key: "positive", context: "a regression task", span: p.span(), help: Some("`positive` turns a column into a 0/1 label for binary tasks".into()) });
+            self.errors.push(LowerError::NotAllowed {
+                key: "positive",
+                context: "a regression task",
+                span: p.span(),
+                help: Some("`positive` turns a column into a 0/1 label for binary tasks".into()),
+            });
         }
         let hidden = t.tower.as_ref().map_or_else(Vec::new, |u| self.units("tower units", u.get_ref()));
         let mut dims = vec![d_in];
@@ -386,12 +503,20 @@ impl Lower {
             let Some(label) = &t.label else { continue };
             for (f, fs) in features.iter().zip(&spec.features) {
                 let reads = match &f.kind {
-                    FeatureKind::Dense { width, .. } if *width > 1 => (0..*width).any(|i| format!("{}_{i}", f.column) == *label.get_ref()),
+                    FeatureKind::Dense { width, .. } if *width > 1 => {
+                        (0..*width).any(|i| format!("{}_{i}", f.column) == *label.get_ref())
+                    }
                     _ => f.column == *label.get_ref(),
                 };
                 if reads {
                     let input = fs.column.as_ref().map_or_else(|| fs.name.span(), |c| c.span());
-                    self.errors.push(LowerError::LabelLeak { task: t.name.get_ref().clone(), feature: f.name.clone(), column: label.get_ref().clone(), label: label.span(), input });
+                    self.errors.push(LowerError::LabelLeak {
+                        task: t.name.get_ref().clone(),
+                        feature: f.name.clone(),
+                        column: label.get_ref().clone(),
+                        label: label.span(),
+                        input,
+                    });
                 }
             }
         }
@@ -408,7 +533,13 @@ impl Lower {
         let validation_fraction = self.fraction("validation_fraction", &d.validation_fraction);
         let test_fraction = self.fraction("test_fraction", &d.test_fraction);
         if validation_fraction + test_fraction >= 1.0 {
-            self.range("validation_fraction + test_fraction", false, validation_fraction + test_fraction, "below 1", d.test_fraction.span());
+            self.range(
+                "validation_fraction + test_fraction",
+                false,
+                validation_fraction + test_fraction,
+                "below 1",
+                d.test_fraction.span(),
+            );
         }
         let source = match self.word("data source", &d.source, SOURCES) {
             Some("csv") => {
@@ -416,12 +547,22 @@ impl Lower {
                 let delimiter = match delim.as_bytes() {
                     [b] => *b,
                     _ => {
-                        self.range("the delimiter", false, format!("{delim:?}"), "one ASCII character", d.delimiter.span());
+                        self.range(
+                            "the delimiter",
+                            false,
+                            format!("{delim:?}"),
+                            "one ASCII character",
+                            d.delimiter.span(),
+                        );
                         b','
                     }
                 };
                 if !d.header && d.columns.is_empty() {
-                    self.errors.push(LowerError::Missing { what: "`columns` (the file has no header)", span: d.source.span(), help: Some("list the column names in file order, or set header = true".into()) });
+                    self.errors.push(LowerError::Missing {
+                        what: "`columns` (the file has no header)",
+                        span: d.source.span(),
+                        help: Some("list the column names in file order, or set header = true".into()),
+                    });
                 }
                 let mut seen = HashMap::new();
                 for c in &d.columns {
@@ -432,7 +573,12 @@ impl Lower {
                     train: d.train.iter().map(path).collect(),
                     validation: d.validation.as_ref().map(path),
                     test: d.test.as_ref().map(path),
-                    format: CsvFormat { delimiter, header: d.header, columns: d.columns.iter().map(|c| c.get_ref().clone()).collect(), missing: d.missing.as_ref().map(|m| m.get_ref().clone()) },
+                    format: CsvFormat {
+                        delimiter,
+                        header: d.header,
+                        columns: d.columns.iter().map(|c| c.get_ref().clone()).collect(),
+                        missing: d.missing.as_ref().map(|m| m.get_ref().clone()),
+                    },
                 })
             }
             _ => DataSource::Synthetic(self.lower_synthetic(&d.synthetic, model)),
@@ -444,37 +590,77 @@ impl Lower {
         let rows = self.count("rows", &s.rows, MAX_SYNTHETIC_ROWS);
         let kind = match self.word("synthetic generator", &s.kind, GENERATORS) {
             Some("categorical") => {
-                if let Some(f) = model.features.iter().find(|f| matches!(f.kind, FeatureKind::Dense { width, .. } if width > 64)) {
-                    self.errors.push(LowerError::Synthetic { generator: "categorical", reason: format!("dense feature `{}` is wider than 64", f.name), span: s.kind.span(), help: None });
+                if let Some(f) =
+                    model.features.iter().find(|f| matches!(f.kind, FeatureKind::Dense { width, .. } if width > 64))
+                {
+                    self.errors.push(LowerError::Synthetic {
+                        generator: "categorical",
+                        reason: format!("dense feature `{}` is wider than 64", f.name),
+                        span: s.kind.span(),
+                        help: None,
+                    });
                 }
                 SyntheticKind::Categorical { cardinality: self.count("cardinality", &s.cardinality, MAX_ROWS) }
             }
             _ => {
                 let dim = self.count("dim", &s.dim, MAX_UNITS);
                 let correlation = *s.correlation.get_ref();
-                self.range("correlation", (-1.0..=1.0).contains(&correlation), correlation, "in [-1, 1]", s.correlation.span());
+                self.range(
+                    "correlation",
+                    (-1.0..=1.0).contains(&correlation),
+                    correlation,
+                    "in [-1, 1]",
+                    s.correlation.span(),
+                );
                 let scale = *s.scale.get_ref();
                 self.range("scale", scale.is_finite() && scale > 0.0, scale, "a positive number", s.scale.span());
                 let sin_sd = *s.sin_sd.get_ref();
                 self.range("sin_sd", sin_sd.is_finite() && sin_sd >= 0.0, sin_sd, "a number >= 0", s.sin_sd.span());
                 let noise_sd = *s.noise_sd.get_ref();
-                self.range("noise_sd", noise_sd.is_finite() && noise_sd >= 0.0, noise_sd, "a number >= 0", s.noise_sd.span());
+                self.range(
+                    "noise_sd",
+                    noise_sd.is_finite() && noise_sd >= 0.0,
+                    noise_sd,
+                    "a number >= 0",
+                    s.noise_sd.span(),
+                );
                 let sin_terms = *s.sin_terms.get_ref();
                 self.range("sin_terms", sin_terms <= 1000, sin_terms, "at most 1000", s.sin_terms.span());
-                let dense: usize = model.features.iter().map(|f| if let FeatureKind::Dense { width, .. } = f.kind { width } else { 0 }).sum();
+                let dense: usize = model
+                    .features
+                    .iter()
+                    .map(|f| if let FeatureKind::Dense { width, .. } = f.kind { width } else { 0 })
+                    .sum();
                 let categorical = model.features.iter().any(|f| matches!(f.kind, FeatureKind::Categorical { .. }));
                 if dense != dim || categorical {
                     self.errors.push(LowerError::Synthetic {
                         generator: "mmoe",
-                        reason: format!("it makes {dim} dense inputs, and the spec declares {dense} dense values{}", if categorical { " and categorical features" } else { "" }),
+                        reason: format!(
+                            "it makes {dim} dense inputs, and the spec declares {dense} dense values{}",
+                            if categorical { " and categorical features" } else { "" }
+                        ),
                         span: s.kind.span(),
-                        help: Some(format!("declare one dense feature with width = {dim}, or use kind = \"categorical\"")),
+                        help: Some(format!(
+                            "declare one dense feature with width = {dim}, or use kind = \"categorical\""
+                        )),
                     });
                 }
                 if model.tasks.len() != 2 || model.tasks.iter().any(|t| t.kind != TaskKind::Regression) {
-                    self.errors.push(LowerError::Synthetic { generator: "mmoe", reason: "it makes exactly two regression labels".into(), span: s.kind.span(), help: Some("declare two tasks with kind = \"regression\"".into()) });
+                    self.errors.push(LowerError::Synthetic {
+                        generator: "mmoe",
+                        reason: "it makes exactly two regression labels".into(),
+                        span: s.kind.span(),
+                        help: Some("declare two tasks with kind = \"regression\"".into()),
+                    });
                 }
-                SyntheticKind::Mmoe { dim, correlation, scale, sin_terms: sin_terms.min(1000) as usize, sin_sd, noise_sd }
+                SyntheticKind::Mmoe {
+                    dim,
+                    correlation,
+                    scale,
+                    sin_terms: sin_terms.min(1000) as usize,
+                    sin_sd,
+                    noise_sd,
+                }
             }
         };
         SyntheticConfig { kind, rows, seed: s.seed }

@@ -31,7 +31,10 @@ impl From<&TrainConfig> for AdamConfig {
 enum Moments {
     /// First and second moments on the host, updated by the fused CPU op.
     Host(Mutex<(Vec<f32>, Vec<f32>)>),
-    Device { m: Tensor, v: Tensor },
+    Device {
+        m: Tensor,
+        v: Tensor,
+    },
 }
 
 pub struct Adam {
@@ -145,7 +148,10 @@ impl Adam {
             let (m, v) = match mom {
                 Moments::Host(s) => {
                     let s = s.lock().map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))?;
-                    (Tensor::from_slice(&s.0, &shape, &candle_core::Device::Cpu)?, Tensor::from_slice(&s.1, &shape, &candle_core::Device::Cpu)?)
+                    (
+                        Tensor::from_slice(&s.0, &shape, &candle_core::Device::Cpu)?,
+                        Tensor::from_slice(&s.1, &shape, &candle_core::Device::Cpu)?,
+                    )
                 }
                 Moments::Device { m, v } => (m.clone(), v.clone()),
             };
@@ -157,11 +163,21 @@ impl Adam {
 
     /// Loads moments saved by [`state`](Self::state) and the step count.
     pub fn load_state(&mut self, state: &[(String, Tensor)], step: u64) -> Result<()> {
-        let find = |k: String| state.iter().find(|(n, _)| *n == k).map(|(_, t)| t.clone()).ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks `{k}`")));
+        let find = |k: String| {
+            state
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks `{k}`")))
+        };
         for (i, (var, mom)) in self.vars.iter().zip(&mut self.moments).enumerate() {
             let (m, v) = (find(format!("{i}.m"))?, find(format!("{i}.v"))?);
             if m.shape() != var.as_tensor().shape() || v.shape() != var.as_tensor().shape() {
-                candle_core::bail!("optimizer state {i} has shape {:?}, parameter {:?}", m.shape(), var.as_tensor().shape());
+                candle_core::bail!(
+                    "optimizer state {i} has shape {:?}, parameter {:?}",
+                    m.shape(),
+                    var.as_tensor().shape()
+                );
             }
             match mom {
                 Moments::Host(s) => {

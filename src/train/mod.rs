@@ -75,7 +75,11 @@ pub struct Evaluation {
 }
 
 /// Predicts every row in batches of `batch_size`.
-pub fn predict(model: &CandleModel, ds: &Dataset, batch_size: usize) -> candle_core::Result<(Vec<Vec<f32>>, Vec<GateUsage>)> {
+pub fn predict(
+    model: &CandleModel,
+    ds: &Dataset,
+    batch_size: usize,
+) -> candle_core::Result<(Vec<Vec<f32>>, Vec<GateUsage>)> {
     let n_tasks = model.ir.tasks.len();
     let mut preds = vec![Vec::with_capacity(ds.rows); n_tasks];
     let gated: Vec<&crate::ir::Layer> = model.ir.layers.iter().filter(|l| !l.gates.is_empty()).collect();
@@ -108,7 +112,11 @@ pub fn predict(model: &CandleModel, ds: &Dataset, batch_size: usize) -> candle_c
         } else {
             model.ir.tasks.iter().map(|t| format!("{}.gate@{}", l.name, t.name)).collect()
         };
-        let gates = names.into_iter().zip(rows).map(|(n, r)| (n, r.iter().map(|&x| x as f64 / ds.rows.max(1) as f64).collect())).collect();
+        let gates = names
+            .into_iter()
+            .zip(rows)
+            .map(|(n, r)| (n, r.iter().map(|&x| x as f64 / ds.rows.max(1) as f64).collect()))
+            .collect();
         usage.push(GateUsage { layer: l.name.clone(), gates });
     }
     Ok((preds, usage))
@@ -163,7 +171,12 @@ pub fn batch_loss(model: &CandleModel, batch: &Batch) -> candle_core::Result<(Te
 
 /// Trains `model` on `splits.train`, validating after every epoch; leaves the model
 /// at the best-validation epoch and reports test metrics there.
-pub fn fit(model: &CandleModel, cfg: &TrainConfig, splits: &Splits, on_epoch: &mut dyn FnMut(&EpochReport)) -> Result<TrainReport, TrainError> {
+pub fn fit(
+    model: &CandleModel,
+    cfg: &TrainConfig,
+    splits: &Splits,
+    on_epoch: &mut dyn FnMut(&EpochReport),
+) -> Result<TrainReport, TrainError> {
     let train = &splits.train;
     if train.rows == 0 {
         return Err(TrainError::NoRows);
@@ -192,7 +205,12 @@ pub fn fit(model: &CandleModel, cfg: &TrainConfig, splits: &Splits, on_epoch: &m
             let values = Tensor::stack(&per_task, 0)?.to_vec1::<f32>()?;
             for ((s, &v), t) in sums.iter_mut().zip(&values).zip(&model.ir.tasks) {
                 if !v.is_finite() {
-                    return Err(TrainError::NonFinite { task: t.name.clone(), value: v, epoch: epoch + 1, step: opt.step + 1 });
+                    return Err(TrainError::NonFinite {
+                        task: t.name.clone(),
+                        value: v,
+                        epoch: epoch + 1,
+                        step: opt.step + 1,
+                    });
                 }
                 *s += v as f64 * chunk.len() as f64;
             }

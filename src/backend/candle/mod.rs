@@ -36,7 +36,9 @@ pub fn candle_device(d: Device) -> Result<candle_core::Device> {
         #[cfg(feature = "cuda")]
         Device::Cuda(n) => candle_core::Device::new_cuda(n),
         #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => Err(candle_core::Error::Msg("this multigate was built without the `cuda` feature; rebuild with --features cuda".into())),
+        Device::Cuda(_) => Err(candle_core::Error::Msg(
+            "this multigate was built without the `cuda` feature; rebuild with --features cuda".into(),
+        )),
     }
 }
 
@@ -220,7 +222,10 @@ impl CandleModel {
                     looked_up.push(Some(e));
                 }
                 (FeatureKind::Dense { width, .. }, _) => {
-                    let dense = batch.dense.as_ref().ok_or_else(|| candle_core::Error::Msg("batch has no dense values".into()))?;
+                    let dense = batch
+                        .dense
+                        .as_ref()
+                        .ok_or_else(|| candle_core::Error::Msg("batch has no dense values".into()))?;
                     pieces.push(dense.narrow(1, dense_off, *width)?); // [B, width]
                     dense_off += width;
                     looked_up.push(None);

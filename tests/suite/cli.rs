@@ -1,0 +1,109 @@
+//! The binary end to end: exit codes and what it prints.
+
+use std::process::Command;
+
+use super::repo;
+
+fn mg(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_multigate"))
+        .args(args)
+        .current_dir(repo())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn check_prints_the_ir_or_every_error() {
+    let (code, out, _) = mg(&["check", "models/synthetic_mmoe.toml"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("expert_group layer0.experts: 8 x Mlp[100 -> 16] relu"), "{out}");
+
+    let (code, _, err) = mg(&["check", "tests/inputs/err/unknown_words.toml"]);
+    assert_eq!(code, 2);
+    for needle in [
+        "unknown feature type `categoricl`",
+        "did you mean `categorical`?",
+        "unknown layer kind `mmeo`",
+        "unknown activation `rlu`",
+        "unknown task kind `binray`",
+        "4 error(s)",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in\n{err}");
+    }
+    assert!(err.contains("unknown_words.toml:"), "{err}");
+}
+
+#[test]
+fn unreadable_and_absent_specs_exit_non_zero_without_panicking() {
+    let (code, _, err) = mg(&["check", "does/not/exist.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("does/not/exist.toml"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, [0xff, 0xfe, b'[', 0x80]).unwrap();
+    let (code, _, err) = mg(&["check", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("UTF-8") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn train_predict_synth_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("m.toml");
+    let text = std::fs::read_to_string(repo().join("models/seed_avazu_mmoe.toml"))
+        .unwrap()
+        .replace("rows = 200000", "rows = 3000")
+        .replace("epochs = 3", "epochs = 1");
+    std::fs::write(&spec, text).unwrap();
+    let bundle = dir.path().join("bundle");
+    let (code, out, err) = mg(&["compile-and-train", spec.to_str().unwrap(), "--out", bundle.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("val click: auc") && out.contains("gate usage"), "{out}");
+    for f in ["model.safetensors", "spec.toml", "model.ir", "metrics.json"] {
+        assert!(bundle.join(f).exists(), "{f}");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["report"]["epochs"].as_array().unwrap().len(), 1);
+
+    let csv = dir.path().join("rows.csv");
+    let (code, _, err) = mg(&["synth", spec.to_str().unwrap(), "--rows", "50", "--out", csv.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let preds = dir.path().join("preds.csv");
+    let (code, _, err) =
+        mg(&["predict", bundle.to_str().unwrap(), csv.to_str().unwrap(), "--out", preds.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&preds).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "click,banner_top");
+    assert_eq!(lines.len(), 51);
+    for l in &lines[1..] {
+        for p in l.split(',') {
+            let p: f32 = p.parse().unwrap();
+            assert!((0.0..=1.0).contains(&p));
+        }
+    }
+    assert!(err.contains("click: auc"), "labels present, so metrics are printed: {err}");
+
+    // A CSV without a feature column is an error naming it.
+    let broken = dir.path().join("broken.csv");
+    std::fs::write(&broken, "click,site_id\n1,a\n").unwrap();
+    let (code, _, err) = mg(&["predict", bundle.to_str().unwrap(), broken.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("column `id`") && err.contains("adid"), "{err}");
+}
+
+#[test]
+fn bench_reports_phases() {
+    let (code, out, err) = mg(&["bench", "models/seed_avazu_mmoe.toml", "--batch", "64", "--steps", "3"]);
+    assert_eq!(code, 0, "{err}");
+    for needle in ["train:", "forward+loss", "backward", "optimizer", "forward only:", "threads"] {
+        assert!(out.contains(needle), "{needle} in {out}");
+    }
+}

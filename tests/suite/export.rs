@@ -1,0 +1,122 @@
+//! Bundles: reload gives the same predictions; bad bundles are errors; writes are atomic.
+
+use candle_core::Device;
+use multigate::backend::candle::CandleModel;
+use multigate::data;
+use multigate::export::{self, BundleContents, ExportError};
+use multigate::train;
+
+use super::{compile_ok, small_spec, TWO_BINARY_TASKS};
+
+fn trained(dir: &std::path::Path) -> (Vec<Vec<f32>>, data::Dataset) {
+    let text = small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\n", TWO_BINARY_TASKS);
+    let c = compile_ok("export.toml", &text);
+    let (splits, _) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
+    let model = CandleModel::new(&c.model, 4, &Device::Cpu).unwrap();
+    train::fit(&model, &c.train, &splits, &mut |_| {}).unwrap();
+    let (preds, _) = train::predict(&model, &splits.validation, 100).unwrap();
+    let spec = multigate::spec::parse_toml(&multigate::source::SourceFile::from_text("x", text)).unwrap().to_toml();
+    export::write_bundle(dir, &model, BundleContents { spec_toml: &spec, metrics_json: "{}", optimizer: None })
+        .unwrap();
+    (preds, splits.validation)
+}
+
+#[test]
+fn reloaded_bundle_predicts_the_same_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bundle");
+    let (preds, val) = trained(&dir);
+    let b = export::read_bundle(&dir, &Device::Cpu).unwrap();
+    let (again, _) = train::predict(&b.model, &val, 37).unwrap();
+    for (p, q) in preds.iter().zip(&again) {
+        assert_eq!(p.len(), q.len());
+        for (x, y) in p.iter().zip(q) {
+            assert!((x - y).abs() <= 1e-6, "{x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn corrupted_bundles_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bundle");
+    trained(&dir);
+    let fresh = |name: &str| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["model.safetensors", "spec.toml", "model.ir", "metrics.json"] {
+            std::fs::copy(dir.join(f), d.join(f)).unwrap();
+        }
+        d
+    };
+    let expect_corrupt = |d: &std::path::Path, needle: &str| match export::read_bundle(d, &Device::Cpu) {
+        Err(e @ (ExportError::Corrupt { .. } | ExportError::BadSpec { .. })) => {
+            let msg = e.to_string();
+            assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+        }
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("{} should not load", d.display()),
+    };
+
+    let d = fresh("truncated");
+    let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    expect_corrupt(&d, "model.safetensors");
+
+    let d = fresh("garbage");
+    std::fs::write(d.join("model.safetensors"), b"not a tensor file").unwrap();
+    expect_corrupt(&d, "model.safetensors");
+
+    let d = fresh("edited_ir");
+    std::fs::write(d.join("model.ir"), "model other\n").unwrap();
+    expect_corrupt(&d, "model.ir");
+
+    let d = fresh("edited_spec");
+    let spec = std::fs::read_to_string(d.join("spec.toml")).unwrap().replace("experts = 3", "experts = 4");
+    std::fs::write(d.join("spec.toml"), spec).unwrap();
+    expect_corrupt(&d, "model.ir");
+
+    let d = fresh("broken_spec");
+    std::fs::write(d.join("spec.toml"), "[model\n").unwrap();
+    expect_corrupt(&d, "spec");
+
+    let d = fresh("no_weights");
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    expect_corrupt(&d, "model.safetensors");
+
+    expect_corrupt(&tmp.path().join("absent"), "no such folder");
+}
+
+#[test]
+fn export_replaces_an_old_bundle_and_leaves_no_temporaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bundle");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("stale.txt"), "old").unwrap();
+    trained(&dir);
+    assert!(!dir.join("stale.txt").exists(), "the old bundle is replaced as a whole");
+    assert!(dir.join("model.safetensors").exists());
+    let leftovers: Vec<_> =
+        std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "bundle").collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_failed_export_keeps_the_old_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bundle");
+    trained(&dir);
+    let before = std::fs::read(dir.join("model.safetensors")).unwrap();
+    // A file where the bundle's parent folder should be makes the export fail.
+    let blocked = tmp.path().join("file");
+    std::fs::write(&blocked, "x").unwrap();
+    let c = compile_ok("e.toml", &small_spec("", TWO_BINARY_TASKS));
+    let model = CandleModel::new(&c.model, 1, &Device::Cpu).unwrap();
+    let r = export::write_bundle(
+        &blocked.join("bundle"),
+        &model,
+        BundleContents { spec_toml: "", metrics_json: "{}", optimizer: None },
+    );
+    assert!(r.is_err());
+    assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), before);
+}

@@ -1,0 +1,105 @@
+mod cli;
+mod csv_data;
+mod export;
+mod fused;
+mod inputs;
+mod models;
+mod real_data;
+mod robustness;
+mod training;
+
+use std::path::{Path, PathBuf};
+
+use multigate::lower::Compiled;
+use multigate::pipeline::compile_source;
+use multigate::source::SourceFile;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared/data` beside the checkout, or None (with the reason printed) when absent.
+pub fn shared_data(what: &str) -> Option<PathBuf> {
+    let p = repo().join("../shared/data");
+    if p.is_dir() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED {what}: {} is absent (a clone without ../shared); CI has it", p.display());
+        None
+    }
+}
+
+/// Compiles spec text that must be valid.
+pub fn compile_ok(name: &str, text: &str) -> Compiled {
+    let src = SourceFile::from_text(name, text);
+    match compile_source(&src) {
+        Ok(c) => c,
+        Err(e) => panic!("{name} should compile:\n{}", e.render(Some(&src), false)),
+    }
+}
+
+/// Compiles a spec file that must be valid (data paths resolve against its folder).
+pub fn compile_path(path: &Path) -> Compiled {
+    let src = SourceFile::read(path).expect("readable spec");
+    match compile_source(&src) {
+        Ok(c) => c,
+        Err(e) => panic!("{} should compile:\n{}", path.display(), e.render(Some(&src), false)),
+    }
+}
+
+/// A small MMoE spec over two categoricals, a dense pair and a cross.
+pub fn small_spec(layers: &str, tasks: &str) -> String {
+    format!(
+        r#"
+[model]
+name = "small"
+
+[data.synthetic]
+kind = "categorical"
+rows = 2000
+
+[[features]]
+name = "a"
+type = "categorical"
+hash_buckets = 50
+embedding_dim = 4
+
+[[features]]
+name = "b"
+type = "categorical"
+vocabulary = ["x", "y", "z"]
+embedding_dim = 4
+
+[[features]]
+name = "d"
+type = "dense"
+width = 2
+
+[[crosses]]
+name = "ab"
+features = ["a", "b"]
+
+{layers}
+{tasks}
+
+[train]
+batch_size = 64
+epochs = 2
+lr = 0.01
+"#
+    )
+}
+
+pub const TWO_BINARY_TASKS: &str = r#"
+[[tasks]]
+name = "t1"
+kind = "binary"
+label = "y1"
+tower = [4]
+
+[[tasks]]
+name = "t2"
+kind = "binary"
+label = "y2"
+tower = [3]
+"#;

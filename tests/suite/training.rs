@@ -1,0 +1,197 @@
+//! Training behaviour: learning happens, Adam is correct and resumable, failures stop
+//! with an error, the synthetic generator has the paper's properties.
+
+use candle_core::{Device, Tensor, Var};
+use multigate::backend::candle::CandleModel;
+use multigate::data::{self, synthetic};
+use multigate::train::adam::{Adam, AdamConfig};
+use multigate::train::{self, metrics::TaskMetrics, TrainError};
+
+use super::{compile_ok, small_spec, TWO_BINARY_TASKS};
+
+fn mmoe_spec(correlation: f64, rows: usize, epochs: usize) -> String {
+    format!(
+        r#"
+[model]
+name = "syn"
+[data]
+validation_fraction = 0.2
+[data.synthetic]
+kind = "mmoe"
+rows = {rows}
+dim = 20
+correlation = {correlation}
+[[features]]
+name = "x"
+type = "dense"
+width = 20
+[[layers]]
+kind = "mmoe"
+experts = 4
+units = [16]
+[[tasks]]
+name = "y1"
+kind = "regression"
+label = "y1"
+tower = [8]
+[[tasks]]
+name = "y2"
+kind = "regression"
+label = "y2"
+tower = [8]
+[train]
+batch_size = 128
+epochs = {epochs}
+lr = 0.003
+"#
+    )
+}
+
+#[test]
+fn mmoe_learns_the_synthetic_tasks() {
+    let c = compile_ok("syn.toml", &mmoe_spec(0.5, 6000, 8));
+    let (splits, _) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
+    let model = CandleModel::new(&c.model, 1, &Device::Cpu).unwrap();
+    let before = train::evaluate(&model, &splits.validation, 1024).unwrap().loss;
+    let mut epochs = 0;
+    let report = train::fit(&model, &c.train, &splits, &mut |_| epochs += 1).unwrap();
+    assert_eq!(epochs, 8);
+    let after = train::evaluate(&model, &splits.validation, 1024).unwrap().loss;
+    assert!(after < before * 0.5, "validation loss {before} -> {after}");
+    // The model is left at the best epoch.
+    let best = report.epochs[report.best_epoch - 1].validation_loss;
+    assert!((after - best).abs() < 1e-6 * best.max(1.0), "restored {after}, best {best}");
+    assert_eq!(report.gate_usage.len(), 1);
+    for (_, w) in &report.gate_usage[0].gates {
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn label_correlation_follows_the_task_relatedness() {
+    let corr = |p: f64| {
+        let c = compile_ok("syn.toml", &mmoe_spec(p, 20000, 1));
+        let (_, info) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
+        info.label_correlation.unwrap()
+    };
+    let (c0, c5, c1) = (corr(0.0), corr(0.5), corr(1.0));
+    assert!(c1 > 0.99, "p = 1 gives identical tasks up to noise, got {c1}");
+    assert!(c0.abs() < 0.1, "p = 0: {c0}");
+    assert!(c0 < c5 && c5 < c1, "{c0} {c5} {c1}");
+}
+
+#[test]
+fn generator_weights_have_the_papers_geometry() {
+    let p = synthetic::MmoeParams { dim: 50, correlation: 0.3, scale: 2.0, sin_terms: 10, sin_sd: 1.0, noise_sd: 0.1 };
+    let (w1, w2) = synthetic::mmoe_weights(&p, &mut multigate::rng::Rng::new(9));
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    assert!((dot(&w1, &w1).sqrt() - 2.0).abs() < 1e-9);
+    assert!((dot(&w2, &w2).sqrt() - 2.0).abs() < 1e-9);
+    assert!((dot(&w1, &w2) / 4.0 - 0.3).abs() < 1e-9, "cosine of w1, w2 is p");
+}
+
+#[test]
+fn adam_matches_the_textbook_update() {
+    let dev = Device::Cpu;
+    let x = Var::new(&[1.0f32, -2.0, 3.0], &dev).unwrap();
+    let cfg = AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let mut opt = Adam::new(vec![x.clone()], cfg).unwrap();
+    let (mut m, mut v) = ([0f64; 3], [0f64; 3]);
+    let mut p = [1.0f64, -2.0, 3.0];
+    for step in 1..=3 {
+        // loss = sum(x^2) -> grad 2x
+        let loss = x.as_tensor().sqr().unwrap().sum_all().unwrap();
+        opt.step(&loss.backward().unwrap(), 0.1).unwrap();
+        for i in 0..3 {
+            let g = 2.0 * p[i];
+            m[i] = 0.9 * m[i] + 0.1 * g;
+            v[i] = 0.999 * v[i] + 0.001 * g * g;
+            let mh = m[i] / (1.0 - 0.9f64.powi(step));
+            let vh = v[i] / (1.0 - 0.999f64.powi(step));
+            p[i] -= 0.1 * mh / (vh.sqrt() + 1e-8);
+        }
+    }
+    let got = x.as_tensor().to_vec1::<f32>().unwrap();
+    for i in 0..3 {
+        assert!((got[i] as f64 - p[i]).abs() < 1e-5, "{got:?} vs {p:?}");
+    }
+}
+
+#[test]
+fn adam_state_saves_and_resumes_exactly() {
+    let dev = Device::Cpu;
+    let run = |resume_at: Option<usize>| {
+        let x = Var::new(&[0.5f32, -1.5, 2.0, 4.0], &dev).unwrap();
+        let cfg = AdamConfig { beta1: 0.8, beta2: 0.99, eps: 1e-8, weight_decay: 0.01 };
+        let mut opt = Adam::new(vec![x.clone()], cfg).unwrap();
+        for step in 0..6 {
+            if Some(step) == resume_at {
+                let state = opt.state().unwrap();
+                let n = opt.step;
+                let mut fresh = Adam::new(vec![x.clone()], cfg).unwrap();
+                fresh.load_state(&state, n).unwrap();
+                opt = fresh;
+            }
+            let loss = (x.as_tensor().sqr().unwrap().sum_all().unwrap() + x.as_tensor().sum_all().unwrap()).unwrap();
+            opt.step(&loss.backward().unwrap(), 0.05).unwrap();
+        }
+        x.as_tensor().to_vec1::<f32>().unwrap()
+    };
+    assert_eq!(run(None), run(Some(3)));
+}
+
+#[test]
+fn diverging_loss_stops_with_the_step() {
+    let spec = small_spec("", TWO_BINARY_TASKS)
+        .replace("lr = 0.01", "lr = 0.01")
+        .replace("kind = \"binary\"", "kind = \"regression\"");
+    let c = compile_ok("nan.toml", &spec);
+    let (mut splits, _) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
+    // A label of 1e30 squares to infinity in f32.
+    splits.train.labels[0][5] = 1e30;
+    let model = CandleModel::new(&c.model, 1, &Device::Cpu).unwrap();
+    match train::fit(&model, &c.train, &splits, &mut |_| {}) {
+        Err(TrainError::NonFinite { task, epoch, step, .. }) => {
+            assert_eq!(task, "t1");
+            assert_eq!(epoch, 1);
+            assert!(step >= 1);
+        }
+        other => panic!("expected a non-finite loss error, got {:?}", other.map(|r| r.best_epoch)),
+    }
+}
+
+#[test]
+fn categorical_model_beats_chance() {
+    let c = compile_ok(
+        "cat.toml",
+        &small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [8]\n", TWO_BINARY_TASKS)
+            .replace("rows = 2000", "rows = 8000")
+            .replace("epochs = 2", "epochs = 4"),
+    );
+    let (splits, _) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
+    let model = CandleModel::new(&c.model, 1, &Device::Cpu).unwrap();
+    let report = train::fit(&model, &c.train, &splits, &mut |_| {}).unwrap();
+    for m in &report.validation {
+        let TaskMetrics::Binary(b) = m else { panic!("binary") };
+        assert!(b.auc.unwrap() > 0.6, "{m}");
+    }
+}
+
+#[test]
+fn same_seed_same_weights() {
+    let c = compile_ok(
+        "seed.toml",
+        &small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [4]\n", TWO_BINARY_TASKS),
+    );
+    let a = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
+    let b = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
+    let d = CandleModel::new(&c.model, 6, &Device::Cpu).unwrap();
+    let flat = |m: &CandleModel| {
+        Tensor::cat(&m.vars.iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap()).collect::<Vec<_>>(), 0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(flat(&a), flat(&b));
+    assert_ne!(flat(&a), flat(&d));
+}
