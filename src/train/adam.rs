@@ -73,17 +73,31 @@ impl candle_core::InplaceOp2 for FusedStep<'_> {
         if m.len() != p.len() || g.len() != p.len() {
             candle_core::bail!("adam: state has {} values, parameter {}, gradient {}", m.len(), p.len(), g.len());
         }
-        let (b1, b2, lr, eps) = (self.b1, self.b2, self.lr, self.eps);
-        let step_size = lr / self.bc1;
+        let (b1, b2, eps) = (self.b1, self.b2, self.eps);
+        let step_size = self.lr / self.bc1;
         let inv_bc2_sqrt = 1.0 / self.bc2.sqrt();
-        let keep = 1.0 - lr * self.decay;
-        for i in 0..p.len() {
-            let gi = g[i];
-            let mi = b1 * m[i] + (1.0 - b1) * gi;
-            let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
-            m[i] = mi;
-            v[i] = vi;
-            p[i] = p[i] * keep - step_size * mi / (vi.sqrt() * inv_bc2_sqrt + eps);
+        let keep = 1.0 - self.lr * self.decay;
+        let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+            for i in 0..p.len() {
+                let gi = g[i];
+                let mi = b1 * m[i] + (1.0 - b1) * gi;
+                let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
+                m[i] = mi;
+                v[i] = vi;
+                p[i] = p[i] * keep - step_size * mi / (vi.sqrt() * inv_bc2_sqrt + eps);
+            }
+        };
+        // Large tensors (embedding tables) are split across candle's worker threads.
+        const CHUNK: usize = 1 << 15;
+        if p.len() >= 2 * CHUNK && candle_core::utils::get_num_threads() > 1 {
+            use rayon::prelude::*;
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .for_each(|(((p, g), m), v)| update(p, g, m, v));
+        } else {
+            update(p, g, m, v);
         }
         Ok(())
     }
