@@ -1,4 +1,4 @@
-//! The phases, in order: read -> parse -> lower -> (backend build -> train -> export).
+//! The phases, in order: read -> parse (TOML or DSL) -> lower -> (backend build -> train -> export).
 
 use std::path::Path;
 
@@ -12,8 +12,8 @@ use crate::spec::{self, SpecError};
 pub enum CompileError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("{}", .0)]
-    Spec(SpecError),
+    #[error("{} error(s) in the spec", .0.len())]
+    Spec(Vec<SpecError>),
     #[error("{} error(s) in the spec", .0.len())]
     Lower(Vec<LowerError>),
 }
@@ -22,7 +22,9 @@ impl CompileError {
     /// Every error, rendered with snippets (no colour unless asked).
     pub fn render(&self, src: Option<&SourceFile>, colour: bool) -> String {
         match (self, src) {
-            (CompileError::Spec(e), Some(src)) => diag::render(src, e, colour),
+            (CompileError::Spec(es), Some(src)) => {
+                es.iter().map(|e| diag::render(src, e, colour)).collect::<Vec<_>>().join("\n")
+            }
             (CompileError::Lower(es), Some(src)) => {
                 es.iter().map(|e| diag::render(src, e, colour)).collect::<Vec<_>>().join("\n")
             }
@@ -31,9 +33,20 @@ impl CompileError {
     }
 }
 
-/// Parses and lowers a spec that is already in memory.
+impl CompileError {
+    /// How many errors this holds.
+    pub fn count(&self) -> usize {
+        match self {
+            CompileError::Spec(es) => es.len(),
+            CompileError::Lower(es) => es.len(),
+            CompileError::Read { .. } => 1,
+        }
+    }
+}
+
+/// Parses (TOML, or the DSL for `.mg` files) and lowers a spec already in memory.
 pub fn compile_source(src: &SourceFile) -> Result<Compiled, CompileError> {
-    let spec = spec::parse_toml(src).map_err(CompileError::Spec)?;
+    let spec = spec::parse(src).map_err(CompileError::Spec)?;
     lower::lower(&spec, src).map_err(CompileError::Lower)
 }
 

@@ -14,7 +14,7 @@ use multigate::data::{self, Need};
 use multigate::export::{self, BundleContents};
 use multigate::ir::{DataSource, SyntheticKind};
 use multigate::lower::Compiled;
-use multigate::pipeline::{self, CompileError};
+use multigate::pipeline;
 use multigate::source::SourceFile;
 use multigate::train::{self, TrainReport};
 
@@ -73,6 +73,25 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print a spec in canonical form, or convert it between TOML and the DSL.
+    Fmt {
+        file: PathBuf,
+        /// Output syntax (default: the input's).
+        #[arg(long, value_enum)]
+        to: Option<SyntaxArg>,
+        /// Exit 1 if the file is not in canonical form; write nothing.
+        #[arg(long)]
+        check: bool,
+        /// Rewrite the file in place (refused when it has comments, which fmt drops).
+        #[arg(long, conflicts_with = "check")]
+        write: bool,
+    },
+    /// Draw the model: features, embeddings, experts, gates, towers, with shapes.
+    Graph {
+        spec: PathBuf,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: GraphArg,
+    },
     /// Measure training and inference throughput of a spec at a batch size.
     Bench {
         spec: PathBuf,
@@ -84,6 +103,18 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: Device,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SyntaxArg {
+    Toml,
+    Mg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GraphArg {
+    Dot,
+    Mermaid,
 }
 
 /// A failure: its message and exit code.
@@ -124,6 +155,8 @@ pub fn run() -> ExitCode {
         Command::Predict { bundle, data, out, device } => predict(&bundle, &data, out.as_deref(), device),
         Command::Synth { spec, rows, out } => synth(&spec, rows, &out),
         Command::Bench { spec, batch, steps, device } => bench::bench(&spec, batch, steps, device),
+        Command::Fmt { file, to, check, write } => fmt(&file, to, check, write),
+        Command::Graph { spec, format } => graph(&spec, format),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,10 +182,7 @@ pub(crate) fn compile(path: &Path) -> Result<(SourceFile, Compiled), Failure> {
             Ok((src, c))
         }
         Err(e) => {
-            let n = match &e {
-                CompileError::Lower(es) => es.len(),
-                _ => 1,
-            };
+            let n = e.count();
             Err(Failure::new(2, format!("{}\n{} error(s) in {}", e.render(Some(&src), colour()), n, src.name)))
         }
     }
@@ -255,7 +285,7 @@ fn compile_and_train(
 
 /// The normalised spec (every default written out).
 fn spec_for_bundle(src: &SourceFile) -> String {
-    match multigate::spec::parse_toml(src) {
+    match multigate::spec::parse(src) {
         Ok(spec) => spec.to_toml(),
         Err(_) => src.text.to_string(),
     }
@@ -357,5 +387,54 @@ fn synth(path: &Path, rows: usize, out: &Path) -> Result<(), Failure> {
     frame.write_csv(&mut buf)?;
     write_atomic(out, &buf)?;
     println!("wrote {} rows to {}", rows, out.display());
+    Ok(())
+}
+
+fn fmt(path: &Path, to: Option<SyntaxArg>, check: bool, write: bool) -> Result<(), Failure> {
+    use multigate::spec::{self, Syntax};
+    let src = SourceFile::read(path).map_err(|e| Failure::new(2, format!("error: {}: {e}", path.display())))?;
+    let parsed = spec::parse(&src).map_err(|es| {
+        let text: Vec<String> = es.iter().map(|e| multigate::diag::render(&src, e, colour())).collect();
+        Failure::new(2, format!("{}\n{} error(s) in {}", text.join("\n"), es.len(), src.name))
+    })?;
+    let from = Syntax::of(&src.name);
+    let target = match to {
+        Some(SyntaxArg::Toml) => Syntax::Toml,
+        Some(SyntaxArg::Mg) => Syntax::Dsl,
+        None => from,
+    };
+    let text = match target {
+        Syntax::Toml => parsed.to_toml(),
+        Syntax::Dsl => spec::to_dsl(&parsed),
+    };
+    if check {
+        if target != from {
+            return Err(Failure::new(2, "error: --check compares a file with its own canonical form; drop --to"));
+        }
+        if *src.text != *text {
+            return Err(Failure::new(1, format!("{} is not in canonical form (run `multigate fmt --write {}`)", src.name, src.name)));
+        }
+        return Ok(());
+    }
+    if write {
+        if target != from {
+            return Err(Failure::new(2, "error: --write rewrites the file in its own syntax; drop --to, or redirect the output"));
+        }
+        if spec::has_comments(&src.text, from) {
+            return Err(Failure::new(1, format!("error: {} has comments, which fmt would drop; not rewritten", src.name)));
+        }
+        return write_atomic(path, text.as_bytes());
+    }
+    print!("{text}");
+    Ok(())
+}
+
+fn graph(path: &Path, format: GraphArg) -> Result<(), Failure> {
+    let (_, c) = compile(path)?;
+    let format = match format {
+        GraphArg::Dot => multigate::ir::GraphFormat::Dot,
+        GraphArg::Mermaid => multigate::ir::GraphFormat::Mermaid,
+    };
+    print!("{}", multigate::ir::render_graph(&c.model, format));
     Ok(())
 }

@@ -34,9 +34,11 @@
 //! product of two others ([`TaskOutput`]). Both slot into these types.
 
 pub mod config;
+mod graph;
 mod display;
 
 pub use config::*;
+pub use graph::{render as render_graph, GraphFormat};
 
 /// Index of a feature in [`Model::features`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -6,11 +6,80 @@
 //! field has a default, documented on the field and in the README's spec
 //! reference. The DSL front end (`.mg`, issue 3) will build this same struct.
 
+mod dsl;
+mod emit;
+mod error;
 mod toml_front;
 
-pub use toml_front::{parse_toml, SpecError};
+pub use dsl::parse_dsl;
+pub use emit::to_dsl;
+pub use error::SpecError;
+pub use toml_front::parse_toml;
 
 use serde::{Deserialize, Serialize};
+
+use crate::source::SourceFile;
+
+/// Which front end reads a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    Toml,
+    Dsl,
+}
+
+impl Syntax {
+    /// `.mg` files are DSL, everything else TOML.
+    pub fn of(name: &str) -> Syntax {
+        if name.ends_with(".mg") {
+            Syntax::Dsl
+        } else {
+            Syntax::Toml
+        }
+    }
+}
+
+/// Parses a spec with the front end its file name calls for.
+pub fn parse(src: &SourceFile) -> Result<Spec, Vec<SpecError>> {
+    match Syntax::of(&src.name) {
+        Syntax::Toml => parse_toml(src),
+        Syntax::Dsl => parse_dsl(src),
+    }
+}
+
+/// Whether a spec's text holds comments (outside strings), which `fmt` cannot keep.
+pub fn has_comments(text: &str, syntax: Syntax) -> bool {
+    let (mut in_string, mut escaped) = (false, false);
+    let mut prev = '\0';
+    for c in text.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"' | '\n') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if c == '#' || (syntax == Syntax::Dsl && c == '/' && prev == '/') {
+            return true;
+        }
+        prev = c;
+    }
+    false
+}
+
+/// Largest spec accepted, in bytes. Real specs are a few kilobytes.
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+
+fn check_size(src: &SourceFile) -> Result<(), Vec<SpecError>> {
+    if src.text.len() > MAX_SPEC_BYTES {
+        return Err(vec![SpecError::TooLarge { bytes: src.text.len(), limit: MAX_SPEC_BYTES }]);
+    }
+    if src.text.trim().is_empty() {
+        return Err(vec![SpecError::Empty]);
+    }
+    Ok(())
+}
 
 /// A value with the byte span it came from.
 pub type Sp<T> = toml::Spanned<T>;
@@ -24,9 +93,9 @@ pub struct Spec {
     pub data: DataSection,
     #[serde(default)]
     pub features: Vec<FeatureSpec>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crosses: Vec<CrossSpec>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<LayerSpec>,
     #[serde(default)]
     pub tasks: Vec<TaskSpec>,
@@ -52,13 +121,13 @@ pub struct DataSection {
     #[serde(default)]
     pub synthetic: SyntheticSpec,
     /// Training file(s), relative to the spec's folder. `.gz` files are decompressed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub train: Vec<Sp<String>>,
     /// Validation file; when absent, `validation_fraction` of the training rows is held out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<Sp<String>>,
     /// Test file, evaluated once at the end with the best-validation weights.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<Sp<String>>,
     /// Fraction of the training rows held out for validation when no file is given. Default 0.1.
     #[serde(default = "d_val_frac")]
@@ -73,11 +142,11 @@ pub struct DataSection {
     #[serde(default = "d_true")]
     pub header: bool,
     /// Column names, required when `header = false`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<Sp<String>>,
     /// A token that means "missing": dense inputs read it as their `fill`, categoricals
     /// as their own bucket; a missing label is an error. Default: none.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<Sp<String>>,
 }
 
@@ -129,29 +198,29 @@ pub struct FeatureSpec {
     pub kind: Sp<String>,
     /// Column read; defaults to the feature's name. A dense feature of width w > 1 reads
     /// `column_0 .. column_{w-1}`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<Sp<String>>,
     /// Categorical: number of hash buckets (xxh3 of `name=value`, fixed seed).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_buckets: Option<Sp<u64>>,
     /// Categorical: an inline vocabulary; index 0 is the out-of-vocabulary bucket.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vocabulary: Option<Sp<Vec<String>>>,
     /// Categorical: embedding width. Default 8.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_dim: Option<Sp<u64>>,
     /// Dense: number of values (columns). Default 1.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub width: Option<Sp<u64>>,
     /// Dense: `"none"` (default), `"log1p"` or `"zscore"` (needs `mean` and `std`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transform: Option<Sp<String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mean: Option<Sp<f64>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub std: Option<Sp<f64>>,
     /// Dense: value used for a missing field. Default 0.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fill: Option<Sp<f64>>,
 }
 
@@ -172,17 +241,17 @@ pub struct CrossSpec {
 #[serde(deny_unknown_fields)]
 pub struct LayerSpec {
     /// Optional name, used in diagnostics and parameter names. Default `layer{i}`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<Sp<String>>,
     /// `"shared_bottom"`, `"moe"` or `"mmoe"`.
     pub kind: Sp<String>,
     /// Experts in a gated layer. Default 8 for `moe`/`mmoe`; not allowed on `shared_bottom`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experts: Option<Sp<u64>>,
     /// Hidden units of each expert (or of the shared-bottom MLP), one entry per layer.
     pub units: Sp<Vec<Sp<u64>>>,
     /// `"relu"` (default), `"tanh"`, `"sigmoid"`, `"gelu"` or `"linear"`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<Sp<String>>,
 }
 
@@ -194,20 +263,20 @@ pub struct TaskSpec {
     /// `"binary"` or `"regression"`.
     pub kind: Sp<String>,
     /// The label column.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<Sp<String>>,
     /// Binary: the label is 1 where the column equals this string, else 0. Without it
     /// a binary label column must hold 0 or 1.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub positive: Option<Sp<String>>,
     /// Tower hidden units (before the one-unit output). Default `[]`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tower: Option<Sp<Vec<Sp<u64>>>>,
     /// Tower activation. Default `"relu"`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<Sp<String>>,
     /// Weight of this task's loss in the sum. Default 1.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<Sp<f64>>,
 }
 

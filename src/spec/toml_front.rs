@@ -1,52 +1,17 @@
 //! TOML front end: text -> [`Spec`], with serde's `deny_unknown_fields` and
 //! `toml::Spanned` keeping every value's position.
 
-use miette::Diagnostic;
-use thiserror::Error;
+use super::{Spec, SpecError};
+use crate::source::SourceFile;
 
-use super::Spec;
-use crate::source::{SourceFile, Span};
-
-/// The spec could not be read as a spec: bad TOML syntax, an unknown key, a value of
-/// the wrong type, a missing required key.
-#[derive(Debug, Error, Diagnostic)]
-pub enum SpecError {
-    #[error("{message}")]
-    #[diagnostic(code(multigate::spec::syntax))]
-    Toml {
-        message: String,
-        #[label("here")]
-        span: Option<miette::SourceSpan>,
-        #[help]
-        help: String,
-    },
-    #[error("the spec is empty")]
-    #[diagnostic(
-        code(multigate::spec::empty),
-        help("a spec needs at least a [model] table with a name, one feature and one task")
-    )]
-    Empty,
-}
-
-impl SpecError {
-    pub fn span(&self) -> Option<Span> {
-        match self {
-            SpecError::Toml { span, .. } => span.map(|s| s.offset()..s.offset() + s.len()),
-            SpecError::Empty => None,
-        }
-    }
-}
-
-/// Parses a TOML spec.
-pub fn parse_toml(src: &SourceFile) -> Result<Spec, SpecError> {
-    if src.text.trim().is_empty() {
-        return Err(SpecError::Empty);
-    }
+/// Parses a TOML spec. TOML reports its first error only.
+pub fn parse_toml(src: &SourceFile) -> Result<Spec, Vec<SpecError>> {
+    super::check_size(src)?;
     toml::from_str::<Spec>(&src.text).map_err(|e| {
         // toml's message repeats the snippet; keep only its first line, the snippet is ours.
         let message = e.message().lines().next().unwrap_or("invalid TOML").to_string();
         let help = unknown_field_help(&message).unwrap_or_else(|| "see the spec reference in README.md".to_string());
-        SpecError::Toml { message, span: e.span().map(Into::into), help }
+        vec![SpecError::Syntax { message, span: e.span().map(Into::into), help }]
     })
 }
 

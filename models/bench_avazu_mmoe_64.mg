@@ -1,0 +1,27 @@
+// The seed model's inputs at the benchmark shape used to compare with PyTorch:
+// 8 experts x 64 units, towers of 32. `multigate bench models/bench_avazu_mmoe_64.toml`.
+
+model bench_avazu_mmoe_64 {
+  data synthetic
+  synthetic categorical(rows = 200000, seed = 7)
+
+  feature adid: categorical(hash = 10000) embed 16 column "id"
+  feature site_id: categorical(hash = 10000) embed 16
+  feature site_domain: categorical(hash = 10000) embed 16
+  feature site_category: categorical(hash = 10000) embed 16
+  feature app_id: categorical(hash = 10000) embed 16
+  feature app_domain: categorical(hash = 10000) embed 16
+  feature app_category: categorical(hash = 1000) embed 16
+  feature device_id: categorical(hash = 1000) embed 16
+  feature device_ip: categorical(hash = 10000) embed 16
+  feature device_type: categorical(hash = 10) embed 16
+  feature device_conn_type: categorical(hash = 10) embed 16
+  cross adid_x_device_id = product(adid, device_id)
+
+  layer mmoe { experts 8 x [64] relu }
+
+  task click: binary(label = "click") tower [32] weight 1.0
+  task banner_top: binary(label = "banner_pos" == "1") tower [32] weight 1.0
+
+  train { adam batch 512 epochs 3 seed 42 }
+}

@@ -1,0 +1,149 @@
+//! The model as a picture: Graphviz `dot` or Mermaid text, from features through
+//! embeddings, expert groups and gates to towers, with shapes, parameter counts and
+//! FLOPs. Printed by `multigate graph`.
+
+use std::fmt::Write;
+
+use super::*;
+
+/// Output format of [`render`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+struct Node {
+    id: String,
+    label: String,
+}
+
+fn mlp(dims: &[usize]) -> String {
+    dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("→")
+}
+
+/// Nodes and edges of the model graph.
+fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
+    let mut nodes = Vec::new();
+    let mut edges = Vec::new();
+    let concat = "concat".to_string();
+    for (i, f) in m.features.iter().enumerate() {
+        let id = format!("f{i}");
+        let label = match &f.kind {
+            FeatureKind::Categorical { encoding, dim } => {
+                let enc = match encoding {
+                    Encoding::Hash { buckets } => format!("hash {buckets}"),
+                    Encoding::Vocab { values } => format!("vocab {}", values.len()),
+                };
+                format!("{}\\n{enc} → embed [{dim}]\\nparams {}", f.name, encoding.rows() * dim)
+            }
+            FeatureKind::Dense { width, .. } => format!("{}\\ndense [{width}]", f.name),
+        };
+        nodes.push(Node { id: id.clone(), label });
+        edges.push((id, concat.clone(), format!("{}", f.width())));
+    }
+    for (i, c) in m.crosses.iter().enumerate() {
+        let id = format!("c{i}");
+        nodes.push(Node { id: id.clone(), label: format!("{}\\nproduct [{}]", c.name, c.dim) });
+        edges.push((format!("f{}", c.a.0), id.clone(), format!("{}", c.dim)));
+        edges.push((format!("f{}", c.b.0), id.clone(), format!("{}", c.dim)));
+        edges.push((id, concat.clone(), format!("{}", c.dim)));
+    }
+    nodes.push(Node { id: concat.clone(), label: format!("concat [{}]", m.input_width) });
+    let n_tasks = m.tasks.len();
+    // Where each task's stream comes from (one id for a shared stream).
+    let mut heads: Vec<String> = vec![concat];
+    for (li, l) in m.layers.iter().enumerate() {
+        let e = &l.experts;
+        let eid = format!("l{li}e");
+        let slots = l.input.slots(n_tasks);
+        let what = if l.kind == LayerKind::SharedBottom { "MLP".to_string() } else { format!("{} experts", e.count) };
+        nodes.push(Node {
+            id: eid.clone(),
+            label: format!("{} ({})\\n{what} [{}] {}\\nparams {}  flops {}", l.name, l.kind.as_str(), mlp(&e.dims), e.activation.as_str(), e.params(), slots * e.flops_per_slot()),
+        });
+        for h in dedup(&heads) {
+            edges.push((h, eid.clone(), format!("{}", l.input.width())));
+        }
+        if l.gates.is_empty() {
+            heads = match l.output {
+                Stream::Shared { .. } => vec![eid],
+                Stream::PerTask { .. } => vec![eid; n_tasks],
+            };
+            continue;
+        }
+        let mut gate_ids = Vec::new();
+        for (gi, g) in l.gates.iter().enumerate() {
+            let gid = format!("l{li}g{gi}");
+            nodes.push(Node { id: gid.clone(), label: format!("{}\\nsoftmax [{}→{}] + mix\\nparams {}", g.name, g.d_in, g.experts, g.params()) });
+            let input = match (g.owner, l.input) {
+                (GateOwner::Task(t), Stream::PerTask { .. }) => heads[t.0].clone(),
+                _ => heads[0].clone(),
+            };
+            edges.push((input, gid.clone(), format!("{}", g.d_in)));
+            edges.push((eid.clone(), gid.clone(), format!("{}x[{}]", e.count, e.d_out())));
+            gate_ids.push(gid);
+        }
+        heads = if l.kind == LayerKind::Mmoe {
+            gate_ids
+        } else {
+            match l.output {
+                Stream::Shared { .. } => vec![gate_ids[0].clone()],
+                Stream::PerTask { .. } => vec![gate_ids[0].clone(); n_tasks],
+            }
+        };
+    }
+    for (ti, t) in m.tasks.iter().enumerate() {
+        let TaskOutput::Tower { dims, activation } = &t.output;
+        let id = format!("t{ti}");
+        nodes.push(Node {
+            id: id.clone(),
+            label: format!("{} ({})\\ntower [{}] {}\\nparams {}  flops {}", t.name, t.kind.as_str(), mlp(dims), activation.as_str(), t.tower_params(), t.tower_flops()),
+        });
+        let src = heads.get(ti).or(heads.first()).cloned().unwrap_or_default();
+        edges.push((src, id, format!("{}", dims[0])));
+    }
+    (nodes, edges)
+}
+
+fn dedup(v: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for x in v {
+        if !out.contains(x) {
+            out.push(x.clone());
+        }
+    }
+    out
+}
+
+/// Renders the model graph.
+pub fn render(m: &Model, format: GraphFormat) -> String {
+    let (nodes, edges) = build(m);
+    let mut out = String::new();
+    let title = format!("{}: {} params, {} FLOPs/sample", m.name, m.param_count(), m.flops_per_sample());
+    match format {
+        GraphFormat::Dot => {
+            let _ = writeln!(out, "digraph {:?} {{", m.name);
+            let _ = writeln!(out, "  label={:?}; labelloc=t; rankdir=TB;", title);
+            let _ = writeln!(out, "  node [shape=box, fontname=\"Helvetica\", fontsize=10];");
+            for n in &nodes {
+                let _ = writeln!(out, "  {} [label=\"{}\"];", n.id, n.label.replace('"', "'"));
+            }
+            for (a, b, l) in &edges {
+                let _ = writeln!(out, "  {a} -> {b} [label=\"{l}\"];");
+            }
+            out.push_str("}\n");
+        }
+        GraphFormat::Mermaid => {
+            let _ = writeln!(out, "---\ntitle: {title}\n---");
+            out.push_str("flowchart TB\n");
+            for n in &nodes {
+                let _ = writeln!(out, "  {}[\"{}\"]", n.id, n.label.replace("\\n", "<br/>").replace('"', "'"));
+            }
+            for (a, b, l) in &edges {
+                let _ = writeln!(out, "  {a} -->|{l}| {b}");
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,713 @@
+//! DSL front end: `.mg` text -> [`Spec`], through the pest grammar in
+//! `grammar/multigate.pest`. It builds the same `Spec` as the TOML front end, spans
+//! included, so one lowering serves both.
+//!
+//! Every `unwrap`/`expect` on a pair below names the grammar rule that guarantees it.
+//! Key errors (unknown or repeated keys, values of the wrong type) are collected, not
+//! stopped at; a syntax error stops the parse (pest reports the first).
+
+use pest::iterators::Pair;
+use pest::Parser;
+use pest_derive::Parser;
+
+use super::*;
+use crate::diag::did_you_mean;
+use crate::source::{SourceFile, Span};
+
+#[derive(Parser)]
+#[grammar = "../grammar/multigate.pest"]
+struct DslParser;
+
+/// Deepest bracket nesting accepted before parsing (pest recurses per level).
+const MAX_DEPTH: usize = 64;
+
+/// Parses a `.mg` spec.
+pub fn parse_dsl(src: &SourceFile) -> Result<Spec, Vec<SpecError>> {
+    super::check_size(src)?;
+    check_depth(&src.text)?;
+    let mut pairs = DslParser::parse(Rule::file, &src.text).map_err(|e| vec![syntax_error(e)])?;
+    // Grammar: `file = { SOI ~ model ~ EOI }`, so a successful parse has one file with a model.
+    let file = pairs.next().expect("file rule");
+    let model = file.into_inner().next().expect("file contains model");
+    let mut b = Builder { errors: Vec::new() };
+    let spec = b.model(model);
+    if b.errors.is_empty() {
+        Ok(spec)
+    } else {
+        b.errors.sort_by_key(|e| e.span().map_or(0, |s| s.start));
+        Err(b.errors)
+    }
+}
+
+fn check_depth(text: &str) -> Result<(), Vec<SpecError>> {
+    let (mut depth, mut in_string, mut escaped, mut in_comment) = (0usize, false, false, false);
+    for (i, c) in text.char_indices() {
+        if in_comment {
+            in_comment = c != '\n';
+            continue;
+        }
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"' | '\n') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '#' => in_comment = true,
+            '[' | '(' | '{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(vec![SpecError::TooDeep { depth, span: (i, 1).into() }]);
+                }
+            }
+            ']' | ')' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Readable names for rules in "expected ..." messages.
+fn rule_name(r: &Rule) -> &'static str {
+    match r {
+        Rule::EOI => "end of file",
+        Rule::file | Rule::model => "`model NAME { ... }`",
+        Rule::data => "`data`",
+        Rule::synthetic => "`synthetic`",
+        Rule::feature => "`feature`",
+        Rule::cross => "`cross`",
+        Rule::layer => "`layer`",
+        Rule::task => "`task`",
+        Rule::train => "`train`",
+        Rule::embed => "`embed N`",
+        Rule::column => "`column \"NAME\"`",
+        Rule::experts => "`experts N x [units]`",
+        Rule::units => "`units [..]`",
+        Rule::activation | Rule::bare_activation => "an activation",
+        Rule::label => "`label = COLUMN`",
+        Rule::tower => "`tower [..]`",
+        Rule::weight => "`weight X`",
+        Rule::batch => "`batch N`",
+        Rule::epochs => "`epochs N`",
+        Rule::seed => "`seed N`",
+        Rule::decay => "`decay(..)`",
+        Rule::optimizer => "an optimizer such as `adam(lr = 1e-3)`",
+        Rule::arguments => "`(key = value, ..)`",
+        Rule::argument => "`key = value`",
+        Rule::list | Rule::integer_list => "a list `[..]`",
+        Rule::string | Rule::text => "a string",
+        Rule::number => "a number",
+        Rule::integer => "a whole number",
+        Rule::boolean => "true or false",
+        Rule::name => "a name",
+        Rule::word => "a word",
+        Rule::keyword => "a keyword",
+        Rule::declaration => "a declaration (`feature`, `cross`, `layer`, `task`, `data`, `synthetic`, `train`)",
+        Rule::feature_option => "`embed N` or `column \"NAME\"`",
+        Rule::layer_option => "`experts`, `units` or `activation`",
+        Rule::task_option => "`tower`, `weight` or `activation`",
+        Rule::train_option => "`batch`, `epochs`, `seed`, `decay(..)` or an optimizer",
+        Rule::value => "a value",
+        Rule::name_char => "a letter, digit, `_` or `-`",
+        Rule::WHITESPACE | Rule::COMMENT => "whitespace",
+    }
+}
+
+fn syntax_error(e: pest::error::Error<Rule>) -> SpecError {
+    let span: SourceSpan = match e.location {
+        pest::error::InputLocation::Pos(p) => (p, 0).into(),
+        pest::error::InputLocation::Span((a, b)) => (a, b - a).into(),
+    };
+    let message = match &e.variant {
+        pest::error::ErrorVariant::ParsingError { positives, .. } if !positives.is_empty() => {
+            let mut names: Vec<&str> = positives.iter().map(rule_name).collect();
+            names.dedup();
+            format!("expected {}", names.join(" or "))
+        }
+        pest::error::ErrorVariant::ParsingError { negatives, .. } if !negatives.is_empty() => {
+            format!("unexpected {}", negatives.iter().map(rule_name).collect::<Vec<_>>().join(" or "))
+        }
+        pest::error::ErrorVariant::CustomError { message } => message.clone(),
+        _ => "syntax error".to_string(),
+    };
+    SpecError::Syntax { message, span: Some(span), help: "see grammar/multigate.pest and the README's DSL section".into() }
+}
+
+use miette::SourceSpan;
+
+fn span_of(p: &Pair<Rule>) -> Span {
+    let s = p.as_span();
+    s.start()..s.end()
+}
+
+fn sp_of<T>(p: &Pair<Rule>, v: T) -> Sp<T> {
+    Sp::new(span_of(p), v)
+}
+
+fn miette_span(s: &Span) -> SourceSpan {
+    (s.start, s.end - s.start).into()
+}
+
+/// A value in an argument list.
+#[derive(Debug, Clone)]
+enum Value {
+    Str(String),
+    Num(String),
+    Bool(bool),
+    Word(String),
+    List(Vec<(Value, Span)>),
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => {}
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn string_of(p: Pair<Rule>) -> String {
+    // Grammar: `string = ${ "\"" ~ text ~ "\"" }`: one inner `text` pair.
+    unescape(p.into_inner().next().map_or("", |t| t.as_str()))
+}
+
+fn value_of(p: Pair<Rule>) -> (Value, Span) {
+    let span = span_of(&p);
+    let v = match p.as_rule() {
+        Rule::string => Value::Str(string_of(p)),
+        Rule::number => Value::Num(p.as_str().to_string()),
+        Rule::boolean => Value::Bool(p.as_str() == "true"),
+        Rule::list => Value::List(p.into_inner().map(value_of).collect()),
+        _ => Value::Word(p.as_str().to_string()),
+    };
+    (v, span)
+}
+
+/// Parsed `(key = value, ..)` with the keys not yet taken.
+struct Args {
+    items: Vec<(String, Span, Value, Span)>,
+    context: &'static str,
+}
+
+struct Builder {
+    errors: Vec<SpecError>,
+}
+
+impl Builder {
+    fn args(&mut self, p: Option<Pair<Rule>>, context: &'static str) -> Args {
+        let mut items: Vec<(String, Span, Value, Span)> = Vec::new();
+        for arg in p.into_iter().flat_map(|p| p.into_inner()) {
+            // Grammar: `argument = { name ~ "=" ~ value }`.
+            let mut inner = arg.into_inner();
+            let key = inner.next().expect("argument has a name");
+            let (value, vspan) = value_of(inner.next().expect("argument has a value"));
+            let kspan = span_of(&key);
+            if let Some(first) = items.iter().find(|i| i.0 == key.as_str()) {
+                self.errors.push(SpecError::Repeated { key: key.as_str().to_string(), first: miette_span(&first.1), second: miette_span(&kspan) });
+                continue;
+            }
+            items.push((key.as_str().to_string(), kspan, value, vspan));
+        }
+        Args { items, context }
+    }
+
+    /// Reports every key nobody took.
+    fn finish(&mut self, args: Args, allowed: &[&str]) {
+        for (key, span, _, _) in args.items {
+            let help = did_you_mean(&key, allowed.iter().copied()).unwrap_or_else(|| format!("allowed keys: {}", allowed.join(", ")));
+            self.errors.push(SpecError::UnknownKey { key, context: args.context, span: miette_span(&span), help });
+        }
+    }
+
+    fn bad(&mut self, key: &str, expected: &'static str, span: &Span) {
+        self.errors.push(SpecError::BadValue { key: key.to_string(), expected, span: miette_span(span) });
+    }
+
+    fn take(&mut self, args: &mut Args, key: &str) -> Option<(Value, Span)> {
+        let i = args.items.iter().position(|i| i.0 == key)?;
+        let (_, _, v, s) = args.items.remove(i);
+        Some((v, s))
+    }
+
+    fn take_str(&mut self, args: &mut Args, key: &str) -> Option<Sp<String>> {
+        match self.take(args, key)? {
+            (Value::Str(s) | Value::Word(s), span) => Some(Sp::new(span, s)),
+            (_, span) => {
+                self.bad(key, "a string", &span);
+                None
+            }
+        }
+    }
+
+    fn take_f64(&mut self, args: &mut Args, key: &str) -> Option<Sp<f64>> {
+        match self.take(args, key)? {
+            (Value::Num(n), span) => match n.parse::<f64>() {
+                Ok(x) => Some(Sp::new(span, x)),
+                Err(_) => {
+                    self.bad(key, "a number", &span);
+                    None
+                }
+            },
+            (_, span) => {
+                self.bad(key, "a number", &span);
+                None
+            }
+        }
+    }
+
+    fn take_u64(&mut self, args: &mut Args, key: &str) -> Option<Sp<u64>> {
+        match self.take(args, key)? {
+            (Value::Num(n), span) => match n.parse::<u64>() {
+                Ok(x) => Some(Sp::new(span, x)),
+                Err(_) => {
+                    self.bad(key, "a whole number >= 0", &span);
+                    None
+                }
+            },
+            (_, span) => {
+                self.bad(key, "a whole number >= 0", &span);
+                None
+            }
+        }
+    }
+
+    fn take_bool(&mut self, args: &mut Args, key: &str) -> Option<bool> {
+        match self.take(args, key)? {
+            (Value::Bool(b), _) => Some(b),
+            (_, span) => {
+                self.bad(key, "true or false", &span);
+                None
+            }
+        }
+    }
+
+    fn take_strings(&mut self, args: &mut Args, key: &str) -> Option<Sp<Vec<Sp<String>>>> {
+        match self.take(args, key)? {
+            (Value::List(items), span) => {
+                let mut out = Vec::new();
+                for (v, s) in items {
+                    match v {
+                        Value::Str(x) | Value::Word(x) => out.push(Sp::new(s, x)),
+                        _ => self.bad(key, "a list of strings", &s),
+                    }
+                }
+                Some(Sp::new(span, out))
+            }
+            (Value::Str(x), span) => Some(Sp::new(span.clone(), vec![Sp::new(span, x)])),
+            (_, span) => {
+                self.bad(key, "a list of strings", &span);
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, p: Pair<Rule>, what: &'static str) -> Sp<u64> {
+        match p.as_str().parse::<u64>() {
+            Ok(x) => sp_of(&p, x),
+            Err(_) => {
+                self.bad(what, "a whole number that fits in 64 bits", &span_of(&p));
+                sp_of(&p, 0)
+            }
+        }
+    }
+
+    fn integer_list(&mut self, p: Pair<Rule>, what: &'static str) -> Sp<Vec<Sp<u64>>> {
+        let span = span_of(&p);
+        let items = p.into_inner().map(|i| self.integer(i, what)).collect();
+        Sp::new(span, items)
+    }
+
+    fn number(&mut self, p: Pair<Rule>, what: &'static str) -> Sp<f64> {
+        match p.as_str().parse::<f64>() {
+            Ok(x) => sp_of(&p, x),
+            Err(_) => {
+                self.bad(what, "a number", &span_of(&p));
+                sp_of(&p, 0.0)
+            }
+        }
+    }
+
+    /// Sets an optional field once; a second occurrence is an error.
+    fn once<T>(&mut self, slot: &mut Option<Sp<T>>, key: &str, value: Sp<T>) {
+        if let Some(first) = slot {
+            self.errors.push(SpecError::Repeated { key: key.into(), first: miette_span(&first.span()), second: miette_span(&value.span()) });
+        } else {
+            *slot = Some(value);
+        }
+    }
+
+    fn model(&mut self, p: Pair<Rule>) -> Spec {
+        let mut inner = p.into_inner();
+        // Grammar: `model = { "model" ~ name ~ "{" ~ declaration* ~ "}" }`.
+        let name = inner.next().expect("model has a name");
+        let mut spec = Spec {
+            model: ModelSection { name: sp_of(&name, name.as_str().to_string()) },
+            data: DataSection::default(),
+            features: Vec::new(),
+            crosses: Vec::new(),
+            layers: Vec::new(),
+            tasks: Vec::new(),
+            train: TrainSection::default(),
+        };
+        let (mut seen_data, mut seen_synthetic, mut seen_train): (Option<Span>, Option<Span>, Option<Span>) = (None, None, None);
+        for decl in inner {
+            let span = span_of(&decl);
+            let once = |b: &mut Builder, seen: &mut Option<Span>, key: &str| {
+                if let Some(first) = seen {
+                    b.errors.push(SpecError::Repeated { key: key.into(), first: miette_span(&(first.start..first.start + key.len())), second: miette_span(&(span.start..span.start + key.len())) });
+                }
+                *seen = Some(span.clone());
+            };
+            match decl.as_rule() {
+                Rule::data => {
+                    once(self, &mut seen_data, "data");
+                    self.data(decl, &mut spec.data);
+                }
+                Rule::synthetic => {
+                    once(self, &mut seen_synthetic, "synthetic");
+                    self.synthetic(decl, &mut spec.data.synthetic);
+                }
+                Rule::feature => spec.features.push(self.feature(decl)),
+                Rule::cross => spec.crosses.push(self.cross(decl)),
+                Rule::layer => spec.layers.push(self.layer(decl)),
+                Rule::task => spec.tasks.push(self.task(decl)),
+                Rule::train => {
+                    once(self, &mut seen_train, "train");
+                    self.train(decl, &mut spec.train);
+                }
+                _ => {}
+            }
+        }
+        spec
+    }
+
+    fn data(&mut self, p: Pair<Rule>, d: &mut DataSection) {
+        let mut inner = p.into_inner();
+        let source = inner.next().expect("data has a source word");
+        d.source = sp_of(&source, source.as_str().to_string());
+        let mut a = self.args(inner.next(), "data");
+        if let Some(v) = self.take_strings(&mut a, "train") {
+            d.train = v.into_inner();
+        }
+        d.validation = self.take_str(&mut a, "validation");
+        d.test = self.take_str(&mut a, "test");
+        if let Some(v) = self.take_f64(&mut a, "validation_fraction") {
+            d.validation_fraction = v;
+        }
+        if let Some(v) = self.take_f64(&mut a, "test_fraction") {
+            d.test_fraction = v;
+        }
+        if let Some(v) = self.take_str(&mut a, "delimiter") {
+            d.delimiter = v;
+        }
+        if let Some(v) = self.take_bool(&mut a, "header") {
+            d.header = v;
+        }
+        if let Some(v) = self.take_strings(&mut a, "columns") {
+            d.columns = v.into_inner();
+        }
+        d.missing = self.take_str(&mut a, "missing");
+        self.finish(a, DATA_KEYS);
+    }
+
+    fn synthetic(&mut self, p: Pair<Rule>, s: &mut SyntheticSpec) {
+        let mut inner = p.into_inner();
+        let kind = inner.next().expect("synthetic has a generator word");
+        s.kind = sp_of(&kind, kind.as_str().to_string());
+        let mut a = self.args(inner.next(), "synthetic");
+        macro_rules! set {
+            ($field:ident, $take:ident) => {
+                if let Some(v) = self.$take(&mut a, stringify!($field)) {
+                    s.$field = v;
+                }
+            };
+        }
+        set!(rows, take_u64);
+        if let Some(v) = self.take_u64(&mut a, "seed") {
+            s.seed = v.into_inner();
+        }
+        set!(dim, take_u64);
+        set!(correlation, take_f64);
+        set!(scale, take_f64);
+        set!(sin_terms, take_u64);
+        set!(sin_sd, take_f64);
+        set!(noise_sd, take_f64);
+        set!(cardinality, take_u64);
+        self.finish(a, SYNTHETIC_KEYS);
+    }
+
+    fn feature(&mut self, p: Pair<Rule>) -> FeatureSpec {
+        let mut inner = p.into_inner();
+        // Grammar: `feature = { "feature" ~ name ~ ":" ~ word ~ arguments? ~ feature_option* }`.
+        let name = inner.next().expect("feature has a name");
+        let kind = inner.next().expect("feature has a type word");
+        let mut f = FeatureSpec {
+            name: sp_of(&name, name.as_str().to_string()),
+            kind: sp_of(&kind, kind.as_str().to_string()),
+            column: None,
+            hash_buckets: None,
+            vocabulary: None,
+            embedding_dim: None,
+            width: None,
+            transform: None,
+            mean: None,
+            std: None,
+            fill: None,
+        };
+        for opt in inner {
+            match opt.as_rule() {
+                Rule::arguments => {
+                    let mut a = self.args(Some(opt), "a feature");
+                    f.hash_buckets = self.take_u64(&mut a, "hash");
+                    f.vocabulary = self.take_strings(&mut a, "vocab").map(|v| {
+                        let span = v.span();
+                        Sp::new(span, v.into_inner().into_iter().map(Sp::into_inner).collect())
+                    });
+                    f.width = self.take_u64(&mut a, "width");
+                    f.transform = self.take_str(&mut a, "transform");
+                    f.mean = self.take_f64(&mut a, "mean");
+                    f.std = self.take_f64(&mut a, "std");
+                    f.fill = self.take_f64(&mut a, "fill");
+                    if let Some(c) = self.take_str(&mut a, "column") {
+                        self.once(&mut f.column, "column", c);
+                    }
+                    if let Some(e) = self.take_u64(&mut a, "embed") {
+                        self.once(&mut f.embedding_dim, "embed", e);
+                    }
+                    self.finish(a, FEATURE_KEYS);
+                }
+                Rule::embed => {
+                    let n = self.integer(opt.into_inner().next().expect("embed has an integer"), "embed");
+                    self.once(&mut f.embedding_dim, "embed", n);
+                }
+                Rule::column => {
+                    let s = opt.into_inner().next().expect("column has a string");
+                    let c = sp_of(&s, string_of(s.clone()));
+                    self.once(&mut f.column, "column", c);
+                }
+                _ => {}
+            }
+        }
+        f
+    }
+
+    fn cross(&mut self, p: Pair<Rule>) -> CrossSpec {
+        let mut inner = p.into_inner();
+        // Grammar: `cross = { "cross" ~ name ~ "=" ~ word ~ "(" ~ name ~ ("," ~ name)* ~ ")" }`.
+        let name = inner.next().expect("cross has a name");
+        let op = inner.next().expect("cross has an op");
+        let names: Vec<Pair<Rule>> = inner.collect();
+        let span = match (names.first(), names.last()) {
+            (Some(a), Some(b)) => a.as_span().start()..b.as_span().end(),
+            _ => span_of(&op),
+        };
+        CrossSpec {
+            name: sp_of(&name, name.as_str().to_string()),
+            op: sp_of(&op, op.as_str().to_string()),
+            features: Sp::new(span, names.iter().map(|n| sp_of(n, n.as_str().to_string())).collect()),
+        }
+    }
+
+    fn layer(&mut self, p: Pair<Rule>) -> LayerSpec {
+        let span = span_of(&p);
+        let parts: Vec<Pair<Rule>> = p.into_inner().collect();
+        // Grammar: `layer = { "layer" ~ (name ~ ":")? ~ word ~ "{" ~ layer_option* ~ "}" }`:
+        // a leading `name` pair only when the layer is named.
+        let (name, rest) = match parts.first().map(|p| p.as_rule()) {
+            Some(Rule::name) => (Some(&parts[0]), &parts[1..]),
+            _ => (None, &parts[..]),
+        };
+        let kind = rest.first().expect("layer has a kind word");
+        let mut l = LayerSpec {
+            name: name.map(|n| sp_of(n, n.as_str().to_string())),
+            kind: sp_of(kind, kind.as_str().to_string()),
+            experts: None,
+            units: Sp::new(span.start..span.start + 5, Vec::new()),
+            activation: None,
+        };
+        let mut units_seen: Option<Span> = None;
+        for opt in rest[1..].iter().cloned() {
+            match opt.as_rule() {
+                Rule::experts => {
+                    let mut it = opt.into_inner();
+                    let n = self.integer(it.next().expect("experts has a count"), "experts");
+                    self.once(&mut l.experts, "experts", n);
+                    for part in it {
+                        match part.as_rule() {
+                            Rule::integer_list => self.set_units(&mut l, &mut units_seen, part),
+                            Rule::bare_activation => {
+                                let a = sp_of(&part, part.as_str().to_string());
+                                self.once(&mut l.activation, "activation", a);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Rule::units => {
+                    for part in opt.into_inner() {
+                        match part.as_rule() {
+                            Rule::integer_list => self.set_units(&mut l, &mut units_seen, part),
+                            Rule::bare_activation => {
+                                let a = sp_of(&part, part.as_str().to_string());
+                                self.once(&mut l.activation, "activation", a);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Rule::activation => {
+                    let w = opt.into_inner().next().expect("activation has a word");
+                    let a = sp_of(&w, w.as_str().to_string());
+                    self.once(&mut l.activation, "activation", a);
+                }
+                _ => {}
+            }
+        }
+        if units_seen.is_none() {
+            self.errors.push(SpecError::BadValue { key: "units".into(), expected: "given: `experts N x [units]` or `units [..]`", span: miette_span(&span_of(kind)) });
+        }
+        l
+    }
+
+    fn set_units(&mut self, l: &mut LayerSpec, seen: &mut Option<Span>, p: Pair<Rule>) {
+        let units = self.integer_list(p, "units");
+        if let Some(first) = seen {
+            self.errors.push(SpecError::Repeated { key: "units".into(), first: miette_span(first), second: miette_span(&units.span()) });
+            return;
+        }
+        *seen = Some(units.span());
+        l.units = units;
+    }
+
+    fn task(&mut self, p: Pair<Rule>) -> TaskSpec {
+        let mut inner = p.into_inner();
+        // Grammar: `task = { "task" ~ name ~ ":" ~ word ~ "(" ~ label? ~ ")" ~ task_option* }`.
+        let name = inner.next().expect("task has a name");
+        let kind = inner.next().expect("task has a kind word");
+        let mut t = TaskSpec {
+            name: sp_of(&name, name.as_str().to_string()),
+            kind: sp_of(&kind, kind.as_str().to_string()),
+            label: None,
+            positive: None,
+            tower: None,
+            activation: None,
+            weight: None,
+        };
+        for opt in inner {
+            match opt.as_rule() {
+                Rule::label => {
+                    let mut it = opt.into_inner();
+                    let col = it.next().expect("label has a column");
+                    let column = match col.as_rule() {
+                        Rule::string => string_of(col.clone()),
+                        _ => col.as_str().to_string(),
+                    };
+                    t.label = Some(sp_of(&col, column));
+                    if let Some(pos) = it.next() {
+                        t.positive = Some(sp_of(&pos, string_of(pos.clone())));
+                    }
+                }
+                Rule::tower => {
+                    for part in opt.into_inner() {
+                        match part.as_rule() {
+                            Rule::integer_list => {
+                                let u = self.integer_list(part, "tower");
+                                self.once(&mut t.tower, "tower", u);
+                            }
+                            Rule::bare_activation => {
+                                let a = sp_of(&part, part.as_str().to_string());
+                                self.once(&mut t.activation, "activation", a);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Rule::weight => {
+                    let w = self.number(opt.into_inner().next().expect("weight has a number"), "weight");
+                    self.once(&mut t.weight, "weight", w);
+                }
+                Rule::activation => {
+                    let w = opt.into_inner().next().expect("activation has a word");
+                    let a = sp_of(&w, w.as_str().to_string());
+                    self.once(&mut t.activation, "activation", a);
+                }
+                _ => {}
+            }
+        }
+        t
+    }
+
+    fn train(&mut self, p: Pair<Rule>, t: &mut TrainSection) {
+        let mut seen: Vec<(&'static str, Span)> = Vec::new();
+        for opt in p.into_inner() {
+            let key: &'static str = match opt.as_rule() {
+                Rule::batch => "batch",
+                Rule::epochs => "epochs",
+                Rule::seed => "seed",
+                Rule::decay => "decay",
+                _ => "optimizer",
+            };
+            let span = span_of(&opt);
+            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                self.errors.push(SpecError::Repeated { key: key.into(), first: miette_span(first), second: miette_span(&span) });
+                continue;
+            }
+            seen.push((key, span));
+            match opt.as_rule() {
+                Rule::batch => t.batch_size = self.integer(opt.into_inner().next().expect("batch has an integer"), "batch"),
+                Rule::epochs => t.epochs = self.integer(opt.into_inner().next().expect("epochs has an integer"), "epochs"),
+                Rule::seed => t.seed = *self.integer(opt.into_inner().next().expect("seed has an integer"), "seed").get_ref(),
+                Rule::decay => {
+                    let mut a = self.args(opt.into_inner().next(), "decay");
+                    if let Some(v) = self.take_f64(&mut a, "rate") {
+                        t.lr_decay_rate = v;
+                    }
+                    if let Some(v) = self.take_u64(&mut a, "epochs") {
+                        t.lr_decay_epochs = v;
+                    }
+                    self.finish(a, &["rate", "epochs"]);
+                }
+                _ => {
+                    let mut inner = opt.into_inner();
+                    let word = inner.next().expect("optimizer has a word");
+                    t.optimizer = sp_of(&word, word.as_str().to_string());
+                    let mut a = self.args(inner.next(), "the optimizer");
+                    macro_rules! set {
+                        ($field:ident) => {
+                            if let Some(v) = self.take_f64(&mut a, stringify!($field)) {
+                                t.$field = v;
+                            }
+                        };
+                    }
+                    set!(lr);
+                    set!(beta1);
+                    set!(beta2);
+                    set!(eps);
+                    set!(weight_decay);
+                    self.finish(a, OPTIMIZER_KEYS);
+                }
+            }
+        }
+    }
+}
+
+const DATA_KEYS: &[&str] =
+    &["train", "validation", "test", "validation_fraction", "test_fraction", "delimiter", "header", "columns", "missing"];
+const SYNTHETIC_KEYS: &[&str] =
+    &["rows", "seed", "dim", "correlation", "scale", "sin_terms", "sin_sd", "noise_sd", "cardinality"];
+const FEATURE_KEYS: &[&str] = &["hash", "vocab", "width", "transform", "mean", "std", "fill", "column", "embed"];
+const OPTIMIZER_KEYS: &[&str] = &["lr", "beta1", "beta2", "eps", "weight_decay"];
