@@ -2,9 +2,12 @@
 // 8 experts x 64 units, towers of 32. `multigate bench models/bench_avazu_mmoe_64.toml`.
 
 model bench_avazu_mmoe_64 {
+  // Trains on the built-in categorical generator; the feature columns are Avazu's, so
+  // the same spec reads ../shared/data/samples/avazu_sample.txt with --data or predict.
   data synthetic
   synthetic categorical(rows = 200000, seed = 7)
 
+  // Avazu has no adid column: its `id` (the ad impression id) stands in.
   feature adid: categorical(hash = 10000) embed 16 column "id"
   feature site_id: categorical(hash = 10000) embed 16
   feature site_domain: categorical(hash = 10000) embed 16
@@ -21,6 +24,8 @@ model bench_avazu_mmoe_64 {
   layer mmoe { experts 8 x [64] relu }
 
   task click: binary(label = "click") tower [32] weight 1.0
+  // The Avazu sample has one label; the second task reads banner_pos == "1" so that
+  // both tasks have a real label there. On two-label data, point `label` at it.
   task banner_top: binary(label = "banner_pos" == "1") tower [32] weight 1.0
 
   train { adam batch 512 epochs 3 seed 42 }

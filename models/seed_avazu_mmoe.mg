@@ -3,9 +3,12 @@
 // binary tasks, towers Dense(8, relu) -> Dense(1, sigmoid), BCE, loss weights 1/1, Adam.
 
 model seed_avazu_mmoe {
+  // Trains on the built-in categorical generator; the feature columns are Avazu's, so
+  // the same spec reads ../shared/data/samples/avazu_sample.txt with --data or predict.
   data synthetic
   synthetic categorical(rows = 200000, seed = 7)
 
+  // Avazu has no adid column: its `id` (the ad impression id) stands in.
   feature adid: categorical(hash = 10000) embed 16 column "id"
   feature site_id: categorical(hash = 10000) embed 16
   feature site_domain: categorical(hash = 10000) embed 16
@@ -22,6 +25,8 @@ model seed_avazu_mmoe {
   layer mmoe { experts 8 x [4] relu }
 
   task click: binary(label = "click") tower [8] weight 1.0
+  // The Avazu sample has one label; the second task reads banner_pos == "1" so that
+  // both tasks have a real label there. On two-label data, point `label` at it.
   task banner_top: binary(label = "banner_pos" == "1") tower [8] weight 1.0
 
   train { adam batch 512 epochs 3 seed 42 }

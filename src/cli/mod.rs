@@ -412,16 +412,25 @@ fn fmt(path: &Path, to: Option<SyntaxArg>, check: bool, write: bool) -> Result<(
             return Err(Failure::new(2, "error: --check compares a file with its own canonical form; drop --to"));
         }
         if *src.text != *text {
-            return Err(Failure::new(1, format!("{} is not in canonical form (run `multigate fmt --write {}`)", src.name, src.name)));
+            return Err(Failure::new(
+                1,
+                format!("{} is not in canonical form (run `multigate fmt --write {}`)", src.name, src.name),
+            ));
         }
         return Ok(());
     }
     if write {
         if target != from {
-            return Err(Failure::new(2, "error: --write rewrites the file in its own syntax; drop --to, or redirect the output"));
+            return Err(Failure::new(
+                2,
+                "error: --write rewrites the file in its own syntax; drop --to, or redirect the output",
+            ));
         }
         if spec::has_comments(&src.text, from) {
-            return Err(Failure::new(1, format!("error: {} has comments, which fmt would drop; not rewritten", src.name)));
+            return Err(Failure::new(
+                1,
+                format!("error: {} has comments, which fmt would drop; not rewritten", src.name),
+            ));
         }
         return write_atomic(path, text.as_bytes());
     }

@@ -60,7 +60,15 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
         let what = if l.kind == LayerKind::SharedBottom { "MLP".to_string() } else { format!("{} experts", e.count) };
         nodes.push(Node {
             id: eid.clone(),
-            label: format!("{} ({})\\n{what} [{}] {}\\nparams {}  flops {}", l.name, l.kind.as_str(), mlp(&e.dims), e.activation.as_str(), e.params(), slots * e.flops_per_slot()),
+            label: format!(
+                "{} ({})\\n{what} [{}] {}\\nparams {}  flops {}",
+                l.name,
+                l.kind.as_str(),
+                mlp(&e.dims),
+                e.activation.as_str(),
+                e.params(),
+                slots * e.flops_per_slot()
+            ),
         });
         for h in dedup(&heads) {
             edges.push((h, eid.clone(), format!("{}", l.input.width())));
@@ -75,7 +83,10 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
         let mut gate_ids = Vec::new();
         for (gi, g) in l.gates.iter().enumerate() {
             let gid = format!("l{li}g{gi}");
-            nodes.push(Node { id: gid.clone(), label: format!("{}\\nsoftmax [{}→{}] + mix\\nparams {}", g.name, g.d_in, g.experts, g.params()) });
+            nodes.push(Node {
+                id: gid.clone(),
+                label: format!("{}\\nsoftmax [{}→{}] + mix\\nparams {}", g.name, g.d_in, g.experts, g.params()),
+            });
             let input = match (g.owner, l.input) {
                 (GateOwner::Task(t), Stream::PerTask { .. }) => heads[t.0].clone(),
                 _ => heads[0].clone(),
@@ -98,7 +109,15 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
         let id = format!("t{ti}");
         nodes.push(Node {
             id: id.clone(),
-            label: format!("{} ({})\\ntower [{}] {}\\nparams {}  flops {}", t.name, t.kind.as_str(), mlp(dims), activation.as_str(), t.tower_params(), t.tower_flops()),
+            label: format!(
+                "{} ({})\\ntower [{}] {}\\nparams {}  flops {}",
+                t.name,
+                t.kind.as_str(),
+                mlp(dims),
+                activation.as_str(),
+                t.tower_params(),
+                t.tower_flops()
+            ),
         });
         let src = heads.get(ti).or(heads.first()).cloned().unwrap_or_default();
         edges.push((src, id, format!("{}", dims[0])));

@@ -34,8 +34,8 @@
 //! product of two others ([`TaskOutput`]). Both slot into these types.
 
 pub mod config;
-mod graph;
 mod display;
+mod graph;
 
 pub use config::*;
 pub use graph::{render as render_graph, GraphFormat};

@@ -390,10 +390,14 @@ impl Lower {
         tasks: &[spec::TaskSpec],
         n_tasks: usize,
     ) -> Layer {
+        // An unknown kind is reported once; the layer is then read as what its keys
+        // suggest (experts: gated), so that no second error follows from the first.
         let kind = match self.word("layer kind", &l.kind, LAYER_KINDS) {
             Some("moe") => LayerKind::Moe,
             Some("mmoe") => LayerKind::Mmoe,
-            _ => LayerKind::SharedBottom,
+            Some(_) => LayerKind::SharedBottom,
+            None if l.experts.is_some() => LayerKind::Mmoe,
+            None => LayerKind::SharedBottom,
         };
         let count = match (kind, &l.experts) {
             (LayerKind::SharedBottom, Some(e)) => {
@@ -588,7 +592,20 @@ impl Lower {
 
     fn lower_synthetic(&mut self, s: &spec::SyntheticSpec, model: &Model) -> SyntheticConfig {
         let rows = self.count("rows", &s.rows, MAX_SYNTHETIC_ROWS);
-        let kind = match self.word("synthetic generator", &s.kind, GENERATORS) {
+        // Without an explicit generator, the MMoE one serves specs it fits (dense inputs
+        // only, two regression tasks) and the categorical one serves the rest.
+        let written = s.kind.span() != (0..0);
+        let fits_mmoe = model.features.iter().all(|f| matches!(f.kind, FeatureKind::Dense { .. }))
+            && model.tasks.len() == 2
+            && model.tasks.iter().all(|t| t.kind == TaskKind::Regression);
+        let chosen = if written {
+            self.word("synthetic generator", &s.kind, GENERATORS)
+        } else if fits_mmoe {
+            Some("mmoe")
+        } else {
+            Some("categorical")
+        };
+        let kind = match chosen {
             Some("categorical") => {
                 if let Some(f) =
                     model.features.iter().find(|f| matches!(f.kind, FeatureKind::Dense { width, .. } if width > 64))

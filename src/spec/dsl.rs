@@ -134,7 +134,11 @@ fn syntax_error(e: pest::error::Error<Rule>) -> SpecError {
         pest::error::ErrorVariant::CustomError { message } => message.clone(),
         _ => "syntax error".to_string(),
     };
-    SpecError::Syntax { message, span: Some(span), help: "see grammar/multigate.pest and the README's DSL section".into() }
+    SpecError::Syntax {
+        message,
+        span: Some(span),
+        help: "see grammar/multigate.pest and the README's DSL section".into(),
+    }
 }
 
 use miette::SourceSpan;
@@ -217,7 +221,11 @@ impl Builder {
             let (value, vspan) = value_of(inner.next().expect("argument has a value"));
             let kspan = span_of(&key);
             if let Some(first) = items.iter().find(|i| i.0 == key.as_str()) {
-                self.errors.push(SpecError::Repeated { key: key.as_str().to_string(), first: miette_span(&first.1), second: miette_span(&kspan) });
+                self.errors.push(SpecError::Repeated {
+                    key: key.as_str().to_string(),
+                    first: miette_span(&first.1),
+                    second: miette_span(&kspan),
+                });
                 continue;
             }
             items.push((key.as_str().to_string(), kspan, value, vspan));
@@ -228,7 +236,8 @@ impl Builder {
     /// Reports every key nobody took.
     fn finish(&mut self, args: Args, allowed: &[&str]) {
         for (key, span, _, _) in args.items {
-            let help = did_you_mean(&key, allowed.iter().copied()).unwrap_or_else(|| format!("allowed keys: {}", allowed.join(", ")));
+            let help = did_you_mean(&key, allowed.iter().copied())
+                .unwrap_or_else(|| format!("allowed keys: {}", allowed.join(", ")));
             self.errors.push(SpecError::UnknownKey { key, context: args.context, span: miette_span(&span), help });
         }
     }
@@ -344,7 +353,11 @@ impl Builder {
     /// Sets an optional field once; a second occurrence is an error.
     fn once<T>(&mut self, slot: &mut Option<Sp<T>>, key: &str, value: Sp<T>) {
         if let Some(first) = slot {
-            self.errors.push(SpecError::Repeated { key: key.into(), first: miette_span(&first.span()), second: miette_span(&value.span()) });
+            self.errors.push(SpecError::Repeated {
+                key: key.into(),
+                first: miette_span(&first.span()),
+                second: miette_span(&value.span()),
+            });
         } else {
             *slot = Some(value);
         }
@@ -363,12 +376,17 @@ impl Builder {
             tasks: Vec::new(),
             train: TrainSection::default(),
         };
-        let (mut seen_data, mut seen_synthetic, mut seen_train): (Option<Span>, Option<Span>, Option<Span>) = (None, None, None);
+        let (mut seen_data, mut seen_synthetic, mut seen_train): (Option<Span>, Option<Span>, Option<Span>) =
+            (None, None, None);
         for decl in inner {
             let span = span_of(&decl);
             let once = |b: &mut Builder, seen: &mut Option<Span>, key: &str| {
                 if let Some(first) = seen {
-                    b.errors.push(SpecError::Repeated { key: key.into(), first: miette_span(&(first.start..first.start + key.len())), second: miette_span(&(span.start..span.start + key.len())) });
+                    b.errors.push(SpecError::Repeated {
+                        key: key.into(),
+                        first: miette_span(&(first.start..first.start + key.len())),
+                        second: miette_span(&(span.start..span.start + key.len())),
+                    });
                 }
                 *seen = Some(span.clone());
             };
@@ -578,7 +596,11 @@ impl Builder {
             }
         }
         if units_seen.is_none() {
-            self.errors.push(SpecError::BadValue { key: "units".into(), expected: "given: `experts N x [units]` or `units [..]`", span: miette_span(&span_of(kind)) });
+            self.errors.push(SpecError::BadValue {
+                key: "units".into(),
+                expected: "given: `experts N x [units]` or `units [..]`",
+                span: miette_span(&span_of(kind)),
+            });
         }
         l
     }
@@ -586,7 +608,11 @@ impl Builder {
     fn set_units(&mut self, l: &mut LayerSpec, seen: &mut Option<Span>, p: Pair<Rule>) {
         let units = self.integer_list(p, "units");
         if let Some(first) = seen {
-            self.errors.push(SpecError::Repeated { key: "units".into(), first: miette_span(first), second: miette_span(&units.span()) });
+            self.errors.push(SpecError::Repeated {
+                key: "units".into(),
+                first: miette_span(first),
+                second: miette_span(&units.span()),
+            });
             return;
         }
         *seen = Some(units.span());
@@ -663,14 +689,24 @@ impl Builder {
             };
             let span = span_of(&opt);
             if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
-                self.errors.push(SpecError::Repeated { key: key.into(), first: miette_span(first), second: miette_span(&span) });
+                self.errors.push(SpecError::Repeated {
+                    key: key.into(),
+                    first: miette_span(first),
+                    second: miette_span(&span),
+                });
                 continue;
             }
             seen.push((key, span));
             match opt.as_rule() {
-                Rule::batch => t.batch_size = self.integer(opt.into_inner().next().expect("batch has an integer"), "batch"),
-                Rule::epochs => t.epochs = self.integer(opt.into_inner().next().expect("epochs has an integer"), "epochs"),
-                Rule::seed => t.seed = *self.integer(opt.into_inner().next().expect("seed has an integer"), "seed").get_ref(),
+                Rule::batch => {
+                    t.batch_size = self.integer(opt.into_inner().next().expect("batch has an integer"), "batch")
+                }
+                Rule::epochs => {
+                    t.epochs = self.integer(opt.into_inner().next().expect("epochs has an integer"), "epochs")
+                }
+                Rule::seed => {
+                    t.seed = *self.integer(opt.into_inner().next().expect("seed has an integer"), "seed").get_ref()
+                }
                 Rule::decay => {
                     let mut a = self.args(opt.into_inner().next(), "decay");
                     if let Some(v) = self.take_f64(&mut a, "rate") {
@@ -705,8 +741,17 @@ impl Builder {
     }
 }
 
-const DATA_KEYS: &[&str] =
-    &["train", "validation", "test", "validation_fraction", "test_fraction", "delimiter", "header", "columns", "missing"];
+const DATA_KEYS: &[&str] = &[
+    "train",
+    "validation",
+    "test",
+    "validation_fraction",
+    "test_fraction",
+    "delimiter",
+    "header",
+    "columns",
+    "missing",
+];
 const SYNTHETIC_KEYS: &[&str] =
     &["rows", "seed", "dim", "correlation", "scale", "sin_terms", "sin_sd", "noise_sd", "cardinality"];
 const FEATURE_KEYS: &[&str] = &["hash", "vocab", "width", "transform", "mean", "std", "fill", "column", "embed"];

@@ -275,7 +275,9 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
     }
     writeln!(out)?;
     write!(out, "  train {{ {}{}", n(t.optimizer.get_ref()), args(&a))?;
-    if t.lr_decay_rate.get_ref() != td.lr_decay_rate.get_ref() || t.lr_decay_epochs.get_ref() != td.lr_decay_epochs.get_ref() {
+    if t.lr_decay_rate.get_ref() != td.lr_decay_rate.get_ref()
+        || t.lr_decay_epochs.get_ref() != td.lr_decay_epochs.get_ref()
+    {
         write!(out, " decay(rate = {}, epochs = {})", num(*t.lr_decay_rate.get_ref()), t.lr_decay_epochs.get_ref())?;
     }
     writeln!(out, " batch {} epochs {} seed {} }}", t.batch_size.get_ref(), t.epochs.get_ref(), t.seed)?;

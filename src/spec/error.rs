@@ -49,7 +49,10 @@ pub enum SpecError {
     },
 
     #[error("the spec nests {depth} levels deep")]
-    #[diagnostic(code(multigate::spec::too_deep), help("specs nest a few levels at most; this looks like a broken file"))]
+    #[diagnostic(
+        code(multigate::spec::too_deep),
+        help("specs nest a few levels at most; this looks like a broken file")
+    )]
     TooDeep {
         depth: usize,
         #[label("too deep from here")]
@@ -57,14 +60,14 @@ pub enum SpecError {
     },
 
     #[error("the spec is {bytes} bytes; specs are limited to {limit} bytes")]
-    #[diagnostic(code(multigate::spec::too_large), help("a spec describes a model; data belongs in the files it names"))]
+    #[diagnostic(
+        code(multigate::spec::too_large),
+        help("a spec describes a model; data belongs in the files it names")
+    )]
     TooLarge { bytes: usize, limit: usize },
 
     #[error("the spec is empty")]
-    #[diagnostic(
-        code(multigate::spec::empty),
-        help("a spec needs at least a model name, one feature and one task")
-    )]
+    #[diagnostic(code(multigate::spec::empty), help("a spec needs at least a model name, one feature and one task"))]
     Empty,
 }
 
@@ -73,7 +76,9 @@ impl SpecError {
     pub fn span(&self) -> Option<Span> {
         let s = match self {
             SpecError::Syntax { span, .. } => (*span)?,
-            SpecError::UnknownKey { span, .. } | SpecError::BadValue { span, .. } | SpecError::TooDeep { span, .. } => *span,
+            SpecError::UnknownKey { span, .. } | SpecError::BadValue { span, .. } | SpecError::TooDeep { span, .. } => {
+                *span
+            }
             SpecError::Repeated { second, .. } => *second,
             SpecError::TooLarge { .. } | SpecError::Empty => return None,
         };

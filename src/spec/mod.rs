@@ -156,7 +156,8 @@ pub struct DataSection {
 pub struct SyntheticSpec {
     /// `"mmoe"`: the MMoE paper's regression generator (needs a dense feature of width
     /// `dim` and two regression tasks). `"categorical"`: random ids per categorical
-    /// feature, labels from a fixed random teacher. Default `"mmoe"`.
+    /// feature, labels from a fixed random teacher. Default: `"mmoe"` for specs it fits
+    /// (dense inputs only, two regression tasks), else `"categorical"`.
     #[serde(default = "d_syn_kind")]
     pub kind: Sp<String>,
     /// Rows generated. Default 100000.

@@ -1,6 +1,6 @@
-//! Data-driven front-end cases: `tests/inputs/ok/*.toml` must compile (IR and warnings
-//! snapshotted); `tests/inputs/err/*.toml` must fail with every error rendered
-//! (no colour) and snapshotted.
+//! Data-driven front-end cases: `tests/inputs/ok/*.{toml,mg}` must compile (IR and
+//! warnings snapshotted); `tests/inputs/err/*.{toml,mg}` must fail with every error
+//! rendered (no colour) and snapshotted.
 
 use multigate::pipeline::{compile_source, CompileError};
 use multigate::source::SourceFile;
@@ -15,8 +15,10 @@ fn cases(dir: &str) -> Vec<(String, SourceFile)> {
         .into_iter()
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
-            let name = p.file_stem().unwrap().to_string_lossy().to_string();
-            (name.clone(), SourceFile::from_text(format!("{dir}/{name}.toml"), text))
+            let file = p.file_name().unwrap().to_string_lossy().to_string();
+            let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+            let name = if file.ends_with(".mg") { format!("{stem}_mg") } else { stem };
+            (name, SourceFile::from_text(format!("{dir}/{file}"), text))
         })
         .collect()
 }

@@ -1,6 +1,7 @@
 mod cli;
 mod csv_data;
 mod export;
+mod fmt;
 mod fused;
 mod inputs;
 mod models;
