@@ -4,6 +4,7 @@ use std::process::Command;
 
 use super::repo;
 
+/// Runs the binary from the repository root.
 fn mg(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_multigate"))
         .args(args)
@@ -106,4 +107,73 @@ fn bench_reports_phases() {
     for needle in ["train:", "forward+loss", "backward", "optimizer", "forward only:", "threads"] {
         assert!(out.contains(needle), "{needle} in {out}");
     }
+}
+
+#[test]
+fn fmt_converts_checks_and_refuses_to_drop_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, dsl, err) = mg(&["fmt", "models/synthetic_mmoe.toml", "--to", "mg"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(dsl.starts_with("model synthetic_mmoe {") && dsl.contains("layer mmoe { experts 8 x [16] relu }"), "{dsl}");
+    let file = dir.path().join("m.mg");
+    std::fs::write(&file, &dsl).unwrap();
+    let (code, _, err) = mg(&["fmt", "--check", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "canonical output passes --check: {err}");
+    std::fs::write(&file, dsl.replace("  ", "    ")).unwrap();
+    let (code, _, err) = mg(&["fmt", "--check", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, _) = mg(&["fmt", "--write", file.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), dsl);
+    // The models carry comments: --write refuses rather than dropping them.
+    let commented = dir.path().join("c.toml");
+    std::fs::copy(repo().join("models/synthetic_mmoe.toml"), &commented).unwrap();
+    let before = std::fs::read_to_string(&commented).unwrap();
+    let (code, _, err) = mg(&["fmt", "--write", commented.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("comments"), "{err}");
+    assert_eq!(std::fs::read_to_string(&commented).unwrap(), before);
+    // Back to TOML, and the IR is the same as the original's.
+    let toml_file = dir.path().join("back.toml");
+    let (_, toml_text, _) = mg(&["fmt", file.to_str().unwrap(), "--to", "toml"]);
+    std::fs::write(&toml_file, toml_text).unwrap();
+    let (_, a, _) = mg(&["check", "models/synthetic_mmoe.toml"]);
+    let (_, b, _) = mg(&["check", toml_file.to_str().unwrap()]);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn graph_renders_dot_and_mermaid() {
+    let (code, dot, err) = mg(&["graph", "models/census_income_mmoe.mg"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(dot.starts_with("digraph") && dot.contains("income (binary)"), "{dot}");
+    let (code, mermaid, _) = mg(&["graph", "models/synthetic_shared_bottom.toml", "--format", "mermaid"]);
+    assert_eq!(code, 0);
+    assert!(mermaid.contains("flowchart TB") && mermaid.contains("MLP [100→113] relu"), "{mermaid}");
+    let (code, _, err) = mg(&["graph", "tests/inputs/err/dsl_semantic_errors.mg"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("9 error(s)"), "{err}");
+}
+
+#[test]
+fn every_command_accepts_both_syntaxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    let (code, _, err) = mg(&["synth", "models/synthetic_omoe.mg", "--rows", "20", "--out", csv.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = mg(&[
+        "compile-and-train",
+        "models/synthetic_omoe.mg",
+        "--rows",
+        "500",
+        "--epochs",
+        "1",
+        "--out",
+        dir.path().join("b").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("test y1: mse"), "{out}");
+    let (code, out, err) = mg(&["bench", "models/synthetic_omoe.mg", "--batch", "32", "--steps", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("train:"));
 }

@@ -7,10 +7,13 @@ use proptest::prelude::*;
 
 use super::repo;
 
+/// Both front ends, rendering any errors (rendering must not panic either).
 fn compile_str(text: &str) {
-    let src = SourceFile::from_text("fuzz.toml", text);
-    if let Err(e) = compile_source(&src) {
-        let _ = e.render(Some(&src), false);
+    for name in ["fuzz.toml", "fuzz.mg"] {
+        let src = SourceFile::from_text(name, text);
+        if let Err(e) = compile_source(&src) {
+            let _ = e.render(Some(&src), false);
+        }
     }
 }
 
@@ -19,7 +22,7 @@ fn seeds() -> Vec<String> {
     for dir in ["models", "tests/inputs/ok"] {
         for e in std::fs::read_dir(repo().join(dir)).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "toml") {
+            if p.extension().is_some_and(|x| x == "toml" || x == "mg") {
                 v.push(std::fs::read_to_string(p).unwrap());
             }
         }
@@ -58,10 +61,29 @@ proptest! {
     }
 }
 
+fn spec_error(name: &str, text: &str) -> Vec<multigate::spec::SpecError> {
+    match compile_source(&SourceFile::from_text(name, text)) {
+        Err(multigate::pipeline::CompileError::Spec(es)) => es,
+        other => panic!("{name}: expected a spec error, got {:?}", other.map(|_| ())),
+    }
+}
+
 #[test]
 fn deep_nesting_and_huge_specs_are_errors_not_crashes() {
-    compile_str(&format!("a = {}1{}", "[".repeat(100_000), "]".repeat(100_000)));
-    compile_str(&format!("[model]\nname = \"{}\"\n", "x".repeat(10 << 20)));
-    compile_str("");
+    use multigate::spec::SpecError;
+    let deep_toml = format!("a = {}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(!spec_error("deep.toml", &deep_toml).is_empty());
+    let deep_mg = format!("model m {{ data csv(train = {}) }}", "[".repeat(100_000));
+    assert!(matches!(spec_error("deep.mg", &deep_mg)[..], [SpecError::TooDeep { .. }]));
+    let huge = format!("[model]\nname = \"{}\"\n", "x".repeat(10 << 20));
+    for name in ["huge.toml", "huge.mg"] {
+        assert!(matches!(spec_error(name, &huge)[..], [SpecError::TooLarge { .. }]));
+    }
+    for name in ["empty.toml", "empty.mg"] {
+        assert!(matches!(spec_error(name, "")[..], [SpecError::Empty]));
+        assert!(matches!(spec_error(name, " \n\t\n")[..], [SpecError::Empty]));
+    }
     compile_str("\u{feff}");
+    compile_str("model m { feature a: dense(mean = 1e999999) task t: regression(label = y) train { adam(lr = -0) } }");
+    compile_str("model m { feature a: categorical(hash = 99999999999999999999999) }");
 }
