@@ -61,3 +61,16 @@ fn several_mistakes_are_reported_together() {
         other => panic!("expected lowering errors, got {:?}", other.map(|_| ())),
     }
 }
+
+#[test]
+fn the_readme_spec_reference_uses_only_real_keys() {
+    // The README's TOML reference block sets every key; it must parse (the TOML key
+    // pass and serde agree) and lower.
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme.find("```toml\n").expect("a TOML block in the README") + 8;
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let src = SourceFile::from_text("README.toml", block);
+    if let Err(e) = compile_source(&src) {
+        panic!("{}", e.render(Some(&src), false));
+    }
+}
