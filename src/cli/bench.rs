@@ -53,6 +53,7 @@ pub fn bench(path: &Path, batch_size: usize, steps: usize, device: Device) -> Re
     };
 
     let warmup = 20.min(steps);
+    let mut rng = multigate::rng::Rng::new(c.train.seed);
     // Forward only (inference): the model's heads, synchronised once per step.
     for b in batches.iter().cycle().take(warmup) {
         sync(&model.forward(b)?.heads[0].sum_all()?)?;
@@ -67,7 +68,7 @@ pub fn bench(path: &Path, batch_size: usize, steps: usize, device: Device) -> Re
     let (mut fwd, mut bwd, mut optim) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for (i, b) in batches.iter().cycle().take(warmup + steps).enumerate() {
         let t = Instant::now();
-        let (loss, _) = batch_loss(&model, b)?;
+        let (loss, _) = batch_loss(&model, b, &mut rng)?;
         sync(&loss)?;
         let t_f = t.elapsed();
         let t = Instant::now();

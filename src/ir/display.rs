@@ -10,6 +10,14 @@ fn mlp(dims: &[usize]) -> String {
     format!("Mlp[{}]", dims.join(" -> "))
 }
 
+fn dropout(rate: f32) -> String {
+    if rate > 0.0 {
+        format!(" dropout {rate}")
+    } else {
+        String::new()
+    }
+}
+
 fn stream(s: &Stream) -> String {
     match s {
         Stream::Shared { width } => format!("shared[{width}]"),
@@ -73,11 +81,12 @@ impl fmt::Display for Model {
             };
             writeln!(
                 f,
-                "    expert_group {}: {} x {} {} ({owner})  params {}",
+                "    expert_group {}: {} x {} {}{} ({owner})  params {}",
                 e.name,
                 e.count,
                 mlp(&e.dims),
                 e.activation.as_str(),
+                dropout(e.dropout),
                 e.params()
             )?;
             for g in &l.gates {
@@ -96,13 +105,14 @@ impl fmt::Display for Model {
             }
         }
         for t in &self.tasks {
-            let TaskOutput::Tower { dims, activation } = &t.output;
+            let TaskOutput::Tower { dims, activation, dropout: rate } = &t.output;
             let label = match &t.label.positive {
                 Some(p) => format!("{:?} == {:?}", t.label.column, p),
                 None => format!("{:?}", t.label.column),
             };
             writeln!(f, "  task {}: {} label {label} weight {}", t.name, t.kind.as_str(), t.loss_weight)?;
-            writeln!(f, "    tower {}: {} {}  params {}", t.name, mlp(dims), activation.as_str(), t.tower_params())?;
+            let (dims, act, rate) = (mlp(dims), activation.as_str(), dropout(*rate));
+            writeln!(f, "    tower {}: {dims} {act}{rate}  params {}", t.name, t.tower_params())?;
         }
         writeln!(f, "  params {}", self.param_count())?;
         writeln!(f, "  flops/sample {}", self.flops_per_sample())

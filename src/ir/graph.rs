@@ -105,7 +105,7 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
         };
     }
     for (ti, t) in m.tasks.iter().enumerate() {
-        let TaskOutput::Tower { dims, activation } = &t.output;
+        let TaskOutput::Tower { dims, activation, .. } = &t.output;
         let id = format!("t{ti}");
         nodes.push(Node {
             id: id.clone(),

@@ -217,6 +217,8 @@ pub struct ExpertGroup {
     /// `[d_in, u_1, .., u_k]`.
     pub dims: Vec<usize>,
     pub activation: Activation,
+    /// Dropout rate after each MLP layer while training (0: none).
+    pub dropout: f32,
 }
 
 impl ExpertGroup {
@@ -289,7 +291,8 @@ pub struct Label {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskOutput {
     /// A tower MLP `[d_in, hidden.., 1]` on the task's stream slot.
-    Tower { dims: Vec<usize>, activation: Activation },
+    /// `dropout` applies after each hidden layer while training.
+    Tower { dims: Vec<usize>, activation: Activation, dropout: f32 },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -116,6 +116,13 @@ impl Lower {
         }
     }
 
+    fn dropout(&mut self, v: &Option<Sp<f64>>) -> f32 {
+        let Some(v) = v else { return 0.0 };
+        let x = *v.get_ref();
+        self.range("dropout", (0.0..1.0).contains(&x), x, "in [0, 1)", v.span());
+        x.clamp(0.0, 0.99) as f32
+    }
+
     fn units(&mut self, what: &'static str, units: &[Sp<u64>]) -> Vec<usize> {
         units.iter().map(|u| self.count(what, u, MAX_UNITS)).collect()
     }
@@ -446,8 +453,14 @@ impl Lower {
             (LayerKind::Mmoe, _) | (_, Stream::PerTask { .. }) => Stream::PerTask { width: d_out },
             _ => Stream::Shared { width: d_out },
         };
-        let experts =
-            ExpertGroup { name: format!("{name}.experts"), owner: ExpertOwner::Shared, count, dims, activation };
+        let experts = ExpertGroup {
+            name: format!("{name}.experts"),
+            owner: ExpertOwner::Shared,
+            count,
+            dims,
+            activation,
+            dropout: self.dropout(&l.dropout),
+        };
         Layer { name, kind, input, output, experts, gates }
     }
 
@@ -497,7 +510,11 @@ impl Lower {
             name: t.name.get_ref().clone(),
             kind,
             label: Label { column, positive: t.positive.as_ref().map(|p| p.get_ref().clone()) },
-            output: TaskOutput::Tower { dims, activation: self.activation(&t.activation) },
+            output: TaskOutput::Tower {
+                dims,
+                activation: self.activation(&t.activation),
+                dropout: self.dropout(&t.dropout),
+            },
             loss_weight,
         }
     }

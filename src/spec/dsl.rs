@@ -91,6 +91,7 @@ fn rule_name(r: &Rule) -> &'static str {
         Rule::label => "`label = COLUMN`",
         Rule::tower => "`tower [..]`",
         Rule::weight => "`weight X`",
+        Rule::dropout => "`dropout X`",
         Rule::batch => "`batch N`",
         Rule::epochs => "`epochs N`",
         Rule::seed => "`seed N`",
@@ -108,8 +109,8 @@ fn rule_name(r: &Rule) -> &'static str {
         Rule::keyword => "a keyword",
         Rule::declaration => "a declaration (`feature`, `cross`, `layer`, `task`, `data`, `synthetic`, `train`)",
         Rule::feature_option => "`embed N` or `column \"NAME\"`",
-        Rule::layer_option => "`experts`, `units` or `activation`",
-        Rule::task_option => "`tower`, `weight` or `activation`",
+        Rule::layer_option => "`experts`, `units`, `activation` or `dropout`",
+        Rule::task_option => "`tower`, `weight`, `activation` or `dropout`",
         Rule::train_option => "`batch`, `epochs`, `seed`, `decay(..)` or an optimizer",
         Rule::value => "a value",
         Rule::name_char => "a letter, digit, `_` or `-`",
@@ -556,6 +557,7 @@ impl Builder {
             experts: None,
             units: Sp::new(span.start..span.start + 5, Vec::new()),
             activation: None,
+            dropout: None,
         };
         let mut units_seen: Option<Span> = None;
         for opt in rest[1..].iter().cloned() {
@@ -591,6 +593,10 @@ impl Builder {
                     let w = opt.into_inner().next().expect("activation has a word");
                     let a = sp_of(&w, w.as_str().to_string());
                     self.once(&mut l.activation, "activation", a);
+                }
+                Rule::dropout => {
+                    let d = self.number(opt.into_inner().next().expect("dropout has a number"), "dropout");
+                    self.once(&mut l.dropout, "dropout", d);
                 }
                 _ => {}
             }
@@ -631,6 +637,7 @@ impl Builder {
             positive: None,
             tower: None,
             activation: None,
+            dropout: None,
             weight: None,
         };
         for opt in inner {
@@ -665,6 +672,10 @@ impl Builder {
                 Rule::weight => {
                     let w = self.number(opt.into_inner().next().expect("weight has a number"), "weight");
                     self.once(&mut t.weight, "weight", w);
+                }
+                Rule::dropout => {
+                    let d = self.number(opt.into_inner().next().expect("dropout has a number"), "dropout");
+                    self.once(&mut t.dropout, "dropout", d);
                 }
                 Rule::activation => {
                     let w = opt.into_inner().next().expect("activation has a word");

@@ -234,6 +234,9 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
         if let Some(a) = &l.activation {
             write!(out, " {}", n(a.get_ref()))?;
         }
+        if let Some(d) = &l.dropout {
+            write!(out, " dropout {}", num(*d.get_ref()))?;
+        }
         writeln!(out, " }}")?;
     }
     if !s.tasks.is_empty() {
@@ -253,6 +256,9 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
         }
         if let Some(a) = &t.activation {
             write!(out, " activation {}", n(a.get_ref()))?;
+        }
+        if let Some(d) = &t.dropout {
+            write!(out, " dropout {}", num(*d.get_ref()))?;
         }
         if let Some(w) = &t.weight {
             write!(out, " weight {}", num(*w.get_ref()))?;

@@ -254,6 +254,9 @@ pub struct LayerSpec {
     /// `"relu"` (default), `"tanh"`, `"sigmoid"`, `"gelu"` or `"linear"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<Sp<String>>,
+    /// Dropout rate after each expert (or MLP) layer while training, in [0, 1). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<Sp<f64>>,
 }
 
 /// One prediction task and its tower.
@@ -276,6 +279,9 @@ pub struct TaskSpec {
     /// Tower activation. Default `"relu"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<Sp<String>>,
+    /// Dropout rate after each hidden tower layer while training, in [0, 1). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<Sp<f64>>,
     /// Weight of this task's loss in the sum. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<Sp<f64>>,

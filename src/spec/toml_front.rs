@@ -103,7 +103,14 @@ const SPEC_SCHEMA: Schema = Table(
             "layers",
             Table(
                 "[[layers]]",
-                &[("name", Leaf), ("kind", Leaf), ("experts", Leaf), ("units", Leaf), ("activation", Leaf)],
+                &[
+                    ("name", Leaf),
+                    ("kind", Leaf),
+                    ("experts", Leaf),
+                    ("units", Leaf),
+                    ("activation", Leaf),
+                    ("dropout", Leaf),
+                ],
             ),
         ),
         (
@@ -117,6 +124,7 @@ const SPEC_SCHEMA: Schema = Table(
                     ("positive", Leaf),
                     ("tower", Leaf),
                     ("activation", Leaf),
+                    ("dropout", Leaf),
                     ("weight", Leaf),
                 ],
             ),

@@ -148,9 +148,9 @@ pub fn evaluate(model: &CandleModel, ds: &Dataset, batch_size: usize) -> Result<
     Ok(Evaluation { predictions, metrics, loss, gate_usage })
 }
 
-/// The weighted training loss of a batch, and each task's loss.
-pub fn batch_loss(model: &CandleModel, batch: &Batch) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
-    let out = model.forward(batch)?;
+/// The weighted training loss of a batch (dropout masks from `rng`), and each task's loss.
+pub fn batch_loss(model: &CandleModel, batch: &Batch, rng: &mut Rng) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+    let out = model.forward_train(batch, rng)?;
     let mut per_task = Vec::with_capacity(out.heads.len());
     let mut total: Option<Tensor> = None;
     for ((h, t), y) in out.heads.iter().zip(&model.ir.tasks).zip(&batch.labels) {
@@ -189,6 +189,7 @@ pub fn fit(
     let vars = model.vars.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = Adam::new(vars, AdamConfig::from(cfg))?;
     let mut rng = Rng::derive(cfg.seed, "shuffle");
+    let mut dropout_rng = Rng::derive(cfg.seed, "dropout");
     let mut order: Vec<usize> = (0..train.rows).collect();
     let mut epochs = Vec::new();
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
@@ -201,7 +202,7 @@ pub fn fit(
         let mut seen = 0usize;
         for chunk in order.chunks(cfg.batch_size) {
             let batch = Batch::gather(train, chunk, &model.device)?;
-            let (total, per_task) = batch_loss(model, &batch)?;
+            let (total, per_task) = batch_loss(model, &batch, &mut dropout_rng)?;
             let values = Tensor::stack(&per_task, 0)?.to_vec1::<f32>()?;
             for ((s, &v), t) in sums.iter_mut().zip(&values).zip(&model.ir.tasks) {
                 if !v.is_finite() {

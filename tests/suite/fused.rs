@@ -75,7 +75,7 @@ fn naive_forward(model: &CandleModel, x: &Tensor) -> Vec<Tensor> {
         .enumerate()
         .map(|(t, task)| {
             let mut h = slots[if slots.len() == 1 { 0 } else { t }].clone();
-            let multigate::ir::TaskOutput::Tower { dims, activation } = &task.output;
+            let multigate::ir::TaskOutput::Tower { dims, activation, .. } = &task.output;
             for i in 0..dims.len() - 1 {
                 let w = var(model, &format!("tasks.{}.tower.{i}.weight", task.name));
                 let b = var(model, &format!("tasks.{}.tower.{i}.bias", task.name));
@@ -174,11 +174,39 @@ fn gradients_reach_every_parameter_through_the_gates() {
     let frame = synthetic::categorical_frame(&c.model, 40, 64, 5);
     let ds = data::encode(&c.model, &frame, true).unwrap();
     let batch = Batch::gather(&ds, &(0..64).collect::<Vec<_>>(), &Device::Cpu).unwrap();
-    let (loss, _) = multigate::train::batch_loss(&model, &batch).unwrap();
+    let (loss, _) = multigate::train::batch_loss(&model, &batch, &mut multigate::rng::Rng::new(1)).unwrap();
     let grads = loss.backward().unwrap();
     for (name, v) in &model.vars {
         let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
         let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(norm > 0.0 && norm.is_finite(), "gradient of {name} is {norm}");
     }
+}
+
+#[test]
+fn dropout_is_off_in_evaluation_and_on_in_training() {
+    let spec =
+        small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6, 5]\ndropout = 0.5\n", TWO_BINARY_TASKS)
+            .replace("tower = [4]", "tower = [4]\ndropout = 0.3");
+    let c = compile_ok("dropout.toml", &spec);
+    let model = CandleModel::new(&c.model, 3, &Device::Cpu).unwrap();
+    let frame = synthetic::categorical_frame(&c.model, 40, 64, 5);
+    let ds = data::encode(&c.model, &frame, true).unwrap();
+    let idx: Vec<usize> = (0..64).collect();
+    let batch = Batch::gather(&ds, &idx, &Device::Cpu).unwrap();
+    // Evaluation ignores dropout: it matches the reference, which has none.
+    let eval = model.forward(&batch).unwrap();
+    let naive = naive_forward(&model, &naive_inputs(&model, &ds, &idx));
+    for (f, n) in eval.heads.iter().zip(&naive) {
+        assert!(max_abs_diff(f, n) < 1e-5);
+    }
+    // Training draws masks: two draws differ from evaluation and from each other, and
+    // the same seed gives the same masks.
+    let mut rng = multigate::rng::Rng::new(1);
+    let a = model.forward_train(&batch, &mut rng).unwrap();
+    let b = model.forward_train(&batch, &mut rng).unwrap();
+    let a2 = model.forward_train(&batch, &mut multigate::rng::Rng::new(1)).unwrap();
+    assert!(max_abs_diff(&a.heads[0], &eval.heads[0]) > 1e-4);
+    assert!(max_abs_diff(&a.heads[0], &b.heads[0]) > 1e-4);
+    assert_eq!(max_abs_diff(&a.heads[0], &a2.heads[0]), 0.0);
 }

@@ -2,22 +2,25 @@
 
 use candle_core::{Tensor, Var, D};
 
-use super::{activate, Result};
+use super::{activate, dropout, Result};
 use crate::ir::{Activation, Stream};
+use crate::rng::Rng;
 
 /// `count` experts, one fused weight per MLP depth: `[E, d_i, d_{i+1}]`, bias `[E, d_{i+1}]`.
 pub struct ExpertStack {
     pub layers: Vec<(Var, Var)>,
     pub count: usize,
     pub activation: Activation,
+    /// Dropout rate after each depth, applied only when `forward` gets an RNG.
+    pub dropout: f32,
 }
 
 impl ExpertStack {
-    /// Runs every expert on every row.
+    /// Runs every expert on every row; with `rng`, applies dropout (training).
     ///
     /// # Shapes
     /// `x: [N, d_in]` -> `[N, E, d_out]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
         let n = x.dim(0)?;
         let e = self.count;
         let (w0, b0) = &self.layers[0];
@@ -26,6 +29,7 @@ impl ExpertStack {
         let w = w0.as_tensor().permute((1, 0, 2))?.reshape((d_in, e * d1))?; // [d_in, E*d1]
         let b = b0.as_tensor().reshape(e * d1)?; // [E*d1]
         let mut h = activate(&x.matmul(&w)?.broadcast_add(&b)?, self.activation)?; // [N, E*d1]
+        h = dropout(&h, self.dropout, rng.as_deref_mut())?;
         if self.layers.len() == 1 {
             return h.reshape((n, e, d1)); // [N, E, d1]
         }
@@ -35,7 +39,7 @@ impl ExpertStack {
             let (_, _, d) = w.as_tensor().dims3()?;
             let bias = b.as_tensor().reshape((e, 1, d))?; // [E, 1, d]
             h = h3.matmul(w.as_tensor())?.broadcast_add(&bias)?; // [E, N, d]
-            h3 = activate(&h, self.activation)?;
+            h3 = dropout(&activate(&h, self.activation)?, self.dropout, rng.as_deref_mut())?;
         }
         h3.transpose(0, 1)?.contiguous() // [N, E, d_out]
     }
@@ -92,11 +96,12 @@ pub fn forward_layer(
     experts: &ExpertStack,
     gates: Option<&GateBank>,
     n_tasks: usize,
+    rng: Option<&mut Rng>,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let b = h.dim(0)?;
     match input {
         Stream::Shared { .. } => {
-            let x = experts.forward(h)?; // [B, E, u]
+            let x = experts.forward(h, rng)?; // [B, E, u]
             let u = x.dim(2)?;
             let Some(gates) = gates else {
                 return Ok((x.reshape((b, u))?, None)); // shared-bottom: E == 1
@@ -112,7 +117,7 @@ pub fn forward_layer(
         Stream::PerTask { width } => {
             let t = n_tasks;
             let flat = h.reshape((b * t, width))?; // [B*T, d]
-            let x = experts.forward(&flat)?; // [B*T, E, u]
+            let x = experts.forward(&flat, rng)?; // [B*T, E, u]
             let (e, u) = (x.dim(1)?, x.dim(2)?);
             let Some(gates) = gates else {
                 return Ok((x.reshape((b, t, u))?, None));

@@ -107,6 +107,7 @@ pub struct Output {
 struct Tower {
     layers: Vec<(Var, Var)>,
     activation: Activation,
+    dropout: f32,
 }
 
 struct LayerParams {
@@ -135,6 +136,28 @@ fn glorot(rng: &mut Rng, shape: &[usize], fan_in: usize, fan_out: usize, device:
 
 fn zeros(shape: &[usize], device: &candle_core::Device) -> Result<Var> {
     Var::zeros(shape, DType::F32, device)
+}
+
+/// Inverted dropout with a mask from our seeded RNG: kept values scale by 1/(1-rate).
+/// Without an RNG (evaluation) or at rate 0 it is the identity.
+pub(crate) fn dropout(x: &Tensor, rate: f32, rng: Option<&mut Rng>) -> Result<Tensor> {
+    let Some(rng) = rng else { return Ok(x.clone()) };
+    if rate <= 0.0 {
+        return Ok(x.clone());
+    }
+    let n = x.elem_count();
+    let keep = 1.0 - rate;
+    let threshold = (keep as f64 * u32::MAX as f64) as u32;
+    let scale = 1.0 / keep;
+    let mut mask = Vec::with_capacity(n + 1);
+    while mask.len() < n {
+        let r = rng.next_u64();
+        for half in [r as u32, (r >> 32) as u32] {
+            mask.push(if half < threshold { scale } else { 0.0 });
+        }
+    }
+    mask.truncate(n);
+    x * Tensor::from_vec(mask, x.shape(), x.device())?
 }
 
 pub(crate) fn activate(x: &Tensor, a: Activation) -> Result<Tensor> {
@@ -177,7 +200,7 @@ impl CandleModel {
                 vars.push((format!("layers.{}.experts.{i}.bias", l.name), bias.clone()));
                 ws.push((weight, bias));
             }
-            let experts = ExpertStack { layers: ws, count: e.count, activation: e.activation };
+            let experts = ExpertStack { layers: ws, count: e.count, activation: e.activation, dropout: e.dropout };
             let gates = if l.gates.is_empty() {
                 None
             } else {
@@ -193,7 +216,7 @@ impl CandleModel {
         }
         let mut towers = Vec::new();
         for t in &ir.tasks {
-            let TaskOutput::Tower { dims, activation } = &t.output;
+            let TaskOutput::Tower { dims, activation, dropout } = &t.output;
             let mut ls = Vec::new();
             for (i, w) in dims.windows(2).enumerate() {
                 let weight = glorot(&mut rng, &[w[0], w[1]], w[0], w[1], device)?;
@@ -202,7 +225,7 @@ impl CandleModel {
                 vars.push((format!("tasks.{}.tower.{i}.bias", t.name), bias.clone()));
                 ls.push((weight, bias));
             }
-            towers.push(Tower { layers: ls, activation: *activation });
+            towers.push(Tower { layers: ls, activation: *activation, dropout: *dropout });
         }
         Ok(CandleModel { ir, device: device.clone(), vars, embeddings, layers, towers })
     }
@@ -245,14 +268,24 @@ impl CandleModel {
         Tensor::cat(&pieces, 1) // [B, input_width]
     }
 
-    /// Runs the model. Shapes: see [`Output`].
+    /// Runs the model for evaluation (no dropout). Shapes: see [`Output`].
     pub fn forward(&self, batch: &Batch) -> Result<Output> {
+        self.run(batch, None)
+    }
+
+    /// Runs the model for training: dropout masks come from `rng`.
+    pub fn forward_train(&self, batch: &Batch, rng: &mut Rng) -> Result<Output> {
+        self.run(batch, Some(rng))
+    }
+
+    fn run(&self, batch: &Batch, mut rng: Option<&mut Rng>) -> Result<Output> {
         let n_tasks = self.ir.tasks.len();
         let mut h = self.inputs(batch)?; // [B, D] or [B, T, D]
         let mut stream = Stream::Shared { width: self.ir.input_width };
         let mut gates = Vec::new();
         for (l, p) in self.ir.layers.iter().zip(&self.layers) {
-            let (out, g) = fused::forward_layer(&h, stream, l.output, &p.experts, p.gates.as_ref(), n_tasks)?;
+            let (out, g) =
+                fused::forward_layer(&h, stream, l.output, &p.experts, p.gates.as_ref(), n_tasks, rng.as_deref_mut())?;
             if let Some(g) = g {
                 gates.push(g);
             }
@@ -274,7 +307,7 @@ impl CandleModel {
             for (i, (w, b)) in tower.layers.iter().enumerate() {
                 x = x.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?;
                 if i < last {
-                    x = activate(&x, tower.activation)?;
+                    x = dropout(&activate(&x, tower.activation)?, tower.dropout, rng.as_deref_mut())?;
                 }
             }
             heads.push(x.squeeze(D::Minus1)?); // [B]
@@ -306,5 +339,22 @@ impl CandleModel {
             v.set(t)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_zeroes_the_rate_and_keeps_the_mean() {
+        let x = Tensor::ones(100_000, DType::F32, &candle_core::Device::Cpu).unwrap();
+        let y = dropout(&x, 0.3, Some(&mut Rng::new(4))).unwrap().to_vec1::<f32>().unwrap();
+        let zeros = y.iter().filter(|&&v| v == 0.0).count() as f64 / y.len() as f64;
+        let mean = y.iter().map(|&v| v as f64).sum::<f64>() / y.len() as f64;
+        assert!((zeros - 0.3).abs() < 0.01, "{zeros}");
+        assert!((mean - 1.0).abs() < 0.02, "{mean}");
+        let same = dropout(&x, 0.3, None).unwrap();
+        assert_eq!(same.to_vec1::<f32>().unwrap(), x.to_vec1::<f32>().unwrap());
     }
 }
