@@ -68,14 +68,14 @@ pub fn bench(path: &Path, batch_size: usize, steps: usize, device: Device) -> Re
     let (mut fwd, mut bwd, mut optim) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for (i, b) in batches.iter().cycle().take(warmup + steps).enumerate() {
         let t = Instant::now();
-        let (loss, _) = batch_loss(&model, b, &mut rng)?;
-        sync(&loss)?;
+        let step = batch_loss(&model, b, &mut rng)?;
+        sync(&step.total)?;
         let t_f = t.elapsed();
         let t = Instant::now();
-        let grads = loss.backward()?;
+        let grads = step.total.backward()?;
         let t_b = t.elapsed();
         let t = Instant::now();
-        opt.step(&grads, c.train.lr)?;
+        opt.step(&grads, &step.lookups, c.train.lr)?;
         let t_o = t.elapsed();
         if i >= warmup {
             fwd += t_f;

@@ -3,13 +3,17 @@
 //! candle's `AdamW` hides its state, defaults to weight decay 0.01 and allocates about
 //! a dozen temporaries per parameter per step. This one keeps its moments where they
 //! can be saved and, on CPU, updates parameter and moments in one fused pass with no
-//! allocation (a candle in-place custom op). On other devices it falls back to
-//! tensor arithmetic with the same maths.
+//! allocation (a candle in-place custom op). Embedding tables get their gradient as
+//! the looked-up rows ([`Lookup`]): the rows are scattered into a scratch buffer kept
+//! between steps, the dense update runs over the whole table (the same maths as dense
+//! Adam), and only the touched rows are cleared again. On other devices the update
+//! falls back to tensor arithmetic with the same maths.
 
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, Layout, Tensor, Var};
 
+use crate::backend::candle::Lookup;
 use crate::ir::TrainConfig;
 
 type Result<T> = candle_core::Result<T>;
@@ -28,9 +32,18 @@ impl From<&TrainConfig> for AdamConfig {
     }
 }
 
+/// Moments on the host, and the scratch gradient of sparse (embedding) updates.
+#[derive(Default)]
+struct HostState {
+    m: Vec<f32>,
+    v: Vec<f32>,
+    /// All zeros between steps; allocated on the first sparse update.
+    scratch: Vec<f32>,
+}
+
 enum Moments {
-    /// First and second moments on the host, updated by the fused CPU op.
-    Host(Mutex<(Vec<f32>, Vec<f32>)>),
+    /// Updated by the fused CPU ops.
+    Host(Mutex<HostState>),
     Device {
         m: Tensor,
         v: Tensor,
@@ -45,49 +58,48 @@ pub struct Adam {
     moments: Vec<Moments>,
 }
 
-struct FusedStep<'a> {
-    moments: &'a Mutex<(Vec<f32>, Vec<f32>)>,
-    lr: f32,
+/// The per-step constants of the update.
+#[derive(Clone, Copy)]
+struct Coefficients {
     b1: f32,
     b2: f32,
     eps: f32,
-    decay: f32,
-    bc1: f32,
-    bc2: f32,
+    step_size: f32,
+    inv_bc2_sqrt: f32,
+    keep: f32,
 }
 
-impl candle_core::InplaceOp2 for FusedStep<'_> {
-    fn name(&self) -> &'static str {
-        "multigate-adam"
-    }
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
-            candle_core::bail!("adam: parameters and gradients must be f32");
-        };
-        let (Some((p0, p1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            candle_core::bail!("adam: non-contiguous parameter or gradient");
-        };
-        let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
-        let mut guard = self.moments.lock().map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))?;
-        let (m, v) = &mut *guard;
-        if m.len() != p.len() || g.len() != p.len() {
-            candle_core::bail!("adam: state has {} values, parameter {}, gradient {}", m.len(), p.len(), g.len());
+impl Coefficients {
+    fn new(c: &AdamConfig, lr: f64, step: u64) -> Self {
+        let bc1 = 1.0 - c.beta1.powi(step as i32);
+        let bc2 = 1.0 - c.beta2.powi(step as i32);
+        Coefficients {
+            b1: c.beta1 as f32,
+            b2: c.beta2 as f32,
+            eps: c.eps as f32,
+            step_size: (lr / bc1) as f32,
+            inv_bc2_sqrt: (1.0 / bc2.sqrt()) as f32,
+            keep: (1.0 - lr * c.weight_decay) as f32,
         }
-        let (b1, b2, eps) = (self.b1, self.b2, self.eps);
-        let step_size = self.lr / self.bc1;
-        let inv_bc2_sqrt = 1.0 / self.bc2.sqrt();
-        let keep = 1.0 - self.lr * self.decay;
-        let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
-            for i in 0..p.len() {
-                let gi = g[i];
-                let mi = b1 * m[i] + (1.0 - b1) * gi;
-                let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
-                m[i] = mi;
-                v[i] = vi;
-                p[i] = p[i] * keep - step_size * mi / (vi.sqrt() * inv_bc2_sqrt + eps);
-            }
-        };
-        // Large tensors (embedding tables) are split across candle's worker threads.
+    }
+
+    /// The update over one slice; written so that it vectorises.
+    fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let Coefficients { b1, b2, eps, step_size, inv_bc2_sqrt, keep } = *self;
+        let n = p.len().min(g.len()).min(m.len()).min(v.len());
+        let (p, g, m, v) = (&mut p[..n], &g[..n], &mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let gi = g[i];
+            let mi = b1 * m[i] + (1.0 - b1) * gi;
+            let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = p[i] * keep - step_size * mi / (vi.sqrt() * inv_bc2_sqrt + eps);
+        }
+    }
+
+    /// The update over whole tensors, split across candle's worker threads when big.
+    fn apply_all(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         const CHUNK: usize = 1 << 15;
         if p.len() >= 2 * CHUNK && candle_core::utils::get_num_threads() > 1 {
             use rayon::prelude::*;
@@ -95,9 +107,88 @@ impl candle_core::InplaceOp2 for FusedStep<'_> {
                 .zip(g.par_chunks(CHUNK))
                 .zip(m.par_chunks_mut(CHUNK))
                 .zip(v.par_chunks_mut(CHUNK))
-                .for_each(|(((p, g), m), v)| update(p, g, m, v));
+                .for_each(|(((p, g), m), v)| self.apply(p, g, m, v));
         } else {
-            update(p, g, m, v);
+            self.apply(p, g, m, v);
+        }
+    }
+}
+
+fn lock(state: &Mutex<HostState>) -> Result<std::sync::MutexGuard<'_, HostState>> {
+    state.lock().map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))
+}
+
+fn host_slice<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(p) = s else { candle_core::bail!("adam: {what} must be f32") };
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("adam: non-contiguous {what}") };
+    Ok(&mut p[a..b])
+}
+
+/// Dense step: parameter and gradient tensors.
+struct DenseStep<'a> {
+    state: &'a Mutex<HostState>,
+    k: Coefficients,
+}
+
+impl candle_core::InplaceOp2 for DenseStep<'_> {
+    fn name(&self) -> &'static str {
+        "multigate-adam"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let p = host_slice(s1, l1, "parameter")?;
+        let (CpuStorage::F32(g), Some((g0, g1))) = (s2, l2.contiguous_offsets()) else {
+            candle_core::bail!("adam: gradient must be contiguous f32");
+        };
+        let g = &g[g0..g1];
+        let mut st = lock(self.state)?;
+        let HostState { m, v, .. } = &mut *st;
+        if m.len() != p.len() || g.len() != p.len() {
+            candle_core::bail!("adam: state has {} values, parameter {}, gradient {}", m.len(), p.len(), g.len());
+        }
+        self.k.apply_all(p, g, m, v);
+        Ok(())
+    }
+}
+
+/// Sparse step: a table `[rows, dim]` and the gradient rows of its lookups.
+struct SparseStep<'a> {
+    state: &'a Mutex<HostState>,
+    k: Coefficients,
+    /// (ids, gradient rows `[B * dim]`) of each lookup of this table.
+    parts: Vec<(Vec<u32>, Vec<f32>)>,
+    dim: usize,
+}
+
+impl candle_core::InplaceOp1 for SparseStep<'_> {
+    fn name(&self) -> &'static str {
+        "multigate-sparse-adam"
+    }
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let p = host_slice(s, l, "embedding table")?;
+        let mut st = lock(self.state)?;
+        let HostState { m, v, scratch } = &mut *st;
+        if scratch.len() != p.len() {
+            *scratch = vec![0.0; p.len()];
+        }
+        let d = self.dim;
+        let rows = p.len() / d.max(1);
+        for (ids, g) in &self.parts {
+            for (i, &id) in ids.iter().enumerate() {
+                let r = id as usize;
+                if r >= rows {
+                    candle_core::bail!("adam: row {r} outside a table of {rows} rows");
+                }
+                for (s, x) in scratch[r * d..(r + 1) * d].iter_mut().zip(&g[i * d..(i + 1) * d]) {
+                    *s += x;
+                }
+            }
+        }
+        self.k.apply_all(p, scratch, m, v);
+        for (ids, _) in &self.parts {
+            for &id in ids {
+                let r = id as usize;
+                scratch[r * d..(r + 1) * d].iter_mut().for_each(|s| *s = 0.0);
+            }
         }
         Ok(())
     }
@@ -110,7 +201,8 @@ impl Adam {
             .map(|v| {
                 let t = v.as_tensor();
                 Ok(if t.device().is_cpu() {
-                    Moments::Host(Mutex::new((vec![0.0; t.elem_count()], vec![0.0; t.elem_count()])))
+                    let n = t.elem_count();
+                    Moments::Host(Mutex::new(HostState { m: vec![0.0; n], v: vec![0.0; n], scratch: Vec::new() }))
                 } else {
                     Moments::Device { m: t.zeros_like()?, v: t.zeros_like()? }
                 })
@@ -119,31 +211,50 @@ impl Adam {
         Ok(Adam { config, step: 0, vars, moments })
     }
 
-    /// One update with learning rate `lr`. Parameters without a gradient are left alone.
-    pub fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64) -> Result<()> {
+    /// One update with learning rate `lr`: dense gradients from `grads`, embedding
+    /// gradients from the `lookups` of the step. Parameters with neither are left alone.
+    pub fn step(&mut self, grads: &candle_core::backprop::GradStore, lookups: &[Lookup], lr: f64) -> Result<()> {
         self.step += 1;
         let c = self.config;
-        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
-        for (var, mom) in self.vars.iter().zip(&mut self.moments) {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+        let k = Coefficients::new(&c, lr, self.step);
+        let (bc1, bc2) = (1.0 - c.beta1.powi(self.step as i32), 1.0 - c.beta2.powi(self.step as i32));
+        for (i, (var, mom)) in self.vars.iter().zip(&mut self.moments).enumerate() {
+            let mine: Vec<&Lookup> = lookups.iter().filter(|l| l.var == i).collect();
+            let dense = grads.get(var.as_tensor());
+            if mine.is_empty() && dense.is_none() {
+                continue;
+            }
             match mom {
+                Moments::Host(state) if !mine.is_empty() => {
+                    if dense.is_some() {
+                        candle_core::bail!("adam: parameter {i} has both a dense and a sparse gradient");
+                    }
+                    let dim = var.as_tensor().dims().last().copied().unwrap_or(1);
+                    let mut parts = Vec::with_capacity(mine.len());
+                    for l in mine {
+                        let Some(g) = grads.get(l.leaf.as_tensor()) else { continue };
+                        parts.push((l.ids.to_vec1::<u32>()?, g.flatten_all()?.to_vec1::<f32>()?));
+                    }
+                    var.as_tensor().inplace_op1(&SparseStep { state, k, parts, dim })?;
+                }
                 Moments::Host(state) => {
-                    let g = g.contiguous()?;
-                    let op = FusedStep {
-                        moments: state,
-                        lr: lr as f32,
-                        b1: c.beta1 as f32,
-                        b2: c.beta2 as f32,
-                        eps: c.eps as f32,
-                        decay: c.weight_decay as f32,
-                        bc1: bc1 as f32,
-                        bc2: bc2 as f32,
-                    };
-                    var.as_tensor().inplace_op2(&g, &op)?;
+                    // `dense` is Some: checked above.
+                    let g = dense.map(|g| g.contiguous()).transpose()?;
+                    if let Some(g) = g {
+                        var.as_tensor().inplace_op2(&g, &DenseStep { state, k })?;
+                    }
                 }
                 Moments::Device { m, v } => {
-                    *m = ((&*m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+                    let mut g = match dense {
+                        Some(g) => g.clone(),
+                        None => var.as_tensor().zeros_like()?,
+                    };
+                    for l in mine {
+                        if let Some(rows) = grads.get(l.leaf.as_tensor()) {
+                            g = g.index_add(&l.ids, rows, 0)?;
+                        }
+                    }
+                    *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
                     *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
                     let update = ((&*m / bc1)? / ((&*v / bc2)?.sqrt()? + c.eps)?)?;
                     let decayed = (var.as_tensor() * (1.0 - lr * c.weight_decay))?;
@@ -161,11 +272,9 @@ impl Adam {
             let shape = var.as_tensor().shape().clone();
             let (m, v) = match mom {
                 Moments::Host(s) => {
-                    let s = s.lock().map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))?;
-                    (
-                        Tensor::from_slice(&s.0, &shape, &candle_core::Device::Cpu)?,
-                        Tensor::from_slice(&s.1, &shape, &candle_core::Device::Cpu)?,
-                    )
+                    let s = lock(s)?;
+                    let cpu = candle_core::Device::Cpu;
+                    (Tensor::from_slice(&s.m, &shape, &cpu)?, Tensor::from_slice(&s.v, &shape, &cpu)?)
                 }
                 Moments::Device { m, v } => (m.clone(), v.clone()),
             };
@@ -195,9 +304,9 @@ impl Adam {
             }
             match mom {
                 Moments::Host(s) => {
-                    let mut s = s.lock().map_err(|_| candle_core::Error::Msg("adam state poisoned".into()))?;
-                    s.0 = m.flatten_all()?.to_vec1()?;
-                    s.1 = v.flatten_all()?.to_vec1()?;
+                    let mut s = lock(s)?;
+                    s.m = m.flatten_all()?.to_vec1()?;
+                    s.v = v.flatten_all()?.to_vec1()?;
                 }
                 Moments::Device { m: dm, v: dv } => {
                     *dm = m.to_device(var.device())?;

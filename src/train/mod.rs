@@ -148,8 +148,16 @@ pub fn evaluate(model: &CandleModel, ds: &Dataset, batch_size: usize) -> Result<
     Ok(Evaluation { predictions, metrics, loss, gate_usage })
 }
 
-/// The weighted training loss of a batch (dropout masks from `rng`), and each task's loss.
-pub fn batch_loss(model: &CandleModel, batch: &Batch, rng: &mut Rng) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+/// One training step's loss: the weighted total, each task's loss, and the embedding
+/// lookups whose gradients the optimizer applies sparsely.
+pub struct StepLoss {
+    pub total: Tensor,
+    pub per_task: Vec<Tensor>,
+    pub lookups: Vec<crate::backend::candle::Lookup>,
+}
+
+/// The weighted training loss of a batch (dropout masks from `rng`).
+pub fn batch_loss(model: &CandleModel, batch: &Batch, rng: &mut Rng) -> candle_core::Result<StepLoss> {
     let out = model.forward_train(batch, rng)?;
     let mut per_task = Vec::with_capacity(out.heads.len());
     let mut total: Option<Tensor> = None;
@@ -166,7 +174,7 @@ pub fn batch_loss(model: &CandleModel, batch: &Batch, rng: &mut Rng) -> candle_c
         per_task.push(l);
     }
     let total = total.ok_or_else(|| candle_core::Error::Msg("model has no tasks".into()))?;
-    Ok((total, per_task))
+    Ok(StepLoss { total, per_task, lookups: out.lookups })
 }
 
 /// Trains `model` on `splits.train`, validating after every epoch; leaves the model
@@ -202,8 +210,8 @@ pub fn fit(
         let mut seen = 0usize;
         for chunk in order.chunks(cfg.batch_size) {
             let batch = Batch::gather(train, chunk, &model.device)?;
-            let (total, per_task) = batch_loss(model, &batch, &mut dropout_rng)?;
-            let values = Tensor::stack(&per_task, 0)?.to_vec1::<f32>()?;
+            let step = batch_loss(model, &batch, &mut dropout_rng)?;
+            let values = Tensor::stack(&step.per_task, 0)?.to_vec1::<f32>()?;
             for ((s, &v), t) in sums.iter_mut().zip(&values).zip(&model.ir.tasks) {
                 if !v.is_finite() {
                     return Err(TrainError::NonFinite {
@@ -216,8 +224,8 @@ pub fn fit(
                 *s += v as f64 * chunk.len() as f64;
             }
             seen += chunk.len();
-            let grads = total.backward()?;
-            opt.step(&grads, lr)?;
+            let grads = step.total.backward()?;
+            opt.step(&grads, &step.lookups, lr)?;
         }
         let train_secs = start.elapsed().as_secs_f64();
         let val = if splits.validation.rows > 0 { Some(evaluate(model, &splits.validation, 4096)?) } else { None };

@@ -174,10 +174,15 @@ fn gradients_reach_every_parameter_through_the_gates() {
     let frame = synthetic::categorical_frame(&c.model, 40, 64, 5);
     let ds = data::encode(&c.model, &frame, true).unwrap();
     let batch = Batch::gather(&ds, &(0..64).collect::<Vec<_>>(), &Device::Cpu).unwrap();
-    let (loss, _) = multigate::train::batch_loss(&model, &batch, &mut multigate::rng::Rng::new(1)).unwrap();
-    let grads = loss.backward().unwrap();
-    for (name, v) in &model.vars {
-        let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+    let step = multigate::train::batch_loss(&model, &batch, &mut multigate::rng::Rng::new(1)).unwrap();
+    let grads = step.total.backward().unwrap();
+    for (i, (name, v)) in model.vars.iter().enumerate() {
+        // Embedding tables get their gradient through the looked-up rows.
+        let g = match step.lookups.iter().find(|l| l.var == i) {
+            Some(l) => grads.get(l.leaf.as_tensor()),
+            None => grads.get(v.as_tensor()),
+        };
+        let g = g.unwrap_or_else(|| panic!("no gradient for {name}"));
         let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(norm > 0.0 && norm.is_finite(), "gradient of {name} is {norm}");
     }

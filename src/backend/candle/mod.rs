@@ -102,6 +102,21 @@ pub struct Output {
     /// Per gated layer: gate weights `[B, G, E]` (per-task streams: `[B*T, 1, E]`
     /// reshaped to `[B, T, E]`).
     pub gates: Vec<Tensor>,
+    /// Training only: the embedding lookups, whose gradients the optimizer applies
+    /// sparsely (empty in evaluation).
+    pub lookups: Vec<Lookup>,
+}
+
+/// One embedding lookup of a training step. The looked-up rows are a leaf `Var`, so
+/// backward yields a `[B, dim]` gradient instead of a dense `[rows, dim]` one (candle
+/// zero-fills and copies a table-sized gradient per lookup otherwise).
+pub struct Lookup {
+    /// Index of the table in [`CandleModel::vars`].
+    pub var: usize,
+    /// Table rows looked up, `[B]` (u32).
+    pub ids: Tensor,
+    /// The looked-up embeddings, `[B, dim]`.
+    pub leaf: Var,
 }
 
 struct Tower {
@@ -231,7 +246,9 @@ impl CandleModel {
     }
 
     /// The concatenated input `[B, input_width]`.
-    fn inputs(&self, batch: &Batch) -> Result<Tensor> {
+    /// The concatenated input. With `lookups` (training), each looked-up embedding is a
+    /// leaf `Var` recorded there, so that the table's gradient stays sparse.
+    fn inputs(&self, batch: &Batch, mut lookups: Option<&mut Vec<Lookup>>) -> Result<Tensor> {
         let mut pieces = Vec::with_capacity(self.ir.features.len() + self.ir.crosses.len());
         let mut looked_up: Vec<Option<Tensor>> = Vec::with_capacity(self.ir.features.len());
         let (mut cat_i, mut dense_off) = (0, 0);
@@ -240,7 +257,19 @@ impl CandleModel {
                 (FeatureKind::Categorical { .. }, Some(table)) => {
                     let ids = &batch.cat[cat_i];
                     cat_i += 1;
-                    let e = table.as_tensor().index_select(ids, 0)?; // [B, dim]
+                    let e = match lookups.as_deref_mut() {
+                        Some(lookups) => {
+                            // A leaf copy of the rows, cut from the table in the graph.
+                            let leaf = Var::from_tensor(&table.as_tensor().detach().index_select(ids, 0)?)?;
+                            let var = self.vars.iter().position(|(_, v)| v.as_tensor().id() == table.as_tensor().id());
+                            let var = var
+                                .ok_or_else(|| candle_core::Error::Msg("embedding table is not a parameter".into()))?;
+                            let e = leaf.as_tensor().clone();
+                            lookups.push(Lookup { var, ids: ids.clone(), leaf });
+                            e
+                        }
+                        None => table.as_tensor().index_select(ids, 0)?, // [B, dim]
+                    };
                     pieces.push(e.clone());
                     looked_up.push(Some(e));
                 }
@@ -280,7 +309,8 @@ impl CandleModel {
 
     fn run(&self, batch: &Batch, mut rng: Option<&mut Rng>) -> Result<Output> {
         let n_tasks = self.ir.tasks.len();
-        let mut h = self.inputs(batch)?; // [B, D] or [B, T, D]
+        let mut lookups = Vec::new();
+        let mut h = self.inputs(batch, rng.is_some().then_some(&mut lookups))?; // [B, D]
         let mut stream = Stream::Shared { width: self.ir.input_width };
         let mut gates = Vec::new();
         for (l, p) in self.ir.layers.iter().zip(&self.layers) {
@@ -312,7 +342,7 @@ impl CandleModel {
             }
             heads.push(x.squeeze(D::Minus1)?); // [B]
         }
-        Ok(Output { heads, gates })
+        Ok(Output { heads, gates, lookups })
     }
 
     /// Predictions in the task's units: probabilities for binary tasks.
