@@ -273,11 +273,7 @@ fn compile_and_train(
     export::write_bundle(
         &out,
         &model,
-        BundleContents {
-            spec_toml: &spec_for_bundle(&src),
-            metrics_json: &serde_json::to_string_pretty(&metrics)?,
-            optimizer: None,
-        },
+        BundleContents { spec_toml: &spec_for_bundle(&src), metrics_json: &serde_json::to_string_pretty(&metrics)? },
     )?;
     println!("bundle written to {}", out.display());
     Ok(())

@@ -5,7 +5,6 @@
 //! | file                    | what                                                 |
 //! |-------------------------|------------------------------------------------------|
 //! | `model.safetensors`     | every parameter, named as in the candle backend      |
-//! | `optimizer.safetensors` | Adam moments (`{i}.m`, `{i}.v`) and the step, to resume |
 //! | `spec.toml`             | the normalised spec (every default written out)       |
 //! | `model.ir`              | the IR text, checked against `spec.toml` on load      |
 //! | `metrics.json`          | per-epoch and final metrics, gate usage               |
@@ -43,7 +42,6 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ExportError + '_ {
 pub struct BundleContents<'a> {
     pub spec_toml: &'a str,
     pub metrics_json: &'a str,
-    pub optimizer: Option<(Vec<(String, Tensor)>, u64)>,
 }
 
 /// Writes a bundle to `dir` atomically.
@@ -60,11 +58,6 @@ pub fn write_bundle(dir: &Path, model: &CandleModel, contents: BundleContents<'_
         let weights: HashMap<String, Tensor> =
             model.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
         candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
-        if let Some((state, step)) = &contents.optimizer {
-            let mut map: HashMap<String, Tensor> = state.iter().cloned().collect();
-            map.insert("step".into(), Tensor::new(&[*step as f32], &candle_core::Device::Cpu)?);
-            candle_core::safetensors::save(&map, tmp.join("optimizer.safetensors"))?;
-        }
         for (file, text) in [
             ("spec.toml", contents.spec_toml.to_string()),
             ("model.ir", model.ir.to_string()),

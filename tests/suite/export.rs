@@ -16,8 +16,7 @@ fn trained(dir: &std::path::Path) -> (Vec<Vec<f32>>, data::Dataset) {
     train::fit(&model, &c.train, &splits, &mut |_| {}).unwrap();
     let (preds, _) = train::predict(&model, &splits.validation, 100).unwrap();
     let spec = multigate::spec::parse_toml(&multigate::source::SourceFile::from_text("x", text)).unwrap().to_toml();
-    export::write_bundle(dir, &model, BundleContents { spec_toml: &spec, metrics_json: "{}", optimizer: None })
-        .unwrap();
+    export::write_bundle(dir, &model, BundleContents { spec_toml: &spec, metrics_json: "{}" }).unwrap();
     (preds, splits.validation)
 }
 
@@ -112,11 +111,7 @@ fn a_failed_export_keeps_the_old_bundle() {
     std::fs::write(&blocked, "x").unwrap();
     let c = compile_ok("e.toml", &small_spec("", TWO_BINARY_TASKS));
     let model = CandleModel::new(&c.model, 1, &Device::Cpu).unwrap();
-    let r = export::write_bundle(
-        &blocked.join("bundle"),
-        &model,
-        BundleContents { spec_toml: "", metrics_json: "{}", optimizer: None },
-    );
+    let r = export::write_bundle(&blocked.join("bundle"), &model, BundleContents { spec_toml: "", metrics_json: "{}" });
     assert!(r.is_err());
     assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), before);
 }

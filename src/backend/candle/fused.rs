@@ -2,7 +2,7 @@
 
 use candle_core::{Tensor, Var, D};
 
-use super::{activate, dropout, Result};
+use super::{activate, add_bias, dropout, Result};
 use crate::ir::{Activation, Stream};
 use crate::rng::Rng;
 
@@ -28,7 +28,7 @@ impl ExpertStack {
         // Depth 0 is one GEMM over the experts' concatenated weights.
         let w = w0.as_tensor().permute((1, 0, 2))?.reshape((d_in, e * d1))?; // [d_in, E*d1]
         let b = b0.as_tensor().reshape(e * d1)?; // [E*d1]
-        let mut h = activate(&x.matmul(&w)?.broadcast_add(&b)?, self.activation)?; // [N, E*d1]
+        let mut h = activate(&add_bias(&x.matmul(&w)?, &b)?, self.activation)?; // [N, E*d1]
         h = dropout(&h, self.dropout, rng.as_deref_mut())?;
         if self.layers.len() == 1 {
             return h.reshape((n, e, d1)); // [N, E, d1]
@@ -38,7 +38,7 @@ impl ExpertStack {
         for (w, b) in &self.layers[1..] {
             let (_, _, d) = w.as_tensor().dims3()?;
             let bias = b.as_tensor().reshape((e, 1, d))?; // [E, 1, d]
-            h = h3.matmul(w.as_tensor())?.broadcast_add(&bias)?; // [E, N, d]
+            h = add_bias(&h3.matmul(w.as_tensor())?, &bias)?; // [E, N, d]
             h3 = dropout(&activate(&h, self.activation)?, self.dropout, rng.as_deref_mut())?;
         }
         h3.transpose(0, 1)?.contiguous() // [N, E, d_out]
@@ -68,7 +68,7 @@ impl GateBank {
             self.weight.as_tensor().permute((1, 0, 2))?.reshape((d_in, g * e))? // [d_in, G*E]
         };
         let b = self.bias.as_tensor().reshape(g * e)?;
-        let logits = x.matmul(&w)?.broadcast_add(&b)?.reshape((n, g, e))?; // [N, G, E]
+        let logits = add_bias(&x.matmul(&w)?, &b)?.reshape((n, g, e))?; // [N, G, E]
         candle_nn::ops::softmax(&logits, D::Minus1)
     }
 
@@ -79,7 +79,7 @@ impl GateBank {
     pub fn forward_per_slot(&self, x: &Tensor) -> Result<Tensor> {
         let e = self.experts;
         let bias = self.bias.as_tensor().reshape((self.gates, 1, e))?; // [G, 1, E]
-        let logits = x.matmul(self.weight.as_tensor())?.broadcast_add(&bias)?; // [T, B, E]
+        let logits = add_bias(&x.matmul(self.weight.as_tensor())?, &bias)?; // [T, B, E]
         candle_nn::ops::softmax(&logits, D::Minus1)
     }
 }
