@@ -242,7 +242,7 @@ fn encode_value(feature: &str, encoding: &crate::ir::Encoding, value: &str) -> u
 /// Splits off `fraction` of the rows (seeded shuffle); returns (rest, held out).
 pub fn split(ds: Dataset, fraction: f64, seed: u64, label: &str) -> (Dataset, Dataset) {
     if fraction <= 0.0 {
-        return (ds, Dataset { labels: vec![Vec::new(); 0], ..Default::default() });
+        return (ds, Dataset::default());
     }
     let mut idx: Vec<usize> = (0..ds.rows).collect();
     Rng::derive(seed, label).shuffle(&mut idx);

@@ -73,5 +73,5 @@ fn samples_parse_through_the_pipeline() {
         .unwrap();
     let ds = data::encode(&census.model, &frame, true).unwrap();
     assert_eq!(ds.rows, 200);
-    assert!(ds.labels[1].iter().any(|&y| y == 1.0) && ds.labels[1].iter().any(|&y| y == 0.0));
+    assert!(ds.labels[1].contains(&1.0) && ds.labels[1].contains(&0.0));
 }
