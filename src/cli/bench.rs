@@ -17,6 +17,7 @@ pub fn bench(path: &Path, batch_size: usize, steps: usize, device: Device) -> Re
     let (_, c) = compile(path)?;
     let dev = candle_device(device)?;
     let batch_size = batch_size.max(1);
+    super::auto_threads(c.model.flops_per_sample(), batch_size);
     let steps = steps.max(1);
     // Enough distinct rows for 16 different batches; the categorical generator serves
     // any spec without dense inputs wider than 64, the MMoE one serves its own.

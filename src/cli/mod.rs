@@ -25,7 +25,8 @@ use multigate::train::{self, TrainReport};
     about = "Compile, train and export multi-task recommendation models (MMoE, MoE, shared-bottom)"
 )]
 struct Cli {
-    /// Worker threads for candle's CPU kernels (default: all cores).
+    /// Worker threads for candle's CPU kernels (default: one for small models, where a
+    /// second thread costs more than it gives, else all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -171,6 +172,21 @@ fn colour() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
+/// Forward FLOPs of one batch below which one CPU thread beats two: candle's
+/// per-op thread fan-out costs more than it saves on small matrices (measured with
+/// `multigate bench`: the seed model, 10 MFLOP a batch, trains at 234k samples/s on
+/// one thread and 158k on two; the 64-unit bench shape, 109 MFLOP, gains from two).
+const SMALL_STEP_FLOPS: usize = 32_000_000;
+
+/// Picks the CPU thread count when neither `--threads` nor `RAYON_NUM_THREADS` says:
+/// one for small models, else candle's default (all cores). Returns the count used.
+pub(crate) fn auto_threads(flops_per_sample: usize, batch: usize) -> usize {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() && flops_per_sample.saturating_mul(batch) < SMALL_STEP_FLOPS {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+    candle_core::utils::get_num_threads()
+}
+
 /// Reads and compiles a spec; spec errors exit 2 with every message rendered.
 pub(crate) fn compile(path: &Path) -> Result<(SourceFile, Compiled), Failure> {
     let (src, compiled) = pipeline::compile_file(path).map_err(|e| Failure::new(2, format!("error: {e}")))?;
@@ -218,8 +234,9 @@ fn compile_and_train(
         s.rows = r.max(1);
     }
     let dev = candle_device(device)?;
+    let threads = auto_threads(c.model.flops_per_sample(), c.train.batch_size);
     println!(
-        "model {}: {} parameters, {} forward FLOPs/sample",
+        "model {}: {} parameters, {} forward FLOPs/sample; {threads} CPU thread(s)",
         c.model.name,
         c.model.param_count(),
         c.model.flops_per_sample()
@@ -309,6 +326,7 @@ fn print_report(names: &[String], r: &TrainReport) {
 fn predict(bundle: &Path, data_path: &Path, out: Option<&Path>, device: Device) -> Result<(), Failure> {
     let dev = candle_device(device)?;
     let b = export::read_bundle(bundle, &dev)?;
+    auto_threads(b.compiled.model.flops_per_sample(), 4096);
     let format = match &b.compiled.data.source {
         DataSource::Csv(c) => c.format.clone(),
         DataSource::Synthetic(_) => {

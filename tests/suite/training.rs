@@ -142,8 +142,7 @@ fn adam_state_saves_and_resumes_exactly() {
 
 #[test]
 fn diverging_loss_stops_with_the_step() {
-    let spec = small_spec("", TWO_BINARY_TASKS)
-        .replace("kind = \"binary\"", "kind = \"regression\"");
+    let spec = small_spec("", TWO_BINARY_TASKS).replace("kind = \"binary\"", "kind = \"regression\"");
     let c = compile_ok("nan.toml", &spec);
     let (mut splits, _) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
     // A label of 1e30 squares to infinity in f32.
