@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 use multigate::backend::candle::{candle_device, CandleModel};
 use multigate::backend::Device;
-use multigate::data::{self, Need};
+use multigate::data::{self, Need, NeedOwner};
 use multigate::export::{self, BundleContents};
 use multigate::ir::{DataSource, SyntheticKind};
 use multigate::lower::Compiled;
@@ -210,11 +210,25 @@ fn check(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Where the spec mentions a column, as `file:line:col`.
+/// Where the spec asks for a column, as `file:line:col (who)`: the feature's `column`
+/// (or its name, when it reads the column named after it) or the task's `label`.
 fn spec_locator(src: &SourceFile) -> impl Fn(&Need) -> String + '_ {
-    move |need: &Need| match src.text.find(&format!("\"{}\"", need.column)) {
-        Some(i) => format!("{} ({})", src.locate(&(i..i + 1)), need.reader),
-        None => format!("{} ({}; column named after it)", src.name, need.reader),
+    let spec = multigate::spec::parse(src).ok();
+    move |need: &Need| {
+        let span = spec.as_ref().and_then(|s| match &need.owner {
+            NeedOwner::Feature(name) => s
+                .features
+                .iter()
+                .find(|f| f.name.get_ref() == name)
+                .map(|f| f.column.as_ref().map_or_else(|| f.name.span(), |c| c.span())),
+            NeedOwner::Task(name) => {
+                s.tasks.iter().find(|t| t.name.get_ref() == name).and_then(|t| t.label.as_ref()).map(|l| l.span())
+            }
+        });
+        match span {
+            Some(span) => format!("{} ({})", src.locate(&span), need.reader),
+            None => format!("{} ({})", src.name, need.reader),
+        }
     }
 }
 

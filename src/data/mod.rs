@@ -49,7 +49,16 @@ pub struct Need {
     pub kind: ColumnKind,
     /// `feature x` or `label of task y`, for messages.
     pub reader: String,
+    /// The feature or task that reads the column.
+    pub owner: NeedOwner,
     pub is_label: bool,
+}
+
+/// Who reads a column, so that an error can point at that part of the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NeedOwner {
+    Feature(String),
+    Task(String),
 }
 
 /// Every column the model reads, in a stable order.
@@ -61,6 +70,7 @@ pub fn needs(model: &Model) -> Vec<Need> {
                 column: f.column.clone(),
                 kind: ColumnKind::Cat,
                 reader: format!("feature `{}`", f.name),
+                owner: NeedOwner::Feature(f.name.clone()),
                 is_label: false,
             }),
             FeatureKind::Dense { width, .. } => {
@@ -69,6 +79,7 @@ pub fn needs(model: &Model) -> Vec<Need> {
                         column: c,
                         kind: ColumnKind::Num,
                         reader: format!("feature `{}`", f.name),
+                        owner: NeedOwner::Feature(f.name.clone()),
                         is_label: false,
                     });
                 }
@@ -81,6 +92,7 @@ pub fn needs(model: &Model) -> Vec<Need> {
             column: t.label.column.clone(),
             kind,
             reader: format!("the label of task `{}`", t.name),
+            owner: NeedOwner::Task(t.name.clone()),
             is_label: true,
         });
     }
