@@ -13,8 +13,22 @@ use multigate::ir::{DataSource, SyntheticKind};
 use multigate::train::adam::{Adam, AdamConfig};
 use multigate::train::batch_loss;
 
-pub fn bench(path: &Path, batch_size: usize, steps: usize, device: Device) -> Result<(), Failure> {
-    let (_, c) = compile(path)?;
+pub fn bench(
+    path: &Path,
+    batch_size: usize,
+    steps: usize,
+    device: Device,
+    optimizer: Option<&str>,
+) -> Result<(), Failure> {
+    let (_, mut c) = compile(path)?;
+    match optimizer {
+        None => {}
+        Some("adam") => c.train.lazy_embeddings = false,
+        Some("lazy_adam") => c.train.lazy_embeddings = true,
+        Some(other) => {
+            return Err(Failure::new(2, format!("error: unknown optimizer `{other}`: expected adam or lazy_adam")))
+        }
+    }
     let dev = candle_device(device)?;
     let batch_size = batch_size.max(1);
     super::auto_threads(c.model.flops_per_sample(), batch_size);
@@ -94,8 +108,9 @@ pub fn bench(path: &Path, batch_size: usize, steps: usize, device: Device) -> Re
         c.model.flops_per_sample()
     );
     println!(
-        "device {device:?}, threads {}, batch {batch_size}, {steps} timed steps after {warmup} warm-up",
-        candle_core::utils::get_num_threads()
+        "device {device:?}, threads {}, batch {batch_size}, {}, {steps} timed steps after {warmup} warm-up",
+        candle_core::utils::get_num_threads(),
+        if c.train.lazy_embeddings { "lazy_adam" } else { "adam" }
     );
     println!("train:        {:>10.0} samples/s  ({:.3} ms/step)", per_sec(train), ms(train));
     println!("  forward+loss {:>6.1}%  {:.3} ms", 100.0 * fwd.as_secs_f64() / train.as_secs_f64(), ms(fwd));

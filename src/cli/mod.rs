@@ -103,6 +103,9 @@ enum Command {
         steps: usize,
         #[arg(long, default_value = "cpu")]
         device: Device,
+        /// Override the spec's optimizer: adam or lazy_adam.
+        #[arg(long)]
+        optimizer: Option<String>,
     },
 }
 
@@ -155,7 +158,9 @@ pub fn run() -> ExitCode {
         }
         Command::Predict { bundle, data, out, device } => predict(&bundle, &data, out.as_deref(), device),
         Command::Synth { spec, rows, out } => synth(&spec, rows, &out),
-        Command::Bench { spec, batch, steps, device } => bench::bench(&spec, batch, steps, device),
+        Command::Bench { spec, batch, steps, device, optimizer } => {
+            bench::bench(&spec, batch, steps, device, optimizer.as_deref())
+        }
         Command::Fmt { file, to, check, write } => fmt(&file, to, check, write),
         Command::Graph { spec, format } => graph(&spec, format),
     };

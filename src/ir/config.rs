@@ -50,6 +50,8 @@ pub struct CsvConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
+    /// `lazy_adam`: embedding rows are updated only in steps that look them up.
+    pub lazy_embeddings: bool,
     pub lr: f64,
     pub beta1: f64,
     pub beta2: f64,

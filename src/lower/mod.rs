@@ -52,7 +52,7 @@ const TASK_KINDS: &[&str] = &["binary", "regression"];
 const SOURCES: &[&str] = &["synthetic", "csv"];
 const GENERATORS: &[&str] = &["mmoe", "categorical"];
 const CROSS_OPS: &[&str] = &["product"];
-const OPTIMIZERS: &[&str] = &["adam"];
+const OPTIMIZERS: &[&str] = &["adam", "lazy_adam"];
 
 /// Default expert count of a gated layer.
 pub const DEFAULT_EXPERTS: usize = 8;
@@ -701,7 +701,7 @@ impl Lower {
     }
 
     fn lower_train(&mut self, t: &spec::TrainSection) -> TrainConfig {
-        self.word("optimizer", &t.optimizer, OPTIMIZERS);
+        let lazy_embeddings = self.word("optimizer", &t.optimizer, OPTIMIZERS) == Some("lazy_adam");
         let pos = |x: f64| x.is_finite() && x > 0.0;
         self.range("lr", pos(*t.lr.get_ref()), t.lr.get_ref(), "a positive number", t.lr.span());
         for (what, v) in [("beta1", &t.beta1), ("beta2", &t.beta2)] {
@@ -713,6 +713,7 @@ impl Lower {
         let rate = *t.lr_decay_rate.get_ref();
         self.range("lr_decay_rate", rate > 0.0 && rate <= 1.0, rate, "in (0, 1]", t.lr_decay_rate.span());
         TrainConfig {
+            lazy_embeddings,
             lr: *t.lr.get_ref(),
             beta1: *t.beta1.get_ref(),
             beta2: *t.beta2.get_ref(),

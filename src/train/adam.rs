@@ -20,6 +20,9 @@ type Result<T> = candle_core::Result<T>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamConfig {
+    /// Update embedding rows only in the steps that look them up (TF's LazyAdam,
+    /// PyTorch's SparseAdam); dense parameters are unaffected.
+    pub lazy: bool,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -28,7 +31,7 @@ pub struct AdamConfig {
 
 impl From<&TrainConfig> for AdamConfig {
     fn from(t: &TrainConfig) -> Self {
-        AdamConfig { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay }
+        AdamConfig { lazy: t.lazy_embeddings, beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay }
     }
 }
 
@@ -157,6 +160,8 @@ struct SparseStep<'a> {
     /// (ids, gradient rows `[B * dim]`) of each lookup of this table.
     parts: Vec<(Vec<u32>, Vec<f32>)>,
     dim: usize,
+    /// Update only the looked-up rows.
+    lazy: bool,
 }
 
 impl candle_core::InplaceOp1 for SparseStep<'_> {
@@ -183,7 +188,17 @@ impl candle_core::InplaceOp1 for SparseStep<'_> {
                 }
             }
         }
-        self.k.apply_all(p, scratch, m, v);
+        if self.lazy {
+            let mut touched: Vec<u32> = self.parts.iter().flat_map(|(ids, _)| ids.iter().copied()).collect();
+            touched.sort_unstable();
+            touched.dedup();
+            for &id in &touched {
+                let r = (id as usize) * d..(id as usize + 1) * d;
+                self.k.apply(&mut p[r.clone()], &scratch[r.clone()], &mut m[r.clone()], &mut v[r]);
+            }
+        } else {
+            self.k.apply_all(p, scratch, m, v);
+        }
         for (ids, _) in &self.parts {
             for &id in ids {
                 let r = id as usize;
@@ -235,7 +250,7 @@ impl Adam {
                         let Some(g) = grads.get(l.leaf.as_tensor()) else { continue };
                         parts.push((l.ids.to_vec1::<u32>()?, g.flatten_all()?.to_vec1::<f32>()?));
                     }
-                    var.as_tensor().inplace_op1(&SparseStep { state, k, parts, dim })?;
+                    var.as_tensor().inplace_op1(&SparseStep { state, k, parts, dim, lazy: c.lazy })?;
                 }
                 Moments::Host(state) => {
                     // `dense` is Some: checked above.
@@ -245,6 +260,9 @@ impl Adam {
                     }
                 }
                 Moments::Device { m, v } => {
+                    if c.lazy && !mine.is_empty() {
+                        candle_core::bail!("lazy_adam runs on the CPU only; use optimizer = \"adam\" on this device");
+                    }
                     let mut g = match dense {
                         Some(g) => g.clone(),
                         None => var.as_tensor().zeros_like()?,

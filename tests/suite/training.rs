@@ -94,7 +94,7 @@ fn generator_weights_have_the_papers_geometry() {
 fn adam_matches_the_textbook_update() {
     let dev = Device::Cpu;
     let x = Var::new(&[1.0f32, -2.0, 3.0], &dev).unwrap();
-    let cfg = AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let cfg = AdamConfig { lazy: false, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let mut opt = Adam::new(vec![x.clone()], cfg).unwrap();
     let (mut m, mut v) = ([0f64; 3], [0f64; 3]);
     let mut p = [1.0f64, -2.0, 3.0];
@@ -122,7 +122,7 @@ fn adam_state_saves_and_resumes_exactly() {
     let dev = Device::Cpu;
     let run = |resume_at: Option<usize>| {
         let x = Var::new(&[0.5f32, -1.5, 2.0, 4.0], &dev).unwrap();
-        let cfg = AdamConfig { beta1: 0.8, beta2: 0.99, eps: 1e-8, weight_decay: 0.01 };
+        let cfg = AdamConfig { lazy: false, beta1: 0.8, beta2: 0.99, eps: 1e-8, weight_decay: 0.01 };
         let mut opt = Adam::new(vec![x.clone()], cfg).unwrap();
         for step in 0..6 {
             if Some(step) == resume_at {
@@ -206,7 +206,7 @@ fn sparse_embedding_updates_equal_dense_adam() {
     let batches: Vec<Batch> = (0..2)
         .map(|i| Batch::gather(&ds, &((i * 64)..(i + 1) * 64).collect::<Vec<_>>(), &Device::Cpu).unwrap())
         .collect();
-    let cfg = AdamConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+    let cfg = AdamConfig { lazy: false, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
     // The training path: embedding gradients arrive as looked-up rows.
     let sparse = CandleModel::new(&c.model, 2, &Device::Cpu).unwrap();
     let mut opt = Adam::new(sparse.vars.iter().map(|(_, v)| v.clone()).collect(), cfg).unwrap();
@@ -242,5 +242,46 @@ fn sparse_embedding_updates_equal_dense_adam() {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-6, "{name} differs by {d}");
+    }
+}
+
+#[test]
+fn lazy_adam_moves_only_the_rows_a_step_looks_up() {
+    use multigate::backend::candle::Batch;
+    let spec = small_spec("", TWO_BINARY_TASKS).replace("lr = 0.01", "lr = 0.01\noptimizer = \"lazy_adam\"");
+    let c = compile_ok("lazy.toml", &spec);
+    assert!(c.train.lazy_embeddings);
+    let frame = synthetic::categorical_frame(&c.model, 40, 64, 5);
+    let ds = data::encode(&c.model, &frame, true).unwrap();
+    let rows = |from: usize, to: usize| Batch::gather(&ds, &(from..to).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let (first, second) = (rows(0, 32), rows(32, 64));
+    let table = |m: &CandleModel| m.vars[0].1.as_tensor().to_vec2::<f32>().unwrap();
+    let run = |lazy: bool, batches: &[&Batch]| {
+        let model = CandleModel::new(&c.model, 2, &Device::Cpu).unwrap();
+        let cfg = AdamConfig { lazy, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let mut opt = Adam::new(model.vars.iter().map(|(_, v)| v.clone()).collect(), cfg).unwrap();
+        for b in batches {
+            let step = train::batch_loss(&model, b, &mut multigate::rng::Rng::new(0)).unwrap();
+            opt.step(&step.total.backward().unwrap(), &step.lookups, 0.01).unwrap();
+        }
+        model
+    };
+    // From zero moments, the first step is the same either way.
+    assert_eq!(table(&run(true, &[&first])), table(&run(false, &[&first])));
+    // In the second step, rows only the first batch touched keep still under lazy Adam
+    // and keep moving (momentum) under dense Adam.
+    let after_one = table(&run(true, &[&first]));
+    let (lazy, dense) = (table(&run(true, &[&first, &second])), table(&run(false, &[&first, &second])));
+    let ids_first: std::collections::HashSet<u32> = ds.cat[0][..32].iter().copied().collect();
+    let ids_second: std::collections::HashSet<u32> = ds.cat[0][32..].iter().copied().collect();
+    let only_first: Vec<u32> = ids_first.difference(&ids_second).copied().collect();
+    assert!(!only_first.is_empty());
+    for r in only_first {
+        let r = r as usize;
+        assert_eq!(lazy[r], after_one[r], "lazy Adam moved untouched row {r}");
+        assert_ne!(dense[r], after_one[r], "dense Adam keeps momentum on row {r}");
+    }
+    for r in ids_second {
+        assert_ne!(lazy[r as usize], after_one[r as usize], "row {r} was looked up and must move");
     }
 }
