@@ -208,7 +208,17 @@ impl Lower {
 
         let tasks = tasks.iter().map(|t| self.lower_task(t, stream.width())).collect::<Vec<_>>();
         self.check_leaks(spec, &features);
-        Model { name, features, crosses, input_width, layers, tasks }
+        let model = Model { name, features, crosses, input_width, layers, tasks };
+        let params = model.param_count();
+        if params > MAX_PARAMS {
+            self.errors.push(LowerError::OutOfRange {
+                what: "the parameter count",
+                found: format!("{params} ({:.1} GiB of f32)", params as f64 * 4.0 / (1u64 << 30) as f64),
+                expected: format!("at most {MAX_PARAMS}").into(),
+                span: spec.model.name.span(),
+            });
+        }
+        model
     }
 
     fn lower_feature(&mut self, f: &spec::FeatureSpec) -> Feature {
@@ -697,6 +707,23 @@ impl Lower {
                 }
             }
         };
+        // The generators hold every row in memory: refuse what cannot fit.
+        let width = model
+            .features
+            .iter()
+            .map(|f| if let FeatureKind::Dense { width, .. } = f.kind { width } else { 1 })
+            .sum::<usize>()
+            + model.tasks.len();
+        let bytes = rows as u128 * width as u128 * 4;
+        if bytes > MAX_SYNTHETIC_BYTES as u128 {
+            self.range(
+                "rows",
+                false,
+                format!("{rows} ({:.1} GiB of data)", bytes as f64 / (1u64 << 30) as f64),
+                format!("at most {} GiB of generated data", MAX_SYNTHETIC_BYTES >> 30),
+                s.rows.span(),
+            );
+        }
         SyntheticConfig { kind, rows, seed: s.seed }
     }
 
@@ -734,5 +761,9 @@ pub const MAX_ROWS: u64 = 1 << 26;
 pub const MAX_UNITS: u64 = 1 << 16;
 /// Most experts in a layer.
 pub const MAX_EXPERTS: u64 = 1024;
+/// Most parameters a model may have (8 GiB of f32).
+pub const MAX_PARAMS: usize = 1 << 31;
+/// Most bytes of generated data held in memory.
+pub const MAX_SYNTHETIC_BYTES: u64 = 8 << 30;
 /// Most rows the synthetic generators make.
 pub const MAX_SYNTHETIC_ROWS: u64 = 100_000_000;

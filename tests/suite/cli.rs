@@ -177,3 +177,22 @@ fn every_command_accepts_both_syntaxes() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("train:"));
 }
+
+#[test]
+fn check_fails_cleanly_on_every_broken_input() {
+    let mut n = 0;
+    for e in std::fs::read_dir(repo().join("tests/inputs/err")).unwrap() {
+        let p = e.unwrap().path();
+        let rel = p.strip_prefix(repo()).unwrap().to_str().unwrap().to_string();
+        let (code, out, err) = mg(&["check", &rel]);
+        assert_eq!(code, 2, "{rel}: exit {code}\n{err}");
+        assert!(out.is_empty(), "{rel}: printed IR for a broken spec");
+        assert!(!err.contains("panicked"), "{rel}: {err}");
+        assert!(err.contains("error(s) in"), "{rel}: {err}");
+        if !std::fs::read_to_string(&p).unwrap().trim().is_empty() {
+            assert!(err.contains(&format!("{rel}:")), "{rel}: no line in\n{err}");
+        }
+        n += 1;
+    }
+    assert!(n >= 20, "{n} cases");
+}
