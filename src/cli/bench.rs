@@ -9,7 +9,7 @@ use super::{compile, Failure};
 use multigate::backend::candle::{candle_device, Batch, CandleModel};
 use multigate::backend::Device;
 use multigate::data;
-use multigate::ir::{DataSource, SyntheticKind};
+use multigate::ir::DataSource;
 use multigate::train::adam::{Adam, AdamConfig};
 use multigate::train::batch_loss;
 
@@ -37,22 +37,7 @@ pub fn bench(
     // any spec without dense inputs wider than 64, the MMoE one serves its own.
     let rows = batch_size * 16;
     let frame = match &c.data.source {
-        DataSource::Synthetic(s) => match &s.kind {
-            SyntheticKind::Mmoe { dim, correlation, scale, sin_terms, sin_sd, noise_sd } => {
-                let p = data::synthetic::MmoeParams {
-                    dim: *dim,
-                    correlation: *correlation,
-                    scale: *scale,
-                    sin_terms: *sin_terms,
-                    sin_sd: *sin_sd,
-                    noise_sd: *noise_sd,
-                };
-                data::synthetic::mmoe_frame(&c.model, &p, rows, s.seed)
-            }
-            SyntheticKind::Categorical { cardinality } => {
-                data::synthetic::categorical_frame(&c.model, *cardinality, rows, s.seed)
-            }
-        },
+        DataSource::Synthetic(s) => data::synthetic::generate(&c.model, s, rows),
         DataSource::Csv(_) => data::synthetic::categorical_frame(&c.model, 1000, rows, 1),
     };
     let ds = data::encode(&c.model, &frame, true)?;

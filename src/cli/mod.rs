@@ -400,22 +400,7 @@ fn synth(path: &Path, rows: usize, out: &Path) -> Result<(), Failure> {
             format!("error: {} reads CSV files; `synth` needs [data] source = \"synthetic\"", path.display()),
         ));
     };
-    let frame = match &s.kind {
-        SyntheticKind::Mmoe { dim, correlation, scale, sin_terms, sin_sd, noise_sd } => {
-            let p = data::synthetic::MmoeParams {
-                dim: *dim,
-                correlation: *correlation,
-                scale: *scale,
-                sin_terms: *sin_terms,
-                sin_sd: *sin_sd,
-                noise_sd: *noise_sd,
-            };
-            data::synthetic::mmoe_frame(&c.model, &p, rows, s.seed)
-        }
-        SyntheticKind::Categorical { cardinality } => {
-            data::synthetic::categorical_frame(&c.model, *cardinality, rows, s.seed)
-        }
-    };
+    let frame = data::synthetic::generate(&c.model, s, rows);
     let mut buf = Vec::new();
     frame.write_csv(&mut buf)?;
     write_atomic(out, &buf)?;

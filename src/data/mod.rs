@@ -300,22 +300,7 @@ pub fn load_splits(
     };
     let (all, validation, test) = match (&data.source, train_override) {
         (DataSource::Synthetic(s), None) => {
-            let frame = match &s.kind {
-                SyntheticKind::Mmoe { dim, correlation, scale, sin_terms, sin_sd, noise_sd } => {
-                    let p = synthetic::MmoeParams {
-                        dim: *dim,
-                        correlation: *correlation,
-                        scale: *scale,
-                        sin_terms: *sin_terms,
-                        sin_sd: *sin_sd,
-                        noise_sd: *noise_sd,
-                    };
-                    synthetic::mmoe_frame(model, &p, s.rows, s.seed)
-                }
-                SyntheticKind::Categorical { cardinality } => {
-                    synthetic::categorical_frame(model, *cardinality, s.rows, s.seed)
-                }
-            };
+            let frame = synthetic::generate(model, s, s.rows);
             info.source = frame.origin.name.clone();
             let ds = encode(model, &frame, true)?;
             if matches!(s.kind, SyntheticKind::Mmoe { .. }) && ds.labels.len() == 2 {

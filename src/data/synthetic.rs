@@ -9,7 +9,7 @@
 //!   `cardinality` values) and labels from a fixed random teacher, for benchmarks.
 
 use super::frame::{Column, Frame, Interner, Origin};
-use crate::ir::{FeatureKind, Model, TaskKind};
+use crate::ir::{FeatureKind, Model, SyntheticConfig, SyntheticKind, TaskKind};
 use crate::rng::{splitmix64, Rng};
 
 /// Pearson correlation of two equal-length series.
@@ -28,6 +28,17 @@ pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
         sbb += dy * dy;
     }
     sab / (saa * sbb).sqrt()
+}
+
+/// Generates `rows` rows with the generator `cfg` names (its row count is ignored).
+pub fn generate(model: &Model, cfg: &SyntheticConfig, rows: usize) -> Frame {
+    match cfg.kind {
+        SyntheticKind::Mmoe { dim, correlation, scale, sin_terms, sin_sd, noise_sd } => {
+            let p = MmoeParams { dim, correlation, scale, sin_terms, sin_sd, noise_sd };
+            mmoe_frame(model, &p, rows, cfg.seed)
+        }
+        SyntheticKind::Categorical { cardinality } => categorical_frame(model, cardinality, rows, cfg.seed),
+    }
 }
 
 /// Settings of the MMoE generator.
