@@ -295,7 +295,7 @@ fn compile_and_train(
             println!("           val {n}: {m}");
         }
     })?;
-    print_report(&names, &report);
+    print_report(&names, &c.train.select, &report);
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&c.model.name));
     let metrics = serde_json::json!({
         "model": c.model.name,
@@ -323,8 +323,17 @@ fn spec_for_bundle(src: &SourceFile) -> String {
     }
 }
 
-fn print_report(names: &[String], r: &TrainReport) {
-    println!("best epoch {} (lowest validation loss)", r.best_epoch);
+fn print_report(names: &[String], select: &multigate::ir::Selection, r: &TrainReport) {
+    let criterion = match select {
+        multigate::ir::Selection::Loss => "lowest validation loss".to_string(),
+        multigate::ir::Selection::Metric { task, metric } => format!(
+            "{} validation {} {}",
+            if metric.higher_is_better() { "highest" } else { "lowest" },
+            names.get(*task).map_or("?", |s| s.as_str()),
+            metric.as_str()
+        ),
+    };
+    println!("best epoch {} ({criterion})", r.best_epoch);
     for (n, m) in names.iter().zip(&r.validation) {
         println!("validation {n}: {m}");
     }

@@ -62,6 +62,53 @@ pub struct TrainConfig {
     pub batch_size: usize,
     pub epochs: usize,
     pub seed: u64,
+    /// How the best epoch is chosen.
+    pub select: Selection,
+}
+
+/// The validation criterion that picks the best epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    /// The weighted validation loss (lower is better).
+    Loss,
+    /// One task's metric.
+    Metric { task: usize, metric: Metric },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Auc,
+    Logloss,
+    Accuracy,
+    Mse,
+    Mae,
+}
+
+impl Metric {
+    pub const BINARY: &'static [&'static str] = &["auc", "logloss", "accuracy"];
+    pub const REGRESSION: &'static [&'static str] = &["mse", "mae"];
+    pub fn parse(s: &str) -> Option<Metric> {
+        Some(match s {
+            "auc" => Metric::Auc,
+            "logloss" => Metric::Logloss,
+            "accuracy" => Metric::Accuracy,
+            "mse" => Metric::Mse,
+            "mae" => Metric::Mae,
+            _ => return None,
+        })
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Metric::Auc => "auc",
+            Metric::Logloss => "logloss",
+            Metric::Accuracy => "accuracy",
+            Metric::Mse => "mse",
+            Metric::Mae => "mae",
+        }
+    }
+    pub fn higher_is_better(&self) -> bool {
+        matches!(self, Metric::Auc | Metric::Accuracy)
+    }
 }
 
 impl TrainConfig {

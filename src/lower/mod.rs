@@ -30,7 +30,7 @@ pub fn lower(spec: &Spec, src: &SourceFile) -> Result<Compiled, Vec<LowerError>>
     let mut cx = Lower { errors: Vec::new(), warnings: Vec::new() };
     let model = cx.lower_model(spec);
     let data = cx.lower_data(spec, &src.base_dir(), &model);
-    let train = cx.lower_train(&spec.train);
+    let train = cx.lower_train(&spec.train, &model);
     // Report in file order, whatever order the checks ran in.
     cx.errors.sort_by_key(|e| e.span().start);
     if cx.errors.is_empty() {
@@ -727,7 +727,46 @@ impl Lower {
         SyntheticConfig { kind, rows, seed: s.seed }
     }
 
-    fn lower_train(&mut self, t: &spec::TrainSection) -> TrainConfig {
+    /// `"loss"` or `"TASK.METRIC"`, the task resolved by name.
+    fn lower_select(&mut self, v: &Option<Sp<String>>, model: &Model) -> Selection {
+        let Some(v) = v else { return Selection::Loss };
+        let text = v.get_ref();
+        if text == "loss" {
+            return Selection::Loss;
+        }
+        let Some((task, metric)) = text.split_once('.') else {
+            self.range("select", false, format!("{text:?}"), "\"loss\" or \"TASK.METRIC\", e.g. \"ctr.auc\"", v.span());
+            return Selection::Loss;
+        };
+        let Some(t) = model.tasks.iter().position(|x| x.name == task) else {
+            self.errors.push(LowerError::UnknownName {
+                what: "task",
+                name: task.to_string(),
+                span: v.span(),
+                help: did_you_mean(task, model.tasks.iter().map(|x| x.name.as_str())),
+            });
+            return Selection::Loss;
+        };
+        let allowed = match model.tasks[t].kind {
+            TaskKind::Binary => Metric::BINARY,
+            TaskKind::Regression => Metric::REGRESSION,
+        };
+        match Metric::parse(metric).filter(|m| allowed.contains(&m.as_str())) {
+            Some(metric) => Selection::Metric { task: t, metric },
+            None => {
+                self.errors.push(LowerError::UnknownWord {
+                    what: "metric for this task",
+                    found: metric.to_string(),
+                    span: v.span(),
+                    expected: allowed,
+                    help: did_you_mean(metric, allowed.iter().copied()),
+                });
+                Selection::Loss
+            }
+        }
+    }
+
+    fn lower_train(&mut self, t: &spec::TrainSection, model: &Model) -> TrainConfig {
         let lazy_embeddings = self.word("optimizer", &t.optimizer, OPTIMIZERS) == Some("lazy_adam");
         let pos = |x: f64| x.is_finite() && x > 0.0;
         self.range("lr", pos(*t.lr.get_ref()), t.lr.get_ref(), "a positive number", t.lr.span());
@@ -751,6 +790,7 @@ impl Lower {
             batch_size: self.count("batch_size", &t.batch_size, 1 << 20),
             epochs: self.count("epochs", &t.epochs, 1 << 20),
             seed: t.seed,
+            select: self.lower_select(&t.select, model),
         }
     }
 }

@@ -96,6 +96,7 @@ fn rule_name(r: &Rule) -> &'static str {
         Rule::epochs => "`epochs N`",
         Rule::seed => "`seed N`",
         Rule::decay => "`decay(..)`",
+        Rule::select | Rule::dotted => "`select TASK.METRIC`",
         Rule::optimizer => "an optimizer such as `adam(lr = 1e-3)`",
         Rule::arguments => "`(key = value, ..)`",
         Rule::argument => "`key = value`",
@@ -111,7 +112,7 @@ fn rule_name(r: &Rule) -> &'static str {
         Rule::feature_option => "`embed N` or `column \"NAME\"`",
         Rule::layer_option => "`experts`, `units`, `activation` or `dropout`",
         Rule::task_option => "`tower`, `weight`, `activation` or `dropout`",
-        Rule::train_option => "`batch`, `epochs`, `seed`, `decay(..)` or an optimizer",
+        Rule::train_option => "`batch`, `epochs`, `seed`, `decay(..)`, `select` or an optimizer",
         Rule::value => "a value",
         Rule::name_char => "a letter, digit, `_` or `-`",
         Rule::WHITESPACE | Rule::COMMENT => "whitespace",
@@ -696,6 +697,7 @@ impl Builder {
                 Rule::epochs => "epochs",
                 Rule::seed => "seed",
                 Rule::decay => "decay",
+                Rule::select => "select",
                 _ => "optimizer",
             };
             let span = span_of(&opt);
@@ -717,6 +719,14 @@ impl Builder {
                 }
                 Rule::seed => {
                     t.seed = *self.integer(opt.into_inner().next().expect("seed has an integer"), "seed").get_ref()
+                }
+                Rule::select => {
+                    let v = opt.into_inner().next().expect("select has a value");
+                    let text = match v.as_rule() {
+                        Rule::string => string_of(v.clone()),
+                        _ => v.as_str().to_string(),
+                    };
+                    t.select = Some(sp_of(&v, text));
                 }
                 Rule::decay => {
                     let mut a = self.args(opt.into_inner().next(), "decay");

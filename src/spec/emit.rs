@@ -286,6 +286,10 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
     {
         write!(out, " decay(rate = {}, epochs = {})", num(*t.lr_decay_rate.get_ref()), t.lr_decay_epochs.get_ref())?;
     }
-    writeln!(out, " batch {} epochs {} seed {} }}", t.batch_size.get_ref(), t.epochs.get_ref(), t.seed)?;
+    write!(out, " batch {} epochs {} seed {}", t.batch_size.get_ref(), t.epochs.get_ref(), t.seed)?;
+    if let Some(sel) = &t.select {
+        write!(out, " select {}", q(sel.get_ref()))?;
+    }
+    writeln!(out, " }}")?;
     writeln!(out, "}}")
 }

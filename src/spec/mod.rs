@@ -321,6 +321,11 @@ pub struct TrainSection {
     /// Seeds weight initialisation and shuffling. Default 42.
     #[serde(default = "d_seed")]
     pub seed: u64,
+    /// How the best epoch is chosen on the validation split: `"loss"` (the weighted
+    /// loss, default) or `"TASK.METRIC"` with METRIC one of auc, logloss, accuracy
+    /// (binary) or mse, mae (regression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<Sp<String>>,
 }
 
 fn sp<T>(v: T) -> Sp<T> {
@@ -448,6 +453,7 @@ impl Default for TrainSection {
             batch_size: d_batch(),
             epochs: d_epochs(),
             seed: d_seed(),
+            select: None,
         }
     }
 }

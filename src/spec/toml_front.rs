@@ -145,6 +145,7 @@ const SPEC_SCHEMA: Schema = Table(
                     ("batch_size", Leaf),
                     ("epochs", Leaf),
                     ("seed", Leaf),
+                    ("select", Leaf),
                 ],
             ),
         ),

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::backend::candle::{Batch, CandleModel};
 use crate::data::Dataset;
-use crate::ir::{TaskKind, TrainConfig};
+use crate::ir::{Metric, Selection, TaskKind, TrainConfig};
 use crate::rng::Rng;
 use adam::{Adam, AdamConfig};
 use metrics::{binary_metrics, regression_metrics, TaskMetrics};
@@ -177,6 +177,28 @@ pub fn batch_loss(model: &CandleModel, batch: &Batch, rng: &mut Rng) -> candle_c
     Ok(StepLoss { total, per_task, lookups: out.lookups })
 }
 
+/// The selection criterion of an epoch, oriented so that lower is better. A metric
+/// that cannot be computed (AUC with one class) scores +inf and never wins.
+pub fn selection_score(select: &Selection, epoch: &EpochReport) -> f64 {
+    let value = match select {
+        Selection::Loss => Some(epoch.validation_loss),
+        Selection::Metric { task, metric } => match (epoch.validation.get(*task), metric) {
+            (Some(TaskMetrics::Binary(b)), Metric::Auc) => b.auc,
+            (Some(TaskMetrics::Binary(b)), Metric::Logloss) => Some(b.logloss),
+            (Some(TaskMetrics::Binary(b)), Metric::Accuracy) => Some(b.accuracy),
+            (Some(TaskMetrics::Regression(r)), Metric::Mse) => Some(r.mse),
+            (Some(TaskMetrics::Regression(r)), Metric::Mae) => Some(r.mae),
+            _ => None,
+        },
+    };
+    let higher_is_better = matches!(select, Selection::Metric { metric, .. } if metric.higher_is_better());
+    match value.filter(|v| v.is_finite()) {
+        Some(v) if higher_is_better => -v,
+        Some(v) => v,
+        None => f64::INFINITY,
+    }
+}
+
 /// Trains `model` on `splits.train`, validating after every epoch; leaves the model
 /// at the best-validation epoch and reports test metrics there.
 pub fn fit(
@@ -240,12 +262,13 @@ pub fn fit(
             train_samples_per_sec: seen as f64 / train_secs.max(1e-9),
         };
         on_epoch(&report);
+        let score = selection_score(&cfg.select, &report);
         let improved = match &best {
             None => true,
-            Some((b, _, _)) => validation_loss < *b,
+            Some((b, _, _)) => score < *b,
         };
         if improved && splits.validation.rows > 0 {
-            best = Some((validation_loss, epoch + 1, model.snapshot()?));
+            best = Some((score, epoch + 1, model.snapshot()?));
         }
         epochs.push(report);
     }

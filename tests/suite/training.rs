@@ -285,3 +285,23 @@ fn lazy_adam_moves_only_the_rows_a_step_looks_up() {
         assert_ne!(lazy[r as usize], after_one[r as usize], "row {r} was looked up and must move");
     }
 }
+
+#[test]
+fn select_picks_the_epoch_with_the_best_task_metric() {
+    let spec = small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [4]\n", TWO_BINARY_TASKS)
+        .replace("epochs = 2", "epochs = 4\nselect = \"t2.auc\"");
+    let c = compile_ok("select.toml", &spec);
+    assert_eq!(c.train.select, multigate::ir::Selection::Metric { task: 1, metric: multigate::ir::Metric::Auc });
+    let (splits, _) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
+    let model = CandleModel::new(&c.model, 1, &Device::Cpu).unwrap();
+    let report = train::fit(&model, &c.train, &splits, &mut |_| {}).unwrap();
+    let auc = |e: &train::EpochReport| match &e.validation[1] {
+        TaskMetrics::Binary(b) => b.auc.unwrap(),
+        _ => panic!("binary"),
+    };
+    let best = report.epochs.iter().map(auc).fold(f64::MIN, f64::max);
+    assert_eq!(auc(&report.epochs[report.best_epoch - 1]), best);
+    // The model is left at that epoch.
+    let TaskMetrics::Binary(now) = &report.validation[1] else { panic!("binary") };
+    assert!((now.auc.unwrap() - best).abs() < 1e-9);
+}
