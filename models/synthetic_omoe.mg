@@ -13,5 +13,5 @@ model synthetic_omoe {
   task y1: regression(label = "y1") tower [8]
   task y2: regression(label = "y2") tower [8]
 
-  train { adam batch 256 epochs 10 seed 42 }
+  train { adam batch 256 epochs 30 seed 42 }
 }
