@@ -55,6 +55,12 @@ enum Command {
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: Device,
+        /// Continue an interrupted run from its checkpoint (`<out>.checkpoint`).
+        #[arg(long, conflicts_with = "fresh")]
+        resume: bool,
+        /// Discard the checkpoint of an interrupted run and start over.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Predict with a bundle: one column per task (probabilities for binary tasks).
     Predict {
@@ -153,8 +159,9 @@ pub fn run() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check { spec } => check(&spec),
-        Command::CompileAndTrain { spec, data, out, epochs, rows, device } => {
-            compile_and_train(&spec, data.as_deref(), out, epochs, rows, device)
+        Command::CompileAndTrain { spec, data, out, epochs, rows, device, resume, fresh } => {
+            let opts = TrainOptions { data, out, epochs, rows, device, resume, fresh };
+            compile_and_train(&spec, opts)
         }
         Command::Predict { bundle, data, out, device } => predict(&bundle, &data, out.as_deref(), device),
         Command::Synth { spec, rows, out } => synth(&spec, rows, &out),
@@ -237,15 +244,35 @@ fn spec_locator(src: &SourceFile) -> impl Fn(&Need) -> String + '_ {
     }
 }
 
-fn compile_and_train(
-    path: &Path,
-    data_path: Option<&Path>,
+/// The flags of `compile-and-train`.
+struct TrainOptions {
+    data: Option<PathBuf>,
     out: Option<PathBuf>,
     epochs: Option<usize>,
     rows: Option<usize>,
     device: Device,
-) -> Result<(), Failure> {
+    resume: bool,
+    fresh: bool,
+}
+
+fn compile_and_train(path: &Path, o: TrainOptions) -> Result<(), Failure> {
+    let TrainOptions { data, out, epochs, rows, device, resume, fresh } = o;
+    let data_path = data.as_deref();
     let (src, mut c) = compile(path)?;
+    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&c.model.name));
+    let ckpt_dir = out.with_file_name(format!(
+        "{}.checkpoint",
+        out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "bundle".into())
+    ));
+    if ckpt_dir.exists() && !resume && !fresh {
+        return Err(Failure::new(
+            1,
+            format!(
+                "error: {} holds the checkpoint of an interrupted run: pass --resume to continue it, or --fresh to discard it",
+                ckpt_dir.display()
+            ),
+        ));
+    }
     if let Some(e) = epochs {
         c.train.epochs = e.max(1);
     }
@@ -281,8 +308,21 @@ fn compile_and_train(
         );
     }
     let model = CandleModel::new(&c.model, c.train.seed, &dev)?;
+    let checkpoint = match (resume, ckpt_dir.exists()) {
+        (true, true) => {
+            let ck = export::read_checkpoint(&ckpt_dir, &model)?;
+            println!("resuming from {} after epoch {}", ckpt_dir.display(), ck.epochs_done);
+            Some(ck)
+        }
+        (true, false) => {
+            println!("no checkpoint at {}: starting from epoch 1", ckpt_dir.display());
+            None
+        }
+        _ => None,
+    };
     let names: Vec<String> = c.model.tasks.iter().map(|t| t.name.clone()).collect();
-    let report = train::fit(&model, &c.train, &splits, &mut |e| {
+    let report = train::fit_from(&model, &c.train, &splits, checkpoint, &mut |end| {
+        let e = end.report;
         let losses: Vec<String> = names.iter().zip(&e.train_loss).map(|(n, l)| format!("{n} {l:.4}")).collect();
         println!(
             "epoch {:>3}  lr {:.2e}  train loss [{}]  {:.0} samples/s",
@@ -294,9 +334,10 @@ fn compile_and_train(
         for (n, m) in names.iter().zip(&e.validation) {
             println!("           val {n}: {m}");
         }
+        let ck = end.checkpoint().map_err(|e| e.to_string())?;
+        export::write_checkpoint(&ckpt_dir, &model, &ck).map_err(|e| e.to_string())
     })?;
     print_report(&names, &c.train.select, &report);
-    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&c.model.name));
     let metrics = serde_json::json!({
         "model": c.model.name,
         "params": c.model.param_count(),
@@ -312,6 +353,8 @@ fn compile_and_train(
         BundleContents { spec_toml: &spec_for_bundle(&src), metrics_json: &serde_json::to_string_pretty(&metrics)? },
     )?;
     println!("bundle written to {}", out.display());
+    // The run finished and its bundle is in place: the checkpoint has served.
+    let _ = std::fs::remove_dir_all(&ckpt_dir);
     Ok(())
 }
 

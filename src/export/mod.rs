@@ -12,6 +12,10 @@
 //! Writes are atomic: everything goes to a temporary folder beside the target, which
 //! then replaces the target by rename. An interrupted export leaves the old bundle.
 
+mod checkpoint;
+
+pub use checkpoint::{read_checkpoint, write_checkpoint};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -46,14 +50,7 @@ pub struct BundleContents<'a> {
 
 /// Writes a bundle to `dir` atomically.
 pub fn write_bundle(dir: &Path, model: &CandleModel, contents: BundleContents<'_>) -> Result<(), ExportError> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "bundle".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let tmp = temp_dir_for(dir)?;
     let result = (|| {
         let weights: HashMap<String, Tensor> =
             model.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
@@ -74,6 +71,20 @@ pub fn write_bundle(dir: &Path, model: &CandleModel, contents: BundleContents<'_
         return Err(e);
     }
     replace_dir(&tmp, dir)
+}
+
+/// A fresh, empty temporary folder beside `dir`, on the same file system so that a
+/// rename can put it in place.
+fn temp_dir_for(dir: &Path) -> Result<PathBuf, ExportError> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "bundle".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    Ok(tmp)
 }
 
 fn sync_dir(dir: &Path) {

@@ -1,6 +1,6 @@
 //! Evaluation metrics, computed on the host from predictions and labels.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Exact ROC-AUC with tied scores given their average rank (as scikit-learn).
 /// None when only one class is present.
@@ -31,7 +31,7 @@ pub fn roc_auc(scores: &[f32], labels: &[f32]) -> Option<f64> {
 }
 
 /// Metrics of a binary task at threshold 0.5.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BinaryMetrics {
     pub auc: Option<f64>,
     pub logloss: f64,
@@ -70,7 +70,7 @@ pub fn binary_metrics(probs: &[f32], labels: &[f32]) -> BinaryMetrics {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RegressionMetrics {
     pub mse: f64,
     pub mae: f64,
@@ -88,7 +88,7 @@ pub fn regression_metrics(preds: &[f32], labels: &[f32]) -> RegressionMetrics {
 }
 
 /// One task's metrics on one split.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum TaskMetrics {
     Binary(BinaryMetrics),

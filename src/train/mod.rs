@@ -30,13 +30,15 @@ pub enum TrainError {
     NoRows,
     #[error("the data has no labels for task `{0}`")]
     NoLabels(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
 pub use crate::data::Splits;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct EpochReport {
     pub epoch: usize,
     pub lr: f64,
@@ -199,6 +201,45 @@ pub fn selection_score(select: &Selection, epoch: &EpochReport) -> f64 {
     }
 }
 
+/// Training state at the end of an epoch: enough to continue exactly where it stopped.
+/// Each epoch's shuffle and dropout masks derive from (seed, epoch), so a resumed run
+/// takes the same steps as one that never stopped.
+pub struct Checkpoint {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Adam's step count and moments.
+    pub adam_step: u64,
+    pub adam_state: Vec<(String, Tensor)>,
+    /// Current parameter values, in `CandleModel::vars` order.
+    pub weights: Vec<Tensor>,
+    /// The best epoch so far: its selection score, number and parameter values.
+    pub best: Option<(f64, usize, Vec<Tensor>)>,
+    pub reports: Vec<EpochReport>,
+}
+
+/// What the epoch callback sees.
+pub struct EpochEnd<'a> {
+    pub report: &'a EpochReport,
+    model: &'a CandleModel,
+    opt: &'a Adam,
+    best: &'a Option<(f64, usize, Vec<Tensor>)>,
+    reports: &'a [EpochReport],
+}
+
+impl EpochEnd<'_> {
+    /// The state to save for a later resume.
+    pub fn checkpoint(&self) -> candle_core::Result<Checkpoint> {
+        Ok(Checkpoint {
+            epochs_done: self.report.epoch,
+            adam_step: self.opt.step,
+            adam_state: self.opt.state()?,
+            weights: self.model.snapshot()?,
+            best: self.best.clone(),
+            reports: self.reports.to_vec(),
+        })
+    }
+}
+
 /// Trains `model` on `splits.train`, validating after every epoch; leaves the model
 /// at the best-validation epoch and reports test metrics there.
 pub fn fit(
@@ -206,6 +247,21 @@ pub fn fit(
     cfg: &TrainConfig,
     splits: &Splits,
     on_epoch: &mut dyn FnMut(&EpochReport),
+) -> Result<TrainReport, TrainError> {
+    fit_from(model, cfg, splits, None, &mut |e| {
+        on_epoch(e.report);
+        Ok(())
+    })
+}
+
+/// [`fit`], continuing from `resume` when given; `on_epoch` may save a checkpoint, and
+/// an error it returns stops training.
+pub fn fit_from(
+    model: &CandleModel,
+    cfg: &TrainConfig,
+    splits: &Splits,
+    resume: Option<Checkpoint>,
+    on_epoch: &mut dyn FnMut(&EpochEnd) -> Result<(), String>,
 ) -> Result<TrainReport, TrainError> {
     let train = &splits.train;
     if train.rows == 0 {
@@ -218,16 +274,23 @@ pub fn fit(
     }
     let vars = model.vars.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = Adam::new(vars, AdamConfig::from(cfg))?;
-    let mut rng = Rng::derive(cfg.seed, "shuffle");
-    let mut dropout_rng = Rng::derive(cfg.seed, "dropout");
-    let mut order: Vec<usize> = (0..train.rows).collect();
     let mut epochs = Vec::new();
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
+    let mut first_epoch = 0;
+    if let Some(c) = resume {
+        model.restore(&c.weights)?;
+        opt.load_state(&c.adam_state, c.adam_step)?;
+        best = c.best;
+        epochs = c.reports;
+        first_epoch = c.epochs_done;
+    }
     let n_tasks = model.ir.tasks.len();
-    for epoch in 0..cfg.epochs {
+    for epoch in first_epoch..cfg.epochs {
         let start = Instant::now();
         let lr = cfg.lr_at(epoch);
-        rng.shuffle(&mut order);
+        let mut order: Vec<usize> = (0..train.rows).collect();
+        Rng::derive(cfg.seed, &format!("shuffle-{epoch}")).shuffle(&mut order);
+        let mut dropout_rng = Rng::derive(cfg.seed, &format!("dropout-{epoch}"));
         let mut sums = vec![0.0f64; n_tasks];
         let mut seen = 0usize;
         for chunk in order.chunks(cfg.batch_size) {
@@ -261,7 +324,6 @@ pub fn fit(
             seconds: start.elapsed().as_secs_f64(),
             train_samples_per_sec: seen as f64 / train_secs.max(1e-9),
         };
-        on_epoch(&report);
         let score = selection_score(&cfg.select, &report);
         let improved = match &best {
             None => true,
@@ -271,6 +333,8 @@ pub fn fit(
             best = Some((score, epoch + 1, model.snapshot()?));
         }
         epochs.push(report);
+        let end = EpochEnd { report: &epochs[epochs.len() - 1], model, opt: &opt, best: &best, reports: &epochs };
+        on_epoch(&end).map_err(TrainError::Checkpoint)?;
     }
     let best_epoch = match best {
         Some((_, e, values)) => {

@@ -196,3 +196,39 @@ fn check_fails_cleanly_on_every_broken_input() {
     }
     assert!(n >= 20, "{n} cases");
 }
+
+#[test]
+fn an_interrupted_run_is_never_overwritten_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundle");
+    let ck = dir.path().join("bundle.checkpoint");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(ck.join("state.json"), "{}").unwrap();
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "compile-and-train",
+            "models/synthetic_mmoe.mg",
+            "--rows",
+            "400",
+            "--epochs",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| mg(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, _, err) = run(args(&[]));
+    assert_eq!(code, 1);
+    assert!(err.contains("--resume") && err.contains("--fresh"), "{err}");
+    assert!(ck.join("state.json").exists(), "the checkpoint is kept");
+    let (code, _, err) = run(args(&["--resume"]));
+    assert_eq!(code, 1, "a broken checkpoint is an error: {err}");
+    assert!(err.contains("model.ir"), "{err}");
+    let (code, out_text, err) = run(args(&["--fresh"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out_text.contains("bundle written"));
+    assert!(!ck.exists(), "a finished run removes its checkpoint");
+    assert!(out.join("model.safetensors").exists());
+}

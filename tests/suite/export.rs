@@ -115,3 +115,68 @@ fn a_failed_export_keeps_the_old_bundle() {
     assert!(r.is_err());
     assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), before);
 }
+
+#[test]
+fn a_resumed_run_takes_the_same_steps_as_one_that_never_stopped() {
+    let text = small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\ndropout = 0.2\n", TWO_BINARY_TASKS)
+        .replace("epochs = 2", "epochs = 4");
+    let c = compile_ok("resume.toml", &text);
+    let (splits, _) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
+    let flat = |m: &CandleModel| -> Vec<f32> {
+        m.vars.iter().flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+    };
+    // Uninterrupted.
+    let straight = CandleModel::new(&c.model, 4, &Device::Cpu).unwrap();
+    let a = train::fit(&straight, &c.train, &splits, &mut |_| {}).unwrap();
+    // Stopped after epoch 2 with a checkpoint on disk...
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run.checkpoint");
+    let first = CandleModel::new(&c.model, 4, &Device::Cpu).unwrap();
+    let stopped = train::fit_from(&first, &c.train, &splits, None, &mut |end| {
+        export::write_checkpoint(&dir, &first, &end.checkpoint().unwrap()).unwrap();
+        if end.report.epoch == 2 {
+            Err("interrupted".into())
+        } else {
+            Ok(())
+        }
+    });
+    assert!(matches!(stopped, Err(train::TrainError::Checkpoint(m)) if m == "interrupted"));
+    // ...and resumed into a model initialised from another seed.
+    let second = CandleModel::new(&c.model, 99, &Device::Cpu).unwrap();
+    let ck = export::read_checkpoint(&dir, &second).unwrap();
+    assert_eq!(ck.epochs_done, 2);
+    let b = train::fit_from(&second, &c.train, &splits, Some(ck), &mut |_| Ok(())).unwrap();
+    assert_eq!(flat(&straight), flat(&second), "final weights differ");
+    assert_eq!(a.best_epoch, b.best_epoch);
+    for (x, y) in a.epochs.iter().zip(&b.epochs) {
+        assert_eq!(
+            (x.train_loss.clone(), x.validation_loss),
+            (y.train_loss.clone(), y.validation_loss),
+            "epoch {}",
+            x.epoch
+        );
+    }
+    assert_eq!(a.test, b.test);
+}
+
+#[test]
+fn a_checkpoint_of_another_model_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    let c =
+        compile_ok("a.toml", &small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\n", TWO_BINARY_TASKS));
+    let (splits, _) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
+    let model = CandleModel::new(&c.model, 4, &Device::Cpu).unwrap();
+    train::fit_from(&model, &c.train, &splits, None, &mut |end| {
+        export::write_checkpoint(&dir, &model, &end.checkpoint().unwrap()).map_err(|e| e.to_string())
+    })
+    .unwrap();
+    let other =
+        compile_ok("b.toml", &small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\n", TWO_BINARY_TASKS));
+    let m2 = CandleModel::new(&other.model, 4, &Device::Cpu).unwrap();
+    let err = export::read_checkpoint(&dir, &m2).err().expect("refused").to_string();
+    assert!(err.contains("another model"), "{err}");
+    std::fs::write(dir.join("state.json"), "{").unwrap();
+    let err = export::read_checkpoint(&dir, &model).err().expect("refused").to_string();
+    assert!(err.contains("state.json"), "{err}");
+}
