@@ -25,7 +25,14 @@ pub fn shared_data(what: &str) -> Option<PathBuf> {
     if p.is_dir() {
         Some(p)
     } else {
-        eprintln!("SKIPPED {what}: {} is absent (a clone without ../shared); CI has it", p.display());
+        // Straight to stderr, not through the test harness's capture, so that the skip
+        // shows in a normal `cargo test` run.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {what}: {} is absent (a clone without ../shared); CI has it",
+            p.display()
+        );
         None
     }
 }
