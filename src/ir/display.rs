@@ -112,7 +112,8 @@ impl fmt::Display for Model {
             };
             writeln!(f, "  task {}: {} label {label} weight {}", t.name, t.kind.as_str(), t.loss_weight)?;
             let (dims, act, rate) = (mlp(dims), activation.as_str(), dropout(*rate));
-            writeln!(f, "    tower {}: {dims} {act}{rate}  params {}", t.name, t.tower_params())?;
+            let from = t.input.map_or(String::new(), |i| format!(" <- {}", self.layers[i].name));
+            writeln!(f, "    tower {}: {dims} {act}{rate}{from}  params {}", t.name, t.tower_params())?;
         }
         writeln!(f, "  params {}", self.param_count())?;
         writeln!(f, "  flops/sample {}", self.flops_per_sample())

@@ -51,8 +51,9 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
     }
     nodes.push(Node { id: concat.clone(), label: format!("concat [{}]", m.input_width) });
     let n_tasks = m.tasks.len();
-    // Where each task's stream comes from (one id for a shared stream).
+    // Where each task's stream comes from (one id for a shared stream), after each layer.
     let mut heads: Vec<String> = vec![concat];
+    let mut heads_after: Vec<Vec<String>> = Vec::new();
     for (li, l) in m.layers.iter().enumerate() {
         let e = &l.experts;
         let eid = format!("l{li}e");
@@ -78,6 +79,7 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
                 Stream::Shared { .. } => vec![eid],
                 Stream::PerTask { .. } => vec![eid; n_tasks],
             };
+            heads_after.push(heads.clone());
             continue;
         }
         let mut gate_ids = Vec::new();
@@ -103,6 +105,7 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
                 Stream::PerTask { .. } => vec![gate_ids[0].clone(); n_tasks],
             }
         };
+        heads_after.push(heads.clone());
     }
     for (ti, t) in m.tasks.iter().enumerate() {
         let TaskOutput::Tower { dims, activation, .. } = &t.output;
@@ -119,7 +122,8 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
                 t.tower_flops()
             ),
         });
-        let src = heads.get(ti).or(heads.first()).cloned().unwrap_or_default();
+        let from = t.input.and_then(|i| heads_after.get(i)).unwrap_or(&heads);
+        let src = from.get(ti).or(from.first()).cloned().unwrap_or_default();
         edges.push((src, id, format!("{}", dims[0])));
     }
     (nodes, edges)

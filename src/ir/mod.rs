@@ -300,6 +300,8 @@ pub struct Task {
     pub name: String,
     pub kind: TaskKind,
     pub label: Label,
+    /// The layer whose output the tower reads, when it is not the last layer.
+    pub input: Option<usize>,
     pub output: TaskOutput,
     pub loss_weight: f32,
 }

@@ -134,6 +134,17 @@ pub enum LowerError {
 
 #[derive(Debug, Clone, Error, Diagnostic, PartialEq)]
 pub enum LowerWarning {
+    #[error("layer `{layer}` feeds no tower")]
+    #[diagnostic(
+        code(multigate::lower::unused_layer),
+        severity(Warning),
+        help("every task reads an earlier layer (`input`); this layer is computed and never used")
+    )]
+    UnusedLayer {
+        layer: String,
+        #[label("unused")]
+        span: Span,
+    },
     #[error("layer `{layer}` is gated but has only one expert")]
     #[diagnostic(
         code(multigate::lower::one_expert),

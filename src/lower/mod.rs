@@ -206,7 +206,37 @@ impl Lower {
             layers.push(layer);
         }
 
-        let tasks = tasks.iter().map(|t| self.lower_task(t, stream.width())).collect::<Vec<_>>();
+        let last = layers.len().checked_sub(1);
+        let tasks = tasks
+            .iter()
+            .map(|t| {
+                let input = t.input.as_ref().and_then(|n| {
+                    let found = layers.iter().position(|l| l.name == *n.get_ref());
+                    if found.is_none() {
+                        self.errors.push(LowerError::UnknownName {
+                            what: "layer",
+                            name: n.get_ref().clone(),
+                            span: n.span(),
+                            help: did_you_mean(n.get_ref(), layers.iter().map(|l| l.name.as_str())),
+                        });
+                    }
+                    found
+                });
+                let width = input.map_or(stream.width(), |i: usize| layers[i].output.width());
+                let mut task = self.lower_task(t, width);
+                task.input = input.filter(|&i| Some(i) != last);
+                task
+            })
+            .collect::<Vec<_>>();
+        // Layers above every tower's input feed nothing.
+        if let Some(last) = last {
+            if !tasks.is_empty() && tasks.iter().all(|t| t.input.is_some()) {
+                let top = tasks.iter().filter_map(|t| t.input).max().unwrap_or(last);
+                for (l, ls) in layers.iter().zip(&spec.layers).skip(top + 1) {
+                    self.warnings.push(LowerWarning::UnusedLayer { layer: l.name.clone(), span: ls.kind.span() });
+                }
+            }
+        }
         self.check_leaks(spec, &features);
         let model = Model { name, features, crosses, input_width, layers, tasks };
         let params = model.param_count();
@@ -518,6 +548,7 @@ impl Lower {
         }) as f32;
         Task {
             name: t.name.get_ref().clone(),
+            input: None,
             kind,
             label: Label { column, positive: t.positive.as_ref().map(|p| p.get_ref().clone()) },
             output: TaskOutput::Tower {

@@ -92,6 +92,7 @@ fn rule_name(r: &Rule) -> &'static str {
         Rule::tower => "`tower [..]`",
         Rule::weight => "`weight X`",
         Rule::dropout => "`dropout X`",
+        Rule::input => "`input LAYER`",
         Rule::batch => "`batch N`",
         Rule::epochs => "`epochs N`",
         Rule::seed => "`seed N`",
@@ -111,7 +112,7 @@ fn rule_name(r: &Rule) -> &'static str {
         Rule::declaration => "a declaration (`feature`, `cross`, `layer`, `task`, `data`, `synthetic`, `train`)",
         Rule::feature_option => "`embed N` or `column \"NAME\"`",
         Rule::layer_option => "`experts`, `units`, `activation` or `dropout`",
-        Rule::task_option => "`tower`, `weight`, `activation` or `dropout`",
+        Rule::task_option => "`tower`, `input`, `weight`, `activation` or `dropout`",
         Rule::train_option => "`batch`, `epochs`, `seed`, `decay(..)`, `select` or an optimizer",
         Rule::value => "a value",
         Rule::name_char => "a letter, digit, `_` or `-`",
@@ -636,6 +637,7 @@ impl Builder {
             kind: sp_of(&kind, kind.as_str().to_string()),
             label: None,
             positive: None,
+            input: None,
             tower: None,
             activation: None,
             dropout: None,
@@ -677,6 +679,11 @@ impl Builder {
                 Rule::dropout => {
                     let d = self.number(opt.into_inner().next().expect("dropout has a number"), "dropout");
                     self.once(&mut t.dropout, "dropout", d);
+                }
+                Rule::input => {
+                    let n = opt.into_inner().next().expect("input has a layer name");
+                    let v = sp_of(&n, n.as_str().to_string());
+                    self.once(&mut t.input, "input", v);
                 }
                 Rule::activation => {
                     let w = opt.into_inner().next().expect("activation has a word");

@@ -251,6 +251,9 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
             }
         }
         write!(out, ")")?;
+        if let Some(i) = &t.input {
+            write!(out, " input {}", n(i.get_ref()))?;
+        }
         if let Some(tw) = &t.tower {
             write!(out, " tower {}", ints(tw.get_ref()))?;
         }

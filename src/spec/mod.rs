@@ -273,6 +273,9 @@ pub struct TaskSpec {
     /// a binary label column must hold 0 or 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub positive: Option<Sp<String>>,
+    /// The layer whose output this task's tower reads. Default: the last layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Sp<String>>,
     /// Tower hidden units (before the one-unit output). Default `[]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tower: Option<Sp<Vec<Sp<u64>>>>,

@@ -122,6 +122,7 @@ const SPEC_SCHEMA: Schema = Table(
                     ("kind", Leaf),
                     ("label", Leaf),
                     ("positive", Leaf),
+                    ("input", Leaf),
                     ("tower", Leaf),
                     ("activation", Leaf),
                     ("dropout", Leaf),

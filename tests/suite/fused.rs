@@ -58,6 +58,7 @@ fn naive_mix(model: &CandleModel, l: &Layer, g: usize, x: &Tensor) -> Tensor {
 fn naive_forward(model: &CandleModel, x: &Tensor) -> Vec<Tensor> {
     let n_tasks = model.ir.tasks.len();
     let mut slots = vec![x.clone()];
+    let mut history: Vec<Vec<Tensor>> = Vec::new();
     for l in &model.ir.layers {
         let per_task_in = matches!(l.input, Stream::PerTask { .. });
         slots = match (l.gates.len(), per_task_in) {
@@ -67,6 +68,7 @@ fn naive_forward(model: &CandleModel, x: &Tensor) -> Vec<Tensor> {
             (_, false) => (0..n_tasks).map(|t| naive_mix(model, l, t, &slots[0])).collect(),
             (_, true) => (0..n_tasks).map(|t| naive_mix(model, l, t, &slots[t])).collect(),
         };
+        history.push(slots.clone());
     }
     model
         .ir
@@ -74,7 +76,8 @@ fn naive_forward(model: &CandleModel, x: &Tensor) -> Vec<Tensor> {
         .iter()
         .enumerate()
         .map(|(t, task)| {
-            let mut h = slots[if slots.len() == 1 { 0 } else { t }].clone();
+            let src = task.input.map_or(&slots, |i| &history[i]);
+            let mut h = src[if src.len() == 1 { 0 } else { t }].clone();
             let multigate::ir::TaskOutput::Tower { dims, activation, .. } = &task.output;
             for i in 0..dims.len() - 1 {
                 let w = var(model, &format!("tasks.{}.tower.{i}.weight", task.name));
@@ -111,7 +114,11 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn check_layers(layers: &str) {
-    let c = compile_ok("fused.toml", &small_spec(layers, TWO_BINARY_TASKS));
+    check_layers_tasks(layers, TWO_BINARY_TASKS);
+}
+
+fn check_layers_tasks(layers: &str, tasks: &str) {
+    let c = compile_ok("fused.toml", &small_spec(layers, tasks));
     let model = CandleModel::new(&c.model, 3, &Device::Cpu).unwrap();
     let frame = synthetic::categorical_frame(&c.model, 40, 97, 5);
     let ds = data::encode(&c.model, &frame, true).unwrap();
@@ -155,6 +162,14 @@ fn stacked_layers_on_per_task_streams_match_naive() {
     check_layers(
         "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\n\n[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [5]\n\n\
          [[layers]]\nkind = \"moe\"\nexperts = 2\nunits = [4]\n\n[[layers]]\nkind = \"shared_bottom\"\nunits = [3]\n",
+    );
+}
+
+#[test]
+fn towers_reading_earlier_layers_match_naive() {
+    check_layers_tasks(
+        "[[layers]]\nname = \"bottom\"\nkind = \"shared_bottom\"\nunits = [7]\n\n[[layers]]\nname = \"mix\"\nkind = \"mmoe\"\nexperts = 3\nunits = [5]\n\n[[layers]]\nname = \"top\"\nkind = \"moe\"\nexperts = 2\nunits = [4]\n",
+        &TWO_BINARY_TASKS.replace("tower = [4]", "tower = [4]\ninput = \"bottom\"").replace("tower = [3]", "tower = [3]\ninput = \"mix\""),
     );
 }
 

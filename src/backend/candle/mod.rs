@@ -334,25 +334,36 @@ impl CandleModel {
         let mut h = self.inputs(batch, rng.is_some().then_some(&mut lookups))?; // [B, D]
         let mut stream = Stream::Shared { width: self.ir.input_width };
         let mut gates = Vec::new();
+        // Each layer's output, for towers that read an earlier layer.
+        let mut outputs: Vec<(Tensor, Stream)> = Vec::with_capacity(self.ir.layers.len());
         for (l, p) in self.ir.layers.iter().zip(&self.layers) {
             let (out, g) =
                 fused::forward_layer(&h, stream, l.output, &p.experts, p.gates.as_ref(), n_tasks, rng.as_deref_mut())?;
             if let Some(g) = g {
                 gates.push(g);
             }
+            outputs.push((out.clone(), l.output));
             h = out;
             stream = l.output;
         }
-        // Per-task streams: [B, T, d] -> [T, B, d] so slot t is contiguous.
-        let per_task = match stream {
-            Stream::PerTask { .. } => Some(h.transpose(0, 1)?.contiguous()?),
-            Stream::Shared { .. } => None,
-        };
+        // Per-task streams: [B, T, d] -> [T, B, d] so slot t is contiguous; one
+        // transpose per source actually read.
+        let mut per_task: Vec<Option<Tensor>> = vec![None; outputs.len() + 1];
         let mut heads = Vec::with_capacity(n_tasks);
-        for (t, tower) in self.towers.iter().enumerate() {
-            let mut x = match &per_task {
-                Some(pt) => pt.get(t)?, // [B, d]
-                None => h.clone(),
+        for (t, (tower, task)) in self.towers.iter().zip(&self.ir.tasks).enumerate() {
+            let (src, (h_src, s_src)) = match task.input {
+                Some(i) => (i, (&outputs[i].0, outputs[i].1)),
+                None => (outputs.len(), (&h, stream)),
+            };
+            let mut x = match s_src {
+                Stream::PerTask { .. } => {
+                    if per_task[src].is_none() {
+                        per_task[src] = Some(h_src.transpose(0, 1)?.contiguous()?);
+                    }
+                    per_task[src].as_ref().map(|pt| pt.get(t)).transpose()?.unwrap_or_else(|| h_src.clone())
+                    // [B, d]
+                }
+                Stream::Shared { .. } => h_src.clone(),
             };
             let last = tower.layers.len() - 1;
             for (i, (w, b)) in tower.layers.iter().enumerate() {
