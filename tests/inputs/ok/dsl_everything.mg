@@ -16,7 +16,7 @@ model everything {
   layer mmoe { experts 4 x [16, 8] tanh dropout 0.1 }
   layer moe { experts 2 x [8] }
   task income: binary(label = income_50k == "50000+.") tower [8] relu dropout 0.2 weight 2.0
-  task hours: regression(label = "hours per week") tower [4, 4] activation tanh
+  task hours: regression(label = "hours per week") input bottom tower [4, 4] activation tanh
   train {
     adam(lr = 3e-3, beta1 = 0.85, weight_decay = 1e-4)
     decay(rate = 0.5, epochs = 2)
