@@ -71,6 +71,9 @@ enum Command {
         out: Option<PathBuf>,
         #[arg(long, default_value = "cpu")]
         device: Device,
+        /// Also write every row's gate weights (a column per gate and expert).
+        #[arg(long)]
+        gates: bool,
     },
     /// Write the spec's synthetic data to a CSV file.
     Synth {
@@ -163,7 +166,7 @@ pub fn run() -> ExitCode {
             let opts = TrainOptions { data, out, epochs, rows, device, resume, fresh };
             compile_and_train(&spec, opts)
         }
-        Command::Predict { bundle, data, out, device } => predict(&bundle, &data, out.as_deref(), device),
+        Command::Predict { bundle, data, out, device, gates } => predict(&bundle, &data, out.as_deref(), device, gates),
         Command::Synth { spec, rows, out } => synth(&spec, rows, &out),
         Command::Bench { spec, batch, steps, device, optimizer } => {
             bench::bench(&spec, batch, steps, device, optimizer.as_deref())
@@ -394,7 +397,7 @@ fn print_report(names: &[String], select: &multigate::ir::Selection, r: &TrainRe
     }
 }
 
-fn predict(bundle: &Path, data_path: &Path, out: Option<&Path>, device: Device) -> Result<(), Failure> {
+fn predict(bundle: &Path, data_path: &Path, out: Option<&Path>, device: Device, gates: bool) -> Result<(), Failure> {
     let dev = candle_device(device)?;
     let b = export::read_bundle(bundle, &dev)?;
     auto_threads(b.compiled.model.flops_per_sample(), 4096);
@@ -407,13 +410,15 @@ fn predict(bundle: &Path, data_path: &Path, out: Option<&Path>, device: Device) 
     let needs = data::needs(&b.compiled.model);
     let frame = data::csv_source::read_csv(data_path, &format, &needs, false, &spec_locator(&b.source))?;
     let ds = data::encode(&b.compiled.model, &frame, false)?;
-    let (preds, _) = train::predict(&b.model, &ds, 4096)?;
-    let names: Vec<&str> = b.compiled.model.tasks.iter().map(|t| t.name.as_str()).collect();
+    let p = train::predict_rows(&b.model, &ds, 4096, gates)?;
+    let mut names: Vec<&str> = b.compiled.model.tasks.iter().map(|t| t.name.as_str()).collect();
+    names.extend(p.gate_columns.iter().map(|(n, _)| n.as_str()));
+    let columns: Vec<&Vec<f32>> = p.values.iter().chain(p.gate_columns.iter().map(|(_, v)| v)).collect();
     let mut text = String::with_capacity(ds.rows * 12 * names.len());
     text.push_str(&names.join(","));
     text.push('\n');
     for i in 0..ds.rows {
-        let row: Vec<String> = preds.iter().map(|p| format!("{}", p[i])).collect();
+        let row: Vec<String> = columns.iter().map(|c| format!("{}", c[i])).collect();
         text.push_str(&row.join(","));
         text.push('\n');
     }
@@ -423,7 +428,7 @@ fn predict(bundle: &Path, data_path: &Path, out: Option<&Path>, device: Device) 
     }
     if ds.has_labels() {
         let eval = train::evaluate(&b.model, &ds, 4096)?;
-        for (n, m) in names.iter().zip(&eval.metrics) {
+        for (n, m) in b.compiled.model.tasks.iter().map(|t| &t.name).zip(&eval.metrics) {
             eprintln!("{n}: {m}");
         }
     }

@@ -76,16 +76,47 @@ pub struct Evaluation {
     pub gate_usage: Vec<GateUsage>,
 }
 
-/// Predicts every row in batches of `batch_size`.
+/// Predicts every row in batches of `batch_size`; also returns the mean gate usage.
 pub fn predict(
     model: &CandleModel,
     ds: &Dataset,
     batch_size: usize,
 ) -> candle_core::Result<(Vec<Vec<f32>>, Vec<GateUsage>)> {
+    let p = predict_rows(model, ds, batch_size, false)?;
+    Ok((p.values, p.usage))
+}
+
+/// Predictions of every row, and optionally every row's gate weights.
+pub struct Predictions {
+    /// Per task: one value per row (probabilities for binary tasks).
+    pub values: Vec<Vec<f32>>,
+    /// Per gate and expert (`layer.gate.e{k}`): the gate's weight on that expert, per row.
+    pub gate_columns: Vec<(String, Vec<f32>)>,
+    pub usage: Vec<GateUsage>,
+}
+
+/// Gate names of a gated layer, one per slot of its `[B, G, E]` weights.
+fn gate_names(model: &CandleModel, l: &crate::ir::Layer, slots: usize) -> Vec<String> {
+    if slots == l.gates.len() {
+        l.gates.iter().map(|g| g.name.clone()).collect()
+    } else {
+        // One gate applied to every task's slot.
+        model.ir.tasks.iter().map(|t| format!("{}.gate@{}", l.name, t.name)).collect()
+    }
+}
+
+/// Predicts every row; with `gate_rows`, keeps every row's gate weights too.
+pub fn predict_rows(
+    model: &CandleModel,
+    ds: &Dataset,
+    batch_size: usize,
+    gate_rows: bool,
+) -> candle_core::Result<Predictions> {
     let n_tasks = model.ir.tasks.len();
     let mut preds = vec![Vec::with_capacity(ds.rows); n_tasks];
     let gated: Vec<&crate::ir::Layer> = model.ir.layers.iter().filter(|l| !l.gates.is_empty()).collect();
     let mut sums: Vec<Option<Tensor>> = vec![None; gated.len()];
+    let mut rows: Vec<Vec<Vec<f32>>> = vec![Vec::new(); gated.len()]; // per layer: per column
     let idx: Vec<usize> = (0..ds.rows).collect();
     for chunk in idx.chunks(batch_size.max(1)) {
         let batch = Batch::gather(ds, chunk, &model.device)?;
@@ -97,7 +128,19 @@ pub fn predict(
             };
             p.extend(v.to_vec1::<f32>()?);
         }
-        for (s, g) in sums.iter_mut().zip(&out.gates) {
+        for ((s, g), cols) in sums.iter_mut().zip(&out.gates).zip(&mut rows) {
+            if gate_rows {
+                let (_, slots, experts) = g.dims3()?;
+                let flat = g.flatten_from(1)?.to_vec2::<f32>()?; // [B, G*E]
+                if cols.is_empty() {
+                    *cols = vec![Vec::with_capacity(ds.rows); slots * experts];
+                }
+                for row in flat {
+                    for (c, x) in cols.iter_mut().zip(row) {
+                        c.push(x);
+                    }
+                }
+            }
             let g = g.sum(0)?; // [G, E]
             *s = Some(match s.take() {
                 Some(acc) => (acc + g)?,
@@ -106,22 +149,24 @@ pub fn predict(
         }
     }
     let mut usage = Vec::new();
-    for (l, s) in gated.iter().zip(sums) {
+    let mut gate_columns = Vec::new();
+    for ((l, s), cols) in gated.iter().zip(sums).zip(rows) {
         let Some(s) = s else { continue };
-        let rows = s.to_vec2::<f32>()?;
-        let names: Vec<String> = if rows.len() == l.gates.len() {
-            l.gates.iter().map(|g| g.name.clone()).collect()
-        } else {
-            model.ir.tasks.iter().map(|t| format!("{}.gate@{}", l.name, t.name)).collect()
-        };
+        let means = s.to_vec2::<f32>()?;
+        let names = gate_names(model, l, means.len());
+        let experts = means.first().map_or(0, |r| r.len());
+        for (c, values) in cols.into_iter().enumerate() {
+            let name = names.get(c / experts.max(1)).cloned().unwrap_or_default();
+            gate_columns.push((format!("{name}.e{}", c % experts.max(1)), values));
+        }
         let gates = names
             .into_iter()
-            .zip(rows)
+            .zip(means)
             .map(|(n, r)| (n, r.iter().map(|&x| x as f64 / ds.rows.max(1) as f64).collect()))
             .collect();
         usage.push(GateUsage { layer: l.name.clone(), gates });
     }
-    Ok((preds, usage))
+    Ok(Predictions { values: preds, gate_columns, usage })
 }
 
 /// Predicts and scores a labelled dataset.

@@ -92,6 +92,21 @@ fn train_predict_synth_round_trip() {
     }
     assert!(err.contains("click: auc"), "labels present, so metrics are printed: {err}");
 
+    // With --gates, every row also carries each gate's weights, which sum to one.
+    let (code, text, err) = mg(&["predict", bundle.to_str().unwrap(), csv.to_str().unwrap(), "--gates"]);
+    assert_eq!(code, 0, "{err}");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header.len(), 2 + 2 * 8);
+    assert_eq!(header[2], "layer0.gate.click.e0");
+    assert_eq!(header[17], "layer0.gate.banner_top.e7");
+    for l in lines {
+        let v: Vec<f32> = l.split(',').map(|x| x.parse().unwrap()).collect();
+        for gate in [&v[2..10], &v[10..18]] {
+            assert!((gate.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{gate:?}");
+        }
+    }
+
     // A CSV without a feature column is an error naming it.
     let broken = dir.path().join("broken.csv");
     std::fs::write(&broken, "click,site_id\n1,a\n").unwrap();
