@@ -1,150 +1,14 @@
-//! DSL front end: `.mg` text -> [`Spec`], through the pest grammar in
-//! `grammar/multigate.pest`. It builds the same `Spec` as the TOML front end, spans
-//! included, so one lowering serves both.
-//!
-//! Every `unwrap`/`expect` on a pair below names the grammar rule that guarantees it.
-//! Key errors (unknown or repeated keys, values of the wrong type) are collected, not
-//! stopped at; a syntax error stops the parse (pest reports the first).
-
-use pest::iterators::Pair;
-use pest::Parser;
-use pest_derive::Parser;
-
-use super::*;
-use crate::diag::did_you_mean;
-use crate::source::{SourceFile, Span};
-
-#[derive(Parser)]
-#[grammar = "../grammar/multigate.pest"]
-struct DslParser;
-
-/// Deepest bracket nesting accepted before parsing (pest recurses per level).
-const MAX_DEPTH: usize = 64;
-
-/// Parses a `.mg` spec.
-pub fn parse_dsl(src: &SourceFile) -> Result<Spec, Vec<SpecError>> {
-    super::check_size(src)?;
-    check_depth(&src.text)?;
-    let mut pairs = DslParser::parse(Rule::file, &src.text).map_err(|e| vec![syntax_error(e)])?;
-    // Grammar: `file = { SOI ~ model ~ EOI }`, so a successful parse has one file with a model.
-    let file = pairs.next().expect("file rule");
-    let model = file.into_inner().next().expect("file contains model");
-    let mut b = Builder { errors: Vec::new() };
-    let spec = b.model(model);
-    if b.errors.is_empty() {
-        Ok(spec)
-    } else {
-        b.errors.sort_by_key(|e| e.span().map_or(0, |s| s.start));
-        Err(b.errors)
-    }
-}
-
-fn check_depth(text: &str) -> Result<(), Vec<SpecError>> {
-    let (mut depth, mut in_string, mut escaped, mut in_comment) = (0usize, false, false, false);
-    for (i, c) in text.char_indices() {
-        if in_comment {
-            in_comment = c != '\n';
-            continue;
-        }
-        if in_string {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"' | '\n') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => in_string = true,
-            '#' => in_comment = true,
-            '[' | '(' | '{' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(vec![SpecError::TooDeep { depth, span: (i, 1).into() }]);
-                }
-            }
-            ']' | ')' | '}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Readable names for rules in "expected ..." messages.
-fn rule_name(r: &Rule) -> &'static str {
-    match r {
-        Rule::EOI => "end of file",
-        Rule::file | Rule::model => "`model NAME { ... }`",
-        Rule::data => "`data`",
-        Rule::synthetic => "`synthetic`",
-        Rule::feature => "`feature`",
-        Rule::cross => "`cross`",
-        Rule::layer => "`layer`",
-        Rule::task => "`task`",
-        Rule::train => "`train`",
-        Rule::embed => "`embed N`",
-        Rule::column => "`column \"NAME\"`",
-        Rule::experts => "`experts N x [units]`",
-        Rule::units => "`units [..]`",
-        Rule::activation | Rule::bare_activation => "an activation",
-        Rule::label => "`label = COLUMN`",
-        Rule::tower => "`tower [..]`",
-        Rule::weight => "`weight X`",
-        Rule::dropout => "`dropout X`",
-        Rule::input => "`input LAYER`",
-        Rule::batch => "`batch N`",
-        Rule::epochs => "`epochs N`",
-        Rule::seed => "`seed N`",
-        Rule::decay => "`decay(..)`",
-        Rule::select | Rule::dotted => "`select TASK.METRIC`",
-        Rule::optimizer => "an optimizer such as `adam(lr = 1e-3)`",
-        Rule::arguments => "`(key = value, ..)`",
-        Rule::argument => "`key = value`",
-        Rule::list | Rule::integer_list => "a list `[..]`",
-        Rule::string | Rule::text => "a string",
-        Rule::number => "a number",
-        Rule::integer => "a whole number",
-        Rule::boolean => "true or false",
-        Rule::name => "a name",
-        Rule::word => "a word",
-        Rule::keyword => "a keyword",
-        Rule::declaration => "a declaration (`feature`, `cross`, `layer`, `task`, `data`, `synthetic`, `train`)",
-        Rule::feature_option => "`embed N` or `column \"NAME\"`",
-        Rule::layer_option => "`experts`, `units`, `activation` or `dropout`",
-        Rule::task_option => "`tower`, `input`, `weight`, `activation` or `dropout`",
-        Rule::train_option => "`batch`, `epochs`, `seed`, `decay(..)`, `select` or an optimizer",
-        Rule::value => "a value",
-        Rule::name_char => "a letter, digit, `_` or `-`",
-        Rule::WHITESPACE | Rule::COMMENT => "whitespace",
-    }
-}
-
-fn syntax_error(e: pest::error::Error<Rule>) -> SpecError {
-    let span: SourceSpan = match e.location {
-        pest::error::InputLocation::Pos(p) => (p, 0).into(),
-        pest::error::InputLocation::Span((a, b)) => (a, b - a).into(),
-    };
-    let message = match &e.variant {
-        pest::error::ErrorVariant::ParsingError { positives, .. } if !positives.is_empty() => {
-            let mut names: Vec<&str> = positives.iter().map(rule_name).collect();
-            names.dedup();
-            format!("expected {}", names.join(" or "))
-        }
-        pest::error::ErrorVariant::ParsingError { negatives, .. } if !negatives.is_empty() => {
-            format!("unexpected {}", negatives.iter().map(rule_name).collect::<Vec<_>>().join(" or "))
-        }
-        pest::error::ErrorVariant::CustomError { message } => message.clone(),
-        _ => "syntax error".to_string(),
-    };
-    SpecError::Syntax {
-        message,
-        span: Some(span),
-        help: "see grammar/multigate.pest and the README's DSL section".into(),
-    }
-}
+//! Pairs -> [`Spec`]: the DSL's parse tree turned into the same spanned structure the
+//! TOML front end builds. Every `expect` on a pair names the grammar rule that
+//! guarantees it; key errors are collected, not stopped at.
 
 use miette::SourceSpan;
+use pest::iterators::Pair;
+
+use super::super::*;
+use super::Rule;
+use crate::diag::did_you_mean;
+use crate::source::Span;
 
 fn span_of(p: &Pair<Rule>) -> Span {
     let s = p.as_span();
@@ -210,8 +74,8 @@ struct Args {
     context: &'static str,
 }
 
-struct Builder {
-    errors: Vec<SpecError>,
+pub(super) struct Builder {
+    pub(super) errors: Vec<SpecError>,
 }
 
 impl Builder {
@@ -366,7 +230,7 @@ impl Builder {
         }
     }
 
-    fn model(&mut self, p: Pair<Rule>) -> Spec {
+    pub(super) fn model(&mut self, p: Pair<Rule>) -> Spec {
         let mut inner = p.into_inner();
         // Grammar: `model = { "model" ~ name ~ "{" ~ declaration* ~ "}" }`.
         let name = inner.next().expect("model has a name");

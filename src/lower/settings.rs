@@ -1,0 +1,254 @@
+//! Lowering of the run settings: `[data]` -> [`DataConfig`] (paths resolved against the
+//! spec's folder, the synthetic generator checked against the model) and `[train]` ->
+//! [`TrainConfig`] (ranges, the optimizer, the selection criterion).
+
+use std::path::Path;
+
+use super::*;
+
+const SOURCES: &[&str] = &["synthetic", "csv"];
+const GENERATORS: &[&str] = &["mmoe", "categorical"];
+const OPTIMIZERS: &[&str] = &["adam", "lazy_adam"];
+
+impl Lower {
+    fn fraction(&mut self, what: &'static str, v: &Sp<f64>) -> f64 {
+        let x = *v.get_ref();
+        self.range(what, (0.0..1.0).contains(&x), x, "in [0, 1)", v.span());
+        x
+    }
+
+    pub(super) fn lower_data(&mut self, spec: &Spec, base: &Path, model: &Model) -> DataConfig {
+        let d = &spec.data;
+        let validation_fraction = self.fraction("validation_fraction", &d.validation_fraction);
+        let test_fraction = self.fraction("test_fraction", &d.test_fraction);
+        if validation_fraction + test_fraction >= 1.0 {
+            self.range(
+                "validation_fraction + test_fraction",
+                false,
+                validation_fraction + test_fraction,
+                "below 1",
+                d.test_fraction.span(),
+            );
+        }
+        let source = match self.word("data source", &d.source, SOURCES) {
+            Some("csv") => {
+                let delim = d.delimiter.get_ref();
+                let delimiter = match delim.as_bytes() {
+                    [b] => *b,
+                    _ => {
+                        self.range(
+                            "the delimiter",
+                            false,
+                            format!("{delim:?}"),
+                            "one ASCII character",
+                            d.delimiter.span(),
+                        );
+                        b','
+                    }
+                };
+                if !d.header && d.columns.is_empty() {
+                    self.errors.push(LowerError::Missing {
+                        what: "`columns` (the file has no header)",
+                        span: d.source.span(),
+                        help: Some("list the column names in file order, or set header = true".into()),
+                    });
+                }
+                let mut seen = HashMap::new();
+                for c in &d.columns {
+                    self.name_check("column", c, &mut seen);
+                }
+                let path = |p: &Sp<String>| base.join(p.get_ref());
+                DataSource::Csv(CsvConfig {
+                    train: d.train.iter().map(path).collect(),
+                    validation: d.validation.as_ref().map(path),
+                    test: d.test.as_ref().map(path),
+                    format: CsvFormat {
+                        delimiter,
+                        header: d.header,
+                        columns: d.columns.iter().map(|c| c.get_ref().clone()).collect(),
+                        missing: d.missing.as_ref().map(|m| m.get_ref().clone()),
+                    },
+                })
+            }
+            _ => DataSource::Synthetic(self.lower_synthetic(&d.synthetic, model)),
+        };
+        DataConfig { source, validation_fraction, test_fraction }
+    }
+
+    fn lower_synthetic(&mut self, s: &spec::SyntheticSpec, model: &Model) -> SyntheticConfig {
+        let rows = self.count("rows", &s.rows, MAX_SYNTHETIC_ROWS);
+        // Without an explicit generator, the MMoE one serves specs it fits (dense inputs
+        // only, two regression tasks) and the categorical one serves the rest.
+        let written = s.kind.span() != (0..0);
+        let fits_mmoe = model.features.iter().all(|f| matches!(f.kind, FeatureKind::Dense { .. }))
+            && model.tasks.len() == 2
+            && model.tasks.iter().all(|t| t.kind == TaskKind::Regression);
+        let chosen = if written {
+            self.word("synthetic generator", &s.kind, GENERATORS)
+        } else if fits_mmoe {
+            Some("mmoe")
+        } else {
+            Some("categorical")
+        };
+        let kind = match chosen {
+            Some("categorical") => {
+                if let Some(f) =
+                    model.features.iter().find(|f| matches!(f.kind, FeatureKind::Dense { width, .. } if width > 64))
+                {
+                    self.errors.push(LowerError::Synthetic {
+                        generator: "categorical",
+                        reason: format!("dense feature `{}` is wider than 64", f.name),
+                        span: s.kind.span(),
+                        help: None,
+                    });
+                }
+                SyntheticKind::Categorical { cardinality: self.count("cardinality", &s.cardinality, MAX_ROWS) }
+            }
+            _ => {
+                let dim = self.count("dim", &s.dim, MAX_UNITS);
+                let correlation = *s.correlation.get_ref();
+                self.range(
+                    "correlation",
+                    (-1.0..=1.0).contains(&correlation),
+                    correlation,
+                    "in [-1, 1]",
+                    s.correlation.span(),
+                );
+                let scale = *s.scale.get_ref();
+                self.range("scale", scale.is_finite() && scale > 0.0, scale, "a positive number", s.scale.span());
+                let sin_sd = *s.sin_sd.get_ref();
+                self.range("sin_sd", sin_sd.is_finite() && sin_sd >= 0.0, sin_sd, "a number >= 0", s.sin_sd.span());
+                let noise_sd = *s.noise_sd.get_ref();
+                self.range(
+                    "noise_sd",
+                    noise_sd.is_finite() && noise_sd >= 0.0,
+                    noise_sd,
+                    "a number >= 0",
+                    s.noise_sd.span(),
+                );
+                let sin_terms = *s.sin_terms.get_ref();
+                self.range("sin_terms", sin_terms <= 1000, sin_terms, "at most 1000", s.sin_terms.span());
+                let dense: usize = model
+                    .features
+                    .iter()
+                    .map(|f| if let FeatureKind::Dense { width, .. } = f.kind { width } else { 0 })
+                    .sum();
+                let categorical = model.features.iter().any(|f| matches!(f.kind, FeatureKind::Categorical { .. }));
+                if dense != dim || categorical {
+                    self.errors.push(LowerError::Synthetic {
+                        generator: "mmoe",
+                        reason: format!(
+                            "it makes {dim} dense inputs, and the spec declares {dense} dense values{}",
+                            if categorical { " and categorical features" } else { "" }
+                        ),
+                        span: s.kind.span(),
+                        help: Some(format!(
+                            "declare one dense feature with width = {dim}, or use kind = \"categorical\""
+                        )),
+                    });
+                }
+                if model.tasks.len() != 2 || model.tasks.iter().any(|t| t.kind != TaskKind::Regression) {
+                    self.errors.push(LowerError::Synthetic {
+                        generator: "mmoe",
+                        reason: "it makes exactly two regression labels".into(),
+                        span: s.kind.span(),
+                        help: Some("declare two tasks with kind = \"regression\"".into()),
+                    });
+                }
+                SyntheticKind::Mmoe {
+                    dim,
+                    correlation,
+                    scale,
+                    sin_terms: sin_terms.min(1000) as usize,
+                    sin_sd,
+                    noise_sd,
+                }
+            }
+        };
+        // The generators hold every row in memory: refuse what cannot fit.
+        let width = model
+            .features
+            .iter()
+            .map(|f| if let FeatureKind::Dense { width, .. } = f.kind { width } else { 1 })
+            .sum::<usize>()
+            + model.tasks.len();
+        let bytes = rows as u128 * width as u128 * 4;
+        if bytes > MAX_SYNTHETIC_BYTES as u128 {
+            self.range(
+                "rows",
+                false,
+                format!("{rows} ({:.1} GiB of data)", bytes as f64 / (1u64 << 30) as f64),
+                format!("at most {} GiB of generated data", MAX_SYNTHETIC_BYTES >> 30),
+                s.rows.span(),
+            );
+        }
+        SyntheticConfig { kind, rows, seed: s.seed }
+    }
+
+    /// `"loss"` or `"TASK.METRIC"`, the task resolved by name.
+    fn lower_select(&mut self, v: &Option<Sp<String>>, model: &Model) -> Selection {
+        let Some(v) = v else { return Selection::Loss };
+        let text = v.get_ref();
+        if text == "loss" {
+            return Selection::Loss;
+        }
+        let Some((task, metric)) = text.split_once('.') else {
+            self.range("select", false, format!("{text:?}"), "\"loss\" or \"TASK.METRIC\", e.g. \"ctr.auc\"", v.span());
+            return Selection::Loss;
+        };
+        let Some(t) = model.tasks.iter().position(|x| x.name == task) else {
+            self.errors.push(LowerError::UnknownName {
+                what: "task",
+                name: task.to_string(),
+                span: v.span(),
+                help: did_you_mean(task, model.tasks.iter().map(|x| x.name.as_str())),
+            });
+            return Selection::Loss;
+        };
+        let allowed = match model.tasks[t].kind {
+            TaskKind::Binary => Metric::BINARY,
+            TaskKind::Regression => Metric::REGRESSION,
+        };
+        match Metric::parse(metric).filter(|m| allowed.contains(&m.as_str())) {
+            Some(metric) => Selection::Metric { task: t, metric },
+            None => {
+                self.errors.push(LowerError::UnknownWord {
+                    what: "metric for this task",
+                    found: metric.to_string(),
+                    span: v.span(),
+                    expected: allowed,
+                    help: did_you_mean(metric, allowed.iter().copied()),
+                });
+                Selection::Loss
+            }
+        }
+    }
+
+    pub(super) fn lower_train(&mut self, t: &spec::TrainSection, model: &Model) -> TrainConfig {
+        let lazy_embeddings = self.word("optimizer", &t.optimizer, OPTIMIZERS) == Some("lazy_adam");
+        let pos = |x: f64| x.is_finite() && x > 0.0;
+        self.range("lr", pos(*t.lr.get_ref()), t.lr.get_ref(), "a positive number", t.lr.span());
+        for (what, v) in [("beta1", &t.beta1), ("beta2", &t.beta2)] {
+            self.range(what, (0.0..1.0).contains(v.get_ref()), v.get_ref(), "in [0, 1)", v.span());
+        }
+        self.range("eps", pos(*t.eps.get_ref()), t.eps.get_ref(), "a positive number", t.eps.span());
+        let wd = *t.weight_decay.get_ref();
+        self.range("weight_decay", wd.is_finite() && wd >= 0.0, wd, "a number >= 0", t.weight_decay.span());
+        let rate = *t.lr_decay_rate.get_ref();
+        self.range("lr_decay_rate", rate > 0.0 && rate <= 1.0, rate, "in (0, 1]", t.lr_decay_rate.span());
+        TrainConfig {
+            lazy_embeddings,
+            lr: *t.lr.get_ref(),
+            beta1: *t.beta1.get_ref(),
+            beta2: *t.beta2.get_ref(),
+            eps: *t.eps.get_ref(),
+            weight_decay: wd,
+            lr_decay_rate: rate,
+            lr_decay_epochs: self.count("lr_decay_epochs", &t.lr_decay_epochs, 1 << 20),
+            batch_size: self.count("batch_size", &t.batch_size, 1 << 20),
+            epochs: self.count("epochs", &t.epochs, 1 << 20),
+            seed: t.seed,
+            select: self.lower_select(&t.select, model),
+        }
+    }
+}
