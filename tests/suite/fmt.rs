@@ -87,7 +87,7 @@ fn toml_str(s: &str) -> String {
 
 prop_compose! {
     fn layer()(kind in 0usize..3, experts in 1u64..6, units in prop::collection::vec(1u64..40, 1..3),
-               act in 0usize..5, named in prop::option::of(name())) -> String {
+               act in 0usize..5, named in prop::option::of(name()), dropout in prop::option::of(0.0f64..0.9)) -> String {
         let kinds = ["shared_bottom", "moe", "mmoe"];
         let acts = ["relu", "tanh", "sigmoid", "gelu", "linear"];
         let mut s = String::from("[[layers]]\n");
@@ -95,17 +95,20 @@ prop_compose! {
         s += &format!("kind = \"{}\"\n", kinds[kind]);
         if kind > 0 { s += &format!("experts = {experts}\n"); }
         s += &format!("units = {:?}\nactivation = \"{}\"\n", units, acts[act]);
+        if let Some(d) = dropout { s += &format!("dropout = {d:?}\n"); }
         s
     }
 }
 
 prop_compose! {
     fn task()(n in name(), binary in any::<bool>(), positive in prop::option::of(text()),
-              tower in prop::collection::vec(1u64..20, 0..3), weight in prop::option::of(0.0f64..5.0)) -> String {
+              tower in prop::collection::vec(1u64..20, 0..3), weight in prop::option::of(0.0f64..5.0),
+              dropout in prop::option::of(0.0f64..0.9)) -> String {
         let mut s = format!("[[tasks]]\nname = \"T{n}\"\nkind = \"{}\"\nlabel = \"label_{n}\"\n", if binary { "binary" } else { "regression" });
         if binary { if let Some(p) = positive { s += &format!("positive = {}\n", toml_str(&p)); } }
         if !tower.is_empty() { s += &format!("tower = {tower:?}\n"); }
         if let Some(w) = weight { s += &format!("weight = {w:?}\n"); }
+        if let Some(d) = dropout { s += &format!("dropout = {d:?}\n"); }
         s
     }
 }
@@ -114,7 +117,7 @@ prop_compose! {
     fn toml_spec()(features in prop::collection::vec(feature(), 1..5), layers in prop::collection::vec(layer(), 0..3),
                    tasks in prop::collection::vec(task(), 1..4), csv in any::<bool>(), lr in 1e-5f64..0.5,
                    batch in 1u64..4096, epochs in 1u64..20, seed in any::<u32>(), decay in 0.1f64..1.0,
-                   rows in 1u64..100000, header in any::<bool>()) -> String {
+                   rows in 1u64..100000, header in any::<bool>(), lazy in any::<bool>(), select_loss in any::<bool>()) -> String {
         let mut s = String::from("[model]\nname = \"gen\"\n\n[data]\n");
         if csv {
             s += &format!("source = \"csv\"\ntrain = [\"t.csv\"]\nheader = {header}\ncolumns = [\"a\", \"b\"]\ndelimiter = \";\"\nmissing = \"NA\"\n");
@@ -128,6 +131,8 @@ prop_compose! {
         let mut seen = std::collections::HashSet::new();
         for t in tasks { let n = t.lines().nth(1).unwrap_or_default().to_string(); if seen.insert(n) { s += "\n"; s += &t; } }
         s += &format!("\n[train]\nlr = {lr:?}\nbatch_size = {batch}\nepochs = {epochs}\nseed = {seed}\nlr_decay_rate = {decay:?}\nlr_decay_epochs = 3\n");
+        if lazy { s += "optimizer = \"lazy_adam\"\n"; }
+        if select_loss { s += "select = \"loss\"\n"; }
         s
     }
 }
