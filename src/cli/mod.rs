@@ -390,9 +390,10 @@ fn print_report(names: &[String], select: &multigate::ir::Selection, r: &TrainRe
     }
     for g in &r.gate_usage {
         println!("gate usage, layer {} (mean weight per expert on validation):", g.layer);
-        for (name, w) in &g.gates {
+        for (i, (name, w)) in g.gates.iter().enumerate() {
             let ws: Vec<String> = w.iter().map(|x| format!("{x:.3}")).collect();
-            println!("  {name}: [{}]", ws.join(" "));
+            let eff = g.effective_experts.get(i).map_or(String::new(), |e| format!("  mixes {e:.1} of {}", w.len()));
+            println!("  {name}: [{}]{eff}", ws.join(" "));
         }
     }
 }

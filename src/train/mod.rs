@@ -12,7 +12,7 @@ pub mod metrics;
 
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{Tensor, D};
 use serde::Serialize;
 
 use crate::backend::candle::{Batch, CandleModel};
@@ -57,6 +57,9 @@ pub struct GateUsage {
     pub layer: String,
     /// Per gate (task or shared): gate name and mean weight per expert.
     pub gates: Vec<(String, Vec<f64>)>,
+    /// Per gate: exp of the mean per-row entropy of its weights, the number of experts
+    /// a row effectively mixes (1: hard routing; the expert count: uniform averaging).
+    pub effective_experts: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,6 +119,7 @@ pub fn predict_rows(
     let mut preds = vec![Vec::with_capacity(ds.rows); n_tasks];
     let gated: Vec<&crate::ir::Layer> = model.ir.layers.iter().filter(|l| !l.gates.is_empty()).collect();
     let mut sums: Vec<Option<Tensor>> = vec![None; gated.len()];
+    let mut entropy: Vec<Option<Tensor>> = vec![None; gated.len()];
     let mut rows: Vec<Vec<Vec<f32>>> = vec![Vec::new(); gated.len()]; // per layer: per column
     let idx: Vec<usize> = (0..ds.rows).collect();
     for chunk in idx.chunks(batch_size.max(1)) {
@@ -127,6 +131,14 @@ pub fn predict_rows(
                 TaskKind::Regression => h.clone(),
             };
             p.extend(v.to_vec1::<f32>()?);
+        }
+        for (h, g) in entropy.iter_mut().zip(&out.gates) {
+            // -sum_e g log g per row and gate, summed over rows: [G].
+            let e = (g * g.clamp(1e-12f32, 1f32)?.log()?)?.sum(D::Minus1)?.neg()?.sum(0)?;
+            *h = Some(match h.take() {
+                Some(acc) => (acc + e)?,
+                None => e,
+            });
         }
         for ((s, g), cols) in sums.iter_mut().zip(&out.gates).zip(&mut rows) {
             if gate_rows {
@@ -150,8 +162,13 @@ pub fn predict_rows(
     }
     let mut usage = Vec::new();
     let mut gate_columns = Vec::new();
-    for ((l, s), cols) in gated.iter().zip(sums).zip(rows) {
+    for (((l, s), cols), h) in gated.iter().zip(sums).zip(rows).zip(entropy) {
         let Some(s) = s else { continue };
+        let n = ds.rows.max(1) as f64;
+        let effective_experts = match h {
+            Some(h) => h.to_vec1::<f32>()?.iter().map(|&x| (x as f64 / n).exp()).collect(),
+            None => Vec::new(),
+        };
         let means = s.to_vec2::<f32>()?;
         let names = gate_names(model, l, means.len());
         let experts = means.first().map_or(0, |r| r.len());
@@ -164,7 +181,7 @@ pub fn predict_rows(
             .zip(means)
             .map(|(n, r)| (n, r.iter().map(|&x| x as f64 / ds.rows.max(1) as f64).collect()))
             .collect();
-        usage.push(GateUsage { layer: l.name.clone(), gates });
+        usage.push(GateUsage { layer: l.name.clone(), gates, effective_experts });
     }
     Ok(Predictions { values: preds, gate_columns, usage })
 }

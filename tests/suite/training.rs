@@ -65,6 +65,10 @@ fn mmoe_learns_the_synthetic_tasks() {
     for (_, w) in &report.gate_usage[0].gates {
         assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-4);
     }
+    // exp(entropy) of a distribution over 4 experts lies in [1, 4].
+    let eff = &report.gate_usage[0].effective_experts;
+    assert_eq!(eff.len(), 2);
+    assert!(eff.iter().all(|&e| (1.0..=4.0 + 1e-9).contains(&e)), "{eff:?}");
 }
 
 #[test]
