@@ -298,6 +298,25 @@ pub fn load_splits(
         let frame = csv_source::read_csv(path, format, &needs, true, spec_at)?;
         encode(model, &frame, true)
     };
+    // Training files (concatenated), and the validation and test files when given.
+    let read_files = |files: &[std::path::PathBuf],
+                      format: &crate::ir::CsvFormat,
+                      val: Option<&std::path::Path>,
+                      test: Option<&std::path::Path>,
+                      info: &mut LoadInfo|
+     -> Result<(Dataset, Option<Dataset>, Option<Dataset>), DataError> {
+        if files.is_empty() {
+            return Err(DataError::Other(
+                "the spec names no training file: set [data] train = [\"...\"] or pass --data".into(),
+            ));
+        }
+        let mut all = Dataset::default();
+        for f in files {
+            all.extend(read(f, format)?);
+        }
+        info.source = files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        Ok((all, val.map(|p| read(p, format)).transpose()?, test.map(|p| read(p, format)).transpose()?))
+    };
     let (all, validation, test) = match (&data.source, train_override) {
         (DataSource::Synthetic(s), None) => {
             let frame = synthetic::generate(model, s, s.rows);
@@ -308,28 +327,14 @@ pub fn load_splits(
             }
             (ds, None, None)
         }
-        (source, over) => {
-            let default_format =
-                crate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None };
-            let (files, format, val, test): (Vec<std::path::PathBuf>, _, _, _) = match (source, over) {
-                (DataSource::Csv(c), Some(p)) => (vec![p.to_path_buf()], c.format.clone(), None, None),
-                (DataSource::Csv(c), None) => (c.train.clone(), c.format.clone(), c.validation.clone(), c.test.clone()),
-                (DataSource::Synthetic(_), Some(p)) => (vec![p.to_path_buf()], default_format, None, None),
-                (DataSource::Synthetic(_), None) => unreachable!("handled above"),
-            };
-            if files.is_empty() {
-                return Err(DataError::Other(
-                    "the spec names no training file: set [data] train = [\"...\"] or pass --data".into(),
-                ));
-            }
-            let mut all = Dataset::default();
-            for f in &files {
-                all.extend(read(f, &format)?);
-            }
-            info.source = files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-            let validation = val.map(|p| read(&p, &format)).transpose()?;
-            let test = test.map(|p| read(&p, &format)).transpose()?;
-            (all, validation, test)
+        (DataSource::Csv(c), Some(p)) => read_files(&[p.to_path_buf()], &c.format, None, None, &mut info)?,
+        (DataSource::Csv(c), None) => {
+            read_files(&c.train, &c.format, c.validation.as_deref(), c.test.as_deref(), &mut info)?
+        }
+        (DataSource::Synthetic(_), Some(p)) => {
+            // A synthetic spec trained on a file: plain CSV with a header.
+            let format = crate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None };
+            read_files(&[p.to_path_buf()], &format, None, None, &mut info)?
         }
     };
     let seed = match &data.source {
