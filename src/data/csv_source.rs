@@ -51,16 +51,18 @@ pub fn read_csv(
         format.columns.clone()
     };
 
-    let mut names = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut kinds: Vec<ColumnKind> = Vec::new();
     let mut slots = Vec::new();
     let mut builders = Vec::new();
     for need in needs {
-        if names.contains(&need.column) {
+        if names.iter().zip(&kinds).any(|(n, k)| *n == need.column && *k == need.kind) {
             continue;
         }
         match header.iter().position(|h| *h == need.column) {
             Some(i) => {
                 names.push(need.column.clone());
+                kinds.push(need.kind);
                 slots.push(i);
                 builders.push(match need.kind {
                     ColumnKind::Num => Builder::Num(Vec::new()),

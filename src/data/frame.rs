@@ -60,6 +60,22 @@ impl Frame {
         self.names.iter().position(|n| n == name).map(|i| &self.columns[i])
     }
 
+    /// The column `name` as numbers (`numeric`) or as text, when the source delivered
+    /// it so; else whichever form it has. A column read both as a categorical and as a
+    /// dense feature is held in both forms.
+    pub fn column_as(&self, name: &str, numeric: bool) -> Option<&Column> {
+        let mut any = None;
+        for (n, c) in self.names.iter().zip(&self.columns) {
+            if n == name {
+                if matches!(c, Column::Num(_)) == numeric {
+                    return Some(c);
+                }
+                any = any.or(Some(c));
+            }
+        }
+        any
+    }
+
     /// Writes the frame as CSV with a header.
     pub fn write_csv<W: std::io::Write>(&self, w: W) -> csv::Result<()> {
         let mut out = csv::Writer::from_writer(w);

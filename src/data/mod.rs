@@ -175,7 +175,7 @@ pub fn encode(model: &Model, frame: &Frame, require_labels: bool) -> Result<Data
     for f in &model.features {
         match &f.kind {
             FeatureKind::Categorical { encoding, .. } => {
-                let rows = match frame.column(&f.column).ok_or_else(|| missing(&f.column))? {
+                let rows = match frame.column_as(&f.column, false).ok_or_else(|| missing(&f.column))? {
                     Column::Cat { dict, codes } => {
                         let table: Vec<u32> = dict.iter().map(|v| encode_value(&f.name, encoding, v)).collect();
                         codes.iter().map(|&c| table[c as usize]).collect()
@@ -186,7 +186,7 @@ pub fn encode(model: &Model, frame: &Frame, require_labels: bool) -> Result<Data
             }
             FeatureKind::Dense { width, transform, fill } => {
                 for (j, c) in dense_columns(&f.column, *width).iter().enumerate() {
-                    let Column::Num(v) = frame.column(c).ok_or_else(|| missing(c))? else {
+                    let Column::Num(v) = frame.column_as(c, true).ok_or_else(|| missing(c))? else {
                         return Err(DataError::Other(format!("column `{c}` must be numeric")));
                     };
                     for (i, &x) in v.iter().enumerate() {
@@ -206,7 +206,7 @@ pub fn encode(model: &Model, frame: &Frame, require_labels: bool) -> Result<Data
         }
     }
     for t in &model.tasks {
-        let Some(col) = frame.column(&t.label.column) else {
+        let Some(col) = frame.column_as(&t.label.column, t.label.positive.is_none()) else {
             if require_labels {
                 return Err(missing(&t.label.column));
             }

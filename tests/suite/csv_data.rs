@@ -119,3 +119,19 @@ fn gzip_files_are_read() {
     let frame = read_csv(&p, &fmt(), &data::needs(&c.model), true, &|_| String::new()).unwrap();
     assert_eq!(frame.rows, 1);
 }
+
+#[test]
+fn one_column_can_feed_a_categorical_and_a_dense_feature() {
+    let spec = SPEC.replace(
+        "[[tasks]]\nname = \"buy\"",
+        "[[features]]\nname = \"age_bucket\"\ncolumn = \"age\"\ntype = \"categorical\"\nhash_buckets = 10\n\n[[tasks]]\nname = \"buy\"",
+    );
+    let c = compile_ok("csv.toml", &spec);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.csv");
+    std::fs::write(&p, "city, kind, age, label, amount\nParis, b, 40, yes, 1.5\n").unwrap();
+    let frame = read_csv(&p, &fmt(), &data::needs(&c.model), true, &|_| String::new()).unwrap();
+    let ds = data::encode(&c.model, &frame, true).unwrap();
+    assert_eq!(ds.dense, vec![1.0], "age as a number, z-scored");
+    assert_eq!(ds.cat[2], vec![hash_bucket("age_bucket", "40", 10)], "age as a category");
+}
