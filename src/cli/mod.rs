@@ -379,6 +379,9 @@ fn print_report(names: &[String], select: &multigate::ir::Selection, r: &TrainRe
             metric.as_str()
         ),
     };
+    if r.stopped_early {
+        println!("stopped early after epoch {}: no better epoch within `patience`", r.epochs.len());
+    }
     println!("best epoch {} ({criterion})", r.best_epoch);
     for (n, m) in names.iter().zip(&r.validation) {
         println!("validation {n}: {m}");

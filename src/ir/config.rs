@@ -64,6 +64,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// How the best epoch is chosen.
     pub select: Selection,
+    /// Stop after this many epochs without a new best.
+    pub patience: Option<usize>,
 }
 
 /// The validation criterion that picks the best epoch.

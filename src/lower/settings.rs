@@ -249,6 +249,7 @@ impl Lower {
             epochs: self.count("epochs", &t.epochs, 1 << 20),
             seed: t.seed,
             select: self.lower_select(&t.select, model),
+            patience: t.patience.as_ref().map(|p| self.count("patience", p, 1 << 20)),
         }
     }
 }

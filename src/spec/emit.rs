@@ -293,6 +293,9 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
     if let Some(sel) = &t.select {
         write!(out, " select {}", q(sel.get_ref()))?;
     }
+    if let Some(p) = &t.patience {
+        write!(out, " patience {}", p.get_ref())?;
+    }
     writeln!(out, " }}")?;
     writeln!(out, "}}")
 }

@@ -329,6 +329,10 @@ pub struct TrainSection {
     /// (binary) or mse, mae (regression).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub select: Option<Sp<String>>,
+    /// Stop when the selection criterion has not improved for this many epochs.
+    /// Default: never stop early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<Sp<u64>>,
 }
 
 fn sp<T>(v: T) -> Sp<T> {
@@ -457,6 +461,7 @@ impl Default for TrainSection {
             epochs: d_epochs(),
             seed: d_seed(),
             select: None,
+            patience: None,
         }
     }
 }

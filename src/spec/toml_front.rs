@@ -147,6 +147,7 @@ const SPEC_SCHEMA: Schema = Table(
                     ("epochs", Leaf),
                     ("seed", Leaf),
                     ("select", Leaf),
+                    ("patience", Leaf),
                 ],
             ),
         ),

@@ -66,6 +66,8 @@ pub struct GateUsage {
 pub struct TrainReport {
     pub epochs: Vec<EpochReport>,
     pub best_epoch: usize,
+    /// Set when `patience` ended training before the last epoch.
+    pub stopped_early: bool,
     pub validation: Vec<TaskMetrics>,
     pub test: Option<Vec<TaskMetrics>>,
     pub gate_usage: Vec<GateUsage>,
@@ -339,6 +341,7 @@ pub fn fit_from(
     let mut epochs = Vec::new();
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     let mut first_epoch = 0;
+    let mut stopped_early = false;
     if let Some(c) = resume {
         model.restore(&c.weights)?;
         opt.load_state(&c.adam_state, c.adam_step)?;
@@ -397,6 +400,12 @@ pub fn fit_from(
         epochs.push(report);
         let end = EpochEnd { report: &epochs[epochs.len() - 1], model, opt: &opt, best: &best, reports: &epochs };
         on_epoch(&end).map_err(TrainError::Checkpoint)?;
+        if let (Some(p), Some((_, best_epoch, _))) = (cfg.patience, &best) {
+            if epoch + 1 - best_epoch >= p && epoch + 1 < cfg.epochs {
+                stopped_early = true;
+                break;
+            }
+        }
     }
     let best_epoch = match best {
         Some((_, e, values)) => {
@@ -415,5 +424,5 @@ pub fn fit_from(
         Some(t) if t.rows > 0 => Some(evaluate(model, t, 4096)?.metrics),
         _ => None,
     };
-    Ok(TrainReport { epochs, best_epoch, validation, test, gate_usage })
+    Ok(TrainReport { epochs, best_epoch, stopped_early, validation, test, gate_usage })
 }

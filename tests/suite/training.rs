@@ -309,3 +309,20 @@ fn select_picks_the_epoch_with_the_best_task_metric() {
     let TaskMetrics::Binary(now) = &report.validation[1] else { panic!("binary") };
     assert!((now.auc.unwrap() - best).abs() < 1e-9);
 }
+
+#[test]
+fn patience_stops_training_when_the_criterion_stalls() {
+    // With a negligible learning rate, accuracy at 0.5 never changes: epoch 1 stays best
+    // and two more epochs without a new best end the run.
+    let spec = small_spec("", TWO_BINARY_TASKS)
+        .replace("lr = 0.01", "lr = 1e-12")
+        .replace("epochs = 2", "epochs = 10\nselect = \"t1.accuracy\"\npatience = 2");
+    let c = compile_ok("patience.toml", &spec);
+    assert_eq!(c.train.patience, Some(2));
+    let (splits, _) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
+    let model = CandleModel::new(&c.model, 1, &Device::Cpu).unwrap();
+    let report = train::fit(&model, &c.train, &splits, &mut |_| {}).unwrap();
+    assert!(report.stopped_early);
+    assert_eq!(report.best_epoch, 1);
+    assert_eq!(report.epochs.len(), 3);
+}

@@ -569,6 +569,7 @@ impl Builder {
                 Rule::seed => "seed",
                 Rule::decay => "decay",
                 Rule::select => "select",
+                Rule::patience => "patience",
                 _ => "optimizer",
             };
             let span = span_of(&opt);
@@ -590,6 +591,10 @@ impl Builder {
                 }
                 Rule::seed => {
                     t.seed = *self.integer(opt.into_inner().next().expect("seed has an integer"), "seed").get_ref()
+                }
+                Rule::patience => {
+                    t.patience =
+                        Some(self.integer(opt.into_inner().next().expect("patience has an integer"), "patience"))
                 }
                 Rule::select => {
                     let v = opt.into_inner().next().expect("select has a value");
