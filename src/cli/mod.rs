@@ -74,6 +74,9 @@ enum Command {
         /// Also write every row's gate weights (a column per gate and expert).
         #[arg(long)]
         gates: bool,
+        /// Copy this input column (an id, say) to the output, first; repeatable.
+        #[arg(long, value_name = "COLUMN")]
+        keep: Vec<String>,
     },
     /// Write the spec's synthetic data to a CSV file.
     Synth {
@@ -166,7 +169,9 @@ pub fn run() -> ExitCode {
             let opts = TrainOptions { data, out, epochs, rows, device, resume, fresh };
             compile_and_train(&spec, opts)
         }
-        Command::Predict { bundle, data, out, device, gates } => predict(&bundle, &data, out.as_deref(), device, gates),
+        Command::Predict { bundle, data, out, device, gates, keep } => {
+            predict(&bundle, &data, out.as_deref(), device, gates, &keep)
+        }
         Command::Synth { spec, rows, out } => synth(&spec, rows, &out),
         Command::Bench { spec, batch, steps, device, optimizer } => {
             bench::bench(&spec, batch, steps, device, optimizer.as_deref())
@@ -225,7 +230,7 @@ fn check(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Where the spec asks for a column, as `file:line:col (who)`: the feature's `column`
+/// Who asks for a column and where, as "feature `x` at file:line:col": the feature's `column`
 /// (or its name, when it reads the column named after it) or the task's `label`.
 fn spec_locator(src: &SourceFile) -> impl Fn(&Need) -> String + '_ {
     let spec = multigate::spec::parse(src).ok();
@@ -239,10 +244,12 @@ fn spec_locator(src: &SourceFile) -> impl Fn(&Need) -> String + '_ {
             NeedOwner::Task(name) => {
                 s.tasks.iter().find(|t| t.name.get_ref() == name).and_then(|t| t.label.as_ref()).map(|l| l.span())
             }
+            NeedOwner::Caller => None,
         });
-        match span {
-            Some(span) => format!("{} ({})", src.locate(&span), need.reader),
-            None => format!("{} ({})", src.name, need.reader),
+        match (span, &need.owner) {
+            (Some(span), _) => format!("{} at {}", need.reader, src.locate(&span)),
+            (None, NeedOwner::Caller) => need.reader.clone(),
+            (None, _) => format!("{} in {}", need.reader, src.name),
         }
     }
 }
@@ -401,7 +408,14 @@ fn print_report(names: &[String], select: &multigate::ir::Selection, r: &TrainRe
     }
 }
 
-fn predict(bundle: &Path, data_path: &Path, out: Option<&Path>, device: Device, gates: bool) -> Result<(), Failure> {
+fn predict(
+    bundle: &Path,
+    data_path: &Path,
+    out: Option<&Path>,
+    device: Device,
+    gates: bool,
+    keep: &[String],
+) -> Result<(), Failure> {
     let dev = candle_device(device)?;
     let b = export::read_bundle(bundle, &dev)?;
     auto_threads(b.compiled.model.flops_per_sample(), 4096);
@@ -411,24 +425,39 @@ fn predict(bundle: &Path, data_path: &Path, out: Option<&Path>, device: Device, 
             multigate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None }
         }
     };
-    let needs = data::needs(&b.compiled.model);
+    let mut needs = data::needs(&b.compiled.model);
+    for k in keep {
+        needs.push(Need {
+            column: k.clone(),
+            kind: data::ColumnKind::Cat,
+            reader: "`--keep`".into(),
+            owner: NeedOwner::Caller,
+            is_label: false,
+        });
+    }
     let frame = data::csv_source::read_csv(data_path, &format, &needs, false, &spec_locator(&b.source))?;
     let ds = data::encode(&b.compiled.model, &frame, false)?;
     let p = train::predict_rows(&b.model, &ds, 4096, gates)?;
-    let mut names: Vec<&str> = b.compiled.model.tasks.iter().map(|t| t.name.as_str()).collect();
+    let kept: Vec<&data::Column> =
+        keep.iter().map(|k| frame.column_as(k, false)).collect::<Option<_>>().unwrap_or_default();
+    let mut names: Vec<&str> = keep.iter().map(String::as_str).collect();
+    names.extend(b.compiled.model.tasks.iter().map(|t| t.name.as_str()));
     names.extend(p.gate_columns.iter().map(|(n, _)| n.as_str()));
     let columns: Vec<&Vec<f32>> = p.values.iter().chain(p.gate_columns.iter().map(|(_, v)| v)).collect();
-    let mut text = String::with_capacity(ds.rows * 12 * names.len());
-    text.push_str(&names.join(","));
-    text.push('\n');
+    let mut w = csv::Writer::from_writer(Vec::with_capacity(ds.rows * 12 * names.len()));
+    w.write_record(&names)?;
     for i in 0..ds.rows {
-        let row: Vec<String> = columns.iter().map(|c| format!("{}", c[i])).collect();
-        text.push_str(&row.join(","));
-        text.push('\n');
+        let mut row: Vec<String> = kept.iter().map(|c| c.text(i)).collect();
+        row.extend(columns.iter().map(|c| format!("{}", c[i])));
+        w.write_record(&row)?;
     }
+    let text = w.into_inner().map_err(|e| Failure::new(1, format!("error: {e}")))?;
     match out {
-        Some(p) => write_atomic(p, text.as_bytes())?,
-        None => print!("{text}"),
+        Some(p) => write_atomic(p, &text)?,
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(&text)?;
+        }
     }
     if ds.has_labels() {
         let eval = train::evaluate(&b.model, &ds, 4096)?;

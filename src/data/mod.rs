@@ -21,9 +21,7 @@ use hash::hash_bucket;
 pub enum DataError {
     #[error("cannot open {path}: {source}")]
     Open { path: String, source: std::io::Error },
-    #[error(
-        "{path}: column `{column}` is not in the file (the spec reads it at {spec_at}); the file has: {available}"
-    )]
+    #[error("{path}: column `{column}` is not in the file (wanted by {spec_at}); the file has: {available}")]
     MissingColumn { path: String, column: String, spec_at: String, available: String },
     #[error("{at}: {problem}")]
     BadRow { at: String, problem: String },
@@ -59,6 +57,8 @@ pub struct Need {
 pub enum NeedOwner {
     Feature(String),
     Task(String),
+    /// Asked for outside the spec (e.g. `predict --keep`).
+    Caller,
 }
 
 /// Every column the model reads, in a stable order.

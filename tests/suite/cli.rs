@@ -92,6 +92,16 @@ fn train_predict_synth_round_trip() {
     }
     assert!(err.contains("click: auc"), "labels present, so metrics are printed: {err}");
 
+    // --keep copies input columns in front of the predictions, row for row.
+    let (code, kept, err) = mg(&["predict", bundle.to_str().unwrap(), csv.to_str().unwrap(), "--keep", "site_id"]);
+    assert_eq!(code, 0, "{err}");
+    let input = std::fs::read_to_string(&csv).unwrap();
+    let site_col = input.lines().next().unwrap().split(',').position(|h| h == "site_id").unwrap();
+    let ids: Vec<&str> = input.lines().skip(1).map(|l| l.split(',').nth(site_col).unwrap()).collect();
+    let kept_ids: Vec<&str> = kept.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(kept.lines().next().unwrap(), "site_id,click,banner_top");
+    assert_eq!(kept_ids, ids);
+
     // With --gates, every row also carries each gate's weights, which sum to one.
     let (code, text, err) = mg(&["predict", bundle.to_str().unwrap(), csv.to_str().unwrap(), "--gates"]);
     assert_eq!(code, 0, "{err}");

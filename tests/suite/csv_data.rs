@@ -46,7 +46,7 @@ fn read(text: &str) -> Result<data::Dataset, DataError> {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("t.csv");
     std::fs::write(&p, text).unwrap();
-    let frame = read_csv(&p, &fmt(), &data::needs(&c.model), true, &|n| format!("spec.toml:9:1 ({})", n.reader))?;
+    let frame = read_csv(&p, &fmt(), &data::needs(&c.model), true, &|n| format!("{} at spec.toml:9:1", n.reader))?;
     data::encode(&c.model, &frame, true)
 }
 
