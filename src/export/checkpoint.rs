@@ -15,7 +15,7 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{io, replace_dir, sync_dir, ExportError};
+use super::{write_files, write_folder, ExportError};
 use crate::backend::candle::CandleModel;
 use crate::train::{Checkpoint, EpochReport};
 
@@ -34,8 +34,7 @@ fn named(model: &CandleModel, values: &[Tensor]) -> HashMap<String, Tensor> {
 
 /// Writes a checkpoint to `dir` (replacing any older one atomically).
 pub fn write_checkpoint(dir: &Path, model: &CandleModel, c: &Checkpoint) -> Result<(), ExportError> {
-    let tmp = super::temp_dir_for(dir)?;
-    let result = (|| {
+    write_folder(dir, |tmp| {
         candle_core::safetensors::save(&named(model, &c.weights), tmp.join("weights.safetensors"))?;
         if let Some((_, _, best)) = &c.best {
             candle_core::safetensors::save(&named(model, best), tmp.join("best.safetensors"))?;
@@ -53,18 +52,8 @@ pub fn write_checkpoint(dir: &Path, model: &CandleModel, c: &Checkpoint) -> Resu
             path: dir.display().to_string(),
             problem: format!("cannot encode state: {e}"),
         })?;
-        for (file, text) in [("state.json", json), ("model.ir", model.ir.to_string())] {
-            let p = tmp.join(file);
-            std::fs::write(&p, text).map_err(io(&p))?;
-        }
-        sync_dir(&tmp);
-        Ok::<(), ExportError>(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    replace_dir(&tmp, dir)
+        write_files(tmp, &[("state.json", json), ("model.ir", model.ir.to_string())])
+    })
 }
 
 /// Reads a checkpoint written for `model` (same IR), checking every tensor.

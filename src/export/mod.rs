@@ -50,27 +50,39 @@ pub struct BundleContents<'a> {
 
 /// Writes a bundle to `dir` atomically.
 pub fn write_bundle(dir: &Path, model: &CandleModel, contents: BundleContents<'_>) -> Result<(), ExportError> {
-    let tmp = temp_dir_for(dir)?;
-    let result = (|| {
+    write_folder(dir, |tmp| {
         let weights: HashMap<String, Tensor> =
             model.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
         candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
-        for (file, text) in [
-            ("spec.toml", contents.spec_toml.to_string()),
-            ("model.ir", model.ir.to_string()),
-            ("metrics.json", contents.metrics_json.to_string()),
-        ] {
-            let p = tmp.join(file);
-            std::fs::write(&p, text).map_err(io(&p))?;
-        }
-        sync_dir(&tmp);
-        Ok::<(), ExportError>(())
-    })();
-    if let Err(e) = result {
+        write_files(
+            tmp,
+            &[
+                ("spec.toml", contents.spec_toml.to_string()),
+                ("model.ir", model.ir.to_string()),
+                ("metrics.json", contents.metrics_json.to_string()),
+            ],
+        )
+    })
+}
+
+/// Fills a fresh temporary folder beside `dir` with `fill`, syncs it, and renames it
+/// into place. On any error the temporary folder goes and `dir` stays as it was.
+fn write_folder(dir: &Path, fill: impl FnOnce(&Path) -> Result<(), ExportError>) -> Result<(), ExportError> {
+    let tmp = temp_dir_for(dir)?;
+    if let Err(e) = fill(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
+    sync_dir(&tmp);
     replace_dir(&tmp, dir)
+}
+
+fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), ExportError> {
+    for (file, text) in files {
+        let p = dir.join(file);
+        std::fs::write(&p, text).map_err(io(&p))?;
+    }
+    Ok(())
 }
 
 /// A fresh, empty temporary folder beside `dir`, on the same file system so that a

@@ -129,36 +129,25 @@ impl Builder {
         }
     }
 
-    fn take_f64(&mut self, args: &mut Args, key: &str) -> Option<Sp<f64>> {
-        match self.take(args, key)? {
-            (Value::Num(n), span) => match n.parse::<f64>() {
-                Ok(x) => Some(Sp::new(span, x)),
-                Err(_) => {
-                    self.bad(key, "a number", &span);
-                    None
-                }
+    /// A number argument parsed as `T`; anything else is a `BadValue` saying `expected`.
+    fn take_num<T: std::str::FromStr>(&mut self, args: &mut Args, key: &str, expected: &'static str) -> Option<Sp<T>> {
+        let (value, span) = self.take(args, key)?;
+        match value {
+            Value::Num(n) => match n.parse::<T>() {
+                Ok(x) => return Some(Sp::new(span, x)),
+                Err(_) => self.bad(key, expected, &span),
             },
-            (_, span) => {
-                self.bad(key, "a number", &span);
-                None
-            }
+            _ => self.bad(key, expected, &span),
         }
+        None
+    }
+
+    fn take_f64(&mut self, args: &mut Args, key: &str) -> Option<Sp<f64>> {
+        self.take_num(args, key, "a number")
     }
 
     fn take_u64(&mut self, args: &mut Args, key: &str) -> Option<Sp<u64>> {
-        match self.take(args, key)? {
-            (Value::Num(n), span) => match n.parse::<u64>() {
-                Ok(x) => Some(Sp::new(span, x)),
-                Err(_) => {
-                    self.bad(key, "a whole number >= 0", &span);
-                    None
-                }
-            },
-            (_, span) => {
-                self.bad(key, "a whole number >= 0", &span);
-                None
-            }
-        }
+        self.take_num(args, key, "a whole number >= 0")
     }
 
     fn take_bool(&mut self, args: &mut Args, key: &str) -> Option<bool> {
