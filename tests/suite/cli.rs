@@ -257,3 +257,30 @@ fn an_interrupted_run_is_never_overwritten_silently() {
     assert!(!ck.exists(), "a finished run removes its checkpoint");
     assert!(out.join("model.safetensors").exists());
 }
+
+#[test]
+fn a_device_this_build_lacks_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("b");
+    let (code, _, err) = mg(&[
+        "compile-and-train",
+        "models/synthetic_mmoe.mg",
+        "--rows",
+        "100",
+        "--device",
+        "cuda:0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    if cfg!(feature = "cuda") {
+        return; // A CUDA build on a machine without a GPU fails differently; nothing to check here.
+    }
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--features cuda"), "{err}");
+    assert!(!out.exists());
+    let (code, _, err) = mg(&["check", "models/synthetic_mmoe.mg", "--threads", "0"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = mg(&["compile-and-train", "models/synthetic_mmoe.mg", "--device", "tpu"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("expected cpu, cuda or cuda:N"), "{err}");
+}
