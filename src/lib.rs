@@ -1,15 +1,24 @@
 //! multigate: a compiler for multi-task recommendation models.
 //!
-//! A spec (TOML) declares features, crosses, a stack of shared-bottom / MoE / MMoE
-//! layers and one tower per task. The pipeline ([`pipeline`]) runs one way:
+//! A spec (TOML, or the `.mg` DSL of `grammar/multigate.pest`) declares features,
+//! crosses, a stack of shared-bottom / MoE / MMoE layers and one tower per task. The
+//! pipeline ([`pipeline`]) runs one way:
 //!
-//! 1. [`spec`]: text -> [`spec::Spec`] (raw, spanned, names unresolved);
+//! 1. [`spec`]: text -> [`spec::Spec`] (raw, spanned, names unresolved; both syntaxes);
 //! 2. [`lower`]: `Spec` -> [`ir::Validated`] (names resolved, shapes inferred, ranges
 //!    checked; every mistake reported with its span);
 //! 3. [`backend`]: validated IR -> a trainable model (candle, CPU; CUDA behind a feature);
 //! 4. [`data`]: rows (synthetic generators, CSV) -> encoded batches;
 //! 5. [`train`]: Adam, losses, metrics, the loop;
-//! 6. [`export`]: bundle write/read (safetensors + spec + IR text + metrics).
+//! 6. [`export`]: bundle and checkpoint write/read (safetensors + spec + IR text +
+//!    metrics), atomic.
+//!
+//! ```no_run
+//! use multigate::{pipeline::compile_source, source::SourceFile};
+//! let src = SourceFile::from_text("m.mg", "model m { feature x: dense task y: regression(label = y) }");
+//! let compiled = compile_source(&src).expect("a valid spec");
+//! println!("{}", *compiled.model); // the IR, one line per node
+//! ```
 
 pub mod backend;
 pub mod data;
