@@ -166,6 +166,16 @@ impl Dataset {
 /// Encodes a frame for `model`. With `require_labels = false` (prediction), absent
 /// label columns give empty label vectors.
 pub fn encode(model: &Model, frame: &Frame, require_labels: bool) -> Result<Dataset, DataError> {
+    encode_with(model, frame, require_labels, false)
+}
+
+/// [`encode`] for training rows: labels are required, and a binary task whose
+/// `positive` value never occurs is an error (a typo that would train on all-zero labels).
+pub fn encode_training(model: &Model, frame: &Frame) -> Result<Dataset, DataError> {
+    encode_with(model, frame, true, true)
+}
+
+fn encode_with(model: &Model, frame: &Frame, require_labels: bool, check_positive: bool) -> Result<Dataset, DataError> {
     let missing = |c: &str| DataError::Other(format!("{}: column `{c}` missing", frame.origin.name));
     let mut ds = Dataset { rows: frame.rows, ..Default::default() };
     ds.dense_width =
@@ -215,6 +225,24 @@ pub fn encode(model: &Model, frame: &Frame, require_labels: bool) -> Result<Data
         };
         let labels: Vec<f32> = match (col, &t.label.positive) {
             (Column::Cat { dict, codes }, Some(p)) => {
+                // A `positive` no row has is almost always a typo, and would silently
+                // train on all-zero labels.
+                if check_positive && !dict.contains(p) && !codes.is_empty() {
+                    let mut seen: Vec<&str> = dict.iter().map(String::as_str).take(8).collect();
+                    seen.sort_unstable();
+                    let hint = crate::diag::did_you_mean(p, dict.iter().map(String::as_str))
+                        .map_or_else(String::new, |h| format!("; {h}"));
+                    return Err(DataError::BadValue {
+                        at: frame.origin.name.clone(),
+                        column: t.label.column.clone(),
+                        problem: format!(
+                            "no row equals `positive = {p:?}` of task `{}`, so every label would be 0 (values seen: {}{}){hint}",
+                            t.name,
+                            seen.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", "),
+                            if dict.len() > 8 { ", ..." } else { "" }
+                        ),
+                    });
+                }
                 let pos: Vec<f32> = dict.iter().map(|v| f32::from(v == p)).collect();
                 codes.iter().map(|&c| pos[c as usize]).collect()
             }
@@ -294,9 +322,13 @@ pub fn load_splits(
     use crate::ir::{DataSource, SyntheticKind};
     let needs = needs(model);
     let mut info = LoadInfo::default();
-    let read = |path: &std::path::Path, format: &crate::ir::CsvFormat| -> Result<Dataset, DataError> {
+    let read = |path: &std::path::Path, format: &crate::ir::CsvFormat, training: bool| -> Result<Dataset, DataError> {
         let frame = csv_source::read_csv(path, format, &needs, true, spec_at)?;
-        encode(model, &frame, true)
+        if training {
+            encode_training(model, &frame)
+        } else {
+            encode(model, &frame, true)
+        }
     };
     // Training files (concatenated), and the validation and test files when given.
     let read_files = |files: &[std::path::PathBuf],
@@ -312,16 +344,16 @@ pub fn load_splits(
         }
         let mut all = Dataset::default();
         for f in files {
-            all.extend(read(f, format)?);
+            all.extend(read(f, format, true)?);
         }
         info.source = files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-        Ok((all, val.map(|p| read(p, format)).transpose()?, test.map(|p| read(p, format)).transpose()?))
+        Ok((all, val.map(|p| read(p, format, false)).transpose()?, test.map(|p| read(p, format, false)).transpose()?))
     };
     let (all, validation, test) = match (&data.source, train_override) {
         (DataSource::Synthetic(s), None) => {
             let frame = synthetic::generate(model, s, s.rows);
             info.source = frame.origin.name.clone();
-            let ds = encode(model, &frame, true)?;
+            let ds = encode_training(model, &frame)?;
             if matches!(s.kind, SyntheticKind::Mmoe { .. }) && ds.labels.len() == 2 {
                 info.label_correlation = Some(synthetic::pearson(&ds.labels[0], &ds.labels[1]));
             }

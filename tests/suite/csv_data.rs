@@ -135,3 +135,16 @@ fn one_column_can_feed_a_categorical_and_a_dense_feature() {
     assert_eq!(ds.dense, vec![1.0], "age as a number, z-scored");
     assert_eq!(ds.cat[2], vec![hash_bucket("age_bucket", "40", 10)], "age as a category");
 }
+
+#[test]
+fn a_positive_value_no_training_row_has_is_an_error_with_a_suggestion() {
+    let c = compile_ok("csv.toml", &SPEC.replace("positive = \"yes\"", "positive = \"Yes\""));
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.csv");
+    std::fs::write(&p, "city, kind, age, label, amount\nParis, a, 1, yes, 1\nRome, a, 1, no, 2\n").unwrap();
+    let frame = read_csv(&p, &fmt(), &data::needs(&c.model), true, &|_| String::new()).unwrap();
+    let e = data::encode_training(&c.model, &frame).unwrap_err().to_string();
+    assert!(e.contains("`label`") && e.contains("\"Yes\"") && e.contains("did you mean `yes`?"), "{e}");
+    // Held-out files may lack positives: plain encoding accepts them.
+    assert_eq!(data::encode(&c.model, &frame, true).unwrap().labels[0], vec![0.0, 0.0]);
+}
