@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 
 use super::{compile, Failure};
-use multigate::backend::candle::{candle_device, Batch, CandleModel};
+use multigate::backend::candle::{candle_device, Batch, CandleBackend};
+use multigate::backend::Backend;
 use multigate::backend::Device;
 use multigate::data;
 use multigate::ir::DataSource;
@@ -44,7 +45,7 @@ pub fn bench(
     let batches: Vec<Batch> = (0..16)
         .map(|i| Batch::gather(&ds, &(i * batch_size..(i + 1) * batch_size).collect::<Vec<_>>(), &dev))
         .collect::<Result<_, _>>()?;
-    let model = CandleModel::new(&c.model, c.train.seed, &dev)?;
+    let model = CandleBackend { device: dev.clone() }.build(&c.model, c.train.seed)?;
     let vars = model.vars.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = Adam::new(vars, AdamConfig::from(&c.train))?;
     let sync = |t: &Tensor| -> Result<(), Failure> {

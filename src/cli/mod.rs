@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use multigate::backend::candle::{candle_device, CandleModel};
+use multigate::backend::candle::{candle_device, CandleBackend};
+use multigate::backend::Backend;
 use multigate::backend::Device;
 use multigate::data::{self, Need, NeedOwner};
 use multigate::export::{self, BundleContents};
@@ -317,7 +318,7 @@ fn compile_and_train(path: &Path, o: TrainOptions) -> Result<(), Failure> {
             }
         );
     }
-    let model = CandleModel::new(&c.model, c.train.seed, &dev)?;
+    let model = CandleBackend { device: dev }.build(&c.model, c.train.seed)?;
     let checkpoint = match (resume, ckpt_dir.exists()) {
         (true, true) => {
             let ck = export::read_checkpoint(&ckpt_dir, &model)?;
