@@ -46,12 +46,16 @@ pub fn parse(src: &SourceFile) -> Result<Spec, Vec<SpecError>> {
     }
 }
 
-/// Whether a spec's text holds comments (outside strings), which `fmt` cannot keep.
-pub fn has_comments(text: &str, syntax: Syntax) -> bool {
-    let (mut in_string, mut escaped) = (false, false);
-    let mut prev = '\0';
-    for c in text.chars() {
-        if in_string {
+/// Walks a spec's text, calling `code` on every character outside strings and comments
+/// (`#` in both syntaxes, `//` in the DSL) until it returns false. Returns whether a
+/// comment was seen.
+pub(crate) fn scan_code(text: &str, syntax: Syntax, mut code: impl FnMut(usize, char) -> bool) -> bool {
+    let (mut in_string, mut escaped, mut in_comment, mut saw_comment) = (false, false, false, false);
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if in_comment {
+            in_comment = c != '\n';
+        } else if in_string {
             match (escaped, c) {
                 (true, _) => escaped = false,
                 (false, '\\') => escaped = true,
@@ -60,12 +64,19 @@ pub fn has_comments(text: &str, syntax: Syntax) -> bool {
             }
         } else if c == '"' {
             in_string = true;
-        } else if c == '#' || (syntax == Syntax::Dsl && c == '/' && prev == '/') {
-            return true;
+        } else if c == '#' || (syntax == Syntax::Dsl && c == '/' && chars.peek().is_some_and(|&(_, n)| n == '/')) {
+            in_comment = true;
+            saw_comment = true;
+        } else if !code(i, c) {
+            break;
         }
-        prev = c;
     }
-    false
+    saw_comment
+}
+
+/// Whether a spec's text holds comments (outside strings), which `fmt` cannot keep.
+pub fn has_comments(text: &str, syntax: Syntax) -> bool {
+    scan_code(text, syntax, |_, _| true)
 }
 
 /// Largest spec accepted, in bytes. Real specs are a few kilobytes.
@@ -472,5 +483,32 @@ impl Spec {
         // Serialising plain data structs to TOML cannot fail: no maps with non-string keys,
         // and arrays of tables come after plain values in every struct above.
         toml::to_string(self).unwrap_or_else(|e| format!("# could not serialise spec: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comments_and_strings_are_not_code() {
+        assert!(has_comments("a = 1 # note", Syntax::Toml));
+        assert!(!has_comments("a = \"# not a comment\"", Syntax::Toml));
+        assert!(has_comments("model m { // note\n}", Syntax::Dsl));
+        assert!(!has_comments("model m { column \"a//b\" }", Syntax::Dsl));
+        assert!(!has_comments("a = \"x//y\"", Syntax::Toml));
+        let mut code = String::new();
+        scan_code("x(\"[[\") // ((((\ny]", Syntax::Dsl, |_, c| {
+            code.push(c);
+            true
+        });
+        assert_eq!(code, "x() y]"); // the newline ends the comment with it
+    }
+
+    #[test]
+    fn brackets_in_comments_do_not_count_as_nesting() {
+        let deep_comment =
+            format!("model m {{ // {}\n feature x: dense task y: regression(label = y) }}", "(".repeat(500));
+        assert!(parse_dsl(&SourceFile::from_text("c.mg", deep_comment)).is_ok());
     }
 }

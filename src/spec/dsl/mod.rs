@@ -42,35 +42,23 @@ pub fn parse_dsl(src: &SourceFile) -> Result<Spec, Vec<SpecError>> {
 }
 
 fn check_depth(text: &str) -> Result<(), Vec<SpecError>> {
-    let (mut depth, mut in_string, mut escaped, mut in_comment) = (0usize, false, false, false);
-    for (i, c) in text.char_indices() {
-        if in_comment {
-            in_comment = c != '\n';
-            continue;
-        }
-        if in_string {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"' | '\n') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut depth = 0usize;
+    let mut too_deep = None;
+    scan_code(text, Syntax::Dsl, |i, c| {
         match c {
-            '"' => in_string = true,
-            '#' => in_comment = true,
-            '[' | '(' | '{' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(vec![SpecError::TooDeep { depth, span: (i, 1).into() }]);
-                }
-            }
+            '[' | '(' | '{' => depth += 1,
             ']' | ')' | '}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        if depth > MAX_DEPTH {
+            too_deep = Some(i);
+        }
+        too_deep.is_none()
+    });
+    match too_deep {
+        Some(i) => Err(vec![SpecError::TooDeep { depth, span: (i, 1).into() }]),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Readable names for rules in "expected ..." messages.
