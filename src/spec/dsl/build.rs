@@ -10,6 +10,12 @@ use super::Rule;
 use crate::diag::did_you_mean;
 use crate::source::Span;
 
+/// The single value inside `key VALUE` (every such rule holds exactly one inner pair).
+fn inner_of<'i>(p: Pair<'i, Rule>, key: &str) -> Pair<'i, Rule> {
+    let span = p.as_span();
+    p.into_inner().next().unwrap_or_else(|| panic!("grammar: `{key}` at {span:?} holds a value"))
+}
+
 fn span_of(p: &Pair<Rule>) -> Span {
     let s = p.as_span();
     s.start()..s.end()
@@ -204,6 +210,18 @@ impl Builder {
                 sp_of(&p, 0.0)
             }
         }
+    }
+
+    /// Sets a word field (an activation, a layer name) from its pair, once.
+    fn set_word(&mut self, slot: &mut Option<Sp<String>>, key: &str, p: Pair<Rule>) {
+        let v = sp_of(&p, p.as_str().to_string());
+        self.once(slot, key, v);
+    }
+
+    /// Sets a number field from its pair, once.
+    fn set_number(&mut self, slot: &mut Option<Sp<f64>>, key: &'static str, p: Pair<Rule>) {
+        let v = self.number(p, key);
+        self.once(slot, key, v);
     }
 
     /// Sets an optional field once; a second occurrence is an error.
@@ -417,42 +435,23 @@ impl Builder {
         let mut units_seen: Option<Span> = None;
         for opt in rest[1..].iter().cloned() {
             match opt.as_rule() {
-                Rule::experts => {
-                    let mut it = opt.into_inner();
-                    let n = self.integer(it.next().expect("experts has a count"), "experts");
-                    self.once(&mut l.experts, "experts", n);
-                    for part in it {
-                        match part.as_rule() {
-                            Rule::integer_list => self.set_units(&mut l, &mut units_seen, part),
-                            Rule::bare_activation => {
-                                let a = sp_of(&part, part.as_str().to_string());
-                                self.once(&mut l.activation, "activation", a);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                Rule::units => {
+                // Grammar: `experts = { "experts" ~ integer ~ ("x" ~ integer_list ~ bare_activation?)? }`
+                // and `units = { "units" ~ integer_list ~ bare_activation? }`.
+                Rule::experts | Rule::units => {
                     for part in opt.into_inner() {
                         match part.as_rule() {
-                            Rule::integer_list => self.set_units(&mut l, &mut units_seen, part),
-                            Rule::bare_activation => {
-                                let a = sp_of(&part, part.as_str().to_string());
-                                self.once(&mut l.activation, "activation", a);
+                            Rule::integer => {
+                                let n = self.integer(part, "experts");
+                                self.once(&mut l.experts, "experts", n);
                             }
+                            Rule::integer_list => self.set_units(&mut l, &mut units_seen, part),
+                            Rule::bare_activation => self.set_word(&mut l.activation, "activation", part),
                             _ => {}
                         }
                     }
                 }
-                Rule::activation => {
-                    let w = opt.into_inner().next().expect("activation has a word");
-                    let a = sp_of(&w, w.as_str().to_string());
-                    self.once(&mut l.activation, "activation", a);
-                }
-                Rule::dropout => {
-                    let d = self.number(opt.into_inner().next().expect("dropout has a number"), "dropout");
-                    self.once(&mut l.dropout, "dropout", d);
-                }
+                Rule::activation => self.set_word(&mut l.activation, "activation", inner_of(opt, "activation")),
+                Rule::dropout => self.set_number(&mut l.dropout, "dropout", inner_of(opt, "dropout")),
                 _ => {}
             }
         }
@@ -517,32 +516,15 @@ impl Builder {
                                 let u = self.integer_list(part, "tower");
                                 self.once(&mut t.tower, "tower", u);
                             }
-                            Rule::bare_activation => {
-                                let a = sp_of(&part, part.as_str().to_string());
-                                self.once(&mut t.activation, "activation", a);
-                            }
+                            Rule::bare_activation => self.set_word(&mut t.activation, "activation", part),
                             _ => {}
                         }
                     }
                 }
-                Rule::weight => {
-                    let w = self.number(opt.into_inner().next().expect("weight has a number"), "weight");
-                    self.once(&mut t.weight, "weight", w);
-                }
-                Rule::dropout => {
-                    let d = self.number(opt.into_inner().next().expect("dropout has a number"), "dropout");
-                    self.once(&mut t.dropout, "dropout", d);
-                }
-                Rule::input => {
-                    let n = opt.into_inner().next().expect("input has a layer name");
-                    let v = sp_of(&n, n.as_str().to_string());
-                    self.once(&mut t.input, "input", v);
-                }
-                Rule::activation => {
-                    let w = opt.into_inner().next().expect("activation has a word");
-                    let a = sp_of(&w, w.as_str().to_string());
-                    self.once(&mut t.activation, "activation", a);
-                }
+                Rule::weight => self.set_number(&mut t.weight, "weight", inner_of(opt, "weight")),
+                Rule::dropout => self.set_number(&mut t.dropout, "dropout", inner_of(opt, "dropout")),
+                Rule::input => self.set_word(&mut t.input, "input", inner_of(opt, "input")),
+                Rule::activation => self.set_word(&mut t.activation, "activation", inner_of(opt, "activation")),
                 _ => {}
             }
         }
