@@ -22,6 +22,7 @@ fn stream(s: &Stream) -> String {
     match s {
         Stream::Shared { width } => format!("shared[{width}]"),
         Stream::PerTask { width } => format!("per_task[{width}]"),
+        Stream::PerTaskShared { width } => format!("per_task+shared[{width}]"),
     }
 }
 
@@ -74,29 +75,37 @@ impl fmt::Display for Model {
                 stream(&l.output),
                 l.params()
             )?;
-            let e = &l.experts;
-            let owner = match e.owner {
-                ExpertOwner::Shared => "shared".to_string(),
-                ExpertOwner::Task(t) => format!("task {}", self.tasks[t.0].name),
-            };
-            writeln!(
-                f,
-                "    expert_group {}: {} x {} {}{} ({owner})  params {}",
-                e.name,
-                e.count,
-                mlp(&e.dims),
-                e.activation.as_str(),
-                dropout(e.dropout),
-                e.params()
-            )?;
+            for e in &l.groups {
+                let owner = match e.owner {
+                    ExpertOwner::Shared => "shared".to_string(),
+                    ExpertOwner::Task(t) => format!("task {}", self.tasks[t.0].name),
+                };
+                writeln!(
+                    f,
+                    "    expert_group {}: {} x {} {}{} ({owner})  params {}",
+                    e.name,
+                    e.count,
+                    mlp(&e.dims),
+                    e.activation.as_str(),
+                    dropout(e.dropout),
+                    e.params()
+                )?;
+            }
             for g in &l.gates {
                 let owner = match g.owner {
                     GateOwner::AllTasks => "all tasks".to_string(),
                     GateOwner::Task(t) => format!("task {}", self.tasks[t.0].name),
+                    GateOwner::Shared => "shared slot".to_string(),
+                };
+                let over = if l.groups.len() > 1 {
+                    let names: Vec<&str> = g.groups.iter().map(|&i| l.groups[i].name.as_str()).collect();
+                    format!(" over {}", names.join(" + "))
+                } else {
+                    String::new()
                 };
                 writeln!(
                     f,
-                    "    gate {}: softmax[{} -> {}] ({owner})  params {}",
+                    "    gate {}: softmax[{} -> {}]{over} ({owner})  params {}",
                     g.name,
                     g.d_in,
                     g.experts,

@@ -51,60 +51,62 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
     }
     nodes.push(Node { id: concat.clone(), label: format!("concat [{}]", m.input_width) });
     let n_tasks = m.tasks.len();
-    // Where each task's stream comes from (one id for a shared stream), after each layer.
+    // The node feeding each slot of the current stream, after each layer.
     let mut heads: Vec<String> = vec![concat];
     let mut heads_after: Vec<Vec<String>> = Vec::new();
     for (li, l) in m.layers.iter().enumerate() {
-        let e = &l.experts;
-        let eid = format!("l{li}e");
-        let slots = l.input.slots(n_tasks);
-        let what = if l.kind == LayerKind::SharedBottom { "MLP".to_string() } else { format!("{} experts", e.count) };
-        nodes.push(Node {
-            id: eid.clone(),
-            label: format!(
-                "{} ({})\\n{what} [{}] {}\\nparams {}  flops {}",
-                l.name,
-                l.kind.as_str(),
-                mlp(&e.dims),
-                e.activation.as_str(),
-                e.params(),
-                slots * e.flops_per_slot()
-            ),
-        });
-        for h in dedup(&heads) {
-            edges.push((h, eid.clone(), format!("{}", l.input.width())));
+        let plan = l.plan(n_tasks);
+        let group_id = |gi: usize| format!("l{li}e{gi}");
+        for run in &plan.runs {
+            let e = &l.groups[run.group];
+            let what = if l.kind == LayerKind::SharedBottom { "MLP".to_string() } else { format!("{} experts", e.count) };
+            nodes.push(Node {
+                id: group_id(run.group),
+                label: format!(
+                    "{} ({})\\n{what} [{}] {}\\nparams {}  flops {}",
+                    e.name,
+                    l.kind.as_str(),
+                    mlp(&e.dims),
+                    e.activation.as_str(),
+                    e.params(),
+                    run.slots.len() * e.flops_per_slot()
+                ),
+            });
+            let sources: Vec<String> = run.slots.iter().filter_map(|&s| heads.get(s).cloned()).collect();
+            for h in dedup(&sources) {
+                edges.push((h, group_id(run.group), format!("{}", l.input.width())));
+            }
         }
-        if l.gates.is_empty() {
-            heads = match l.output {
-                Stream::Shared { .. } => vec![eid],
-                Stream::PerTask { .. } => vec![eid; n_tasks],
-            };
+        if plan.mixes.is_empty() {
+            // Ungated: each run's output is a slot.
+            heads = plan.runs.iter().flat_map(|r| r.slots.iter().map(|_| group_id(r.group))).collect();
             heads_after.push(heads.clone());
             continue;
         }
-        let mut gate_ids = Vec::new();
+        let gate_id = |gi: usize| format!("l{li}g{gi}");
         for (gi, g) in l.gates.iter().enumerate() {
-            let gid = format!("l{li}g{gi}");
             nodes.push(Node {
-                id: gid.clone(),
+                id: gate_id(gi),
                 label: format!("{}\\nsoftmax [{}→{}] + mix\\nparams {}", g.name, g.d_in, g.experts, g.params()),
             });
-            let input = match (g.owner, l.input) {
-                (GateOwner::Task(t), Stream::PerTask { .. }) => heads[t.0].clone(),
-                _ => heads[0].clone(),
-            };
-            edges.push((input, gid.clone(), format!("{}", g.d_in)));
-            edges.push((eid.clone(), gid.clone(), format!("{}x[{}]", e.count, e.d_out())));
-            gate_ids.push(gid);
-        }
-        heads = if l.kind == LayerKind::Mmoe {
-            gate_ids
-        } else {
-            match l.output {
-                Stream::Shared { .. } => vec![gate_ids[0].clone()],
-                Stream::PerTask { .. } => vec![gate_ids[0].clone(); n_tasks],
+            for &grp in &g.groups {
+                let e = &l.groups[grp];
+                edges.push((group_id(grp), gate_id(gi), format!("{}x[{}]", e.count, e.d_out())));
             }
-        };
+        }
+        let mut gate_inputs: Vec<(String, String)> = Vec::new();
+        for mix in &plan.mixes {
+            if let Some(h) = heads.get(mix.input) {
+                let edge = (h.clone(), gate_id(mix.gate));
+                if !gate_inputs.contains(&edge) {
+                    gate_inputs.push(edge);
+                }
+            }
+        }
+        for (h, g) in gate_inputs {
+            edges.push((h, g, format!("{}", l.input.width())));
+        }
+        heads = plan.mixes.iter().map(|mix| gate_id(mix.gate)).collect();
         heads_after.push(heads.clone());
     }
     for (ti, t) in m.tasks.iter().enumerate() {
@@ -123,7 +125,8 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
             ),
         });
         let from = t.input.and_then(|i| heads_after.get(i)).unwrap_or(&heads);
-        let src = from.get(ti).or(from.first()).cloned().unwrap_or_default();
+        let stream = t.input.map_or(m.head_stream(), |i| m.layers[i].output);
+        let src = from.get(stream.task_slot(TaskId(ti))).or(from.first()).cloned().unwrap_or_default();
         edges.push((src, id, format!("{}", dims[0])));
     }
     (nodes, edges)

@@ -16,29 +16,28 @@
 //! towers   ─── one per task, reading the last stream (its own slot if per-task)
 //! ```
 //!
-//! # The stream rule for stacked layers
+//! # Stacked layers
 //!
-//! A layer reads and writes a [`Stream`]: either one `Shared` tensor `[batch, width]`
-//! or one tensor per task, `PerTask`, held as `[batch, tasks, width]`.
+//! A layer reads and writes a [`Stream`] of slots (shared, per task, or both); the
+//! rule that maps one to the other, for every layer kind, is [`plan_layer`] in
+//! `layer.rs`, and its table is in that module's docs. Every layer's expert groups
+//! have the same output width, so layer k+1's input width is layer k's output width.
 //!
-//! | layer          | on `Shared[d]`                 | on `PerTask[d]`                                   |
-//! |----------------|--------------------------------|---------------------------------------------------|
-//! | `shared_bottom`| `Shared[u_last]`               | `PerTask[u_last]`: the same MLP on each task slot |
-//! | `moe`          | `Shared[u_last]`: one gate     | `PerTask[u_last]`: experts on each slot, one gate |
-//! | `mmoe`         | `PerTask[u_last]`: gate per task| `PerTask[u_last]`: experts and gate t on slot t  |
+//! # Parameters
 //!
-//! So layer k+1's input width is layer k's last expert width, and a per-task stream
-//! stays per-task. Towers read slot t of a per-task stream, or the shared stream.
-//! Task-specific expert groups (CGC/PLE) are an [`ExpertOwner::Task`] group beside the
-//! shared one, with gates that select groups; ESMM adds a task whose output is the
-//! product of two others ([`TaskOutput`]). Both slot into these types.
+//! [`Model::parameters`] lists every trainable tensor with its stable name, shape and
+//! initialiser; backends, bundles, checkpoints and optimizer state all read it.
 
 pub mod config;
 mod display;
 mod graph;
+mod layer;
+mod params;
 
 pub use config::*;
 pub use graph::{render as render_graph, GraphFormat};
+pub use layer::*;
+pub use params::*;
 
 /// Index of a feature in [`Model::features`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,47 +130,6 @@ pub struct Cross {
     pub dim: usize,
 }
 
-/// A stream between layers (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    /// `[batch, width]`.
-    Shared { width: usize },
-    /// `[batch, tasks, width]`.
-    PerTask { width: usize },
-}
-
-impl Stream {
-    pub fn width(&self) -> usize {
-        match *self {
-            Stream::Shared { width } | Stream::PerTask { width } => width,
-        }
-    }
-    /// How many independent slots the stream carries for `n_tasks` tasks.
-    pub fn slots(&self, n_tasks: usize) -> usize {
-        match self {
-            Stream::Shared { .. } => 1,
-            Stream::PerTask { .. } => n_tasks,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerKind {
-    SharedBottom,
-    Moe,
-    Mmoe,
-}
-
-impl LayerKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            LayerKind::SharedBottom => "shared_bottom",
-            LayerKind::Moe => "moe",
-            LayerKind::Mmoe => "mmoe",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
     Relu,
@@ -196,72 +154,6 @@ impl Activation {
     pub fn as_str(&self) -> &'static str {
         Activation::NAMES[*self as usize]
     }
-}
-
-/// Who an expert group belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExpertOwner {
-    /// Read by every gate of the layer (MMoE, MoE, shared-bottom).
-    Shared,
-    /// Task-specific experts (CGC/PLE); no front end produces these yet.
-    Task(TaskId),
-}
-
-/// `count` experts with the same MLP shape, stored and run as one fused tensor per
-/// MLP layer: weight `[count, dims[i], dims[i+1]]`, bias `[count, dims[i+1]]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExpertGroup {
-    pub name: String,
-    pub owner: ExpertOwner,
-    pub count: usize,
-    /// `[d_in, u_1, .., u_k]`.
-    pub dims: Vec<usize>,
-    pub activation: Activation,
-    /// Dropout rate after each MLP layer while training (0: none).
-    pub dropout: f32,
-}
-
-impl ExpertGroup {
-    pub fn d_in(&self) -> usize {
-        self.dims[0]
-    }
-    pub fn d_out(&self) -> usize {
-        *self.dims.last().unwrap_or(&0)
-    }
-    pub fn params(&self) -> usize {
-        self.count * self.dims.windows(2).map(|w| w[0] * w[1] + w[1]).sum::<usize>()
-    }
-    pub fn flops_per_slot(&self) -> usize {
-        self.count * self.dims.windows(2).map(|w| 2 * w[0] * w[1]).sum::<usize>()
-    }
-}
-
-/// Who reads a gate's mixture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GateOwner {
-    /// One gate for all tasks (MoE / OMoE).
-    AllTasks,
-    Task(TaskId),
-}
-
-/// A softmax gate `[d_in -> experts]` over the layer's experts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Gate {
-    pub name: String,
-    pub owner: GateOwner,
-    pub d_in: usize,
-    pub experts: usize,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Layer {
-    pub name: String,
-    pub kind: LayerKind,
-    pub input: Stream,
-    pub output: Stream,
-    pub experts: ExpertGroup,
-    /// Empty for shared-bottom; one for MoE; one per task for MMoE.
-    pub gates: Vec<Gate>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,43 +211,14 @@ impl Task {
     }
 }
 
-impl Gate {
-    pub fn params(&self) -> usize {
-        self.d_in * self.experts + self.experts
-    }
-}
-
-impl Layer {
-    /// Forward FLOPs per sample: experts on every slot, gate matmuls, mixtures.
-    pub fn flops(&self, n_tasks: usize) -> usize {
-        let slots = self.input.slots(n_tasks);
-        let experts = slots * self.experts.flops_per_slot();
-        let gates: usize =
-            self.gates.iter().map(|g| 2 * g.d_in * g.experts + 2 * g.experts * self.experts.d_out()).sum();
-        experts + gates
-    }
-    pub fn params(&self) -> usize {
-        self.experts.params() + self.gates.iter().map(Gate::params).sum::<usize>()
-    }
-}
-
 impl Model {
     pub fn feature(&self, id: FeatureId) -> &Feature {
         &self.features[id.0]
     }
 
-    /// Trainable parameters.
+    /// Trainable parameters: the sum over [`Model::parameters`].
     pub fn param_count(&self) -> usize {
-        let emb: usize = self
-            .features
-            .iter()
-            .map(|f| match &f.kind {
-                FeatureKind::Categorical { encoding, dim } => encoding.rows() * dim,
-                FeatureKind::Dense { .. } => 0,
-            })
-            .sum();
-        emb + self.layers.iter().map(Layer::params).sum::<usize>()
-            + self.tasks.iter().map(Task::tower_params).sum::<usize>()
+        self.parameters().iter().map(Param::elems).sum()
     }
 
     /// Forward multiply-adds x2 per sample (embedding lookups count zero).

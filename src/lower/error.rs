@@ -108,6 +108,17 @@ pub enum LowerError {
         span: Span,
     },
 
+    #[error("cgc layer `{layer}` reads a per-task stream without a shared slot, so its shared experts have no input")]
+    #[diagnostic(
+        code(multigate::lower::no_shared_slot),
+        help("put cgc layers first, or right after another cgc layer (PLE), whose shared gate feeds them")
+    )]
+    NoSharedSlot {
+        layer: String,
+        #[label("after a layer that writes only per-task slots")]
+        span: Span,
+    },
+
     #[error("label column `{column}` of task `{task}` is also read by feature `{feature}` (label leakage)")]
     #[diagnostic(code(multigate::lower::label_leak), help("remove the feature, or point it at another column"))]
     LabelLeak {
@@ -183,6 +194,7 @@ impl LowerError {
             | LowerError::CrossWidth { span, .. }
             | LowerError::CrossDense { span, .. }
             | LowerError::GateOnSharedBottom { span, .. }
+            | LowerError::NoSharedSlot { span, .. }
             | LowerError::Synthetic { span, .. } => span.clone(),
             LowerError::Duplicate { second, .. } => second.clone(),
             LowerError::LabelLeak { input, .. } => input.clone(),

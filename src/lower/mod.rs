@@ -47,12 +47,13 @@ struct Lower {
 
 const FEATURE_TYPES: &[&str] = &["categorical", "dense"];
 const TRANSFORMS: &[&str] = &["none", "log1p", "zscore"];
-const LAYER_KINDS: &[&str] = &["shared_bottom", "moe", "mmoe"];
 const TASK_KINDS: &[&str] = &["binary", "regression"];
 const CROSS_OPS: &[&str] = &["product"];
 
 /// Default expert count of a gated layer.
 pub const DEFAULT_EXPERTS: usize = 8;
+/// Default task-specific experts per task of a `cgc` layer.
+pub const DEFAULT_TASK_EXPERTS: usize = 2;
 /// Default embedding width.
 pub const DEFAULT_EMBEDDING_DIM: usize = 8;
 
@@ -185,8 +186,6 @@ impl Lower {
                 help: Some("declare a task with [[tasks]] name = .., kind = \"binary\", label = \"column\"".into()),
             });
         }
-        let n_tasks = tasks.len().max(1);
-
         let mut layer_seen = HashMap::new();
         let mut layers = Vec::new();
         let mut stream = Stream::Shared { width: input_width };
@@ -198,7 +197,8 @@ impl Lower {
                 }
                 None => format!("layer{i}"),
             };
-            let layer = self.lower_layer(l, lname, stream, &spec.tasks, n_tasks);
+            let next_is_cgc = spec.layers.get(i + 1).is_some_and(|n| n.kind.get_ref() == LayerKind::Cgc.as_str());
+            let layer = self.lower_layer(l, lname, stream, &spec.tasks, next_is_cgc);
             stream = layer.output;
             layers.push(layer);
         }
@@ -432,14 +432,14 @@ impl Lower {
         name: String,
         input: Stream,
         tasks: &[spec::TaskSpec],
-        n_tasks: usize,
+        next_is_cgc: bool,
     ) -> Layer {
+        let n_tasks = tasks.len().max(1);
         // An unknown kind is reported once; the layer is then read as what its keys
         // suggest (experts: gated), so that no second error follows from the first.
-        let kind = match self.word("layer kind", &l.kind, LAYER_KINDS) {
-            Some("moe") => LayerKind::Moe,
-            Some("mmoe") => LayerKind::Mmoe,
-            Some(_) => LayerKind::SharedBottom,
+        let kind = match self.word("layer kind", &l.kind, LayerKind::NAMES).and_then(LayerKind::parse) {
+            Some(k) => k,
+            None if l.task_experts.is_some() => LayerKind::Cgc,
             None if l.experts.is_some() => LayerKind::Mmoe,
             None => LayerKind::SharedBottom,
         };
@@ -452,7 +452,7 @@ impl Lower {
             (_, Some(e)) => self.count("experts", e, MAX_EXPERTS),
             (_, None) => DEFAULT_EXPERTS,
         };
-        if kind != LayerKind::SharedBottom && count == 1 {
+        if matches!(kind, LayerKind::Moe | LayerKind::Mmoe) && count == 1 {
             let span = l.experts.as_ref().map_or_else(|| l.kind.span(), |e| e.span());
             self.warnings.push(LowerWarning::OneExpert { layer: name.clone(), span });
         }
@@ -467,38 +467,101 @@ impl Lower {
         }
         let mut dims = vec![input.width()];
         dims.extend(&units);
-        let d_out = *dims.last().unwrap_or(&1);
         let activation = self.activation(&l.activation);
+        let dropout = self.dropout(&l.dropout);
+        let group = |name: String, owner: ExpertOwner, count: usize| ExpertGroup {
+            name,
+            owner,
+            count,
+            dims: dims.clone(),
+            activation,
+            dropout,
+        };
+        let task_name = |t: usize| tasks.get(t).map_or("task", |t| t.name.get_ref().as_str()).to_string();
+        let mut groups = vec![group(format!("{name}.experts"), ExpertOwner::Shared, count)];
+        let d_in = input.width();
+        let gate = |name: String, owner: GateOwner, members: Vec<usize>, groups: &[ExpertGroup]| Gate {
+            name,
+            owner,
+            d_in,
+            experts: members.iter().map(|&g| groups[g].count).sum(),
+            groups: members,
+        };
         let gates = match kind {
             LayerKind::SharedBottom => Vec::new(),
-            LayerKind::Moe => vec![Gate {
-                name: format!("{name}.gate"),
-                owner: GateOwner::AllTasks,
-                d_in: input.width(),
-                experts: count,
-            }],
+            LayerKind::Moe => vec![gate(format!("{name}.gate"), GateOwner::AllTasks, vec![0], &groups)],
             LayerKind::Mmoe => (0..n_tasks)
-                .map(|t| Gate {
-                    name: format!("{name}.gate.{}", tasks.get(t).map_or("task", |t| t.name.get_ref().as_str())),
-                    owner: GateOwner::Task(TaskId(t)),
-                    d_in: input.width(),
-                    experts: count,
-                })
+                .map(|t| gate(format!("{name}.gate.{}", task_name(t)), GateOwner::Task(TaskId(t)), vec![0], &groups))
                 .collect(),
+            LayerKind::Cgc => {
+                let per_task = self.task_expert_counts(l, tasks);
+                let mut own = vec![None; n_tasks];
+                for (t, &c) in per_task.iter().enumerate().filter(|(_, &c)| c > 0) {
+                    own[t] = Some(groups.len());
+                    groups.push(group(format!("{name}.experts.{}", task_name(t)), ExpertOwner::Task(TaskId(t)), c));
+                }
+                let mut gates: Vec<Gate> = (0..n_tasks)
+                    .map(|t| {
+                        let members = own[t].into_iter().chain([0]).collect();
+                        gate(format!("{name}.gate.{}", task_name(t)), GateOwner::Task(TaskId(t)), members, &groups)
+                    })
+                    .collect();
+                if next_is_cgc {
+                    let all = (0..groups.len()).collect();
+                    gates.push(gate(format!("{name}.shared_gate"), GateOwner::Shared, all, &groups));
+                }
+                gates
+            }
         };
-        let output = match (kind, input) {
-            (LayerKind::Mmoe, _) | (_, Stream::PerTask { .. }) => Stream::PerTask { width: d_out },
-            _ => Stream::Shared { width: d_out },
+        if kind != LayerKind::Cgc && l.task_experts.is_some() {
+            let span = l.task_experts.as_ref().map_or_else(|| l.kind.span(), |t| t.span());
+            self.errors.push(LowerError::NotAllowed {
+                key: "task_experts",
+                context: "a layer other than `cgc`",
+                span,
+                help: Some("task-specific experts belong to `cgc` layers (CGC / PLE)".into()),
+            });
+        }
+        let d_out = *dims.last().unwrap_or(&1);
+        let output = match plan_layer(kind, input, &groups, &gates, n_tasks) {
+            Ok(plan) => plan.output_stream(d_out),
+            Err(PlanError::NoSharedSlot) => {
+                self.errors.push(LowerError::NoSharedSlot { layer: name.clone(), span: l.kind.span() });
+                Stream::PerTask { width: d_out }
+            }
         };
-        let experts = ExpertGroup {
-            name: format!("{name}.experts"),
-            owner: ExpertOwner::Shared,
-            count,
-            dims,
-            activation,
-            dropout: self.dropout(&l.dropout),
-        };
-        Layer { name, kind, input, output, experts, gates }
+        Layer { name, kind, input, output, groups, gates }
+    }
+
+    /// Task-specific expert counts of a `cgc` layer, one per task.
+    fn task_expert_counts(&mut self, l: &spec::LayerSpec, tasks: &[spec::TaskSpec]) -> Vec<usize> {
+        let n_tasks = tasks.len().max(1);
+        let Some(te) = &l.task_experts else { return vec![DEFAULT_TASK_EXPERTS; n_tasks] };
+        match te.get_ref() {
+            spec::TaskExperts::Each(n) => {
+                self.range("task_experts", *n <= MAX_EXPERTS, n, format!("at most {MAX_EXPERTS}"), te.span());
+                vec![(*n).min(MAX_EXPERTS) as usize; n_tasks]
+            }
+            spec::TaskExperts::Per(map) => {
+                for (k, n) in map {
+                    if !tasks.iter().any(|t| t.name.get_ref() == k) {
+                        self.errors.push(LowerError::UnknownName {
+                            what: "task",
+                            name: k.clone(),
+                            span: te.span(),
+                            help: did_you_mean(k, tasks.iter().map(|t| t.name.get_ref().as_str())),
+                        });
+                    }
+                    self.range("task_experts", *n <= MAX_EXPERTS, n, format!("at most {MAX_EXPERTS}"), te.span());
+                }
+                (0..n_tasks)
+                    .map(|t| {
+                        let name = tasks.get(t).map(|t| t.name.get_ref().clone()).unwrap_or_default();
+                        map.get(&name).map_or(0, |&n| n.min(MAX_EXPERTS) as usize)
+                    })
+                    .collect()
+            }
+        }
     }
 
     fn lower_task(&mut self, t: &spec::TaskSpec, d_in: usize) -> Task {

@@ -234,6 +234,14 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
         if let Some(a) = &l.activation {
             write!(out, " {}", n(a.get_ref()))?;
         }
+        match l.task_experts.as_ref().map(|t| t.get_ref()) {
+            Some(crate::spec::TaskExperts::Each(n)) => write!(out, " task_experts {n}")?,
+            Some(crate::spec::TaskExperts::Per(m)) => {
+                let items: Vec<String> = m.iter().map(|(k, v)| format!("{} = {v}", n(k))).collect();
+                write!(out, " task_experts({})", items.join(", "))?
+            }
+            None => {}
+        }
         if let Some(d) = &l.dropout {
             write!(out, " dropout {}", num(*d.get_ref()))?;
         }

@@ -255,11 +255,17 @@ pub struct LayerSpec {
     /// Optional name, used in diagnostics and parameter names. Default `layer{i}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<Sp<String>>,
-    /// `"shared_bottom"`, `"moe"` or `"mmoe"`.
+    /// `"shared_bottom"`, `"moe"`, `"mmoe"` or `"cgc"` (a PLE extraction level: stack
+    /// several for PLE).
     pub kind: Sp<String>,
-    /// Experts in a gated layer. Default 8 for `moe`/`mmoe`; not allowed on `shared_bottom`.
+    /// Experts in a gated layer (for `cgc`: the shared experts). Default 8; not
+    /// allowed on `shared_bottom`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experts: Option<Sp<u64>>,
+    /// `cgc` only: task-specific experts, one count for every task (`2`) or a count per
+    /// task (`{ ctr = 3, cvr = 1 }`, unlisted tasks get none). Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_experts: Option<Sp<TaskExperts>>,
     /// Hidden units of each expert (or of the shared-bottom MLP), one entry per layer.
     pub units: Sp<Vec<Sp<u64>>>,
     /// `"relu"` (default), `"tanh"`, `"sigmoid"`, `"gelu"` or `"linear"`.
@@ -268,6 +274,16 @@ pub struct LayerSpec {
     /// Dropout rate after each expert (or MLP) layer while training, in [0, 1). Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropout: Option<Sp<f64>>,
+}
+
+/// A `cgc` layer's task-specific expert counts.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum TaskExperts {
+    /// The same count for every task.
+    Each(u64),
+    /// A count per task, by task name.
+    Per(std::collections::BTreeMap<String, u64>),
 }
 
 /// One prediction task and its tower.

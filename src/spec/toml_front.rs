@@ -107,6 +107,7 @@ const SPEC_SCHEMA: Schema = Table(
                     ("name", Leaf),
                     ("kind", Leaf),
                     ("experts", Leaf),
+                    ("task_experts", Leaf),
                     ("units", Leaf),
                     ("activation", Leaf),
                     ("dropout", Leaf),

@@ -100,14 +100,40 @@ pub struct Predictions {
     pub usage: Vec<GateUsage>,
 }
 
-/// Gate names of a gated layer, one per slot of its `[B, G, E]` weights.
-fn gate_names(model: &CandleModel, l: &crate::ir::Layer, slots: usize) -> Vec<String> {
-    if slots == l.gates.len() {
-        l.gates.iter().map(|g| g.name.clone()).collect()
-    } else {
-        // One gate applied to every task's slot.
-        model.ir.tasks.iter().map(|t| format!("{}.gate@{}", l.name, t.name)).collect()
-    }
+/// The name of each gate application of a layer: the gate's own name, or
+/// `gate@task` for a gate applied to several task slots.
+fn mix_names(model: &CandleModel, l: &crate::ir::Layer) -> Vec<String> {
+    let plan = l.plan(model.ir.tasks.len());
+    plan.mixes
+        .iter()
+        .map(|m| {
+            let gate = &l.gates[m.gate];
+            let uses = plan.mixes.iter().filter(|x| x.gate == m.gate).count();
+            match (uses, m.output) {
+                (1, _) | (_, crate::ir::Slot::Shared) => gate.name.clone(),
+                (_, crate::ir::Slot::Task(t)) => format!("{}@{}", gate.name, model.ir.tasks[t.0].name),
+            }
+        })
+        .collect()
+}
+
+/// Running sums of one gate application over the rows seen.
+#[derive(Default)]
+struct MixSums {
+    /// Sum of the weights per expert `[E_m]`.
+    weight: Option<Tensor>,
+    /// Sum of the per-row entropies `[]`.
+    entropy: Option<Tensor>,
+    /// Every row's weights, per expert (only with `gate_rows`).
+    rows: Vec<Vec<f32>>,
+}
+
+fn accumulate(acc: &mut Option<Tensor>, x: Tensor) -> candle_core::Result<()> {
+    *acc = Some(match acc.take() {
+        Some(a) => (a + x)?,
+        None => x,
+    });
+    Ok(())
 }
 
 /// Predicts every row; with `gate_rows`, keeps every row's gate weights too.
@@ -120,9 +146,8 @@ pub fn predict_rows(
     let n_tasks = model.ir.tasks.len();
     let mut preds = vec![Vec::with_capacity(ds.rows); n_tasks];
     let gated: Vec<&crate::ir::Layer> = model.ir.layers.iter().filter(|l| !l.gates.is_empty()).collect();
-    let mut sums: Vec<Option<Tensor>> = vec![None; gated.len()];
-    let mut entropy: Vec<Option<Tensor>> = vec![None; gated.len()];
-    let mut rows: Vec<Vec<Vec<f32>>> = vec![Vec::new(); gated.len()]; // per layer: per column
+    let mut sums: Vec<Vec<MixSums>> =
+        gated.iter().map(|l| (0..l.plan(n_tasks).mixes.len()).map(|_| MixSums::default()).collect()).collect();
     let idx: Vec<usize> = (0..ds.rows).collect();
     for chunk in idx.chunks(batch_size.max(1)) {
         let batch = Batch::gather(ds, chunk, &model.device)?;
@@ -134,55 +159,41 @@ pub fn predict_rows(
             };
             p.extend(v.to_vec1::<f32>()?);
         }
-        for (h, g) in entropy.iter_mut().zip(&out.gates) {
-            // -sum_e g log g per row and gate, summed over rows: [G].
-            let e = (g * g.clamp(1e-12f32, 1f32)?.log()?)?.sum(D::Minus1)?.neg()?.sum(0)?;
-            *h = Some(match h.take() {
-                Some(acc) => (acc + e)?,
-                None => e,
-            });
-        }
-        for ((s, g), cols) in sums.iter_mut().zip(&out.gates).zip(&mut rows) {
-            if gate_rows {
-                let (_, slots, experts) = g.dims3()?;
-                let flat = g.flatten_from(1)?.to_vec2::<f32>()?; // [B, G*E]
-                if cols.is_empty() {
-                    *cols = vec![Vec::with_capacity(ds.rows); slots * experts];
-                }
-                for row in flat {
-                    for (c, x) in cols.iter_mut().zip(row) {
-                        c.push(x);
+        for (layer, mixes) in sums.iter_mut().zip(&out.gates) {
+            for (s, g) in layer.iter_mut().zip(mixes) {
+                // g: [B, E_m]. -sum_e g log g per row, summed over rows.
+                let e = (g * g.clamp(1e-12f32, 1f32)?.log()?)?.sum(D::Minus1)?.neg()?.sum(0)?;
+                accumulate(&mut s.entropy, e)?;
+                accumulate(&mut s.weight, g.sum(0)?)?;
+                if gate_rows {
+                    let flat = g.to_vec2::<f32>()?;
+                    if s.rows.is_empty() {
+                        s.rows = vec![Vec::with_capacity(ds.rows); g.dim(1)?];
+                    }
+                    for row in flat {
+                        for (c, x) in s.rows.iter_mut().zip(row) {
+                            c.push(x);
+                        }
                     }
                 }
             }
-            let g = g.sum(0)?; // [G, E]
-            *s = Some(match s.take() {
-                Some(acc) => (acc + g)?,
-                None => g,
-            });
         }
     }
     let mut usage = Vec::new();
     let mut gate_columns = Vec::new();
-    for (((l, s), cols), h) in gated.iter().zip(sums).zip(rows).zip(entropy) {
-        let Some(s) = s else { continue };
-        let n = ds.rows.max(1) as f64;
-        let effective_experts = match h {
-            Some(h) => h.to_vec1::<f32>()?.iter().map(|&x| (x as f64 / n).exp()).collect(),
-            None => Vec::new(),
-        };
-        let means = s.to_vec2::<f32>()?;
-        let names = gate_names(model, l, means.len());
-        let experts = means.first().map_or(0, |r| r.len());
-        for (c, values) in cols.into_iter().enumerate() {
-            let name = names.get(c / experts.max(1)).cloned().unwrap_or_default();
-            gate_columns.push((format!("{name}.e{}", c % experts.max(1)), values));
+    let n = ds.rows.max(1) as f64;
+    for (l, mixes) in gated.iter().zip(sums) {
+        let mut gates = Vec::new();
+        let mut effective_experts = Vec::new();
+        for (name, s) in mix_names(model, l).into_iter().zip(mixes) {
+            let Some(w) = s.weight else { continue };
+            let h = s.entropy.map(|h| h.to_scalar::<f32>()).transpose()?.unwrap_or(0.0);
+            effective_experts.push((h as f64 / n).exp());
+            for (k, values) in s.rows.into_iter().enumerate() {
+                gate_columns.push((format!("{name}.e{k}"), values));
+            }
+            gates.push((name, w.to_vec1::<f32>()?.iter().map(|&x| x as f64 / n).collect()));
         }
-        let gates = names
-            .into_iter()
-            .zip(means)
-            .map(|(n, r)| (n, r.iter().map(|&x| x as f64 / ds.rows.max(1) as f64).collect()))
-            .collect();
         usage.push(GateUsage { layer: l.name.clone(), gates, effective_experts });
     }
     Ok(Predictions { values: preds, gate_columns, usage })
@@ -228,6 +239,7 @@ pub fn batch_loss(model: &CandleModel, batch: &Batch, rng: &mut Rng) -> candle_c
     let mut per_task = Vec::with_capacity(out.heads.len());
     let mut total: Option<Tensor> = None;
     for ((h, t), y) in out.heads.iter().zip(&model.ir.tasks).zip(&batch.labels) {
+        let y = y.as_ref().ok_or_else(|| candle_core::Error::Msg(format!("the batch has no labels for task `{}`", t.name)))?;
         let l = match t.kind {
             TaskKind::Binary => loss::bce_with_logits(h, y)?,
             TaskKind::Regression => loss::mse(h, y)?,

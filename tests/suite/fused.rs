@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor, D};
 use multigate::backend::candle::{Batch, CandleModel};
 use multigate::data::{self, synthetic};
-use multigate::ir::{Activation, Layer, Stream};
+use multigate::ir::{Activation, ExpertOwner, GateOwner, Layer, LayerKind, TaskId};
 
 use super::{compile_ok, small_spec, TWO_BINARY_TASKS};
 
@@ -20,54 +20,128 @@ fn act(x: &Tensor, a: Activation) -> Tensor {
     }
 }
 
-/// Expert `e` of a layer as a plain MLP on `x: [N, d]`.
-fn naive_expert(model: &CandleModel, l: &Layer, e: usize, x: &Tensor) -> Tensor {
+/// The parameter prefix of group `g` of a layer, spelled out by hand.
+fn group_prefix(model: &CandleModel, l: &Layer, g: usize) -> String {
+    match l.groups[g].owner {
+        ExpertOwner::Shared => format!("layers.{}.experts", l.name),
+        ExpertOwner::Task(t) => format!("layers.{}.task_experts.{}", l.name, model.ir.tasks[t.0].name),
+    }
+}
+
+/// Expert `e` of group `g` of a layer as a plain MLP on `x: [N, d]`.
+fn naive_expert(model: &CandleModel, l: &Layer, g: usize, e: usize, x: &Tensor) -> Tensor {
+    let group = &l.groups[g];
+    let prefix = group_prefix(model, l, g);
     let mut h = x.clone();
-    for i in 0..l.experts.dims.len() - 1 {
-        let w = var(model, &format!("layers.{}.experts.{i}.weight", l.name)).get(e).unwrap();
-        let b = var(model, &format!("layers.{}.experts.{i}.bias", l.name)).get(e).unwrap();
-        h = act(&h.matmul(&w).unwrap().broadcast_add(&b).unwrap(), l.experts.activation);
+    for i in 0..group.dims.len() - 1 {
+        let w = var(model, &format!("{prefix}.{i}.weight")).get(e).unwrap();
+        let b = var(model, &format!("{prefix}.{i}.bias")).get(e).unwrap();
+        h = act(&h.matmul(&w).unwrap().broadcast_add(&b).unwrap(), group.activation);
     }
     h
 }
 
-/// Gate `g` of a layer on `x: [N, d]`: softmax weights `[N, E]`.
+/// Gate `g` of a layer on `x: [N, d]`: softmax weights `[N, E_g]`. The layer's gates sit
+/// side by side in one weight, in gate order.
 fn naive_gate(model: &CandleModel, l: &Layer, g: usize, x: &Tensor) -> Tensor {
-    let w = var(model, &format!("layers.{}.gates.weight", l.name)).get(g).unwrap();
-    let b = var(model, &format!("layers.{}.gates.bias", l.name)).get(g).unwrap();
+    let offset: usize = l.gates[..g].iter().map(|g| g.experts).sum();
+    let width = l.gates[g].experts;
+    let w = var(model, &format!("layers.{}.gates.weight", l.name)).narrow(1, offset, width).unwrap();
+    let b = var(model, &format!("layers.{}.gates.bias", l.name)).narrow(0, offset, width).unwrap();
     candle_nn::ops::softmax(&x.matmul(&w).unwrap().broadcast_add(&b).unwrap(), D::Minus1).unwrap()
 }
 
-/// Mixture of gate `g` over every expert, one expert at a time.
-fn naive_mix(model: &CandleModel, l: &Layer, g: usize, x: &Tensor) -> Tensor {
-    let weights = naive_gate(model, l, g, x);
+/// Gate `g` read on `gate_in`, mixing the experts of `sources` (group, its input), in order,
+/// one expert at a time.
+fn naive_mix(model: &CandleModel, l: &Layer, g: usize, gate_in: &Tensor, sources: &[(usize, &Tensor)]) -> Tensor {
+    let weights = naive_gate(model, l, g, gate_in);
     let mut out: Option<Tensor> = None;
-    for e in 0..l.experts.count {
-        let y = naive_expert(model, l, e, x);
-        let w = weights.narrow(1, e, 1).unwrap();
-        let term = y.broadcast_mul(&w).unwrap();
-        out = Some(match out {
-            Some(o) => (o + term).unwrap(),
-            None => term,
-        });
+    let mut k = 0;
+    for &(group, x) in sources {
+        for e in 0..l.groups[group].count {
+            let y = naive_expert(model, l, group, e, x);
+            let term = y.broadcast_mul(&weights.narrow(1, k, 1).unwrap()).unwrap();
+            k += 1;
+            out = Some(match out {
+                Some(o) => (o + term).unwrap(),
+                None => term,
+            });
+        }
     }
     out.unwrap()
 }
 
-/// The reference forward: per-task slots as a Vec, experts in a loop.
-fn naive_forward(model: &CandleModel, x: &Tensor) -> Vec<Tensor> {
+/// A stream as the reference keeps it: per-task slots and a shared slot.
+#[derive(Clone)]
+struct Slots {
+    tasks: Option<Vec<Tensor>>,
+    shared: Option<Tensor>,
+}
+
+/// One layer, written out per kind from the papers' definitions.
+fn naive_layer(model: &CandleModel, l: &Layer, input: &Slots) -> Slots {
     let n_tasks = model.ir.tasks.len();
-    let mut slots = vec![x.clone()];
-    let mut history: Vec<Vec<Tensor>> = Vec::new();
+    let task_of_gate = |g: usize| match l.gates[g].owner {
+        GateOwner::Task(t) => Some(t.0),
+        _ => None,
+    };
+    let task_group = |t: usize| l.groups.iter().position(|g| g.owner == ExpertOwner::Task(TaskId(t)));
+    match (l.kind, &input.tasks) {
+        (LayerKind::SharedBottom, Some(ts)) => {
+            Slots { tasks: Some(ts.iter().map(|x| naive_expert(model, l, 0, 0, x)).collect()), shared: None }
+        }
+        (LayerKind::SharedBottom, None) => {
+            Slots { tasks: None, shared: Some(naive_expert(model, l, 0, 0, input.shared.as_ref().unwrap())) }
+        }
+        (LayerKind::Moe, Some(ts)) => {
+            Slots { tasks: Some(ts.iter().map(|x| naive_mix(model, l, 0, x, &[(0, x)])).collect()), shared: None }
+        }
+        (LayerKind::Moe, None) => {
+            let x = input.shared.as_ref().unwrap();
+            Slots { tasks: None, shared: Some(naive_mix(model, l, 0, x, &[(0, x)])) }
+        }
+        (LayerKind::Mmoe, Some(ts)) => Slots {
+            tasks: Some((0..n_tasks).map(|t| naive_mix(model, l, t, &ts[t], &[(0, &ts[t])])).collect()),
+            shared: None,
+        },
+        (LayerKind::Mmoe, None) => {
+            let x = input.shared.as_ref().unwrap();
+            Slots { tasks: Some((0..n_tasks).map(|t| naive_mix(model, l, t, x, &[(0, x)])).collect()), shared: None }
+        }
+        (LayerKind::Cgc, _) => {
+            // PLE (Tang et al. 2020): task t's gate reads task t's input and mixes task t's
+            // experts (on that input) then the shared experts (on the shared input); the
+            // shared gate reads the shared input and mixes the shared experts, then every
+            // task's experts on its own input.
+            let shared_in = input.shared.as_ref().unwrap();
+            let task_in = |t: usize| input.tasks.as_ref().map_or(shared_in, |ts| &ts[t]);
+            let mut tasks = Vec::new();
+            let mut shared = None;
+            for g in 0..l.gates.len() {
+                match task_of_gate(g) {
+                    Some(t) => {
+                        let mut sources: Vec<(usize, &Tensor)> = task_group(t).map(|tg| (tg, task_in(t))).into_iter().collect();
+                        sources.push((0, shared_in));
+                        tasks.push(naive_mix(model, l, g, task_in(t), &sources));
+                    }
+                    None => {
+                        let mut sources = vec![(0, shared_in)];
+                        sources.extend((0..n_tasks).filter_map(|t| task_group(t).map(|tg| (tg, task_in(t)))));
+                        shared = Some(naive_mix(model, l, g, shared_in, &sources));
+                    }
+                }
+            }
+            Slots { tasks: Some(tasks), shared }
+        }
+    }
+}
+
+/// The reference forward: slots as a Vec, experts in a loop.
+fn naive_forward(model: &CandleModel, x: &Tensor) -> Vec<Tensor> {
+    let mut slots = Slots { tasks: None, shared: Some(x.clone()) };
+    let mut history: Vec<Slots> = Vec::new();
     for l in &model.ir.layers {
-        let per_task_in = matches!(l.input, Stream::PerTask { .. });
-        slots = match (l.gates.len(), per_task_in) {
-            (0, _) => slots.iter().map(|s| naive_expert(model, l, 0, s)).collect(),
-            (1, false) => vec![naive_mix(model, l, 0, &slots[0])],
-            (1, true) => slots.iter().map(|s| naive_mix(model, l, 0, s)).collect(),
-            (_, false) => (0..n_tasks).map(|t| naive_mix(model, l, t, &slots[0])).collect(),
-            (_, true) => (0..n_tasks).map(|t| naive_mix(model, l, t, &slots[t])).collect(),
-        };
+        slots = naive_layer(model, l, &slots);
         history.push(slots.clone());
     }
     model
@@ -77,7 +151,10 @@ fn naive_forward(model: &CandleModel, x: &Tensor) -> Vec<Tensor> {
         .enumerate()
         .map(|(t, task)| {
             let src = task.input.map_or(&slots, |i| &history[i]);
-            let mut h = src[if src.len() == 1 { 0 } else { t }].clone();
+            let mut h = match &src.tasks {
+                Some(ts) => ts[t].clone(),
+                None => src.shared.clone().unwrap(),
+            };
             let multigate::ir::TaskOutput::Tower { dims, activation, .. } = &task.output;
             for i in 0..dims.len() - 1 {
                 let w = var(model, &format!("tasks.{}.tower.{i}.weight", task.name));
@@ -131,7 +208,7 @@ fn check_layers_tasks(layers: &str, tasks: &str) {
         assert!(d < 1e-5, "fused and naive differ by {d} for\n{layers}");
     }
     // Gate weights are distributions over experts.
-    for g in &fused.gates {
+    for g in fused.gates.iter().flatten() {
         let sums = g.sum(D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
     }
@@ -170,6 +247,38 @@ fn towers_reading_earlier_layers_match_naive() {
     check_layers_tasks(
         "[[layers]]\nname = \"bottom\"\nkind = \"shared_bottom\"\nunits = [7]\n\n[[layers]]\nname = \"mix\"\nkind = \"mmoe\"\nexperts = 3\nunits = [5]\n\n[[layers]]\nname = \"top\"\nkind = \"moe\"\nexperts = 2\nunits = [4]\n",
         &TWO_BINARY_TASKS.replace("tower = [4]", "tower = [4]\ninput = \"bottom\"").replace("tower = [3]", "tower = [3]\ninput = \"mix\""),
+    );
+}
+
+#[test]
+fn cgc_matches_naive() {
+    check_layers("[[layers]]\nkind = \"cgc\"\nexperts = 3\ntask_experts = 2\nunits = [6]\n");
+}
+
+#[test]
+fn cgc_with_unequal_task_experts_matches_naive() {
+    // t1 gets 3 experts of its own, t2 none: their gates weigh 5 and 2 experts.
+    check_layers("[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = { t1 = 3 }\nunits = [6, 4]\nactivation = \"tanh\"\n");
+}
+
+#[test]
+fn ple_levels_match_naive() {
+    // Three levels: the first two have a shared gate feeding the next level's shared
+    // experts; the last has none. Then a slotwise MMoE on the per-task stream.
+    check_layers(
+        "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\n\n\
+         [[layers]]\nkind = \"cgc\"\nexperts = 3\ntask_experts = { t2 = 2 }\nunits = [5]\n\n\
+         [[layers]]\nkind = \"cgc\"\nexperts = 1\ntask_experts = 2\nunits = [4]\n\n\
+         [[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [3]\n",
+    );
+}
+
+#[test]
+fn towers_reading_an_inner_ple_level_match_naive() {
+    check_layers_tasks(
+        "[[layers]]\nname = \"l1\"\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\n\n\
+         [[layers]]\nname = \"l2\"\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [5]\n",
+        &TWO_BINARY_TASKS.replace("tower = [4]", "tower = [4]\ninput = \"l1\""),
     );
 }
 

@@ -43,7 +43,7 @@ fn the_seed_model_graph_renders() {
     let mermaid = multigate::ir::render_graph(&c.model, multigate::ir::GraphFormat::Mermaid);
     insta::assert_snapshot!("graph_seed_mermaid", mermaid);
     let dot = multigate::ir::render_graph(&c.model, multigate::ir::GraphFormat::Dot);
-    assert!(dot.starts_with("digraph") && dot.contains("l0e -> l0g0") && dot.contains("l0g1 -> t1"), "{dot}");
+    assert!(dot.starts_with("digraph") && dot.contains("l0e0 -> l0g0") && dot.contains("l0g1 -> t1"), "{dot}");
 }
 
 #[test]

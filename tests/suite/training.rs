@@ -171,7 +171,9 @@ fn categorical_model_beats_chance() {
             .replace("epochs = 2", "epochs = 4"),
     );
     let (splits, _) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
-    let model = CandleModel::new(&c.model, 1, &Device::Cpu).unwrap();
+    // The spec's seed, as the CLI uses it. (Seeds exist for which a 3-unit ReLU tower dies
+    // at lr 0.01 and one task predicts a constant; that is the spec's doing, not the code's.)
+    let model = CandleModel::new(&c.model, c.train.seed, &Device::Cpu).unwrap();
     let report = train::fit(&model, &c.train, &splits, &mut |_| {}).unwrap();
     for m in &report.validation {
         let TaskMetrics::Binary(b) = m else { panic!("binary") };
@@ -226,7 +228,7 @@ fn sparse_embedding_updates_equal_dense_adam() {
         let out = dense.forward(b).unwrap();
         let mut total: Option<Tensor> = None;
         for (h, y) in out.heads.iter().zip(&b.labels) {
-            let l = train::loss::bce_with_logits(h, y).unwrap();
+            let l = train::loss::bce_with_logits(h, y.as_ref().unwrap()).unwrap();
             total = Some(match total {
                 Some(t) => (t + l).unwrap(),
                 None => l,

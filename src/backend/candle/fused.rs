@@ -1,9 +1,10 @@
-//! Fused experts and gates: the core of every gated layer.
+//! Fused experts and gates: the core of every gated layer, executing the layer's plan
+//! ([`crate::ir::LayerPlan`]) with one op per stage, never a loop over experts.
 
 use candle_core::{Tensor, Var, D};
 
 use super::{activate, add_bias, dropout, Result};
-use crate::ir::{Activation, Stream};
+use crate::ir::{Activation, Layer, LayerPlan, Stream};
 use crate::rng::Rng;
 
 /// `count` experts, one fused weight per MLP depth: `[E, d_i, d_{i+1}]`, bias `[E, d_{i+1}]`.
@@ -45,92 +46,142 @@ impl ExpertStack {
     }
 }
 
-/// All gates of a layer: weight `[G, d_in, E]`, bias `[G, E]`.
-pub struct GateBank {
-    pub weight: Var,
-    pub bias: Var,
-    pub gates: usize,
-    pub experts: usize,
+/// A layer's parameters and the constant index tensors that run its plan fused.
+pub struct LayerParams {
+    pub plan: LayerPlan,
+    /// One stack per expert group, in the layer's group order.
+    pub groups: Vec<ExpertStack>,
+    /// Every gate side by side: weight `[d_in, sum E_g]`, bias `[sum E_g]`.
+    pub gates: Option<(Var, Var)>,
+    /// Columns of the all-slot logits `[B, S * sum E_g]` that the mixes read, in mix
+    /// order; None when that is every column in order.
+    logit_columns: Option<Tensor>,
+    /// Experts each mix weighs, when every mix weighs the same number (one softmax).
+    equal_width: Option<usize>,
+    /// Places each mix's weights among all instances: `[sum E_m, M * N]` of 0/1; None
+    /// when every mix weighs all instances in order.
+    scatter: Option<Tensor>,
 }
 
-impl GateBank {
-    /// Every gate on the same input, as one matmul.
-    ///
-    /// # Shapes
-    /// `x: [N, d_in]` -> softmax weights `[N, G, E]`.
-    pub fn forward_shared(&self, x: &Tensor) -> Result<Tensor> {
-        let (g, e) = (self.gates, self.experts);
-        let n = x.dim(0)?;
-        let d_in = x.dim(1)?;
-        let w = if g == 1 {
-            self.weight.as_tensor().reshape((d_in, e))?
+impl LayerParams {
+    /// The layer's structure and constants; the parameters are filled in by the caller
+    /// from the parameter table.
+    pub fn new(l: &Layer, n_tasks: usize, device: &candle_core::Device) -> Result<LayerParams> {
+        let plan = l.plan(n_tasks);
+        let groups = l
+            .groups
+            .iter()
+            .map(|g| ExpertStack { layers: Vec::new(), count: g.count, activation: g.activation, dropout: g.dropout })
+            .collect();
+        // Gate g's logit columns start at the sum of the earlier gates' widths.
+        let offsets: Vec<usize> = l.gates.iter().scan(0, |acc, g| Some(std::mem::replace(acc, *acc + g.experts))).collect();
+        let total: usize = l.gates.iter().map(|g| g.experts).sum();
+        let offsets = &offsets;
+        let columns: Vec<u32> = plan
+            .mixes
+            .iter()
+            .flat_map(|m| (0..m.instances.len()).map(move |j| (m.input * total + offsets[m.gate] + j) as u32))
+            .collect();
+        let identity = columns.iter().enumerate().all(|(i, &c)| i as u32 == c) && columns.len() == plan.inputs.len() * total;
+        let logit_columns = if identity || columns.is_empty() {
+            None
         } else {
-            self.weight.as_tensor().permute((1, 0, 2))?.reshape((d_in, g * e))? // [d_in, G*E]
+            Some(Tensor::from_vec(columns.clone(), columns.len(), device)?)
         };
-        let b = self.bias.as_tensor().reshape(g * e)?;
-        let logits = add_bias(&x.matmul(&w)?, &b)?.reshape((n, g, e))?; // [N, G, E]
-        candle_nn::ops::softmax(&logits, D::Minus1)
+        let widths: Vec<usize> = plan.mixes.iter().map(|m| m.instances.len()).collect();
+        let equal_width = widths.first().copied().filter(|w| widths.iter().all(|x| x == w));
+        let n = plan.instances;
+        let all_in_order = plan.mixes.iter().all(|m| m.instances.iter().copied().eq(0..n));
+        let scatter = if all_in_order || plan.mixes.is_empty() {
+            None
+        } else {
+            let rows: usize = widths.iter().sum();
+            let mut q = vec![0f32; rows * plan.mixes.len() * n];
+            let mut row = 0;
+            for (mi, m) in plan.mixes.iter().enumerate() {
+                for &inst in &m.instances {
+                    q[row * plan.mixes.len() * n + mi * n + inst] = 1.0;
+                    row += 1;
+                }
+            }
+            Some(Tensor::from_vec(q, (rows, plan.mixes.len() * n), device)?)
+        };
+        Ok(LayerParams { plan, groups, gates: None, logit_columns, equal_width, scatter })
     }
 
-    /// Gate t on slot t of a per-task stream, as one batched matmul.
+    /// Runs the layer on a stream; with `rng`, applies dropout (training).
     ///
     /// # Shapes
-    /// `x: [T, B, d_in]` (T == G) -> `[T, B, E]`.
-    pub fn forward_per_slot(&self, x: &Tensor) -> Result<Tensor> {
-        let e = self.experts;
-        let bias = self.bias.as_tensor().reshape((self.gates, 1, e))?; // [G, 1, E]
-        let logits = add_bias(&x.matmul(self.weight.as_tensor())?, &bias)?; // [T, B, E]
-        candle_nn::ops::softmax(&logits, D::Minus1)
+    /// `h: [B, d]` (shared stream) or `[B, S, d]` (S slots) -> the output stream
+    /// `[B, u]` or `[B, S', u]`, plus each mix's gate weights `[B, E_m]`.
+    pub fn forward(&self, h: &Tensor, output: Stream, mut rng: Option<&mut Rng>) -> Result<(Tensor, Vec<Tensor>)> {
+        let b = h.dim(0)?;
+        let n_slots = self.plan.inputs.len();
+        let d = *h.dims().last().unwrap_or(&0);
+        let slots = h.reshape((b, n_slots, d))?; // [B, S, d]
+        // Every group on its slots: [B, slots * E, u] each, side by side on the instance axis.
+        let mut parts = Vec::with_capacity(self.plan.runs.len());
+        for run in &self.plan.runs {
+            let k = run.slots.len();
+            let x = if n_slots == 1 {
+                h.reshape((b, d))?
+            } else if run.slots.iter().copied().eq(run.slots[0]..run.slots[0] + k) {
+                slots.narrow(1, run.slots[0], k)?.contiguous()?.reshape((b * k, d))? // [B*k, d]
+            } else {
+                let idx: Vec<u32> = run.slots.iter().map(|&s| s as u32).collect();
+                let idx = Tensor::from_vec(idx, k, h.device())?;
+                slots.index_select(&idx, 1)?.reshape((b * k, d))?
+            };
+            let y = self.groups[run.group].forward(&x, rng.as_deref_mut())?; // [B*k, E, u]
+            let (e, u) = (y.dim(1)?, y.dim(2)?);
+            parts.push(y.reshape((b, k * e, u))?); // [B, k*E, u]
+        }
+        let experts = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 1)? }; // [B, N, u]
+        let u = experts.dim(2)?;
+        let Some((w, bias)) = &self.gates else {
+            // Ungated: each instance is an output slot.
+            return Ok((shape_output(experts, output, b, u)?, Vec::new()));
+        };
+        // All gates on all slots: one matmul. [B*S, d] x [d, sum E_g] -> [B, S * sum E_g].
+        let total = w.as_tensor().dim(1)?;
+        let logits = add_bias(&slots.reshape((b * n_slots, d))?.matmul(w.as_tensor())?, bias.as_tensor())?
+            .reshape((b, n_slots * total))?;
+        let logits = match &self.logit_columns {
+            Some(idx) => logits.index_select(idx, 1)?, // [B, sum E_m]
+            None => logits,
+        };
+        let m = self.plan.mixes.len();
+        let (weights, per_mix) = match self.equal_width {
+            Some(e) => {
+                let p = candle_nn::ops::softmax(&logits.reshape((b, m, e))?, D::Minus1)?; // [B, M, E]
+                let per_mix = (0..m).map(|i| p.get_on_dim(1, i)).collect::<Result<Vec<_>>>()?;
+                (p.reshape((b, m * e))?, per_mix)
+            }
+            None => {
+                let mut per_mix = Vec::with_capacity(m);
+                let mut at = 0;
+                for mix in &self.plan.mixes {
+                    let k = mix.instances.len();
+                    per_mix.push(candle_nn::ops::softmax(&logits.narrow(1, at, k)?, D::Minus1)?); // [B, E_m]
+                    at += k;
+                }
+                (Tensor::cat(&per_mix, 1)?, per_mix)
+            }
+        };
+        let n = self.plan.instances;
+        let dense = match &self.scatter {
+            Some(q) => weights.matmul(q)?.reshape((b, m, n))?, // [B, M, N]
+            None => weights.reshape((b, m, n))?,
+        };
+        let mixed = dense.matmul(&experts)?; // [B, M, u]
+        Ok((shape_output(mixed, output, b, u)?, per_mix))
     }
 }
 
-/// One layer on a stream.
-///
-/// # Shapes
-/// input `[B, d]` (shared) or `[B, T, d]` (per task) -> output `[B, u]` or `[B, T, u]`,
-/// plus the gate weights `[B, G, E]` of a gated layer.
-pub fn forward_layer(
-    h: &Tensor,
-    input: Stream,
-    output: Stream,
-    experts: &ExpertStack,
-    gates: Option<&GateBank>,
-    n_tasks: usize,
-    rng: Option<&mut Rng>,
-) -> Result<(Tensor, Option<Tensor>)> {
-    let b = h.dim(0)?;
-    match input {
-        Stream::Shared { .. } => {
-            let x = experts.forward(h, rng)?; // [B, E, u]
-            let u = x.dim(2)?;
-            let Some(gates) = gates else {
-                return Ok((x.reshape((b, u))?, None)); // shared-bottom: E == 1
-            };
-            let g = gates.forward_shared(h)?; // [B, G, E]
-            let mixed = g.matmul(&x)?; // [B, G, u]
-            let out = match output {
-                Stream::Shared { .. } => mixed.reshape((b, u))?, // G == 1
-                Stream::PerTask { .. } => mixed,                 // G == T
-            };
-            Ok((out, Some(g)))
-        }
-        Stream::PerTask { width } => {
-            let t = n_tasks;
-            let flat = h.reshape((b * t, width))?; // [B*T, d]
-            let x = experts.forward(&flat, rng)?; // [B*T, E, u]
-            let (e, u) = (x.dim(1)?, x.dim(2)?);
-            let Some(gates) = gates else {
-                return Ok((x.reshape((b, t, u))?, None));
-            };
-            let g = if gates.gates == 1 {
-                gates.forward_shared(&flat)?.reshape((b * t, 1, e))? // one gate on every slot
-            } else {
-                let per_slot = h.transpose(0, 1)?.contiguous()?; // [T, B, d]
-                let g = gates.forward_per_slot(&per_slot)?; // [T, B, E]
-                g.transpose(0, 1)?.contiguous()?.reshape((b * t, 1, e))? // [B*T, 1, E]
-            };
-            let mixed = g.matmul(&x)?.reshape((b, t, u))?; // [B, T, u]
-            Ok((mixed, Some(g.reshape((b, t, e))?)))
-        }
+/// `[B, S, u]` as the output stream wants it: `[B, u]` for a shared stream.
+fn shape_output(x: Tensor, output: Stream, b: usize, u: usize) -> Result<Tensor> {
+    match output {
+        Stream::Shared { .. } => x.reshape((b, u)),
+        Stream::PerTask { .. } | Stream::PerTaskShared { .. } => Ok(x),
     }
 }

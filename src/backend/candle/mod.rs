@@ -1,30 +1,22 @@
 //! The candle backend: validated IR -> [`CandleModel`] (CPU; CUDA behind `cuda`).
 //!
-//! Parameters are candle `Var`s named after the model's structure:
-//!
-//! | name                                   | shape                |
-//! |----------------------------------------|----------------------|
-//! | `features.{f}.embedding`               | `[rows, dim]`        |
-//! | `layers.{l}.experts.{i}.weight`        | `[E, d_i, d_{i+1}]`  |
-//! | `layers.{l}.experts.{i}.bias`          | `[E, d_{i+1}]`       |
-//! | `layers.{l}.gates.weight`              | `[G, d_in, E]`       |
-//! | `layers.{l}.gates.bias`                | `[G, E]`             |
-//! | `tasks.{t}.tower.{i}.weight` / `.bias` | `[d_i, d_{i+1}]` / `[d_{i+1}]` |
-//!
-//! A layer's experts are one fused tensor per MLP depth and run as one GEMM (first
-//! depth) or one batched matmul (deeper); all gates of a layer are one matmul; the
-//! mixture is one batched matmul `[B, G, E] x [B, E, h]`. No loop over experts, no
-//! host round-trip in `forward`.
+//! Every parameter is a candle `Var` made from the IR's parameter table
+//! ([`crate::ir::Model::parameters`]): its name, shape and initialiser come from there,
+//! and its role says where it goes. A layer's expert groups are each one fused tensor
+//! per MLP depth and run as one GEMM (first depth) or one batched matmul (deeper) on
+//! the slots the layer's plan ([`crate::ir::plan_layer`]) gives them; all gates of a
+//! layer are one matmul, and all mixtures one batched matmul `[B, M, N] x [B, N, u]`.
+//! No loop over experts, no host round-trip in `forward`.
 
 mod fused;
 
-pub use fused::{ExpertStack, GateBank};
+pub use fused::{ExpertStack, LayerParams};
 
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{Tensor, Var, D};
 
 use super::{Backend, Device};
 use crate::data::Dataset;
-use crate::ir::{Activation, FeatureKind, Model, Stream, TaskOutput, Validated};
+use crate::ir::{Activation, FeatureKind, Init, Model, Role, Stream, TaskId, TaskOutput, Validated};
 use crate::rng::Rng;
 
 pub type Result<T> = candle_core::Result<T>;
@@ -61,8 +53,9 @@ pub struct Batch {
     pub cat: Vec<Tensor>,
     /// All dense values `[B, dense_width]`, or None when the model has no dense input.
     pub dense: Option<Tensor>,
-    /// Per task: labels `[B]` (empty when the data has none).
-    pub labels: Vec<Tensor>,
+    /// Per task: labels `[B]`, or None when the data has none for that task. Index t
+    /// is always task t.
+    pub labels: Vec<Option<Tensor>>,
     pub size: usize,
 }
 
@@ -88,8 +81,10 @@ impl Batch {
         let labels = ds
             .labels
             .iter()
-            .filter(|l| !l.is_empty())
-            .map(|l| Tensor::from_vec(idx.iter().map(|&i| l[i]).collect::<Vec<f32>>(), b, device))
+            .map(|l| match l.is_empty() {
+                true => Ok(None),
+                false => Tensor::from_vec(idx.iter().map(|&i| l[i]).collect::<Vec<f32>>(), b, device).map(Some),
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Batch { cat, dense, labels, size: b })
     }
@@ -99,9 +94,9 @@ impl Batch {
 pub struct Output {
     /// Per task: the logit (binary) or the prediction (regression), `[B]`.
     pub heads: Vec<Tensor>,
-    /// Per gated layer: gate weights `[B, G, E]` (per-task streams: `[B*T, 1, E]`
-    /// reshaped to `[B, T, E]`).
-    pub gates: Vec<Tensor>,
+    /// Per gated layer, per gate application of its plan (`LayerPlan::mixes`): the
+    /// gate's weights `[B, E_m]` over the experts it mixes.
+    pub gates: Vec<Vec<Tensor>>,
     /// Training only: the embedding lookups, whose gradients the optimizer applies
     /// sparsely (empty in evaluation).
     pub lookups: Vec<Lookup>,
@@ -125,11 +120,6 @@ struct Tower {
     dropout: f32,
 }
 
-struct LayerParams {
-    experts: ExpertStack,
-    gates: Option<GateBank>,
-}
-
 /// A model built from IR, ready to train.
 pub struct CandleModel {
     pub ir: Model,
@@ -141,16 +131,21 @@ pub struct CandleModel {
     towers: Vec<Tower>,
 }
 
-/// Glorot-uniform init from our seeded RNG, as `[.., fan_in, fan_out]`.
-fn glorot(rng: &mut Rng, shape: &[usize], fan_in: usize, fan_out: usize, device: &candle_core::Device) -> Result<Var> {
-    let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
+/// A parameter's initial value, drawn from our seeded RNG as its [`Init`] says.
+fn init_value(rng: &mut Rng, shape: &[usize], init: &Init) -> Vec<f32> {
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * limit) as f32).collect();
-    Var::from_tensor(&Tensor::from_vec(v, shape, device)?)
-}
-
-fn zeros(shape: &[usize], device: &candle_core::Device) -> Result<Var> {
-    Var::zeros(shape, DType::F32, device)
+    let uniform = |rng: &mut Rng, limit: f64| ((rng.uniform() * 2.0 - 1.0) * limit) as f32;
+    match init {
+        Init::Zeros => vec![0.0; n],
+        Init::Uniform { limit } => (0..n).map(|_| uniform(rng, *limit)).collect(),
+        Init::Glorot { fan_in, blocks } => {
+            // The limit of each column of the last axis, by the block it is in.
+            let limits: Vec<f64> =
+                blocks.iter().flat_map(|&w| std::iter::repeat_n((6.0 / (fan_in + w) as f64).sqrt(), w)).collect();
+            let last = limits.len().max(1);
+            (0..n).map(|i| uniform(rng, limits.get(i % last).copied().unwrap_or(0.0))).collect()
+        }
+    }
 }
 
 /// Inverted dropout with a mask from our seeded RNG: kept values scale by 1/(1-rate).
@@ -207,61 +202,40 @@ pub(crate) fn activate(x: &Tensor, a: Activation) -> Result<Tensor> {
 }
 
 impl CandleModel {
-    /// Builds and initialises every parameter from `seed`.
+    /// Builds every parameter of the IR's parameter table, initialised from `seed`.
     pub fn new(model: &Validated, seed: u64, device: &candle_core::Device) -> Result<CandleModel> {
         let ir = model.model().clone();
         let mut rng = Rng::derive(seed, "init");
+        let n_tasks = ir.tasks.len();
         let mut vars = Vec::new();
-        let mut embeddings = Vec::new();
-        for f in &ir.features {
-            match &f.kind {
-                FeatureKind::Categorical { encoding, dim } => {
-                    let n = encoding.rows() * dim;
-                    let v: Vec<f32> = (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * 0.05) as f32).collect();
-                    let var = Var::from_tensor(&Tensor::from_vec(v, (encoding.rows(), *dim), device)?)?;
-                    vars.push((format!("features.{}.embedding", f.name), var.clone()));
-                    embeddings.push(Some(var));
+        let mut embeddings: Vec<Option<Var>> = vec![None; ir.features.len()];
+        let mut layers: Vec<LayerParams> =
+            ir.layers.iter().map(|l| LayerParams::new(l, n_tasks, device)).collect::<Result<_>>()?;
+        let mut towers: Vec<Tower> = ir
+            .tasks
+            .iter()
+            .map(|t| {
+                let TaskOutput::Tower { activation, dropout, .. } = &t.output;
+                Tower { layers: Vec::new(), activation: *activation, dropout: *dropout }
+            })
+            .collect();
+        for p in ir.parameters() {
+            let value = init_value(&mut rng, &p.shape, &p.init);
+            let var = Var::from_tensor(&Tensor::from_vec(value, p.shape.as_slice(), device)?)?;
+            vars.push((p.name.clone(), var.clone()));
+            match p.role {
+                Role::Embedding { feature } => embeddings[feature] = Some(var),
+                Role::ExpertWeight { layer, group, .. } => layers[layer].groups[group].layers.push((var.clone(), var)),
+                Role::ExpertBias { layer, group, depth } => layers[layer].groups[group].layers[depth].1 = var,
+                Role::GateWeight { layer } => layers[layer].gates = Some((var.clone(), var)),
+                Role::GateBias { layer } => {
+                    if let Some(g) = layers[layer].gates.as_mut() {
+                        g.1 = var;
+                    }
                 }
-                FeatureKind::Dense { .. } => embeddings.push(None),
+                Role::TowerWeight { task, .. } => towers[task].layers.push((var.clone(), var)),
+                Role::TowerBias { task, depth } => towers[task].layers[depth].1 = var,
             }
-        }
-        let mut layers = Vec::new();
-        for l in &ir.layers {
-            let e = &l.experts;
-            let mut ws = Vec::new();
-            for (i, w) in e.dims.windows(2).enumerate() {
-                let weight = glorot(&mut rng, &[e.count, w[0], w[1]], w[0], w[1], device)?;
-                let bias = zeros(&[e.count, w[1]], device)?;
-                vars.push((format!("layers.{}.experts.{i}.weight", l.name), weight.clone()));
-                vars.push((format!("layers.{}.experts.{i}.bias", l.name), bias.clone()));
-                ws.push((weight, bias));
-            }
-            let experts = ExpertStack { layers: ws, count: e.count, activation: e.activation, dropout: e.dropout };
-            let gates = if l.gates.is_empty() {
-                None
-            } else {
-                let g = l.gates.len();
-                let d_in = l.input.width();
-                let weight = glorot(&mut rng, &[g, d_in, e.count], d_in, e.count, device)?;
-                let bias = zeros(&[g, e.count], device)?;
-                vars.push((format!("layers.{}.gates.weight", l.name), weight.clone()));
-                vars.push((format!("layers.{}.gates.bias", l.name), bias.clone()));
-                Some(GateBank { weight, bias, gates: g, experts: e.count })
-            };
-            layers.push(LayerParams { experts, gates });
-        }
-        let mut towers = Vec::new();
-        for t in &ir.tasks {
-            let TaskOutput::Tower { dims, activation, dropout } = &t.output;
-            let mut ls = Vec::new();
-            for (i, w) in dims.windows(2).enumerate() {
-                let weight = glorot(&mut rng, &[w[0], w[1]], w[0], w[1], device)?;
-                let bias = zeros(&[w[1]], device)?;
-                vars.push((format!("tasks.{}.tower.{i}.weight", t.name), weight.clone()));
-                vars.push((format!("tasks.{}.tower.{i}.bias", t.name), bias.clone()));
-                ls.push((weight, bias));
-            }
-            towers.push(Tower { layers: ls, activation: *activation, dropout: *dropout });
         }
         Ok(CandleModel { ir, device: device.clone(), vars, embeddings, layers, towers })
     }
@@ -329,7 +303,6 @@ impl CandleModel {
     }
 
     fn run(&self, batch: &Batch, mut rng: Option<&mut Rng>) -> Result<Output> {
-        let n_tasks = self.ir.tasks.len();
         let mut lookups = Vec::new();
         let mut h = self.inputs(batch, rng.is_some().then_some(&mut lookups))?; // [B, D]
         let mut stream = Stream::Shared { width: self.ir.input_width };
@@ -337,33 +310,33 @@ impl CandleModel {
         // Each layer's output, for towers that read an earlier layer.
         let mut outputs: Vec<(Tensor, Stream)> = Vec::with_capacity(self.ir.layers.len());
         for (l, p) in self.ir.layers.iter().zip(&self.layers) {
-            let (out, g) =
-                fused::forward_layer(&h, stream, l.output, &p.experts, p.gates.as_ref(), n_tasks, rng.as_deref_mut())?;
-            if let Some(g) = g {
+            let (out, g) = p.forward(&h, l.output, rng.as_deref_mut())?;
+            if !g.is_empty() {
                 gates.push(g);
             }
             outputs.push((out.clone(), l.output));
             h = out;
             stream = l.output;
         }
-        // Per-task streams: [B, T, d] -> [T, B, d] so slot t is contiguous; one
+        // Slotted streams: [B, S, d] -> [S, B, d] so slot t is contiguous; one
         // transpose per source actually read.
-        let mut per_task: Vec<Option<Tensor>> = vec![None; outputs.len() + 1];
-        let mut heads = Vec::with_capacity(n_tasks);
+        let mut slotted: Vec<Option<Tensor>> = vec![None; outputs.len() + 1];
+        let mut heads = Vec::with_capacity(self.ir.tasks.len());
         for (t, (tower, task)) in self.towers.iter().zip(&self.ir.tasks).enumerate() {
             let (src, (h_src, s_src)) = match task.input {
                 Some(i) => (i, (&outputs[i].0, outputs[i].1)),
                 None => (outputs.len(), (&h, stream)),
             };
             let mut x = match s_src {
-                Stream::PerTask { .. } => {
-                    if per_task[src].is_none() {
-                        per_task[src] = Some(h_src.transpose(0, 1)?.contiguous()?);
+                Stream::Shared { .. } => h_src.clone(),
+                Stream::PerTask { .. } | Stream::PerTaskShared { .. } => {
+                    if slotted[src].is_none() {
+                        slotted[src] = Some(h_src.transpose(0, 1)?.contiguous()?);
                     }
-                    per_task[src].as_ref().map(|pt| pt.get(t)).transpose()?.unwrap_or_else(|| h_src.clone())
+                    let slot = s_src.task_slot(TaskId(t));
+                    slotted[src].as_ref().map(|s| s.get(slot)).transpose()?.unwrap_or_else(|| h_src.clone())
                     // [B, d]
                 }
-                Stream::Shared { .. } => h_src.clone(),
             };
             let last = tower.layers.len() - 1;
             for (i, (w, b)) in tower.layers.iter().enumerate() {
@@ -407,6 +380,7 @@ impl CandleModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     #[test]
     fn dropout_zeroes_the_rate_and_keeps_the_mean() {

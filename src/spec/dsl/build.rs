@@ -428,6 +428,7 @@ impl Builder {
             name: name.map(|n| sp_of(n, n.as_str().to_string())),
             kind: sp_of(kind, kind.as_str().to_string()),
             experts: None,
+            task_experts: None,
             units: Sp::new(span.start..span.start + 5, Vec::new()),
             activation: None,
             dropout: None,
@@ -452,6 +453,12 @@ impl Builder {
                 }
                 Rule::activation => self.set_word(&mut l.activation, "activation", inner_of(opt, "activation")),
                 Rule::dropout => self.set_number(&mut l.dropout, "dropout", inner_of(opt, "dropout")),
+                Rule::task_experts => {
+                    let v = self.task_experts(inner_of(opt, "task_experts"));
+                    if let Some(v) = v {
+                        self.once(&mut l.task_experts, "task_experts", v);
+                    }
+                }
                 _ => {}
             }
         }
@@ -463,6 +470,24 @@ impl Builder {
             });
         }
         l
+    }
+
+    /// Grammar: `task_experts = { "task_experts" ~ (integer | arguments) }`.
+    fn task_experts(&mut self, p: Pair<Rule>) -> Option<Sp<TaskExperts>> {
+        let span = span_of(&p);
+        if p.as_rule() == Rule::integer {
+            let n = self.integer(p, "task_experts");
+            return Some(Sp::new(span, TaskExperts::Each(*n.get_ref())));
+        }
+        let mut args = self.args(Some(p), "task_experts(..)");
+        let mut counts = std::collections::BTreeMap::new();
+        let keys: Vec<String> = args.items.iter().map(|i| i.0.clone()).collect();
+        for key in keys {
+            if let Some(n) = self.take_u64(&mut args, &key) {
+                counts.insert(key, *n.get_ref());
+            }
+        }
+        Some(Sp::new(span, TaskExperts::Per(counts)))
     }
 
     fn set_units(&mut self, l: &mut LayerSpec, seen: &mut Option<Span>, p: Pair<Rule>) {

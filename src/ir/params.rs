@@ -1,0 +1,137 @@
+//! The parameter table: every trainable tensor of a model with its stable name, shape
+//! and initialiser, derived from the IR alone. The candle backend creates its
+//! variables from it, bundles and checkpoints are checked against it, and the
+//! optimizer's state is keyed by its names.
+//!
+//! | name                                     | shape                 | role                     |
+//! |------------------------------------------|-----------------------|--------------------------|
+//! | `features.{f}.embedding`                 | `[rows, dim]`         | embedding table          |
+//! | `layers.{l}.experts.{i}.weight` / `.bias`| `[E, d_i, d_i+1]` / `[E, d_i+1]` | shared experts, depth i |
+//! | `layers.{l}.task_experts.{t}.{i}.weight` / `.bias` | as above    | task t's experts (CGC)   |
+//! | `layers.{l}.gates.weight` / `.bias`      | `[d_in, sum E_g]` / `[sum E_g]` | every gate of the layer, side by side |
+//! | `tasks.{t}.tower.{i}.weight` / `.bias`   | `[d_i, d_i+1]` / `[d_i+1]` | tower, depth i        |
+
+use std::fmt;
+
+use super::{ExpertOwner, FeatureKind, Model, TaskOutput};
+
+/// How a parameter starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Init {
+    /// Every value from U(-limit, limit).
+    Uniform { limit: f64 },
+    /// Glorot-uniform per column block of the last axis: a block of width w draws from
+    /// U(-a, a) with a = sqrt(6 / (fan_in + w)). Several blocks: gates side by side.
+    Glorot { fan_in: usize, blocks: Vec<usize> },
+    Zeros,
+}
+
+/// What a parameter is, for a backend placing it in its structures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Embedding { feature: usize },
+    ExpertWeight { layer: usize, group: usize, depth: usize },
+    ExpertBias { layer: usize, group: usize, depth: usize },
+    GateWeight { layer: usize },
+    GateBias { layer: usize },
+    TowerWeight { task: usize, depth: usize },
+    TowerBias { task: usize, depth: usize },
+}
+
+/// One trainable tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+    pub role: Role,
+}
+
+impl Param {
+    pub fn elems(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+impl fmt::Display for Param {
+    /// `name [d0, d1]`: the form bundles record and compare.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
+        write!(f, "{} [{}]", self.name, dims.join(", "))
+    }
+}
+
+/// Range of the uniform initialisation of embedding tables.
+pub const EMBEDDING_INIT: f64 = 0.05;
+
+fn mlp(out: &mut Vec<Param>, prefix: &str, dims: &[usize], stacked: Option<usize>, roles: impl Fn(usize) -> (Role, Role)) {
+    for (i, w) in dims.windows(2).enumerate() {
+        let (wr, br) = roles(i);
+        let (ws, bs) = match stacked {
+            Some(e) => (vec![e, w[0], w[1]], vec![e, w[1]]),
+            None => (vec![w[0], w[1]], vec![w[1]]),
+        };
+        out.push(Param {
+            name: format!("{prefix}.{i}.weight"),
+            shape: ws,
+            init: Init::Glorot { fan_in: w[0], blocks: vec![w[1]] },
+            role: wr,
+        });
+        out.push(Param { name: format!("{prefix}.{i}.bias"), shape: bs, init: Init::Zeros, role: br });
+    }
+}
+
+impl Model {
+    /// Every trainable tensor, in a stable order (features, layers, towers).
+    pub fn parameters(&self) -> Vec<Param> {
+        let mut out = Vec::new();
+        for (fi, f) in self.features.iter().enumerate() {
+            if let FeatureKind::Categorical { encoding, dim } = &f.kind {
+                out.push(Param {
+                    name: format!("features.{}.embedding", f.name),
+                    shape: vec![encoding.rows(), *dim],
+                    init: Init::Uniform { limit: EMBEDDING_INIT },
+                    role: Role::Embedding { feature: fi },
+                });
+            }
+        }
+        for (li, l) in self.layers.iter().enumerate() {
+            for (gi, g) in l.groups.iter().enumerate() {
+                let prefix = match g.owner {
+                    ExpertOwner::Shared => format!("layers.{}.experts", l.name),
+                    ExpertOwner::Task(t) => format!("layers.{}.task_experts.{}", l.name, self.tasks[t.0].name),
+                };
+                mlp(&mut out, &prefix, &g.dims, Some(g.count), |depth| {
+                    (
+                        Role::ExpertWeight { layer: li, group: gi, depth },
+                        Role::ExpertBias { layer: li, group: gi, depth },
+                    )
+                });
+            }
+            if !l.gates.is_empty() {
+                let blocks: Vec<usize> = l.gates.iter().map(|g| g.experts).collect();
+                let total = blocks.iter().sum();
+                let d_in = l.input.width();
+                out.push(Param {
+                    name: format!("layers.{}.gates.weight", l.name),
+                    shape: vec![d_in, total],
+                    init: Init::Glorot { fan_in: d_in, blocks },
+                    role: Role::GateWeight { layer: li },
+                });
+                out.push(Param {
+                    name: format!("layers.{}.gates.bias", l.name),
+                    shape: vec![total],
+                    init: Init::Zeros,
+                    role: Role::GateBias { layer: li },
+                });
+            }
+        }
+        for (ti, t) in self.tasks.iter().enumerate() {
+            let TaskOutput::Tower { dims, .. } = &t.output;
+            mlp(&mut out, &format!("tasks.{}.tower", t.name), dims, None, |depth| {
+                (Role::TowerWeight { task: ti, depth }, Role::TowerBias { task: ti, depth })
+            });
+        }
+        out
+    }
+}
