@@ -46,7 +46,7 @@ pub fn bench(
         .map(|i| Batch::gather(&ds, &(i * batch_size..(i + 1) * batch_size).collect::<Vec<_>>(), &dev))
         .collect::<Result<_, _>>()?;
     let model = CandleBackend { device: dev.clone() }.build(&c.model, c.train.seed)?;
-    let vars = model.vars.iter().map(|(_, v)| v.clone()).collect();
+    let vars = model.vars.clone();
     let mut opt = Adam::new(vars, AdamConfig::from(&c.train))?;
     let sync = |t: &Tensor| -> Result<(), Failure> {
         t.to_scalar::<f32>()?;

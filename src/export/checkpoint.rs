@@ -5,9 +5,9 @@
 //! |-------------------------|-------------------------------------------------|
 //! | `weights.safetensors`   | current parameters, by name                     |
 //! | `best.safetensors`      | parameters of the best epoch so far, by name    |
-//! | `optimizer.safetensors` | Adam moments (`{i}.m`, `{i}.v`)                  |
+//! | `optimizer.safetensors` | Adam moments (`{parameter}.m`, `{parameter}.v`)  |
 //! | `state.json`            | epochs done, Adam step, best epoch and score, epoch reports |
-//! | `model.ir`              | the IR text, to refuse a checkpoint of another model |
+//! | `manifest.json`         | format version and parameter table, to refuse a checkpoint of another model |
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,7 +15,7 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{write_files, write_folder, ExportError};
+use super::{check_manifest, manifest_json, write_files, write_folder, ExportError};
 use crate::backend::candle::CandleModel;
 use crate::train::{Checkpoint, EpochReport};
 
@@ -52,17 +52,14 @@ pub fn write_checkpoint(dir: &Path, model: &CandleModel, c: &Checkpoint) -> Resu
             path: dir.display().to_string(),
             problem: format!("cannot encode state: {e}"),
         })?;
-        write_files(tmp, &[("state.json", json), ("model.ir", model.ir.to_string())])
+        write_files(tmp, &[("state.json", json), ("manifest.json", manifest_json(&model.ir))])
     })
 }
 
 /// Reads a checkpoint written for `model` (same IR), checking every tensor.
 pub fn read_checkpoint(dir: &Path, model: &CandleModel) -> Result<Checkpoint, ExportError> {
     let corrupt = |problem: String| ExportError::Corrupt { path: dir.display().to_string(), problem };
-    let ir = std::fs::read_to_string(dir.join("model.ir")).map_err(|e| corrupt(format!("model.ir: {e}")))?;
-    if ir != model.ir.to_string() {
-        return Err(corrupt("the checkpoint is of another model (its model.ir differs from the spec's)".into()));
-    }
+    check_manifest(dir, &model.ir, "weights.safetensors")?;
     let state: State = serde_json::from_str(
         &std::fs::read_to_string(dir.join("state.json")).map_err(|e| corrupt(format!("state.json: {e}")))?,
     )

@@ -6,8 +6,13 @@
 //! |-------------------------|------------------------------------------------------|
 //! | `model.safetensors`     | every parameter, named as in the candle backend      |
 //! | `spec.toml`             | the normalised spec (every default written out)       |
-//! | `model.ir`              | the IR text, checked against `spec.toml` on load      |
+//! | `manifest.json`         | format version, multigate version, parameter table    |
+//! | `model.ir`              | the IR text, for people (not checked on load)         |
 //! | `metrics.json`          | per-epoch and final metrics, gate usage               |
+//!
+//! Loading checks the format version ([`FORMAT_VERSION`]) and that the parameter table
+//! the spec compiles to is the one the manifest records, name for name and shape for
+//! shape; the IR's text may change between versions without orphaning bundles.
 //!
 //! Writes are atomic: everything goes to a temporary folder beside the target, which
 //! then replaces the target by rename. An interrupted export leaves the old bundle.
@@ -26,8 +31,71 @@ use crate::lower::Compiled;
 use crate::pipeline::{compile_source, CompileError};
 use crate::source::SourceFile;
 
+/// The bundle and checkpoint format this multigate writes and reads. Format 1 (no
+/// `manifest.json`) predates expert groups: its gate and expert tensors are laid out
+/// differently, so it is refused with [`ExportError::Version`].
+pub const FORMAT_VERSION: u32 = 2;
+
+/// `manifest.json`: what a reader checks before it trusts the weights.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    format: u32,
+    /// The multigate version that wrote it (informative).
+    multigate: String,
+    /// The parameter table, `name [d0, d1, ..]` per parameter, in table order.
+    parameters: Vec<String>,
+}
+
+fn manifest_json(model: &crate::ir::Model) -> String {
+    let m = Manifest {
+        format: FORMAT_VERSION,
+        multigate: env!("CARGO_PKG_VERSION").to_string(),
+        parameters: model.parameters().iter().map(|p| p.to_string()).collect(),
+    };
+    // A struct of strings and numbers always serialises.
+    serde_json::to_string_pretty(&m).unwrap_or_default()
+}
+
+/// Checks `dir/manifest.json` against the format version and `model`'s parameter table.
+/// A folder with `weights` but no manifest is format 1.
+fn check_manifest(dir: &Path, model: &crate::ir::Model, weights: &str) -> Result<(), ExportError> {
+    let path = dir.display().to_string();
+    let text = match std::fs::read_to_string(dir.join("manifest.json")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.join(weights).exists() => {
+            return Err(ExportError::Version { path, found: "1 (no manifest.json)".into() });
+        }
+        Err(e) => return Err(ExportError::Corrupt { path, problem: format!("manifest.json: {e}") }),
+    };
+    let m: Manifest = serde_json::from_str(&text)
+        .map_err(|e| ExportError::Corrupt { path: path.clone(), problem: format!("manifest.json: {e}") })?;
+    if m.format != FORMAT_VERSION {
+        return Err(ExportError::Version { path, found: format!("{} (written by multigate {})", m.format, m.multigate) });
+    }
+    let ours: Vec<String> = model.parameters().iter().map(|p| p.to_string()).collect();
+    if let Some((a, b)) = m.parameters.iter().zip(&ours).find(|(a, b)| a != b) {
+        return Err(ExportError::Corrupt {
+            path,
+            problem: format!("manifest.json records parameter `{a}`, the spec compiles to `{b}` (another model)"),
+        });
+    }
+    if m.parameters.len() != ours.len() {
+        return Err(ExportError::Corrupt {
+            path,
+            problem: format!(
+                "manifest.json records {} parameters, the spec compiles to {}",
+                m.parameters.len(),
+                ours.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
+    #[error("{path}: bundle format {found}; this multigate ({}) reads format {FORMAT_VERSION}: retrain the model, or load it with the multigate that wrote it", env!("CARGO_PKG_VERSION"))]
+    Version { path: String, found: String },
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("{path}: not a multigate bundle: {problem}")]
@@ -58,6 +126,7 @@ pub fn write_bundle(dir: &Path, model: &CandleModel, contents: BundleContents<'_
             tmp,
             &[
                 ("spec.toml", contents.spec_toml.to_string()),
+                ("manifest.json", manifest_json(&model.ir)),
                 ("model.ir", model.ir.to_string()),
                 ("metrics.json", contents.metrics_json.to_string()),
             ],
@@ -160,10 +229,7 @@ pub fn read_bundle(dir: &Path, device: &candle_core::Device) -> Result<Bundle, E
             other => other.to_string(),
         },
     })?;
-    let ir_text = std::fs::read_to_string(dir.join("model.ir")).map_err(|e| corrupt(format!("model.ir: {e}")))?;
-    if ir_text != compiled.model.to_string() {
-        return Err(corrupt("model.ir does not match spec.toml (edited or from another version)".into()));
-    }
+    check_manifest(dir, &compiled.model, "model.safetensors")?;
     let weights_path = dir.join("model.safetensors");
     let bytes = std::fs::read(&weights_path).map_err(|e| corrupt(format!("model.safetensors: {e}")))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)

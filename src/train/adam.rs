@@ -58,6 +58,8 @@ pub struct Adam {
     /// Steps taken (for bias correction).
     pub step: u64,
     vars: Vec<Var>,
+    /// Each parameter's name in the IR's parameter table: the key of its saved state.
+    names: Vec<String>,
     moments: Vec<Moments>,
 }
 
@@ -210,7 +212,9 @@ impl candle_core::InplaceOp1 for SparseStep<'_> {
 }
 
 impl Adam {
-    pub fn new(vars: Vec<Var>, config: AdamConfig) -> Result<Adam> {
+    /// An optimizer over named parameters (names from the IR's parameter table).
+    pub fn new(named: Vec<(String, Var)>, config: AdamConfig) -> Result<Adam> {
+        let (names, vars): (Vec<String>, Vec<Var>) = named.into_iter().unzip();
         let moments = vars
             .iter()
             .map(|v| {
@@ -223,7 +227,7 @@ impl Adam {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Adam { config, step: 0, vars, moments })
+        Ok(Adam { config, step: 0, vars, names, moments })
     }
 
     /// One update with learning rate `lr`: dense gradients from `grads`, embedding
@@ -283,10 +287,10 @@ impl Adam {
         Ok(())
     }
 
-    /// The moments as named tensors (`{i}.m`, `{i}.v`), for checkpoints.
+    /// The moments as named tensors (`{parameter}.m`, `{parameter}.v`), for checkpoints.
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
-        for (i, (var, mom)) in self.vars.iter().zip(&self.moments).enumerate() {
+        for ((var, mom), name) in self.vars.iter().zip(&self.moments).zip(&self.names) {
             let shape = var.as_tensor().shape().clone();
             let (m, v) = match mom {
                 Moments::Host(s) => {
@@ -296,8 +300,8 @@ impl Adam {
                 }
                 Moments::Device { m, v } => (m.clone(), v.clone()),
             };
-            out.push((format!("{i}.m"), m));
-            out.push((format!("{i}.v"), v));
+            out.push((format!("{name}.m"), m));
+            out.push((format!("{name}.v"), v));
         }
         Ok(out)
     }
@@ -311,11 +315,11 @@ impl Adam {
                 .map(|(_, t)| t.clone())
                 .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks `{k}`")))
         };
-        for (i, (var, mom)) in self.vars.iter().zip(&mut self.moments).enumerate() {
-            let (m, v) = (find(format!("{i}.m"))?, find(format!("{i}.v"))?);
+        for ((var, mom), name) in self.vars.iter().zip(&mut self.moments).zip(&self.names) {
+            let (m, v) = (find(format!("{name}.m"))?, find(format!("{name}.v"))?);
             if m.shape() != var.as_tensor().shape() || v.shape() != var.as_tensor().shape() {
                 candle_core::bail!(
-                    "optimizer state {i} has shape {:?}, parameter {:?}",
+                    "optimizer state of `{name}` has shape {:?}, the parameter {:?}",
                     m.shape(),
                     var.as_tensor().shape()
                 );

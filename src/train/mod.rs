@@ -348,7 +348,7 @@ pub fn fit_from(
             return Err(TrainError::NoLabels(t.name.clone()));
         }
     }
-    let vars = model.vars.iter().map(|(_, v)| v.clone()).collect();
+    let vars = model.vars.clone();
     let mut opt = Adam::new(vars, AdamConfig::from(cfg))?;
     let mut epochs = Vec::new();
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;

@@ -250,7 +250,7 @@ fn an_interrupted_run_is_never_overwritten_silently() {
     assert!(ck.join("state.json").exists(), "the checkpoint is kept");
     let (code, _, err) = run(args(&["--resume"]));
     assert_eq!(code, 1, "a broken checkpoint is an error: {err}");
-    assert!(err.contains("model.ir"), "{err}");
+    assert!(err.contains("manifest.json"), "{err}");
     let (code, out_text, err) = run(args(&["--fresh"]));
     assert_eq!(code, 0, "{err}");
     assert!(out_text.contains("bundle written"));

@@ -43,7 +43,7 @@ fn corrupted_bundles_are_errors() {
     let fresh = |name: &str| {
         let d = tmp.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
-        for f in ["model.safetensors", "spec.toml", "model.ir", "metrics.json"] {
+        for f in ["model.safetensors", "spec.toml", "manifest.json", "model.ir", "metrics.json"] {
             std::fs::copy(dir.join(f), d.join(f)).unwrap();
         }
         d
@@ -66,14 +66,25 @@ fn corrupted_bundles_are_errors() {
     std::fs::write(d.join("model.safetensors"), b"not a tensor file").unwrap();
     expect_corrupt(&d, "model.safetensors");
 
+    // The IR text is for people: a changed rendering does not orphan a bundle.
     let d = fresh("edited_ir");
     std::fs::write(d.join("model.ir"), "model other\n").unwrap();
-    expect_corrupt(&d, "model.ir");
+    assert!(export::read_bundle(&d, &Device::Cpu).is_ok(), "model.ir is not checked");
 
+    // The parameter table is: a spec edited to another model is refused, naming the tensor.
     let d = fresh("edited_spec");
     let spec = std::fs::read_to_string(d.join("spec.toml")).unwrap().replace("experts = 3", "experts = 4");
     std::fs::write(d.join("spec.toml"), spec).unwrap();
-    expect_corrupt(&d, "model.ir");
+    expect_corrupt(&d, "manifest.json records parameter `layers.");
+
+    let d = fresh("edited_manifest");
+    let m = std::fs::read_to_string(d.join("manifest.json")).unwrap().replacen("[", "[ \"extra [1]\",", 1);
+    std::fs::write(d.join("manifest.json"), m).unwrap();
+    expect_corrupt(&d, "manifest.json");
+
+    let d = fresh("broken_manifest");
+    std::fs::write(d.join("manifest.json"), "{").unwrap();
+    expect_corrupt(&d, "manifest.json");
 
     let d = fresh("broken_spec");
     std::fs::write(d.join("spec.toml"), "[model\n").unwrap();
@@ -84,6 +95,48 @@ fn corrupted_bundles_are_errors() {
     expect_corrupt(&d, "model.safetensors");
 
     expect_corrupt(&tmp.path().join("absent"), "no such folder");
+}
+
+#[test]
+fn bundles_of_other_formats_are_refused_naming_both_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bundle");
+    trained(&dir);
+    let expect_version = |found: &str| match export::read_bundle(&dir, &Device::Cpu) {
+        Err(e @ ExportError::Version { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(found), "{msg:?} should name the bundle's format {found:?}");
+            assert!(msg.contains(&format!("reads format {}", export::FORMAT_VERSION)), "{msg}");
+        }
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("a bundle of format {found} should not load"),
+    };
+    // A bundle written before format versions (multigate 0.1 before expert groups) has
+    // no manifest: its gate and expert tensors are laid out differently.
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    std::fs::remove_file(dir.join("manifest.json")).unwrap();
+    expect_version("format 1 (no manifest.json)");
+    // A bundle from a future format.
+    let future = manifest.replace(&format!("\"format\": {}", export::FORMAT_VERSION), "\"format\": 99");
+    assert_ne!(future, manifest);
+    std::fs::write(dir.join("manifest.json"), future).unwrap();
+    expect_version("format 99");
+}
+
+#[test]
+fn a_real_format_1_bundle_is_refused_with_the_version_error() {
+    // Written by multigate 0.1 at commit aa69819, before expert groups (gates were one
+    // `[G, d_in, E]` tensor). Its tensors cannot be mapped onto today's table silently,
+    // so loading says which formats are involved instead of failing on a shape.
+    let dir = super::repo().join("tests/inputs/bundles/format1_mmoe");
+    match export::read_bundle(&dir, &Device::Cpu) {
+        Err(e @ ExportError::Version { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("format 1") && msg.contains("reads format 2"), "{msg}");
+        }
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("a format 1 bundle should not load"),
+    }
 }
 
 #[test]

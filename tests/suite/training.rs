@@ -99,7 +99,7 @@ fn adam_matches_the_textbook_update() {
     let dev = Device::Cpu;
     let x = Var::new(&[1.0f32, -2.0, 3.0], &dev).unwrap();
     let cfg = AdamConfig { lazy: false, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    let mut opt = Adam::new(vec![x.clone()], cfg).unwrap();
+    let mut opt = Adam::new(vec![("x".to_string(), x.clone())], cfg).unwrap();
     let (mut m, mut v) = ([0f64; 3], [0f64; 3]);
     let mut p = [1.0f64, -2.0, 3.0];
     for step in 1..=3 {
@@ -127,12 +127,12 @@ fn adam_state_saves_and_resumes_exactly() {
     let run = |resume_at: Option<usize>| {
         let x = Var::new(&[0.5f32, -1.5, 2.0, 4.0], &dev).unwrap();
         let cfg = AdamConfig { lazy: false, beta1: 0.8, beta2: 0.99, eps: 1e-8, weight_decay: 0.01 };
-        let mut opt = Adam::new(vec![x.clone()], cfg).unwrap();
+        let mut opt = Adam::new(vec![("x".to_string(), x.clone())], cfg).unwrap();
         for step in 0..6 {
             if Some(step) == resume_at {
                 let state = opt.state().unwrap();
                 let n = opt.step;
-                let mut fresh = Adam::new(vec![x.clone()], cfg).unwrap();
+                let mut fresh = Adam::new(vec![("x".to_string(), x.clone())], cfg).unwrap();
                 fresh.load_state(&state, n).unwrap();
                 opt = fresh;
             }
@@ -215,7 +215,7 @@ fn sparse_embedding_updates_equal_dense_adam() {
     let cfg = AdamConfig { lazy: false, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
     // The training path: embedding gradients arrive as looked-up rows.
     let sparse = CandleModel::new(&c.model, 2, &Device::Cpu).unwrap();
-    let mut opt = Adam::new(sparse.vars.iter().map(|(_, v)| v.clone()).collect(), cfg).unwrap();
+    let mut opt = Adam::new(sparse.vars.clone(), cfg).unwrap();
     for b in batches.iter().chain(&batches) {
         let step = train::batch_loss(&sparse, b, &mut multigate::rng::Rng::new(0)).unwrap();
         assert_eq!(step.lookups.len(), 2, "one lookup per categorical feature");
@@ -223,7 +223,7 @@ fn sparse_embedding_updates_equal_dense_adam() {
     }
     // The reference: the evaluation graph keeps dense table gradients.
     let dense = CandleModel::new(&c.model, 2, &Device::Cpu).unwrap();
-    let mut opt = Adam::new(dense.vars.iter().map(|(_, v)| v.clone()).collect(), cfg).unwrap();
+    let mut opt = Adam::new(dense.vars.clone(), cfg).unwrap();
     for b in batches.iter().chain(&batches) {
         let out = dense.forward(b).unwrap();
         let mut total: Option<Tensor> = None;
@@ -265,7 +265,7 @@ fn lazy_adam_moves_only_the_rows_a_step_looks_up() {
     let run = |lazy: bool, batches: &[&Batch]| {
         let model = CandleModel::new(&c.model, 2, &Device::Cpu).unwrap();
         let cfg = AdamConfig { lazy, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-        let mut opt = Adam::new(model.vars.iter().map(|(_, v)| v.clone()).collect(), cfg).unwrap();
+        let mut opt = Adam::new(model.vars.clone(), cfg).unwrap();
         for b in batches {
             let step = train::batch_loss(&model, b, &mut multigate::rng::Rng::new(0)).unwrap();
             opt.step(&step.total.backward().unwrap(), &step.lookups, 0.01).unwrap();
