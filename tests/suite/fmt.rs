@@ -86,14 +86,16 @@ fn toml_str(s: &str) -> String {
 }
 
 prop_compose! {
-    fn layer()(kind in 0usize..3, experts in 1u64..6, units in prop::collection::vec(1u64..40, 1..3),
-               act in 0usize..5, named in prop::option::of(name()), dropout in prop::option::of(0.0f64..0.9)) -> String {
-        let kinds = ["shared_bottom", "moe", "mmoe"];
+    fn layer()(kind in 0usize..4, experts in 1u64..6, units in prop::collection::vec(1u64..40, 1..3),
+               act in 0usize..5, named in prop::option::of(name()), dropout in prop::option::of(0.0f64..0.9),
+               task_experts in prop::option::of(0u64..4)) -> String {
+        let kinds = ["shared_bottom", "moe", "mmoe", "cgc"];
         let acts = ["relu", "tanh", "sigmoid", "gelu", "linear"];
         let mut s = String::from("[[layers]]\n");
         if let Some(n) = named { s += &format!("name = \"L{n}\"\n"); }
         s += &format!("kind = \"{}\"\n", kinds[kind]);
         if kind > 0 { s += &format!("experts = {experts}\n"); }
+        if let (3, Some(n)) = (kind, task_experts) { s += &format!("task_experts = {n}\n"); }
         s += &format!("units = {:?}\nactivation = \"{}\"\n", units, acts[act]);
         if let Some(d) = dropout { s += &format!("dropout = {d:?}\n"); }
         s
