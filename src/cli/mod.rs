@@ -441,15 +441,21 @@ fn predict(
     let p = train::predict_rows(&b.model, &ds, 4096, gates)?;
     let kept: Vec<&data::Column> =
         keep.iter().map(|k| frame.column_as(k, false)).collect::<Option<_>>().unwrap_or_default();
-    let mut names: Vec<&str> = keep.iter().map(String::as_str).collect();
-    names.extend(b.compiled.model.tasks.iter().map(|t| t.name.as_str()));
-    names.extend(p.gate_columns.iter().map(|(n, _)| n.as_str()));
-    let columns: Vec<&Vec<f32>> = p.values.iter().chain(p.gate_columns.iter().map(|(_, v)| v)).collect();
+    let mut names: Vec<String> = keep.to_vec();
+    names.extend(b.compiled.model.tasks.iter().flat_map(|t| t.output_columns()));
+    names.extend(p.gate_columns.iter().map(|(n, _)| n.clone()));
+    // Every output column as (values, stride, offset): a task's values are [rows, width].
+    let mut columns: Vec<(&Vec<f32>, usize, usize)> = Vec::new();
+    for (t, v) in b.compiled.model.tasks.iter().zip(&p.values) {
+        let k = t.head.width();
+        columns.extend((0..k).map(|j| (v, k, j)));
+    }
+    columns.extend(p.gate_columns.iter().map(|(_, v)| (v, 1, 0)));
     let mut w = csv::Writer::from_writer(Vec::with_capacity(ds.rows * 12 * names.len()));
     w.write_record(&names)?;
     for i in 0..ds.rows {
         let mut row: Vec<String> = kept.iter().map(|c| c.text(i)).collect();
-        row.extend(columns.iter().map(|c| format!("{}", c[i])));
+        row.extend(columns.iter().map(|(c, k, j)| format!("{}", c[i * k + j])));
         w.write_record(&row)?;
     }
     let text = w.into_inner().map_err(|e| Failure::new(1, format!("error: {e}")))?;

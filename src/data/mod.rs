@@ -13,7 +13,7 @@ pub mod synthetic;
 
 pub use frame::{Column, Frame, Origin};
 
-use crate::ir::{FeatureKind, Model, TaskKind};
+use crate::ir::{FeatureKind, Head, Model, Task};
 use crate::rng::Rng;
 use hash::hash_bucket;
 
@@ -87,14 +87,24 @@ pub fn needs(model: &Model) -> Vec<Need> {
         }
     }
     for t in &model.tasks {
-        let kind = if t.label.positive.is_some() { ColumnKind::Cat } else { ColumnKind::Num };
+        let Some(label) = &t.label else { continue };
+        let categorical = label.positive.is_some() || matches!(t.head, Head::Multiclass { .. });
         out.push(Need {
-            column: t.label.column.clone(),
-            kind,
+            column: label.column.clone(),
+            kind: if categorical { ColumnKind::Cat } else { ColumnKind::Num },
             reader: format!("the label of task `{}`", t.name),
             owner: NeedOwner::Task(t.name.clone()),
             is_label: true,
         });
+        if let Some(w) = &label.only_where {
+            out.push(Need {
+                column: w.clone(),
+                kind: ColumnKind::Num,
+                reader: format!("`only_where` of task `{}`", t.name),
+                owner: NeedOwner::Task(t.name.clone()),
+                is_label: true,
+            });
+        }
     }
     out
 }
@@ -117,7 +127,8 @@ pub struct Dataset {
     /// All dense values, `[rows, dense_width]` row-major, features in order.
     pub dense: Vec<f32>,
     pub dense_width: usize,
-    /// One entry per task: labels, or empty when the data has no labels (predict).
+    /// One entry per task: encoded labels (0/1, a class index, a transformed value; NaN
+    /// where the label is missing), or empty when the data has none for the task.
     pub labels: Vec<Vec<f32>>,
 }
 
@@ -142,8 +153,9 @@ impl Dataset {
         }
     }
 
+    /// Whether some task has labels, and every task that has any has one per row.
     pub fn has_labels(&self) -> bool {
-        !self.labels.is_empty() && self.labels.iter().all(|l| l.len() == self.rows)
+        self.labels.iter().any(|l| !l.is_empty()) && self.labels.iter().all(|l| l.is_empty() || l.len() == self.rows)
     }
 
     /// Appends another dataset's rows.
@@ -216,60 +228,114 @@ fn encode_with(model: &Model, frame: &Frame, require_labels: bool, check_positiv
         }
     }
     for t in &model.tasks {
-        let Some(col) = frame.column_as(&t.label.column, t.label.positive.is_none()) else {
-            if require_labels {
-                return Err(missing(&t.label.column));
-            }
-            ds.labels.push(Vec::new());
-            continue;
-        };
-        let labels: Vec<f32> = match (col, &t.label.positive) {
-            (Column::Cat { dict, codes }, Some(p)) => {
-                // A `positive` no row has is almost always a typo, and would silently
-                // train on all-zero labels.
-                if check_positive && !dict.contains(p) && !codes.is_empty() {
-                    let mut seen: Vec<&str> = dict.iter().map(String::as_str).take(8).collect();
-                    seen.sort_unstable();
-                    let hint = crate::diag::did_you_mean(p, dict.iter().map(String::as_str))
-                        .map_or_else(String::new, |h| format!("; {h}"));
-                    return Err(DataError::BadValue {
-                        at: frame.origin.name.clone(),
-                        column: t.label.column.clone(),
-                        problem: format!(
-                            "no row equals `positive = {p:?}` of task `{}`, so every label would be 0 (values seen: {}{}){hint}",
-                            t.name,
-                            seen.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", "),
-                            if dict.len() > 8 { ", ..." } else { "" }
-                        ),
-                    });
-                }
-                let pos: Vec<f32> = dict.iter().map(|v| f32::from(v == p)).collect();
-                codes.iter().map(|&c| pos[c as usize]).collect()
-            }
-            (Column::Num(v), Some(p)) => v.iter().map(|x| f32::from(format!("{x}") == *p)).collect(),
-            (Column::Num(v), None) => v.clone(),
-            (Column::Cat { .. }, None) => {
-                return Err(DataError::Other(format!("label column `{}` must be numeric", t.label.column)))
-            }
-        };
-        for (i, &y) in labels.iter().enumerate() {
-            let bad = match t.kind {
-                TaskKind::Binary => y != 0.0 && y != 1.0,
-                TaskKind::Regression => !y.is_finite(),
-            };
-            if bad {
-                let expected =
-                    if t.kind == TaskKind::Binary { "0 or 1 (or set `positive`)" } else { "a finite number" };
-                return Err(DataError::BadValue {
-                    at: frame.origin.describe(i),
-                    column: t.label.column.clone(),
-                    problem: format!("label of task `{}` is {y}, expected {expected}", t.name),
-                });
-            }
-        }
-        ds.labels.push(labels);
+        ds.labels.push(encode_labels(t, frame, require_labels, check_positive)?);
     }
     Ok(ds)
+}
+
+/// One task's labels as the head wants them (see [`Dataset::labels`]); empty when the
+/// task has no label column, or the frame lacks it and labels are not required.
+fn encode_labels(t: &Task, frame: &Frame, require: bool, check_positive: bool) -> Result<Vec<f32>, DataError> {
+    let Some(label) = &t.label else { return Ok(Vec::new()) };
+    let missing = |c: &str| DataError::Other(format!("{}: column `{c}` missing", frame.origin.name));
+    let categorical = label.positive.is_some() || matches!(t.head, Head::Multiclass { .. });
+    let Some(col) = frame.column_as(&label.column, !categorical) else {
+        return if require { Err(missing(&label.column)) } else { Ok(Vec::new()) };
+    };
+    let bad = |i: usize, problem: String| DataError::BadValue {
+        at: frame.origin.describe(i),
+        column: label.column.clone(),
+        problem,
+    };
+    let mut labels: Vec<f32> = match (&t.head, col, &label.positive) {
+        (Head::Multiclass { classes }, Column::Cat { dict, codes }, _) => {
+            let index: Vec<Option<usize>> = dict.iter().map(|v| classes.iter().position(|c| c == v)).collect();
+            let mut out = Vec::with_capacity(codes.len());
+            for (i, &c) in codes.iter().enumerate() {
+                match index[c as usize] {
+                    Some(k) => out.push(k as f32),
+                    None => {
+                        return Err(bad(
+                            i,
+                            format!(
+                                "label {:?} of task `{}` is not one of its classes ({}){}",
+                                dict[c as usize],
+                                t.name,
+                                classes.join(", "),
+                                crate::diag::did_you_mean(&dict[c as usize], classes.iter().map(String::as_str))
+                                    .map_or_else(String::new, |h| format!("; {h}"))
+                            ),
+                        ))
+                    }
+                }
+            }
+            out
+        }
+        (Head::Multiclass { .. }, Column::Num(_), _) => {
+            return Err(DataError::Other(format!("label column `{}` must be read as text", label.column)))
+        }
+        (_, Column::Cat { dict, codes }, Some(p)) => {
+            // A `positive` no row has is almost always a typo, and would silently
+            // train on all-zero labels.
+            if check_positive && !dict.contains(p) && !codes.is_empty() {
+                let mut seen: Vec<&str> = dict.iter().map(String::as_str).take(8).collect();
+                seen.sort_unstable();
+                let hint = crate::diag::did_you_mean(p, dict.iter().map(String::as_str))
+                    .map_or_else(String::new, |h| format!("; {h}"));
+                return Err(DataError::BadValue {
+                    at: frame.origin.name.clone(),
+                    column: label.column.clone(),
+                    problem: format!(
+                        "no row equals `positive = {p:?}` of task `{}`, so every label would be 0 (values seen: {}{}){hint}",
+                        t.name,
+                        seen.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", "),
+                        if dict.len() > 8 { ", ..." } else { "" }
+                    ),
+                });
+            }
+            let pos: Vec<f32> = dict.iter().map(|v| f32::from(v == p)).collect();
+            codes.iter().map(|&c| pos[c as usize]).collect()
+        }
+        (_, Column::Num(v), Some(p)) => v.iter().map(|x| f32::from(format!("{x}") == *p)).collect(),
+        (_, Column::Num(v), None) => v.clone(),
+        (_, Column::Cat { .. }, None) => {
+            return Err(DataError::Other(format!("label column `{}` must be numeric", label.column)))
+        }
+    };
+    for (i, y) in labels.iter_mut().enumerate() {
+        match &t.head {
+            Head::Binary if *y != 0.0 && *y != 1.0 => {
+                return Err(bad(i, format!("label of task `{}` is {y}, expected 0 or 1 (or set `positive`)", t.name)))
+            }
+            Head::Regression { transform } => {
+                if !y.is_finite() || !transform.accepts(*y) {
+                    let expected = if y.is_finite() { "a number above -1 (transform = log1p)" } else { "a finite number" };
+                    return Err(bad(i, format!("label of task `{}` is {y}, expected {expected}", t.name)));
+                }
+                *y = transform.apply(*y);
+            }
+            _ => {}
+        }
+    }
+    if let Some(w) = &label.only_where {
+        let Some(Column::Num(present)) = frame.column_as(w, true) else {
+            return if require { Err(missing(w)) } else { Ok(labels) };
+        };
+        for (i, (y, &p)) in labels.iter_mut().zip(present).enumerate() {
+            match p {
+                1.0 => {}
+                0.0 => *y = f32::NAN,
+                other => {
+                    return Err(DataError::BadValue {
+                        at: frame.origin.describe(i),
+                        column: w.clone(),
+                        problem: format!("`only_where` of task `{}` reads {other}, expected 0 or 1", t.name),
+                    })
+                }
+            }
+        }
+    }
+    Ok(labels)
 }
 
 fn encode_value(feature: &str, encoding: &crate::ir::Encoding, value: &str) -> u32 {

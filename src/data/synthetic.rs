@@ -9,7 +9,7 @@
 //!   `cardinality` values) and labels from a fixed random teacher, for benchmarks.
 
 use super::frame::{Column, Frame, Interner, Origin};
-use crate::ir::{FeatureKind, Model, SyntheticConfig, SyntheticKind, TaskKind};
+use crate::ir::{FeatureKind, Head, LabelTransform, Model, SyntheticConfig, SyntheticKind};
 use crate::rng::{splitmix64, Rng};
 
 /// Pearson correlation of two equal-length series.
@@ -105,8 +105,10 @@ pub fn mmoe_frame(model: &Model, p: &MmoeParams, rows: usize, seed: u64) -> Fram
     let mut columns: Vec<Column> = xs.into_iter().map(Column::Num).collect();
     names.truncate(columns.len());
     for (t, y) in model.tasks.iter().zip([y1, y2]) {
-        names.push(t.label.column.clone());
-        columns.push(Column::Num(y));
+        if let Some(l) = &t.label {
+            names.push(l.column.clone());
+            columns.push(Column::Num(y));
+        }
     }
     Frame { names, columns, rows, origin: Origin { name: "synthetic mmoe data".into(), lines: Vec::new() } }
 }
@@ -170,9 +172,34 @@ pub fn categorical_frame(model: &Model, cardinality: usize, rows: usize, seed: u
                 s * norm - 1.0
             })
             .collect();
-        let col = match (task.kind, &task.label.positive) {
-            (TaskKind::Regression, _) => Column::Num(z.iter().map(|&v| (v + 0.1 * rng.normal()) as f32).collect()),
-            (TaskKind::Binary, positive) => {
+        let Some(label) = &task.label else { continue };
+        if names.contains(&label.column) {
+            continue;
+        }
+        let col = match (&task.head, &label.positive) {
+            // log1p(y) = z + noise: a heavy-tailed positive label, as durations are.
+            (Head::Regression { transform: LabelTransform::Log1p }, _) => {
+                Column::Num(z.iter().map(|&v| (v + 0.1 * rng.normal()).exp_m1() as f32).collect())
+            }
+            (Head::Regression { .. }, _) => Column::Num(z.iter().map(|&v| (v + 0.1 * rng.normal()) as f32).collect()),
+            (Head::Multiclass { classes }, _) => {
+                // Class k where the noisy score falls in the k-th of K equal-probability bands.
+                let names: Vec<String> = if classes.is_empty() {
+                    (0..3).map(|k| format!("c{k}")).collect()
+                } else {
+                    classes.clone()
+                };
+                let k = names.len();
+                let codes = z
+                    .iter()
+                    .map(|&v| {
+                        let p = 1.0 / (1.0 + (-(v + 0.5 * rng.normal())).exp());
+                        ((p * k as f64) as usize).min(k - 1) as u32
+                    })
+                    .collect();
+                Column::Cat { dict: names, codes }
+            }
+            (Head::Binary, positive) => {
                 let y: Vec<bool> = z.iter().map(|&v| rng.uniform() < 1.0 / (1.0 + (-v).exp())).collect();
                 match positive {
                     None => Column::Num(y.iter().map(|&b| f32::from(b)).collect()),
@@ -183,10 +210,8 @@ pub fn categorical_frame(model: &Model, cardinality: usize, rows: usize, seed: u
                 }
             }
         };
-        if !names.contains(&task.label.column) {
-            names.push(task.label.column.clone());
-            columns.push(col);
-        }
+        names.push(label.column.clone());
+        columns.push(col);
     }
     Frame { names, columns, rows, origin: Origin { name: "synthetic categorical data".into(), lines: Vec::new() } }
 }

@@ -87,8 +87,6 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const BINARY: &'static [&'static str] = &["auc", "logloss", "accuracy"];
-    pub const REGRESSION: &'static [&'static str] = &["mse", "mae"];
     pub fn parse(s: &str) -> Option<Metric> {
         Some(match s {
             "auc" => Metric::Auc,

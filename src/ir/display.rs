@@ -114,15 +114,46 @@ impl fmt::Display for Model {
             }
         }
         for t in &self.tasks {
-            let TaskOutput::Tower { dims, activation, dropout: rate } = &t.output;
-            let label = match &t.label.positive {
-                Some(p) => format!("{:?} == {:?}", t.label.column, p),
-                None => format!("{:?}", t.label.column),
+            let head = match &t.head {
+                Head::Binary => "binary".to_string(),
+                Head::Regression { transform } => match transform {
+                    LabelTransform::None => "regression".to_string(),
+                    LabelTransform::Log1p => "regression(log1p)".to_string(),
+                    LabelTransform::Standardize { mean, std } if mean.is_nan() => {
+                        let _ = std;
+                        "regression(standardize: fitted on the training labels)".to_string()
+                    }
+                    LabelTransform::Standardize { mean, std } => format!("regression(standardize mean={mean} std={std})"),
+                },
+                Head::Multiclass { classes } if classes.is_empty() => {
+                    "multiclass(classes from the training labels)".to_string()
+                }
+                Head::Multiclass { classes } => format!("multiclass({} classes: {})", classes.len(), classes.join(", ")),
             };
-            writeln!(f, "  task {}: {} label {label} weight {}", t.name, t.kind.as_str(), t.loss_weight)?;
-            let (dims, act, rate) = (mlp(dims), activation.as_str(), dropout(*rate));
-            let from = t.input.map_or(String::new(), |i| format!(" <- {}", self.layers[i].name));
-            writeln!(f, "    tower {}: {dims} {act}{rate}{from}  params {}", t.name, t.tower_params())?;
+            let label = match &t.label {
+                None => "no label".to_string(),
+                Some(l) => {
+                    let mut s = match &l.positive {
+                        Some(p) => format!("label {:?} == {:?}", l.column, p),
+                        None => format!("label {:?}", l.column),
+                    };
+                    if let Some(w) = &l.only_where {
+                        s += &format!(" only where {w:?}");
+                    }
+                    s
+                }
+            };
+            writeln!(f, "  task {}: {head} {label} weight {}", t.name, t.loss_weight)?;
+            match &t.output {
+                TaskOutput::Tower { dims, activation, dropout: rate } => {
+                    let (dims, act, rate) = (mlp(dims), activation.as_str(), dropout(*rate));
+                    let from = t.input.map_or(String::new(), |i| format!(" <- {}", self.layers[i].name));
+                    writeln!(f, "    tower {}: {dims} {act}{rate}{from}  params {}", t.name, t.tower_params())?;
+                }
+                TaskOutput::Product { factors: [a, b] } => {
+                    writeln!(f, "    product {}: {} x {}", t.name, self.tasks[a.0].name, self.tasks[b.0].name)?;
+                }
+            }
         }
         writeln!(f, "  params {}", self.param_count())?;
         writeln!(f, "  flops/sample {}", self.flops_per_sample())

@@ -110,24 +110,33 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
         heads_after.push(heads.clone());
     }
     for (ti, t) in m.tasks.iter().enumerate() {
-        let TaskOutput::Tower { dims, activation, .. } = &t.output;
         let id = format!("t{ti}");
-        nodes.push(Node {
-            id: id.clone(),
-            label: format!(
-                "{} ({})\\ntower [{}] {}\\nparams {}  flops {}",
-                t.name,
-                t.kind.as_str(),
-                mlp(dims),
-                activation.as_str(),
-                t.tower_params(),
-                t.tower_flops()
-            ),
-        });
-        let from = t.input.and_then(|i| heads_after.get(i)).unwrap_or(&heads);
-        let stream = t.input.map_or(m.head_stream(), |i| m.layers[i].output);
-        let src = from.get(stream.task_slot(TaskId(ti))).or(from.first()).cloned().unwrap_or_default();
-        edges.push((src, id, format!("{}", dims[0])));
+        match &t.output {
+            TaskOutput::Tower { dims, activation, .. } => {
+                nodes.push(Node {
+                    id: id.clone(),
+                    label: format!(
+                        "{} ({})\\ntower [{}] {}\\nparams {}  flops {}",
+                        t.name,
+                        t.head.kind(),
+                        mlp(dims),
+                        activation.as_str(),
+                        t.tower_params(),
+                        t.tower_flops()
+                    ),
+                });
+                let from = t.input.and_then(|i| heads_after.get(i)).unwrap_or(&heads);
+                let stream = t.input.map_or(m.head_stream(), |i| m.layers[i].output);
+                let src = from.get(stream.task_slot(TaskId(ti))).or(from.first()).cloned().unwrap_or_default();
+                edges.push((src, id, format!("{}", dims[0])));
+            }
+            TaskOutput::Product { factors } => {
+                nodes.push(Node { id: id.clone(), label: format!("{} ({})\\nproduct of probabilities", t.name, t.head.kind()) });
+                for f in factors {
+                    edges.push((format!("t{}", f.0), id.clone(), "p".to_string()));
+                }
+            }
+        }
     }
     (nodes, edges)
 }

@@ -33,11 +33,13 @@ mod display;
 mod graph;
 mod layer;
 mod params;
+mod task;
 
 pub use config::*;
 pub use graph::{render as render_graph, GraphFormat};
 pub use layer::*;
 pub use params::*;
+pub use task::*;
 
 /// Index of a feature in [`Model::features`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,61 +155,6 @@ impl Activation {
     }
     pub fn as_str(&self) -> &'static str {
         Activation::NAMES[*self as usize]
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskKind {
-    Binary,
-    Regression,
-}
-
-impl TaskKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TaskKind::Binary => "binary",
-            TaskKind::Regression => "regression",
-        }
-    }
-}
-
-/// Where a task's label comes from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Label {
-    pub column: String,
-    /// For binary tasks: 1 where the column equals this, else 0.
-    pub positive: Option<String>,
-}
-
-/// How a task's output is computed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TaskOutput {
-    /// A tower MLP `[d_in, hidden.., 1]` on the task's stream slot.
-    /// `dropout` applies after each hidden layer while training.
-    Tower { dims: Vec<usize>, activation: Activation, dropout: f32 },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Task {
-    pub name: String,
-    pub kind: TaskKind,
-    pub label: Label,
-    /// The layer whose output the tower reads, when it is not the last layer.
-    pub input: Option<usize>,
-    pub output: TaskOutput,
-    pub loss_weight: f32,
-}
-
-impl Task {
-    pub fn tower_params(&self) -> usize {
-        match &self.output {
-            TaskOutput::Tower { dims, .. } => dims.windows(2).map(|w| w[0] * w[1] + w[1]).sum(),
-        }
-    }
-    pub fn tower_flops(&self) -> usize {
-        match &self.output {
-            TaskOutput::Tower { dims, .. } => dims.windows(2).map(|w| 2 * w[0] * w[1]).sum(),
-        }
     }
 }
 

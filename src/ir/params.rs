@@ -127,7 +127,7 @@ impl Model {
             }
         }
         for (ti, t) in self.tasks.iter().enumerate() {
-            let TaskOutput::Tower { dims, .. } = &t.output;
+            let TaskOutput::Tower { dims, .. } = &t.output else { continue };
             mlp(&mut out, &format!("tasks.{}.tower", t.name), dims, None, |depth| {
                 (Role::TowerWeight { task: ti, depth }, Role::TowerBias { task: ti, depth })
             });

@@ -119,6 +119,19 @@ pub enum LowerError {
         span: Span,
     },
 
+    #[error("task `{task}` multiplies `{factor}`, which {problem}")]
+    #[diagnostic(
+        code(multigate::lower::bad_factor),
+        help("a product (ESMM's ctcvr = ctr x cvr) multiplies two other binary tasks that have towers")
+    )]
+    BadFactor {
+        task: String,
+        factor: String,
+        problem: &'static str,
+        #[label("this factor")]
+        span: Span,
+    },
+
     #[error("label column `{column}` of task `{task}` is also read by feature `{feature}` (label leakage)")]
     #[diagnostic(code(multigate::lower::label_leak), help("remove the feature, or point it at another column"))]
     LabelLeak {
@@ -195,6 +208,7 @@ impl LowerError {
             | LowerError::CrossDense { span, .. }
             | LowerError::GateOnSharedBottom { span, .. }
             | LowerError::NoSharedSlot { span, .. }
+            | LowerError::BadFactor { span, .. }
             | LowerError::Synthetic { span, .. } => span.clone(),
             LowerError::Duplicate { second, .. } => second.clone(),
             LowerError::LabelLeak { input, .. } => input.clone(),

@@ -47,7 +47,6 @@ struct Lower {
 
 const FEATURE_TYPES: &[&str] = &["categorical", "dense"];
 const TRANSFORMS: &[&str] = &["none", "log1p", "zscore"];
-const TASK_KINDS: &[&str] = &["binary", "regression"];
 const CROSS_OPS: &[&str] = &["product"];
 
 /// Default expert count of a gated layer.
@@ -220,15 +219,16 @@ impl Lower {
                     found
                 });
                 let width = input.map_or(stream.width(), |i: usize| layers[i].output.width());
-                let mut task = self.lower_task(t, width);
+                let mut task = self.lower_task(t, &spec.tasks, width);
                 task.input = input.filter(|&i| Some(i) != last);
                 task
             })
             .collect::<Vec<_>>();
         // Layers above every tower's input feed nothing.
         if let Some(last) = last {
-            if !tasks.is_empty() && tasks.iter().all(|t| t.input.is_some()) {
-                let top = tasks.iter().filter_map(|t| t.input).max().unwrap_or(last);
+            let towers: Vec<&Task> = tasks.iter().filter(|t| matches!(t.output, TaskOutput::Tower { .. })).collect();
+            if !towers.is_empty() && towers.iter().all(|t| t.input.is_some()) {
+                let top = towers.iter().filter_map(|t| t.input).max().unwrap_or(last);
                 for (l, ls) in layers.iter().zip(&spec.layers).skip(top + 1) {
                     self.warnings.push(LowerWarning::UnusedLayer { layer: l.name.clone(), span: ls.kind.span() });
                 }
@@ -564,18 +564,24 @@ impl Lower {
         }
     }
 
-    fn lower_task(&mut self, t: &spec::TaskSpec, d_in: usize) -> Task {
-        let kind = match self.word("task kind", &t.kind, TASK_KINDS) {
-            Some("regression") => TaskKind::Regression,
-            _ => TaskKind::Binary,
-        };
-        let column = match &t.label {
+    fn lower_task(&mut self, t: &spec::TaskSpec, all: &[spec::TaskSpec], d_in: usize) -> Task {
+        let head = self.lower_head(t);
+        let product = t.product.as_ref().and_then(|p| self.lower_product(t, p, all));
+        let is_factor = all.iter().any(|o| {
+            o.product.as_ref().is_some_and(|p| p.get_ref().iter().any(|n| n.get_ref() == t.name.get_ref()))
+        });
+        let label = match &t.label {
             Some(l) => {
                 if l.get_ref().is_empty() {
                     self.range("the label column", false, "\"\"", "a column name", l.span());
                 }
-                l.get_ref().clone()
+                Some(Label {
+                    column: l.get_ref().clone(),
+                    positive: t.positive.as_ref().map(|p| p.get_ref().clone()),
+                    only_where: t.only_where.as_ref().map(|w| w.get_ref().clone()),
+                })
             }
+            None if is_factor => None,
             None => {
                 self.errors.push(LowerError::Missing {
                     what: "`label`",
@@ -586,37 +592,178 @@ impl Lower {
                         t.name.get_ref()
                     )),
                 });
-                String::new()
+                None
             }
         };
-        if let (Some(p), TaskKind::Regression) = (&t.positive, kind) {
+        if label.is_none() {
+            for (key, span) in [("positive", &t.positive), ("only_where", &t.only_where)] {
+                if let Some(v) = span {
+                    self.errors.push(LowerError::NotAllowed { key, context: "a task without a label", span: v.span(), help: None });
+                }
+            }
+        }
+        if let (Some(p), false) = (&t.positive, head == Head::Binary) {
             self.errors.push(LowerError::NotAllowed {
                 key: "positive",
-                context: "a regression task",
+                context: "a task that is not binary",
                 span: p.span(),
                 help: Some("`positive` turns a column into a 0/1 label for binary tasks".into()),
             });
         }
-        let hidden = t.tower.as_ref().map_or_else(Vec::new, |u| self.units("tower units", u.get_ref()));
-        let mut dims = vec![d_in];
-        dims.extend(hidden);
-        dims.push(1);
         let loss_weight = t.weight.as_ref().map_or(1.0, |w| {
             let x = *w.get_ref();
             self.range("the loss weight", x.is_finite() && x >= 0.0, x, "a finite number >= 0", w.span());
             x
         }) as f32;
-        Task {
-            name: t.name.get_ref().clone(),
-            input: None,
-            kind,
-            label: Label { column, positive: t.positive.as_ref().map(|p| p.get_ref().clone()) },
-            output: TaskOutput::Tower {
-                dims,
-                activation: self.activation(&t.activation),
-                dropout: self.dropout(&t.dropout),
+        let output = match product {
+            Some(factors) => {
+                for (key, v) in [
+                    ("tower", t.tower.as_ref().map(|v| v.span())),
+                    ("activation", t.activation.as_ref().map(|v| v.span())),
+                    ("dropout", t.dropout.as_ref().map(|v| v.span())),
+                    ("input", t.input.as_ref().map(|v| v.span())),
+                ] {
+                    if let Some(span) = v {
+                        let help = Some("a product task has no tower: its probability is its factors' product".into());
+                        self.errors.push(LowerError::NotAllowed { key, context: "a product task", span, help });
+                    }
+                }
+                TaskOutput::Product { factors }
+            }
+            None => {
+                let hidden = t.tower.as_ref().map_or_else(Vec::new, |u| self.units("tower units", u.get_ref()));
+                let mut dims = vec![d_in];
+                dims.extend(hidden);
+                dims.push(head.width());
+                TaskOutput::Tower { dims, activation: self.activation(&t.activation), dropout: self.dropout(&t.dropout) }
+            }
+        };
+        Task { name: t.name.get_ref().clone(), input: None, head, label, output, loss_weight }
+    }
+
+    /// The head of a task: its kind and the kind's settings (classes, label transform).
+    fn lower_head(&mut self, t: &spec::TaskSpec) -> Head {
+        let kind = self.word("task kind", &t.kind, Head::KINDS).unwrap_or("binary");
+        let not_for = |key: &'static str, v: Option<Span>, context: &'static str, errors: &mut Vec<LowerError>| {
+            if let Some(span) = v {
+                errors.push(LowerError::NotAllowed { key, context, span, help: None });
+            }
+        };
+        if kind != "multiclass" {
+            not_for("classes", t.classes.as_ref().map(|v| v.span()), "a task that is not multiclass", &mut self.errors);
+        }
+        if kind != "regression" {
+            not_for("transform", t.transform.as_ref().map(|v| v.span()), "a task that is not a regression", &mut self.errors);
+        }
+        match kind {
+            "regression" => Head::Regression { transform: self.label_transform(t) },
+            "multiclass" => {
+                let classes = t.classes.as_ref().map_or_else(Vec::new, |c| c.get_ref().clone());
+                if let Some(c) = &t.classes {
+                    let mut uniq = std::collections::HashSet::new();
+                    let dup = classes.iter().find(|x| !uniq.insert(*x));
+                    let ok = classes.len() >= 2 && classes.len() as u64 <= MAX_UNITS && dup.is_none();
+                    let found = dup.map_or_else(|| format!("{} classes", classes.len()), |d| format!("repeating {d:?}"));
+                    self.range("classes", ok, found, "at least 2 distinct classes", c.span());
+                }
+                Head::Multiclass { classes }
+            }
+            _ => Head::Binary,
+        }
+    }
+
+    fn label_transform(&mut self, t: &spec::TaskSpec) -> LabelTransform {
+        let word = t.transform.as_ref().and_then(|w| self.word("label transform", w, LabelTransform::NAMES));
+        let transform = match word {
+            Some("log1p") => LabelTransform::Log1p,
+            Some("standardize") => match (&t.mean, &t.std) {
+                (Some(m), Some(s)) => {
+                    let (mean, std) = (*m.get_ref(), *s.get_ref());
+                    self.range("mean", mean.is_finite(), mean, "a finite number", m.span());
+                    self.range("std", std.is_finite() && std > 0.0, std, "a positive number", s.span());
+                    LabelTransform::Standardize { mean, std }
+                }
+                // Fitted on the training labels before the model is built.
+                _ => LabelTransform::Standardize { mean: f64::NAN, std: f64::NAN },
             },
-            loss_weight,
+            _ => LabelTransform::None,
+        };
+        if !matches!(transform, LabelTransform::Standardize { .. }) {
+            for (key, v) in [("mean", &t.mean), ("std", &t.std)] {
+                if let Some(v) = v {
+                    self.errors.push(LowerError::NotAllowed {
+                        key,
+                        context: "a task without transform = \"standardize\"",
+                        span: v.span(),
+                        help: None,
+                    });
+                }
+            }
+        }
+        transform
+    }
+
+    /// The factors of a product task: two other binary tasks with towers.
+    fn lower_product(
+        &mut self,
+        t: &spec::TaskSpec,
+        p: &Sp<Vec<Sp<String>>>,
+        all: &[spec::TaskSpec],
+    ) -> Option<[TaskId; 2]> {
+        let names = p.get_ref();
+        if names.len() != 2 {
+            self.range("the number of factors", false, names.len(), "exactly 2", p.span());
+            return None;
+        }
+        if t.kind.get_ref() != "binary" {
+            self.errors.push(LowerError::NotAllowed {
+                key: "product",
+                context: "a task that is not binary",
+                span: p.span(),
+                help: Some("a product multiplies probabilities: make the task binary".into()),
+            });
+        }
+        let mut ids = Vec::new();
+        for n in names {
+            let problem = match all.iter().position(|o| o.name.get_ref() == n.get_ref()) {
+                None => {
+                    self.errors.push(LowerError::UnknownName {
+                        what: "task",
+                        name: n.get_ref().clone(),
+                        span: n.span(),
+                        help: did_you_mean(n.get_ref(), all.iter().map(|o| o.name.get_ref().as_str())),
+                    });
+                    continue;
+                }
+                Some(_) if n.get_ref() == t.name.get_ref() => Some("is the product task itself"),
+                Some(i) if all[i].product.is_some() => Some("is itself a product"),
+                Some(i) if all[i].kind.get_ref() != "binary" => Some("is not binary"),
+                Some(i) => {
+                    ids.push(TaskId(i));
+                    None
+                }
+            };
+            if let Some(problem) = problem {
+                self.errors.push(LowerError::BadFactor {
+                    task: t.name.get_ref().clone(),
+                    factor: n.get_ref().clone(),
+                    problem,
+                    span: n.span(),
+                });
+            }
+        }
+        match ids[..] {
+            [a, b] if a == b => {
+                self.errors.push(LowerError::BadFactor {
+                    task: t.name.get_ref().clone(),
+                    factor: names[1].get_ref().clone(),
+                    problem: "appears twice (a product of a task with itself)",
+                    span: p.span(),
+                });
+                None
+            }
+            [a, b] => Some([a, b]),
+            _ => None,
         }
     }
 

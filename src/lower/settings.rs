@@ -82,7 +82,7 @@ impl Lower {
         let written = s.kind.span() != (0..0);
         let fits_mmoe = model.features.iter().all(|f| matches!(f.kind, FeatureKind::Dense { .. }))
             && model.tasks.len() == 2
-            && model.tasks.iter().all(|t| t.kind == TaskKind::Regression);
+            && model.tasks.iter().all(|t| matches!(t.head, Head::Regression { .. }));
         let chosen = if written {
             self.word("synthetic generator", &s.kind, GENERATORS)
         } else if fits_mmoe {
@@ -147,7 +147,7 @@ impl Lower {
                         )),
                     });
                 }
-                if model.tasks.len() != 2 || model.tasks.iter().any(|t| t.kind != TaskKind::Regression) {
+                if model.tasks.len() != 2 || model.tasks.iter().any(|t| !matches!(t.head, Head::Regression { .. })) {
                     self.errors.push(LowerError::Synthetic {
                         generator: "mmoe",
                         reason: "it makes exactly two regression labels".into(),
@@ -205,10 +205,7 @@ impl Lower {
             });
             return Selection::Loss;
         };
-        let allowed = match model.tasks[t].kind {
-            TaskKind::Binary => Metric::BINARY,
-            TaskKind::Regression => Metric::REGRESSION,
-        };
+        let allowed = model.tasks[t].head.metric_names();
         match Metric::parse(metric).filter(|m| allowed.contains(&m.as_str())) {
             Some(metric) => Selection::Metric { task: t, metric },
             None => {

@@ -252,13 +252,35 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
     }
     for t in &s.tasks {
         write!(out, "  task {}: {}(", n(t.name.get_ref()), n(t.kind.get_ref()))?;
+        let mut parts = Vec::new();
         if let Some(l) = &t.label {
-            write!(out, "label = {}", q(l.get_ref()))?;
+            let mut label = format!("label = {}", q(l.get_ref()));
             if let Some(p) = &t.positive {
-                write!(out, " == {}", q(p.get_ref()))?;
+                label += &format!(" == {}", q(p.get_ref()));
             }
+            parts.push(label);
         }
-        write!(out, ")")?;
+        if let Some(w) = &t.only_where {
+            parts.push(format!("only_where = {}", q(w.get_ref())));
+        }
+        if let Some(c) = &t.classes {
+            let cs: Vec<String> = c.get_ref().iter().map(|x| q(x)).collect();
+            parts.push(format!("classes = [{}]", cs.join(", ")));
+        }
+        if let Some(x) = &t.transform {
+            parts.push(format!("transform = {}", n(x.get_ref())));
+        }
+        if let Some(x) = &t.mean {
+            parts.push(format!("mean = {}", num(*x.get_ref())));
+        }
+        if let Some(x) = &t.std {
+            parts.push(format!("std = {}", num(*x.get_ref())));
+        }
+        write!(out, "{})", parts.join(", "))?;
+        if let Some(p) = &t.product {
+            let names: Vec<String> = p.get_ref().iter().map(|x| n(x.get_ref())).collect();
+            write!(out, " product({})", names.join(", "))?;
+        }
         if let Some(i) = &t.input {
             write!(out, " input {}", n(i.get_ref()))?;
         }

@@ -291,15 +291,38 @@ pub enum TaskExperts {
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     pub name: Sp<String>,
-    /// `"binary"` or `"regression"`.
+    /// `"binary"`, `"regression"` or `"multiclass"`.
     pub kind: Sp<String>,
-    /// The label column.
+    /// The label column. Optional only for a factor of a `product` task (ESMM's CVR),
+    /// which is then trained only through the product.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<Sp<String>>,
     /// Binary: the label is 1 where the column equals this string, else 0. Without it
     /// a binary label column must hold 0 or 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub positive: Option<Sp<String>>,
+    /// The label exists only where this column is 1 (e.g. `"click"` for a CVR task):
+    /// other rows add no loss and are left out of the metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only_where: Option<Sp<String>>,
+    /// Multiclass: the classes, in output order. Default: the distinct values of the
+    /// training labels, sorted (written into the bundle's spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Sp<Vec<String>>>,
+    /// Regression: `"none"` (default), `"log1p"` or `"standardize"`. Training happens in
+    /// the transformed space; predictions and metrics come back in the original one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<Sp<String>>,
+    /// `standardize`: the mean and standard deviation; default: the training labels'
+    /// (written into the bundle's spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<Sp<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<Sp<f64>>,
+    /// ESMM: this binary task's probability is the product of two other binary tasks'
+    /// (`product = ["ctr", "cvr"]`); it has no tower.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<Sp<Vec<Sp<String>>>>,
     /// The layer whose output this task's tower reads. Default: the last layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Sp<String>>,

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ir::{Head, Metric};
+
 /// Exact ROC-AUC with tied scores given their average rank (as scikit-learn).
 /// None when only one class is present.
 pub fn roc_auc(scores: &[f32], labels: &[f32]) -> Option<f64> {
@@ -74,6 +76,9 @@ pub fn binary_metrics(probs: &[f32], labels: &[f32]) -> BinaryMetrics {
 pub struct RegressionMetrics {
     pub mse: f64,
     pub mae: f64,
+    /// With a label transform: the same in the transformed (training) space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transformed: Option<(f64, f64)>,
 }
 
 pub fn regression_metrics(preds: &[f32], labels: &[f32]) -> RegressionMetrics {
@@ -84,7 +89,65 @@ pub fn regression_metrics(preds: &[f32], labels: &[f32]) -> RegressionMetrics {
         se += d * d;
         ae += d.abs();
     }
-    RegressionMetrics { mse: se / n, mae: ae / n }
+    RegressionMetrics { mse: se / n, mae: ae / n, transformed: None }
+}
+
+/// Metrics of a multiclass task: `probs` is `[rows, K]` row-major, `labels` class indices.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MulticlassMetrics {
+    pub accuracy: f64,
+    pub logloss: f64,
+    /// Mean over classes of the one-vs-rest AUC (classes absent from the labels skipped).
+    pub macro_auc: Option<f64>,
+}
+
+pub fn multiclass_metrics(probs: &[f32], labels: &[f32], k: usize) -> MulticlassMetrics {
+    let n = labels.len();
+    let (mut ll, mut correct) = (0.0f64, 0usize);
+    for (i, &y) in labels.iter().enumerate() {
+        let row = &probs[i * k..(i + 1) * k];
+        let y = y as usize;
+        ll -= (row.get(y).copied().unwrap_or(0.0) as f64).clamp(1e-7, 1.0).ln();
+        let best = (0..k).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
+        correct += usize::from(best == y);
+    }
+    let aucs: Vec<f64> = (0..k)
+        .filter_map(|c| {
+            let scores: Vec<f32> = (0..n).map(|i| probs[i * k + c]).collect();
+            let is_c: Vec<f32> = labels.iter().map(|&y| f32::from(y as usize == c)).collect();
+            roc_auc(&scores, &is_c)
+        })
+        .collect();
+    MulticlassMetrics {
+        accuracy: correct as f64 / n.max(1) as f64,
+        logloss: ll / n.max(1) as f64,
+        macro_auc: (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64),
+    }
+}
+
+/// Scores one task: `preds` is `[rows, head.width()]` in the label's units, `labels` the
+/// encoded labels (NaN where the label is missing: those rows are left out).
+pub fn score(head: &Head, preds: &[f32], labels: &[f32]) -> TaskMetrics {
+    let k = head.width().max(1);
+    let keep: Vec<usize> = (0..labels.len()).filter(|&i| !labels[i].is_nan()).collect();
+    let y: Vec<f32> = keep.iter().map(|&i| labels[i]).collect();
+    let p: Vec<f32> = keep.iter().flat_map(|&i| preds[i * k..(i + 1) * k].iter().copied()).collect();
+    match head {
+        Head::Binary => TaskMetrics::Binary(binary_metrics(&p, &y)),
+        Head::Multiclass { .. } => TaskMetrics::Multiclass(multiclass_metrics(&p, &y, k)),
+        Head::Regression { transform } => {
+            // Labels are stored transformed; score in the original units, and in the
+            // transformed ones when they differ.
+            let y_raw: Vec<f32> = y.iter().map(|&v| transform.invert(v)).collect();
+            let mut m = regression_metrics(&p, &y_raw);
+            if !transform.is_identity() {
+                let p_t: Vec<f32> = p.iter().map(|&v| transform.apply(v)).collect();
+                let t = regression_metrics(&p_t, &y);
+                m.transformed = Some((t.mse, t.mae));
+            }
+            TaskMetrics::Regression(m)
+        }
+    }
 }
 
 /// One task's metrics on one split.
@@ -93,6 +156,37 @@ pub fn regression_metrics(preds: &[f32], labels: &[f32]) -> RegressionMetrics {
 pub enum TaskMetrics {
     Binary(BinaryMetrics),
     Regression(RegressionMetrics),
+    Multiclass(MulticlassMetrics),
+    /// A task without labels in this split (ESMM's CVR trained only through a product).
+    Unlabelled,
+}
+
+impl TaskMetrics {
+    /// The training loss on the split: logloss, or the squared error in the space the
+    /// model is trained in (transformed, for a regression with a label transform).
+    pub fn loss(&self) -> Option<f64> {
+        match self {
+            TaskMetrics::Binary(b) => Some(b.logloss),
+            TaskMetrics::Multiclass(m) => Some(m.logloss),
+            TaskMetrics::Regression(r) => Some(r.transformed.map_or(r.mse, |t| t.0)),
+            TaskMetrics::Unlabelled => None,
+        }
+    }
+
+    /// The value of `metric`, when this task has it.
+    pub fn value(&self, metric: Metric) -> Option<f64> {
+        match (self, metric) {
+            (TaskMetrics::Binary(b), Metric::Auc) => b.auc,
+            (TaskMetrics::Binary(b), Metric::Logloss) => Some(b.logloss),
+            (TaskMetrics::Binary(b), Metric::Accuracy) => Some(b.accuracy),
+            (TaskMetrics::Regression(r), Metric::Mse) => Some(r.mse),
+            (TaskMetrics::Regression(r), Metric::Mae) => Some(r.mae),
+            (TaskMetrics::Multiclass(m), Metric::Auc) => m.macro_auc,
+            (TaskMetrics::Multiclass(m), Metric::Logloss) => Some(m.logloss),
+            (TaskMetrics::Multiclass(m), Metric::Accuracy) => Some(m.accuracy),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for TaskMetrics {
@@ -105,7 +199,21 @@ impl std::fmt::Display for TaskMetrics {
                 }
                 write!(f, " logloss {:.4} acc {:.4} prec {:.4} rec {:.4}", m.logloss, m.accuracy, m.precision, m.recall)
             }
-            TaskMetrics::Regression(m) => write!(f, "mse {:.4} mae {:.4}", m.mse, m.mae),
+            TaskMetrics::Regression(m) => {
+                write!(f, "mse {:.4} mae {:.4}", m.mse, m.mae)?;
+                match m.transformed {
+                    Some((mse, mae)) => write!(f, " (transformed: mse {mse:.4} mae {mae:.4})"),
+                    None => Ok(()),
+                }
+            }
+            TaskMetrics::Multiclass(m) => {
+                write!(f, "acc {:.4} logloss {:.4} ", m.accuracy, m.logloss)?;
+                match m.macro_auc {
+                    Some(a) => write!(f, "macro auc {a:.4}"),
+                    None => write!(f, "macro auc n/a"),
+                }
+            }
+            TaskMetrics::Unlabelled => write!(f, "no labels"),
         }
     }
 }
@@ -137,6 +245,40 @@ mod tests {
     #[test]
     fn regression_metrics() {
         let m = super::regression_metrics(&[1.0, 3.0], &[2.0, 2.0]);
-        assert_eq!(m, RegressionMetrics { mse: 1.0, mae: 1.0 });
+        assert_eq!(m, RegressionMetrics { mse: 1.0, mae: 1.0, transformed: None });
+    }
+
+    #[test]
+    fn multiclass_auc_is_the_mean_of_one_vs_rest_aucs() {
+        // Three rows, three classes. Class 0 vs rest: scores [0.7, 0.2, 0.1], positive
+        // row 0 -> AUC 1. Class 1: scores [0.2, 0.5, 0.6], positive row 1 -> 0.5 (beats
+        // row 0, loses to row 2). Class 2: [0.1, 0.3, 0.3], positive row 2 -> (1 + 0.5)/2.
+        let probs = [0.7, 0.2, 0.1, 0.2, 0.5, 0.3, 0.1, 0.6, 0.3];
+        let m = multiclass_metrics(&probs, &[0.0, 1.0, 2.0], 3);
+        assert!((m.macro_auc.unwrap() - (1.0 + 0.5 + 0.75) / 3.0).abs() < 1e-12, "{m:?}");
+        assert!((m.accuracy - 2.0 / 3.0).abs() < 1e-12); // row 2 predicts class 1
+        let ll = -(0.7f64.ln() + 0.5f64.ln() + 0.3f64.ln()) / 3.0;
+        assert!((m.logloss - ll).abs() < 1e-6);
+    }
+
+    #[test]
+    fn missing_labels_are_left_out_of_the_score() {
+        let m = score(&Head::Binary, &[0.9, 0.1, 0.8, 0.3], &[1.0, f32::NAN, 0.0, f32::NAN]);
+        let TaskMetrics::Binary(b) = m else { panic!() };
+        assert_eq!(b.auc, Some(1.0));
+        assert_eq!(b.accuracy, 0.5);
+    }
+
+    #[test]
+    fn transformed_regressions_score_in_both_spaces() {
+        let head = Head::Regression { transform: crate::ir::LabelTransform::Log1p };
+        // Labels are stored as log1p(y); predictions come in y's units.
+        let y = [3.0f32, 0.0];
+        let stored: Vec<f32> = y.iter().map(|v| v.ln_1p()).collect();
+        let TaskMetrics::Regression(m) = score(&head, &[1.0, 0.0], &stored) else { panic!() };
+        assert!((m.mse - 2.0).abs() < 1e-6); // (1 - 3)^2 / 2
+        let (mse_t, _) = m.transformed.unwrap();
+        let d = 2f64.ln() - 4f64.ln();
+        assert!((mse_t - d * d / 2.0).abs() < 1e-6);
     }
 }

@@ -17,10 +17,10 @@ use serde::Serialize;
 
 use crate::backend::candle::{Batch, CandleModel};
 use crate::data::Dataset;
-use crate::ir::{Metric, Selection, TaskKind, TrainConfig};
+use crate::ir::{Selection, TrainConfig};
 use crate::rng::Rng;
 use adam::{Adam, AdamConfig};
-use metrics::{binary_metrics, regression_metrics, TaskMetrics};
+use metrics::TaskMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -93,7 +93,8 @@ pub fn predict(
 
 /// Predictions of every row, and optionally every row's gate weights.
 pub struct Predictions {
-    /// Per task: one value per row (probabilities for binary tasks).
+    /// Per task: `[rows, width]` row-major in the label's units (probabilities for
+    /// binary tasks, one per class for multiclass ones, original units for regressions).
     pub values: Vec<Vec<f32>>,
     /// Per gate and expert (`layer.gate.e{k}`): the gate's weight on that expert, per row.
     pub gate_columns: Vec<(String, Vec<f32>)>,
@@ -153,11 +154,8 @@ pub fn predict_rows(
         let batch = Batch::gather(ds, chunk, &model.device)?;
         let out = model.forward(&batch)?;
         for ((h, t), p) in out.heads.iter().zip(&model.ir.tasks).zip(&mut preds) {
-            let v = match t.kind {
-                TaskKind::Binary => crate::backend::candle::activate(h, crate::ir::Activation::Sigmoid)?,
-                TaskKind::Regression => h.clone(),
-            };
-            p.extend(v.to_vec1::<f32>()?);
+            let v = crate::backend::candle::apply_link(h, t.link())?.flatten_all()?.to_vec1::<f32>()?;
+            p.extend(v.into_iter().map(|y| t.head.decode(y)));
         }
         for (layer, mixes) in sums.iter_mut().zip(&out.gates) {
             for (s, g) in layer.iter_mut().zip(mixes) {
@@ -199,27 +197,25 @@ pub fn predict_rows(
     Ok(Predictions { values: preds, gate_columns, usage })
 }
 
-/// Predicts and scores a labelled dataset.
+/// Predicts and scores a labelled dataset. Tasks without labels in `ds` score
+/// [`TaskMetrics::Unlabelled`]; the loss is the weighted sum of the training losses
+/// (logloss, or the squared error in the transformed space) of the tasks that train.
 pub fn evaluate(model: &CandleModel, ds: &Dataset, batch_size: usize) -> Result<Evaluation, TrainError> {
     let (predictions, gate_usage) = predict(model, ds, batch_size)?;
     let mut metrics = Vec::new();
     let mut loss = 0.0;
     for ((t, p), y) in model.ir.tasks.iter().zip(&predictions).zip(&ds.labels) {
-        if y.len() != p.len() {
+        if y.is_empty() {
+            metrics.push(TaskMetrics::Unlabelled);
+            continue;
+        }
+        if y.len() * t.head.width() != p.len() {
             return Err(TrainError::NoLabels(t.name.clone()));
         }
-        let m = match t.kind {
-            TaskKind::Binary => {
-                let m = binary_metrics(p, y);
-                loss += t.loss_weight as f64 * m.logloss;
-                TaskMetrics::Binary(m)
-            }
-            TaskKind::Regression => {
-                let m = regression_metrics(p, y);
-                loss += t.loss_weight as f64 * m.mse;
-                TaskMetrics::Regression(m)
-            }
-        };
+        let m = metrics::score(&t.head, p, y);
+        if t.trains() {
+            loss += t.loss_weight as f64 * m.loss().unwrap_or(f64::NAN);
+        }
         metrics.push(m);
     }
     Ok(Evaluation { predictions, metrics, loss, gate_usage })
@@ -238,12 +234,13 @@ pub fn batch_loss(model: &CandleModel, batch: &Batch, rng: &mut Rng) -> candle_c
     let out = model.forward_train(batch, rng)?;
     let mut per_task = Vec::with_capacity(out.heads.len());
     let mut total: Option<Tensor> = None;
-    for ((h, t), y) in out.heads.iter().zip(&model.ir.tasks).zip(&batch.labels) {
-        let y = y.as_ref().ok_or_else(|| candle_core::Error::Msg(format!("the batch has no labels for task `{}`", t.name)))?;
-        let l = match t.kind {
-            TaskKind::Binary => loss::bce_with_logits(h, y)?,
-            TaskKind::Regression => loss::mse(h, y)?,
+    for (((h, t), y), mask) in out.heads.iter().zip(&model.ir.tasks).zip(&batch.labels).zip(&batch.masks) {
+        let Some(y) = y.as_ref().filter(|_| t.label.is_some()) else {
+            // A task without labels (trained through a product) adds nothing itself.
+            per_task.push(Tensor::zeros((), candle_core::DType::F32, h.device())?);
+            continue;
         };
+        let l = loss::task_loss(t.link(), h, y, mask.as_ref())?;
         let w = (&l * t.loss_weight as f64)?;
         total = Some(match total {
             Some(acc) => (acc + w)?,
@@ -260,14 +257,7 @@ pub fn batch_loss(model: &CandleModel, batch: &Batch, rng: &mut Rng) -> candle_c
 pub fn selection_score(select: &Selection, epoch: &EpochReport) -> f64 {
     let value = match select {
         Selection::Loss => Some(epoch.validation_loss),
-        Selection::Metric { task, metric } => match (epoch.validation.get(*task), metric) {
-            (Some(TaskMetrics::Binary(b)), Metric::Auc) => b.auc,
-            (Some(TaskMetrics::Binary(b)), Metric::Logloss) => Some(b.logloss),
-            (Some(TaskMetrics::Binary(b)), Metric::Accuracy) => Some(b.accuracy),
-            (Some(TaskMetrics::Regression(r)), Metric::Mse) => Some(r.mse),
-            (Some(TaskMetrics::Regression(r)), Metric::Mae) => Some(r.mae),
-            _ => None,
-        },
+        Selection::Metric { task, metric } => epoch.validation.get(*task).and_then(|m| m.value(*metric)),
     };
     let higher_is_better = matches!(select, Selection::Metric { metric, .. } if metric.higher_is_better());
     match value.filter(|v| v.is_finite()) {
@@ -344,7 +334,7 @@ pub fn fit_from(
         return Err(TrainError::NoRows);
     }
     for (t, l) in model.ir.tasks.iter().zip(&train.labels) {
-        if l.len() != train.rows {
+        if t.label.is_some() && l.len() != train.rows {
             return Err(TrainError::NoLabels(t.name.clone()));
         }
     }

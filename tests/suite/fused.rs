@@ -144,18 +144,18 @@ fn naive_forward(model: &CandleModel, x: &Tensor) -> Vec<Tensor> {
         slots = naive_layer(model, l, &slots);
         history.push(slots.clone());
     }
-    model
+    let mut heads: Vec<Option<Tensor>> = model
         .ir
         .tasks
         .iter()
         .enumerate()
         .map(|(t, task)| {
+            let multigate::ir::TaskOutput::Tower { dims, activation, .. } = &task.output else { return None };
             let src = task.input.map_or(&slots, |i| &history[i]);
             let mut h = match &src.tasks {
                 Some(ts) => ts[t].clone(),
                 None => src.shared.clone().unwrap(),
             };
-            let multigate::ir::TaskOutput::Tower { dims, activation, .. } = &task.output;
             for i in 0..dims.len() - 1 {
                 let w = var(model, &format!("tasks.{}.tower.{i}.weight", task.name));
                 let b = var(model, &format!("tasks.{}.tower.{i}.bias", task.name));
@@ -164,9 +164,18 @@ fn naive_forward(model: &CandleModel, x: &Tensor) -> Vec<Tensor> {
                     h = act(&h, *activation);
                 }
             }
-            h.squeeze(1).unwrap()
+            Some(if h.dim(1).unwrap() == 1 { h.squeeze(1).unwrap() } else { h })
         })
-        .collect()
+        .collect();
+    // ESMM products: ln(sigmoid(a) * sigmoid(b)), computed the plain way.
+    for (t, task) in model.ir.tasks.iter().enumerate() {
+        if let multigate::ir::TaskOutput::Product { factors: [a, b] } = task.output {
+            let p = |x: &Tensor| candle_nn::ops::sigmoid(x).unwrap();
+            let (pa, pb) = (p(heads[a.0].as_ref().unwrap()), p(heads[b.0].as_ref().unwrap()));
+            heads[t] = Some((pa * pb).unwrap().log().unwrap());
+        }
+    }
+    heads.into_iter().map(Option::unwrap).collect()
 }
 
 /// The concatenated input, rebuilt by hand from the embedding tables.

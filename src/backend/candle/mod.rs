@@ -16,7 +16,7 @@ use candle_core::{Tensor, Var, D};
 
 use super::{Backend, Device};
 use crate::data::Dataset;
-use crate::ir::{Activation, FeatureKind, Init, Model, Role, Stream, TaskId, TaskOutput, Validated};
+use crate::ir::{Activation, FeatureKind, Init, Link, Model, Role, Stream, TaskId, TaskOutput, Validated};
 use crate::rng::Rng;
 
 pub type Result<T> = candle_core::Result<T>;
@@ -53,9 +53,11 @@ pub struct Batch {
     pub cat: Vec<Tensor>,
     /// All dense values `[B, dense_width]`, or None when the model has no dense input.
     pub dense: Option<Tensor>,
-    /// Per task: labels `[B]`, or None when the data has none for that task. Index t
-    /// is always task t.
+    /// Per task: labels `[B]` (missing ones as 0), or None when the data has none for
+    /// that task. Index t is always task t.
     pub labels: Vec<Option<Tensor>>,
+    /// Per task: 1 where the label is present, `[B]`; None when every row has it.
+    pub masks: Vec<Option<Tensor>>,
     pub size: usize,
 }
 
@@ -78,21 +80,33 @@ impl Batch {
         } else {
             None
         };
-        let labels = ds
-            .labels
-            .iter()
-            .map(|l| match l.is_empty() {
-                true => Ok(None),
-                false => Tensor::from_vec(idx.iter().map(|&i| l[i]).collect::<Vec<f32>>(), b, device).map(Some),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Batch { cat, dense, labels, size: b })
+        let mut labels = Vec::with_capacity(ds.labels.len());
+        let mut masks = Vec::with_capacity(ds.labels.len());
+        for l in &ds.labels {
+            if l.is_empty() {
+                labels.push(None);
+                masks.push(None);
+                continue;
+            }
+            let y: Vec<f32> = idx.iter().map(|&i| l[i]).collect();
+            let mask = if y.iter().any(|v| v.is_nan()) {
+                let m: Vec<f32> = y.iter().map(|v| f32::from(!v.is_nan())).collect();
+                Some(Tensor::from_vec(m, b, device)?)
+            } else {
+                None
+            };
+            let y: Vec<f32> = y.into_iter().map(|v| if v.is_nan() { 0.0 } else { v }).collect();
+            labels.push(Some(Tensor::from_vec(y, b, device)?));
+            masks.push(mask);
+        }
+        Ok(Batch { cat, dense, labels, masks, size: b })
     }
 }
 
 /// The forward pass's results.
 pub struct Output {
-    /// Per task: the logit (binary) or the prediction (regression), `[B]`.
+    /// Per task, its raw output as its [`Link`] says: a logit `[B]`, the log of a
+    /// product probability `[B]`, class logits `[B, K]` or a (transformed) value `[B]`.
     pub heads: Vec<Tensor>,
     /// Per gated layer, per gate application of its plan (`LayerPlan::mixes`): the
     /// gate's weights `[B, E_m]` over the experts it mixes.
@@ -191,6 +205,25 @@ pub(crate) fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `log(sigmoid(x)) = -softplus(-x) = min(x, 0) - log(1 + exp(-|x|))`, finite for any
+/// finite `x`.
+pub(crate) fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
+    let softplus = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    x.neg()?.relu()?.neg()? - softplus
+}
+
+/// A task's raw output as a prediction in the model's units: a probability for
+/// [`Link::Sigmoid`] and [`Link::LogProb`], class probabilities `[B, K]` for
+/// [`Link::Softmax`], the (transformed) value for [`Link::Identity`].
+pub fn apply_link(raw: &Tensor, link: Link) -> Result<Tensor> {
+    match link {
+        Link::Sigmoid => activate(raw, Activation::Sigmoid),
+        Link::LogProb => raw.exp(),
+        Link::Softmax => candle_nn::ops::softmax(raw, D::Minus1),
+        Link::Identity => Ok(raw.clone()),
+    }
+}
+
 pub(crate) fn activate(x: &Tensor, a: Activation) -> Result<Tensor> {
     match a {
         Activation::Relu => x.relu(),
@@ -214,9 +247,11 @@ impl CandleModel {
         let mut towers: Vec<Tower> = ir
             .tasks
             .iter()
-            .map(|t| {
-                let TaskOutput::Tower { activation, dropout, .. } = &t.output;
-                Tower { layers: Vec::new(), activation: *activation, dropout: *dropout }
+            .map(|t| match &t.output {
+                TaskOutput::Tower { activation, dropout, .. } => {
+                    Tower { layers: Vec::new(), activation: *activation, dropout: *dropout }
+                }
+                TaskOutput::Product { .. } => Tower { layers: Vec::new(), activation: Activation::Linear, dropout: 0.0 },
             })
             .collect();
         for p in ir.parameters() {
@@ -321,8 +356,11 @@ impl CandleModel {
         // Slotted streams: [B, S, d] -> [S, B, d] so slot t is contiguous; one
         // transpose per source actually read.
         let mut slotted: Vec<Option<Tensor>> = vec![None; outputs.len() + 1];
-        let mut heads = Vec::with_capacity(self.ir.tasks.len());
+        let mut heads: Vec<Option<Tensor>> = vec![None; self.ir.tasks.len()];
         for (t, (tower, task)) in self.towers.iter().zip(&self.ir.tasks).enumerate() {
+            if !matches!(task.output, TaskOutput::Tower { .. }) {
+                continue;
+            }
             let (src, (h_src, s_src)) = match task.input {
                 Some(i) => (i, (&outputs[i].0, outputs[i].1)),
                 None => (outputs.len(), (&h, stream)),
@@ -345,22 +383,21 @@ impl CandleModel {
                     x = dropout(&activate(&x, tower.activation)?, tower.dropout, rng.as_deref_mut())?;
                 }
             }
-            heads.push(x.squeeze(D::Minus1)?); // [B]
+            // [B] for one output, [B, K] for a multiclass head.
+            heads[t] = Some(if x.dim(1)? == 1 { x.squeeze(D::Minus1)? } else { x });
         }
+        // Products (ESMM): log p = log sigmoid(a) + log sigmoid(b), kept in log space so
+        // that the loss stays finite however small the product gets.
+        for (t, task) in self.ir.tasks.iter().enumerate() {
+            if let TaskOutput::Product { factors: [a, b] } = task.output {
+                let (Some(za), Some(zb)) = (&heads[a.0], &heads[b.0]) else {
+                    return Err(candle_core::Error::Msg(format!("product task `{}` lacks a factor", task.name)));
+                };
+                heads[t] = Some((log_sigmoid(za)? + log_sigmoid(zb)?)?); // [B]
+            }
+        }
+        let heads = heads.into_iter().map(|h| h.ok_or_else(|| candle_core::Error::Msg("a task has no output".into()))).collect::<Result<_>>()?;
         Ok(Output { heads, gates, lookups })
-    }
-
-    /// Predictions in the task's units: probabilities for binary tasks.
-    pub fn predict(&self, batch: &Batch) -> Result<Vec<Vec<f32>>> {
-        let out = self.forward(batch)?;
-        out.heads
-            .iter()
-            .zip(&self.ir.tasks)
-            .map(|(h, t)| match t.kind {
-                crate::ir::TaskKind::Binary => activate(h, Activation::Sigmoid)?.to_vec1::<f32>(),
-                crate::ir::TaskKind::Regression => h.to_vec1::<f32>(),
-            })
-            .collect()
     }
 
     /// Copies every parameter's current value (for best-epoch restore).

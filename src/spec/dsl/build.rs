@@ -506,7 +506,8 @@ impl Builder {
 
     fn task(&mut self, p: Pair<Rule>) -> TaskSpec {
         let mut inner = p.into_inner();
-        // Grammar: `task = { "task" ~ name ~ ":" ~ word ~ "(" ~ label? ~ ")" ~ task_option* }`.
+        // Grammar: `task = { "task" ~ name ~ ":" ~ word ~ "(" ~ (task_arg ..)? ~ ")" ~ task_option* }`
+        // with `task_arg = _{ label | argument }`.
         let name = inner.next().expect("task has a name");
         let kind = inner.next().expect("task has a kind word");
         let mut t = TaskSpec {
@@ -514,14 +515,27 @@ impl Builder {
             kind: sp_of(&kind, kind.as_str().to_string()),
             label: None,
             positive: None,
+            only_where: None,
+            classes: None,
+            transform: None,
+            mean: None,
+            std: None,
+            product: None,
             input: None,
             tower: None,
             activation: None,
             dropout: None,
             weight: None,
         };
+        let mut arguments = Vec::new();
         for opt in inner {
             match opt.as_rule() {
+                Rule::argument => arguments.push(opt),
+                Rule::product => {
+                    let span = span_of(&opt);
+                    let names = opt.into_inner().map(|n| sp_of(&n, n.as_str().to_string())).collect();
+                    self.once(&mut t.product, "product", Sp::new(span, names));
+                }
                 Rule::label => {
                     let mut it = opt.into_inner();
                     let col = it.next().expect("label has a column");
@@ -553,7 +567,40 @@ impl Builder {
                 _ => {}
             }
         }
+        if !arguments.is_empty() {
+            self.task_arguments(&mut t, arguments);
+        }
         t
+    }
+
+    /// The `key = value` arguments of a task: only_where, classes, transform, mean, std.
+    fn task_arguments(&mut self, t: &mut TaskSpec, arguments: Vec<Pair<Rule>>) {
+        let mut args = Args { items: Vec::new(), context: "a task" };
+        for arg in arguments {
+            // Grammar: `argument = { name ~ "=" ~ value }`.
+            let mut inner = arg.into_inner();
+            let key = inner.next().expect("argument has a name");
+            let (value, vspan) = value_of(inner.next().expect("argument has a value"));
+            let kspan = span_of(&key);
+            if let Some(first) = args.items.iter().find(|i| i.0 == key.as_str()) {
+                self.errors.push(SpecError::Repeated {
+                    key: key.as_str().to_string(),
+                    first: miette_span(&first.1),
+                    second: miette_span(&kspan),
+                });
+                continue;
+            }
+            args.items.push((key.as_str().to_string(), kspan, value, vspan));
+        }
+        t.only_where = self.take_str(&mut args, "only_where");
+        t.transform = self.take_str(&mut args, "transform");
+        t.mean = self.take_f64(&mut args, "mean");
+        t.std = self.take_f64(&mut args, "std");
+        t.classes = self.take_strings(&mut args, "classes").map(|v| {
+            let span = v.span();
+            Sp::new(span, v.into_inner().into_iter().map(|s| s.into_inner()).collect())
+        });
+        self.finish(args, &["label", "only_where", "classes", "transform", "mean", "std"]);
     }
 
     fn train(&mut self, p: Pair<Rule>, t: &mut TrainSection) {

@@ -76,6 +76,8 @@ fn rule_name(r: &Rule) -> &'static str {
         Rule::embed => "`embed N`",
         Rule::column => "`column \"NAME\"`",
         Rule::experts => "`experts N x [units]`",
+        Rule::product => "`product(TASK, TASK)`",
+        Rule::task_arg => "`label = COLUMN` or `key = value`",
         Rule::task_experts => "`task_experts N` or `task_experts(task = N, ..)`",
         Rule::units => "`units [..]`",
         Rule::activation | Rule::bare_activation => "an activation",
