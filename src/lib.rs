@@ -10,8 +10,11 @@
 //! 3. [`backend`]: validated IR -> a trainable model (candle, CPU; CUDA behind a feature);
 //! 4. [`data`]: rows (synthetic generators, CSV) -> encoded batches;
 //! 5. [`train`]: Adam, losses, metrics, the loop;
-//! 6. [`export`]: bundle and checkpoint write/read (safetensors + spec + IR text +
-//!    metrics), atomic.
+//! 6. [`export`]: bundle and checkpoint write/read (safetensors + spec + manifest with
+//!    the parameter table + metrics), atomic.
+//!
+//! [`run`] strings stages 3-6 together as library calls (`train_spec` with an
+//! observer, `Predictor`); the CLI only parses arguments and prints.
 //!
 //! ```no_run
 //! use multigate::{pipeline::compile_source, source::SourceFile};
@@ -28,6 +31,7 @@ pub mod ir;
 pub mod lower;
 pub mod pipeline;
 pub mod rng;
+pub mod run;
 pub mod source;
 pub mod spec;
 pub mod train;

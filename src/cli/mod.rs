@@ -8,16 +8,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use multigate::backend::candle::{candle_device, CandleBackend};
-use multigate::backend::Backend;
 use multigate::backend::Device;
 use multigate::data::{self, Need, NeedOwner};
-use multigate::export::{self, BundleContents};
-use multigate::ir::{DataSource, SyntheticKind};
+use multigate::ir::DataSource;
 use multigate::lower::Compiled;
-use multigate::pipeline;
 use multigate::source::SourceFile;
 use multigate::train::{self, TrainReport};
+use multigate::{pipeline, run};
 
 #[derive(Parser)]
 #[command(
@@ -167,7 +164,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Check { spec } => check(&spec),
         Command::CompileAndTrain { spec, data, out, epochs, rows, device, resume, fresh } => {
-            let opts = TrainOptions { data, out, epochs, rows, device, resume, fresh };
+            let opts = run::TrainOptions { data, out, epochs, rows, device, resume, fresh };
             compile_and_train(&spec, opts)
         }
         Command::Predict { bundle, data, out, device, gates, keep } => {
@@ -231,150 +228,74 @@ fn check(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Who asks for a column and where, as "feature `x` at file:line:col": the feature's `column`
-/// (or its name, when it reads the column named after it) or the task's `label`.
-fn spec_locator(src: &SourceFile) -> impl Fn(&Need) -> String + '_ {
-    let spec = multigate::spec::parse(src).ok();
-    move |need: &Need| {
-        let span = spec.as_ref().and_then(|s| match &need.owner {
-            NeedOwner::Feature(name) => s
-                .features
-                .iter()
-                .find(|f| f.name.get_ref() == name)
-                .map(|f| f.column.as_ref().map_or_else(|| f.name.span(), |c| c.span())),
-            NeedOwner::Task(name) => {
-                s.tasks.iter().find(|t| t.name.get_ref() == name).and_then(|t| t.label.as_ref()).map(|l| l.span())
+/// Prints a run's events.
+struct Printer {
+    names: Vec<String>,
+    /// Task relatedness p of the MMoE generator, when it makes the data.
+    relatedness: Option<f64>,
+}
+
+impl run::Observer for Printer {
+    fn on(&mut self, event: &run::Event<'_>) {
+        match event {
+            run::Event::Fitted { task, what } => println!("fitted on the training labels of task {task}: {what}"),
+            run::Event::Built { compiled } => {
+                let threads = auto_threads(compiled.model.flops_per_sample(), compiled.train.batch_size);
+                println!(
+                    "model {}: {} parameters, {} forward FLOPs/sample; {threads} CPU thread(s)",
+                    compiled.model.name,
+                    compiled.model.param_count(),
+                    compiled.model.flops_per_sample()
+                );
+                self.names = compiled.model.tasks.iter().map(|t| t.name.clone()).collect();
+                self.relatedness = match &compiled.data.source {
+                    DataSource::Synthetic(s) => match s.kind {
+                        multigate::ir::SyntheticKind::Mmoe { correlation, .. } => Some(correlation),
+                        _ => None,
+                    },
+                    _ => None,
+                };
             }
-            NeedOwner::Caller => None,
-        });
-        match (span, &need.owner) {
-            (Some(span), _) => format!("{} at {}", need.reader, src.locate(&span)),
-            (None, NeedOwner::Caller) => need.reader.clone(),
-            (None, _) => format!("{} in {}", need.reader, src.name),
+            run::Event::DataLoaded { info, train, validation, test } => {
+                println!("data: {} (train {train}, validation {validation}, test {test})", info.source);
+                if let (Some(r), Some(p)) = (info.label_correlation, self.relatedness) {
+                    println!("synthetic labels: Pearson correlation {r:.4} (task relatedness p = {p})");
+                }
+            }
+            run::Event::Resumed { checkpoint, epochs_done } => {
+                println!("resuming from {} after epoch {epochs_done}", checkpoint.display())
+            }
+            run::Event::NoCheckpoint { checkpoint } => {
+                println!("no checkpoint at {}: starting from epoch 1", checkpoint.display())
+            }
+            run::Event::Step { .. } => {}
+            run::Event::Epoch(e) => {
+                let losses: Vec<String> =
+                    self.names.iter().zip(&e.train_loss).map(|(n, l)| format!("{n} {l:.4}")).collect();
+                println!(
+                    "epoch {:>3}  lr {:.2e}  train loss [{}]  {:.0} samples/s",
+                    e.epoch,
+                    e.lr,
+                    losses.join(", "),
+                    e.train_samples_per_sec
+                );
+                for (n, m) in self.names.iter().zip(&e.validation) {
+                    println!("           val {n}: {m}");
+                }
+            }
+            run::Event::Finished { .. } => {}
         }
     }
 }
 
-/// The flags of `compile-and-train`.
-struct TrainOptions {
-    data: Option<PathBuf>,
-    out: Option<PathBuf>,
-    epochs: Option<usize>,
-    rows: Option<usize>,
-    device: Device,
-    resume: bool,
-    fresh: bool,
-}
-
-fn compile_and_train(path: &Path, o: TrainOptions) -> Result<(), Failure> {
-    let TrainOptions { data, out, epochs, rows, device, resume, fresh } = o;
-    let data_path = data.as_deref();
-    let (src, mut c) = compile(path)?;
-    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&c.model.name));
-    let ckpt_dir = out.with_file_name(format!(
-        "{}.checkpoint",
-        out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "bundle".into())
-    ));
-    if ckpt_dir.exists() && !resume && !fresh {
-        return Err(Failure::new(
-            1,
-            format!(
-                "error: {} holds the checkpoint of an interrupted run: pass --resume to continue it, or --fresh to discard it",
-                ckpt_dir.display()
-            ),
-        ));
-    }
-    if let Some(e) = epochs {
-        c.train.epochs = e.max(1);
-    }
-    if let (Some(r), DataSource::Synthetic(s)) = (rows, &mut c.data.source) {
-        s.rows = r.max(1);
-    }
-    let dev = candle_device(device)?;
-    let threads = auto_threads(c.model.flops_per_sample(), c.train.batch_size);
-    println!(
-        "model {}: {} parameters, {} forward FLOPs/sample; {threads} CPU thread(s)",
-        c.model.name,
-        c.model.param_count(),
-        c.model.flops_per_sample()
-    );
-    let (splits, info) = data::load_splits(&c.model, &c.data, data_path, &spec_locator(&src))?;
-    println!(
-        "data: {} (train {}, validation {}, test {})",
-        info.source,
-        splits.train.rows,
-        splits.validation.rows,
-        splits.test.as_ref().map_or(0, |t| t.rows)
-    );
-    if let Some(r) = info.label_correlation {
-        println!(
-            "synthetic labels: Pearson correlation {r:.4} (task relatedness p = {})",
-            match &c.data.source {
-                DataSource::Synthetic(s) => match s.kind {
-                    SyntheticKind::Mmoe { correlation, .. } => correlation.to_string(),
-                    _ => "?".into(),
-                },
-                _ => "?".into(),
-            }
-        );
-    }
-    let model = CandleBackend { device: dev }.build(&c.model, c.train.seed)?;
-    let checkpoint = match (resume, ckpt_dir.exists()) {
-        (true, true) => {
-            let ck = export::read_checkpoint(&ckpt_dir, &model)?;
-            println!("resuming from {} after epoch {}", ckpt_dir.display(), ck.epochs_done);
-            Some(ck)
-        }
-        (true, false) => {
-            println!("no checkpoint at {}: starting from epoch 1", ckpt_dir.display());
-            None
-        }
-        _ => None,
-    };
-    let names: Vec<String> = c.model.tasks.iter().map(|t| t.name.clone()).collect();
-    let report = train::fit_from(&model, &c.train, &splits, checkpoint, &mut |end| {
-        let e = end.report;
-        let losses: Vec<String> = names.iter().zip(&e.train_loss).map(|(n, l)| format!("{n} {l:.4}")).collect();
-        println!(
-            "epoch {:>3}  lr {:.2e}  train loss [{}]  {:.0} samples/s",
-            e.epoch,
-            e.lr,
-            losses.join(", "),
-            e.train_samples_per_sec
-        );
-        for (n, m) in names.iter().zip(&e.validation) {
-            println!("           val {n}: {m}");
-        }
-        let ck = end.checkpoint().map_err(|e| e.to_string())?;
-        export::write_checkpoint(&ckpt_dir, &model, &ck).map_err(|e| e.to_string())
-    })?;
-    print_report(&names, &c.train.select, &report);
-    let metrics = serde_json::json!({
-        "model": c.model.name,
-        "params": c.model.param_count(),
-        "flops_per_sample": c.model.flops_per_sample(),
-        "tasks": names,
-        "data": info.source,
-        "label_correlation": info.label_correlation,
-        "report": report,
-    });
-    export::write_bundle(
-        &out,
-        &model,
-        BundleContents { spec_toml: &spec_for_bundle(&src), metrics_json: &serde_json::to_string_pretty(&metrics)? },
-    )?;
-    println!("bundle written to {}", out.display());
-    // The run finished and its bundle is in place: the checkpoint has served.
-    let _ = std::fs::remove_dir_all(&ckpt_dir);
+fn compile_and_train(path: &Path, opts: run::TrainOptions) -> Result<(), Failure> {
+    let (src, c) = compile(path)?;
+    let select = c.train.select.clone();
+    let mut printer = Printer { names: Vec::new(), relatedness: None };
+    let done = run::train_spec(&src, c, &opts, &mut printer)?;
+    print_report(&printer.names, &select, &done.report);
+    println!("bundle written to {}", done.out.display());
     Ok(())
-}
-
-/// The normalised spec (every default written out).
-fn spec_for_bundle(src: &SourceFile) -> String {
-    match multigate::spec::parse(src) {
-        Ok(spec) => spec.to_toml(),
-        Err(_) => src.text.to_string(),
-    }
 }
 
 fn print_report(names: &[String], select: &multigate::ir::Selection, r: &TrainReport) {
@@ -417,16 +338,16 @@ fn predict(
     gates: bool,
     keep: &[String],
 ) -> Result<(), Failure> {
-    let dev = candle_device(device)?;
-    let b = export::read_bundle(bundle, &dev)?;
-    auto_threads(b.compiled.model.flops_per_sample(), 4096);
-    let format = match &b.compiled.data.source {
+    let predictor = run::Predictor::load(bundle, device)?;
+    let compiled = predictor.compiled();
+    auto_threads(compiled.model.flops_per_sample(), 4096);
+    let format = match &compiled.data.source {
         DataSource::Csv(c) => c.format.clone(),
         DataSource::Synthetic(_) => {
             multigate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None }
         }
     };
-    let mut needs = data::needs(&b.compiled.model);
+    let mut needs = predictor.needs();
     for k in keep {
         needs.push(Need {
             column: k.clone(),
@@ -436,24 +357,24 @@ fn predict(
             is_label: false,
         });
     }
-    let frame = data::csv_source::read_csv(data_path, &format, &needs, false, &spec_locator(&b.source))?;
-    let ds = data::encode(&b.compiled.model, &frame, false)?;
-    let p = train::predict_rows(&b.model, &ds, 4096, gates)?;
+    let frame = data::csv_source::read_csv(data_path, &format, &needs, false, &run::spec_locator(predictor.source()))?;
+    let p = predictor.predict_frame(&frame, gates)?;
     let kept: Vec<&data::Column> =
         keep.iter().map(|k| frame.column_as(k, false)).collect::<Option<_>>().unwrap_or_default();
     let mut names: Vec<String> = keep.to_vec();
-    names.extend(b.compiled.model.tasks.iter().flat_map(|t| t.output_columns()));
+    names.extend(compiled.model.tasks.iter().flat_map(|t| t.output_columns()));
     names.extend(p.gate_columns.iter().map(|(n, _)| n.clone()));
     // Every output column as (values, stride, offset): a task's values are [rows, width].
     let mut columns: Vec<(&Vec<f32>, usize, usize)> = Vec::new();
-    for (t, v) in b.compiled.model.tasks.iter().zip(&p.values) {
+    for (t, v) in compiled.model.tasks.iter().zip(&p.values) {
         let k = t.head.width();
         columns.extend((0..k).map(|j| (v, k, j)));
     }
     columns.extend(p.gate_columns.iter().map(|(_, v)| (v, 1, 0)));
-    let mut w = csv::Writer::from_writer(Vec::with_capacity(ds.rows * 12 * names.len()));
+    let rows = frame.rows;
+    let mut w = csv::Writer::from_writer(Vec::with_capacity(rows * 12 * names.len()));
     w.write_record(&names)?;
-    for i in 0..ds.rows {
+    for i in 0..rows {
         let mut row: Vec<String> = kept.iter().map(|c| c.text(i)).collect();
         row.extend(columns.iter().map(|(c, k, j)| format!("{}", c[i * k + j])));
         w.write_record(&row)?;
@@ -466,9 +387,10 @@ fn predict(
             std::io::stdout().write_all(&text)?;
         }
     }
+    let ds = data::encode(&compiled.model, &frame, false)?;
     if ds.has_labels() {
-        let eval = train::evaluate(&b.model, &ds, 4096)?;
-        for (n, m) in b.compiled.model.tasks.iter().map(|t| &t.name).zip(&eval.metrics) {
+        let eval = train::evaluate(predictor.model(), &ds, 4096)?;
+        for (n, m) in compiled.model.tasks.iter().map(|t| &t.name).zip(&eval.metrics) {
             eprintln!("{n}: {m}");
         }
     }

@@ -7,6 +7,7 @@
 //! `Frame` or feed [`encode`] chunk by chunk.
 
 pub mod csv_source;
+pub mod fit;
 pub mod frame;
 pub mod hash;
 pub mod synthetic;

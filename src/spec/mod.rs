@@ -517,6 +517,21 @@ impl Default for TrainSection {
 }
 
 impl Spec {
+    /// Pins a multiclass task's classes (fitted on the training labels).
+    pub fn pin_classes(&mut self, task: usize, classes: Vec<String>) {
+        if let Some(t) = self.tasks.get_mut(task) {
+            t.classes = Some(sp(classes));
+        }
+    }
+
+    /// Pins a standardized label's mean and standard deviation (fitted on the training labels).
+    pub fn pin_label_stats(&mut self, task: usize, mean: f64, std: f64) {
+        if let Some(t) = self.tasks.get_mut(task) {
+            t.mean = Some(sp(mean));
+            t.std = Some(sp(std));
+        }
+    }
+
     /// The spec as canonical TOML, every default written out. This is what a bundle stores.
     pub fn to_toml(&self) -> String {
         // Serialising plain data structs to TOML cannot fail: no maps with non-string keys,

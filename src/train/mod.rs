@@ -306,6 +306,23 @@ impl EpochEnd<'_> {
     }
 }
 
+/// What the training loop tells whoever watches it.
+pub trait TrainObserver {
+    /// After every step: the epoch (1-based), the optimizer step and each task's loss.
+    fn step(&mut self, _epoch: usize, _step: u64, _losses: &[f32]) {}
+    /// After every epoch; may save a checkpoint. An error stops training.
+    fn epoch(&mut self, end: &EpochEnd) -> Result<(), String>;
+}
+
+/// A [`TrainObserver`] from an epoch closure.
+pub struct OnEpoch<F>(pub F);
+
+impl<F: FnMut(&EpochEnd) -> Result<(), String>> TrainObserver for OnEpoch<F> {
+    fn epoch(&mut self, end: &EpochEnd) -> Result<(), String> {
+        (self.0)(end)
+    }
+}
+
 /// Trains `model` on `splits.train`, validating after every epoch; leaves the model
 /// at the best-validation epoch and reports test metrics there.
 pub fn fit(
@@ -314,20 +331,25 @@ pub fn fit(
     splits: &Splits,
     on_epoch: &mut dyn FnMut(&EpochReport),
 ) -> Result<TrainReport, TrainError> {
-    fit_from(model, cfg, splits, None, &mut |e| {
-        on_epoch(e.report);
-        Ok(())
-    })
+    fit_from(
+        model,
+        cfg,
+        splits,
+        None,
+        &mut OnEpoch(|e: &EpochEnd| {
+            on_epoch(e.report);
+            Ok(())
+        }),
+    )
 }
 
-/// [`fit`], continuing from `resume` when given; `on_epoch` may save a checkpoint, and
-/// an error it returns stops training.
+/// [`fit`], continuing from `resume` when given, reporting to `observer`.
 pub fn fit_from(
     model: &CandleModel,
     cfg: &TrainConfig,
     splits: &Splits,
     resume: Option<Checkpoint>,
-    on_epoch: &mut dyn FnMut(&EpochEnd) -> Result<(), String>,
+    observer: &mut dyn TrainObserver,
 ) -> Result<TrainReport, TrainError> {
     let train = &splits.train;
     if train.rows == 0 {
@@ -378,6 +400,7 @@ pub fn fit_from(
             seen += chunk.len();
             let grads = step.total.backward()?;
             opt.step(&grads, &step.lookups, lr)?;
+            observer.step(epoch + 1, opt.step, &values);
         }
         let train_secs = start.elapsed().as_secs_f64();
         let val = if splits.validation.rows > 0 { Some(evaluate(model, &splits.validation, 4096)?) } else { None };
@@ -401,7 +424,7 @@ pub fn fit_from(
         }
         epochs.push(report);
         let end = EpochEnd { report: &epochs[epochs.len() - 1], model, opt: &opt, best: &best, reports: &epochs };
-        on_epoch(&end).map_err(TrainError::Checkpoint)?;
+        observer.epoch(&end).map_err(TrainError::Checkpoint)?;
         if let (Some(p), Some((_, best_epoch, _))) = (cfg.patience, &best) {
             if epoch + 1 - best_epoch >= p && epoch + 1 < cfg.epochs {
                 stopped_early = true;

@@ -185,20 +185,27 @@ fn a_resumed_run_takes_the_same_steps_as_one_that_never_stopped() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run.checkpoint");
     let first = CandleModel::new(&c.model, 4, &Device::Cpu).unwrap();
-    let stopped = train::fit_from(&first, &c.train, &splits, None, &mut |end| {
-        export::write_checkpoint(&dir, &first, &end.checkpoint().unwrap()).unwrap();
-        if end.report.epoch == 2 {
-            Err("interrupted".into())
-        } else {
-            Ok(())
-        }
-    });
+    let stopped = train::fit_from(
+        &first,
+        &c.train,
+        &splits,
+        None,
+        &mut train::OnEpoch(|end: &train::EpochEnd| {
+            export::write_checkpoint(&dir, &first, &end.checkpoint().unwrap()).unwrap();
+            if end.report.epoch == 2 {
+                Err("interrupted".into())
+            } else {
+                Ok(())
+            }
+        }),
+    );
     assert!(matches!(stopped, Err(train::TrainError::Checkpoint(m)) if m == "interrupted"));
     // ...and resumed into a model initialised from another seed.
     let second = CandleModel::new(&c.model, 99, &Device::Cpu).unwrap();
     let ck = export::read_checkpoint(&dir, &second).unwrap();
     assert_eq!(ck.epochs_done, 2);
-    let b = train::fit_from(&second, &c.train, &splits, Some(ck), &mut |_| Ok(())).unwrap();
+    let b = train::fit_from(&second, &c.train, &splits, Some(ck), &mut train::OnEpoch(|_: &train::EpochEnd| Ok(())))
+        .unwrap();
     assert_eq!(flat(&straight), flat(&second), "final weights differ");
     assert_eq!(a.best_epoch, b.best_epoch);
     for (x, y) in a.epochs.iter().zip(&b.epochs) {
@@ -220,9 +227,15 @@ fn a_checkpoint_of_another_model_is_refused() {
         compile_ok("a.toml", &small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\n", TWO_BINARY_TASKS));
     let (splits, _) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
     let model = CandleModel::new(&c.model, 4, &Device::Cpu).unwrap();
-    train::fit_from(&model, &c.train, &splits, None, &mut |end| {
-        export::write_checkpoint(&dir, &model, &end.checkpoint().unwrap()).map_err(|e| e.to_string())
-    })
+    train::fit_from(
+        &model,
+        &c.train,
+        &splits,
+        None,
+        &mut train::OnEpoch(|end: &train::EpochEnd| {
+            export::write_checkpoint(&dir, &model, &end.checkpoint().unwrap()).map_err(|e| e.to_string())
+        }),
+    )
     .unwrap();
     let other =
         compile_ok("b.toml", &small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\n", TWO_BINARY_TASKS));

@@ -1,0 +1,340 @@
+//! The library's front door: training a compiled spec end to end, and predicting with
+//! a bundle. The CLI, and any server or notebook binding, are thin callers of these.
+//!
+//! * [`train_spec`]: fit open label statistics -> load data -> build -> train (resuming
+//!   from a checkpoint when asked) -> export the bundle; everything it has to say goes
+//!   to an [`Observer`] as [`Event`]s.
+//! * [`Predictor`]: loads a bundle once and scores raw rows (hashing, vocabularies and
+//!   transforms included) with no autograd graph.
+//!
+//! ```no_run
+//! use multigate::{pipeline, run};
+//! let (src, compiled) = pipeline::compile_file("models/synthetic_mmoe.toml".as_ref()).unwrap();
+//! let opts = run::TrainOptions { out: Some("runs/demo".into()), ..Default::default() };
+//! let done = run::train_spec(&src, compiled.unwrap(), &opts, &mut run::Silent).unwrap();
+//! let predictor = run::Predictor::load(&done.out, multigate::backend::Device::Cpu).unwrap();
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::backend::candle::{candle_device, CandleBackend, CandleModel};
+use crate::backend::{Backend, Device};
+use crate::data::{self, fit::FittedLabel, Frame, LoadInfo, Need, NeedOwner};
+use crate::export::{self, BundleContents, ExportError};
+use crate::lower::{self, Compiled};
+use crate::source::SourceFile;
+use crate::train::{self, EpochEnd, EpochReport, Predictions, TrainError, TrainObserver, TrainReport};
+
+/// How to run a spec: overrides of its settings and where things go.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Train on this CSV instead of the spec's data.
+    pub data: Option<PathBuf>,
+    /// Bundle folder (default: `runs/<model name>`).
+    pub out: Option<PathBuf>,
+    pub epochs: Option<usize>,
+    /// Rows of the synthetic generator.
+    pub rows: Option<usize>,
+    pub device: Device,
+    /// Continue from the checkpoint of an interrupted run.
+    pub resume: bool,
+    /// Discard the checkpoint of an interrupted run.
+    pub fresh: bool,
+}
+
+/// What a run reports while it works.
+pub enum Event<'a> {
+    /// A label statistic the spec left open was fitted on the training rows.
+    Fitted { task: &'a str, what: String },
+    /// The model is built.
+    Built { compiled: &'a Compiled },
+    DataLoaded { info: &'a LoadInfo, train: usize, validation: usize, test: usize },
+    Resumed { checkpoint: &'a Path, epochs_done: usize },
+    NoCheckpoint { checkpoint: &'a Path },
+    /// After every optimizer step: each task's training loss on the batch.
+    Step { epoch: usize, step: u64, losses: &'a [f32] },
+    Epoch(&'a EpochReport),
+    /// The bundle is in place.
+    Finished { report: &'a TrainReport, out: &'a Path },
+}
+
+/// Receives a run's [`Event`]s.
+pub trait Observer {
+    fn on(&mut self, event: &Event<'_>);
+}
+
+/// Ignores everything.
+pub struct Silent;
+
+impl Observer for Silent {
+    fn on(&mut self, _: &Event<'_>) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{} holds the checkpoint of an interrupted run: pass --resume to continue it, or --fresh to discard it", .0.display())]
+    Interrupted(PathBuf),
+    #[error("the spec with fitted label statistics does not compile: {0}")]
+    Refit(String),
+    #[error("device: {0}")]
+    Device(String),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What a finished run leaves.
+pub struct RunResult {
+    /// The compiled spec, with any fitted label statistics pinned.
+    pub compiled: Compiled,
+    pub report: TrainReport,
+    pub out: PathBuf,
+}
+
+/// The checkpoint folder of a bundle folder: `<out>.checkpoint` beside it.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "bundle".into());
+    out.with_file_name(format!("{name}.checkpoint"))
+}
+
+/// Trains a compiled spec (from `src`) and writes its bundle.
+pub fn train_spec(
+    src: &SourceFile,
+    compiled: Compiled,
+    opts: &TrainOptions,
+    observer: &mut dyn Observer,
+) -> Result<RunResult, RunError> {
+    let out = opts.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&compiled.model.name));
+    let ckpt_dir = checkpoint_dir(&out);
+    if ckpt_dir.exists() && !opts.resume && !opts.fresh {
+        return Err(RunError::Interrupted(ckpt_dir));
+    }
+    let locate = spec_locator(src);
+    let (spec, mut c) = fit_open_labels(src, compiled, opts, &locate, observer)?;
+    if let Some(e) = opts.epochs {
+        c.train.epochs = e.max(1);
+    }
+    if let (Some(r), crate::ir::DataSource::Synthetic(s)) = (opts.rows, &mut c.data.source) {
+        s.rows = r.max(1);
+    }
+    let dev = candle_device(opts.device).map_err(|e| RunError::Device(e.to_string()))?;
+    observer.on(&Event::Built { compiled: &c });
+    let (splits, info) = data::load_splits(&c.model, &c.data, opts.data.as_deref(), &locate)?;
+    observer.on(&Event::DataLoaded {
+        info: &info,
+        train: splits.train.rows,
+        validation: splits.validation.rows,
+        test: splits.test.as_ref().map_or(0, |t| t.rows),
+    });
+    let model = CandleBackend { device: dev }.build(&c.model, c.train.seed).map_err(TrainError::from)?;
+    let checkpoint = match (opts.resume, ckpt_dir.exists()) {
+        (true, true) => {
+            let ck = export::read_checkpoint(&ckpt_dir, &model)?;
+            observer.on(&Event::Resumed { checkpoint: &ckpt_dir, epochs_done: ck.epochs_done });
+            Some(ck)
+        }
+        (true, false) => {
+            observer.on(&Event::NoCheckpoint { checkpoint: &ckpt_dir });
+            None
+        }
+        _ => None,
+    };
+    let report = {
+        let mut watch = Watch { observer, model: &model, checkpoint: &ckpt_dir };
+        train::fit_from(&model, &c.train, &splits, checkpoint, &mut watch)?
+    };
+    let metrics = serde_json::json!({
+        "model": c.model.name,
+        "params": c.model.param_count(),
+        "flops_per_sample": c.model.flops_per_sample(),
+        "tasks": c.model.tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+        "data": info.source,
+        "label_correlation": info.label_correlation,
+        "report": report,
+    });
+    let metrics = serde_json::to_string_pretty(&metrics).map_err(|e| RunError::Other(e.to_string()))?;
+    export::write_bundle(&out, &model, BundleContents { spec_toml: &spec.to_toml(), metrics_json: &metrics })?;
+    // The run finished and its bundle is in place: the checkpoint has served.
+    let _ = std::fs::remove_dir_all(&ckpt_dir);
+    observer.on(&Event::Finished { report: &report, out: &out });
+    Ok(RunResult { compiled: c, report, out })
+}
+
+/// Fits the label statistics the spec leaves open and pins them into the spec, which
+/// is lowered again; returns the spec (for the bundle) and the compiled result.
+fn fit_open_labels(
+    src: &SourceFile,
+    compiled: Compiled,
+    opts: &TrainOptions,
+    locate: &dyn Fn(&Need) -> String,
+    observer: &mut dyn Observer,
+) -> Result<(crate::spec::Spec, Compiled), RunError> {
+    let mut spec = crate::spec::parse(src).map_err(|e| RunError::Refit(format!("{} error(s) in the spec", e.len())))?;
+    let fitted = data::fit::fit_labels(&compiled.model, &compiled.data, opts.data.as_deref(), locate)?;
+    if fitted.is_empty() {
+        return Ok((spec, compiled));
+    }
+    for FittedLabel { task, classes, mean_std } in fitted {
+        let name = compiled.model.tasks[task].name.as_str();
+        if let Some(classes) = classes {
+            observer.on(&Event::Fitted { task: name, what: format!("classes {}", classes.join(", ")) });
+            spec.pin_classes(task, classes);
+        }
+        if let Some((mean, std)) = mean_std {
+            observer.on(&Event::Fitted { task: name, what: format!("label mean {mean:.6} std {std:.6}") });
+            spec.pin_label_stats(task, mean, std);
+        }
+    }
+    let c = lower::lower(&spec, src)
+        .map_err(|es| RunError::Refit(es.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+    Ok((spec, c))
+}
+
+/// Forwards the training loop's reports and saves a checkpoint after every epoch.
+struct Watch<'a> {
+    observer: &'a mut dyn Observer,
+    model: &'a CandleModel,
+    checkpoint: &'a Path,
+}
+
+impl TrainObserver for Watch<'_> {
+    fn step(&mut self, epoch: usize, step: u64, losses: &[f32]) {
+        self.observer.on(&Event::Step { epoch, step, losses });
+    }
+    fn epoch(&mut self, end: &EpochEnd) -> Result<(), String> {
+        self.observer.on(&Event::Epoch(end.report));
+        let ck = end.checkpoint().map_err(|e| e.to_string())?;
+        export::write_checkpoint(self.checkpoint, self.model, &ck).map_err(|e| e.to_string())
+    }
+}
+
+/// Who asks for a column and where, as "feature `x` at file:line:col": the feature's
+/// `column` (or its name, when it reads the column named after it) or the task's `label`.
+pub fn spec_locator(src: &SourceFile) -> impl Fn(&Need) -> String + '_ {
+    let spec = crate::spec::parse(src).ok();
+    move |need: &Need| {
+        let span = spec.as_ref().and_then(|s| match &need.owner {
+            NeedOwner::Feature(name) => s
+                .features
+                .iter()
+                .find(|f| f.name.get_ref() == name)
+                .map(|f| f.column.as_ref().map_or_else(|| f.name.span(), |c| c.span())),
+            NeedOwner::Task(name) => {
+                s.tasks.iter().find(|t| t.name.get_ref() == name).and_then(|t| t.label.as_ref()).map(|l| l.span())
+            }
+            NeedOwner::Caller => None,
+        });
+        match (span, &need.owner) {
+            (Some(span), _) => format!("{} at {}", need.reader, src.locate(&span)),
+            (None, NeedOwner::Caller) => need.reader.clone(),
+            (None, _) => format!("{} in {}", need.reader, src.name),
+        }
+    }
+}
+
+/// A bundle loaded once for scoring.
+pub struct Predictor {
+    bundle: export::Bundle,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error(transparent)]
+    Model(#[from] candle_core::Error),
+    #[error("{0}")]
+    Input(String),
+}
+
+impl Predictor {
+    /// Loads and verifies a bundle.
+    pub fn load(dir: &Path, device: Device) -> Result<Predictor, ExportError> {
+        let dev = candle_device(device)?;
+        Ok(Predictor { bundle: export::read_bundle(dir, &dev)? })
+    }
+
+    pub fn compiled(&self) -> &Compiled {
+        &self.bundle.compiled
+    }
+
+    /// The loaded model (for evaluation helpers).
+    pub fn model(&self) -> &CandleModel {
+        &self.bundle.model
+    }
+
+    /// The bundle's spec, for locating columns in messages.
+    pub fn source(&self) -> &SourceFile {
+        &self.bundle.source
+    }
+
+    /// Every input column the model reads.
+    pub fn needs(&self) -> Vec<Need> {
+        data::needs(&self.bundle.compiled.model)
+    }
+
+    /// Scores the rows of a frame of raw values; with `gates`, keeps every row's gate
+    /// weights.
+    pub fn predict_frame(&self, frame: &Frame, gates: bool) -> Result<Predictions, PredictError> {
+        let ds = data::encode(&self.bundle.compiled.model, frame, false)?;
+        Ok(train::predict_rows(&self.bundle.model, &ds, 4096, gates)?)
+    }
+
+    /// Scores rows given as raw text per column (`name -> one value per row`), as a
+    /// server receives them: hashed, looked up and transformed exactly as in training.
+    /// An empty string is a missing value.
+    pub fn predict_columns(&self, columns: &[(String, Vec<String>)]) -> Result<Predictions, PredictError> {
+        let frame = frame_from_text(&self.needs(), columns)?;
+        self.predict_frame(&frame, false)
+    }
+}
+
+/// A frame of the feature columns `needs` asks for, from raw text.
+fn frame_from_text(needs: &[Need], columns: &[(String, Vec<String>)]) -> Result<Frame, PredictError> {
+    let rows = columns.first().map_or(0, |c| c.1.len());
+    let mut frame = Frame { rows, origin: data::Origin { name: "request".into(), lines: Vec::new() }, ..Default::default() };
+    for need in needs.iter().filter(|n| !n.is_label) {
+        let Some((_, values)) = columns.iter().find(|(n, _)| *n == need.column) else {
+            return Err(PredictError::Input(format!("column `{}` (read by {}) is missing", need.column, need.reader)));
+        };
+        if values.len() != rows {
+            return Err(PredictError::Input(format!("column `{}` has {} values, expected {rows}", need.column, values.len())));
+        }
+        let column = match need.kind {
+            data::ColumnKind::Num => data::Column::Num(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match v.trim() {
+                        "" => Ok(f32::NAN),
+                        t => t.parse::<f32>().map_err(|_| {
+                            PredictError::Input(format!("column `{}` row {}: {t:?} is not a number", need.column, i + 1))
+                        }),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            data::ColumnKind::Cat => {
+                let mut dict: Vec<String> = Vec::new();
+                let mut index: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+                let codes = values
+                    .iter()
+                    .map(|v| {
+                        *index.entry(v.as_str()).or_insert_with(|| {
+                            dict.push(v.clone());
+                            (dict.len() - 1) as u32
+                        })
+                    })
+                    .collect();
+                data::Column::Cat { dict, codes }
+            }
+        };
+        frame.names.push(need.column.clone());
+        frame.columns.push(column);
+    }
+    Ok(frame)
+}
