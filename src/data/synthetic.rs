@@ -38,7 +38,37 @@ pub fn generate(model: &Model, cfg: &SyntheticConfig, rows: usize) -> Frame {
             mmoe_frame(model, &p, rows, cfg.seed)
         }
         SyntheticKind::Categorical { cardinality } => categorical_frame(model, cardinality, rows, cfg.seed),
+        SyntheticKind::Funnel { cardinality } => funnel_frame(model, cardinality, rows, cfg.seed),
     }
+}
+
+/// Label columns of the funnel generator.
+pub const FUNNEL_COLUMNS: &[&str] = &["click", "conversion", "would_convert"];
+
+/// Impressions -> clicks -> conversions with sample-selection bias (ESMM's setting):
+/// inputs as [`categorical_frame`]'s; a click follows teacher 0; a conversion can only
+/// follow a click, and whether the user would convert follows 0.6 teacher 0 + 0.8
+/// teacher 1, so the features that drive clicks also drive conversions. Columns:
+/// `click`, `conversion` (clicked and converted) and `would_convert` (the latent
+/// conversion of every impression, which only a generator can know: the ground truth
+/// that CVR over all impressions is scored against).
+pub fn funnel_frame(model: &Model, cardinality: usize, rows: usize, seed: u64) -> Frame {
+    let mut rng = Rng::derive(seed, "funnel-labels");
+    let (mut names, mut columns, score, norm) = categorical_inputs(model, cardinality, rows, seed, 2);
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let (mut click, mut conversion, mut would) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rows {
+        let c = rng.uniform() < sigmoid(norm * score[0][r] - 1.4);
+        let w = rng.uniform() < sigmoid(norm * (0.6 * score[0][r] + 0.8 * score[1][r]) - 1.0);
+        click.push(f32::from(c));
+        would.push(f32::from(w));
+        conversion.push(f32::from(c && w));
+    }
+    for (name, col) in FUNNEL_COLUMNS.iter().zip([click, conversion, would]) {
+        names.push(name.to_string());
+        columns.push(Column::Num(col));
+    }
+    Frame { names, columns, rows, origin: Origin { name: "synthetic funnel data".into(), lines: Vec::new() } }
 }
 
 /// Settings of the MMoE generator.
@@ -119,11 +149,19 @@ fn teacher(seed: u64, feature: usize, value: usize, task: usize) -> f64 {
     Rng::new(k).normal()
 }
 
-/// Random categorical (and dense) inputs; task 0 follows teacher 0, task k > 0
-/// follows 0.6 teacher 0 + 0.8 teacher k, so tasks are related but not equal.
-pub fn categorical_frame(model: &Model, cardinality: usize, rows: usize, seed: u64) -> Frame {
+/// Random categorical (and dense) inputs for `model`'s features, and `n_scores` teacher
+/// scores per row (teacher t: a fixed N(0, 1) weight per value and dense column), with
+/// the factor that scales a score to unit-ish spread.
+#[allow(clippy::type_complexity)]
+fn categorical_inputs(
+    model: &Model,
+    cardinality: usize,
+    rows: usize,
+    seed: u64,
+    n_scores: usize,
+) -> (Vec<String>, Vec<Column>, Vec<Vec<f64>>, f64) {
     let mut rng = Rng::derive(seed, "categorical-synthetic");
-    let n_tasks = model.tasks.len();
+    let n_tasks = n_scores;
     let mut names = Vec::new();
     let mut columns = Vec::new();
     let mut score = vec![vec![0.0f64; rows]; n_tasks.max(1)];
@@ -164,7 +202,14 @@ pub fn categorical_frame(model: &Model, cardinality: usize, rows: usize, seed: u
             }
         }
     }
-    let norm = 1.5 / n_feat.sqrt();
+    (names, columns, score, 1.5 / n_feat.sqrt())
+}
+
+/// Random categorical (and dense) inputs; task 0 follows teacher 0, task k > 0
+/// follows 0.6 teacher 0 + 0.8 teacher k, so tasks are related but not equal.
+pub fn categorical_frame(model: &Model, cardinality: usize, rows: usize, seed: u64) -> Frame {
+    let mut rng = Rng::derive(seed, "categorical-labels");
+    let (mut names, mut columns, score, norm) = categorical_inputs(model, cardinality, rows, seed, model.tasks.len());
     for (t, task) in model.tasks.iter().enumerate() {
         let z: Vec<f64> = (0..rows)
             .map(|r| {

@@ -29,6 +29,9 @@ pub enum SyntheticKind {
     Mmoe { dim: usize, correlation: f64, scale: f64, sin_terms: usize, sin_sd: f64, noise_sd: f64 },
     /// Random ids per categorical feature, labels from a fixed random teacher.
     Categorical { cardinality: usize },
+    /// The categorical generator's inputs with an impression -> click -> conversion
+    /// funnel (ESMM's sample-selection bias); see `data::synthetic::funnel_frame`.
+    Funnel { cardinality: usize },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -615,21 +615,21 @@ impl Lower {
             self.range("the loss weight", x.is_finite() && x >= 0.0, x, "a finite number >= 0", w.span());
             x
         }) as f32;
-        let output = match product {
-            Some(factors) => {
-                for (key, v) in [
+        if t.product.is_some() {
+            for (key, v) in [
                     ("tower", t.tower.as_ref().map(|v| v.span())),
                     ("activation", t.activation.as_ref().map(|v| v.span())),
                     ("dropout", t.dropout.as_ref().map(|v| v.span())),
                     ("input", t.input.as_ref().map(|v| v.span())),
                 ] {
-                    if let Some(span) = v {
-                        let help = Some("a product task has no tower: its probability is its factors' product".into());
-                        self.errors.push(LowerError::NotAllowed { key, context: "a product task", span, help });
-                    }
+                if let Some(span) = v {
+                    let help = Some("a product task has no tower: its probability is its factors' product".into());
+                    self.errors.push(LowerError::NotAllowed { key, context: "a product task", span, help });
                 }
-                TaskOutput::Product { factors }
             }
+        }
+        let output = match product {
+            Some(factors) => TaskOutput::Product { factors },
             None => {
                 let hidden = t.tower.as_ref().map_or_else(Vec::new, |u| self.units("tower units", u.get_ref()));
                 let mut dims = vec![d_in];
@@ -653,7 +653,10 @@ impl Lower {
             not_for("classes", t.classes.as_ref().map(|v| v.span()), "a task that is not multiclass", &mut self.errors);
         }
         if kind != "regression" {
-            not_for("transform", t.transform.as_ref().map(|v| v.span()), "a task that is not a regression", &mut self.errors);
+            let context = "a task that is not a regression";
+            not_for("transform", t.transform.as_ref().map(|v| v.span()), context, &mut self.errors);
+            not_for("mean", t.mean.as_ref().map(|v| v.span()), context, &mut self.errors);
+            not_for("std", t.std.as_ref().map(|v| v.span()), context, &mut self.errors);
         }
         match kind {
             "regression" => Head::Regression { transform: self.label_transform(t) },
@@ -663,7 +666,7 @@ impl Lower {
                     let mut uniq = std::collections::HashSet::new();
                     let dup = classes.iter().find(|x| !uniq.insert(*x));
                     let ok = classes.len() >= 2 && classes.len() as u64 <= MAX_UNITS && dup.is_none();
-                    let found = dup.map_or_else(|| format!("{} classes", classes.len()), |d| format!("repeating {d:?}"));
+                    let found = dup.map_or_else(|| format!("only {}", classes.len()), |d| format!("repeating {d:?}"));
                     self.range("classes", ok, found, "at least 2 distinct classes", c.span());
                 }
                 Head::Multiclass { classes }

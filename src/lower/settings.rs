@@ -7,7 +7,7 @@ use std::path::Path;
 use super::*;
 
 const SOURCES: &[&str] = &["synthetic", "csv"];
-const GENERATORS: &[&str] = &["mmoe", "categorical"];
+const GENERATORS: &[&str] = &["mmoe", "categorical", "funnel"];
 const OPTIMIZERS: &[&str] = &["adam", "lazy_adam"];
 
 impl Lower {
@@ -91,6 +91,22 @@ impl Lower {
             Some("categorical")
         };
         let kind = match chosen {
+            Some("funnel") => {
+                for t in &model.tasks {
+                    let Some(l) = &t.label else { continue };
+                    for c in std::iter::once(&l.column).chain(&l.only_where) {
+                        if !crate::data::synthetic::FUNNEL_COLUMNS.contains(&c.as_str()) {
+                            self.errors.push(LowerError::Synthetic {
+                                generator: "funnel",
+                                reason: format!("it makes the label columns click, conversion and would_convert, and task `{}` reads `{c}`", t.name),
+                                span: s.kind.span(),
+                                help: Some("read click, conversion (clicked and converted) or would_convert (every impression's latent conversion)".into()),
+                            });
+                        }
+                    }
+                }
+                SyntheticKind::Funnel { cardinality: self.count("cardinality", &s.cardinality, MAX_ROWS) }
+            }
             Some("categorical") => {
                 if let Some(f) =
                     model.features.iter().find(|f| matches!(f.kind, FeatureKind::Dense { width, .. } if width > 64))

@@ -292,6 +292,15 @@ fn towers_reading_an_inner_ple_level_match_naive() {
 }
 
 #[test]
+fn esmm_products_and_multiclass_heads_match_naive() {
+    let tasks = format!(
+        "{TWO_BINARY_TASKS}\n[[tasks]]\nname = \"t3\"\nkind = \"binary\"\nlabel = \"y1\"\nproduct = [\"t1\", \"t2\"]\n\n\
+         [[tasks]]\nname = \"t4\"\nkind = \"multiclass\"\nlabel = \"k\"\nclasses = [\"p\", \"q\", \"r\"]\ntower = [5]\n"
+    );
+    check_layers_tasks("[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\n", &tasks);
+}
+
+#[test]
 fn no_layers_matches_naive() {
     check_layers("");
 }
@@ -347,4 +356,54 @@ fn dropout_is_off_in_evaluation_and_on_in_training() {
     assert!(max_abs_diff(&a.heads[0], &eval.heads[0]) > 1e-4);
     assert!(max_abs_diff(&a.heads[0], &b.heads[0]) > 1e-4);
     assert_eq!(max_abs_diff(&a.heads[0], &a2.heads[0]), 0.0);
+}
+
+/// Autograd against central finite differences on a few coordinates of every dense
+/// parameter of a PLE model with an ESMM product and a multiclass head.
+#[test]
+fn ple_gradients_match_finite_differences() {
+    // tanh everywhere: finite differences across a ReLU kink are not a derivative.
+    let smooth = TWO_BINARY_TASKS.replace("tower = [4]", "tower = [4]\nactivation = \"tanh\"").replace("tower = [3]", "tower = [3]\nactivation = \"tanh\"");
+    let tasks = format!(
+        "{smooth}\n[[tasks]]\nname = \"t3\"\nkind = \"binary\"\nlabel = \"y1\"\nproduct = [\"t1\", \"t2\"]\n\n\
+         [[tasks]]\nname = \"t4\"\nkind = \"multiclass\"\nlabel = \"k\"\nclasses = [\"p\", \"q\", \"r\"]\ntower = [5]\nactivation = \"tanh\"\n"
+    );
+    let layers = "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = { t1 = 2, t4 = 1 }\nunits = [6]\nactivation = \"tanh\"\n\n\
+                  [[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [5]\nactivation = \"tanh\"\n";
+    let c = compile_ok("grad.toml", &small_spec(layers, &tasks));
+    let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
+    let frame = synthetic::categorical_frame(&c.model, 40, 64, 5);
+    let ds = data::encode(&c.model, &frame, true).unwrap();
+    let batch = Batch::gather(&ds, &(0..64).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let loss = || {
+        let s = multigate::train::batch_loss(&model, &batch, &mut multigate::rng::Rng::new(1)).unwrap();
+        s.total.to_scalar::<f32>().unwrap() as f64
+    };
+    let step = multigate::train::batch_loss(&model, &batch, &mut multigate::rng::Rng::new(1)).unwrap();
+    let grads = step.total.backward().unwrap();
+    let h = 2e-3f32;
+    let mut checked = 0;
+    for (name, v) in model.vars.iter().filter(|(n, _)| !n.ends_with("embedding")) {
+        let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let shape = v.as_tensor().shape().clone();
+        let base = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for &i in &[0, base.len() / 2, base.len() - 1] {
+            let mut at = |x: f32| {
+                let mut w = base.clone();
+                w[i] = x;
+                v.set(&candle_core::Tensor::from_vec(w, &shape, &Device::Cpu).unwrap()).unwrap();
+                loss()
+            };
+            let numeric = (at(base[i] + h) - at(base[i] - h)) / (2.0 * h as f64);
+            at(base[i]);
+            let analytic = g[i] as f64;
+            assert!(
+                (numeric - analytic).abs() <= 1e-3 + 0.03 * analytic.abs(),
+                "{name}[{i}]: autograd {analytic}, finite differences {numeric}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 60, "{checked} coordinates");
 }

@@ -8,6 +8,7 @@ mod models;
 mod real_data;
 mod robustness;
 mod training;
+mod zoo;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,273 @@
+//! The model zoo end to end: task heads (multiclass, label transforms, ESMM products,
+//! masked labels), fitted label statistics, and the library API (run, Predictor).
+
+use candle_core::Device;
+use multigate::backend::candle::Batch;
+use multigate::data::{self, Dataset};
+use multigate::run::{self, Event, Observer, Predictor, TrainOptions};
+use multigate::source::SourceFile;
+use multigate::train::metrics::TaskMetrics;
+
+use super::compile_ok;
+
+/// Two categoricals and a dense value on the categorical generator, then `body`.
+fn spec(body: &str) -> String {
+    format!(
+        r#"
+[model]
+name = "zoo"
+
+[data.synthetic]
+kind = "categorical"
+rows = 4000
+cardinality = 40
+
+[[features]]
+name = "a"
+type = "categorical"
+hash_buckets = 100
+embedding_dim = 8
+
+[[features]]
+name = "b"
+type = "categorical"
+hash_buckets = 100
+embedding_dim = 8
+
+[[features]]
+name = "d"
+type = "dense"
+
+[[layers]]
+kind = "cgc"
+experts = 2
+task_experts = 1
+units = [16]
+
+{body}
+
+[train]
+batch_size = 128
+epochs = 3
+lr = 0.005
+seed = 7
+"#
+    )
+}
+
+/// Trains `text` through the library API into a fresh folder.
+fn train(text: &str, dir: &std::path::Path) -> run::RunResult {
+    let src = SourceFile::from_text("zoo.toml", text.to_string());
+    let c = compile_ok("zoo.toml", text);
+    let opts = TrainOptions { out: Some(dir.to_path_buf()), ..Default::default() };
+    run::train_spec(&src, c, &opts, &mut run::Silent).unwrap_or_else(|e| panic!("training failed: {e}"))
+}
+
+#[test]
+fn batches_keep_every_task_at_its_index_when_one_has_no_labels() {
+    // Task 0 has no labels (a product factor), task 1 has. A batch must not shift task
+    // 1's labels into slot 0, which would pair heads with the wrong labels.
+    let ds = Dataset {
+        rows: 3,
+        cat: vec![vec![0, 1, 2]],
+        dense: Vec::new(),
+        dense_width: 0,
+        labels: vec![Vec::new(), vec![1.0, f32::NAN, 0.0]],
+    };
+    let b = Batch::gather(&ds, &[2, 0, 1], &Device::Cpu).unwrap();
+    assert_eq!(b.labels.len(), 2);
+    assert!(b.labels[0].is_none() && b.masks[0].is_none());
+    assert_eq!(b.labels[1].as_ref().unwrap().to_vec1::<f32>().unwrap(), vec![0.0, 1.0, 0.0]);
+    assert_eq!(b.masks[1].as_ref().unwrap().to_vec1::<f32>().unwrap(), vec![1.0, 1.0, 0.0]);
+}
+
+#[test]
+fn a_log1p_label_trains_in_log_space_and_predicts_in_the_original_one() {
+    let text = spec(
+        "[[tasks]]\nname = \"dur\"\nkind = \"regression\"\nlabel = \"duration\"\ntransform = \"log1p\"\ntower = [8]\n\n\
+         [[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\ntower = [8]\n",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let done = train(&text, &tmp.path().join("b"));
+    let TaskMetrics::Regression(val) = &done.report.validation[0] else { panic!("regression metrics") };
+    let (mse_t, _) = val.transformed.expect("metrics in the transformed space too");
+    // Score the validation rows by hand from the raw labels and the Predictor's output.
+    let c = &done.compiled;
+    let s = match &c.data.source {
+        multigate::ir::DataSource::Synthetic(s) => s.clone(),
+        _ => unreachable!(),
+    };
+    let frame = data::synthetic::generate(&c.model, &s, s.rows);
+    let predictor = Predictor::load(&done.out, multigate::backend::Device::Cpu).unwrap();
+    let p = predictor.predict_frame(&frame, false).unwrap();
+    let Some(data::Column::Num(raw)) = frame.column_as("duration", true) else { panic!("duration column") };
+    assert!(p.values[0].iter().all(|&y| y > -1.0), "predictions are exp(z) - 1");
+    let (mut se, mut se_t) = (0.0f64, 0.0f64);
+    for (&y, &q) in raw.iter().zip(&p.values[0]) {
+        se += ((q - y) as f64).powi(2);
+        se_t += ((q.ln_1p() - y.ln_1p()) as f64).powi(2);
+    }
+    let (mse, mse_t_all) = (se / raw.len() as f64, se_t / raw.len() as f64);
+    // All rows against the validation split: the same magnitude in both spaces, and the
+    // log space far smaller than the original one for heavy-tailed labels.
+    assert!((mse_t_all - mse_t).abs() < 0.5 * mse_t, "log-space mse {mse_t_all} vs reported {mse_t}");
+    assert!((mse - val.mse).abs() < 0.5 * val.mse, "original-space mse {mse} vs reported {}", val.mse);
+    // And the round trip: evaluation of the bundle on the frame reports what the
+    // predictions give.
+    let ds = data::encode(&c.model, &frame, true).unwrap();
+    let e = multigate::train::evaluate(predictor.model(), &ds, 512).unwrap();
+    let TaskMetrics::Regression(all) = &e.metrics[0] else { panic!() };
+    assert!((all.mse - mse).abs() < 1e-3 * mse.max(1.0), "{} vs {mse}", all.mse);
+    assert!((all.transformed.unwrap().0 - mse_t_all).abs() < 1e-4, "{:?} vs {mse_t_all}", all.transformed);
+}
+
+#[test]
+fn standardize_statistics_are_fitted_on_the_training_labels_and_pinned_into_the_bundle() {
+    let text = spec(
+        "[[tasks]]\nname = \"y\"\nkind = \"regression\"\nlabel = \"y\"\ntransform = \"standardize\"\ntower = [8]\n\n\
+         [[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let done = train(&text, &tmp.path().join("b"));
+    let multigate::ir::Head::Regression { transform: multigate::ir::LabelTransform::Standardize { mean, std } } =
+        done.compiled.model.tasks[0].head
+    else {
+        panic!("standardized head")
+    };
+    // The same numbers from the generated labels.
+    let c = compile_ok("zoo.toml", &text);
+    let multigate::ir::DataSource::Synthetic(s) = &c.data.source else { unreachable!() };
+    let frame = data::synthetic::generate(&c.model, s, s.rows);
+    let Some(data::Column::Num(y)) = frame.column_as("y", true) else { panic!() };
+    let m = y.iter().map(|&v| v as f64).sum::<f64>() / y.len() as f64;
+    let sd = (y.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / y.len() as f64).sqrt();
+    assert!((mean - m).abs() < 1e-6 && (std - sd).abs() < 1e-6, "{mean} {std} vs {m} {sd}");
+    // Pinned: the bundle's spec carries them, so it loads and predicts without data.
+    let spec_toml = std::fs::read_to_string(done.out.join("spec.toml")).unwrap();
+    assert!(spec_toml.contains("mean = ") && spec_toml.contains("std = "), "{spec_toml}");
+    let p = Predictor::load(&done.out, multigate::backend::Device::Cpu).unwrap();
+    assert_eq!(p.compiled().model.tasks[0].head, done.compiled.model.tasks[0].head);
+}
+
+#[test]
+fn multiclass_classes_come_from_the_training_labels_and_predict_writes_one_column_each() {
+    let text = spec(
+        "[[tasks]]\nname = \"kind\"\nkind = \"multiclass\"\nlabel = \"category\"\ntower = [8]\n\n\
+         [[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let done = train(&text, &tmp.path().join("b"));
+    let task = &done.compiled.model.tasks[0];
+    assert_eq!(task.head, multigate::ir::Head::Multiclass { classes: vec!["c0".into(), "c1".into(), "c2".into()] });
+    assert_eq!(task.output_columns(), ["kind.c0", "kind.c1", "kind.c2"]);
+    let TaskMetrics::Multiclass(m) = &done.report.validation[0] else { panic!("multiclass metrics") };
+    assert!(m.accuracy > 0.4 && m.macro_auc.unwrap() > 0.6, "{m:?}");
+    // Probabilities per row sum to one.
+    let p = Predictor::load(&done.out, multigate::backend::Device::Cpu).unwrap();
+    let cols = vec![
+        ("a".to_string(), vec!["1".to_string(), "7".to_string()]),
+        ("b".to_string(), vec!["2".to_string(), "x".to_string()]),
+        ("d".to_string(), vec!["0.5".to_string(), "".to_string()]),
+    ];
+    let out = p.predict_columns(&cols).unwrap();
+    assert_eq!(out.values[0].len(), 6);
+    for row in out.values[0].chunks(3) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+    }
+}
+
+#[test]
+fn esmm_trains_cvr_through_the_product_and_scores_it_on_clicked_rows() {
+    let text = spec(
+        "[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\ntower = [8]\n\n\
+         [[tasks]]\nname = \"cvr\"\nkind = \"binary\"\nlabel = \"buy\"\nonly_where = \"click\"\nweight = 0.0\ntower = [8]\n\n\
+         [[tasks]]\nname = \"ctcvr\"\nkind = \"binary\"\nlabel = \"buy\"\nproduct = [\"ctr\", \"cvr\"]\n",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let done = train(&text, &tmp.path().join("b"));
+    // CVR learns although its own loss weight is 0: the product carries its gradient.
+    for m in &done.report.validation {
+        let TaskMetrics::Binary(b) = m else { panic!("binary") };
+        assert!(b.auc.unwrap() > 0.55, "{m}");
+    }
+    // The product's prediction is the product of its factors'.
+    let p = Predictor::load(&done.out, multigate::backend::Device::Cpu).unwrap();
+    let cols = vec![
+        ("a".to_string(), (0..20).map(|i| format!("{i}")).collect::<Vec<_>>()),
+        ("b".to_string(), (0..20).map(|i| format!("{}", i * 3)).collect()),
+        ("d".to_string(), (0..20).map(|i| format!("{}", i as f32 / 10.0)).collect()),
+    ];
+    let out = p.predict_columns(&cols).unwrap();
+    for i in 0..20 {
+        let (ctr, cvr, ctcvr) = (out.values[0][i], out.values[1][i], out.values[2][i]);
+        assert!((ctr * cvr - ctcvr).abs() < 1e-6, "{ctr} x {cvr} != {ctcvr}");
+    }
+    // The CVR metrics count only clicked rows.
+    let c = compile_ok("zoo.toml", &text);
+    let multigate::ir::DataSource::Synthetic(s) = &c.data.source else { unreachable!() };
+    let frame = data::synthetic::generate(&c.model, s, 1000);
+    let ds = data::encode(&c.model, &frame, true).unwrap();
+    let clicked = ds.labels[0].iter().filter(|&&y| y == 1.0).count();
+    assert_eq!(ds.labels[1].iter().filter(|y| !y.is_nan()).count(), clicked);
+}
+
+#[test]
+fn the_run_api_reports_every_step_and_epoch() {
+    #[derive(Default)]
+    struct Count {
+        steps: u64,
+        epochs: usize,
+        last_step: u64,
+        finished: bool,
+    }
+    impl Observer for Count {
+        fn on(&mut self, e: &Event<'_>) {
+            match e {
+                Event::Step { step, losses, .. } => {
+                    assert_eq!(losses.len(), 1);
+                    self.steps += 1;
+                    self.last_step = *step;
+                }
+                Event::Epoch(_) => self.epochs += 1,
+                Event::Finished { .. } => self.finished = true,
+                _ => {}
+            }
+        }
+    }
+    let text = spec("[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n");
+    let src = SourceFile::from_text("zoo.toml", text.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = TrainOptions { out: Some(tmp.path().join("b")), epochs: Some(2), ..Default::default() };
+    let mut count = Count::default();
+    let done = run::train_spec(&src, compile_ok("zoo.toml", &text), &opts, &mut count).unwrap();
+    // 4000 rows, 10% held out: 3600 training rows in batches of 128 -> 29 steps an epoch.
+    assert_eq!((count.steps, count.epochs, count.last_step), (58, 2, 58));
+    assert!(count.finished && done.out.join("manifest.json").exists());
+    // A second run into the same folder is fine; a leftover checkpoint is not.
+    std::fs::create_dir_all(run::checkpoint_dir(&done.out)).unwrap();
+    let again = run::train_spec(&src, compile_ok("zoo.toml", &text), &opts, &mut run::Silent);
+    assert!(matches!(again, Err(run::RunError::Interrupted(_))));
+}
+
+#[test]
+fn the_predictor_scores_raw_columns_as_predict_does() {
+    let text = spec("[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\ntower = [4]\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let done = train(&text, &tmp.path().join("b"));
+    let p = Predictor::load(&done.out, multigate::backend::Device::Cpu).unwrap();
+    let c = &done.compiled;
+    let multigate::ir::DataSource::Synthetic(s) = &c.data.source else { unreachable!() };
+    let frame = data::synthetic::generate(&c.model, s, 50);
+    let from_frame = p.predict_frame(&frame, false).unwrap();
+    let text_of = |name: &str| {
+        let col = frame.column(name).unwrap();
+        (name.to_string(), (0..frame.rows).map(|i| col.text(i)).collect::<Vec<_>>())
+    };
+    let from_text = p.predict_columns(&[text_of("a"), text_of("b"), text_of("d")]).unwrap();
+    for (x, y) in from_frame.values[0].iter().zip(&from_text.values[0]) {
+        assert!((x - y).abs() < 1e-6, "{x} vs {y}");
+    }
+    // A missing column is an error that names it, not a panic.
+    let err = p.predict_columns(&[text_of("a"), text_of("b")]).err().unwrap().to_string();
+    assert!(err.contains("`d`"), "{err}");
+}
