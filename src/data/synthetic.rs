@@ -58,8 +58,8 @@ pub fn funnel_frame(model: &Model, cardinality: usize, rows: usize, seed: u64) -
     let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
     let (mut click, mut conversion, mut would) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rows {
-        let c = rng.uniform() < sigmoid(norm * score[0][r] - 1.4);
-        let w = rng.uniform() < sigmoid(norm * (0.6 * score[0][r] + 0.8 * score[1][r]) - 1.0);
+        let c = rng.uniform() < sigmoid(norm * score[0][r] - 3.0);
+        let w = rng.uniform() < sigmoid(norm * (0.6 * score[0][r] + 0.8 * score[1][r]) - 2.2);
         click.push(f32::from(c));
         would.push(f32::from(w));
         conversion.push(f32::from(c && w));
