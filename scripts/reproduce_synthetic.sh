@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-10}; epochs=${2:-30}; rows=${3:-100000}
 cargo build --release -q
-bin=target/release/multigate
+bin=${MULTIGATE_BIN:-target/release/multigate}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 runs="$tmp/runs.txt"
 for p in 0.5 0.9 1.0; do

@@ -275,10 +275,10 @@ fn encode_labels(t: &Task, frame: &Frame, require: bool, check_positive: bool) -
         (Head::Multiclass { .. }, Column::Num(_), _) => {
             return Err(DataError::Other(format!("label column `{}` must be read as text", label.column)))
         }
-        (_, Column::Cat { dict, codes }, Some(p)) => {
-            // A `positive` no row has is almost always a typo, and would silently
-            // train on all-zero labels.
-            if check_positive && !dict.contains(p) && !codes.is_empty() {
+        (_, Column::Cat { dict, codes }, Some(ps)) => {
+            // A `positive` value no row has is almost always a typo, and would silently
+            // train on fewer (or all-zero) labels.
+            if let Some(p) = ps.iter().find(|p| check_positive && !dict.contains(p) && !codes.is_empty()) {
                 let mut seen: Vec<&str> = dict.iter().map(String::as_str).take(8).collect();
                 seen.sort_unstable();
                 let hint = crate::diag::did_you_mean(p, dict.iter().map(String::as_str))
@@ -287,17 +287,17 @@ fn encode_labels(t: &Task, frame: &Frame, require: bool, check_positive: bool) -
                     at: frame.origin.name.clone(),
                     column: label.column.clone(),
                     problem: format!(
-                        "no row equals `positive = {p:?}` of task `{}`, so every label would be 0 (values seen: {}{}){hint}",
+                        "no row equals the `positive` value {p:?} of task `{}`, so no label would be 1 through it (values seen: {}{}){hint}",
                         t.name,
                         seen.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", "),
                         if dict.len() > 8 { ", ..." } else { "" }
                     ),
                 });
             }
-            let pos: Vec<f32> = dict.iter().map(|v| f32::from(v == p)).collect();
+            let pos: Vec<f32> = dict.iter().map(|v| f32::from(ps.contains(v))).collect();
             codes.iter().map(|&c| pos[c as usize]).collect()
         }
-        (_, Column::Num(v), Some(p)) => v.iter().map(|x| f32::from(format!("{x}") == *p)).collect(),
+        (_, Column::Num(v), Some(ps)) => v.iter().map(|x| f32::from(ps.contains(&format!("{x}")))).collect(),
         (_, Column::Num(v), None) => v.clone(),
         (_, Column::Cat { .. }, None) => {
             return Err(DataError::Other(format!("label column `{}` must be numeric", label.column)))

@@ -245,6 +245,7 @@ pub fn categorical_frame(model: &Model, cardinality: usize, rows: usize, seed: u
                 Column::Cat { dict: names, codes }
             }
             (Head::Binary, positive) => {
+                let positive = positive.as_ref().and_then(|ps| ps.first());
                 let y: Vec<bool> = z.iter().map(|&v| rng.uniform() < 1.0 / (1.0 + (-v).exp())).collect();
                 match positive {
                     None => Column::Num(y.iter().map(|&b| f32::from(b)).collect()),

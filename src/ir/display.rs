@@ -133,8 +133,9 @@ impl fmt::Display for Model {
             let label = match &t.label {
                 None => "no label".to_string(),
                 Some(l) => {
-                    let mut s = match &l.positive {
-                        Some(p) => format!("label {:?} == {:?}", l.column, p),
+                    let mut s = match l.positive.as_deref() {
+                        Some([p]) => format!("label {:?} == {:?}", l.column, p),
+                        Some(ps) => format!("label {:?} in {:?}", l.column, ps),
                         None => format!("label {:?}", l.column),
                     };
                     if let Some(w) = &l.only_where {

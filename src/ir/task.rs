@@ -120,8 +120,8 @@ pub enum Link {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Label {
     pub column: String,
-    /// For binary tasks: 1 where the column equals this, else 0.
-    pub positive: Option<String>,
+    /// For binary tasks: 1 where the column equals one of these, else 0.
+    pub positive: Option<Vec<String>>,
     /// The label exists only on rows where this column is 1 (e.g. conversions on
     /// clicked rows); other rows add no loss and no metric.
     pub only_where: Option<String>,

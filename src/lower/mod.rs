@@ -577,7 +577,7 @@ impl Lower {
                 }
                 Some(Label {
                     column: l.get_ref().clone(),
-                    positive: t.positive.as_ref().map(|p| p.get_ref().clone()),
+                    positive: t.positive.as_ref().map(|p| p.get_ref().values()),
                     only_where: t.only_where.as_ref().map(|w| w.get_ref().clone()),
                 })
             }
@@ -596,9 +596,10 @@ impl Lower {
             }
         };
         if label.is_none() {
-            for (key, span) in [("positive", &t.positive), ("only_where", &t.only_where)] {
-                if let Some(v) = span {
-                    self.errors.push(LowerError::NotAllowed { key, context: "a task without a label", span: v.span(), help: None });
+            let spans = [("positive", t.positive.as_ref().map(|v| v.span())), ("only_where", t.only_where.as_ref().map(|v| v.span()))];
+            for (key, span) in spans {
+                if let Some(span) = span {
+                    self.errors.push(LowerError::NotAllowed { key, context: "a task without a label", span, help: None });
                 }
             }
         }

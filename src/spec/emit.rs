@@ -255,8 +255,13 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
         let mut parts = Vec::new();
         if let Some(l) = &t.label {
             let mut label = format!("label = {}", q(l.get_ref()));
-            if let Some(p) = &t.positive {
-                label += &format!(" == {}", q(p.get_ref()));
+            match t.positive.as_ref().map(|p| p.get_ref()) {
+                Some(crate::spec::Positive::One(p)) => label += &format!(" == {}", q(p)),
+                Some(crate::spec::Positive::Any(ps)) => {
+                    let items: Vec<String> = ps.iter().map(|p| q(p)).collect();
+                    label += &format!(" == [{}]", items.join(", "));
+                }
+                None => {}
             }
             parts.push(label);
         }

@@ -276,6 +276,23 @@ pub struct LayerSpec {
     pub dropout: Option<Sp<f64>>,
 }
 
+/// The value(s) of a label column that make a binary label 1.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Positive {
+    One(String),
+    Any(Vec<String>),
+}
+
+impl Positive {
+    pub fn values(&self) -> Vec<String> {
+        match self {
+            Positive::One(v) => vec![v.clone()],
+            Positive::Any(vs) => vs.clone(),
+        }
+    }
+}
+
 /// A `cgc` layer's task-specific expert counts.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
@@ -297,10 +314,11 @@ pub struct TaskSpec {
     /// which is then trained only through the product.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<Sp<String>>,
-    /// Binary: the label is 1 where the column equals this string, else 0. Without it
-    /// a binary label column must hold 0 or 1.
+    /// Binary: the label is 1 where the column equals this string (or any of these
+    /// strings: `positive = ["Bachelors", "Masters"]`), else 0. Without it a binary
+    /// label column must hold 0 or 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub positive: Option<Sp<String>>,
+    pub positive: Option<Sp<Positive>>,
     /// The label exists only where this column is 1 (e.g. `"click"` for a CVR task):
     /// other rows add no loss and are left out of the metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -389,7 +389,7 @@ fn ple_gradients_match_finite_differences() {
         let shape = v.as_tensor().shape().clone();
         let base = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for &i in &[0, base.len() / 2, base.len() - 1] {
-            let mut at = |x: f32| {
+            let at = |x: f32| {
                 let mut w = base.clone();
                 w[i] = x;
                 v.set(&candle_core::Tensor::from_vec(w, &shape, &Device::Cpu).unwrap()).unwrap();

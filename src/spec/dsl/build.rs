@@ -544,8 +544,19 @@ impl Builder {
                         _ => col.as_str().to_string(),
                     };
                     t.label = Some(sp_of(&col, column));
+                    // Grammar: `label = { "label" ~ "=" ~ (string | name) ~ ("==" ~ (string | list))? }`.
                     if let Some(pos) = it.next() {
-                        t.positive = Some(sp_of(&pos, string_of(pos.clone())));
+                        let value = match pos.as_rule() {
+                            Rule::list => {
+                                let mut args = Args { items: Vec::new(), context: "a label" };
+                                let (v, s) = value_of(pos.clone());
+                                args.items.push(("positive".into(), s.clone(), v, s));
+                                let values = self.take_strings(&mut args, "positive").map(|v| v.into_inner());
+                                Positive::Any(values.unwrap_or_default().into_iter().map(|s| s.into_inner()).collect())
+                            }
+                            _ => Positive::One(string_of(pos.clone())),
+                        };
+                        t.positive = Some(sp_of(&pos, value));
                     }
                 }
                 Rule::tower => {
