@@ -112,6 +112,17 @@ impl fmt::Display for Model {
                     g.params()
                 )?;
             }
+            if !l.gating.is_default() {
+                let g = &l.gating;
+                let mut parts = vec![format!("temperature {}", g.temperature)];
+                if let Some(k) = g.top_k {
+                    parts.push(format!("top {k}{}", if g.noise { " noisy" } else { "" }));
+                }
+                if g.balance > 0.0 {
+                    parts.push(format!("balance loss weight {}", g.balance));
+                }
+                writeln!(f, "    gating: {}", parts.join(", "))?;
+            }
         }
         for t in &self.tasks {
             let head = match &t.head {

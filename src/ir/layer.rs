@@ -179,12 +179,38 @@ impl Gate {
     }
 }
 
+/// How every gate of a layer turns logits into weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gating {
+    /// Logits are divided by this before the softmax.
+    pub temperature: f32,
+    /// Keep only the k largest logits of each gate (noisy top-k gating).
+    pub top_k: Option<usize>,
+    /// With `top_k`: trained Gaussian noise on the logits while training.
+    pub noise: bool,
+    /// Weight of the load-balancing loss (0: none).
+    pub balance: f32,
+}
+
+impl Default for Gating {
+    fn default() -> Self {
+        Gating { temperature: 1.0, top_k: None, noise: false, balance: 0.0 }
+    }
+}
+
+impl Gating {
+    pub fn is_default(&self) -> bool {
+        *self == Gating::default()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layer {
     pub name: String,
     pub kind: LayerKind,
     pub input: Stream,
     pub output: Stream,
+    pub gating: Gating,
     /// Expert groups; a shared group first, then per-task groups in task order.
     pub groups: Vec<ExpertGroup>,
     /// Empty for shared-bottom; one for MoE; one per task for MMoE; one per task plus
@@ -350,6 +376,7 @@ impl Layer {
     }
 
     pub fn params(&self) -> usize {
-        self.groups.iter().map(ExpertGroup::params).sum::<usize>() + self.gates.iter().map(Gate::params).sum::<usize>()
+        let noise = if self.gating.noise { self.gates.iter().map(|g| g.d_in * g.experts).sum() } else { 0 };
+        self.groups.iter().map(ExpertGroup::params).sum::<usize>() + self.gates.iter().map(Gate::params).sum::<usize>() + noise
     }
 }

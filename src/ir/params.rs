@@ -9,6 +9,7 @@
 //! | `layers.{l}.experts.{i}.weight` / `.bias`| `[E, d_i, d_i+1]` / `[E, d_i+1]` | shared experts, depth i |
 //! | `layers.{l}.task_experts.{t}.{i}.weight` / `.bias` | as above    | task t's experts (CGC)   |
 //! | `layers.{l}.gates.weight` / `.bias`      | `[d_in, sum E_g]` / `[sum E_g]` | every gate of the layer, side by side |
+//! | `layers.{l}.gates.noise`                 | `[d_in, sum E_g]`     | noisy top-k: noise scale weights |
 //! | `tasks.{t}.tower.{i}.weight` / `.bias`   | `[d_i, d_i+1]` / `[d_i+1]` | tower, depth i        |
 
 use std::fmt;
@@ -34,6 +35,8 @@ pub enum Role {
     ExpertBias { layer: usize, group: usize, depth: usize },
     GateWeight { layer: usize },
     GateBias { layer: usize },
+    /// Noisy top-k gating: the weights of the noise scale, `[d_in, sum E_g]`.
+    GateNoise { layer: usize },
     TowerWeight { task: usize, depth: usize },
     TowerBias { task: usize, depth: usize },
 }
@@ -124,6 +127,15 @@ impl Model {
                     init: Init::Zeros,
                     role: Role::GateBias { layer: li },
                 });
+                if l.gating.noise {
+                    // Shazeer et al. start the noise weights at zero.
+                    out.push(Param {
+                        name: format!("layers.{}.gates.noise", l.name),
+                        shape: vec![d_in, total],
+                        init: Init::Zeros,
+                        role: Role::GateNoise { layer: li },
+                    });
+                }
             }
         }
         for (ti, t) in self.tasks.iter().enumerate() {

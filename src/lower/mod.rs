@@ -530,7 +530,54 @@ impl Lower {
                 Stream::PerTask { width: d_out }
             }
         };
-        Layer { name, kind, input, output, groups, gates }
+        let gating = self.lower_gating(l, kind, &gates);
+        Layer { name, kind, input, output, gating, groups, gates }
+    }
+
+    /// Temperature, top-k, noise and the balance loss of a layer's gates.
+    fn lower_gating(&mut self, l: &spec::LayerSpec, kind: LayerKind, gates: &[Gate]) -> Gating {
+        let mut g = Gating::default();
+        if kind == LayerKind::SharedBottom {
+            for (key, span) in [
+                ("temperature", l.temperature.as_ref().map(|v| v.span())),
+                ("top_k", l.top_k.as_ref().map(|v| v.span())),
+                ("noise", l.noise.as_ref().map(|v| v.span())),
+                ("balance", l.balance.as_ref().map(|v| v.span())),
+            ] {
+                if let Some(span) = span {
+                    let help = Some("gate settings apply to moe, mmoe and cgc layers".into());
+                    self.errors.push(LowerError::NotAllowed { key, context: "a shared_bottom layer", span, help });
+                }
+            }
+            return g;
+        }
+        if let Some(t) = &l.temperature {
+            let x = *t.get_ref();
+            self.range("temperature", x.is_finite() && x > 0.0, x, "a positive number", t.span());
+            g.temperature = if x.is_finite() && x > 0.0 { x as f32 } else { 1.0 };
+        }
+        if let Some(k) = &l.top_k {
+            // Every gate must have more than k experts to choose from.
+            let fewest = gates.iter().map(|g| g.experts).min().unwrap_or(0);
+            let x = *k.get_ref();
+            let ok = x >= 1 && (x as usize) < fewest.max(1);
+            self.range("top_k", ok, x, format!("between 1 and {} (fewer than the {fewest} experts of the smallest gate)", fewest.saturating_sub(1)), k.span());
+            g.top_k = ok.then_some(x as usize);
+            g.noise = l.noise.as_ref().is_none_or(|n| *n.get_ref());
+        } else if let Some(n) = &l.noise {
+            self.errors.push(LowerError::NotAllowed {
+                key: "noise",
+                context: "a layer without top_k",
+                span: n.span(),
+                help: Some("noise belongs to noisy top-k gating: set top_k too".into()),
+            });
+        }
+        if let Some(b) = &l.balance {
+            let x = *b.get_ref();
+            self.range("balance", x.is_finite() && x >= 0.0, x, "a number >= 0", b.span());
+            g.balance = x.max(0.0) as f32;
+        }
+        g
     }
 
     /// Task-specific expert counts of a `cgc` layer, one per task.

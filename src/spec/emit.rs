@@ -245,6 +245,22 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
         if let Some(d) = &l.dropout {
             write!(out, " dropout {}", num(*d.get_ref()))?;
         }
+        let mut gate: Vec<(&str, String)> = Vec::new();
+        if let Some(t) = &l.temperature {
+            gate.push(("temperature", num(*t.get_ref())));
+        }
+        if let Some(k) = &l.top_k {
+            gate.push(("top_k", k.get_ref().to_string()));
+        }
+        if let Some(n) = &l.noise {
+            gate.push(("noise", n.get_ref().to_string()));
+        }
+        if let Some(b) = &l.balance {
+            gate.push(("balance", num(*b.get_ref())));
+        }
+        if !gate.is_empty() {
+            write!(out, " gate{}", args(&gate))?;
+        }
         writeln!(out, " }}")?;
     }
     if !s.tasks.is_empty() {

@@ -274,6 +274,21 @@ pub struct LayerSpec {
     /// Dropout rate after each expert (or MLP) layer while training, in [0, 1). Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropout: Option<Sp<f64>>,
+    /// Gated layers: softmax temperature of every gate (> 0; below 1 sharpens). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<Sp<f64>>,
+    /// Gated layers: each gate keeps only its k largest logits (noisy top-k gating,
+    /// Shazeer et al. 2017). Default: all experts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<Sp<u64>>,
+    /// With `top_k`: add trained, input-dependent Gaussian noise to the logits while
+    /// training. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<Sp<bool>>,
+    /// Weight of the load-balancing loss (the squared coefficient of variation of each
+    /// gate's per-expert importance, plus of its load with noisy top-k). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<Sp<f64>>,
 }
 
 /// The value(s) of a label column that make a binary label 1.

@@ -248,7 +248,10 @@ pub fn batch_loss(model: &CandleModel, batch: &Batch, rng: &mut Rng) -> candle_c
         });
         per_task.push(l);
     }
-    let total = total.ok_or_else(|| candle_core::Error::Msg("model has no tasks".into()))?;
+    let mut total = total.ok_or_else(|| candle_core::Error::Msg("model has no tasks".into()))?;
+    if let Some(b) = &out.balance {
+        total = (total + b)?;
+    }
     Ok(StepLoss { total, per_task, lookups: out.lookups })
 }
 

@@ -88,7 +88,7 @@ fn toml_str(s: &str) -> String {
 prop_compose! {
     fn layer()(kind in 0usize..4, experts in 1u64..6, units in prop::collection::vec(1u64..40, 1..3),
                act in 0usize..5, named in prop::option::of(name()), dropout in prop::option::of(0.0f64..0.9),
-               task_experts in prop::option::of(0u64..4)) -> String {
+               task_experts in prop::option::of(0u64..4), temperature in prop::option::of(0.1f64..3.0)) -> String {
         let kinds = ["shared_bottom", "moe", "mmoe", "cgc"];
         let acts = ["relu", "tanh", "sigmoid", "gelu", "linear"];
         let mut s = String::from("[[layers]]\n");
@@ -96,6 +96,7 @@ prop_compose! {
         s += &format!("kind = \"{}\"\n", kinds[kind]);
         if kind > 0 { s += &format!("experts = {experts}\n"); }
         if let (3, Some(n)) = (kind, task_experts) { s += &format!("task_experts = {n}\n"); }
+        if let (1.., Some(t)) = (kind, temperature) { s += &format!("temperature = {t:?}\n"); }
         s += &format!("units = {:?}\nactivation = \"{}\"\n", units, acts[act]);
         if let Some(d) = dropout { s += &format!("dropout = {d:?}\n"); }
         s

@@ -48,7 +48,24 @@ fn naive_gate(model: &CandleModel, l: &Layer, g: usize, x: &Tensor) -> Tensor {
     let width = l.gates[g].experts;
     let w = var(model, &format!("layers.{}.gates.weight", l.name)).narrow(1, offset, width).unwrap();
     let b = var(model, &format!("layers.{}.gates.bias", l.name)).narrow(0, offset, width).unwrap();
-    candle_nn::ops::softmax(&x.matmul(&w).unwrap().broadcast_add(&b).unwrap(), D::Minus1).unwrap()
+    let logits = (x.matmul(&w).unwrap().broadcast_add(&b).unwrap() / l.gating.temperature as f64).unwrap();
+    // Top-k, row by row on the host: every logit below the k-th largest is dropped.
+    let logits = match l.gating.top_k {
+        None => logits,
+        Some(k) => {
+            let rows: Vec<Vec<f32>> = logits.to_vec2().unwrap();
+            let kept: Vec<Vec<f32>> = rows
+                .into_iter()
+                .map(|r| {
+                    let mut sorted = r.clone();
+                    sorted.sort_by(|a, b| b.total_cmp(a));
+                    r.iter().map(|&v| if v >= sorted[k - 1] { v } else { f32::NEG_INFINITY }).collect()
+                })
+                .collect();
+            Tensor::new(kept, x.device()).unwrap()
+        }
+    };
+    candle_nn::ops::softmax(&logits, D::Minus1).unwrap()
 }
 
 /// Gate `g` read on `gate_in`, mixing the experts of `sources` (group, its input), in order,
@@ -298,6 +315,48 @@ fn esmm_products_and_multiclass_heads_match_naive() {
          [[tasks]]\nname = \"t4\"\nkind = \"multiclass\"\nlabel = \"k\"\nclasses = [\"p\", \"q\", \"r\"]\ntower = [5]\n"
     );
     check_layers_tasks("[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\n", &tasks);
+}
+
+#[test]
+fn tempered_top_k_gates_match_naive() {
+    // Evaluation: no noise; temperature 0.5 and the 2 largest logits of each gate.
+    check_layers("[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\ntemperature = 0.5\ntop_k = 2\nbalance = 0.01\n");
+    check_layers(
+        "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = { t1 = 2 }\nunits = [6]\ntop_k = 1\nnoise = false\n\n\
+         [[layers]]\nkind = \"cgc\"\nexperts = 3\ntask_experts = 1\nunits = [4]\ntemperature = 2.0\n",
+    );
+}
+
+#[test]
+fn noisy_top_k_trains_its_noise_and_the_balance_loss_reaches_the_gates() {
+    let c = compile_ok(
+        "noisy.toml",
+        &small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [4]\ntop_k = 2\nbalance = 0.1\n", TWO_BINARY_TASKS),
+    );
+    let model = CandleModel::new(&c.model, 1, &Device::Cpu).unwrap();
+    let frame = synthetic::categorical_frame(&c.model, 40, 64, 5);
+    let ds = data::encode(&c.model, &frame, true).unwrap();
+    let batch = Batch::gather(&ds, &(0..64).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let out = model.forward_train(&batch, &mut multigate::rng::Rng::new(1)).unwrap();
+    let balance = out.balance.as_ref().expect("a balance loss").to_scalar::<f32>().unwrap();
+    assert!(balance > 0.0 && balance.is_finite(), "{balance}");
+    // Exactly two experts per row carry weight.
+    for g in out.gates.iter().flatten() {
+        for row in g.to_vec2::<f32>().unwrap() {
+            assert_eq!(row.iter().filter(|&&w| w > 0.0).count(), 2, "{row:?}");
+        }
+    }
+    // The noise weights start at zero and still get a gradient: through the load term.
+    let step = multigate::train::batch_loss(&model, &batch, &mut multigate::rng::Rng::new(1)).unwrap();
+    let grads = step.total.backward().unwrap();
+    let noise = model.vars.iter().find(|(n, _)| n.ends_with("gates.noise")).expect("noise weights").1.clone();
+    let g = grads.get(noise.as_tensor()).expect("a gradient for the noise weights");
+    let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(norm > 0.0 && norm.is_finite(), "{norm}");
+    // Evaluation is deterministic: no noise.
+    let a = model.forward(&batch).unwrap();
+    let b = model.forward(&batch).unwrap();
+    assert_eq!(max_abs_diff(&a.heads[0], &b.heads[0]), 0.0);
 }
 
 #[test]

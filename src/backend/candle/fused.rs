@@ -4,7 +4,7 @@
 use candle_core::{Tensor, Var, D};
 
 use super::{activate, add_bias, dropout, Result};
-use crate::ir::{Activation, Layer, LayerPlan, Stream};
+use crate::ir::{Activation, Gating, Layer, LayerPlan, Stream};
 use crate::rng::Rng;
 
 /// `count` experts, one fused weight per MLP depth: `[E, d_i, d_{i+1}]`, bias `[E, d_{i+1}]`.
@@ -53,6 +53,9 @@ pub struct LayerParams {
     pub groups: Vec<ExpertStack>,
     /// Every gate side by side: weight `[d_in, sum E_g]`, bias `[sum E_g]`.
     pub gates: Option<(Var, Var)>,
+    /// Noisy top-k gating: weights of the noise scale, `[d_in, sum E_g]`.
+    pub noise: Option<Var>,
+    pub gating: Gating,
     /// Columns of the all-slot logits `[B, S * sum E_g]` that the mixes read, in mix
     /// order; None when that is every column in order.
     logit_columns: Option<Tensor>,
@@ -106,15 +109,16 @@ impl LayerParams {
             }
             Some(Tensor::from_vec(q, (rows, plan.mixes.len() * n), device)?)
         };
-        Ok(LayerParams { plan, groups, gates: None, logit_columns, equal_width, scatter })
+        Ok(LayerParams { plan, groups, gates: None, noise: None, gating: l.gating, logit_columns, equal_width, scatter })
     }
 
-    /// Runs the layer on a stream; with `rng`, applies dropout (training).
+    /// Runs the layer on a stream; with `rng`, applies dropout and gate noise (training).
     ///
     /// # Shapes
     /// `h: [B, d]` (shared stream) or `[B, S, d]` (S slots) -> the output stream
-    /// `[B, u]` or `[B, S', u]`, plus each mix's gate weights `[B, E_m]`.
-    pub fn forward(&self, h: &Tensor, output: Stream, mut rng: Option<&mut Rng>) -> Result<(Tensor, Vec<Tensor>)> {
+    /// `[B, u]` or `[B, S', u]`, each mix's gate weights `[B, E_m]`, and the weighted
+    /// load-balancing loss `[]` when the layer has one.
+    pub fn forward(&self, h: &Tensor, output: Stream, mut rng: Option<&mut Rng>) -> Result<LayerOutput> {
         let b = h.dim(0)?;
         let n_slots = self.plan.inputs.len();
         let d = *h.dims().last().unwrap_or(&0);
@@ -140,32 +144,65 @@ impl LayerParams {
         let u = experts.dim(2)?;
         let Some((w, bias)) = &self.gates else {
             // Ungated: each instance is an output slot.
-            return Ok((shape_output(experts, output, b, u)?, Vec::new()));
+            return Ok(LayerOutput { stream: shape_output(experts, output, b, u)?, gates: Vec::new(), balance: None });
         };
-        // All gates on all slots: one matmul. [B*S, d] x [d, sum E_g] -> [B, S * sum E_g].
+        // All gates on all slots: one matmul. [B*S, d] x [d, sum E_g] -> [B, S * sum E_g],
+        // then the columns the mixes read: [B, sum E_m].
         let total = w.as_tensor().dim(1)?;
-        let logits = add_bias(&slots.reshape((b * n_slots, d))?.matmul(w.as_tensor())?, bias.as_tensor())?
-            .reshape((b, n_slots * total))?;
-        let logits = match &self.logit_columns {
-            Some(idx) => logits.index_select(idx, 1)?, // [B, sum E_m]
-            None => logits,
+        let flat = slots.reshape((b * n_slots, d))?;
+        let select = |x: Tensor| -> Result<Tensor> {
+            let x = x.reshape((b, n_slots * total))?;
+            match &self.logit_columns {
+                Some(idx) => x.index_select(idx, 1),
+                None => Ok(x),
+            }
+        };
+        let mut clean = select(add_bias(&flat.matmul(w.as_tensor())?, bias.as_tensor())?)?;
+        if self.gating.temperature != 1.0 {
+            clean = (clean / self.gating.temperature as f64)?;
+        }
+        // Noisy top-k (training only): logits + N(0, 1) * softplus(x W_noise).
+        let noisy = match (&self.noise, rng.as_deref_mut()) {
+            (Some(wn), Some(rng)) => {
+                let scale = (softplus(&select(flat.matmul(wn.as_tensor())?)?)? + 1e-2)?;
+                let eps: Vec<f32> = (0..scale.elem_count()).map(|_| rng.normal() as f32).collect();
+                let eps = Tensor::from_vec(eps, scale.shape(), scale.device())?;
+                Some(((&clean + (eps * &scale)?)?, scale))
+            }
+            _ => None,
         };
         let m = self.plan.mixes.len();
-        let (weights, per_mix) = match self.equal_width {
+        let gate = |range: Option<(usize, usize)>, shape: &[usize]| -> Result<(Tensor, Option<Tensor>)> {
+            let cut = |x: &Tensor| -> Result<Tensor> {
+                match range {
+                    Some((at, k)) => x.narrow(1, at, k)?.reshape(shape),
+                    None => x.reshape(shape),
+                }
+            };
+            let noise = noisy.as_ref().map(|(x, s)| Ok::<_, candle_core::Error>((cut(x)?, cut(s)?))).transpose()?;
+            gate_weights(&cut(&clean)?, noise.as_ref().map(|(x, s)| (x, s)), &self.gating)
+        };
+        let (weights, per_mix, balance) = match self.equal_width {
             Some(e) => {
-                let p = candle_nn::ops::softmax(&logits.reshape((b, m, e))?, D::Minus1)?; // [B, M, E]
+                let (p, aux) = gate(None, &[b, m, e])?; // [B, M, E]
                 let per_mix = (0..m).map(|i| p.get_on_dim(1, i)).collect::<Result<Vec<_>>>()?;
-                (p.reshape((b, m * e))?, per_mix)
+                (p.reshape((b, m * e))?, per_mix, aux)
             }
             None => {
                 let mut per_mix = Vec::with_capacity(m);
+                let mut balance: Option<Tensor> = None;
                 let mut at = 0;
                 for mix in &self.plan.mixes {
                     let k = mix.instances.len();
-                    per_mix.push(candle_nn::ops::softmax(&logits.narrow(1, at, k)?, D::Minus1)?); // [B, E_m]
+                    let (p, aux) = gate(Some((at, k)), &[b, k])?; // [B, E_m]
+                    per_mix.push(p);
+                    balance = match (balance, aux) {
+                        (Some(x), Some(y)) => Some((x + y)?),
+                        (x, y) => x.or(y),
+                    };
                     at += k;
                 }
-                (Tensor::cat(&per_mix, 1)?, per_mix)
+                (Tensor::cat(&per_mix, 1)?, per_mix, balance)
             }
         };
         let n = self.plan.instances;
@@ -174,8 +211,68 @@ impl LayerParams {
             None => weights.reshape((b, m, n))?,
         };
         let mixed = dense.matmul(&experts)?; // [B, M, u]
-        Ok((shape_output(mixed, output, b, u)?, per_mix))
+        let balance = balance.map(|x| x * self.gating.balance as f64).transpose()?;
+        Ok(LayerOutput { stream: shape_output(mixed, output, b, u)?, gates: per_mix, balance })
     }
+}
+
+/// What a layer hands on.
+pub struct LayerOutput {
+    /// The output stream, `[B, u]` or `[B, S', u]`.
+    pub stream: Tensor,
+    /// Each mix's gate weights, `[B, E_m]`.
+    pub gates: Vec<Tensor>,
+    /// The weighted load-balancing loss, `[]`, when the layer has one (training).
+    pub balance: Option<Tensor>,
+}
+
+/// `ln(1 + e^x)`, stable for large |x|.
+fn softplus(x: &Tensor) -> Result<Tensor> {
+    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
+/// Gate weights from logits over the last axis (`[B, E]` or `[B, M, E]`): top-k keeps
+/// each gate's k largest (noisy, in training) logits, then a softmax. Also returns the
+/// unweighted balance loss when the layer has one: the squared coefficient of variation
+/// of each gate's importance (its weights summed over the batch) and, with noise, of its
+/// load (the smooth estimate of how many rows pick each expert, Shazeer et al. 2017,
+/// eq. 8-10), summed over the gates.
+fn gate_weights(clean: &Tensor, noisy: Option<(&Tensor, &Tensor)>, g: &Gating) -> Result<(Tensor, Option<Tensor>)> {
+    let logits = noisy.map_or(clean, |(x, _)| x);
+    let masked = match g.top_k {
+        Some(k) => {
+            // The k-th largest logit of each gate, as a threshold (no gradient through it).
+            let (sorted, _) = logits.detach().sort_last_dim(false)?;
+            let kth = sorted.narrow(D::Minus1, k - 1, 1)?;
+            let keep = logits.broadcast_ge(&kth)?.to_dtype(logits.dtype())?;
+            (logits + ((keep - 1.0)? * 1e9)?)?
+        }
+        None => logits.clone(),
+    };
+    let p = candle_nn::ops::softmax(&masked, D::Minus1)?;
+    if g.balance <= 0.0 {
+        return Ok((p, None));
+    }
+    let cv2 = |x: &Tensor| -> Result<Tensor> {
+        // [.., E] summed over the batch axis already; CV^2 over experts, summed over gates.
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
+        (var / (mean.sqr()? + 1e-10)?)?.sum_all()
+    };
+    let mut aux = cv2(&p.sum(0)?)?;
+    if let (Some(k), Some((noisy, scale))) = (g.top_k, noisy) {
+        // P(expert i stays in the top k when only its own noise is redrawn): its clean
+        // logit against the k-th largest of the others' noisy logits.
+        let (sorted, _) = noisy.detach().sort_last_dim(false)?;
+        let kth = sorted.narrow(D::Minus1, k - 1, 1)?;
+        let next = sorted.narrow(D::Minus1, k, 1)?;
+        let in_top = noisy.detach().broadcast_ge(&kth)?.to_dtype(noisy.dtype())?;
+        let threshold = (in_top.broadcast_mul(&next)? + (1.0 - &in_top)?.broadcast_mul(&kth)?)?;
+        let z = ((clean - threshold)? / scale)?;
+        let prob = ((z / std::f64::consts::SQRT_2)?.erf()? + 1.0)? * 0.5;
+        aux = (aux + cv2(&prob?.sum(0)?)?)?;
+    }
+    Ok((p, Some(aux)))
 }
 
 /// `[B, S, u]` as the output stream wants it: `[B, u]` for a shared stream.

@@ -10,7 +10,7 @@
 
 mod fused;
 
-pub use fused::{ExpertStack, LayerParams};
+pub use fused::{ExpertStack, LayerOutput, LayerParams};
 
 use candle_core::{Tensor, Var, D};
 
@@ -114,6 +114,8 @@ pub struct Output {
     /// Training only: the embedding lookups, whose gradients the optimizer applies
     /// sparsely (empty in evaluation).
     pub lookups: Vec<Lookup>,
+    /// The weighted load-balancing loss of the gated layers that have one, `[]`.
+    pub balance: Option<Tensor>,
 }
 
 /// One embedding lookup of a training step. The looked-up rows are a leaf `Var`, so
@@ -263,6 +265,7 @@ impl CandleModel {
                 Role::ExpertWeight { layer, group, .. } => layers[layer].groups[group].layers.push((var.clone(), var)),
                 Role::ExpertBias { layer, group, depth } => layers[layer].groups[group].layers[depth].1 = var,
                 Role::GateWeight { layer } => layers[layer].gates = Some((var.clone(), var)),
+                Role::GateNoise { layer } => layers[layer].noise = Some(var),
                 Role::GateBias { layer } => {
                     if let Some(g) = layers[layer].gates.as_mut() {
                         g.1 = var;
@@ -344,11 +347,16 @@ impl CandleModel {
         let mut gates = Vec::new();
         // Each layer's output, for towers that read an earlier layer.
         let mut outputs: Vec<(Tensor, Stream)> = Vec::with_capacity(self.ir.layers.len());
+        let mut balance: Option<Tensor> = None;
         for (l, p) in self.ir.layers.iter().zip(&self.layers) {
-            let (out, g) = p.forward(&h, l.output, rng.as_deref_mut())?;
+            let LayerOutput { stream: out, gates: g, balance: b } = p.forward(&h, l.output, rng.as_deref_mut())?;
             if !g.is_empty() {
                 gates.push(g);
             }
+            balance = match (balance, b) {
+                (Some(x), Some(y)) => Some((x + y)?),
+                (x, y) => x.or(y),
+            };
             outputs.push((out.clone(), l.output));
             h = out;
             stream = l.output;
@@ -397,7 +405,7 @@ impl CandleModel {
             }
         }
         let heads = heads.into_iter().map(|h| h.ok_or_else(|| candle_core::Error::Msg("a task has no output".into()))).collect::<Result<_>>()?;
-        Ok(Output { heads, gates, lookups })
+        Ok(Output { heads, gates, lookups, balance })
     }
 
     /// Copies every parameter's current value (for best-epoch restore).

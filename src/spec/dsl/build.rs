@@ -429,6 +429,10 @@ impl Builder {
             kind: sp_of(kind, kind.as_str().to_string()),
             experts: None,
             task_experts: None,
+            temperature: None,
+            top_k: None,
+            noise: None,
+            balance: None,
             units: Sp::new(span.start..span.start + 5, Vec::new()),
             activation: None,
             dropout: None,
@@ -453,6 +457,22 @@ impl Builder {
                 }
                 Rule::activation => self.set_word(&mut l.activation, "activation", inner_of(opt, "activation")),
                 Rule::dropout => self.set_number(&mut l.dropout, "dropout", inner_of(opt, "dropout")),
+                // Grammar: `gate = { "gate" ~ arguments }`.
+                Rule::gate => {
+                    let mut args = self.args(opt.into_inner().next(), "gate(..)");
+                    l.temperature = self.take_f64(&mut args, "temperature");
+                    l.top_k = self.take_u64(&mut args, "top_k");
+                    l.noise = match self.take(&mut args, "noise") {
+                        Some((Value::Bool(b), span)) => Some(Sp::new(span, b)),
+                        Some((_, span)) => {
+                            self.bad("noise", "true or false", &span);
+                            None
+                        }
+                        None => None,
+                    };
+                    l.balance = self.take_f64(&mut args, "balance");
+                    self.finish(args, &["temperature", "top_k", "noise", "balance"]);
+                }
                 Rule::task_experts => {
                     let v = self.task_experts(inner_of(opt, "task_experts"));
                     if let Some(v) = v {
