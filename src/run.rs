@@ -155,6 +155,8 @@ pub fn train_spec(
         "tasks": c.model.tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
         "data": info.source,
         "label_correlation": info.label_correlation,
+        "gate_alarms": report.gate_usage.iter().flat_map(|g| g.alarms()).collect::<Vec<_>>(),
+        "gate_similarity": report.gate_usage.iter().flat_map(|g| g.similarity()).collect::<Vec<_>>(),
         "report": report,
     });
     let metrics = serde_json::to_string_pretty(&metrics).map_err(|e| RunError::Other(e.to_string()))?;

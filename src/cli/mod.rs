@@ -327,6 +327,13 @@ fn print_report(names: &[String], select: &multigate::ir::Selection, r: &TrainRe
             let eff = g.effective_experts.get(i).map_or(String::new(), |e| format!("  mixes {e:.1} of {}", w.len()));
             println!("  {name}: [{}]{eff}", ws.join(" "));
         }
+        let sims: Vec<String> = g.similarity().iter().map(|(a, b, c)| format!("{a} ~ {b} {c:.2}")).collect();
+        if !sims.is_empty() {
+            println!("  task gate similarity (cosine of mean weights): {}", sims.join(", "));
+        }
+        for alarm in g.alarms() {
+            println!("  warning: {alarm}");
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! goes to a callback; this module prints nothing.
 
 pub mod adam;
+pub mod gate_report;
 pub mod loss;
 pub mod metrics;
 
@@ -60,6 +61,15 @@ pub struct GateUsage {
     /// Per gate: exp of the mean per-row entropy of its weights, the number of experts
     /// a row effectively mixes (1: hard routing; the expert count: uniform averaging).
     pub effective_experts: Vec<f64>,
+    /// Per gate: the share of rows on which it puts more than 0.99 on one expert.
+    pub peaked: Vec<f64>,
+    /// Per gate: which of the layer's experts each of its weights belongs to (an index
+    /// into `experts`; the same expert run on several task slots maps to one index).
+    pub mixes: Vec<Vec<usize>>,
+    /// The layer's experts, `group.e{j}`.
+    pub experts: Vec<String>,
+    /// Per gate: whether it serves a task (the shared gate of a PLE level does not).
+    pub task_gate: Vec<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +137,8 @@ struct MixSums {
     entropy: Option<Tensor>,
     /// Every row's weights, per expert (only with `gate_rows`).
     rows: Vec<Vec<f32>>,
+    /// Rows whose largest weight is above 0.99 `[]`.
+    peaked: Option<Tensor>,
 }
 
 fn accumulate(acc: &mut Option<Tensor>, x: Tensor) -> candle_core::Result<()> {
@@ -163,6 +175,8 @@ pub fn predict_rows(
                 let e = (g * g.clamp(1e-12f32, 1f32)?.log()?)?.sum(D::Minus1)?.neg()?.sum(0)?;
                 accumulate(&mut s.entropy, e)?;
                 accumulate(&mut s.weight, g.sum(0)?)?;
+                let top = g.max(D::Minus1)?.gt(0.99f64)?.to_dtype(candle_core::DType::F32)?.sum_all()?;
+                accumulate(&mut s.peaked, top)?;
                 if gate_rows {
                     let flat = g.to_vec2::<f32>()?;
                     if s.rows.is_empty() {
@@ -183,16 +197,32 @@ pub fn predict_rows(
     for (l, mixes) in gated.iter().zip(sums) {
         let mut gates = Vec::new();
         let mut effective_experts = Vec::new();
-        for (name, s) in mix_names(model, l).into_iter().zip(mixes) {
+        let mut peaked = Vec::new();
+        let (expert_of, experts) = gate_report::expert_ids(l, n_tasks);
+        let plan = l.plan(n_tasks);
+        let mut mixed = Vec::new();
+        let mut task_gate = Vec::new();
+        for ((name, s), mix) in mix_names(model, l).into_iter().zip(mixes).zip(&plan.mixes) {
             let Some(w) = s.weight else { continue };
             let h = s.entropy.map(|h| h.to_scalar::<f32>()).transpose()?.unwrap_or(0.0);
             effective_experts.push((h as f64 / n).exp());
+            peaked.push(s.peaked.map(|p| p.to_scalar::<f32>()).transpose()?.unwrap_or(0.0) as f64 / n);
+            mixed.push(mix.instances.iter().map(|&i| expert_of[i]).collect());
+            task_gate.push(matches!(mix.output, crate::ir::Slot::Task(_)));
             for (k, values) in s.rows.into_iter().enumerate() {
                 gate_columns.push((format!("{name}.e{k}"), values));
             }
             gates.push((name, w.to_vec1::<f32>()?.iter().map(|&x| x as f64 / n).collect()));
         }
-        usage.push(GateUsage { layer: l.name.clone(), gates, effective_experts });
+        usage.push(GateUsage {
+            layer: l.name.clone(),
+            gates,
+            effective_experts,
+            peaked,
+            mixes: mixed,
+            experts,
+            task_gate,
+        });
     }
     Ok(Predictions { values: preds, gate_columns, usage })
 }

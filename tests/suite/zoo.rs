@@ -271,3 +271,26 @@ fn the_predictor_scores_raw_columns_as_predict_does() {
     let err = p.predict_columns(&[text_of("a"), text_of("b")]).err().unwrap().to_string();
     assert!(err.contains("`d`"), "{err}");
 }
+
+#[test]
+fn a_gate_pinned_to_one_expert_raises_the_collapse_and_dead_expert_alarms() {
+    let text = spec("[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n\n[[tasks]]\nname = \"cvr\"\nkind = \"binary\"\nlabel = \"buy\"\n")
+        .replace("kind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [16]", "kind = \"mmoe\"\nexperts = 3\nunits = [8]");
+    let c = compile_ok("zoo.toml", &text);
+    let model = multigate::backend::candle::CandleModel::new(&c.model, 1, &Device::Cpu).unwrap();
+    let multigate::ir::DataSource::Synthetic(s) = &c.data.source else { unreachable!() };
+    let ds = data::encode(&c.model, &data::synthetic::generate(&c.model, s, 300), true).unwrap();
+    let healthy = multigate::train::predict_rows(&model, &ds, 100, false).unwrap();
+    assert!(healthy.usage[0].alarms().is_empty(), "{:?}", healthy.usage[0].alarms());
+    // Both gates (3 experts each, side by side) put everything on expert 0: expert 1
+    // and 2 are dead, and both gates have collapsed.
+    let bias = model.vars.iter().find(|(n, _)| n == "layers.layer0.gates.bias").unwrap().1.clone();
+    bias.set(&candle_core::Tensor::new(&[50f32, 0.0, 0.0, 50.0, 0.0, 0.0], &Device::Cpu).unwrap()).unwrap();
+    let pinned = multigate::train::predict_rows(&model, &ds, 100, false).unwrap();
+    let alarms = pinned.usage[0].alarms();
+    assert_eq!(alarms.len(), 4, "{alarms:?}");
+    assert!(alarms[0].contains("layer0.gate.ctr has collapsed") && alarms[0].contains("100%"), "{alarms:?}");
+    assert!(alarms[2].contains("layer0.experts.e1 is dead") && alarms[3].contains("layer0.experts.e2 is dead"));
+    let sim = pinned.usage[0].similarity();
+    assert!((sim[0].2 - 1.0).abs() < 1e-6, "{sim:?}");
+}
