@@ -231,6 +231,8 @@ fn check(path: &Path) -> Result<(), Failure> {
 /// Prints a run's events.
 struct Printer {
     names: Vec<String>,
+    /// Whether loss weights change during training (then every epoch prints them).
+    balanced: bool,
     /// Task relatedness p of the MMoE generator, when it makes the data.
     relatedness: Option<f64>,
 }
@@ -248,6 +250,7 @@ impl run::Observer for Printer {
                     compiled.model.flops_per_sample()
                 );
                 self.names = compiled.model.tasks.iter().map(|t| t.name.clone()).collect();
+                self.balanced = compiled.model.balance != multigate::ir::LossBalance::Fixed;
                 self.relatedness = match &compiled.data.source {
                     DataSource::Synthetic(s) => match s.kind {
                         multigate::ir::SyntheticKind::Mmoe { correlation, .. } => Some(correlation),
@@ -282,6 +285,11 @@ impl run::Observer for Printer {
                 for (n, m) in self.names.iter().zip(&e.validation) {
                     println!("           val {n}: {m}");
                 }
+                if self.balanced {
+                    let w: Vec<String> =
+                        self.names.iter().zip(&e.loss_weights).map(|(n, w)| format!("{n} {w:.3}")).collect();
+                    println!("           loss weights [{}]", w.join(", "));
+                }
             }
             run::Event::Finished { .. } => {}
         }
@@ -291,7 +299,7 @@ impl run::Observer for Printer {
 fn compile_and_train(path: &Path, opts: run::TrainOptions) -> Result<(), Failure> {
     let (src, c) = compile(path)?;
     let select = c.train.select.clone();
-    let mut printer = Printer { names: Vec::new(), relatedness: None };
+    let mut printer = Printer { names: Vec::new(), balanced: false, relatedness: None };
     let done = run::train_spec(&src, c, &opts, &mut printer)?;
     print_report(&printer.names, &select, &done.report);
     println!("bundle written to {}", done.out.display());

@@ -26,6 +26,9 @@ struct State {
     best_epoch: Option<usize>,
     best_score: Option<f64>,
     reports: Vec<EpochReport>,
+    /// The loss balancer's state (GradNorm's factors and initial losses).
+    #[serde(default)]
+    balance: Vec<f64>,
 }
 
 fn named(model: &CandleModel, values: &[Tensor]) -> HashMap<String, Tensor> {
@@ -47,6 +50,7 @@ pub fn write_checkpoint(dir: &Path, model: &CandleModel, c: &Checkpoint) -> Resu
             best_epoch: c.best.as_ref().map(|b| b.1),
             best_score: c.best.as_ref().map(|b| b.0),
             reports: c.reports.clone(),
+            balance: c.balance.clone(),
         };
         let json = serde_json::to_string_pretty(&state).map_err(|e| ExportError::Corrupt {
             path: dir.display().to_string(),
@@ -104,5 +108,6 @@ pub fn read_checkpoint(dir: &Path, model: &CandleModel) -> Result<Checkpoint, Ex
         weights,
         best,
         reports: state.reports,
+        balance: state.balance,
     })
 }

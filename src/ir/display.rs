@@ -167,6 +167,12 @@ impl fmt::Display for Model {
                 }
             }
         }
+        match self.balance {
+            LossBalance::Fixed => {}
+            LossBalance::Uncertainty => writeln!(f, "  loss balance: uncertainty (learned log-variance per task)")?,
+            LossBalance::GradNorm { alpha } => writeln!(f, "  loss balance: gradnorm alpha {alpha}")?,
+            LossBalance::Dwa { temperature } => writeln!(f, "  loss balance: dwa temperature {temperature}")?,
+        }
         writeln!(f, "  params {}", self.param_count())?;
         writeln!(f, "  flops/sample {}", self.flops_per_sample())
     }

@@ -59,6 +59,8 @@ pub struct Model {
     pub input_width: usize,
     pub layers: Vec<Layer>,
     pub tasks: Vec<Task>,
+    /// How task losses combine (it adds parameters for `Uncertainty`).
+    pub balance: LossBalance,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -11,10 +11,11 @@
 //! | `layers.{l}.gates.weight` / `.bias`      | `[d_in, sum E_g]` / `[sum E_g]` | every gate of the layer, side by side |
 //! | `layers.{l}.gates.noise`                 | `[d_in, sum E_g]`     | noisy top-k: noise scale weights |
 //! | `tasks.{t}.tower.{i}.weight` / `.bias`   | `[d_i, d_i+1]` / `[d_i+1]` | tower, depth i        |
+//! | `loss.log_variance`                      | `[T]`                 | uncertainty weighting    |
 
 use std::fmt;
 
-use super::{ExpertOwner, FeatureKind, Model, TaskOutput};
+use super::{ExpertOwner, FeatureKind, LossBalance, Model, TaskOutput};
 
 /// How a parameter starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +40,8 @@ pub enum Role {
     GateNoise { layer: usize },
     TowerWeight { task: usize, depth: usize },
     TowerBias { task: usize, depth: usize },
+    /// Uncertainty weighting: one log-variance per task, `[T]`.
+    LossLogVariance,
 }
 
 /// One trainable tensor.
@@ -142,6 +145,14 @@ impl Model {
             let TaskOutput::Tower { dims, .. } = &t.output else { continue };
             mlp(&mut out, &format!("tasks.{}.tower", t.name), dims, None, |depth| {
                 (Role::TowerWeight { task: ti, depth }, Role::TowerBias { task: ti, depth })
+            });
+        }
+        if self.balance == LossBalance::Uncertainty {
+            out.push(Param {
+                name: "loss.log_variance".into(),
+                shape: vec![self.tasks.len()],
+                init: Init::Zeros,
+                role: Role::LossLogVariance,
             });
         }
         out

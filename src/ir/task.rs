@@ -103,6 +103,28 @@ impl LabelTransform {
     }
 }
 
+/// How the task losses are weighted into the training loss. Each task's `loss_weight`
+/// multiplies its factor.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum LossBalance {
+    /// The fixed loss weights.
+    #[default]
+    Fixed,
+    /// Kendall et al. 2018: a learned log-variance s_t per task; a classification loss
+    /// is weighted exp(-s_t), a regression loss exp(-s_t) / 2, plus s_t / 2 each.
+    Uncertainty,
+    /// Chen et al. 2018: weights moved every step so that each task's gradient norm on
+    /// the last shared weight follows its relative training rate to the power alpha.
+    GradNorm { alpha: f64 },
+    /// Liu et al. 2019: weights from the ratio of the last two epochs' losses,
+    /// softmax(ratio / temperature) times the number of tasks.
+    Dwa { temperature: f64 },
+}
+
+impl LossBalance {
+    pub const NAMES: &'static [&'static str] = &["fixed", "uncertainty", "gradnorm", "dwa"];
+}
+
 /// How a task's raw network output becomes its prediction, and which loss trains it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Link {

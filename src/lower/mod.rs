@@ -235,7 +235,8 @@ impl Lower {
             }
         }
         self.check_leaks(spec, &features);
-        let model = Model { name, features, crosses, input_width, layers, tasks };
+        let balance = self.lower_balance(&spec.train, &layers);
+        let model = Model { name, features, crosses, input_width, layers, tasks, balance };
         let params = model.param_count();
         if params > MAX_PARAMS {
             self.errors.push(LowerError::OutOfRange {
@@ -532,6 +533,43 @@ impl Lower {
         };
         let gating = self.lower_gating(l, kind, &gates);
         Layer { name, kind, input, output, gating, groups, gates }
+    }
+
+    /// `loss_balance` and its settings.
+    fn lower_balance(&mut self, t: &spec::TrainSection, layers: &[Layer]) -> LossBalance {
+        let word = t.loss_balance.as_ref().and_then(|w| self.word("loss balance", w, LossBalance::NAMES));
+        let setting = |cx: &mut Self, v: &Option<Sp<f64>>, key: &'static str, default: f64, ok: fn(f64) -> bool| {
+            v.as_ref().map_or(default, |x| {
+                cx.range(key, ok(*x.get_ref()), x.get_ref(), "a positive number", x.span());
+                *x.get_ref()
+            })
+        };
+        let balance = match word {
+            Some("uncertainty") => LossBalance::Uncertainty,
+            Some("gradnorm") => {
+                if layers.is_empty() {
+                    let span = t.loss_balance.as_ref().map_or(0..0, |w| w.span());
+                    self.errors.push(LowerError::NotAllowed {
+                        key: "loss_balance = \"gradnorm\"",
+                        context: "a model without layers",
+                        span,
+                        help: Some("GradNorm balances gradients on the last shared layer; add one".into()),
+                    });
+                }
+                LossBalance::GradNorm { alpha: setting(self, &t.gradnorm_alpha, "gradnorm_alpha", 1.5, |x| x.is_finite() && x > 0.0) }
+            }
+            Some("dwa") => LossBalance::Dwa { temperature: setting(self, &t.dwa_temperature, "dwa_temperature", 2.0, |x| x.is_finite() && x > 0.0) },
+            _ => LossBalance::Fixed,
+        };
+        for (key, v, applies) in [
+            ("gradnorm_alpha", &t.gradnorm_alpha, matches!(balance, LossBalance::GradNorm { .. })),
+            ("dwa_temperature", &t.dwa_temperature, matches!(balance, LossBalance::Dwa { .. })),
+        ] {
+            if let (Some(v), false) = (v, applies) {
+                self.errors.push(LowerError::NotAllowed { key, context: "this loss_balance", span: v.span(), help: None });
+            }
+        }
+        balance
     }
 
     /// Temperature, top-k, noise and the balance loss of a layer's gates.

@@ -347,6 +347,16 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
     if let Some(p) = &t.patience {
         write!(out, " patience {}", p.get_ref())?;
     }
+    if let Some(b) = &t.loss_balance {
+        let mut a: Vec<(&str, String)> = Vec::new();
+        if let Some(x) = &t.gradnorm_alpha {
+            a.push(("alpha", num(*x.get_ref())));
+        }
+        if let Some(x) = &t.dwa_temperature {
+            a.push(("temperature", num(*x.get_ref())));
+        }
+        write!(out, " balance {}{}", n(b.get_ref()), args(&a))?;
+    }
     writeln!(out, " }}")?;
     writeln!(out, "}}")
 }

@@ -416,6 +416,17 @@ pub struct TrainSection {
     /// Default: never stop early.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patience: Option<Sp<u64>>,
+    /// How task losses are weighted: `"fixed"` (each task's `weight`, default),
+    /// `"uncertainty"` (learned per-task variances, Kendall et al. 2018), `"gradnorm"`
+    /// (Chen et al. 2018) or `"dwa"` (Dynamic Weight Average, Liu et al. 2019).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_balance: Option<Sp<String>>,
+    /// GradNorm's asymmetry alpha. Default 1.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradnorm_alpha: Option<Sp<f64>>,
+    /// DWA's temperature. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dwa_temperature: Option<Sp<f64>>,
 }
 
 fn sp<T>(v: T) -> Sp<T> {
@@ -545,6 +556,9 @@ impl Default for TrainSection {
             seed: d_seed(),
             select: None,
             patience: None,
+            loss_balance: None,
+            gradnorm_alpha: None,
+            dwa_temperature: None,
         }
     }
 }

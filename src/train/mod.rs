@@ -7,6 +7,7 @@
 //! goes to a callback; this module prints nothing.
 
 pub mod adam;
+pub mod balance;
 pub mod gate_report;
 pub mod loss;
 pub mod metrics;
@@ -48,6 +49,9 @@ pub struct EpochReport {
     /// Weighted validation loss (the selection criterion).
     pub validation_loss: f64,
     pub validation: Vec<TaskMetrics>,
+    /// Each task's effective loss weight at the end of the epoch.
+    #[serde(default)]
+    pub loss_weights: Vec<f64>,
     pub seconds: f64,
     pub train_samples_per_sec: f64,
 }
@@ -259,8 +263,19 @@ pub struct StepLoss {
     pub lookups: Vec<crate::backend::candle::Lookup>,
 }
 
-/// The weighted training loss of a batch (dropout masks from `rng`).
+/// The weighted training loss of a batch (dropout masks from `rng`), with the fixed
+/// loss weights (and the learned ones of uncertainty weighting).
 pub fn batch_loss(model: &CandleModel, batch: &Batch, rng: &mut Rng) -> candle_core::Result<StepLoss> {
+    batch_loss_weighted(model, batch, rng, None)
+}
+
+/// [`batch_loss`] with each task's loss weight multiplied by `factors[t]` (DWA, GradNorm).
+pub fn batch_loss_weighted(
+    model: &CandleModel,
+    batch: &Batch,
+    rng: &mut Rng,
+    factors: Option<&[f64]>,
+) -> candle_core::Result<StepLoss> {
     let out = model.forward_train(batch, rng)?;
     let mut per_task = Vec::with_capacity(out.heads.len());
     let mut total: Option<Tensor> = None;
@@ -271,7 +286,18 @@ pub fn batch_loss(model: &CandleModel, batch: &Batch, rng: &mut Rng) -> candle_c
             continue;
         };
         let l = loss::task_loss(t.link(), h, y, mask.as_ref())?;
-        let w = (&l * t.loss_weight as f64)?;
+        let ti = per_task.len();
+        let weight = t.loss_weight as f64 * factors.map_or(1.0, |f| f[ti]);
+        let w = match &model.log_variance {
+            // Kendall et al.: c exp(-s) L + s / 2, c = 1/2 for a regression.
+            Some(s) => {
+                let s_t = s.as_tensor().get(ti)?;
+                let c = if t.link() == crate::ir::Link::Identity { 0.5 } else { 1.0 };
+                let scaled = (s_t.neg()?.exp()? * (&l * (c * weight))?)?;
+                (scaled + (s_t * (0.5 * t.loss_weight as f64))?)?
+            }
+            None => (&l * weight)?,
+        };
         total = Some(match total {
             Some(acc) => (acc + w)?,
             None => w,
@@ -314,6 +340,8 @@ pub struct Checkpoint {
     /// The best epoch so far: its selection score, number and parameter values.
     pub best: Option<(f64, usize, Vec<Tensor>)>,
     pub reports: Vec<EpochReport>,
+    /// The loss balancer's state (see `balance::Balancer::state`).
+    pub balance: Vec<f64>,
 }
 
 /// What the epoch callback sees.
@@ -323,6 +351,7 @@ pub struct EpochEnd<'a> {
     opt: &'a Adam,
     best: &'a Option<(f64, usize, Vec<Tensor>)>,
     reports: &'a [EpochReport],
+    balance: Vec<f64>,
 }
 
 impl EpochEnd<'_> {
@@ -335,6 +364,7 @@ impl EpochEnd<'_> {
             weights: self.model.snapshot()?,
             best: self.best.clone(),
             reports: self.reports.to_vec(),
+            balance: self.balance.clone(),
         })
     }
 }
@@ -399,7 +429,9 @@ pub fn fit_from(
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     let mut first_epoch = 0;
     let mut stopped_early = false;
+    let mut resume_balance = None;
     if let Some(c) = resume {
+        resume_balance = Some(c.balance);
         model.restore(&c.weights)?;
         opt.load_state(&c.adam_state, c.adam_step)?;
         best = c.best;
@@ -407,7 +439,12 @@ pub fn fit_from(
         first_epoch = c.epochs_done;
     }
     let n_tasks = model.ir.tasks.len();
+    let mut balancer = balance::Balancer::new(model);
+    if let Some(state) = &resume_balance {
+        balancer.load(state);
+    }
     for epoch in first_epoch..cfg.epochs {
+        balancer.start_epoch(model, &epochs);
         let start = Instant::now();
         let lr = cfg.lr_at(epoch);
         let mut order: Vec<usize> = (0..train.rows).collect();
@@ -417,7 +454,7 @@ pub fn fit_from(
         let mut seen = 0usize;
         for chunk in order.chunks(cfg.batch_size) {
             let batch = Batch::gather(train, chunk, &model.device)?;
-            let step = batch_loss(model, &batch, &mut dropout_rng)?;
+            let step = batch_loss_weighted(model, &batch, &mut dropout_rng, balance::factors_of(&balancer))?;
             let values = Tensor::stack(&step.per_task, 0)?.to_vec1::<f32>()?;
             for ((s, &v), t) in sums.iter_mut().zip(&values).zip(&model.ir.tasks) {
                 if !v.is_finite() {
@@ -433,6 +470,7 @@ pub fn fit_from(
             seen += chunk.len();
             let grads = step.total.backward()?;
             opt.step(&grads, &step.lookups, lr)?;
+            balancer.after_step(model, &step, lr)?;
             observer.step(epoch + 1, opt.step, &values);
         }
         let train_secs = start.elapsed().as_secs_f64();
@@ -444,6 +482,7 @@ pub fn fit_from(
             train_loss: sums.iter().map(|s| s / seen.max(1) as f64).collect(),
             validation_loss,
             validation: val.map(|v| v.metrics).unwrap_or_default(),
+            loss_weights: balancer.effective(model)?,
             seconds: start.elapsed().as_secs_f64(),
             train_samples_per_sec: seen as f64 / train_secs.max(1e-9),
         };
@@ -456,7 +495,14 @@ pub fn fit_from(
             best = Some((score, epoch + 1, model.snapshot()?));
         }
         epochs.push(report);
-        let end = EpochEnd { report: &epochs[epochs.len() - 1], model, opt: &opt, best: &best, reports: &epochs };
+        let end = EpochEnd {
+            report: &epochs[epochs.len() - 1],
+            model,
+            opt: &opt,
+            best: &best,
+            reports: &epochs,
+            balance: balancer.state(),
+        };
         observer.epoch(&end).map_err(TrainError::Checkpoint)?;
         if let (Some(p), Some((_, best_epoch, _))) = (cfg.patience, &best) {
             if epoch + 1 - best_epoch >= p && epoch + 1 < cfg.epochs {

@@ -294,3 +294,52 @@ fn a_gate_pinned_to_one_expert_raises_the_collapse_and_dead_expert_alarms() {
     let sim = pinned.usage[0].similarity();
     assert!((sim[0].2 - 1.0).abs() < 1e-6, "{sim:?}");
 }
+
+/// Trains the zoo spec with `[train]` extended by `balance` and returns the epochs' loss
+/// weights.
+fn balanced_weights(balance: &str, epochs: usize) -> (Vec<Vec<f64>>, run::RunResult) {
+    let text = spec(
+        "[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\ntower = [4]\n\n\
+         [[tasks]]\nname = \"dur\"\nkind = \"regression\"\nlabel = \"seconds\"\ntower = [4]\n",
+    )
+    .replace("seed = 7\n", &format!("seed = 7\n{balance}\nepochs = {epochs}\n"))
+    .replace("epochs = 3\n", "");
+    let tmp = tempfile::tempdir().unwrap();
+    let done = train(&text, &tmp.path().join("b"));
+    (done.report.epochs.iter().map(|e| e.loss_weights.clone()).collect(), done)
+}
+
+#[test]
+fn uncertainty_weighting_learns_a_variance_per_task() {
+    let (weights, done) = balanced_weights("loss_balance = \"uncertainty\"", 3);
+    assert!(done.compiled.model.parameters().iter().any(|p| p.name == "loss.log_variance" && p.shape == [2]));
+    // Kendall et al.: the classification weight starts at exp(0) = 1, the regression one
+    // at 1/2; both move as the variances are learned.
+    let last = weights.last().unwrap();
+    assert!((last[0] - 1.0).abs() > 1e-3 && (last[1] - 0.5).abs() > 1e-3, "{weights:?}");
+    assert!(last.iter().all(|w| w.is_finite() && *w > 0.0));
+}
+
+#[test]
+fn dwa_weights_follow_the_ratio_of_the_last_two_epochs_losses() {
+    let (weights, done) = balanced_weights("loss_balance = \"dwa\"\ndwa_temperature = 2.0", 4);
+    assert_eq!(weights[0], vec![1.0, 1.0]);
+    assert_eq!(weights[1], vec![1.0, 1.0]);
+    // Epoch 3 from epochs 1 and 2: 2 softmax(ratio / 2).
+    let e = &done.report.epochs;
+    let r: Vec<f64> = (0..2).map(|t| e[1].train_loss[t] / e[0].train_loss[t] / 2.0).collect();
+    let z: f64 = r.iter().map(|x| x.exp()).sum();
+    for t in 0..2 {
+        assert!((weights[2][t] - 2.0 * r[t].exp() / z).abs() < 1e-9, "{weights:?}");
+    }
+    assert!((weights[3].iter().sum::<f64>() - 2.0).abs() < 1e-9);
+}
+
+#[test]
+fn gradnorm_moves_the_weights_and_keeps_their_sum() {
+    let (weights, _) = balanced_weights("loss_balance = \"gradnorm\"\ngradnorm_alpha = 1.5", 2);
+    for w in &weights {
+        assert!((w.iter().sum::<f64>() - 2.0).abs() < 1e-6, "{w:?}");
+    }
+    assert!((weights[1][0] - 1.0).abs() > 1e-3, "{weights:?}");
+}

@@ -145,6 +145,8 @@ pub struct CandleModel {
     embeddings: Vec<Option<Var>>,
     layers: Vec<LayerParams>,
     towers: Vec<Tower>,
+    /// Uncertainty weighting: each task's learned log-variance, `[T]`.
+    pub log_variance: Option<Var>,
 }
 
 /// A parameter's initial value, drawn from our seeded RNG as its [`Init`] says.
@@ -256,6 +258,7 @@ impl CandleModel {
                 TaskOutput::Product { .. } => Tower { layers: Vec::new(), activation: Activation::Linear, dropout: 0.0 },
             })
             .collect();
+        let mut log_variance = None;
         for p in ir.parameters() {
             let value = init_value(&mut rng, &p.shape, &p.init);
             let var = Var::from_tensor(&Tensor::from_vec(value, p.shape.as_slice(), device)?)?;
@@ -273,9 +276,10 @@ impl CandleModel {
                 }
                 Role::TowerWeight { task, .. } => towers[task].layers.push((var.clone(), var)),
                 Role::TowerBias { task, depth } => towers[task].layers[depth].1 = var,
+                Role::LossLogVariance => log_variance = Some(var),
             }
         }
-        Ok(CandleModel { ir, device: device.clone(), vars, embeddings, layers, towers })
+        Ok(CandleModel { ir, device: device.clone(), vars, embeddings, layers, towers, log_variance })
     }
 
     /// The concatenated input `[B, input_width]`.
@@ -406,6 +410,12 @@ impl CandleModel {
         }
         let heads = heads.into_iter().map(|h| h.ok_or_else(|| candle_core::Error::Msg("a task has no output".into()))).collect::<Result<_>>()?;
         Ok(Output { heads, gates, lookups, balance })
+    }
+
+    /// The weight GradNorm measures task gradients on: the last depth of the last
+    /// layer's first (shared) expert group.
+    pub fn last_shared_weight(&self) -> Option<&Var> {
+        self.layers.last().and_then(|l| l.groups.first()).and_then(|g| g.layers.last()).map(|(w, _)| w)
     }
 
     /// Copies every parameter's current value (for best-epoch restore).

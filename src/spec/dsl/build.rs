@@ -644,6 +644,7 @@ impl Builder {
                 Rule::decay => "decay",
                 Rule::select => "select",
                 Rule::patience => "patience",
+                Rule::loss_balance => "balance",
                 _ => "optimizer",
             };
             let span = span_of(&opt);
@@ -669,6 +670,16 @@ impl Builder {
                 Rule::patience => {
                     t.patience =
                         Some(self.integer(opt.into_inner().next().expect("patience has an integer"), "patience"))
+                }
+                // Grammar: `loss_balance = { "balance" ~ word ~ arguments? }`.
+                Rule::loss_balance => {
+                    let mut inner = opt.into_inner();
+                    let word = inner.next().expect("balance has a method word");
+                    t.loss_balance = Some(sp_of(&word, word.as_str().to_string()));
+                    let mut a = self.args(inner.next(), "balance");
+                    t.gradnorm_alpha = self.take_f64(&mut a, "alpha");
+                    t.dwa_temperature = self.take_f64(&mut a, "temperature");
+                    self.finish(a, &["alpha", "temperature"]);
                 }
                 Rule::select => {
                     let v = opt.into_inner().next().expect("select has a value");

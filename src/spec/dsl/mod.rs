@@ -77,6 +77,7 @@ fn rule_name(r: &Rule) -> &'static str {
         Rule::column => "`column \"NAME\"`",
         Rule::experts => "`experts N x [units]`",
         Rule::product => "`product(TASK, TASK)`",
+        Rule::loss_balance => "`balance METHOD(..)`",
         Rule::gate => "`gate(temperature = .., top_k = .., noise = .., balance = ..)`",
         Rule::task_arg => "`label = COLUMN` or `key = value`",
         Rule::task_experts => "`task_experts N` or `task_experts(task = N, ..)`",
