@@ -66,5 +66,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("| {name} | {a:.4} ± {sa:.4} | {c:.4} ± {sc:.4} |");
     }
     println!("\n{seeds} seeds (data and weights); scored on each seed's test split (10% of the impressions); mean ± sd.");
+    println!("\nPer seed (CVR AUC over all impressions):\n");
+    println!("| seed | {} |", models.iter().map(|m| m.0).collect::<Vec<_>>().join(" | "));
+    println!("|---|{}", "---|".repeat(models.len()));
+    for s in 0..seeds as usize {
+        let cells: Vec<String> = results.iter().map(|r| format!("{:.4}", r.0[s])).collect();
+        println!("| {} | {} |", s + 1, cells.join(" | "));
+    }
     Ok(())
 }
