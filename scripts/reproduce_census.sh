@@ -2,8 +2,8 @@
 # Census-Income (KDD), the MMoE paper's real benchmark (section 6.3), groups 1 and 2:
 # shared-bottom / OMoE / MMoE / CGC / PLE (2 levels), several seeds each, test AUC
 # mean ± sd, written to docs/census_results.md. Protocol of the issue's PyTorch
-# reference: train on census-income.data.gz, select and stop early on
-# paper-split/validation.gz, report on paper-split/test.gz (see
+# reference (scripts/census_spec.sh): train on census-income.data.gz, select and stop
+# early on paper-split/validation.gz, report on paper-split/test.gz (see
 # ../shared/data/census-income-kdd/README.md); education, marital status and the
 # survey weight are not inputs (group 1: income neither); experts of 16 units (8
 # experts; CGC/PLE levels 4 shared + 2 per task), shared-bottom 128 units, towers of 8,
@@ -12,6 +12,7 @@
 #   scripts/reproduce_census.sh [SEEDS] [MAX_EPOCHS] [PATIENCE]    (defaults 5, 20, 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/census_spec.sh
 seeds=${1:-5}; epochs=${2:-20}; patience=${3:-3}
 data=../shared/data/census-income-kdd
 [ -f "$data/census-income.data.gz" ] || { echo "SKIPPED: $data is absent" >&2; exit 0; }
@@ -19,41 +20,12 @@ cargo build --release -q
 bin=${MULTIGATE_BIN:-target/release/multigate}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 runs="$tmp/runs.txt"
-
-layers() {
-  case $1 in
-    shared_bottom) printf '[[layers]]\nkind = "shared_bottom"\nunits = [128]\n' ;;
-    omoe) printf '[[layers]]\nkind = "moe"\nexperts = 8\nunits = [16]\n' ;;
-    mmoe) printf '[[layers]]\nkind = "mmoe"\nexperts = 8\nunits = [16]\n' ;;
-    cgc) printf '[[layers]]\nkind = "cgc"\nexperts = 4\ntask_experts = 2\nunits = [16]\n' ;;
-    ple) printf '[[layers]]\nkind = "cgc"\nexperts = 4\ntask_experts = 2\nunits = [16]\n\n[[layers]]\nkind = "cgc"\nexperts = 4\ntask_experts = 2\nunits = [16]\n' ;;
-  esac
-}
-
-tasks() {
-  if [ "$1" = 1 ]; then
-    printf '[[tasks]]\nname = "income"\nkind = "binary"\nlabel = "income_50k"\npositive = "50000+."\ntower = [8]\n\n'
-  else
-    # Group 2: "at least college" (the README's inferred categories); income is an input.
-    printf '[[features]]\nname = "income_50k"\ntype = "categorical"\nhash_buckets = 1000\nembedding_dim = 8\n\n'
-    printf '[[tasks]]\nname = "college"\nkind = "binary"\nlabel = "education"\ntower = [8]\n'
-    printf 'positive = ["Associates degree-occup /vocational", "Associates degree-academic program", "Bachelors degree(BA AB BS)", "Masters degree(MA MS MEng MEd MSW MBA)", "Prof school degree (MD DDS DVM LLB JD)", "Doctorate degree(PhD EdD)"]\n\n'
-  fi
-  printf '[[tasks]]\nname = "never_married"\nkind = "binary"\nlabel = "marital_stat"\npositive = "Never married"\ntower = [8]\n\n'
-}
-
 models="shared_bottom omoe mmoe cgc ple"
 for g in 1 2; do
   for m in $models; do
     for s in $(seq 1 "$seeds"); do
-      spec="$tmp/census_g${g}_$m.toml"
-      {
-        sed -e '/^\[\[layers\]\]/,$d' -e 's/^embedding_dim = 4$/embedding_dim = 8/' -e "s|\.\./\.\./shared|$PWD/../shared|" models/census_income_mmoe.toml
-        tasks "$g"
-        layers "$m"
-        printf '\n[train]\nlr = 0.001\nbatch_size = 512\nepochs = %s\npatience = %s\nseed = %s\n' "$epochs" "$patience" "$((41 + s))"
-      } > "$spec"
-      out=$("$bin" compile-and-train "$spec" --out "$tmp/bundle" --fresh)
+      census_spec "$g" "$m" "$s" "$epochs" "$patience" > "$tmp/spec.toml"
+      out=$("$bin" compile-and-train "$tmp/spec.toml" --out "$tmp/bundle" --fresh)
       aucs=$(echo "$out" | awk '/^test [a-z_]+: auc/ {printf "%s ", $4}')
       best=$(echo "$out" | awk '/^best epoch/ {print $3}')
       echo "$g $m $s $aucs$best" | tee -a "$runs" >&2

@@ -1,0 +1,47 @@
+# Sourced by the census scripts: writes a Census-Income spec for one task group and one
+# layer stack, under the reference protocol (embeddings of 8, towers of 8,
+# Adam 1e-3, early stopping on the paper's validation half).
+#
+#   census_spec GROUP MODEL SEED EPOCHS PATIENCE [LAYER_KEYS] [TRAIN_KEYS] > spec.toml
+# MODEL: shared_bottom | omoe | mmoe | cgc | ple | ple3. LAYER_KEYS are TOML lines added
+# to every gated layer (temperature = 0.5, dropout = 0.1, ...); TRAIN_KEYS to [train].
+
+census_layers() { # model, extra layer keys
+  local one
+  case $1 in
+    shared_bottom) printf '[[layers]]\nkind = "shared_bottom"\nunits = [128]\n'; return ;;
+    omoe) one='[[layers]]\nkind = "moe"\nexperts = 8\nunits = [16]\n' ;;
+    mmoe) one='[[layers]]\nkind = "mmoe"\nexperts = 8\nunits = [16]\n' ;;
+    cgc|ple|ple3) one='[[layers]]\nkind = "cgc"\nexperts = 4\ntask_experts = 2\nunits = [16]\n' ;;
+  esac
+  local levels=1
+  [ "$1" = ple ] && levels=2
+  [ "$1" = ple3 ] && levels=3
+  for _ in $(seq 1 $levels); do
+    printf "$one"
+    [ -n "${2:-}" ] && printf '%b\n' "$2"
+    printf '\n'
+  done
+}
+
+census_tasks() { # group
+  if [ "$1" = 1 ]; then
+    printf '[[tasks]]\nname = "income"\nkind = "binary"\nlabel = "income_50k"\npositive = "50000+."\ntower = [8]\n\n'
+  else
+    # Group 2: "at least college" (the data README's inferred categories); income is an input.
+    printf '[[features]]\nname = "income_50k"\ntype = "categorical"\nhash_buckets = 1000\nembedding_dim = 8\n\n'
+    printf '[[tasks]]\nname = "college"\nkind = "binary"\nlabel = "education"\ntower = [8]\n'
+    printf 'positive = ["Associates degree-occup /vocational", "Associates degree-academic program", "Bachelors degree(BA AB BS)", "Masters degree(MA MS MEng MEd MSW MBA)", "Prof school degree (MD DDS DVM LLB JD)", "Doctorate degree(PhD EdD)"]\n\n'
+  fi
+  printf '[[tasks]]\nname = "never_married"\nkind = "binary"\nlabel = "marital_stat"\npositive = "Never married"\ntower = [8]\n\n'
+}
+
+census_spec() { # group model seed epochs patience [layer keys] [train keys]
+  sed -e '/^\[\[layers\]\]/,$d' -e 's/^embedding_dim = 4$/embedding_dim = 8/' -e "s|\.\./\.\./shared|$PWD/../shared|" \
+    models/census_income_mmoe.toml
+  census_tasks "$1"
+  census_layers "$2" "${6:-}"
+  printf '[train]\nlr = 0.001\nbatch_size = 512\nepochs = %s\npatience = %s\nseed = %s\n' "$4" "$5" "$((41 + $3))"
+  [ -n "${7:-}" ] && printf '%b\n' "$7"
+  return 0
+}
