@@ -32,7 +32,8 @@ fn compile(spec: &str, seed: u64) -> Result<(multigate::source::SourceFile, Comp
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seeds: u64 = std::env::args().nth(1).map_or(Ok(5), |s| s.parse())?;
     let tmp = std::env::temp_dir().join(format!("multigate-esmm-{}", std::process::id()));
-    let models = [("ESMM", "models/synthetic_esmm.toml"), ("naive CVR (clicked rows)", "models/synthetic_esmm_naive.toml")];
+    let models =
+        [("ESMM", "models/synthetic_esmm.toml"), ("naive CVR (clicked rows)", "models/synthetic_esmm_naive.toml")];
     let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); models.len()];
     for seed in 1..=seeds {
         // The test split, with ESMM's labels: click, would_convert (every impression's
@@ -65,7 +66,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ((a, sa), (c, sc)) = (mean_sd(all), mean_sd(clicked));
         println!("| {name} | {a:.4} ± {sa:.4} | {c:.4} ± {sc:.4} |");
     }
-    println!("\n{seeds} seeds (data and weights); scored on each seed's test split (10% of the impressions); mean ± sd.");
+    println!(
+        "\n{seeds} seeds (data and weights); scored on each seed's test split (10% of the impressions); mean ± sd."
+    );
     println!("\nPer seed (CVR AUC over all impressions):\n");
     println!("| seed | {} |", models.iter().map(|m| m.0).collect::<Vec<_>>().join(" | "));
     println!("|---|{}", "---|".repeat(models.len()));

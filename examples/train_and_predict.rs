@@ -32,7 +32,9 @@ impl Observer for Progress {
     fn on(&mut self, event: &Event<'_>) {
         match event {
             Event::Step { .. } => self.steps += 1,
-            Event::Epoch(e) => println!("epoch {}: {} steps so far, train loss {:?}", e.epoch, self.steps, e.train_loss),
+            Event::Epoch(e) => {
+                println!("epoch {}: {} steps so far, train loss {:?}", e.epoch, self.steps, e.train_loss)
+            }
             Event::Finished { out, .. } => println!("bundle in {}", out.display()),
             _ => {}
         }

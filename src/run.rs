@@ -45,17 +45,39 @@ pub struct TrainOptions {
 /// What a run reports while it works.
 pub enum Event<'a> {
     /// A label statistic the spec left open was fitted on the training rows.
-    Fitted { task: &'a str, what: String },
+    Fitted {
+        task: &'a str,
+        what: String,
+    },
     /// The model is built.
-    Built { compiled: &'a Compiled },
-    DataLoaded { info: &'a LoadInfo, train: usize, validation: usize, test: usize },
-    Resumed { checkpoint: &'a Path, epochs_done: usize },
-    NoCheckpoint { checkpoint: &'a Path },
+    Built {
+        compiled: &'a Compiled,
+    },
+    DataLoaded {
+        info: &'a LoadInfo,
+        train: usize,
+        validation: usize,
+        test: usize,
+    },
+    Resumed {
+        checkpoint: &'a Path,
+        epochs_done: usize,
+    },
+    NoCheckpoint {
+        checkpoint: &'a Path,
+    },
     /// After every optimizer step: each task's training loss on the batch.
-    Step { epoch: usize, step: u64, losses: &'a [f32] },
+    Step {
+        epoch: usize,
+        step: u64,
+        losses: &'a [f32],
+    },
     Epoch(&'a EpochReport),
     /// The bundle is in place.
-    Finished { report: &'a TrainReport, out: &'a Path },
+    Finished {
+        report: &'a TrainReport,
+        out: &'a Path,
+    },
 }
 
 /// Receives a run's [`Event`]s.
@@ -299,13 +321,18 @@ impl Predictor {
 /// A frame of the feature columns `needs` asks for, from raw text.
 fn frame_from_text(needs: &[Need], columns: &[(String, Vec<String>)]) -> Result<Frame, PredictError> {
     let rows = columns.first().map_or(0, |c| c.1.len());
-    let mut frame = Frame { rows, origin: data::Origin { name: "request".into(), lines: Vec::new() }, ..Default::default() };
+    let mut frame =
+        Frame { rows, origin: data::Origin { name: "request".into(), lines: Vec::new() }, ..Default::default() };
     for need in needs.iter().filter(|n| !n.is_label) {
         let Some((_, values)) = columns.iter().find(|(n, _)| *n == need.column) else {
             return Err(PredictError::Input(format!("column `{}` (read by {}) is missing", need.column, need.reader)));
         };
         if values.len() != rows {
-            return Err(PredictError::Input(format!("column `{}` has {} values, expected {rows}", need.column, values.len())));
+            return Err(PredictError::Input(format!(
+                "column `{}` has {} values, expected {rows}",
+                need.column,
+                values.len()
+            )));
         }
         let column = match need.kind {
             data::ColumnKind::Num => data::Column::Num(
@@ -315,7 +342,11 @@ fn frame_from_text(needs: &[Need], columns: &[(String, Vec<String>)]) -> Result<
                     .map(|(i, v)| match v.trim() {
                         "" => Ok(f32::NAN),
                         t => t.parse::<f32>().map_err(|_| {
-                            PredictError::Input(format!("column `{}` row {}: {t:?} is not a number", need.column, i + 1))
+                            PredictError::Input(format!(
+                                "column `{}` row {}: {t:?} is not a number",
+                                need.column,
+                                i + 1
+                            ))
                         }),
                     })
                     .collect::<Result<_, _>>()?,

@@ -39,7 +39,8 @@ pub fn fit_labels(
     if open.is_empty() {
         return Ok(Vec::new());
     }
-    let columns: Vec<String> = open.iter().filter_map(|&t| model.tasks[t].label.as_ref()).map(|l| l.column.clone()).collect();
+    let columns: Vec<String> =
+        open.iter().filter_map(|&t| model.tasks[t].label.as_ref()).map(|l| l.column.clone()).collect();
     let wanted: Vec<Need> = needs(model).into_iter().filter(|n| n.is_label && columns.contains(&n.column)).collect();
     let frames: Vec<Frame> = match (&data.source, train_override) {
         (DataSource::Synthetic(s), None) => vec![synthetic::generate(model, s, s.rows)],
@@ -48,7 +49,10 @@ pub fn fit_labels(
                 Some(p) => vec![p.to_path_buf()],
                 None => c.train.clone(),
             };
-            files.iter().map(|f| csv_source::read_csv(f, &c.format, &wanted, true, spec_at)).collect::<Result<_, _>>()?
+            files
+                .iter()
+                .map(|f| csv_source::read_csv(f, &c.format, &wanted, true, spec_at))
+                .collect::<Result<_, _>>()?
         }
         (DataSource::Synthetic(_), Some(p)) => {
             let format = crate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None };
@@ -63,7 +67,8 @@ fn fit_task(model: &Model, t: usize, frames: &[Frame]) -> Result<FittedLabel, Da
     let Some(label) = &task.label else {
         return Err(DataError::Other(format!("task `{}` has no label to fit its statistics on", task.name)));
     };
-    let what = |problem: String| DataError::Other(format!("label `{}` of task `{}`: {problem}", label.column, task.name));
+    let what =
+        |problem: String| DataError::Other(format!("label `{}` of task `{}`: {problem}", label.column, task.name));
     let mut fitted = FittedLabel { task: t, classes: None, mean_std: None };
     match &task.head {
         Head::Multiclass { .. } => {
@@ -80,7 +85,10 @@ fn fit_task(model: &Model, t: usize, frames: &[Frame]) -> Result<FittedLabel, Da
                 }
             }
             if seen.len() < 2 {
-                return Err(what(format!("{} distinct value(s) in the training data; a multiclass task needs at least 2", seen.len())));
+                return Err(what(format!(
+                    "{} distinct value(s) in the training data; a multiclass task needs at least 2",
+                    seen.len()
+                )));
             }
             fitted.classes = Some(seen.into_iter().collect());
         }
@@ -99,7 +107,9 @@ fn fit_task(model: &Model, t: usize, frames: &[Frame]) -> Result<FittedLabel, Da
             let mean = sum / n.max(1) as f64;
             let std = (sq / n.max(1) as f64 - mean * mean).max(0.0).sqrt();
             if n < 2 || !(std > 0.0) {
-                return Err(what(format!("{n} finite value(s) with standard deviation {std}: nothing to standardize by")));
+                return Err(what(format!(
+                    "{n} finite value(s) with standard deviation {std}: nothing to standardize by"
+                )));
             }
             fitted.mean_std = Some((mean, std));
         }

@@ -310,7 +310,8 @@ fn encode_labels(t: &Task, frame: &Frame, require: bool, check_positive: bool) -
             }
             Head::Regression { transform } => {
                 if !y.is_finite() || !transform.accepts(*y) {
-                    let expected = if y.is_finite() { "a number above -1 (transform = log1p)" } else { "a finite number" };
+                    let expected =
+                        if y.is_finite() { "a number above -1 (transform = log1p)" } else { "a finite number" };
                     return Err(bad(i, format!("label of task `{}` is {y}, expected {expected}", t.name)));
                 }
                 *y = transform.apply(*y);

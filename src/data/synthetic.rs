@@ -229,11 +229,8 @@ pub fn categorical_frame(model: &Model, cardinality: usize, rows: usize, seed: u
             (Head::Regression { .. }, _) => Column::Num(z.iter().map(|&v| (v + 0.1 * rng.normal()) as f32).collect()),
             (Head::Multiclass { classes }, _) => {
                 // Class k where the noisy score falls in the k-th of K equal-probability bands.
-                let names: Vec<String> = if classes.is_empty() {
-                    (0..3).map(|k| format!("c{k}")).collect()
-                } else {
-                    classes.clone()
-                };
+                let names: Vec<String> =
+                    if classes.is_empty() { (0..3).map(|k| format!("c{k}")).collect() } else { classes.clone() };
                 let k = names.len();
                 let codes = z
                     .iter()

@@ -70,7 +70,10 @@ fn check_manifest(dir: &Path, model: &crate::ir::Model, weights: &str) -> Result
     let m: Manifest = serde_json::from_str(&text)
         .map_err(|e| ExportError::Corrupt { path: path.clone(), problem: format!("manifest.json: {e}") })?;
     if m.format != FORMAT_VERSION {
-        return Err(ExportError::Version { path, found: format!("{} (written by multigate {})", m.format, m.multigate) });
+        return Err(ExportError::Version {
+            path,
+            found: format!("{} (written by multigate {})", m.format, m.multigate),
+        });
     }
     let ours: Vec<String> = model.parameters().iter().map(|p| p.to_string()).collect();
     if let Some((a, b)) = m.parameters.iter().zip(&ours).find(|(a, b)| a != b) {

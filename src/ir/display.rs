@@ -134,12 +134,16 @@ impl fmt::Display for Model {
                         let _ = std;
                         "regression(standardize: fitted on the training labels)".to_string()
                     }
-                    LabelTransform::Standardize { mean, std } => format!("regression(standardize mean={mean} std={std})"),
+                    LabelTransform::Standardize { mean, std } => {
+                        format!("regression(standardize mean={mean} std={std})")
+                    }
                 },
                 Head::Multiclass { classes } if classes.is_empty() => {
                     "multiclass(classes from the training labels)".to_string()
                 }
-                Head::Multiclass { classes } => format!("multiclass({} classes: {})", classes.len(), classes.join(", ")),
+                Head::Multiclass { classes } => {
+                    format!("multiclass({} classes: {})", classes.len(), classes.join(", "))
+                }
             };
             let label = match &t.label {
                 None => "no label".to_string(),

@@ -59,7 +59,8 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
         let group_id = |gi: usize| format!("l{li}e{gi}");
         for run in &plan.runs {
             let e = &l.groups[run.group];
-            let what = if l.kind == LayerKind::SharedBottom { "MLP".to_string() } else { format!("{} experts", e.count) };
+            let what =
+                if l.kind == LayerKind::SharedBottom { "MLP".to_string() } else { format!("{} experts", e.count) };
             nodes.push(Node {
                 id: group_id(run.group),
                 label: format!(
@@ -131,7 +132,10 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
                 edges.push((src, id, format!("{}", dims[0])));
             }
             TaskOutput::Product { factors } => {
-                nodes.push(Node { id: id.clone(), label: format!("{} ({})\\nproduct of probabilities", t.name, t.head.kind()) });
+                nodes.push(Node {
+                    id: id.clone(),
+                    label: format!("{} ({})\\nproduct of probabilities", t.name, t.head.kind()),
+                });
                 for f in factors {
                     edges.push((format!("t{}", f.0), id.clone(), "p".to_string()));
                 }

@@ -304,7 +304,11 @@ pub fn plan_layer(
     let mix = |gate: usize, input: usize, output: Slot| Mix {
         gate,
         input,
-        instances: gates[gate].groups.iter().flat_map(|&g| instances_on(g, if slotwise { input } else { runs[g].slots[0] })).collect(),
+        instances: gates[gate]
+            .groups
+            .iter()
+            .flat_map(|&g| instances_on(g, if slotwise { input } else { runs[g].slots[0] }))
+            .collect(),
         output,
     };
     let mut mixes = Vec::new();
@@ -313,7 +317,8 @@ pub fn plan_layer(
         // Every task slot alike; a task's own gate (MMoE) or the one gate (MoE) on it.
         for &s in &task_slots {
             let slot = inputs[s];
-            let gate = gates.iter().position(|g| matches!((g.owner, slot), (GateOwner::Task(a), Slot::Task(b)) if a == b));
+            let gate =
+                gates.iter().position(|g| matches!((g.owner, slot), (GateOwner::Task(a), Slot::Task(b)) if a == b));
             match (gate, gates.is_empty()) {
                 (_, true) => {}
                 (Some(g), false) => mixes.push(mix(g, s, slot)),
@@ -324,9 +329,7 @@ pub fn plan_layer(
     } else {
         for (gi, g) in gates.iter().enumerate() {
             let (input, output) = match g.owner {
-                GateOwner::Task(t) => {
-                    (input.slot_index(Slot::Task(t), n_tasks).or(shared_slot), Slot::Task(t))
-                }
+                GateOwner::Task(t) => (input.slot_index(Slot::Task(t), n_tasks).or(shared_slot), Slot::Task(t)),
                 GateOwner::AllTasks | GateOwner::Shared => (shared_slot, Slot::Shared),
             };
             mixes.push(mix(gi, input.ok_or(PlanError::NoSharedSlot)?, output));
@@ -377,6 +380,8 @@ impl Layer {
 
     pub fn params(&self) -> usize {
         let noise = if self.gating.noise { self.gates.iter().map(|g| g.d_in * g.experts).sum() } else { 0 };
-        self.groups.iter().map(ExpertGroup::params).sum::<usize>() + self.gates.iter().map(Gate::params).sum::<usize>() + noise
+        self.groups.iter().map(ExpertGroup::params).sum::<usize>()
+            + self.gates.iter().map(Gate::params).sum::<usize>()
+            + noise
     }
 }

@@ -21,25 +21,52 @@ use super::{ExpertOwner, FeatureKind, LossBalance, Model, TaskOutput};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Init {
     /// Every value from U(-limit, limit).
-    Uniform { limit: f64 },
+    Uniform {
+        limit: f64,
+    },
     /// Glorot-uniform per column block of the last axis: a block of width w draws from
     /// U(-a, a) with a = sqrt(6 / (fan_in + w)). Several blocks: gates side by side.
-    Glorot { fan_in: usize, blocks: Vec<usize> },
+    Glorot {
+        fan_in: usize,
+        blocks: Vec<usize>,
+    },
     Zeros,
 }
 
 /// What a parameter is, for a backend placing it in its structures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    Embedding { feature: usize },
-    ExpertWeight { layer: usize, group: usize, depth: usize },
-    ExpertBias { layer: usize, group: usize, depth: usize },
-    GateWeight { layer: usize },
-    GateBias { layer: usize },
+    Embedding {
+        feature: usize,
+    },
+    ExpertWeight {
+        layer: usize,
+        group: usize,
+        depth: usize,
+    },
+    ExpertBias {
+        layer: usize,
+        group: usize,
+        depth: usize,
+    },
+    GateWeight {
+        layer: usize,
+    },
+    GateBias {
+        layer: usize,
+    },
     /// Noisy top-k gating: the weights of the noise scale, `[d_in, sum E_g]`.
-    GateNoise { layer: usize },
-    TowerWeight { task: usize, depth: usize },
-    TowerBias { task: usize, depth: usize },
+    GateNoise {
+        layer: usize,
+    },
+    TowerWeight {
+        task: usize,
+        depth: usize,
+    },
+    TowerBias {
+        task: usize,
+        depth: usize,
+    },
     /// Uncertainty weighting: one log-variance per task, `[T]`.
     LossLogVariance,
 }
@@ -70,7 +97,13 @@ impl fmt::Display for Param {
 /// Range of the uniform initialisation of embedding tables.
 pub const EMBEDDING_INIT: f64 = 0.05;
 
-fn mlp(out: &mut Vec<Param>, prefix: &str, dims: &[usize], stacked: Option<usize>, roles: impl Fn(usize) -> (Role, Role)) {
+fn mlp(
+    out: &mut Vec<Param>,
+    prefix: &str,
+    dims: &[usize],
+    stacked: Option<usize>,
+    roles: impl Fn(usize) -> (Role, Role),
+) {
     for (i, w) in dims.windows(2).enumerate() {
         let (wr, br) = roles(i);
         let (ws, bs) = match stacked {

@@ -68,7 +68,10 @@ pub enum LabelTransform {
     /// `ln(1 + y)`; labels must be > -1.
     Log1p,
     /// `(y - mean) / std`, with the training labels' mean and standard deviation.
-    Standardize { mean: f64, std: f64 },
+    Standardize {
+        mean: f64,
+        std: f64,
+    },
 }
 
 impl LabelTransform {

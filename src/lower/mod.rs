@@ -104,6 +104,16 @@ impl Lower {
         x.clamp(1, max) as usize
     }
 
+    /// Reports each key that is set (its span is Some) as not allowed in `context`.
+    fn not_allowed(&mut self, context: &'static str, help: Option<&str>, keys: &[(&'static str, Option<Span>)]) {
+        for (key, span) in keys {
+            if let Some(span) = span {
+                let help = help.map(str::to_string);
+                self.errors.push(LowerError::NotAllowed { key, context, span: span.clone(), help });
+            }
+        }
+    }
+
     fn activation(&mut self, v: &Option<Sp<String>>) -> Activation {
         match v {
             None => Activation::Relu,
@@ -263,17 +273,14 @@ impl Lower {
         let ctx_cat = "a categorical feature";
         let ctx_dense = "a dense feature";
         let kind = if kind == "categorical" {
-            for (key, v) in [
+            let keys = [
                 ("width", f.width.as_ref().map(|v| v.span())),
                 ("transform", f.transform.as_ref().map(|v| v.span())),
                 ("mean", f.mean.as_ref().map(|v| v.span())),
                 ("std", f.std.as_ref().map(|v| v.span())),
                 ("fill", f.fill.as_ref().map(|v| v.span())),
-            ] {
-                if let Some(span) = v {
-                    self.errors.push(LowerError::NotAllowed { key, context: ctx_cat, span, help: None });
-                }
-            }
+            ];
+            self.not_allowed(ctx_cat, None, &keys);
             let encoding = match (&f.hash_buckets, &f.vocabulary) {
                 (Some(b), None) => Encoding::Hash { buckets: self.count("hash_buckets", b, MAX_ROWS) },
                 (None, Some(v)) => {
@@ -329,15 +336,12 @@ impl Lower {
             }
             FeatureKind::Categorical { encoding, dim }
         } else {
-            for (key, v) in [
+            let keys = [
                 ("hash_buckets", f.hash_buckets.as_ref().map(|v| v.span())),
                 ("vocabulary", f.vocabulary.as_ref().map(|v| v.span())),
                 ("embedding_dim", f.embedding_dim.as_ref().map(|v| v.span())),
-            ] {
-                if let Some(span) = v {
-                    self.errors.push(LowerError::NotAllowed { key, context: ctx_dense, span, help: None });
-                }
-            }
+            ];
+            self.not_allowed(ctx_dense, None, &keys);
             let width = f.width.as_ref().map_or(1, |w| self.count("width", w, MAX_UNITS));
             let transform = match f.transform.as_ref().map(|t| (t, self.word("transform", t, TRANSFORMS))) {
                 None | Some((_, None)) | Some((_, Some("none"))) => Transform::None,
@@ -360,17 +364,8 @@ impl Lower {
                 },
             };
             if !matches!(transform, Transform::ZScore { .. }) {
-                for (key, v) in [("mean", f.mean.as_ref().map(|v| v.span())), ("std", f.std.as_ref().map(|v| v.span()))]
-                {
-                    if let Some(span) = v {
-                        self.errors.push(LowerError::NotAllowed {
-                            key,
-                            context: "a feature without transform = \"zscore\"",
-                            span,
-                            help: None,
-                        });
-                    }
-                }
+                let keys = [("mean", f.mean.as_ref().map(|v| v.span())), ("std", f.std.as_ref().map(|v| v.span()))];
+                self.not_allowed("a feature without transform = \"zscore\"", None, &keys);
             }
             let fill = f.fill.as_ref().map_or(0.0, |v| {
                 self.range("fill", v.get_ref().is_finite(), v.get_ref(), "a finite number", v.span());
@@ -556,9 +551,13 @@ impl Lower {
                         help: Some("GradNorm balances gradients on the last shared layer; add one".into()),
                     });
                 }
-                LossBalance::GradNorm { alpha: setting(self, &t.gradnorm_alpha, "gradnorm_alpha", 1.5, |x| x.is_finite() && x > 0.0) }
+                LossBalance::GradNorm {
+                    alpha: setting(self, &t.gradnorm_alpha, "gradnorm_alpha", 1.5, |x| x.is_finite() && x > 0.0),
+                }
             }
-            Some("dwa") => LossBalance::Dwa { temperature: setting(self, &t.dwa_temperature, "dwa_temperature", 2.0, |x| x.is_finite() && x > 0.0) },
+            Some("dwa") => LossBalance::Dwa {
+                temperature: setting(self, &t.dwa_temperature, "dwa_temperature", 2.0, |x| x.is_finite() && x > 0.0),
+            },
             _ => LossBalance::Fixed,
         };
         for (key, v, applies) in [
@@ -566,7 +565,12 @@ impl Lower {
             ("dwa_temperature", &t.dwa_temperature, matches!(balance, LossBalance::Dwa { .. })),
         ] {
             if let (Some(v), false) = (v, applies) {
-                self.errors.push(LowerError::NotAllowed { key, context: "this loss_balance", span: v.span(), help: None });
+                self.errors.push(LowerError::NotAllowed {
+                    key,
+                    context: "this loss_balance",
+                    span: v.span(),
+                    help: None,
+                });
             }
         }
         balance
@@ -576,17 +580,16 @@ impl Lower {
     fn lower_gating(&mut self, l: &spec::LayerSpec, kind: LayerKind, gates: &[Gate]) -> Gating {
         let mut g = Gating::default();
         if kind == LayerKind::SharedBottom {
-            for (key, span) in [
-                ("temperature", l.temperature.as_ref().map(|v| v.span())),
-                ("top_k", l.top_k.as_ref().map(|v| v.span())),
-                ("noise", l.noise.as_ref().map(|v| v.span())),
-                ("balance", l.balance.as_ref().map(|v| v.span())),
-            ] {
-                if let Some(span) = span {
-                    let help = Some("gate settings apply to moe, mmoe and cgc layers".into());
-                    self.errors.push(LowerError::NotAllowed { key, context: "a shared_bottom layer", span, help });
-                }
-            }
+            self.not_allowed(
+                "a shared_bottom layer",
+                Some("gate settings apply to moe, mmoe and cgc layers"),
+                &[
+                    ("temperature", l.temperature.as_ref().map(|v| v.span())),
+                    ("top_k", l.top_k.as_ref().map(|v| v.span())),
+                    ("noise", l.noise.as_ref().map(|v| v.span())),
+                    ("balance", l.balance.as_ref().map(|v| v.span())),
+                ],
+            );
             return g;
         }
         if let Some(t) = &l.temperature {
@@ -599,7 +602,16 @@ impl Lower {
             let fewest = gates.iter().map(|g| g.experts).min().unwrap_or(0);
             let x = *k.get_ref();
             let ok = x >= 1 && (x as usize) < fewest.max(1);
-            self.range("top_k", ok, x, format!("between 1 and {} (fewer than the {fewest} experts of the smallest gate)", fewest.saturating_sub(1)), k.span());
+            self.range(
+                "top_k",
+                ok,
+                x,
+                format!(
+                    "between 1 and {} (fewer than the {fewest} experts of the smallest gate)",
+                    fewest.saturating_sub(1)
+                ),
+                k.span(),
+            );
             g.top_k = ok.then_some(x as usize);
             g.noise = l.noise.as_ref().is_none_or(|n| *n.get_ref());
         } else if let Some(n) = &l.noise {
@@ -652,9 +664,9 @@ impl Lower {
     fn lower_task(&mut self, t: &spec::TaskSpec, all: &[spec::TaskSpec], d_in: usize) -> Task {
         let head = self.lower_head(t);
         let product = t.product.as_ref().and_then(|p| self.lower_product(t, p, all));
-        let is_factor = all.iter().any(|o| {
-            o.product.as_ref().is_some_and(|p| p.get_ref().iter().any(|n| n.get_ref() == t.name.get_ref()))
-        });
+        let is_factor = all
+            .iter()
+            .any(|o| o.product.as_ref().is_some_and(|p| p.get_ref().iter().any(|n| n.get_ref() == t.name.get_ref())));
         let label = match &t.label {
             Some(l) => {
                 if l.get_ref().is_empty() {
@@ -681,12 +693,11 @@ impl Lower {
             }
         };
         if label.is_none() {
-            let spans = [("positive", t.positive.as_ref().map(|v| v.span())), ("only_where", t.only_where.as_ref().map(|v| v.span()))];
-            for (key, span) in spans {
-                if let Some(span) = span {
-                    self.errors.push(LowerError::NotAllowed { key, context: "a task without a label", span, help: None });
-                }
-            }
+            let keys = [
+                ("positive", t.positive.as_ref().map(|v| v.span())),
+                ("only_where", t.only_where.as_ref().map(|v| v.span())),
+            ];
+            self.not_allowed("a task without a label", None, &keys);
         }
         if let (Some(p), false) = (&t.positive, head == Head::Binary) {
             self.errors.push(LowerError::NotAllowed {
@@ -702,17 +713,16 @@ impl Lower {
             x
         }) as f32;
         if t.product.is_some() {
-            for (key, v) in [
+            self.not_allowed(
+                "a product task",
+                Some("a product task has no tower: its probability is its factors' product"),
+                &[
                     ("tower", t.tower.as_ref().map(|v| v.span())),
                     ("activation", t.activation.as_ref().map(|v| v.span())),
                     ("dropout", t.dropout.as_ref().map(|v| v.span())),
                     ("input", t.input.as_ref().map(|v| v.span())),
-                ] {
-                if let Some(span) = v {
-                    let help = Some("a product task has no tower: its probability is its factors' product".into());
-                    self.errors.push(LowerError::NotAllowed { key, context: "a product task", span, help });
-                }
-            }
+                ],
+            );
         }
         let output = match product {
             Some(factors) => TaskOutput::Product { factors },
@@ -721,7 +731,11 @@ impl Lower {
                 let mut dims = vec![d_in];
                 dims.extend(hidden);
                 dims.push(head.width());
-                TaskOutput::Tower { dims, activation: self.activation(&t.activation), dropout: self.dropout(&t.dropout) }
+                TaskOutput::Tower {
+                    dims,
+                    activation: self.activation(&t.activation),
+                    dropout: self.dropout(&t.dropout),
+                }
             }
         };
         Task { name: t.name.get_ref().clone(), input: None, head, label, output, loss_weight }
@@ -730,19 +744,20 @@ impl Lower {
     /// The head of a task: its kind and the kind's settings (classes, label transform).
     fn lower_head(&mut self, t: &spec::TaskSpec) -> Head {
         let kind = self.word("task kind", &t.kind, Head::KINDS).unwrap_or("binary");
-        let not_for = |key: &'static str, v: Option<Span>, context: &'static str, errors: &mut Vec<LowerError>| {
-            if let Some(span) = v {
-                errors.push(LowerError::NotAllowed { key, context, span, help: None });
-            }
-        };
         if kind != "multiclass" {
-            not_for("classes", t.classes.as_ref().map(|v| v.span()), "a task that is not multiclass", &mut self.errors);
+            self.not_allowed(
+                "a task that is not multiclass",
+                None,
+                &[("classes", t.classes.as_ref().map(|v| v.span()))],
+            );
         }
         if kind != "regression" {
-            let context = "a task that is not a regression";
-            not_for("transform", t.transform.as_ref().map(|v| v.span()), context, &mut self.errors);
-            not_for("mean", t.mean.as_ref().map(|v| v.span()), context, &mut self.errors);
-            not_for("std", t.std.as_ref().map(|v| v.span()), context, &mut self.errors);
+            let keys = [
+                ("transform", t.transform.as_ref().map(|v| v.span())),
+                ("mean", t.mean.as_ref().map(|v| v.span())),
+                ("std", t.std.as_ref().map(|v| v.span())),
+            ];
+            self.not_allowed("a task that is not a regression", None, &keys);
         }
         match kind {
             "regression" => Head::Regression { transform: self.label_transform(t) },
@@ -778,16 +793,8 @@ impl Lower {
             _ => LabelTransform::None,
         };
         if !matches!(transform, LabelTransform::Standardize { .. }) {
-            for (key, v) in [("mean", &t.mean), ("std", &t.std)] {
-                if let Some(v) = v {
-                    self.errors.push(LowerError::NotAllowed {
-                        key,
-                        context: "a task without transform = \"standardize\"",
-                        span: v.span(),
-                        help: None,
-                    });
-                }
-            }
+            let keys = [("mean", t.mean.as_ref().map(|v| v.span())), ("std", t.std.as_ref().map(|v| v.span()))];
+            self.not_allowed("a task without transform = \"standardize\"", None, &keys);
         }
         transform
     }

@@ -94,10 +94,15 @@ mod tests {
         let s = |x: f32| 1.0 / (1.0 + (-x as f64).exp());
         let log_p: Vec<f32> = a.iter().zip(&b).map(|(&x, &z)| (s(x) * s(z)).ln() as f32).collect();
         let dev = Device::Cpu;
-        let l = task_loss(Link::LogProb, &Tensor::new(log_p.as_slice(), &dev).unwrap(), &Tensor::new(&y, &dev).unwrap(), None)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let l = task_loss(
+            Link::LogProb,
+            &Tensor::new(log_p.as_slice(), &dev).unwrap(),
+            &Tensor::new(&y, &dev).unwrap(),
+            None,
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
         let expect: f64 = (0..3)
             .map(|i| {
                 let p = s(a[i]) * s(b[i]);
@@ -115,10 +120,11 @@ mod tests {
         let y = Tensor::new(&[1f32, 0.0, 0.0], &dev).unwrap();
         let m = Tensor::new(&[1f32, 0.0, 1.0], &dev).unwrap();
         let masked = task_loss(Link::Sigmoid, &z, &y, Some(&m)).unwrap().to_scalar::<f32>().unwrap();
-        let kept = bce_with_logits(&Tensor::new(&[0.3f32, -1.0], &dev).unwrap(), &Tensor::new(&[1f32, 0.0], &dev).unwrap())
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let kept =
+            bce_with_logits(&Tensor::new(&[0.3f32, -1.0], &dev).unwrap(), &Tensor::new(&[1f32, 0.0], &dev).unwrap())
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
         assert!((masked - kept).abs() < 1e-6);
         let none = task_loss(Link::Sigmoid, &z, &y, Some(&Tensor::zeros(3, DType::F32, &dev).unwrap())).unwrap();
         assert_eq!(none.to_scalar::<f32>().unwrap(), 0.0);

@@ -137,7 +137,8 @@ fn naive_layer(model: &CandleModel, l: &Layer, input: &Slots) -> Slots {
             for g in 0..l.gates.len() {
                 match task_of_gate(g) {
                     Some(t) => {
-                        let mut sources: Vec<(usize, &Tensor)> = task_group(t).map(|tg| (tg, task_in(t))).into_iter().collect();
+                        let mut sources: Vec<(usize, &Tensor)> =
+                            task_group(t).map(|tg| (tg, task_in(t))).into_iter().collect();
                         sources.push((0, shared_in));
                         tasks.push(naive_mix(model, l, g, task_in(t), &sources));
                     }
@@ -284,7 +285,9 @@ fn cgc_matches_naive() {
 #[test]
 fn cgc_with_unequal_task_experts_matches_naive() {
     // t1 gets 3 experts of its own, t2 none: their gates weigh 5 and 2 experts.
-    check_layers("[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = { t1 = 3 }\nunits = [6, 4]\nactivation = \"tanh\"\n");
+    check_layers(
+        "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = { t1 = 3 }\nunits = [6, 4]\nactivation = \"tanh\"\n",
+    );
 }
 
 #[test]
@@ -320,7 +323,9 @@ fn esmm_products_and_multiclass_heads_match_naive() {
 #[test]
 fn tempered_top_k_gates_match_naive() {
     // Evaluation: no noise; temperature 0.5 and the 2 largest logits of each gate.
-    check_layers("[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\ntemperature = 0.5\ntop_k = 2\nbalance = 0.01\n");
+    check_layers(
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\ntemperature = 0.5\ntop_k = 2\nbalance = 0.01\n",
+    );
     check_layers(
         "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = { t1 = 2 }\nunits = [6]\ntop_k = 1\nnoise = false\n\n\
          [[layers]]\nkind = \"cgc\"\nexperts = 3\ntask_experts = 1\nunits = [4]\ntemperature = 2.0\n",
@@ -331,7 +336,10 @@ fn tempered_top_k_gates_match_naive() {
 fn noisy_top_k_trains_its_noise_and_the_balance_loss_reaches_the_gates() {
     let c = compile_ok(
         "noisy.toml",
-        &small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [4]\ntop_k = 2\nbalance = 0.1\n", TWO_BINARY_TASKS),
+        &small_spec(
+            "[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [4]\ntop_k = 2\nbalance = 0.1\n",
+            TWO_BINARY_TASKS,
+        ),
     );
     let model = CandleModel::new(&c.model, 1, &Device::Cpu).unwrap();
     let frame = synthetic::categorical_frame(&c.model, 40, 64, 5);
@@ -422,7 +430,9 @@ fn dropout_is_off_in_evaluation_and_on_in_training() {
 #[test]
 fn ple_gradients_match_finite_differences() {
     // tanh everywhere: finite differences across a ReLU kink are not a derivative.
-    let smooth = TWO_BINARY_TASKS.replace("tower = [4]", "tower = [4]\nactivation = \"tanh\"").replace("tower = [3]", "tower = [3]\nactivation = \"tanh\"");
+    let smooth = TWO_BINARY_TASKS
+        .replace("tower = [4]", "tower = [4]\nactivation = \"tanh\"")
+        .replace("tower = [3]", "tower = [3]\nactivation = \"tanh\"");
     let tasks = format!(
         "{smooth}\n[[tasks]]\nname = \"t3\"\nkind = \"binary\"\nlabel = \"y1\"\nproduct = [\"t1\", \"t2\"]\n\n\
          [[tasks]]\nname = \"t4\"\nkind = \"multiclass\"\nlabel = \"k\"\nclasses = [\"p\", \"q\", \"r\"]\ntower = [5]\nactivation = \"tanh\"\n"

@@ -77,7 +77,8 @@ impl LayerParams {
             .map(|g| ExpertStack { layers: Vec::new(), count: g.count, activation: g.activation, dropout: g.dropout })
             .collect();
         // Gate g's logit columns start at the sum of the earlier gates' widths.
-        let offsets: Vec<usize> = l.gates.iter().scan(0, |acc, g| Some(std::mem::replace(acc, *acc + g.experts))).collect();
+        let offsets: Vec<usize> =
+            l.gates.iter().scan(0, |acc, g| Some(std::mem::replace(acc, *acc + g.experts))).collect();
         let total: usize = l.gates.iter().map(|g| g.experts).sum();
         let offsets = &offsets;
         let columns: Vec<u32> = plan
@@ -85,7 +86,8 @@ impl LayerParams {
             .iter()
             .flat_map(|m| (0..m.instances.len()).map(move |j| (m.input * total + offsets[m.gate] + j) as u32))
             .collect();
-        let identity = columns.iter().enumerate().all(|(i, &c)| i as u32 == c) && columns.len() == plan.inputs.len() * total;
+        let identity =
+            columns.iter().enumerate().all(|(i, &c)| i as u32 == c) && columns.len() == plan.inputs.len() * total;
         let logit_columns = if identity || columns.is_empty() {
             None
         } else {
@@ -109,7 +111,16 @@ impl LayerParams {
             }
             Some(Tensor::from_vec(q, (rows, plan.mixes.len() * n), device)?)
         };
-        Ok(LayerParams { plan, groups, gates: None, noise: None, gating: l.gating, logit_columns, equal_width, scatter })
+        Ok(LayerParams {
+            plan,
+            groups,
+            gates: None,
+            noise: None,
+            gating: l.gating,
+            logit_columns,
+            equal_width,
+            scatter,
+        })
     }
 
     /// Runs the layer on a stream; with `rng`, applies dropout and gate noise (training).
@@ -123,14 +134,15 @@ impl LayerParams {
         let n_slots = self.plan.inputs.len();
         let d = *h.dims().last().unwrap_or(&0);
         let slots = h.reshape((b, n_slots, d))?; // [B, S, d]
-        // Every group on its slots: [B, slots * E, u] each, side by side on the instance axis.
+                                                 // Every group on its slots: [B, slots * E, u] each, side by side on the instance axis.
         let mut parts = Vec::with_capacity(self.plan.runs.len());
         for run in &self.plan.runs {
             let k = run.slots.len();
             let x = if n_slots == 1 {
                 h.reshape((b, d))?
             } else if run.slots.iter().copied().eq(run.slots[0]..run.slots[0] + k) {
-                slots.narrow(1, run.slots[0], k)?.contiguous()?.reshape((b * k, d))? // [B*k, d]
+                slots.narrow(1, run.slots[0], k)?.contiguous()?.reshape((b * k, d))?
+            // [B*k, d]
             } else {
                 let idx: Vec<u32> = run.slots.iter().map(|&s| s as u32).collect();
                 let idx = Tensor::from_vec(idx, k, h.device())?;

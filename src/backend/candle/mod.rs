@@ -255,7 +255,9 @@ impl CandleModel {
                 TaskOutput::Tower { activation, dropout, .. } => {
                     Tower { layers: Vec::new(), activation: *activation, dropout: *dropout }
                 }
-                TaskOutput::Product { .. } => Tower { layers: Vec::new(), activation: Activation::Linear, dropout: 0.0 },
+                TaskOutput::Product { .. } => {
+                    Tower { layers: Vec::new(), activation: Activation::Linear, dropout: 0.0 }
+                }
             })
             .collect();
         let mut log_variance = None;
@@ -408,7 +410,10 @@ impl CandleModel {
                 heads[t] = Some((log_sigmoid(za)? + log_sigmoid(zb)?)?); // [B]
             }
         }
-        let heads = heads.into_iter().map(|h| h.ok_or_else(|| candle_core::Error::Msg("a task has no output".into()))).collect::<Result<_>>()?;
+        let heads = heads
+            .into_iter()
+            .map(|h| h.ok_or_else(|| candle_core::Error::Msg("a task has no output".into())))
+            .collect::<Result<_>>()?;
         Ok(Output { heads, gates, lookups, balance })
     }
 
