@@ -7,7 +7,8 @@
 # trainability view), and each model's per-seed difference to MMoE (same seed, same
 # data), which removes the data draw's share of the spread.
 #
-#   scripts/reproduce_synthetic.sh [SEEDS] [EPOCHS] [ROWS]     (defaults 10, 30, 100000)
+#   scripts/reproduce_synthetic.sh [SEEDS] [EPOCHS] [ROWS] [OUT]
+#                                   (defaults 10, 30, 100000, docs/synthetic_results.md)
 #   scripts/reproduce_synthetic.sh --summarize RUNS_FILE       (tables from saved runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,7 +57,7 @@ if [ "${1:-}" = "--summarize" ]; then
   summarize "$2" < /dev/null
   exit 0
 fi
-seeds=${1:-10}; epochs=${2:-30}; rows=${3:-100000}
+seeds=${1:-10}; epochs=${2:-30}; rows=${3:-100000}; out_md=${4:-docs/synthetic_results.md}
 cargo build --release -q
 bin=${MULTIGATE_BIN:-target/release/multigate}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -72,13 +73,13 @@ for p in $ps; do
     done
   done
 done
-summarize "$runs" > docs/synthetic_results.md <<HEADER
+summarize "$runs" > "$out_md" <<HEADER
 # MMoE paper, synthetic data (section 3.2)
 
-\`scripts/reproduce_synthetic.sh $seeds $epochs $rows\` on $(nproc) cores ($(uname -m)), $(date -u +%Y-%m-%d):
+\`scripts/reproduce_synthetic.sh $seeds $epochs $rows $out_md\` on $(nproc) cores ($(uname -m)), $(date -u +%Y-%m-%d):
 $rows rows (80/10/10 split), $epochs epochs, the paper's sizes, $seeds seeds per cell (data and weights).
 Test MSE averaged over the two tasks; mean ± sd over seeds, then [min, max] (the paper's trainability view).
 The label noise has variance 0.01, the floor of every figure here.
 
 HEADER
-head -12 docs/synthetic_results.md
+head -22 "$out_md"
