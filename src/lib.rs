@@ -1,7 +1,8 @@
 //! multigate: a compiler for multi-task recommendation models.
 //!
 //! A spec (TOML, or the `.mg` DSL of `grammar/multigate.pest`) declares features,
-//! crosses, a stack of shared-bottom / MoE / MMoE layers and one tower per task. The
+//! crosses, a stack of shared-bottom / MoE / MMoE / CGC layers (consecutive CGC layers
+//! are PLE) and one head per task (binary, regression, multiclass, or an ESMM product). The
 //! pipeline ([`pipeline`]) runs one way:
 //!
 //! 1. [`spec`]: text -> [`spec::Spec`] (raw, spanned, names unresolved; both syntaxes);

@@ -214,9 +214,11 @@ fn fit_open_labels(
             spec.pin_label_stats(task, mean, std);
         }
     }
-    let c = lower::lower(&spec, src)
+    let refit = lower::lower(&spec, src)
         .map_err(|es| RunError::Refit(es.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
-    Ok((spec, c))
+    // Only the model changes; the caller's data and training settings (which it may have
+    // overridden) stay.
+    Ok((spec, Compiled { model: refit.model, ..compiled }))
 }
 
 /// Forwards the training loop's reports and saves a checkpoint after every epoch.
