@@ -86,8 +86,13 @@ pub(super) struct Builder {
 
 impl Builder {
     fn args(&mut self, p: Option<Pair<Rule>>, context: &'static str) -> Args {
+        self.args_of(p.into_iter().flat_map(|p| p.into_inner()), context)
+    }
+
+    /// Collects `argument` pairs (repeated keys are errors).
+    fn args_of<'i>(&mut self, arguments: impl Iterator<Item = Pair<'i, Rule>>, context: &'static str) -> Args {
         let mut items: Vec<(String, Span, Value, Span)> = Vec::new();
-        for arg in p.into_iter().flat_map(|p| p.into_inner()) {
+        for arg in arguments {
             // Grammar: `argument = { name ~ "=" ~ value }`.
             let mut inner = arg.into_inner();
             let key = inner.next().expect("argument has a name");
@@ -606,23 +611,7 @@ impl Builder {
 
     /// The `key = value` arguments of a task: only_where, classes, transform, mean, std.
     fn task_arguments(&mut self, t: &mut TaskSpec, arguments: Vec<Pair<Rule>>) {
-        let mut args = Args { items: Vec::new(), context: "a task" };
-        for arg in arguments {
-            // Grammar: `argument = { name ~ "=" ~ value }`.
-            let mut inner = arg.into_inner();
-            let key = inner.next().expect("argument has a name");
-            let (value, vspan) = value_of(inner.next().expect("argument has a value"));
-            let kspan = span_of(&key);
-            if let Some(first) = args.items.iter().find(|i| i.0 == key.as_str()) {
-                self.errors.push(SpecError::Repeated {
-                    key: key.as_str().to_string(),
-                    first: miette_span(&first.1),
-                    second: miette_span(&kspan),
-                });
-                continue;
-            }
-            args.items.push((key.as_str().to_string(), kspan, value, vspan));
-        }
+        let mut args = self.args_of(arguments.into_iter(), "a task");
         t.only_where = self.take_str(&mut args, "only_where");
         t.transform = self.take_str(&mut args, "transform");
         t.mean = self.take_f64(&mut args, "mean");
