@@ -20,7 +20,7 @@ use multigate::{pipeline, run};
 #[command(
     name = "multigate",
     version,
-    about = "Compile, train and export multi-task recommendation models (MMoE, MoE, shared-bottom)"
+    about = "Compile, train and export multi-task recommendation models (shared-bottom, MoE, MMoE, CGC/PLE, ESMM)"
 )]
 struct Cli {
     /// Worker threads for candle's CPU kernels (default: one for small models, where a
