@@ -699,6 +699,10 @@ impl Lower {
             ];
             self.not_allowed("a task without a label", None, &keys);
         }
+        if let Some(p) = &t.positive {
+            let n = p.get_ref().values().len();
+            self.range("positive", n > 0, "an empty list", "a value, or a non-empty list of values", p.span());
+        }
         if let (Some(p), false) = (&t.positive, head == Head::Binary) {
             self.errors.push(LowerError::NotAllowed {
                 key: "positive",
