@@ -198,8 +198,20 @@ fn fit_open_labels(
     locate: &dyn Fn(&Need) -> String,
     observer: &mut dyn Observer,
 ) -> Result<(crate::spec::Spec, Compiled), RunError> {
-    let mut spec = crate::spec::parse(src).map_err(|e| RunError::Refit(format!("{} error(s) in the spec", e.len())))?;
     let fitted = data::fit::fit_labels(&compiled.model, &compiled.data, opts.data.as_deref(), locate)?;
+    pin_fitted(src, compiled, fitted, observer)
+}
+
+/// Pins fitted label statistics into the spec of `src` and lowers it again; returns the
+/// spec (for a bundle) and the compiled result, whose data and training settings stay
+/// the caller's.
+pub fn pin_fitted(
+    src: &SourceFile,
+    compiled: Compiled,
+    fitted: Vec<FittedLabel>,
+    observer: &mut dyn Observer,
+) -> Result<(crate::spec::Spec, Compiled), RunError> {
+    let mut spec = crate::spec::parse(src).map_err(|e| RunError::Refit(format!("{} error(s) in the spec", e.len())))?;
     if fitted.is_empty() {
         return Ok((spec, compiled));
     }

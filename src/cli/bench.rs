@@ -21,7 +21,7 @@ pub fn bench(
     device: Device,
     optimizer: Option<&str>,
 ) -> Result<(), Failure> {
-    let (_, mut c) = compile(path)?;
+    let (src, mut c) = compile(path)?;
     match optimizer {
         None => {}
         Some("adam") => c.train.lazy_embeddings = false,
@@ -41,6 +41,11 @@ pub fn bench(
         DataSource::Synthetic(s) => data::synthetic::generate(&c.model, s, rows),
         DataSource::Csv(_) => data::synthetic::categorical_frame(&c.model, 1000, rows, 1),
     };
+    // Label statistics the spec leaves open are fitted on these rows, as training would.
+    let fitted = data::fit::fit_on_frames(&c.model, std::slice::from_ref(&frame))?;
+    if !fitted.is_empty() {
+        c = multigate::run::pin_fitted(&src, c, fitted, &mut multigate::run::Silent)?.1;
+    }
     let ds = data::encode(&c.model, &frame, true)?;
     let batches: Vec<Batch> = (0..16)
         .map(|i| Batch::gather(&ds, &(i * batch_size..(i + 1) * batch_size).collect::<Vec<_>>(), &dev))

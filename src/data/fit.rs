@@ -59,7 +59,12 @@ pub fn fit_labels(
             vec![csv_source::read_csv(p, &format, &wanted, true, spec_at)?]
         }
     };
-    open.into_iter().map(|t| fit_task(model, t, &frames)).collect()
+    fit_on_frames(model, &frames)
+}
+
+/// Fits every open statistic of `model` on rows already read (`frames`).
+pub fn fit_on_frames(model: &Model, frames: &[Frame]) -> Result<Vec<FittedLabel>, DataError> {
+    open_labels(model).into_iter().map(|t| fit_task(model, t, frames)).collect()
 }
 
 fn fit_task(model: &Model, t: usize, frames: &[Frame]) -> Result<FittedLabel, DataError> {
