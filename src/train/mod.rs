@@ -110,7 +110,8 @@ pub struct Predictions {
     /// Per task: `[rows, width]` row-major in the label's units (probabilities for
     /// binary tasks, one per class for multiclass ones, original units for regressions).
     pub values: Vec<Vec<f32>>,
-    /// Per gate and expert (`layer.gate.e{k}`): the gate's weight on that expert, per row.
+    /// Per gate and expert (`gate.e{k}`, k the expert's index in the layer: shared experts
+    /// first, then each task's): the gate's weight on that expert, per row.
     pub gate_columns: Vec<(String, Vec<f32>)>,
     pub usage: Vec<GateUsage>,
 }
@@ -213,8 +214,10 @@ pub fn predict_rows(
             peaked.push(s.peaked.map(|p| p.to_scalar::<f32>()).transpose()?.unwrap_or(0.0) as f64 / n);
             mixed.push(mix.instances.iter().map(|&i| expert_of[i]).collect());
             task_gate.push(matches!(mix.output, crate::ir::Slot::Task(_)));
-            for (k, values) in s.rows.into_iter().enumerate() {
-                gate_columns.push((format!("{name}.e{k}"), values));
+            // Column `gate.eK`: K is the expert's index among the layer's experts
+            // (shared first, then each task's in task order), as in `GateUsage::experts`.
+            for (&inst, values) in mix.instances.iter().zip(s.rows) {
+                gate_columns.push((format!("{name}.e{}", expert_of[inst]), values));
             }
             gates.push((name, w.to_vec1::<f32>()?.iter().map(|&x| x as f64 / n).collect()));
         }

@@ -343,3 +343,25 @@ fn gradnorm_moves_the_weights_and_keeps_their_sum() {
     }
     assert!((weights[1][0] - 1.0).abs() > 1e-3, "{weights:?}");
 }
+
+#[test]
+fn gate_columns_name_each_expert_by_its_index_in_the_layer() {
+    // One CGC level: shared experts e0, e1; ctr's e2; cvr's e3 (task_experts = 1).
+    let text = spec("[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n\n[[tasks]]\nname = \"cvr\"\nkind = \"binary\"\nlabel = \"buy\"\n");
+    let c = compile_ok("zoo.toml", &text);
+    let model = multigate::backend::candle::CandleModel::new(&c.model, 1, &Device::Cpu).unwrap();
+    let multigate::ir::DataSource::Synthetic(s) = &c.data.source else { unreachable!() };
+    let ds = data::encode(&c.model, &data::synthetic::generate(&c.model, s, 20), true).unwrap();
+    let p = multigate::train::predict_rows(&model, &ds, 8, true).unwrap();
+    let names: Vec<&str> = p.gate_columns.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["layer0.gate.ctr.e2", "layer0.gate.ctr.e0", "layer0.gate.ctr.e1", "layer0.gate.cvr.e3", "layer0.gate.cvr.e0", "layer0.gate.cvr.e1"]
+    );
+    assert_eq!(p.usage[0].experts, ["layer0.experts.e0", "layer0.experts.e1", "layer0.experts.ctr.e0", "layer0.experts.cvr.e0"]);
+    // Each row's weights of one gate sum to one.
+    for row in 0..20 {
+        let sum: f32 = p.gate_columns[..3].iter().map(|(_, v)| v[row]).sum();
+        assert!((sum - 1.0).abs() < 1e-5);
+    }
+}
