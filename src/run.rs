@@ -59,9 +59,12 @@ pub enum Event<'a> {
         validation: usize,
         test: usize,
     },
+    /// Continuing from a checkpoint; `complete` when that run had already finished its
+    /// epochs or stopped early (then nothing is trained, the bundle is written).
     Resumed {
         checkpoint: &'a Path,
         epochs_done: usize,
+        complete: bool,
     },
     NoCheckpoint {
         checkpoint: &'a Path,
@@ -92,8 +95,64 @@ impl Observer for Silent {
     fn on(&mut self, _: &Event<'_>) {}
 }
 
+/// What determines a run, kept in its checkpoint (`run.json`) so that `--resume` can
+/// refuse to continue a run under other settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunSettings {
+    /// The normalised spec (fitted label statistics pinned), as the bundle stores it.
+    pub spec: String,
+    /// Epochs to train, after `--epochs`.
+    pub epochs: usize,
+    /// Rows the synthetic generator makes, after `--rows` (None for files).
+    pub synthetic_rows: Option<usize>,
+    /// Training file given with `--data`.
+    pub data: Option<PathBuf>,
+}
+
+impl RunSettings {
+    /// How `self` (the checkpoint's) differs from `now`, one sentence per difference.
+    pub fn differences(&self, now: &RunSettings) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.epochs != now.epochs {
+            out.push(format!("epochs: {} in the checkpoint, {} now", self.epochs, now.epochs));
+        }
+        if self.synthetic_rows != now.synthetic_rows {
+            out.push(format!(
+                "synthetic rows: {:?} in the checkpoint, {:?} now",
+                self.synthetic_rows, now.synthetic_rows
+            ));
+        }
+        if self.data != now.data {
+            out.push(format!("--data: {:?} in the checkpoint, {:?} now", self.data, now.data));
+        }
+        // The spec, line by line within its tables: `[train] lr = 0.001` vs `lr = 0.01`.
+        let lines = |text: &str| -> Vec<String> {
+            let mut table = String::new();
+            let mut out = Vec::new();
+            for l in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                if l.starts_with('[') {
+                    table = l.to_string();
+                } else {
+                    out.push(format!("{table} {l}"));
+                }
+            }
+            out
+        };
+        let (before, after) = (lines(&self.spec), lines(&now.spec));
+        for l in before.iter().filter(|l| !after.contains(l)) {
+            out.push(format!("spec: `{l}` in the checkpoint"));
+        }
+        for l in after.iter().filter(|l| !before.contains(l)) {
+            out.push(format!("spec: `{l}` now"));
+        }
+        out
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("{} was written under other settings; resume it with the same ones, or pass --fresh:\n  {}", .checkpoint.display(), .differences.join("\n  "))]
+    ResumeMismatch { checkpoint: PathBuf, differences: Vec<String> },
     #[error("{} holds the checkpoint of an interrupted run: pass --resume to continue it, or --fresh to discard it", .0.display())]
     Interrupted(PathBuf),
     #[error("the spec with fitted label statistics does not compile: {0}")]
@@ -144,6 +203,15 @@ pub fn train_spec(
     if let (Some(r), crate::ir::DataSource::Synthetic(s)) = (opts.rows, &mut c.data.source) {
         s.rows = r.max(1);
     }
+    let settings = RunSettings {
+        spec: spec.to_toml(),
+        epochs: c.train.epochs,
+        synthetic_rows: match &c.data.source {
+            crate::ir::DataSource::Synthetic(s) if opts.data.is_none() => Some(s.rows),
+            _ => None,
+        },
+        data: opts.data.clone(),
+    };
     let dev = candle_device(opts.device).map_err(|e| RunError::Device(e.to_string()))?;
     observer.on(&Event::Built { compiled: &c });
     let (splits, info) = data::load_splits(&c.model, &c.data, opts.data.as_deref(), &locate)?;
@@ -157,7 +225,20 @@ pub fn train_spec(
     let checkpoint = match (opts.resume, ckpt_dir.exists()) {
         (true, true) => {
             let ck = export::read_checkpoint(&ckpt_dir, &model)?;
-            observer.on(&Event::Resumed { checkpoint: &ckpt_dir, epochs_done: ck.epochs_done });
+            let then: RunSettings = serde_json::from_str(&ck.run).map_err(|e| ExportError::Corrupt {
+                path: ckpt_dir.display().to_string(),
+                problem: format!("run.json: {e}"),
+            })?;
+            let differences = then.differences(&settings);
+            if !differences.is_empty() {
+                return Err(RunError::ResumeMismatch { checkpoint: ckpt_dir, differences });
+            }
+            let stopped = match (c.train.patience, &ck.best) {
+                (Some(p), Some((_, best, _))) => ck.epochs_done.saturating_sub(*best) >= p,
+                _ => false,
+            };
+            let complete = ck.epochs_done >= c.train.epochs || stopped;
+            observer.on(&Event::Resumed { checkpoint: &ckpt_dir, epochs_done: ck.epochs_done, complete });
             Some(ck)
         }
         (true, false) => {
@@ -166,8 +247,9 @@ pub fn train_spec(
         }
         _ => None,
     };
+    let run_json = serde_json::to_string_pretty(&settings).map_err(|e| RunError::Other(e.to_string()))?;
     let report = {
-        let mut watch = Watch { observer, model: &model, checkpoint: &ckpt_dir };
+        let mut watch = Watch { observer, model: &model, checkpoint: &ckpt_dir, run: &run_json };
         train::fit_from(&model, &c.train, &splits, checkpoint, &mut watch)?
     };
     let metrics = serde_json::json!({
@@ -238,6 +320,8 @@ struct Watch<'a> {
     observer: &'a mut dyn Observer,
     model: &'a CandleModel,
     checkpoint: &'a Path,
+    /// `RunSettings` as JSON, stored with every checkpoint.
+    run: &'a str,
 }
 
 impl TrainObserver for Watch<'_> {
@@ -246,7 +330,8 @@ impl TrainObserver for Watch<'_> {
     }
     fn epoch(&mut self, end: &EpochEnd) -> Result<(), String> {
         self.observer.on(&Event::Epoch(end.report));
-        let ck = end.checkpoint().map_err(|e| e.to_string())?;
+        let mut ck = end.checkpoint().map_err(|e| e.to_string())?;
+        ck.run = self.run.to_string();
         export::write_checkpoint(self.checkpoint, self.model, &ck).map_err(|e| e.to_string())
     }
 }

@@ -265,9 +265,13 @@ impl run::Observer for Printer {
                     println!("synthetic labels: Pearson correlation {r:.4} (task relatedness p = {p})");
                 }
             }
-            run::Event::Resumed { checkpoint, epochs_done } => {
+            run::Event::Resumed { checkpoint, epochs_done, complete: false } => {
                 println!("resuming from {} after epoch {epochs_done}", checkpoint.display())
             }
+            run::Event::Resumed { checkpoint, epochs_done, complete: true } => println!(
+                "{} holds a run that had finished ({epochs_done} epochs): nothing to train, writing its bundle",
+                checkpoint.display()
+            ),
             run::Event::NoCheckpoint { checkpoint } => {
                 println!("no checkpoint at {}: starting from epoch 1", checkpoint.display())
             }

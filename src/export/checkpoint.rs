@@ -8,6 +8,7 @@
 //! | `optimizer.safetensors` | Adam moments (`{parameter}.m`, `{parameter}.v`)  |
 //! | `state.json`            | epochs done, Adam step, best epoch and score, epoch reports |
 //! | `manifest.json`         | format version and parameter table, to refuse a checkpoint of another model |
+//! | `run.json`              | what the run was asked to do (spec after overrides, ...), compared on resume |
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -56,7 +57,10 @@ pub fn write_checkpoint(dir: &Path, model: &CandleModel, c: &Checkpoint) -> Resu
             path: dir.display().to_string(),
             problem: format!("cannot encode state: {e}"),
         })?;
-        write_files(tmp, &[("state.json", json), ("manifest.json", manifest_json(&model.ir))])
+        write_files(
+            tmp,
+            &[("state.json", json), ("manifest.json", manifest_json(&model.ir)), ("run.json", c.run.clone())],
+        )
     })
 }
 
@@ -109,5 +113,6 @@ pub fn read_checkpoint(dir: &Path, model: &CandleModel) -> Result<Checkpoint, Ex
         best,
         reports: state.reports,
         balance: state.balance,
+        run: std::fs::read_to_string(dir.join("run.json")).map_err(|e| corrupt(format!("run.json: {e}")))?,
     })
 }

@@ -345,6 +345,9 @@ pub struct Checkpoint {
     pub reports: Vec<EpochReport>,
     /// The loss balancer's state (see `balance::Balancer::state`).
     pub balance: Vec<f64>,
+    /// What the run was asked to do (the caller's record, e.g. `run::RunSettings` as
+    /// JSON), compared on resume; empty when the caller keeps none.
+    pub run: String,
 }
 
 /// What the epoch callback sees.
@@ -368,6 +371,7 @@ impl EpochEnd<'_> {
             best: self.best.clone(),
             reports: self.reports.to_vec(),
             balance: self.balance.clone(),
+            run: String::new(),
         })
     }
 }
@@ -446,7 +450,16 @@ pub fn fit_from(
     if let Some(state) = &resume_balance {
         balancer.load(state);
     }
-    for epoch in first_epoch..cfg.epochs {
+    // A resumed run that had already stopped early is complete: no further epochs.
+    let already_stopped = match (cfg.patience, &best) {
+        (Some(p), Some((_, best_epoch, _))) => first_epoch > 0 && first_epoch - best_epoch >= p,
+        _ => false,
+    };
+    if already_stopped {
+        stopped_early = true;
+    }
+    let last_epoch = if already_stopped { first_epoch } else { cfg.epochs };
+    for epoch in first_epoch..last_epoch {
         balancer.start_epoch(model, &epochs);
         let start = Instant::now();
         let lr = cfg.lr_at(epoch);

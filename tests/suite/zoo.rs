@@ -356,12 +356,114 @@ fn gate_columns_name_each_expert_by_its_index_in_the_layer() {
     let names: Vec<&str> = p.gate_columns.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        ["layer0.gate.ctr.e2", "layer0.gate.ctr.e0", "layer0.gate.ctr.e1", "layer0.gate.cvr.e3", "layer0.gate.cvr.e0", "layer0.gate.cvr.e1"]
+        [
+            "layer0.gate.ctr.e2",
+            "layer0.gate.ctr.e0",
+            "layer0.gate.ctr.e1",
+            "layer0.gate.cvr.e3",
+            "layer0.gate.cvr.e0",
+            "layer0.gate.cvr.e1"
+        ]
     );
-    assert_eq!(p.usage[0].experts, ["layer0.experts.e0", "layer0.experts.e1", "layer0.experts.ctr.e0", "layer0.experts.cvr.e0"]);
+    assert_eq!(
+        p.usage[0].experts,
+        ["layer0.experts.e0", "layer0.experts.e1", "layer0.experts.ctr.e0", "layer0.experts.cvr.e0"]
+    );
     // Each row's weights of one gate sum to one.
     for row in 0..20 {
         let sum: f32 = p.gate_columns[..3].iter().map(|(_, v)| v[row]).sum();
         assert!((sum - 1.0).abs() < 1e-5);
     }
+}
+
+/// Runs `text` for 3 epochs and leaves behind the checkpoint written after epoch 1, as
+/// a run killed during epoch 2 would.
+fn interrupted_after_epoch_1(text: &str, out: &std::path::Path) {
+    struct Keep {
+        ckpt: std::path::PathBuf,
+        copy: std::path::PathBuf,
+    }
+    impl Observer for Keep {
+        fn on(&mut self, e: &Event<'_>) {
+            // The epoch 2 event comes before epoch 2's checkpoint replaces epoch 1's.
+            if let Event::Epoch(r) = e {
+                if r.epoch == 2 {
+                    let _ = std::fs::remove_dir_all(&self.copy);
+                    std::fs::create_dir_all(&self.copy).unwrap();
+                    for f in std::fs::read_dir(&self.ckpt).unwrap() {
+                        let f = f.unwrap().path();
+                        std::fs::copy(&f, self.copy.join(f.file_name().unwrap())).unwrap();
+                    }
+                }
+            }
+        }
+    }
+    let src = SourceFile::from_text("zoo.toml", text.to_string());
+    let opts = TrainOptions { out: Some(out.to_path_buf()), ..Default::default() };
+    let ckpt = run::checkpoint_dir(out);
+    let copy = out.with_file_name("saved.checkpoint");
+    run::train_spec(&src, compile_ok("zoo.toml", text), &opts, &mut Keep { ckpt: ckpt.clone(), copy: copy.clone() })
+        .unwrap();
+    std::fs::rename(&copy, &ckpt).unwrap();
+}
+
+#[test]
+fn resume_refuses_other_settings_and_continues_under_the_same() {
+    let text = spec("[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("b");
+    interrupted_after_epoch_1(&text, &out);
+    let resume = |text: &str, epochs: Option<usize>| {
+        let src = SourceFile::from_text("zoo.toml", text.to_string());
+        let opts = TrainOptions { out: Some(out.clone()), resume: true, epochs, ..Default::default() };
+        run::train_spec(&src, compile_ok("zoo.toml", text), &opts, &mut run::Silent)
+    };
+    // Another learning rate, another seed, other epochs: each named.
+    let other = text.replace("lr = 0.005", "lr = 0.01").replace("seed = 7", "seed = 8");
+    match resume(&other, Some(5)) {
+        Err(run::RunError::ResumeMismatch { differences, .. }) => {
+            let all = differences.join("\n");
+            assert!(all.contains("epochs: 3 in the checkpoint, 5 now"), "{all}");
+            assert!(
+                all.contains("[train] lr = 0.005` in the checkpoint") && all.contains("[train] lr = 0.01` now"),
+                "{all}"
+            );
+            assert!(all.contains("seed = 7") && all.contains("seed = 8"), "{all}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a resume under other settings must be refused"),
+    }
+    assert!(run::checkpoint_dir(&out).exists(), "a refused resume keeps the checkpoint");
+    // The same settings continue from epoch 2 and finish.
+    let done = resume(&text, None).unwrap();
+    assert_eq!(done.report.epochs.len(), 3);
+    assert!(!run::checkpoint_dir(&out).exists());
+}
+
+#[test]
+fn resuming_a_run_that_stopped_early_trains_no_further() {
+    // Patience 1 with a learning rate so large that validation gets worse: the run stops
+    // early (deterministically, for this seed). Its last checkpoint, resumed, trains on
+    // no further and keeps its best epoch.
+    let text = spec("[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n")
+        .replace("lr = 0.005", "lr = 0.3\npatience = 1")
+        .replace("epochs = 3", "epochs = 8");
+    let c = compile_ok("zoo.toml", &text);
+    let (splits, _) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    let first = multigate::backend::candle::CandleModel::new(&c.model, 3, &Device::Cpu).unwrap();
+    let mut save = multigate::train::OnEpoch(|end: &multigate::train::EpochEnd| {
+        multigate::export::write_checkpoint(&dir, &first, &end.checkpoint().unwrap()).map_err(|e| e.to_string())
+    });
+    let a = multigate::train::fit_from(&first, &c.train, &splits, None, &mut save).unwrap();
+    assert!(a.stopped_early && a.epochs.len() < 8, "this configuration stops early: {} epochs", a.epochs.len());
+    let second = multigate::backend::candle::CandleModel::new(&c.model, 99, &Device::Cpu).unwrap();
+    let ck = multigate::export::read_checkpoint(&dir, &second).unwrap();
+    let mut none = multigate::train::OnEpoch(|_: &multigate::train::EpochEnd| Ok(()));
+    let b = multigate::train::fit_from(&second, &c.train, &splits, Some(ck), &mut none).unwrap();
+    assert_eq!(b.epochs.len(), a.epochs.len(), "no epoch after the stop");
+    assert!(b.stopped_early);
+    assert_eq!(b.best_epoch, a.best_epoch);
+    assert_eq!(b.test, a.test);
 }
