@@ -195,13 +195,20 @@ pub fn train_spec(
     if ckpt_dir.exists() && !opts.resume && !opts.fresh {
         return Err(RunError::Interrupted(ckpt_dir));
     }
+    // A bundle folder that cannot be one fails now, not after training.
+    if out.exists() && !out.is_dir() {
+        return Err(RunError::Other(format!("--out {} exists and is not a folder", out.display())));
+    }
     let locate = spec_locator(src);
-    let (spec, mut c) = fit_open_labels(src, compiled, opts, &locate, observer)?;
+    let (mut spec, mut c) = fit_open_labels(src, compiled, opts, &locate, observer)?;
+    // The overrides go into the spec too, so that the bundle says what was trained.
     if let Some(e) = opts.epochs {
         c.train.epochs = e.max(1);
+        spec.train.epochs = toml::Spanned::new(0..0, c.train.epochs as u64);
     }
     if let (Some(r), crate::ir::DataSource::Synthetic(s)) = (opts.rows, &mut c.data.source) {
         s.rows = r.max(1);
+        spec.data.synthetic.rows = toml::Spanned::new(0..0, s.rows as u64);
     }
     let settings = RunSettings {
         spec: spec.to_toml(),

@@ -243,6 +243,16 @@ fn the_run_api_reports_every_step_and_epoch() {
     // 4000 rows, 10% held out: 3600 training rows in batches of 128 -> 29 steps an epoch.
     assert_eq!((count.steps, count.epochs, count.last_step), (58, 2, 58));
     assert!(count.finished && done.out.join("manifest.json").exists());
+    // The bundle's spec says what was trained: the --epochs override, not the spec's 3.
+    let bundle_spec = std::fs::read_to_string(done.out.join("spec.toml")).unwrap();
+    assert!(bundle_spec.contains("epochs = 2\n") && !bundle_spec.contains("epochs = 3\n"), "{bundle_spec}");
+    // An --out that cannot be a bundle folder fails before training.
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let opts_file = TrainOptions { out: Some(file), ..Default::default() };
+    let mut steps = Count::default();
+    let err = run::train_spec(&src, compile_ok("zoo.toml", &text), &opts_file, &mut steps).err().unwrap();
+    assert!(err.to_string().contains("not a folder") && steps.steps == 0, "{err}");
     // A second run into the same folder is fine; a leftover checkpoint is not.
     std::fs::create_dir_all(run::checkpoint_dir(&done.out)).unwrap();
     let again = run::train_spec(&src, compile_ok("zoo.toml", &text), &opts, &mut run::Silent);
