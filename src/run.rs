@@ -192,6 +192,9 @@ pub fn train_spec(
 ) -> Result<RunResult, RunError> {
     let out = opts.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&compiled.model.name));
     let ckpt_dir = checkpoint_dir(&out);
+    // Finish or roll back commits a crashed run left, before looking at either folder.
+    export::recover(&out)?;
+    export::recover(&ckpt_dir)?;
     if ckpt_dir.exists() && !opts.resume && !opts.fresh {
         return Err(RunError::Interrupted(ckpt_dir));
     }
@@ -273,7 +276,7 @@ pub fn train_spec(
     let metrics = serde_json::to_string_pretty(&metrics).map_err(|e| RunError::Other(e.to_string()))?;
     export::write_bundle(&out, &model, BundleContents { spec_toml: &spec.to_toml(), metrics_json: &metrics })?;
     // The run finished and its bundle is in place: the checkpoint has served.
-    let _ = std::fs::remove_dir_all(&ckpt_dir);
+    export::remove_folder(&ckpt_dir)?;
     observer.on(&Event::Finished { report: &report, out: &out });
     Ok(RunResult { compiled: c, report, out })
 }

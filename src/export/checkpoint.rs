@@ -67,6 +67,7 @@ pub fn write_checkpoint(dir: &Path, model: &CandleModel, c: &Checkpoint) -> Resu
 /// Reads a checkpoint written for `model` (same IR), checking every tensor.
 pub fn read_checkpoint(dir: &Path, model: &CandleModel) -> Result<Checkpoint, ExportError> {
     let corrupt = |problem: String| ExportError::Corrupt { path: dir.display().to_string(), problem };
+    super::recover(dir)?;
     check_manifest(dir, &model.ir, "weights.safetensors")?;
     let state: State = serde_json::from_str(
         &std::fs::read_to_string(dir.join("state.json")).map_err(|e| corrupt(format!("state.json: {e}")))?,

@@ -14,15 +14,20 @@
 //! the spec compiles to is the one the manifest records, name for name and shape for
 //! shape; the IR's text may change between versions without orphaning bundles.
 //!
-//! Writes are atomic: everything goes to a temporary folder beside the target, which
-//! then replaces the target by rename. An interrupted export leaves the old bundle.
+//! Writes follow the commit protocol of `commit.rs`: at any instant the target holds the
+//! complete old bundle or the complete new one, and the next read or write finishes or
+//! rolls back an interrupted commit.
 
 mod checkpoint;
+mod commit;
+
+use commit::write_folder;
+pub use commit::{recover, remove_folder};
 
 pub use checkpoint::{read_checkpoint, write_checkpoint};
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Tensor;
 
@@ -137,75 +142,11 @@ pub fn write_bundle(dir: &Path, model: &CandleModel, contents: BundleContents<'_
     })
 }
 
-/// Fills a fresh temporary folder beside `dir` with `fill`, syncs it, and renames it
-/// into place. On any error the temporary folder goes and `dir` stays as it was.
-fn write_folder(dir: &Path, fill: impl FnOnce(&Path) -> Result<(), ExportError>) -> Result<(), ExportError> {
-    let tmp = temp_dir_for(dir)?;
-    if let Err(e) = fill(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    sync_dir(&tmp);
-    replace_dir(&tmp, dir)
-}
-
 fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), ExportError> {
     for (file, text) in files {
         let p = dir.join(file);
         std::fs::write(&p, text).map_err(io(&p))?;
     }
-    Ok(())
-}
-
-/// A fresh, empty temporary folder beside `dir`, on the same file system so that a
-/// rename can put it in place.
-fn temp_dir_for(dir: &Path) -> Result<PathBuf, ExportError> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "bundle".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    Ok(tmp)
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if let Ok(f) = std::fs::File::open(e.path()) {
-                let _ = f.sync_all();
-            }
-        }
-    }
-}
-
-/// Moves `tmp` to `dir`. An existing `dir` is moved aside first and removed only
-/// after the new one is in place.
-fn replace_dir(tmp: &Path, dir: &Path) -> Result<(), ExportError> {
-    if !dir.exists() {
-        return std::fs::rename(tmp, dir).map_err(io(dir));
-    }
-    if !dir.is_dir() {
-        let _ = std::fs::remove_dir_all(tmp);
-        return Err(ExportError::Io {
-            path: dir.display().to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a folder"),
-        });
-    }
-    let old: PathBuf = dir.with_file_name(format!(
-        ".{}.old-{}",
-        dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::rename(dir, &old).map_err(io(dir))?;
-    if let Err(e) = std::fs::rename(tmp, dir) {
-        // Put the old bundle back.
-        let _ = std::fs::rename(&old, dir);
-        return Err(io(dir)(e));
-    }
-    let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
 
@@ -219,6 +160,7 @@ pub struct Bundle {
 /// Reads a bundle, checking that its spec, IR text and weights agree.
 pub fn read_bundle(dir: &Path, device: &candle_core::Device) -> Result<Bundle, ExportError> {
     let corrupt = |problem: String| ExportError::Corrupt { path: dir.display().to_string(), problem };
+    recover(dir)?;
     if !dir.is_dir() {
         return Err(corrupt("no such folder".into()));
     }
