@@ -246,3 +246,26 @@ fn a_checkpoint_of_another_model_is_refused() {
     let err = export::read_checkpoint(&dir, &model).err().expect("refused").to_string();
     assert!(err.contains("state.json"), "{err}");
 }
+
+#[test]
+fn a_bundle_commit_killed_midway_is_finished_by_the_next_reader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bundle");
+    let (preds, val) = trained(&dir);
+    // The state a kill between "old moved aside" and "new put in place" leaves: no
+    // bundle at `dir`, the old one and a complete new one beside it (PID of no process).
+    let dead = 4_194_400;
+    let old = tmp.path().join(format!(".bundle.old-{dead}"));
+    let ready = tmp.path().join(format!(".bundle.ready-{dead}"));
+    std::fs::create_dir_all(&ready).unwrap();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, ready.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::rename(&dir, &old).unwrap();
+    let b = export::read_bundle(&dir, &Device::Cpu).expect("recovered");
+    let (again, _) = train::predict(&b.model, &val, 64).unwrap();
+    assert_eq!(preds, again);
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("bundle")], "no temporaries left");
+}
