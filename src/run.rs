@@ -243,10 +243,7 @@ pub fn train_spec(
             if !differences.is_empty() {
                 return Err(RunError::ResumeMismatch { checkpoint: ckpt_dir, differences });
             }
-            let stopped = match (c.train.patience, &ck.best) {
-                (Some(p), Some((_, best, _))) => ck.epochs_done.saturating_sub(*best) >= p,
-                _ => false,
-            };
+            let stopped = ck.best.as_ref().is_some_and(|(_, b, _)| c.train.patience_exhausted(ck.epochs_done, *b));
             let complete = ck.epochs_done >= c.train.epochs || stopped;
             observer.on(&Event::Resumed { checkpoint: &ckpt_dir, epochs_done: ck.epochs_done, complete });
             Some(ck)
@@ -461,18 +458,9 @@ fn frame_from_text(needs: &[Need], columns: &[(String, Vec<String>)]) -> Result<
                     .collect::<Result<_, _>>()?,
             ),
             data::ColumnKind::Cat => {
-                let mut dict: Vec<String> = Vec::new();
-                let mut index: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
-                let codes = values
-                    .iter()
-                    .map(|v| {
-                        *index.entry(v.as_str()).or_insert_with(|| {
-                            dict.push(v.clone());
-                            (dict.len() - 1) as u32
-                        })
-                    })
-                    .collect();
-                data::Column::Cat { dict, codes }
+                let mut column = data::frame::Interner::default();
+                values.iter().for_each(|v| column.push(v));
+                column.finish()
             }
         };
         frame.names.push(need.column.clone());

@@ -119,4 +119,10 @@ impl TrainConfig {
     pub fn lr_at(&self, epoch: usize) -> f64 {
         self.lr * self.lr_decay_rate.powf(epoch as f64 / self.lr_decay_epochs as f64)
     }
+
+    /// Whether `patience` ends a run after `epochs_done` epochs whose best was
+    /// `best_epoch` (both 1-based).
+    pub fn patience_exhausted(&self, epochs_done: usize, best_epoch: usize) -> bool {
+        self.patience.is_some_and(|p| epochs_done.saturating_sub(best_epoch) >= p)
+    }
 }

@@ -3,7 +3,7 @@
 //! the CLI and `metrics.json`.
 
 use super::GateUsage;
-use crate::ir::Layer;
+use crate::ir::{Layer, LayerPlan};
 
 /// Share of rows above which a gate that puts more than 0.99 on one expert is collapsed.
 pub const COLLAPSE_ROWS: f64 = 0.5;
@@ -12,8 +12,7 @@ pub const DEAD_WEIGHT: f64 = 0.01;
 
 /// For each instance of a layer's plan (an expert on a slot), the index of its expert
 /// among all the layer's experts, and the experts' names (`group.e{j}`).
-pub fn expert_ids(l: &Layer, n_tasks: usize) -> (Vec<usize>, Vec<String>) {
-    let plan = l.plan(n_tasks);
+pub fn expert_ids(l: &Layer, plan: &LayerPlan) -> (Vec<usize>, Vec<String>) {
     let offsets: Vec<usize> = l.groups.iter().scan(0, |acc, g| Some(std::mem::replace(acc, *acc + g.count))).collect();
     let names = l.groups.iter().flat_map(|g| (0..g.count).map(move |j| format!("{}.e{j}", g.name))).collect();
     let mut of = vec![0; plan.instances];

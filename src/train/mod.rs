@@ -118,8 +118,7 @@ pub struct Predictions {
 
 /// The name of each gate application of a layer: the gate's own name, or
 /// `gate@task` for a gate applied to several task slots.
-fn mix_names(model: &CandleModel, l: &crate::ir::Layer) -> Vec<String> {
-    let plan = l.plan(model.ir.tasks.len());
+fn mix_names(model: &CandleModel, l: &crate::ir::Layer, plan: &crate::ir::LayerPlan) -> Vec<String> {
     plan.mixes
         .iter()
         .map(|m| {
@@ -147,10 +146,7 @@ struct MixSums {
 }
 
 fn accumulate(acc: &mut Option<Tensor>, x: Tensor) -> candle_core::Result<()> {
-    *acc = Some(match acc.take() {
-        Some(a) => (a + x)?,
-        None => x,
-    });
+    *acc = crate::backend::candle::add_opt(acc.take(), Some(x))?;
     Ok(())
 }
 
@@ -164,8 +160,9 @@ pub fn predict_rows(
     let n_tasks = model.ir.tasks.len();
     let mut preds = vec![Vec::with_capacity(ds.rows); n_tasks];
     let gated: Vec<&crate::ir::Layer> = model.ir.layers.iter().filter(|l| !l.gates.is_empty()).collect();
+    let plans: Vec<crate::ir::LayerPlan> = gated.iter().map(|l| l.plan(n_tasks)).collect();
     let mut sums: Vec<Vec<MixSums>> =
-        gated.iter().map(|l| (0..l.plan(n_tasks).mixes.len()).map(|_| MixSums::default()).collect()).collect();
+        plans.iter().map(|p| (0..p.mixes.len()).map(|_| MixSums::default()).collect()).collect();
     let idx: Vec<usize> = (0..ds.rows).collect();
     for chunk in idx.chunks(batch_size.max(1)) {
         let batch = Batch::gather(ds, chunk, &model.device)?;
@@ -199,15 +196,14 @@ pub fn predict_rows(
     let mut usage = Vec::new();
     let mut gate_columns = Vec::new();
     let n = ds.rows.max(1) as f64;
-    for (l, mixes) in gated.iter().zip(sums) {
+    for ((l, mixes), plan) in gated.iter().zip(sums).zip(&plans) {
         let mut gates = Vec::new();
         let mut effective_experts = Vec::new();
         let mut peaked = Vec::new();
-        let (expert_of, experts) = gate_report::expert_ids(l, n_tasks);
-        let plan = l.plan(n_tasks);
+        let (expert_of, experts) = gate_report::expert_ids(l, plan);
         let mut mixed = Vec::new();
         let mut task_gate = Vec::new();
-        for ((name, s), mix) in mix_names(model, l).into_iter().zip(mixes).zip(&plan.mixes) {
+        for ((name, s), mix) in mix_names(model, l, plan).into_iter().zip(mixes).zip(&plan.mixes) {
             let Some(w) = s.weight else { continue };
             let h = s.entropy.map(|h| h.to_scalar::<f32>()).transpose()?.unwrap_or(0.0);
             effective_experts.push((h as f64 / n).exp());
@@ -301,10 +297,7 @@ pub fn batch_loss_weighted(
             }
             None => (&l * weight)?,
         };
-        total = Some(match total {
-            Some(acc) => (acc + w)?,
-            None => w,
-        });
+        accumulate(&mut total, w)?;
         per_task.push(l);
     }
     let mut total = total.ok_or_else(|| candle_core::Error::Msg("model has no tasks".into()))?;
@@ -451,10 +444,8 @@ pub fn fit_from(
         balancer.load(state);
     }
     // A resumed run that had already stopped early is complete: no further epochs.
-    let already_stopped = match (cfg.patience, &best) {
-        (Some(p), Some((_, best_epoch, _))) => first_epoch > 0 && first_epoch - best_epoch >= p,
-        _ => false,
-    };
+    let already_stopped =
+        first_epoch > 0 && best.as_ref().is_some_and(|(_, b, _)| cfg.patience_exhausted(first_epoch, *b));
     if already_stopped {
         stopped_early = true;
     }
@@ -520,8 +511,8 @@ pub fn fit_from(
             balance: balancer.state(),
         };
         observer.epoch(&end).map_err(TrainError::Checkpoint)?;
-        if let (Some(p), Some((_, best_epoch, _))) = (cfg.patience, &best) {
-            if epoch + 1 - best_epoch >= p && epoch + 1 < cfg.epochs {
+        if let Some((_, best_epoch, _)) = &best {
+            if cfg.patience_exhausted(epoch + 1, *best_epoch) && epoch + 1 < cfg.epochs {
                 stopped_early = true;
                 break;
             }

@@ -3,7 +3,7 @@
 
 use candle_core::{Tensor, Var, D};
 
-use super::{activate, add_bias, dropout, Result};
+use super::{activate, add_bias, add_opt, dropout, softplus, Result};
 use crate::ir::{Activation, Gating, Layer, LayerPlan, Stream};
 use crate::rng::Rng;
 
@@ -208,10 +208,7 @@ impl LayerParams {
                     let k = mix.instances.len();
                     let (p, aux) = gate(Some((at, k)), &[b, k])?; // [B, E_m]
                     per_mix.push(p);
-                    balance = match (balance, aux) {
-                        (Some(x), Some(y)) => Some((x + y)?),
-                        (x, y) => x.or(y),
-                    };
+                    balance = add_opt(balance, aux)?;
                     at += k;
                 }
                 (Tensor::cat(&per_mix, 1)?, per_mix, balance)
@@ -236,11 +233,6 @@ pub struct LayerOutput {
     pub gates: Vec<Tensor>,
     /// The weighted load-balancing loss, `[]`, when the layer has one (training).
     pub balance: Option<Tensor>,
-}
-
-/// `ln(1 + e^x)`, stable for large |x|.
-fn softplus(x: &Tensor) -> Result<Tensor> {
-    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
 /// Gate weights from logits over the last axis (`[B, E]` or `[B, M, E]`): top-k keeps

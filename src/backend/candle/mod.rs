@@ -209,11 +209,22 @@ pub(crate) fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// `log(sigmoid(x)) = -softplus(-x) = min(x, 0) - log(1 + exp(-|x|))`, finite for any
-/// finite `x`.
+/// `ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|)`, finite for any finite `x`.
+pub(crate) fn softplus(x: &Tensor) -> Result<Tensor> {
+    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
+/// `log(sigmoid(x)) = -softplus(-x)`, finite for any finite `x`.
 pub(crate) fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
-    let softplus = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
-    x.neg()?.relu()?.neg()? - softplus
+    softplus(&x.neg()?)?.neg()
+}
+
+/// The sum of two optional tensors (None counts as absent, not as zero).
+pub(crate) fn add_opt(a: Option<Tensor>, b: Option<Tensor>) -> Result<Option<Tensor>> {
+    Ok(match (a, b) {
+        (Some(x), Some(y)) => Some((x + y)?),
+        (x, y) => x.or(y),
+    })
 }
 
 /// A task's raw output as a prediction in the model's units: a probability for
@@ -359,10 +370,7 @@ impl CandleModel {
             if !g.is_empty() {
                 gates.push(g);
             }
-            balance = match (balance, b) {
-                (Some(x), Some(y)) => Some((x + y)?),
-                (x, y) => x.or(y),
-            };
+            balance = add_opt(balance, b)?;
             outputs.push((out.clone(), l.output));
             h = out;
             stream = l.output;
