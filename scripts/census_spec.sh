@@ -6,6 +6,18 @@
 # MODEL: shared_bottom | omoe | mmoe | cgc | ple | ple3. LAYER_KEYS are TOML lines added
 # to every gated layer (temperature = 0.5, dropout = 0.1, ...); TRAIN_KEYS to [train].
 
+# The setup both census scripts share: skips (exit 0) without the data, builds the
+# binary, and sets $bin, $tmp (removed on exit) and $runs (the per-run lines).
+census_prepare() {
+  local data=../shared/data/census-income-kdd
+  [ -f "$data/census-income.data.gz" ] || { echo "SKIPPED: $data is absent" >&2; exit 0; }
+  cargo build --release -q
+  bin=${MULTIGATE_BIN:-target/release/multigate}
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  runs="$tmp/runs.txt"
+}
+
 census_layers() { # model, extra layer keys
   local one
   case $1 in

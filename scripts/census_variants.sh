@@ -8,12 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/census_spec.sh
 seeds=${1:-3}; epochs=${2:-15}; patience=${3:-2}
-data=../shared/data/census-income-kdd
-[ -f "$data/census-income.data.gz" ] || { echo "SKIPPED: $data is absent" >&2; exit 0; }
-cargo build --release -q
-bin=${MULTIGATE_BIN:-target/release/multigate}
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-runs="$tmp/runs.txt"
+census_prepare
 # name | model | keys for every gated layer | keys for [train]
 variants=(
   "PLE, DWA loss balancing|ple||loss_balance = \"dwa\""

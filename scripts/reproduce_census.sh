@@ -14,12 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/census_spec.sh
 seeds=${1:-5}; epochs=${2:-20}; patience=${3:-3}
-data=../shared/data/census-income-kdd
-[ -f "$data/census-income.data.gz" ] || { echo "SKIPPED: $data is absent" >&2; exit 0; }
-cargo build --release -q
-bin=${MULTIGATE_BIN:-target/release/multigate}
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-runs="$tmp/runs.txt"
+census_prepare
 models="shared_bottom omoe mmoe cgc ple"
 for g in 1 2; do
   for m in $models; do
