@@ -45,7 +45,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let clicked: Vec<usize> = (0..test.rows).filter(|&i| click[i] == 1.0).collect();
         for (m, (name, spec)) in models.iter().enumerate() {
             let (src, c) = compile(spec, seed)?;
-            let opts = TrainOptions { out: Some(tmp.join(format!("m{m}"))), fresh: true, ..Default::default() };
+            let opts =
+                TrainOptions { out: Some(tmp.join(format!("m{m}"))), fresh: true, force: true, ..Default::default() };
             let done = run::train_spec(&src, c, &opts, &mut run::Silent)?;
             let predictor = Predictor::load(&done.out, multigate::backend::Device::Cpu)?;
             let p = multigate::train::predict_rows(predictor.model(), &test, 4096, false)?;

@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let dir = std::env::temp_dir().join("multigate-example-tiny-ple");
-    let opts = TrainOptions { out: Some(dir.clone()), fresh: true, ..Default::default() };
+    let opts = TrainOptions { out: Some(dir.clone()), fresh: true, force: true, ..Default::default() };
     let done = run::train_spec(&src, compiled, &opts, &mut Progress { steps: 0 })?;
     for (task, m) in done.compiled.model.tasks.iter().zip(&done.report.validation) {
         println!("validation {}: {m}", task.name);

@@ -20,7 +20,7 @@ for g in 1 2; do
   for m in $models; do
     for s in $(seq 1 "$seeds"); do
       census_spec "$g" "$m" "$s" "$epochs" "$patience" > "$tmp/spec.toml"
-      out=$("$bin" compile-and-train "$tmp/spec.toml" --out "$tmp/bundle" --fresh)
+      out=$("$bin" compile-and-train "$tmp/spec.toml" --out "$tmp/bundle" --fresh --force)
       aucs=$(echo "$out" | awk '/^test [a-z_]+: auc/ {printf "%s ", $4}')
       best=$(echo "$out" | awk '/^best epoch/ {print $3}')
       echo "$g $m $s $aucs$best" | tee -a "$runs" >&2

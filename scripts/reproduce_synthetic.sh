@@ -67,7 +67,7 @@ for p in $ps; do
     for s in $(seq 1 "$seeds"); do
       sed -e "s/^correlation = .*/correlation = $p/" -e "s/^seed = 1$/seed = $s/" -e "s/^seed = 42$/seed = $((42 + s))/" \
         "models/synthetic_$m.toml" > "$tmp/spec.toml"
-      out=$("$bin" compile-and-train "$tmp/spec.toml" --rows "$rows" --epochs "$epochs" --out "$tmp/bundle" --fresh)
+      out=$("$bin" compile-and-train "$tmp/spec.toml" --rows "$rows" --epochs "$epochs" --out "$tmp/bundle" --fresh --force)
       mse=$(echo "$out" | awk '/^test y[12]: mse/ {s += $4} END {printf "%.5f", s / 2}')
       echo "$p $m $s $mse" | tee -a "$runs" >&2
     done

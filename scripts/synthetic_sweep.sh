@@ -17,7 +17,7 @@ for p in 0.9 0.5 0.1; do
     for s in "${seeds[@]}"; do
       sed -e "s/^correlation = .*/correlation = $p/" -e "s/^seed = 1$/seed = $s/" -e "s/^seed = 42$/seed = $((42 + s))/" \
         models/synthetic_$m.toml > "$tmp/spec.toml"
-      out=$("$bin" compile-and-train "$tmp/spec.toml" --rows "$rows" --epochs "$epochs" --out "$tmp/bundle")
+      out=$("$bin" compile-and-train "$tmp/spec.toml" --rows "$rows" --epochs "$epochs" --out "$tmp/bundle" --force)
       mse=$(echo "$out" | awk '/^test y[12]: mse/ {s += $4} END {printf "%.4f", s / 2}')
       echo "p=$p model=$m seed=$s test_mse=$mse"
       sum=$(echo "$sum + $mse" | bc -l); n=$((n + 1))

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use crate::backend::candle::{candle_device, CandleBackend, CandleModel};
 use crate::backend::{Backend, Device};
 use crate::data::{self, fit::FittedLabel, Frame, LoadInfo, Need, NeedOwner};
-use crate::export::{self, BundleContents, ExportError};
+use crate::export::provenance::{DataFile, Provenance, SplitRows};
+use crate::export::{self, BundleContents, ExportError, RunLock};
 use crate::lower::{self, Compiled};
 use crate::source::SourceFile;
 use crate::train::{self, EpochEnd, EpochReport, Predictions, TrainError, TrainObserver, TrainReport};
@@ -40,6 +41,10 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Discard the checkpoint of an interrupted run.
     pub fresh: bool,
+    /// Replace a bundle already at `out` (else that is an error, before training).
+    pub force: bool,
+    /// The command line that asked for the run, recorded in the bundle's provenance.
+    pub command: Vec<String>,
 }
 
 /// What a run reports while it works.
@@ -107,6 +112,9 @@ pub struct RunSettings {
     pub synthetic_rows: Option<usize>,
     /// Training file given with `--data`.
     pub data: Option<PathBuf>,
+    /// Every data file read (training, validation, test): size and SHA-256.
+    #[serde(default)]
+    pub data_files: Vec<DataFile>,
 }
 
 impl RunSettings {
@@ -124,6 +132,23 @@ impl RunSettings {
         }
         if self.data != now.data {
             out.push(format!("--data: {:?} in the checkpoint, {:?} now", self.data, now.data));
+        }
+        for then in &self.data_files {
+            match now.data_files.iter().find(|f| f.path == then.path) {
+                Some(f) if f == then => {}
+                Some(f) => out.push(format!(
+                    "data file {}: {} bytes (SHA-256 {}) in the checkpoint, {} bytes (SHA-256 {}) now",
+                    then.path.display(),
+                    then.bytes,
+                    &then.sha256[..12.min(then.sha256.len())],
+                    f.bytes,
+                    &f.sha256[..12.min(f.sha256.len())]
+                )),
+                None => out.push(format!("data file {}: read in the checkpoint, not now", then.path.display())),
+            }
+        }
+        for f in now.data_files.iter().filter(|f| !self.data_files.iter().any(|t| t.path == f.path)) {
+            out.push(format!("data file {}: read now, not in the checkpoint", f.path.display()));
         }
         // The spec, line by line within its tables: `[train] lr = 0.001` vs `lr = 0.01`.
         let lines = |text: &str| -> Vec<String> {
@@ -155,6 +180,8 @@ pub enum RunError {
     ResumeMismatch { checkpoint: PathBuf, differences: Vec<String> },
     #[error("{} holds the checkpoint of an interrupted run: pass --resume to continue it, or --fresh to discard it", .0.display())]
     Interrupted(PathBuf),
+    #[error("{} already holds a bundle (trained {when}); pass --force to replace it, or choose another --out", .out.display())]
+    Exists { out: PathBuf, when: String },
     #[error("the spec with fitted label statistics does not compile: {0}")]
     Refit(String),
     #[error("device: {0}")]
@@ -190,8 +217,13 @@ pub fn train_spec(
     opts: &TrainOptions,
     observer: &mut dyn Observer,
 ) -> Result<RunResult, RunError> {
+    let started = export::provenance::utc_now();
     let out = opts.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&compiled.model.name));
     let ckpt_dir = checkpoint_dir(&out);
+    // One run per folder: a second one fails here, naming the first, and a live run's
+    // checkpoint is never mistaken for an interrupted one. Taking the lock is also the
+    // first write beside `out`: an unwritable place fails now, not after training.
+    let _lock = RunLock::acquire(&out)?;
     // Finish or roll back commits a crashed run left, before looking at either folder.
     export::recover(&out)?;
     export::recover(&ckpt_dir)?;
@@ -201,6 +233,16 @@ pub fn train_spec(
     // A bundle folder that cannot be one fails now, not after training.
     if out.exists() && !out.is_dir() {
         return Err(RunError::Other(format!("--out {} exists and is not a folder", out.display())));
+    }
+    // A run never silently replaces another's bundle; continuing an interrupted run
+    // (whose start already passed this check) may.
+    let continuing = opts.resume && ckpt_dir.exists();
+    if !opts.force && !continuing && std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some()) {
+        let when = std::fs::read_to_string(out.join("provenance.json"))
+            .ok()
+            .and_then(|p| serde_json::from_str::<Provenance>(&p).ok())
+            .map_or_else(|| "earlier".to_string(), |p| format!("{} to {}", p.started, p.finished));
+        return Err(RunError::Exists { out, when });
     }
     let locate = spec_locator(src);
     let (mut spec, mut c) = fit_open_labels(src, compiled, opts, &locate, observer)?;
@@ -213,15 +255,6 @@ pub fn train_spec(
         s.rows = r.max(1);
         spec.data.synthetic.rows = toml::Spanned::new(0..0, s.rows as u64);
     }
-    let settings = RunSettings {
-        spec: spec.to_toml(),
-        epochs: c.train.epochs,
-        synthetic_rows: match &c.data.source {
-            crate::ir::DataSource::Synthetic(s) if opts.data.is_none() => Some(s.rows),
-            _ => None,
-        },
-        data: opts.data.clone(),
-    };
     let dev = candle_device(opts.device).map_err(|e| RunError::Device(e.to_string()))?;
     observer.on(&Event::Built { compiled: &c });
     let (splits, info) = data::load_splits(&c.model, &c.data, opts.data.as_deref(), &locate)?;
@@ -231,6 +264,20 @@ pub fn train_spec(
         validation: splits.validation.rows,
         test: splits.test.as_ref().map_or(0, |t| t.rows),
     });
+    let data_files = data_paths(&c.data.source, opts.data.as_deref())
+        .iter()
+        .map(|p| DataFile::of(p).map_err(|e| data::DataError::Open { path: p.display().to_string(), source: e }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let settings = RunSettings {
+        spec: spec.to_toml(),
+        epochs: c.train.epochs,
+        synthetic_rows: match &c.data.source {
+            crate::ir::DataSource::Synthetic(s) if opts.data.is_none() => Some(s.rows),
+            _ => None,
+        },
+        data: opts.data.clone(),
+        data_files,
+    };
     let model = CandleBackend { device: dev }.build(&c.model, c.train.seed).map_err(TrainError::from)?;
     let checkpoint = match (opts.resume, ckpt_dir.exists()) {
         (true, true) => {
@@ -254,6 +301,7 @@ pub fn train_spec(
         }
         _ => None,
     };
+    let resumed_after = checkpoint.as_ref().map(|c| c.epochs_done);
     let run_json = serde_json::to_string_pretty(&settings).map_err(|e| RunError::Other(e.to_string()))?;
     let report = {
         let mut watch = Watch { observer, model: &model, checkpoint: &ckpt_dir, run: &run_json };
@@ -271,11 +319,46 @@ pub fn train_spec(
         "report": report,
     });
     let metrics = serde_json::to_string_pretty(&metrics).map_err(|e| RunError::Other(e.to_string()))?;
-    export::write_bundle(&out, &model, BundleContents { spec_toml: &spec.to_toml(), metrics_json: &metrics })?;
+    let provenance = Provenance {
+        multigate: env!("CARGO_PKG_VERSION").to_string(),
+        command: opts.command.clone(),
+        started,
+        finished: export::provenance::utc_now(),
+        data_source: info.source.clone(),
+        data_files: settings.data_files.clone(),
+        rows: SplitRows {
+            train: splits.train.rows,
+            validation: splits.validation.rows,
+            test: splits.test.as_ref().map_or(0, |t| t.rows),
+        },
+        train_seed: c.train.seed,
+        epochs: c.train.epochs,
+        epochs_trained: report.epochs.len(),
+        best_epoch: Some(report.best_epoch),
+        resumed_after,
+        device: format!("{:?}", opts.device),
+        dense_ranges: data::ranges::dense_ranges(&c.model, &splits.train),
+    };
+    let provenance = serde_json::to_string_pretty(&provenance).map_err(|e| RunError::Other(e.to_string()))?;
+    let contents = BundleContents { spec_toml: &spec.to_toml(), metrics_json: &metrics, provenance_json: &provenance };
+    export::write_bundle(&out, &model, contents)?;
+    export::crash_point("committed");
     // The run finished and its bundle is in place: the checkpoint has served.
     export::remove_folder(&ckpt_dir)?;
     observer.on(&Event::Finished { report: &report, out: &out });
     Ok(RunResult { compiled: c, report, out })
+}
+
+/// The data files a run reads: `--data`, or the spec's training, validation and test
+/// files; none for the synthetic generator.
+fn data_paths(source: &crate::ir::DataSource, train_override: Option<&Path>) -> Vec<PathBuf> {
+    match (source, train_override) {
+        (_, Some(p)) => vec![p.to_path_buf()],
+        (crate::ir::DataSource::Csv(c), None) => {
+            c.train.iter().chain(c.validation.iter()).chain(c.test.iter()).cloned().collect()
+        }
+        (crate::ir::DataSource::Synthetic(_), None) => Vec::new(),
+    }
 }
 
 /// Fits the label statistics the spec leaves open and pins them into the spec, which
@@ -370,6 +453,8 @@ pub fn spec_locator(src: &SourceFile) -> impl Fn(&Need) -> String + '_ {
 /// A bundle loaded once for scoring.
 pub struct Predictor {
     bundle: export::Bundle,
+    /// The training rows' dense ranges, from the bundle's provenance.
+    ranges: Vec<data::ranges::DenseRange>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -386,7 +471,14 @@ impl Predictor {
     /// Loads and verifies a bundle.
     pub fn load(dir: &Path, device: Device) -> Result<Predictor, ExportError> {
         let dev = candle_device(device)?;
-        Ok(Predictor { bundle: export::read_bundle(dir, &dev)? })
+        let bundle = export::read_bundle(dir, &dev)?;
+        let ranges = serde_json::from_str::<Provenance>(&bundle.provenance).map(|p| p.dense_ranges).unwrap_or_default();
+        Ok(Predictor { bundle, ranges })
+    }
+
+    /// The bundle's `provenance.json` (what was trained, from what, when).
+    pub fn provenance(&self) -> &str {
+        &self.bundle.provenance
     }
 
     pub fn compiled(&self) -> &Compiled {
@@ -411,8 +503,23 @@ impl Predictor {
     /// Scores the rows of a frame of raw values; with `gates`, keeps every row's gate
     /// weights.
     pub fn predict_frame(&self, frame: &Frame, gates: bool) -> Result<Predictions, PredictError> {
-        let ds = data::encode(&self.bundle.compiled.model, frame, false)?;
-        Ok(train::predict_rows(&self.bundle.model, &ds, 4096, gates)?)
+        let ds = self.encode(frame)?;
+        self.predict_dataset(&ds, gates)
+    }
+
+    /// Hashes, looks up and transforms a frame of raw values as in training.
+    pub fn encode(&self, frame: &Frame) -> Result<data::Dataset, PredictError> {
+        Ok(data::encode(&self.bundle.compiled.model, frame, false)?)
+    }
+
+    /// Scores encoded rows; with `gates`, keeps every row's gate weights.
+    pub fn predict_dataset(&self, ds: &data::Dataset, gates: bool) -> Result<Predictions, PredictError> {
+        Ok(train::predict_rows(&self.bundle.model, ds, 4096, gates)?)
+    }
+
+    /// One warning per dense column of `ds` with values far outside what training saw.
+    pub fn far_outside(&self, ds: &data::Dataset) -> Vec<String> {
+        data::ranges::far_outside(&self.bundle.compiled.model, &self.ranges, ds)
     }
 
     /// Scores rows given as raw text per column (`name -> one value per row`), as a

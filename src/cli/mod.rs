@@ -59,6 +59,9 @@ enum Command {
         /// Discard the checkpoint of an interrupted run and start over.
         #[arg(long)]
         fresh: bool,
+        /// Replace the bundle already at --out (without it, that is refused before training).
+        #[arg(long)]
+        force: bool,
     },
     /// Predict with a bundle: one column per task (probabilities for binary tasks).
     Predict {
@@ -75,6 +78,10 @@ enum Command {
         /// Copy this input column (an id, say) to the output, first; repeatable.
         #[arg(long, value_name = "COLUMN")]
         keep: Vec<String>,
+        /// Also read the label columns and print each task's metrics (to stderr);
+        /// without it label columns are not read.
+        #[arg(long)]
+        evaluate: bool,
     },
     /// Write the spec's synthetic data to a CSV file.
     Synth {
@@ -163,12 +170,13 @@ pub fn run() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check { spec } => check(&spec),
-        Command::CompileAndTrain { spec, data, out, epochs, rows, device, resume, fresh } => {
-            let opts = run::TrainOptions { data, out, epochs, rows, device, resume, fresh };
+        Command::CompileAndTrain { spec, data, out, epochs, rows, device, resume, fresh, force } => {
+            let command = std::env::args().collect();
+            let opts = run::TrainOptions { data, out, epochs, rows, device, resume, fresh, force, command };
             compile_and_train(&spec, opts)
         }
-        Command::Predict { bundle, data, out, device, gates, keep } => {
-            predict(&bundle, &data, out.as_deref(), device, gates, &keep)
+        Command::Predict { bundle, data, out, device, gates, keep, evaluate } => {
+            predict(&bundle, &data, out.as_deref(), device, gates, &keep, evaluate)
         }
         Command::Synth { spec, rows, out } => synth(&spec, rows, &out),
         Command::Bench { spec, batch, steps, device, optimizer } => {
@@ -356,6 +364,7 @@ fn predict(
     device: Device,
     gates: bool,
     keep: &[String],
+    evaluate: bool,
 ) -> Result<(), Failure> {
     let predictor = run::Predictor::load(bundle, device)?;
     let compiled = predictor.compiled();
@@ -366,7 +375,8 @@ fn predict(
             multigate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None }
         }
     };
-    let mut needs = predictor.needs();
+    // Label columns are read only to evaluate: a bad value in one must not stop scoring.
+    let mut needs: Vec<Need> = predictor.needs().into_iter().filter(|n| evaluate || !n.is_label).collect();
     for k in keep {
         needs.push(Need {
             column: k.clone(),
@@ -376,8 +386,13 @@ fn predict(
             is_label: false,
         });
     }
-    let frame = data::csv_source::read_csv(data_path, &format, &needs, false, &run::spec_locator(predictor.source()))?;
-    let p = predictor.predict_frame(&frame, gates)?;
+    let frame =
+        data::csv_source::read_csv(data_path, &format, &needs, evaluate, &run::spec_locator(predictor.source()))?;
+    let ds = predictor.encode(&frame)?;
+    for w in predictor.far_outside(&ds) {
+        eprintln!("warning: {w}");
+    }
+    let p = predictor.predict_dataset(&ds, gates)?;
     let kept: Vec<&data::Column> =
         keep.iter().map(|k| frame.column_as(k, false)).collect::<Option<_>>().unwrap_or_default();
     let mut names: Vec<String> = keep.to_vec();
@@ -406,8 +421,12 @@ fn predict(
             std::io::stdout().write_all(&text)?;
         }
     }
-    let ds = data::encode(&compiled.model, &frame, false)?;
-    if ds.has_labels() {
+    if evaluate {
+        let ds = data::encode(&compiled.model, &frame, true)?;
+        if !ds.has_labels() {
+            eprintln!("no task has a label to evaluate");
+            return Ok(());
+        }
         let eval = train::evaluate(predictor.model(), &ds, 4096)?;
         for (n, m) in compiled.model.tasks.iter().map(|t| &t.name).zip(&eval.metrics) {
             eprintln!("{n}: {m}");

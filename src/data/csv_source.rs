@@ -1,22 +1,125 @@
 //! CSV source: reads only the needed columns of one or more files (optionally
-//! gzip-compressed) into a [`Frame`]. Whitespace around fields is trimmed, so the
-//! census files' "comma + space" format reads as plain CSV.
+//! gzip-compressed) into a [`Frame`]. Whitespace around fields is trimmed, and spaces
+//! after a delimiter are dropped before parsing, so the census files' "comma + space"
+//! format reads as plain CSV, quoted fields (`, "Private, Inc"`) included.
+//!
+//! Numbers are strict: a field is a finite `f32`, empty, or the spec's `missing`
+//! token; a literal `NaN` or `inf`, or a value beyond `f32`, is an error naming the
+//! file, line and column.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
+use std::rc::Rc;
 
 use super::frame::{Column, Frame, Interner, Origin};
 use super::{ColumnKind, DataError, Need};
 use crate::ir::CsvFormat;
 
-fn open(path: &Path) -> Result<Box<dyn Read>, DataError> {
-    let file = File::open(path).map_err(|source| DataError::Open { path: path.display().to_string(), source })?;
-    let reader = BufReader::with_capacity(1 << 20, file);
-    if path.extension().is_some_and(|e| e == "gz") {
-        Ok(Box::new(flate2::read::MultiGzDecoder::new(reader)))
+/// Counts the bytes read through it (the compressed offset of a gzip file).
+struct Counting<R> {
+    inner: R,
+    read: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Drops the spaces that follow a delimiter or a line break outside quoted fields, so
+/// that a quoted field after "comma + space" starts with its quote, as CSV wants.
+/// Leading spaces are trimmed from every field anyway, so nothing else changes.
+struct Unpad<R> {
+    inner: R,
+    delimiter: u8,
+    buf: Vec<u8>,
+    /// Inside a quoted field.
+    quoted: bool,
+    /// At the start of a field (dropping spaces).
+    at_start: bool,
+}
+
+impl<R: Read> Read for Unpad<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            self.buf.resize(out.len(), 0);
+            let n = self.inner.read(&mut self.buf)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let mut k = 0;
+            for &b in &self.buf[..n] {
+                if self.quoted {
+                    // A doubled quote closes and reopens: the escape reads correctly.
+                    self.quoted = b != b'"';
+                } else {
+                    if self.at_start && b == b' ' {
+                        continue;
+                    }
+                    self.quoted = self.at_start && b == b'"';
+                    self.at_start = b == self.delimiter || b == b'\n';
+                }
+                out[k] = b;
+                k += 1;
+            }
+            if k > 0 {
+                return Ok(k);
+            }
+        }
+    }
+}
+
+/// An open data file and, for gzip, the count of compressed bytes consumed.
+struct Opened {
+    reader: Box<dyn Read>,
+    gzip_offset: Option<Rc<Cell<u64>>>,
+}
+
+fn open(path: &Path, delimiter: u8) -> Result<Opened, DataError> {
+    let open_err = |source| DataError::Open { path: path.display().to_string(), source };
+    if std::fs::metadata(path).map_err(open_err)?.is_dir() {
+        return Err(DataError::Open {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a folder, not a data file"),
+        });
+    }
+    let file = File::open(path).map_err(open_err)?;
+    let (reader, gzip_offset): (Box<dyn Read>, _) = if path.extension().is_some_and(|e| e == "gz") {
+        let read = Rc::new(Cell::new(0));
+        let counted = Counting { inner: BufReader::with_capacity(1 << 16, file), read: read.clone() };
+        (Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(counted))), Some(read))
     } else {
-        Ok(Box::new(reader))
+        (Box::new(BufReader::with_capacity(1 << 20, file)), None)
+    };
+    let reader: Box<dyn Read> = if delimiter == b' ' {
+        reader
+    } else {
+        Box::new(Unpad { inner: reader, delimiter, buf: Vec::new(), quoted: false, at_start: true })
+    };
+    Ok(Opened { reader, gzip_offset })
+}
+
+/// Describes a read error: a gzip problem with the file and compressed byte offset
+/// (trailing garbage and truncation named as such), else the I/O error.
+fn read_problem(e: &std::io::Error, gzip_offset: Option<u64>) -> String {
+    match gzip_offset {
+        None => e.to_string(),
+        Some(at) => {
+            let what = match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => "the gzip stream ends early (the file is truncated)".to_string(),
+                std::io::ErrorKind::InvalidInput if e.to_string().contains("header") && at > 0 => {
+                    "bytes after the end of the gzip stream that are not another gzip member (trailing garbage)"
+                        .to_string()
+                }
+                _ => format!("corrupt gzip data ({e})"),
+            };
+            format!("{what}, within the first {at} compressed bytes")
+        }
     }
 }
 
@@ -35,18 +138,32 @@ pub fn read_csv(
     spec_at: &dyn Fn(&Need) -> String,
 ) -> Result<Frame, DataError> {
     let shown = path.display().to_string();
+    let opened = open(path, format.delimiter)?;
+    let gzip_offset = opened.gzip_offset;
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(format.delimiter)
         .has_headers(format.header)
         .trim(csv::Trim::All)
         .flexible(false)
-        .from_reader(open(path)?);
+        .from_reader(opened.reader);
+    // Where an error is: `file:line`, or the file alone when the reader has no line.
+    let bad_row = |e: &csv::Error| {
+        let at = match e.position() {
+            Some(p) if p.line() > 0 => format!("{shown}:{}", p.line()),
+            _ => shown.clone(),
+        };
+        let problem = match e.kind() {
+            csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                format!("expected {expected_len} fields, found {len}")
+            }
+            csv::ErrorKind::Utf8 { .. } => "the row is not valid UTF-8".to_string(),
+            csv::ErrorKind::Io(io) => read_problem(io, gzip_offset.as_ref().map(|c| c.get())),
+            _ => e.to_string(),
+        };
+        DataError::BadRow { at, problem }
+    };
     let header: Vec<String> = if format.header {
-        rdr.headers()
-            .map_err(|e| DataError::BadRow { at: format!("{shown}:1"), problem: e.to_string() })?
-            .iter()
-            .map(str::to_string)
-            .collect()
+        rdr.headers().map_err(|e| bad_row(&e))?.iter().map(str::to_string).collect()
     } else {
         format.columns.clone()
     };
@@ -59,7 +176,21 @@ pub fn read_csv(
         if names.iter().zip(&kinds).any(|(n, k)| *n == need.column && *k == need.kind) {
             continue;
         }
-        match header.iter().position(|h| *h == need.column) {
+        let at: Vec<usize> = header.iter().enumerate().filter(|(_, h)| **h == need.column).map(|(i, _)| i).collect();
+        if at.len() > 1 {
+            let fields: Vec<String> = at.iter().map(|i| (i + 1).to_string()).collect();
+            return Err(DataError::BadRow {
+                at: format!("{shown}:1"),
+                problem: format!(
+                    "column `{}` (wanted by {}) appears {} times in the header, as fields {}: which one is meant?",
+                    need.column,
+                    spec_at(need),
+                    at.len(),
+                    fields.join(" and ")
+                ),
+            });
+        }
+        match at.first().copied() {
             Some(i) => {
                 names.push(need.column.clone());
                 kinds.push(need.kind);
@@ -92,17 +223,7 @@ pub fn read_csv(
         match rdr.read_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {}
-            Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
-                let problem = match e.kind() {
-                    csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
-                        format!("expected {expected_len} fields, found {len}")
-                    }
-                    csv::ErrorKind::Utf8 { .. } => "the row is not valid UTF-8".to_string(),
-                    _ => e.to_string(),
-                };
-                return Err(DataError::BadRow { at: format!("{shown}:{line}"), problem });
-            }
+            Err(e) => return Err(bad_row(&e)),
         }
         let line = record.position().map_or(0, |p| p.line());
         if !format.header && record.len() != header.len() {
@@ -118,16 +239,17 @@ pub fn read_csv(
                 Builder::Cat(i) => i.push(field),
                 Builder::Num(v) => {
                     let is_missing = field.is_empty() || format.missing.as_deref() == Some(field);
-                    let x = if is_missing {
-                        f32::NAN
-                    } else {
-                        field.parse::<f32>().map_err(|_| DataError::BadValue {
-                            at: format!("{shown}:{line}"),
-                            column: name.clone(),
-                            problem: format!("`{field}` is not a number"),
-                        })?
-                    };
-                    v.push(x);
+                    let x = if is_missing { Ok(f32::NAN) } else { parse_number(field) };
+                    match x {
+                        Ok(x) => v.push(x),
+                        Err(problem) => {
+                            return Err(DataError::BadValue {
+                                at: format!("{shown}:{line}"),
+                                column: name.clone(),
+                                problem,
+                            })
+                        }
+                    }
                 }
             }
         }
@@ -143,4 +265,21 @@ pub fn read_csv(
         })
         .collect();
     Ok(Frame { names, columns, rows: lines.len(), origin: Origin { name: shown, lines } })
+}
+
+/// A numeric field: a finite `f32`. A literal NaN or infinity, and a value beyond the
+/// `f32` range, are errors (declare a missing token to read such a literal as missing).
+pub fn parse_number(field: &str) -> Result<f32, String> {
+    match field.parse::<f32>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        Ok(_)
+            if field.trim_start_matches(['+', '-']).chars().next().is_some_and(|c| c.is_ascii_digit() || c == '.') =>
+        {
+            Err(format!("`{field}` is beyond the range of a 32-bit float"))
+        }
+        Ok(_) => Err(format!(
+            "`{field}` is not a finite number; if it marks a missing value, say so with [data] missing = {field:?}"
+        )),
+        Err(_) => Err(format!("`{field}` is not a number")),
+    }
 }

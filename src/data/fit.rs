@@ -83,7 +83,8 @@ fn fit_task(model: &Model, t: usize, frames: &[Frame]) -> Result<FittedLabel, Da
                     Some(Column::Cat { dict, codes }) => {
                         let mut used = vec![false; dict.len()];
                         codes.iter().for_each(|&c| used[c as usize] = true);
-                        seen.extend(dict.iter().zip(used).filter(|(_, u)| *u).map(|(d, _)| d.clone()));
+                        // An empty label is missing, never a class.
+                        seen.extend(dict.iter().zip(used).filter(|(d, u)| *u && !d.is_empty()).map(|(d, _)| d.clone()));
                     }
                     Some(Column::Num(v)) => seen.extend(v.iter().filter(|x| !x.is_nan()).map(|x| format!("{x}"))),
                     None => return Err(what("not in the training data".into())),

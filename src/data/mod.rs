@@ -10,6 +10,7 @@ pub mod csv_source;
 pub mod fit;
 pub mod frame;
 pub mod hash;
+pub mod ranges;
 pub mod synthetic;
 
 pub use frame::{Column, Frame, Origin};
@@ -213,7 +214,15 @@ fn encode_with(model: &Model, frame: &Frame, require_labels: bool, check_positiv
                         return Err(DataError::Other(format!("column `{c}` must be numeric")));
                     };
                     for (i, &x) in v.iter().enumerate() {
-                        let y = transform.apply(if x.is_nan() { *fill } else { x });
+                        let x = if x.is_nan() { *fill } else { x };
+                        if let Some(problem) = transform.domain_error(x) {
+                            return Err(DataError::BadValue {
+                                at: frame.origin.describe(i),
+                                column: c.clone(),
+                                problem,
+                            });
+                        }
+                        let y = transform.apply(x);
                         if !y.is_finite() {
                             return Err(DataError::BadValue {
                                 at: frame.origin.describe(i),
@@ -255,6 +264,7 @@ fn encode_labels(t: &Task, frame: &Frame, require: bool, check_positive: bool) -
             for (i, &c) in codes.iter().enumerate() {
                 match index[c as usize] {
                     Some(k) => out.push(k as f32),
+                    None if dict[c as usize].is_empty() => out.push(f32::NAN),
                     None => {
                         return Err(bad(
                             i,
@@ -294,16 +304,53 @@ fn encode_labels(t: &Task, frame: &Frame, require: bool, check_positive: bool) -
                     ),
                 });
             }
-            let pos: Vec<f32> = dict.iter().map(|v| f32::from(ps.contains(v))).collect();
+            // An empty label is missing, not "not positive".
+            let pos: Vec<f32> =
+                dict.iter().map(|v| if v.is_empty() { f32::NAN } else { f32::from(ps.contains(v)) }).collect();
             codes.iter().map(|&c| pos[c as usize]).collect()
         }
-        (_, Column::Num(v), Some(ps)) => v.iter().map(|x| f32::from(ps.contains(&format!("{x}")))).collect(),
+        (_, Column::Num(v), Some(ps)) => {
+            v.iter().map(|x| if x.is_nan() { f32::NAN } else { f32::from(ps.contains(&format!("{x}"))) }).collect()
+        }
         (_, Column::Num(v), None) => v.clone(),
         (_, Column::Cat { .. }, None) => {
             return Err(DataError::Other(format!("label column `{}` must be numeric", label.column)))
         }
     };
+    // Rows whose label is not observed (`only_where` reads 0) are masked; every other
+    // row must have a label.
+    let observed: Option<&[f32]> = match &label.only_where {
+        Some(w) => match frame.column_as(w, true) {
+            Some(Column::Num(present)) => Some(present),
+            _ if require => return Err(missing(w)),
+            _ => None,
+        },
+        None => None,
+    };
     for (i, y) in labels.iter_mut().enumerate() {
+        if let Some(present) = observed {
+            match present[i] {
+                1.0 => {}
+                0.0 => {
+                    *y = f32::NAN;
+                    continue;
+                }
+                other => {
+                    return Err(DataError::BadValue {
+                        at: frame.origin.describe(i),
+                        column: label.only_where.clone().unwrap_or_default(),
+                        problem: format!("`only_where` of task `{}` reads {other}, expected 0 or 1", t.name),
+                    })
+                }
+            }
+        }
+        if y.is_nan() {
+            let mask = match &label.only_where {
+                Some(w) => format!("`only_where` column `{w}` says it is observed"),
+                None => "every row needs one (mask unobserved rows with `only_where`)".to_string(),
+            };
+            return Err(bad(i, format!("the label of task `{}` is missing; {mask}", t.name)));
+        }
         match &t.head {
             Head::Binary if *y != 0.0 && *y != 1.0 => {
                 return Err(bad(i, format!("label of task `{}` is {y}, expected 0 or 1 (or set `positive`)", t.name)))
@@ -317,24 +364,6 @@ fn encode_labels(t: &Task, frame: &Frame, require: bool, check_positive: bool) -
                 *y = transform.apply(*y);
             }
             _ => {}
-        }
-    }
-    if let Some(w) = &label.only_where {
-        let Some(Column::Num(present)) = frame.column_as(w, true) else {
-            return if require { Err(missing(w)) } else { Ok(labels) };
-        };
-        for (i, (y, &p)) in labels.iter_mut().zip(present).enumerate() {
-            match p {
-                1.0 => {}
-                0.0 => *y = f32::NAN,
-                other => {
-                    return Err(DataError::BadValue {
-                        at: frame.origin.describe(i),
-                        column: w.clone(),
-                        problem: format!("`only_where` of task `{}` reads {other}, expected 0 or 1", t.name),
-                    })
-                }
-            }
         }
     }
     Ok(labels)

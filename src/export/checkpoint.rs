@@ -7,8 +7,8 @@
 //! | `best.safetensors`      | parameters of the best epoch so far, by name    |
 //! | `optimizer.safetensors` | Adam moments (`{parameter}.m`, `{parameter}.v`)  |
 //! | `state.json`            | epochs done, Adam step, best epoch and score, epoch reports |
-//! | `manifest.json`         | format version and parameter table, to refuse a checkpoint of another model |
-//! | `run.json`              | what the run was asked to do (spec after overrides, ...), compared on resume |
+//! | `run.json`              | what determines the run (spec after overrides, data fingerprints), compared on resume |
+//! | `manifest.json`         | format version, parameter table (to refuse a checkpoint of another model), size and SHA-256 of every file |
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,7 +16,7 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{check_manifest, manifest_json, write_files, write_folder, ExportError};
+use super::{files::save_tensors, open_manifest, seal, write_files, write_folder, ExportError, FolderKind};
 use crate::backend::candle::CandleModel;
 use crate::train::{Checkpoint, EpochReport};
 
@@ -39,12 +39,12 @@ fn named(model: &CandleModel, values: &[Tensor]) -> HashMap<String, Tensor> {
 /// Writes a checkpoint to `dir` (replacing any older one atomically).
 pub fn write_checkpoint(dir: &Path, model: &CandleModel, c: &Checkpoint) -> Result<(), ExportError> {
     write_folder(dir, |tmp| {
-        candle_core::safetensors::save(&named(model, &c.weights), tmp.join("weights.safetensors"))?;
+        save_tensors(&tmp.join("weights.safetensors"), &named(model, &c.weights))?;
         if let Some((_, _, best)) = &c.best {
-            candle_core::safetensors::save(&named(model, best), tmp.join("best.safetensors"))?;
+            save_tensors(&tmp.join("best.safetensors"), &named(model, best))?;
         }
         let adam: HashMap<String, Tensor> = c.adam_state.iter().cloned().collect();
-        candle_core::safetensors::save(&adam, tmp.join("optimizer.safetensors"))?;
+        save_tensors(&tmp.join("optimizer.safetensors"), &adam)?;
         let state = State {
             epochs_done: c.epochs_done,
             adam_step: c.adam_step,
@@ -57,26 +57,20 @@ pub fn write_checkpoint(dir: &Path, model: &CandleModel, c: &Checkpoint) -> Resu
             path: dir.display().to_string(),
             problem: format!("cannot encode state: {e}"),
         })?;
-        write_files(
-            tmp,
-            &[("state.json", json), ("manifest.json", manifest_json(&model.ir)), ("run.json", c.run.clone())],
-        )
+        write_files(tmp, &[("state.json", json), ("run.json", c.run.clone())])?;
+        seal(tmp, &model.ir, FolderKind::Checkpoint)
     })
 }
 
-/// Reads a checkpoint written for `model` (same IR), checking every tensor.
+/// Reads a checkpoint written for `model` (same IR), verifying every file first.
 pub fn read_checkpoint(dir: &Path, model: &CandleModel) -> Result<Checkpoint, ExportError> {
     let corrupt = |problem: String| ExportError::Corrupt { path: dir.display().to_string(), problem };
     super::recover(dir)?;
-    check_manifest(dir, &model.ir, "weights.safetensors")?;
-    let state: State = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("state.json")).map_err(|e| corrupt(format!("state.json: {e}")))?,
-    )
-    .map_err(|e| corrupt(format!("state.json: {e}")))?;
-    let load = |file: &str| -> Result<HashMap<String, Tensor>, ExportError> {
-        let bytes = std::fs::read(dir.join(file)).map_err(|e| corrupt(format!("{file}: {e}")))?;
-        candle_core::safetensors::load_buffer(&bytes, &model.device).map_err(|e| corrupt(format!("{file}: {e}")))
-    };
+    let manifest = open_manifest(dir, FolderKind::Checkpoint, "weights.safetensors")?;
+    manifest.check_parameters(dir, &model.ir)?;
+    let state: State =
+        serde_json::from_slice(&manifest.read(dir, "state.json")?).map_err(|e| corrupt(format!("state.json: {e}")))?;
+    let load = |file: &str| manifest.tensors(dir, file, &model.device);
     let values = |map: &HashMap<String, Tensor>, file: &str| -> Result<Vec<Tensor>, ExportError> {
         model
             .vars
@@ -114,6 +108,6 @@ pub fn read_checkpoint(dir: &Path, model: &CandleModel) -> Result<Checkpoint, Ex
         best,
         reports: state.reports,
         balance: state.balance,
-        run: std::fs::read_to_string(dir.join("run.json")).map_err(|e| corrupt(format!("run.json: {e}")))?,
+        run: String::from_utf8(manifest.read(dir, "run.json")?).map_err(|_| corrupt("run.json is not UTF-8".into()))?,
     })
 }

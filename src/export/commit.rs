@@ -18,10 +18,36 @@
 //!
 //! Recovery ([`recover`]) only touches siblings whose writer is no longer running (on
 //! Linux, `/proc/PID` is absent), so it never disturbs a live commit.
+//!
+//! Fault injection: every step above is a [`crash_point`]. With the environment
+//! variable `MULTIGATE_CRASH_AT=STEP[:N]` the process aborts (no destructors, no
+//! cleanup: what a kill -9 leaves) the N-th time (default: first) it reaches STEP,
+//! one of `filled`, `ready`, `aside`, `placed` (commits), `doomed` (folder removal) or
+//! `committed` (a run between its bundle commit and its checkpoint's removal). The
+//! crash tests and `scripts/kill_loop.sh` drive it.
 
 use std::path::{Path, PathBuf};
 
 use super::{io, ExportError};
+
+/// Aborts the process here if `MULTIGATE_CRASH_AT` names this step and its count (see
+/// the module docs). Without the variable it costs one environment lookup.
+pub fn crash_point(step: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static REACHED: AtomicUsize = AtomicUsize::new(0);
+    let Ok(at) = std::env::var("MULTIGATE_CRASH_AT") else { return };
+    let (name, nth) = match at.split_once(':') {
+        Some((n, k)) => (n.to_string(), k.parse::<usize>().unwrap_or(1)),
+        None => (at.clone(), 1),
+    };
+    if name != step {
+        return;
+    }
+    if REACHED.fetch_add(1, Ordering::SeqCst) + 1 == nth {
+        eprintln!("multigate: MULTIGATE_CRASH_AT={at}: aborting at `{step}`");
+        std::process::abort();
+    }
+}
 
 /// What a sibling of the target is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +67,11 @@ impl Stage {
     }
 }
 
-fn parent_of(dir: &Path) -> &Path {
+pub(super) fn parent_of(dir: &Path) -> &Path {
     dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
-fn name_of(dir: &Path) -> String {
+pub(super) fn name_of(dir: &Path) -> String {
     dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "bundle".into())
 }
 
@@ -130,6 +156,7 @@ pub fn remove_folder(dir: &Path) -> Result<(), ExportError> {
         std::fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
     }
     std::fs::rename(dir, &doomed).map_err(io(dir))?;
+    crash_point("doomed");
     std::fs::remove_dir_all(&doomed).map_err(io(&doomed))
 }
 
@@ -146,11 +173,13 @@ fn publish(ready: &Path, dir: &Path) -> Result<(), ExportError> {
     }
     let old = sibling(dir, Stage::Old, std::process::id());
     std::fs::rename(dir, &old).map_err(io(dir))?;
+    crash_point("aside");
     if let Err(e) = std::fs::rename(ready, dir) {
         // Put the old folder back.
         let _ = std::fs::rename(&old, dir);
         return Err(io(dir)(e));
     }
+    crash_point("placed");
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
@@ -195,11 +224,13 @@ pub fn write_folder(dir: &Path, fill: impl FnOnce(&Path) -> Result<(), ExportErr
         return Err(e);
     }
     sync_files(&tmp);
+    crash_point("filled");
     let ready = sibling(dir, Stage::Ready, pid);
     if let Err(e) = std::fs::rename(&tmp, &ready) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(io(&ready)(e));
     }
+    crash_point("ready");
     publish(&ready, dir)
 }
 

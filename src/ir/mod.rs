@@ -104,13 +104,23 @@ pub enum Transform {
 }
 
 impl Transform {
-    /// Applies the transform to one raw value.
+    /// Applies the transform to one raw value in its domain ([`Transform::domain_error`]).
     pub fn apply(&self, x: f32) -> f32 {
         match *self {
             Transform::None => x,
-            // log1p of a negative count is meaningless; clamp so it never yields NaN.
-            Transform::Log1p => x.max(0.0).ln_1p(),
+            Transform::Log1p => x.ln_1p(),
             Transform::ZScore { mean, std } => (x - mean) / std,
+        }
+    }
+
+    /// Why `x` is outside the transform's domain, if it is: log1p reads counts, and
+    /// a negative count is bad data, not something to clamp.
+    pub fn domain_error(&self, x: f32) -> Option<String> {
+        match *self {
+            Transform::Log1p if x < 0.0 => {
+                Some(format!("{x} is negative; `transform = \"log1p\"` reads counts (0 or more)"))
+            }
+            _ => None,
         }
     }
 }

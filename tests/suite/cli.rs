@@ -77,8 +77,14 @@ fn train_predict_synth_round_trip() {
     let (code, _, err) = mg(&["synth", spec.to_str().unwrap(), "--rows", "50", "--out", csv.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let preds = dir.path().join("preds.csv");
-    let (code, _, err) =
-        mg(&["predict", bundle.to_str().unwrap(), csv.to_str().unwrap(), "--out", preds.to_str().unwrap()]);
+    let (code, _, err) = mg(&[
+        "predict",
+        bundle.to_str().unwrap(),
+        csv.to_str().unwrap(),
+        "--out",
+        preds.to_str().unwrap(),
+        "--evaluate",
+    ]);
     assert_eq!(code, 0, "{err}");
     let text = std::fs::read_to_string(&preds).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -90,7 +96,7 @@ fn train_predict_synth_round_trip() {
             assert!((0.0..=1.0).contains(&p));
         }
     }
-    assert!(err.contains("click: auc"), "labels present, so metrics are printed: {err}");
+    assert!(err.contains("click: auc"), "--evaluate prints metrics: {err}");
 
     // --keep copies input columns in front of the predictions, row for row.
     let (code, kept, err) = mg(&["predict", bundle.to_str().unwrap(), csv.to_str().unwrap(), "--keep", "site_id"]);

@@ -80,8 +80,9 @@ fn a_non_number_names_file_line_and_column() {
 
 #[test]
 fn nan_and_missing_labels_are_errors() {
+    // A literal NaN is not taken as missing unless the spec says so...
     let e = read("city, kind, age, label, amount\nParis, a, 1, yes, 1\nRome, a, 1, no, NaN\n").unwrap_err().to_string();
-    assert!(e.contains("t.csv:3") && e.contains("spend"), "{e}");
+    assert!(e.contains("t.csv:3") && e.contains("`amount`") && e.contains("missing = \"NaN\""), "{e}");
     let e = read("city, kind, age, label, amount\nParis, a, 1, yes, ?\n").unwrap_err().to_string();
     assert!(e.contains("t.csv:2"), "{e}");
 }
@@ -147,4 +148,99 @@ fn a_positive_value_no_training_row_has_is_an_error_with_a_suggestion() {
     assert!(e.contains("`label`") && e.contains("\"Yes\"") && e.contains("did you mean `yes`?"), "{e}");
     // Held-out files may lack positives: plain encoding accepts them.
     assert_eq!(data::encode(&c.model, &frame, true).unwrap().labels[0], vec![0.0, 0.0]);
+}
+
+/// Reads `text` as `t.csv` (or `t.csv.gz` bytes) with `spec`, returning the error text.
+fn read_with(spec: &str, name: &str, bytes: &[u8]) -> Result<data::Dataset, String> {
+    let c = compile_ok("csv.toml", spec);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    let frame = read_csv(&p, &fmt(), &data::needs(&c.model), true, &|n| n.reader.clone()).map_err(|e| e.to_string())?;
+    data::encode(&c.model, &frame, true).map_err(|e| e.to_string())
+}
+
+#[test]
+fn bad_numbers_are_errors_naming_file_line_column_and_reason() {
+    let head = "city, kind, age, label, amount\n";
+    let case = |row: &str| read_with(SPEC, "t.csv", format!("{head}Paris, a, 1, yes, 1\n{row}\n").as_bytes());
+    // Literal infinities and NaN are not missing values (the spec's token is `?`).
+    for lit in ["inf", "-inf", "NaN", "infinity"] {
+        let e = case(&format!("Rome, a, {lit}, no, 2")).unwrap_err();
+        assert!(e.contains("t.csv:3") && e.contains("`age`") && e.contains("not a finite number"), "{lit}: {e}");
+    }
+    // Beyond f32.
+    let e = case("Rome, a, 1e39, no, 2").unwrap_err();
+    assert!(e.contains("t.csv:3") && e.contains("beyond the range of a 32-bit float"), "{e}");
+    // An empty label with `positive` set is missing, not 0.
+    let e = case("Rome, a, 3, , 2").unwrap_err();
+    assert!(e.contains("t.csv:3") && e.contains("the label of task `buy` is missing"), "{e}");
+    // An empty regression label too.
+    let e = case("Rome, a, 3, no, ").unwrap_err();
+    assert!(e.contains("t.csv:3") && e.contains("the label of task `spend` is missing"), "{e}");
+    // A declared missing token is read as missing.
+    let nan_missing = |text: &str| {
+        let c = compile_ok("csv.toml", SPEC);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.csv");
+        std::fs::write(&p, text).unwrap();
+        let f = CsvFormat { missing: Some("NaN".into()), ..fmt() };
+        let frame = read_csv(&p, &f, &data::needs(&c.model), true, &|n| n.reader.clone()).unwrap();
+        data::encode(&c.model, &frame, true).map_err(|e| e.to_string())
+    };
+    let ds = nan_missing(&format!("{head}Paris, a, NaN, yes, 1\n")).unwrap();
+    assert_eq!(ds.dense, vec![0.0], "NaN declared missing takes the fill (30, z-scored to 0)");
+}
+
+#[test]
+fn log1p_of_a_negative_value_is_an_error_not_a_clamp() {
+    let spec = SPEC.replace("transform = \"zscore\"\nmean = 30.0\nstd = 10.0\nfill = 30.0", "transform = \"log1p\"");
+    let ok =
+        read_with(&spec, "t.csv", b"city, kind, age, label, amount\nParis, a, 0, yes, 1\nRome, a, 3, no, 1\n").unwrap();
+    assert_eq!(ok.dense, vec![0.0, 4f32.ln()]);
+    let e = read_with(&spec, "t.csv", b"city, kind, age, label, amount\nParis, a, 1, yes, 1\nRome, a, -5, no, 1\n")
+        .unwrap_err();
+    assert!(e.contains("t.csv:3") && e.contains("`age`") && e.contains("-5 is negative"), "{e}");
+}
+
+#[test]
+fn a_duplicated_header_column_names_both_positions() {
+    let e = read_with(SPEC, "t.csv", b"city, age, kind, age, label, amount\nParis, 1, a, 2, yes, 1\n").unwrap_err();
+    assert!(e.contains("t.csv:1") && e.contains("`age`") && e.contains("fields 2 and 4"), "{e}");
+}
+
+#[test]
+fn quoted_fields_with_commas_read_in_the_comma_space_format() {
+    let ds = read_with(
+        SPEC,
+        "t.csv",
+        b"city, kind, age, label, amount\n\"Paris, France\", a, 40, yes, 1\n   \"Rome, \"\"IT\"\"\", b, 30, no, 2\n",
+    )
+    .unwrap();
+    assert_eq!(ds.cat[0], vec![hash_bucket("city", "Paris, France", 100), hash_bucket("city", "Rome, \"IT\"", 100)]);
+    assert_eq!(ds.cat[1], vec![1, 2]);
+}
+
+#[test]
+fn broken_gzip_and_folders_name_the_file_and_what_is_wrong() {
+    use std::io::Write;
+    let text = b"city, kind, age, label, amount\nParis, a, 40, yes, 1\nRome, b, 30, no, 2\n";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text).unwrap();
+    let gz = gz.finish().unwrap();
+    assert_eq!(read_with(SPEC, "t.csv.gz", &gz).unwrap().rows, 2);
+    // Truncated.
+    let e = read_with(SPEC, "t.csv.gz", &gz[..gz.len() - 10]).unwrap_err();
+    assert!(e.contains("t.csv.gz") && e.contains("truncated") && e.contains("compressed bytes"), "{e}");
+    assert!(!e.contains(":0:"), "no line 0: {e}");
+    // Trailing garbage after a complete stream.
+    let mut tail = gz.clone();
+    tail.extend_from_slice(b"garbage that is not gzip");
+    let e = read_with(SPEC, "t.csv.gz", &tail).unwrap_err();
+    assert!(e.contains("t.csv.gz") && e.contains("trailing garbage"), "{e}");
+    // A folder where a file should be.
+    let c = compile_ok("csv.toml", SPEC);
+    let dir = tempfile::tempdir().unwrap();
+    let e = read_csv(dir.path(), &fmt(), &data::needs(&c.model), true, &|n| n.reader.clone()).unwrap_err().to_string();
+    assert!(e.contains(&dir.path().display().to_string()) && e.contains("is a folder"), "{e}");
 }

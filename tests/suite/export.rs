@@ -16,7 +16,8 @@ fn trained(dir: &std::path::Path) -> (Vec<Vec<f32>>, data::Dataset) {
     train::fit(&model, &c.train, &splits, &mut |_| {}).unwrap();
     let (preds, _) = train::predict(&model, &splits.validation, 100).unwrap();
     let spec = multigate::spec::parse_toml(&multigate::source::SourceFile::from_text("x", text)).unwrap().to_toml();
-    export::write_bundle(dir, &model, BundleContents { spec_toml: &spec, metrics_json: "{}" }).unwrap();
+    export::write_bundle(dir, &model, BundleContents { spec_toml: &spec, metrics_json: "{}", provenance_json: "{}" })
+        .unwrap();
     (preds, splits.validation)
 }
 
@@ -35,66 +36,175 @@ fn reloaded_bundle_predicts_the_same_numbers() {
     }
 }
 
-#[test]
-fn corrupted_bundles_are_errors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("bundle");
-    trained(&dir);
-    let fresh = |name: &str| {
-        let d = tmp.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        for f in ["model.safetensors", "spec.toml", "manifest.json", "model.ir", "metrics.json"] {
-            std::fs::copy(dir.join(f), d.join(f)).unwrap();
-        }
-        d
-    };
-    let expect_corrupt = |d: &std::path::Path, needle: &str| match export::read_bundle(d, &Device::Cpu) {
-        Err(e @ (ExportError::Corrupt { .. } | ExportError::BadSpec { .. })) => {
+/// A copy of bundle `dir` named `name` beside it.
+fn copy_bundle(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let d = dir.with_file_name(name);
+    std::fs::create_dir_all(&d).unwrap();
+    for f in std::fs::read_dir(dir).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, d.join(f.file_name().unwrap())).unwrap();
+    }
+    d
+}
+
+/// Rewrites the manifest's entry for `file` to match its current content: a tamperer
+/// who also edits the manifest, so that the checks behind the file table are reached.
+fn reseal(dir: &std::path::Path, file: &str) {
+    let bytes = std::fs::read(dir.join(file)).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    m["files"][file] = serde_json::json!({ "bytes": bytes.len(), "sha256": export::files::sha256_hex(&bytes) });
+    std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&m).unwrap()).unwrap();
+}
+
+fn expect_corrupt(d: &std::path::Path, needles: &[&str]) {
+    match export::read_bundle(d, &Device::Cpu) {
+        Err(e @ (ExportError::Corrupt { .. } | ExportError::BadSpec { .. } | ExportError::NotOurs { .. })) => {
             let msg = e.to_string();
-            assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+            for needle in needles {
+                assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+            }
         }
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("{} should not load", d.display()),
+    }
+}
+
+#[test]
+fn every_tampering_of_a_bundle_is_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bundle");
+    trained(&dir);
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+
+    // One flipped bit in the tensor data (the end of the file is data, not header).
+    let d = copy_bundle(&dir, "flipped");
+    let mut bytes = weights.clone();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x10;
+    std::fs::write(d.join("model.safetensors"), &bytes).unwrap();
+    expect_corrupt(&d, &["model.safetensors", "SHA-256", "changed after it was written"]);
+
+    // Two experts swapped inside the fused tensor: valid tensors, same shapes, only
+    // the table knows.
+    let d = copy_bundle(&dir, "swapped");
+    let model = export::read_bundle(&dir, &Device::Cpu).unwrap().model;
+    let mut named: std::collections::HashMap<String, candle_core::Tensor> =
+        model.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let name = "layers.layer0.experts.0.weight".to_string();
+    let t = named[&name].clone();
+    let swapped = candle_core::Tensor::cat(
+        &[t.narrow(0, 1, 1).unwrap(), t.narrow(0, 0, 1).unwrap(), t.narrow(0, 2, 1).unwrap()],
+        0,
+    )
+    .unwrap();
+    named.insert(name, swapped);
+    export::files::save_tensors(&d.join("model.safetensors"), &named).unwrap();
+    expect_corrupt(&d, &["model.safetensors", "SHA-256"]);
+
+    // Another seed's weights, same model.
+    let other = tmp.path().join("other");
+    trained(&other);
+    let d = copy_bundle(&dir, "other_seed");
+    let other_weights = {
+        let text = small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\n", TWO_BINARY_TASKS);
+        let c = compile_ok("export.toml", &text);
+        let m = CandleModel::new(&c.model, 77, &Device::Cpu).unwrap();
+        m.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
     };
+    export::files::save_tensors(&d.join("model.safetensors"), &other_weights).unwrap();
+    expect_corrupt(&d, &["model.safetensors"]);
 
-    let d = fresh("truncated");
-    let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
-    std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    expect_corrupt(&d, "model.safetensors");
-
-    let d = fresh("garbage");
+    // Truncated, garbage, absent weights.
+    let d = copy_bundle(&dir, "truncated");
+    std::fs::write(d.join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
+    expect_corrupt(&d, &["model.safetensors", "bytes, manifest.json records"]);
+    let d = copy_bundle(&dir, "garbage");
     std::fs::write(d.join("model.safetensors"), b"not a tensor file").unwrap();
-    expect_corrupt(&d, "model.safetensors");
-
-    // The IR text is for people: a changed rendering does not orphan a bundle.
-    let d = fresh("edited_ir");
-    std::fs::write(d.join("model.ir"), "model other\n").unwrap();
-    assert!(export::read_bundle(&d, &Device::Cpu).is_ok(), "model.ir is not checked");
-
-    // The parameter table is: a spec edited to another model is refused, naming the tensor.
-    let d = fresh("edited_spec");
-    let spec = std::fs::read_to_string(d.join("spec.toml")).unwrap().replace("experts = 3", "experts = 4");
-    std::fs::write(d.join("spec.toml"), spec).unwrap();
-    expect_corrupt(&d, "manifest.json records parameter `layers.");
-
-    let d = fresh("edited_manifest");
-    let m = std::fs::read_to_string(d.join("manifest.json")).unwrap().replacen("[", "[ \"extra [1]\",", 1);
-    std::fs::write(d.join("manifest.json"), m).unwrap();
-    expect_corrupt(&d, "manifest.json");
-
-    let d = fresh("broken_manifest");
-    std::fs::write(d.join("manifest.json"), "{").unwrap();
-    expect_corrupt(&d, "manifest.json");
-
-    let d = fresh("broken_spec");
-    std::fs::write(d.join("spec.toml"), "[model\n").unwrap();
-    expect_corrupt(&d, "spec");
-
-    let d = fresh("no_weights");
+    expect_corrupt(&d, &["model.safetensors"]);
+    let d = copy_bundle(&dir, "no_weights");
     std::fs::remove_file(d.join("model.safetensors")).unwrap();
-    expect_corrupt(&d, "model.safetensors");
+    expect_corrupt(&d, &["model.safetensors"]);
 
-    expect_corrupt(&tmp.path().join("absent"), "no such folder");
+    // A consistent edit of spec and IR (another model): the spec's hash gives it away...
+    let d = copy_bundle(&dir, "edited_spec");
+    let spec = std::fs::read_to_string(d.join("spec.toml")).unwrap().replace("experts = 3", "experts = 4");
+    std::fs::write(d.join("spec.toml"), &spec).unwrap();
+    std::fs::write(d.join("model.ir"), "model other\n").unwrap();
+    expect_corrupt(&d, &["spec.toml", "SHA-256"]);
+    // ...and with the manifest's hashes redone too, the parameter table does.
+    reseal(&d, "spec.toml");
+    reseal(&d, "model.ir");
+    expect_corrupt(&d, &["manifest.json records parameter `layers."]);
+
+    // The weight file as a symlink (to /dev/zero, or out of the bundle): refused unread.
+    let d = copy_bundle(&dir, "symlink");
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", d.join("model.safetensors")).unwrap();
+    expect_corrupt(&d, &["model.safetensors", "symbolic link"]);
+    let d = copy_bundle(&dir, "symlink_out");
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    std::os::unix::fs::symlink(dir.join("model.safetensors"), d.join("model.safetensors")).unwrap();
+    expect_corrupt(&d, &["model.safetensors", "symbolic link"]);
+
+    // A 2 GiB weight file (sparse) whose header declares the real size, with a manifest
+    // edited to its size: refused after reading the header only.
+    let d = copy_bundle(&dir, "huge");
+    let f = std::fs::OpenOptions::new().write(true).open(d.join("model.safetensors")).unwrap();
+    f.set_len(2 << 30).unwrap();
+    drop(f);
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("manifest.json")).unwrap()).unwrap();
+    m["files"]["model.safetensors"]["bytes"] = serde_json::json!(2u64 << 30);
+    std::fs::write(d.join("manifest.json"), m.to_string()).unwrap();
+    expect_corrupt(&d, &["model.safetensors", "header declares", &format!("the file has {}", 2u64 << 30)]);
+
+    // Manifest damage.
+    let d = copy_bundle(&dir, "edited_manifest");
+    let m = std::fs::read_to_string(d.join("manifest.json")).unwrap().replacen(
+        "\"parameters\": [",
+        "\"parameters\": [ \"extra [1]\",",
+        1,
+    );
+    std::fs::write(d.join("manifest.json"), m).unwrap();
+    expect_corrupt(&d, &["manifest.json"]);
+    let d = copy_bundle(&dir, "broken_manifest");
+    std::fs::write(d.join("manifest.json"), "{").unwrap();
+    expect_corrupt(&d, &["manifest.json"]);
+    let d = copy_bundle(&dir, "broken_spec");
+    std::fs::write(d.join("spec.toml"), "[model\n").unwrap();
+    reseal(&d, "spec.toml");
+    expect_corrupt(&d, &["spec"]);
+
+    // Not a bundle at all, or not there: said as such, not as damage.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    expect_corrupt(&empty, &["not a bundle written by multigate"]);
+    match export::read_bundle(&tmp.path().join("absent"), &Device::Cpu) {
+        Err(e @ ExportError::Io { .. }) => assert!(e.to_string().contains("absent"), "{e}"),
+        other => panic!("absent folder: {:?}", other.err().map(|e| e.to_string())),
+    }
+
+    // The untouched bundle still loads: none of the above was a false alarm.
+    export::read_bundle(&dir, &Device::Cpu).expect("the original loads");
+}
+
+#[test]
+fn every_file_of_a_bundle_has_the_same_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bundle");
+    trained(&dir);
+    let modes: std::collections::BTreeMap<String, u32> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().to_string(), e.metadata().unwrap().permissions().mode() & 0o777)
+        })
+        .collect();
+    assert!(modes.len() >= 6, "{modes:?}");
+    let first = *modes.values().next().unwrap();
+    assert!(modes.values().all(|m| *m == first), "{modes:?}");
 }
 
 #[test]
@@ -132,7 +242,10 @@ fn a_real_format_1_bundle_is_refused_with_the_version_error() {
     match export::read_bundle(&dir, &Device::Cpu) {
         Err(e @ ExportError::Version { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("format 1") && msg.contains("reads format 2"), "{msg}");
+            assert!(
+                msg.contains("format 1") && msg.contains(&format!("reads format {}", export::FORMAT_VERSION)),
+                "{msg}"
+            );
         }
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("a format 1 bundle should not load"),
@@ -164,7 +277,11 @@ fn a_failed_export_keeps_the_old_bundle() {
     std::fs::write(&blocked, "x").unwrap();
     let c = compile_ok("e.toml", &small_spec("", TWO_BINARY_TASKS));
     let model = CandleModel::new(&c.model, 1, &Device::Cpu).unwrap();
-    let r = export::write_bundle(&blocked.join("bundle"), &model, BundleContents { spec_toml: "", metrics_json: "{}" });
+    let r = export::write_bundle(
+        &blocked.join("bundle"),
+        &model,
+        BundleContents { spec_toml: "", metrics_json: "{}", provenance_json: "{}" },
+    );
     assert!(r.is_err());
     assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), before);
 }

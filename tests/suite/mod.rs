@@ -7,6 +7,7 @@ mod inputs;
 mod models;
 mod real_data;
 mod robustness;
+mod runs;
 mod training;
 mod zoo;
 
