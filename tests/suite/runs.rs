@@ -234,3 +234,35 @@ fn the_kill_loop_script_survives_random_kills() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("bundles lost: 0") && text.contains("resumes bit-exact: 3 of 3"), "{text}");
 }
+
+#[test]
+fn predict_reads_labels_only_to_evaluate_and_flags_values_training_never_saw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("b");
+    let (code, _, err) = train(&out, &["--epochs", "1"]);
+    assert_eq!(code, Some(0), "{err}");
+    let csv = tmp.path().join("rows.csv");
+    let (code, _, err) = mg_env(&["synth", SPEC, "--rows", "20", "--out", csv.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    // Row 2 has an absurd x_0 and a broken label.
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let (x0, y1) = (header.iter().position(|h| *h == "x_0").unwrap(), header.iter().position(|h| *h == "y1").unwrap());
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut row2: Vec<String> = lines[2].split(',').map(str::to_string).collect();
+    row2[x0] = "1e30".into();
+    row2[y1] = "oops".into();
+    lines[2] = row2.join(",");
+    std::fs::write(&csv, lines.join("\n") + "\n").unwrap();
+    let (code, preds, err) = mg_env(&["predict", out.to_str().unwrap(), csv.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "a label column is not read to predict: {err}");
+    assert_eq!(preds.lines().count(), 21);
+    assert!(
+        err.contains("warning: column `x_0`: 1 of 20 value(s) far outside what training saw")
+            && err.contains("1000000000000000000000000000000 at row 2"),
+        "{err}"
+    );
+    let (code, _, err) = mg_env(&["predict", out.to_str().unwrap(), csv.to_str().unwrap(), "--evaluate"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("rows.csv:3") && err.contains("`y1`") && err.contains("`oops` is not a number"), "{err}");
+}

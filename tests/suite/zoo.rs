@@ -443,7 +443,36 @@ fn resume_refuses_other_settings_and_continues_under_the_same() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a resume under other settings must be refused"),
     }
+    // Each other kind of setting, alone: batch, optimizer, data seed, synthetic rows.
+    let cases: [(String, Option<usize>, &str); 4] = [
+        (text.replace("batch_size = 128", "batch_size = 64"), None, "batch_size = 64"),
+        (text.replace("lr = 0.005", "lr = 0.005\noptimizer = \"lazy_adam\""), None, "optimizer = \"lazy_adam\""),
+        (text.replace("rows = 4000", "rows = 4000\nseed = 3"), None, "seed = 3"),
+        (text.replace("rows = 4000", "rows = 3000"), None, "rows = 3000"),
+    ];
+    for (changed, epochs, needle) in cases {
+        match resume(&changed, epochs) {
+            Err(run::RunError::ResumeMismatch { differences, .. }) => {
+                assert!(differences.iter().any(|d| d.contains(needle) && d.ends_with("now")), "{differences:?}")
+            }
+            Err(e) => panic!("{needle}: wrong error: {e}"),
+            Ok(_) => panic!("{needle}: a resume under other settings must be refused"),
+        }
+    }
     assert!(run::checkpoint_dir(&out).exists(), "a refused resume keeps the checkpoint");
+    // A damaged checkpoint is refused naming the file, not resumed from.
+    let ckpt = run::checkpoint_dir(&out);
+    let saved = std::fs::read(ckpt.join("optimizer.safetensors")).unwrap();
+    let mut flipped = saved.clone();
+    let n = flipped.len() - 1;
+    flipped[n] ^= 1;
+    std::fs::write(ckpt.join("optimizer.safetensors"), &flipped).unwrap();
+    let e = resume(&text, None).err().expect("refused").to_string();
+    assert!(e.contains("optimizer.safetensors") && e.contains("SHA-256"), "{e}");
+    std::fs::write(ckpt.join("optimizer.safetensors"), &saved).unwrap();
+    // A checkpoint is not a bundle, and says so.
+    let e = multigate::export::read_bundle(&ckpt, &Device::Cpu).err().expect("refused").to_string();
+    assert!(e.contains("a training checkpoint, not a bundle"), "{e}");
     // The same settings continue from epoch 2 and finish.
     let done = resume(&text, None).unwrap();
     assert_eq!(done.report.epochs.len(), 3);
