@@ -83,6 +83,24 @@ enum Command {
         #[arg(long)]
         evaluate: bool,
     },
+    /// Export a bundle for other runtimes: ONNX (opset 17) with the encoding in its metadata.
+    Export {
+        bundle: PathBuf,
+        #[arg(long, value_enum, default_value = "onnx")]
+        format: ExportArg,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write the encoded model inputs of DATA (table rows, transformed dense values), as
+    /// the exported ONNX graph takes them: one column per categorical feature, then one
+    /// per dense column.
+    Encode {
+        bundle: PathBuf,
+        data: PathBuf,
+        /// Output CSV (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write the spec's synthetic data to a CSV file.
     Synth {
         spec: PathBuf,
@@ -133,6 +151,11 @@ enum SyntaxArg {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportArg {
+    Onnx,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum GraphArg {
     Dot,
     Mermaid,
@@ -179,6 +202,8 @@ pub fn run() -> ExitCode {
             predict(&bundle, &data, out.as_deref(), device, gates, &keep, evaluate)
         }
         Command::Synth { spec, rows, out } => synth(&spec, rows, &out),
+        Command::Export { bundle, format: ExportArg::Onnx, out } => export_onnx(&bundle, &out),
+        Command::Encode { bundle, data, out } => encode(&bundle, &data, out.as_deref()),
         Command::Bench { spec, batch, steps, device, optimizer } => {
             bench::bench(&spec, batch, steps, device, optimizer.as_deref())
         }
@@ -369,25 +394,25 @@ fn predict(
     let predictor = run::Predictor::load(bundle, device)?;
     let compiled = predictor.compiled();
     auto_threads(compiled.model.flops_per_sample(), 4096);
-    let format = match &compiled.data.source {
-        DataSource::Csv(c) => c.format.clone(),
-        DataSource::Synthetic(_) => {
-            multigate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None }
-        }
-    };
-    // Label columns are read only to evaluate: a bad value in one must not stop scoring.
-    let mut needs: Vec<Need> = predictor.needs().into_iter().filter(|n| evaluate || !n.is_label).collect();
-    for k in keep {
-        needs.push(Need {
+    let keep_needs = keep
+        .iter()
+        .map(|k| Need {
             column: k.clone(),
             kind: data::ColumnKind::Cat,
             reader: "`--keep`".into(),
             owner: NeedOwner::Caller,
             is_label: false,
-        });
-    }
-    let frame =
-        data::csv_source::read_csv(data_path, &format, &needs, evaluate, &run::spec_locator(predictor.source()))?;
+        })
+        .collect();
+    let frame = if evaluate {
+        // Label columns too: a bad label is then an error.
+        let format = input_format(&predictor);
+        let mut needs = predictor.needs();
+        needs.extend(keep_needs);
+        data::csv_source::read_csv(data_path, &format, &needs, true, &run::spec_locator(predictor.source()))?
+    } else {
+        read_features(&predictor, data_path, keep_needs)?
+    };
     let ds = predictor.encode(&frame)?;
     for w in predictor.far_outside(&ds) {
         eprintln!("warning: {w}");
@@ -433,6 +458,73 @@ fn predict(
         }
     }
     Ok(())
+}
+
+/// Reads the feature columns of a data file for a loaded bundle (labels not read).
+fn read_features(predictor: &run::Predictor, data_path: &Path, extra: Vec<Need>) -> Result<data::Frame, Failure> {
+    let mut needs: Vec<Need> = predictor.needs().into_iter().filter(|n| !n.is_label).collect();
+    needs.extend(extra);
+    let format = input_format(predictor);
+    Ok(data::csv_source::read_csv(data_path, &format, &needs, false, &run::spec_locator(predictor.source()))?)
+}
+
+/// The CSV format a bundle's inputs come in: its spec's, or plain CSV with a header for
+/// a model trained on synthetic data.
+fn input_format(predictor: &run::Predictor) -> multigate::ir::CsvFormat {
+    match &predictor.compiled().data.source {
+        DataSource::Csv(c) => c.format.clone(),
+        DataSource::Synthetic(_) => {
+            multigate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None }
+        }
+    }
+}
+
+fn export_onnx(bundle: &Path, out: &Path) -> Result<(), Failure> {
+    let predictor = run::Predictor::load(bundle, Device::Cpu)?;
+    let bytes = multigate::export::onnx::to_onnx(predictor.model())?;
+    write_atomic(out, &bytes)?;
+    println!(
+        "wrote {} (ONNX opset {}, {} bytes): inputs `categorical` int64 [batch, n_cat] and `dense` float [batch, width], one output per task",
+        out.display(),
+        multigate::export::onnx::OPSET,
+        bytes.len()
+    );
+    Ok(())
+}
+
+fn encode(bundle: &Path, data_path: &Path, out: Option<&Path>) -> Result<(), Failure> {
+    let predictor = run::Predictor::load(bundle, Device::Cpu)?;
+    let frame = read_features(&predictor, data_path, Vec::new())?;
+    let ds = predictor.encode(&frame)?;
+    let model = &predictor.compiled().model;
+    let mut header: Vec<String> = Vec::new();
+    for f in &model.features {
+        if matches!(f.kind, multigate::ir::FeatureKind::Categorical { .. }) {
+            header.push(f.name.clone());
+        }
+    }
+    for f in &model.features {
+        if let multigate::ir::FeatureKind::Dense { width, .. } = f.kind {
+            header.extend(data::dense_columns(&f.column, width));
+        }
+    }
+    let mut w = csv::Writer::from_writer(Vec::with_capacity(ds.rows * 8 * header.len().max(1)));
+    w.write_record(&header)?;
+    let mut row = Vec::with_capacity(header.len());
+    for i in 0..ds.rows {
+        row.clear();
+        row.extend(ds.cat.iter().map(|c| c[i].to_string()));
+        row.extend(ds.dense[i * ds.dense_width..(i + 1) * ds.dense_width].iter().map(|x| format!("{x}")));
+        w.write_record(&row)?;
+    }
+    let text = w.into_inner().map_err(|e| Failure::new(1, format!("error: {e}")))?;
+    match out {
+        Some(p) => write_atomic(p, &text),
+        None => {
+            use std::io::Write;
+            Ok(std::io::stdout().write_all(&text)?)
+        }
+    }
 }
 
 /// Writes a file via a temporary sibling and a rename.

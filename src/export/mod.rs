@@ -27,6 +27,7 @@ mod checkpoint;
 mod commit;
 pub mod files;
 mod lock;
+pub mod onnx;
 pub mod provenance;
 
 use commit::write_folder;

@@ -5,6 +5,7 @@ mod fmt;
 mod fused;
 mod inputs;
 mod models;
+mod onnx;
 mod real_data;
 mod robustness;
 mod runs;

@@ -56,26 +56,30 @@ pub struct LayerParams {
     /// Noisy top-k gating: weights of the noise scale, `[d_in, sum E_g]`.
     pub noise: Option<Var>,
     pub gating: Gating,
-    /// Columns of the all-slot logits `[B, S * sum E_g]` that the mixes read, in mix
-    /// order; None when that is every column in order.
+    /// Where the mixes' weights come from and go (host copy, for other backends).
+    pub layout: MixLayout,
+    /// `layout.columns` on the device.
     logit_columns: Option<Tensor>,
-    /// Experts each mix weighs, when every mix weighs the same number (one softmax).
-    equal_width: Option<usize>,
-    /// Places each mix's weights among all instances: `[sum E_m, M * N]` of 0/1; None
-    /// when every mix weighs all instances in order.
+    /// `layout.scatter` on the device.
     scatter: Option<Tensor>,
 }
 
-impl LayerParams {
-    /// The layer's structure and constants; the parameters are filled in by the caller
-    /// from the parameter table.
-    pub fn new(l: &Layer, n_tasks: usize, device: &candle_core::Device) -> Result<LayerParams> {
-        let plan = l.plan(n_tasks);
-        let groups = l
-            .groups
-            .iter()
-            .map(|g| ExpertStack { layers: Vec::new(), count: g.count, activation: g.activation, dropout: g.dropout })
-            .collect();
+/// How a layer's gates feed its mixes, derived from the plan once: which logit columns
+/// each mix reads, and where each mix's weights land among the expert instances.
+#[derive(Debug, Clone)]
+pub struct MixLayout {
+    /// Columns of the all-slot logits `[B, S * sum E_g]` that the mixes read, in mix
+    /// order; None when that is every column in order.
+    pub columns: Option<Vec<u32>>,
+    /// Experts each mix weighs, when every mix weighs the same number (one softmax).
+    pub equal_width: Option<usize>,
+    /// Places each mix's weights among all instances: `(rows, cols, values)` of a
+    /// `[sum E_m, M * N]` 0/1 matrix; None when every mix weighs all instances in order.
+    pub scatter: Option<(usize, usize, Vec<f32>)>,
+}
+
+impl MixLayout {
+    pub fn new(l: &Layer, plan: &LayerPlan) -> MixLayout {
         // Gate g's logit columns start at the sum of the earlier gates' widths.
         let offsets: Vec<usize> =
             l.gates.iter().scan(0, |acc, g| Some(std::mem::replace(acc, *acc + g.experts))).collect();
@@ -88,11 +92,7 @@ impl LayerParams {
             .collect();
         let identity =
             columns.iter().enumerate().all(|(i, &c)| i as u32 == c) && columns.len() == plan.inputs.len() * total;
-        let logit_columns = if identity || columns.is_empty() {
-            None
-        } else {
-            Some(Tensor::from_vec(columns.clone(), columns.len(), device)?)
-        };
+        let columns = if identity || columns.is_empty() { None } else { Some(columns) };
         let widths: Vec<usize> = plan.mixes.iter().map(|m| m.instances.len()).collect();
         let equal_width = widths.first().copied().filter(|w| widths.iter().all(|x| x == w));
         let n = plan.instances;
@@ -101,26 +101,41 @@ impl LayerParams {
             None
         } else {
             let rows: usize = widths.iter().sum();
-            let mut q = vec![0f32; rows * plan.mixes.len() * n];
+            let cols = plan.mixes.len() * n;
+            let mut q = vec![0f32; rows * cols];
             let mut row = 0;
             for (mi, m) in plan.mixes.iter().enumerate() {
                 for &inst in &m.instances {
-                    q[row * plan.mixes.len() * n + mi * n + inst] = 1.0;
+                    q[row * cols + mi * n + inst] = 1.0;
                     row += 1;
                 }
             }
-            Some(Tensor::from_vec(q, (rows, plan.mixes.len() * n), device)?)
+            Some((rows, cols, q))
         };
-        Ok(LayerParams {
-            plan,
-            groups,
-            gates: None,
-            noise: None,
-            gating: l.gating,
-            logit_columns,
-            equal_width,
-            scatter,
-        })
+        MixLayout { columns, equal_width, scatter }
+    }
+}
+
+impl LayerParams {
+    /// The layer's structure and constants; the parameters are filled in by the caller
+    /// from the parameter table.
+    pub fn new(l: &Layer, n_tasks: usize, device: &candle_core::Device) -> Result<LayerParams> {
+        let plan = l.plan(n_tasks);
+        let groups = l
+            .groups
+            .iter()
+            .map(|g| ExpertStack { layers: Vec::new(), count: g.count, activation: g.activation, dropout: g.dropout })
+            .collect();
+        let layout = MixLayout::new(l, &plan);
+        let logit_columns = match &layout.columns {
+            Some(c) => Some(Tensor::from_vec(c.clone(), c.len(), device)?),
+            None => None,
+        };
+        let scatter = match &layout.scatter {
+            Some((rows, cols, q)) => Some(Tensor::from_vec(q.clone(), (*rows, *cols), device)?),
+            None => None,
+        };
+        Ok(LayerParams { plan, groups, gates: None, noise: None, gating: l.gating, layout, logit_columns, scatter })
     }
 
     /// Runs the layer on a stream; with `rng`, applies dropout and gate noise (training).
@@ -194,7 +209,7 @@ impl LayerParams {
             let noise = noisy.as_ref().map(|(x, s)| Ok::<_, candle_core::Error>((cut(x)?, cut(s)?))).transpose()?;
             gate_weights(&cut(&clean)?, noise.as_ref().map(|(x, s)| (x, s)), &self.gating)
         };
-        let (weights, per_mix, balance) = match self.equal_width {
+        let (weights, per_mix, balance) = match self.layout.equal_width {
             Some(e) => {
                 let (p, aux) = gate(None, &[b, m, e])?; // [B, M, E]
                 let per_mix = (0..m).map(|i| p.get_on_dim(1, i)).collect::<Result<Vec<_>>>()?;

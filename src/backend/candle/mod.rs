@@ -10,7 +10,7 @@
 
 mod fused;
 
-pub use fused::{ExpertStack, LayerOutput, LayerParams};
+pub use fused::{ExpertStack, LayerOutput, LayerParams, MixLayout};
 
 use candle_core::{Tensor, Var, D};
 
@@ -130,10 +130,12 @@ pub struct Lookup {
     pub leaf: Var,
 }
 
-struct Tower {
-    layers: Vec<(Var, Var)>,
-    activation: Activation,
-    dropout: f32,
+pub struct Tower {
+    /// `(weight [d_i, d_i+1], bias [d_i+1])` per depth.
+    pub layers: Vec<(Var, Var)>,
+    /// After every depth but the last.
+    pub activation: Activation,
+    pub dropout: f32,
 }
 
 /// A model built from IR, ready to train.
@@ -142,9 +144,11 @@ pub struct CandleModel {
     pub device: candle_core::Device,
     /// Every parameter with its checkpoint name, in a stable order.
     pub vars: Vec<(String, Var)>,
-    embeddings: Vec<Option<Var>>,
-    layers: Vec<LayerParams>,
-    towers: Vec<Tower>,
+    /// Per feature: its embedding table (None for dense features).
+    pub embeddings: Vec<Option<Var>>,
+    pub layers: Vec<LayerParams>,
+    /// Per task (a product task's is empty).
+    pub towers: Vec<Tower>,
     /// Uncertainty weighting: each task's learned log-variance, `[T]`.
     pub log_variance: Option<Var>,
 }
