@@ -527,18 +527,9 @@ fn encode(bundle: &Path, data_path: &Path, out: Option<&Path>) -> Result<(), Fai
     }
 }
 
-/// Writes a file via a temporary sibling and a rename.
+/// Writes a file crash-safely (see `export::write_file`).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| Failure::new(1, format!("error: {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Failure::new(1, format!("error: {}: {e}", path.display()))
-    })
+    Ok(multigate::export::write_file(path, bytes)?)
 }
 
 fn synth(path: &Path, rows: usize, out: &Path) -> Result<(), Failure> {

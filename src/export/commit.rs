@@ -160,6 +160,32 @@ pub fn remove_folder(dir: &Path) -> Result<(), ExportError> {
     std::fs::remove_dir_all(&doomed).map_err(io(&doomed))
 }
 
+/// Writes a single file (predictions, an ONNX model, a formatted spec) the same way:
+/// into a temporary sibling, synced, then renamed over `path`, so a reader sees the old
+/// file or the new one. Temporaries a dead writer left beside `path` are removed first.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    for (_, stale) in leftovers(path) {
+        if stale.is_file() {
+            std::fs::remove_file(&stale).map_err(io(&stale))?;
+        }
+    }
+    let tmp = sibling(path, Stage::Tmp, std::process::id());
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(&tmp)(e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(path)(e)
+    })
+}
+
 /// Makes a complete folder `ready` the new `dir` (steps 3-5).
 fn publish(ready: &Path, dir: &Path) -> Result<(), ExportError> {
     if !dir.exists() {
@@ -292,6 +318,17 @@ mod tests {
         folder(&live, "live");
         recover(&d).unwrap();
         assert!(live.exists() || !cfg!(target_os = "linux") || !Path::new("/proc/1").exists());
+    }
+
+    #[test]
+    fn a_file_write_replaces_the_file_and_removes_a_dead_writers_temporary() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("preds.csv");
+        std::fs::write(sibling(&f, Stage::Tmp, DEAD), "half").unwrap();
+        write_file(&f, b"one").unwrap();
+        write_file(&f, b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "two");
+        assert_eq!(siblings(&f), Vec::<String>::new());
     }
 
     #[test]

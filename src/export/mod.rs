@@ -31,7 +31,7 @@ pub mod onnx;
 pub mod provenance;
 
 use commit::write_folder;
-pub use commit::{crash_point, recover, remove_folder};
+pub use commit::{crash_point, recover, remove_folder, write_file};
 pub use lock::RunLock;
 
 pub use checkpoint::{read_checkpoint, write_checkpoint};
