@@ -11,11 +11,12 @@
 //! 3. [`backend`]: validated IR -> a trainable model (candle, CPU; CUDA behind a feature);
 //! 4. [`data`]: rows (synthetic generators, CSV) -> encoded batches;
 //! 5. [`train`]: Adam, losses, metrics, the loop;
-//! 6. [`export`]: bundle and checkpoint write/read (safetensors + spec + manifest with
-//!    the parameter table + metrics), atomic.
+//! 6. [`export`]: bundle and checkpoint write/read (safetensors + spec + provenance +
+//!    manifest with the parameter table and file hashes), crash-safe; ONNX export.
 //!
 //! [`run`] strings stages 3-6 together as library calls (`train_spec` with an
-//! observer, `Predictor`); the CLI only parses arguments and prints.
+//! observer, `Predictor`); [`serve`] answers HTTP predict requests with a `Predictor`;
+//! the CLI only parses arguments and prints.
 //!
 //! ```no_run
 //! use multigate::{pipeline::compile_source, source::SourceFile};
@@ -33,6 +34,7 @@ pub mod lower;
 pub mod pipeline;
 pub mod rng;
 pub mod run;
+pub mod serve;
 pub mod source;
 pub mod spec;
 pub mod train;

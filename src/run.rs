@@ -526,8 +526,14 @@ impl Predictor {
     /// server receives them: hashed, looked up and transformed exactly as in training.
     /// An empty string is a missing value.
     pub fn predict_columns(&self, columns: &[(String, Vec<String>)]) -> Result<Predictions, PredictError> {
-        let frame = frame_from_text(&self.needs(), columns)?;
+        let frame = self.frame(columns)?;
         self.predict_frame(&frame, false)
+    }
+
+    /// A frame of the model's feature columns from raw text per column (`name -> one
+    /// value per row`; an empty string is a missing value). Label columns are not read.
+    pub fn frame(&self, columns: &[(String, Vec<String>)]) -> Result<Frame, PredictError> {
+        frame_from_text(&self.needs(), columns)
     }
 }
 
@@ -554,12 +560,8 @@ fn frame_from_text(needs: &[Need], columns: &[(String, Vec<String>)]) -> Result<
                     .enumerate()
                     .map(|(i, v)| match v.trim() {
                         "" => Ok(f32::NAN),
-                        t => t.parse::<f32>().map_err(|_| {
-                            PredictError::Input(format!(
-                                "column `{}` row {}: {t:?} is not a number",
-                                need.column,
-                                i + 1
-                            ))
+                        t => data::csv_source::parse_number(t).map_err(|problem| {
+                            PredictError::Input(format!("column `{}` row {}: {problem}", need.column, i + 1))
                         }),
                     })
                     .collect::<Result<_, _>>()?,

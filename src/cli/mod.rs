@@ -101,6 +101,25 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Serve a bundle over HTTP: TF-Serving REST predict, KServe v2 health and metadata,
+    /// Prometheus metrics; micro-batched; follows new bundles committed to the folder.
+    Serve {
+        bundle: PathBuf,
+        #[arg(long, default_value_t = 8501)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Longest a request waits to be batched with others, in microseconds (default 0:
+        /// a batch is whatever queued while the previous one ran).
+        #[arg(long, default_value_t = 0)]
+        batch_wait_us: u64,
+        /// Rows one request may carry.
+        #[arg(long, default_value_t = 10_000)]
+        max_rows: usize,
+        /// Request body limit, in bytes.
+        #[arg(long, default_value_t = 16 << 20)]
+        max_body: usize,
+    },
     /// Write the spec's synthetic data to a CSV file.
     Synth {
         spec: PathBuf,
@@ -203,6 +222,13 @@ pub fn run() -> ExitCode {
         }
         Command::Synth { spec, rows, out } => synth(&spec, rows, &out),
         Command::Export { bundle, format: ExportArg::Onnx, out } => export_onnx(&bundle, &out),
+        Command::Serve { bundle, port, host, batch_wait_us, max_rows, max_body } => {
+            let mut opts = multigate::serve::ServeOptions::new(bundle, std::net::SocketAddr::new(host, port));
+            opts.max_wait = std::time::Duration::from_micros(batch_wait_us);
+            opts.max_request_rows = max_rows;
+            opts.max_body = max_body;
+            serve(opts)
+        }
         Command::Encode { bundle, data, out } => encode(&bundle, &data, out.as_deref()),
         Command::Bench { spec, batch, steps, device, optimizer } => {
             bench::bench(&spec, batch, steps, device, optimizer.as_deref())
@@ -477,6 +503,22 @@ fn input_format(predictor: &run::Predictor) -> multigate::ir::CsvFormat {
             multigate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None }
         }
     }
+}
+
+fn serve(opts: multigate::serve::ServeOptions) -> Result<(), Failure> {
+    let bundle = opts.bundle.clone();
+    // Candle's kernels on one thread unless told otherwise: the HTTP side has the other
+    // core, and a micro-batch is small.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+    multigate::serve::serve(opts, |addr| {
+        // One line on stdout with the address, for scripts (port 0 picks a free one).
+        println!("serving {} on http://{addr}", bundle.display());
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })?;
+    Ok(())
 }
 
 fn export_onnx(bundle: &Path, out: &Path) -> Result<(), Failure> {

@@ -9,6 +9,7 @@ mod onnx;
 mod real_data;
 mod robustness;
 mod runs;
+mod serve;
 mod training;
 mod zoo;
 
