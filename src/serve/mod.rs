@@ -365,7 +365,11 @@ fn parse_request(body: &[u8], columns: &[String], max_rows: usize) -> Result<Req
         Some(_) => return Err("`gates` must be true or false".into()),
     };
     let known: HashSet<&str> = columns.iter().map(String::as_str).collect();
-    let unknown = |k: &str| format!("unknown input `{k}`; the model reads: {}", columns.join(", "));
+    let unknown = |k: &str| {
+        let shown: Vec<&str> = columns.iter().take(20).map(String::as_str).collect();
+        let more = if columns.len() > 20 { format!(", ... ({} in all)", columns.len()) } else { String::new() };
+        format!("unknown input `{k}`; the model reads: {}{more}", shown.join(", "))
+    };
     let (out, rows, row_form): (Vec<(String, Vec<String>)>, usize, bool) =
         match (top.get("instances"), top.get("inputs")) {
             (Some(Value::Array(instances)), None) => {
