@@ -4,12 +4,15 @@
 # rows/s, p50/p99 latency, and the server's CPU use over each run.
 #
 # Usage: scripts/load_test.sh [SECONDS=10]
+#   MULTIGATE_BIN, HTTP_LOAD_BIN  prebuilt binaries (default: built here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-cargo build --release --quiet --bin multigate --example http_load
-bin=target/release/multigate
-load=target/release/examples/http_load
+if [ -z "${MULTIGATE_BIN:-}" ] || [ -z "${HTTP_LOAD_BIN:-}" ]; then
+  cargo build --release --quiet --bin multigate --example http_load
+fi
+bin=${MULTIGATE_BIN:-target/release/multigate}
+load=${HTTP_LOAD_BIN:-target/release/examples/http_load}
 tmp=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 spec=models/seed_avazu_mmoe.toml

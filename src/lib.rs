@@ -32,6 +32,7 @@ pub mod export;
 pub mod ir;
 pub mod lower;
 pub mod pipeline;
+pub mod report;
 pub mod rng;
 pub mod run;
 pub mod serve;

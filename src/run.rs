@@ -93,6 +93,16 @@ pub trait Observer {
     fn on(&mut self, event: &Event<'_>);
 }
 
+/// Hands every event to two observers, in order.
+pub struct Both<'a>(pub &'a mut dyn Observer, pub &'a mut dyn Observer);
+
+impl Observer for Both<'_> {
+    fn on(&mut self, event: &Event<'_>) {
+        self.0.on(event);
+        self.1.on(event);
+    }
+}
+
 /// Ignores everything.
 pub struct Silent;
 
@@ -307,11 +317,26 @@ pub fn train_spec(
         let mut watch = Watch { observer, model: &model, checkpoint: &ckpt_dir, run: &run_json };
         train::fit_from(&model, &c.train, &splits, checkpoint, &mut watch)?
     };
+    // Per task, by name: final validation and test metrics and the last training loss.
+    let by_task: serde_json::Map<String, serde_json::Value> = c
+        .model
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(t, task)| {
+            let v = serde_json::json!({
+                "validation": report.validation.get(t),
+                "test": report.test.as_ref().and_then(|x| x.get(t)),
+                "train_loss": report.epochs.last().and_then(|e| e.train_loss.get(t)),
+            });
+            (task.name.clone(), v)
+        })
+        .collect();
     let metrics = serde_json::json!({
         "model": c.model.name,
+        "tasks": by_task,
         "params": c.model.param_count(),
         "flops_per_sample": c.model.flops_per_sample(),
-        "tasks": c.model.tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
         "data": info.source,
         "label_correlation": info.label_correlation,
         "gate_alarms": report.gate_usage.iter().flat_map(|g| g.alarms()).collect::<Vec<_>>(),
@@ -534,6 +559,85 @@ impl Predictor {
     /// value per row`; an empty string is a missing value). Label columns are not read.
     pub fn frame(&self, columns: &[(String, Vec<String>)]) -> Result<Frame, PredictError> {
         frame_from_text(&self.needs(), columns)
+    }
+}
+
+/// One task's metrics on labelled rows, as `evaluate` reports them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskEvaluation {
+    pub rows: usize,
+    pub metrics: crate::train::metrics::TaskMetrics,
+    /// Binary tasks: mean prediction against positive rate, and the calibration error.
+    pub calibration: Option<crate::train::metrics::Calibration>,
+    /// Binary tasks with a group column: group AUC and the groups that counted.
+    pub gauc: Option<f64>,
+    pub gauc_groups: Option<usize>,
+}
+
+/// Metrics of a bundle on labelled rows, keyed by task name.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Evaluation {
+    pub rows: usize,
+    pub group: Option<String>,
+    pub tasks: std::collections::BTreeMap<String, TaskEvaluation>,
+    /// Task order, for printing.
+    #[serde(skip)]
+    pub order: Vec<String>,
+}
+
+impl Predictor {
+    /// Evaluates the bundle on a frame that has the label columns (and `group`, when
+    /// given): per task its metrics, calibration and, by group, GAUC.
+    pub fn evaluate(&self, frame: &Frame, group: Option<&str>) -> Result<Evaluation, PredictError> {
+        use crate::train::metrics;
+        let model = &self.bundle.compiled.model;
+        let ds = data::encode(model, frame, true)?;
+        let p = self.predict_dataset(&ds, false)?;
+        let groups: Option<Vec<u32>> = match group {
+            None => None,
+            Some(g) => match frame.column_as(g, false) {
+                Some(data::Column::Cat { codes, .. }) => Some(codes.clone()),
+                Some(data::Column::Num(v)) => Some(v.iter().map(|x| x.to_bits()).collect()),
+                None => return Err(PredictError::Input(format!("the group column `{g}` is not in the data"))),
+            },
+        };
+        let mut tasks = std::collections::BTreeMap::new();
+        for (t, task) in model.tasks.iter().enumerate() {
+            let labels = &ds.labels[t];
+            let k = task.head.width();
+            let keep: Vec<usize> = (0..labels.len()).filter(|&i| !labels[i].is_nan()).collect();
+            let m = if labels.is_empty() {
+                metrics::TaskMetrics::Unlabelled
+            } else {
+                metrics::score(&task.head, &p.values[t], labels)
+            };
+            let binary = matches!(task.head, crate::ir::Head::Binary) && !keep.is_empty();
+            let (scores, ys): (Vec<f32>, Vec<f32>) = keep.iter().map(|&i| (p.values[t][i * k], labels[i])).unzip();
+            let calibration = binary.then(|| metrics::calibration(&scores, &ys, 10));
+            let g = match (&groups, binary) {
+                (Some(gs), true) => {
+                    let gk: Vec<u32> = keep.iter().map(|&i| gs[i]).collect();
+                    metrics::gauc(&scores, &ys, &gk)
+                }
+                _ => None,
+            };
+            tasks.insert(
+                task.name.clone(),
+                TaskEvaluation {
+                    rows: keep.len(),
+                    metrics: m,
+                    calibration,
+                    gauc: g.map(|x| x.0),
+                    gauc_groups: g.map(|x| x.1),
+                },
+            );
+        }
+        Ok(Evaluation {
+            rows: ds.rows,
+            group: group.map(str::to_string),
+            tasks,
+            order: model.tasks.iter().map(|t| t.name.clone()).collect(),
+        })
     }
 }
 

@@ -62,6 +62,9 @@ enum Command {
         /// Replace the bundle already at --out (without it, that is refused before training).
         #[arg(long)]
         force: bool,
+        /// Do not write TensorBoard event files (default: <out>.tensorboard/).
+        #[arg(long)]
+        no_tensorboard: bool,
     },
     /// Predict with a bundle: one column per task (probabilities for binary tasks).
     Predict {
@@ -82,6 +85,18 @@ enum Command {
         /// without it label columns are not read.
         #[arg(long)]
         evaluate: bool,
+    },
+    /// Metrics of a trained bundle on labelled data, per task, without training: the
+    /// task's metrics, calibration (mean prediction vs positive rate, ECE over 10 bins)
+    /// and, with --group, GAUC.
+    Evaluate {
+        bundle: PathBuf,
+        data: PathBuf,
+        /// Column whose values group rows (users, say) for group AUC.
+        #[arg(long, value_name = "COLUMN")]
+        group: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: FormatArg,
     },
     /// Export a bundle for other runtimes: ONNX (opset 17) with the encoding in its metadata.
     Export {
@@ -170,6 +185,12 @@ enum SyntaxArg {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum ExportArg {
     Onnx,
 }
@@ -212,16 +233,17 @@ pub fn run() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check { spec } => check(&spec),
-        Command::CompileAndTrain { spec, data, out, epochs, rows, device, resume, fresh, force } => {
+        Command::CompileAndTrain { spec, data, out, epochs, rows, device, resume, fresh, force, no_tensorboard } => {
             let command = std::env::args().collect();
             let opts = run::TrainOptions { data, out, epochs, rows, device, resume, fresh, force, command };
-            compile_and_train(&spec, opts)
+            compile_and_train(&spec, opts, !no_tensorboard)
         }
         Command::Predict { bundle, data, out, device, gates, keep, evaluate } => {
             predict(&bundle, &data, out.as_deref(), device, gates, &keep, evaluate)
         }
         Command::Synth { spec, rows, out } => synth(&spec, rows, &out),
         Command::Export { bundle, format: ExportArg::Onnx, out } => export_onnx(&bundle, &out),
+        Command::Evaluate { bundle, data, group, format } => evaluate(&bundle, &data, group.as_deref(), format),
         Command::Serve { bundle, port, host, batch_wait_us, max_rows, max_body } => {
             let mut opts = multigate::serve::ServeOptions::new(bundle, std::net::SocketAddr::new(host, port));
             opts.max_wait = std::time::Duration::from_micros(batch_wait_us);
@@ -359,13 +381,27 @@ impl run::Observer for Printer {
     }
 }
 
-fn compile_and_train(path: &Path, opts: run::TrainOptions) -> Result<(), Failure> {
+fn compile_and_train(path: &Path, opts: run::TrainOptions, tensorboard: bool) -> Result<(), Failure> {
     let (src, c) = compile(path)?;
     let select = c.train.select.clone();
     let mut printer = Printer { names: Vec::new(), balanced: false, relatedness: None };
-    let done = run::train_spec(&src, c, &opts, &mut printer)?;
+    let out = opts.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&c.model.name));
+    let tb_dir = multigate::report::tensorboard::tensorboard_dir(&out);
+    let mut tb = multigate::report::tensorboard::TensorBoard::new(tb_dir.clone());
+    let done = if tensorboard {
+        run::train_spec(&src, c, &opts, &mut run::Both(&mut printer, &mut tb))?
+    } else {
+        run::train_spec(&src, c, &opts, &mut printer)?
+    };
     print_report(&printer.names, &select, &done.report);
     println!("bundle written to {}", done.out.display());
+    match (&tb.error, tensorboard) {
+        (Some(e), _) => eprintln!("warning: TensorBoard events not written: {e}"),
+        (None, true) => {
+            println!("TensorBoard events in {} (tensorboard --logdir {})", tb_dir.display(), tb_dir.display())
+        }
+        _ => {}
+    }
     Ok(())
 }
 
@@ -518,6 +554,49 @@ fn serve(opts: multigate::serve::ServeOptions) -> Result<(), Failure> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
     })?;
+    Ok(())
+}
+
+fn evaluate(bundle: &Path, data_path: &Path, group: Option<&str>, format: FormatArg) -> Result<(), Failure> {
+    let predictor = run::Predictor::load(bundle, Device::Cpu)?;
+    auto_threads(predictor.compiled().model.flops_per_sample(), 4096);
+    let mut needs = predictor.needs();
+    if let Some(g) = group {
+        needs.push(Need {
+            column: g.to_string(),
+            kind: data::ColumnKind::Cat,
+            reader: "`--group`".into(),
+            owner: NeedOwner::Caller,
+            is_label: false,
+        });
+    }
+    let frame = data::csv_source::read_csv(
+        data_path,
+        &input_format(&predictor),
+        &needs,
+        true,
+        &run::spec_locator(predictor.source()),
+    )?;
+    let e = predictor.evaluate(&frame, group)?;
+    match format {
+        FormatArg::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+        FormatArg::Text => {
+            println!("{} rows of {}", e.rows, data_path.display());
+            for name in &e.order {
+                let t = &e.tasks[name];
+                println!("{name} ({} labelled rows): {}", t.rows, t.metrics);
+                if let Some(c) = &t.calibration {
+                    println!(
+                        "  calibration: mean prediction {:.4}, positive rate {:.4}, ECE {:.4} ({} bins)",
+                        c.mean_prediction, c.positive_rate, c.ece, c.bins
+                    );
+                }
+                if let (Some(g), Some(n), Some(col)) = (t.gauc, t.gauc_groups, group) {
+                    println!("  GAUC by `{col}`: {g:.4} over {n} groups with both classes");
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -32,6 +32,61 @@ pub fn roc_auc(scores: &[f32], labels: &[f32]) -> Option<f64> {
     Some((rank_sum_pos - np * (np + 1.0) / 2.0) / (np * n_neg as f64))
 }
 
+/// Group AUC: the AUC within each group (a user, say), averaged with the group's row
+/// count as its weight; groups whose rows are all one class are skipped, as usual.
+/// Returns the value and the number of groups that counted.
+pub fn gauc(scores: &[f32], labels: &[f32], groups: &[u32]) -> Option<(f64, usize)> {
+    let mut by_group: std::collections::HashMap<u32, Vec<usize>> = std::collections::HashMap::new();
+    for (i, &g) in groups.iter().enumerate().take(scores.len().min(labels.len())) {
+        by_group.entry(g).or_default().push(i);
+    }
+    let (mut sum, mut weight, mut used) = (0.0f64, 0.0f64, 0usize);
+    for rows in by_group.values() {
+        let s: Vec<f32> = rows.iter().map(|&i| scores[i]).collect();
+        let y: Vec<f32> = rows.iter().map(|&i| labels[i]).collect();
+        if let Some(a) = roc_auc(&s, &y) {
+            sum += a * rows.len() as f64;
+            weight += rows.len() as f64;
+            used += 1;
+        }
+    }
+    (used > 0).then(|| (sum / weight, used))
+}
+
+/// How well probabilities match frequencies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Calibration {
+    pub mean_prediction: f64,
+    pub positive_rate: f64,
+    /// Expected calibration error over `bins` equal-width bins of the prediction: the
+    /// row-weighted mean of |mean prediction - positive rate| per bin.
+    pub ece: f64,
+    pub bins: usize,
+}
+
+pub fn calibration(probs: &[f32], labels: &[f32], bins: usize) -> Calibration {
+    let n = probs.len().min(labels.len());
+    let bins = bins.max(1);
+    let (mut count, mut pred, mut pos) = (vec![0usize; bins], vec![0f64; bins], vec![0f64; bins]);
+    for i in 0..n {
+        let b = ((probs[i].clamp(0.0, 1.0) as f64 * bins as f64) as usize).min(bins - 1);
+        count[b] += 1;
+        pred[b] += probs[i] as f64;
+        pos[b] += labels[i] as f64;
+    }
+    let ece = (0..bins)
+        .filter(|&b| count[b] > 0)
+        .map(|b| count[b] as f64 / n as f64 * (pred[b] / count[b] as f64 - pos[b] / count[b] as f64).abs())
+        .sum();
+    let total = n.max(1) as f64;
+    Calibration {
+        mean_prediction: pred.iter().sum::<f64>() / total,
+        positive_rate: pos.iter().sum::<f64>() / total,
+        ece,
+        bins,
+    }
+}
+
 /// Metrics of a binary task at threshold 0.5.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BinaryMetrics {
@@ -230,6 +285,27 @@ mod tests {
         assert_eq!(roc_auc(&[0.5, 0.5], &[0.0, 1.0]), Some(0.5));
         assert_eq!(roc_auc(&[0.5, 0.7, 0.5, 0.1], &[1.0, 1.0, 0.0, 0.0]), Some(0.875));
         assert_eq!(roc_auc(&[0.1, 0.2], &[1.0, 1.0]), None);
+    }
+
+    #[test]
+    fn gauc_weights_groups_by_rows_and_skips_one_class_groups() {
+        // Group 1 (4 rows): AUC 0.75; group 2 (2 rows): AUC 0; group 3: one class, skipped.
+        let s = [0.1, 0.4, 0.35, 0.8, 0.9, 0.2, 0.5, 0.6];
+        let y = [0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0];
+        let g = [1, 1, 1, 1, 2, 2, 3, 3];
+        let (v, used) = gauc(&s, &y, &g).unwrap();
+        assert_eq!(used, 2);
+        assert!((v - (0.75 * 4.0 + 0.0 * 2.0) / 6.0).abs() < 1e-12, "{v}");
+        assert_eq!(gauc(&[0.5], &[1.0], &[1]), None);
+    }
+
+    #[test]
+    fn calibration_bins_predictions_and_weighs_the_gaps() {
+        // Bin 0.1: predictions 0.1, 0.1 with 1 positive of 2 (gap 0.4); bin 0.9: 0.9 with 1 of 1 (gap 0.1).
+        let c = calibration(&[0.1, 0.1, 0.9], &[0.0, 1.0, 1.0], 10);
+        assert!((c.ece - (2.0 / 3.0 * 0.4 + 1.0 / 3.0 * 0.1)).abs() < 1e-6, "{c:?}");
+        assert!((c.mean_prediction - 1.1 / 3.0).abs() < 1e-6);
+        assert!((c.positive_rate - 2.0 / 3.0).abs() < 1e-12);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod inputs;
 mod models;
 mod onnx;
 mod real_data;
+mod report;
 mod robustness;
 mod runs;
 mod serve;
@@ -14,6 +15,7 @@ mod training;
 mod zoo;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use multigate::lower::Compiled;
 use multigate::pipeline::compile_source;
@@ -39,6 +41,25 @@ pub fn shared_data(what: &str) -> Option<PathBuf> {
         );
         None
     }
+}
+
+/// Whether python3 with the modules is here; in CI (`CI` set) their absence fails.
+pub fn python_with(modules: &str, what: &str) -> bool {
+    let ok =
+        Command::new("python3").args(["-c", &format!("import {modules}")]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run {what}: python3 with {modules} is missing (.ci/run installs them with pip)"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {what}: python3 with {modules} is not installed (pip install {})",
+            modules.replace(',', "")
+        );
+    }
+    ok
 }
 
 /// Compiles spec text that must be valid.

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{repo, shared_data};
+use super::{python_with, repo, shared_data};
 
 fn mg(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_multigate"))
@@ -18,25 +18,6 @@ fn mg(args: &[&str]) -> (bool, String) {
         .output()
         .unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
-/// Whether python3 with the modules is here; in CI (`CI` set) their absence fails.
-fn python_with(modules: &str, what: &str) -> bool {
-    let ok =
-        Command::new("python3").args(["-c", &format!("import {modules}")]).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run {what}: python3 with {modules} is missing (.ci/run installs them with pip)"
-        );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {what}: python3 with {modules} is not installed (pip install {})",
-            modules.replace(',', "")
-        );
-    }
-    ok
 }
 
 /// How to train a model briefly and which rows to score with it.

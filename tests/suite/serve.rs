@@ -67,6 +67,14 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    /// A failed assertion must not leave the server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The rows of a CSV as instances of the given input columns (raw text values).
 fn instances(csv: &str, inputs: &[String]) -> Vec<Value> {
     let mut rdr = csv::Reader::from_path(csv).unwrap();

@@ -1,0 +1,144 @@
+//! What a run leaves for people: TensorBoard events (read back by Python's tensorboard),
+//! `evaluate` with calibration and GAUC, metrics keyed by task name.
+
+use std::process::Command;
+
+use super::{python_with, repo};
+
+fn mg(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_multigate")).args(args).current_dir(repo()).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{args:?}: {text}");
+    text
+}
+
+#[test]
+fn training_writes_tensorboard_events_that_tensorboard_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("b");
+    let text = mg(&[
+        "compile-and-train",
+        "models/synthetic_mmoe.toml",
+        "--rows",
+        "2000",
+        "--epochs",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let tb = tmp.path().join("b.tensorboard");
+    assert!(text.contains(&format!("TensorBoard events in {}", tb.display())), "{text}");
+    let files: Vec<_> = std::fs::read_dir(&tb).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents."));
+    // The validation numbers the run reports, to compare with what TensorBoard reads.
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let mse: Vec<f64> = metrics["report"]["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["validation"][0]["mse"].as_f64().unwrap())
+        .collect();
+    assert_eq!(mse.len(), 2);
+    if !python_with("tensorboard", "the TensorBoard read-back check") {
+        return;
+    }
+    let script = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+ea = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
+ea.Reload()
+tags = ea.Tags()["scalars"]
+print(json.dumps({t: [[e.step, e.value] for e in ea.Scalars(t)] for t in tags}))
+"#;
+    let outp = Command::new("python3").args(["-c", script, tb.to_str().unwrap()]).output().unwrap();
+    assert!(outp.status.success(), "{}", String::from_utf8_lossy(&outp.stderr));
+    let scalars: serde_json::Value = serde_json::from_slice(&outp.stdout).unwrap();
+    for tag in [
+        "train/loss/y1",
+        "train/loss/y2",
+        "train/loss/total",
+        "epoch/lr",
+        "epoch/validation_loss",
+        "validation/y1/mse",
+        "validation/y2/mae",
+        "gates/layer0.gate.y1/e0",
+    ] {
+        assert!(scalars.get(tag).is_some(), "{tag} missing from {:?}", scalars.as_object().unwrap().keys());
+    }
+    // 1600 training rows at batch 256: 7 steps an epoch, one loss point per step.
+    let steps = scalars["train/loss/y1"].as_array().unwrap();
+    assert_eq!(steps.len(), 14, "{steps:?}");
+    let read: Vec<f64> =
+        scalars["validation/y1/mse"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect();
+    for (a, b) in read.iter().zip(&mse) {
+        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "TensorBoard {a} vs metrics.json {b}");
+    }
+    // The total is the sum of the tasks' losses at each step.
+    let (y1, y2, total) = (&scalars["train/loss/y1"], &scalars["train/loss/y2"], &scalars["train/loss/total"]);
+    for i in 0..14 {
+        let sum = y1[i][1].as_f64().unwrap() + y2[i][1].as_f64().unwrap();
+        assert!((total[i][1].as_f64().unwrap() - sum).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn evaluate_reports_metrics_calibration_and_gauc_keyed_by_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |s: &str| tmp.path().join(s).to_string_lossy().to_string();
+    let spec = "tests/inputs/onnx/every_op.toml";
+    mg(&["compile-and-train", spec, "--rows", "3000", "--epochs", "2", "--out", &p("b"), "--no-tensorboard"]);
+    assert!(!tmp.path().join("b.tensorboard").exists(), "--no-tensorboard writes none");
+    mg(&["synth", spec, "--rows", "2000", "--out", &p("rows.csv")]);
+    let json = mg(&["evaluate", &p("b"), &p("rows.csv"), "--group", "user", "--format", "json"]);
+    let e: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(e["rows"], 2000);
+    let ctr = &e["tasks"]["ctr"];
+    let auc = ctr["metrics"]["auc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&auc));
+    let c = &ctr["calibration"];
+    assert!(c["ece"].as_f64().unwrap() >= 0.0 && c["ece"].as_f64().unwrap() <= 1.0, "{c}");
+    assert!((0.0..=1.0).contains(&c["positive_rate"].as_f64().unwrap()));
+    assert!(ctr["gauc"].as_f64().is_some() && ctr["gauc_groups"].as_u64().unwrap() > 0, "{ctr}");
+    assert!(e["tasks"]["genre"]["metrics"]["accuracy"].as_f64().is_some());
+    assert!(e["tasks"]["watch"]["metrics"]["mse"].as_f64().is_some());
+    assert!(e["tasks"]["genre"]["calibration"].is_null(), "calibration is for binary tasks");
+    // The same AUC as predict --evaluate on the same rows.
+    let text = mg(&["predict", &p("b"), &p("rows.csv"), "--out", &p("preds.csv"), "--evaluate"]);
+    assert!(text.contains(&format!("ctr: auc {auc:.4}")), "{text}");
+    // Text form; a missing group column is an error naming it.
+    let text = mg(&["evaluate", &p("b"), &p("rows.csv"), "--group", "user"]);
+    assert!(text.contains("GAUC by `user`") && text.contains("calibration: mean prediction"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_multigate"))
+        .args(["evaluate", &p("b"), &p("rows.csv"), "--group", "nope"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`nope`"));
+}
+
+#[test]
+fn metrics_json_keys_each_task_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("b");
+    mg(&[
+        "compile-and-train",
+        "models/synthetic_esmm.toml",
+        "--rows",
+        "2000",
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--no-tensorboard",
+    ]);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let tasks = m["tasks"].as_object().unwrap();
+    assert_eq!(tasks.keys().collect::<Vec<_>>(), ["ctcvr", "ctr", "cvr"]);
+    assert!(tasks["ctr"]["validation"]["auc"].as_f64().is_some(), "{m}");
+    assert!(tasks["ctr"]["test"]["logloss"].as_f64().is_some(), "{m}");
+    assert!(tasks["ctr"]["train_loss"].as_f64().is_some(), "{m}");
+}
