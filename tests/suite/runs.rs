@@ -36,10 +36,10 @@ fn weights(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("model.safetensors")).unwrap()
 }
 
-/// Names beside `dir` that are not `dir` itself, its checkpoint or its lock file.
+/// Names beside `dir` that are not `dir` itself, its checkpoint, lock file or TensorBoard logs.
 fn temporaries(dir: &Path) -> Vec<String> {
     let name = dir.file_name().unwrap().to_string_lossy().to_string();
-    let keep = [name.clone(), format!("{name}.checkpoint"), format!(".{name}.lock")];
+    let keep = [name.clone(), format!("{name}.checkpoint"), format!(".{name}.lock"), format!("{name}.tensorboard")];
     let mut v: Vec<String> = std::fs::read_dir(dir.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
