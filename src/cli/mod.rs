@@ -34,9 +34,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate a spec; print its IR, or every error (exit 2).
-    Check { spec: PathBuf },
+    Check {
+        /// The spec (.toml or .mg).
+        spec: PathBuf,
+    },
     /// Compile a spec, train it, report per-task metrics and write a bundle.
     CompileAndTrain {
+        /// The spec (.toml or .mg).
         spec: PathBuf,
         /// Train on this CSV instead of the spec's data.
         #[arg(long)]
@@ -68,11 +72,14 @@ enum Command {
     },
     /// Predict with a bundle: one column per task (probabilities for binary tasks).
     Predict {
+        /// The bundle folder (what compile-and-train wrote).
         bundle: PathBuf,
+        /// CSV rows to score, in the spec's format (a synthetic model's: CSV with a header).
         data: PathBuf,
         /// Output CSV (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: Device,
         /// Also write every row's gate weights (a column per gate and expert).
@@ -90,19 +97,25 @@ enum Command {
     /// task's metrics, calibration (mean prediction vs positive rate, ECE over 10 bins)
     /// and, with --group, GAUC.
     Evaluate {
+        /// The bundle folder (what compile-and-train wrote).
         bundle: PathBuf,
+        /// Labelled CSV rows, in the spec's format.
         data: PathBuf,
         /// Column whose values group rows (users, say) for group AUC.
         #[arg(long, value_name = "COLUMN")]
         group: Option<String>,
+        /// text (default) or json (keyed by task name).
         #[arg(long, value_enum, default_value = "text")]
         format: FormatArg,
     },
     /// Export a bundle for other runtimes: ONNX (opset 17) with the encoding in its metadata.
     Export {
+        /// The bundle folder (what compile-and-train wrote).
         bundle: PathBuf,
+        /// The format to write (onnx).
         #[arg(long, value_enum, default_value = "onnx")]
         format: ExportArg,
+        /// The file to write (e.g. model.onnx).
         #[arg(long)]
         out: PathBuf,
     },
@@ -110,7 +123,9 @@ enum Command {
     /// the exported ONNX graph takes them: one column per categorical feature, then one
     /// per dense column.
     Encode {
+        /// The bundle folder (what compile-and-train wrote).
         bundle: PathBuf,
+        /// CSV rows to encode, in the spec's format.
         data: PathBuf,
         /// Output CSV (default: standard output).
         #[arg(long)]
@@ -119,9 +134,12 @@ enum Command {
     /// Serve a bundle over HTTP: TF-Serving REST predict, KServe v2 health and metadata,
     /// Prometheus metrics; micro-batched; follows new bundles committed to the folder.
     Serve {
+        /// The bundle folder to serve (swapped when a new bundle is committed there).
         bundle: PathBuf,
+        /// TCP port (0 picks a free one and prints it).
         #[arg(long, default_value_t = 8501)]
         port: u16,
+        /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: std::net::IpAddr,
         /// Longest a request waits to be batched with others, in microseconds (default 0:
@@ -137,14 +155,18 @@ enum Command {
     },
     /// Write the spec's synthetic data to a CSV file.
     Synth {
+        /// A spec with [data] source = "synthetic".
         spec: PathBuf,
+        /// Rows to write.
         #[arg(long)]
         rows: usize,
+        /// The CSV file to write.
         #[arg(long)]
         out: PathBuf,
     },
     /// Print a spec in canonical form, or convert it between TOML and the DSL.
     Fmt {
+        /// The spec to format (.toml or .mg).
         file: PathBuf,
         /// Output syntax (default: the input's).
         #[arg(long, value_enum)]
@@ -158,24 +180,43 @@ enum Command {
     },
     /// Draw the model: features, embeddings, experts, gates, towers, with shapes.
     Graph {
+        /// The spec (.toml or .mg).
         spec: PathBuf,
+        /// dot (Graphviz) or mermaid.
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphArg,
     },
     /// Measure training and inference throughput of a spec at a batch size.
     Bench {
+        /// The spec (.toml or .mg); its synthetic data, or random rows, feed the steps.
         spec: PathBuf,
+        /// Rows per step.
         #[arg(long, default_value_t = 512)]
         batch: usize,
         /// Timed steps per measurement.
         #[arg(long, default_value_t = 200)]
         steps: usize,
+        /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: Device,
         /// Override the spec's optimizer: adam or lazy_adam.
         #[arg(long)]
         optimizer: Option<String>,
     },
+    /// Print a shell completion script (e.g. `multigate completions bash >
+    /// ~/.local/share/bash-completion/completions/multigate`).
+    Completions {
+        /// bash, zsh or fish.
+        #[arg(value_enum)]
+        shell: ShellArg,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -257,6 +298,16 @@ pub fn run() -> ExitCode {
         }
         Command::Fmt { file, to, check, write } => fmt(&file, to, check, write),
         Command::Graph { spec, format } => graph(&spec, format),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let shell = match shell {
+                ShellArg::Bash => clap_complete::Shell::Bash,
+                ShellArg::Zsh => clap_complete::Shell::Zsh,
+                ShellArg::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "multigate", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -725,4 +776,30 @@ fn graph(path: &Path, format: GraphArg) -> Result<(), Failure> {
     };
     print!("{}", multigate::ir::render_graph(&c.model, format));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_and_argument_has_a_help_line() {
+        let cmd = super::Cli::command();
+        for sub in cmd.get_subcommands() {
+            assert!(sub.get_about().is_some(), "`{}` has no help", sub.get_name());
+            for arg in sub.get_arguments().filter(|a| a.get_id() != "help") {
+                assert!(arg.get_help().is_some(), "`{} {}` has no help", sub.get_name(), arg.get_id());
+            }
+        }
+    }
+
+    #[test]
+    fn completions_cover_every_command() {
+        let mut out = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut super::Cli::command(), "multigate", &mut out);
+        let text = String::from_utf8(out).unwrap();
+        for sub in super::Cli::command().get_subcommands() {
+            assert!(text.contains(sub.get_name()), "{}", sub.get_name());
+        }
+    }
 }
