@@ -1,6 +1,7 @@
 //! The command line: the only place that prints and exits.
 
 mod bench;
+mod watch;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,13 @@ enum Command {
         /// Do not write TensorBoard event files (default: <out>.tensorboard/).
         #[arg(long)]
         no_tensorboard: bool,
+        /// Print nothing while training (no progress, no per-epoch lines): only the
+        /// bundle's place at the end, and errors.
+        #[arg(long)]
+        quiet: bool,
+        /// text (default) or json: one JSON object per event on stdout.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: FormatArg,
     },
     /// Predict with a bundle: one column per task (probabilities for binary tasks).
     Predict {
@@ -274,10 +282,23 @@ pub fn run() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check { spec } => check(&spec),
-        Command::CompileAndTrain { spec, data, out, epochs, rows, device, resume, fresh, force, no_tensorboard } => {
+        Command::CompileAndTrain {
+            spec,
+            data,
+            out,
+            epochs,
+            rows,
+            device,
+            resume,
+            fresh,
+            force,
+            no_tensorboard,
+            quiet,
+            log_format,
+        } => {
             let command = std::env::args().collect();
             let opts = run::TrainOptions { data, out, epochs, rows, device, resume, fresh, force, command };
-            compile_and_train(&spec, opts, !no_tensorboard)
+            compile_and_train(&spec, opts, !no_tensorboard, quiet, log_format)
         }
         Command::Predict { bundle, data, out, device, gates, keep, evaluate } => {
             predict(&bundle, &data, out.as_deref(), device, gates, &keep, evaluate)
@@ -360,98 +381,41 @@ fn check(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Prints a run's events.
-struct Printer {
-    names: Vec<String>,
-    /// Whether loss weights change during training (then every epoch prints them).
-    balanced: bool,
-    /// Task relatedness p of the MMoE generator, when it makes the data.
-    relatedness: Option<f64>,
-}
-
-impl run::Observer for Printer {
-    fn on(&mut self, event: &run::Event<'_>) {
-        match event {
-            run::Event::Fitted { task, what } => println!("fitted on the training labels of task {task}: {what}"),
-            run::Event::Built { compiled } => {
-                let threads = auto_threads(compiled.model.flops_per_sample(), compiled.train.batch_size);
-                println!(
-                    "model {}: {} parameters, {} forward FLOPs/sample; {threads} CPU thread(s)",
-                    compiled.model.name,
-                    compiled.model.param_count(),
-                    compiled.model.flops_per_sample()
-                );
-                self.names = compiled.model.tasks.iter().map(|t| t.name.clone()).collect();
-                self.balanced = compiled.model.balance != multigate::ir::LossBalance::Fixed;
-                self.relatedness = match &compiled.data.source {
-                    DataSource::Synthetic(s) => match s.kind {
-                        multigate::ir::SyntheticKind::Mmoe { correlation, .. } => Some(correlation),
-                        _ => None,
-                    },
-                    _ => None,
-                };
-            }
-            run::Event::DataLoaded { info, train, validation, test } => {
-                println!("data: {} (train {train}, validation {validation}, test {test})", info.source);
-                if let (Some(r), Some(p)) = (info.label_correlation, self.relatedness) {
-                    println!("synthetic labels: Pearson correlation {r:.4} (task relatedness p = {p})");
-                }
-            }
-            run::Event::Resumed { checkpoint, epochs_done, complete: false } => {
-                println!("resuming from {} after epoch {epochs_done}", checkpoint.display())
-            }
-            run::Event::Resumed { checkpoint, epochs_done, complete: true } => println!(
-                "{} holds a run that had finished ({epochs_done} epochs): nothing to train, writing its bundle",
-                checkpoint.display()
-            ),
-            run::Event::NoCheckpoint { checkpoint } => {
-                println!("no checkpoint at {}: starting from epoch 1", checkpoint.display())
-            }
-            run::Event::Step { .. } => {}
-            run::Event::Epoch(e) => {
-                let losses: Vec<String> =
-                    self.names.iter().zip(&e.train_loss).map(|(n, l)| format!("{n} {l:.4}")).collect();
-                println!(
-                    "epoch {:>3}  lr {:.2e}  train loss [{}]  {:.0} samples/s",
-                    e.epoch,
-                    e.lr,
-                    losses.join(", "),
-                    e.train_samples_per_sec
-                );
-                for (n, m) in self.names.iter().zip(&e.validation) {
-                    println!("           val {n}: {m}");
-                }
-                if self.balanced {
-                    let w: Vec<String> =
-                        self.names.iter().zip(&e.loss_weights).map(|(n, w)| format!("{n} {w:.3}")).collect();
-                    println!("           loss weights [{}]", w.join(", "));
-                }
-            }
-            run::Event::Finished { .. } => {}
-        }
-    }
-}
-
-fn compile_and_train(path: &Path, opts: run::TrainOptions, tensorboard: bool) -> Result<(), Failure> {
+fn compile_and_train(
+    path: &Path,
+    opts: run::TrainOptions,
+    tensorboard: bool,
+    quiet: bool,
+    log: FormatArg,
+) -> Result<(), Failure> {
     let (src, c) = compile(path)?;
     let select = c.train.select.clone();
-    let mut printer = Printer { names: Vec::new(), balanced: false, relatedness: None };
+    let mut printer = watch::Printer::new(quiet);
+    let mut json = watch::JsonLog::default();
+    let shown: &mut dyn run::Observer = match log {
+        FormatArg::Text => &mut printer,
+        FormatArg::Json => &mut json,
+    };
     let out = opts.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&c.model.name));
     let tb_dir = multigate::report::tensorboard::tensorboard_dir(&out);
     let mut tb = multigate::report::tensorboard::TensorBoard::new(tb_dir.clone());
     let done = if tensorboard {
-        run::train_spec(&src, c, &opts, &mut run::Both(&mut printer, &mut tb))?
+        run::train_spec(&src, c, &opts, &mut run::Both(shown, &mut tb))?
     } else {
-        run::train_spec(&src, c, &opts, &mut printer)?
+        run::train_spec(&src, c, &opts, shown)?
     };
-    print_report(&printer.names, &select, &done.report);
+    if let Some(e) = &tb.error {
+        eprintln!("warning: TensorBoard events not written: {e}");
+    }
+    if matches!(log, FormatArg::Json) {
+        return Ok(());
+    }
+    if !quiet {
+        print_report(&printer.names, &select, &done.report);
+    }
     println!("bundle written to {}", done.out.display());
-    match (&tb.error, tensorboard) {
-        (Some(e), _) => eprintln!("warning: TensorBoard events not written: {e}"),
-        (None, true) => {
-            println!("TensorBoard events in {} (tensorboard --logdir {})", tb_dir.display(), tb_dir.display())
-        }
-        _ => {}
+    if tensorboard && tb.error.is_none() && !quiet {
+        println!("TensorBoard events in {} (tensorboard --logdir {})", tb_dir.display(), tb_dir.display());
     }
     Ok(())
 }

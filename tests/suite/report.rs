@@ -142,3 +142,33 @@ fn metrics_json_keys_each_task_by_name() {
     assert!(tasks["ctr"]["test"]["logloss"].as_f64().is_some(), "{m}");
     assert!(tasks["ctr"]["train_loss"].as_f64().is_some(), "{m}");
 }
+
+#[test]
+fn json_logs_one_object_per_event_and_quiet_prints_only_the_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("b");
+    let common =
+        ["compile-and-train", "models/synthetic_mmoe.toml", "--rows", "2000", "--epochs", "2", "--no-tensorboard"];
+    let text = mg(&[&common[..], &["--out", out.to_str().unwrap(), "--log-format", "json"]].concat());
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"built"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"done"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "epoch").count(), 2);
+    // 1600 training rows at batch 256: 7 steps an epoch.
+    assert_eq!(kinds.iter().filter(|k| **k == "step").count(), 14);
+    let step = events.iter().find(|e| e["event"] == "step").unwrap();
+    assert!(step["loss"]["y1"].as_f64().is_some() && step["loss"]["y2"].as_f64().is_some(), "{step}");
+    let done = events.last().unwrap();
+    assert!(done["validation"]["y1"]["mse"].as_f64().is_some(), "{done}");
+    assert!(!text.contains("epoch   1"), "no text lines in json mode");
+
+    let text = mg(&[&common[..], &["--out", tmp.path().join("q").to_str().unwrap(), "--quiet"]].concat());
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].starts_with("bundle written to"), "{text}");
+}

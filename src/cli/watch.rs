@@ -1,0 +1,223 @@
+//! What `compile-and-train` shows while it works: text with a progress bar per epoch
+//! (on a terminal), nothing (`--quiet`), or one JSON object per event
+//! (`--log-format json`). All of it from the run's observer events; the training loop
+//! prints nothing itself.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use multigate::ir::DataSource;
+use multigate::run::{Event, Observer};
+
+use super::auto_threads;
+
+/// Prints a run's events as text, with a progress bar per epoch on a terminal.
+pub struct Printer {
+    pub names: Vec<String>,
+    /// Whether loss weights change during training (then every epoch prints them).
+    balanced: bool,
+    /// Task relatedness p of the MMoE generator, when it makes the data.
+    relatedness: Option<f64>,
+    /// Print nothing while training.
+    quiet: bool,
+    /// The epoch's bar, drawn on stderr when it is a terminal.
+    bar: Option<ProgressBar>,
+    batch_size: usize,
+    steps_per_epoch: u64,
+    epochs: usize,
+    /// Running mean of each task's loss over the epoch's steps so far.
+    running: Vec<f64>,
+    steps_seen: u64,
+}
+
+impl Printer {
+    pub fn new(quiet: bool) -> Printer {
+        Printer {
+            names: Vec::new(),
+            balanced: false,
+            relatedness: None,
+            quiet,
+            bar: None,
+            batch_size: 1,
+            steps_per_epoch: 0,
+            epochs: 0,
+            running: Vec::new(),
+            steps_seen: 0,
+        }
+    }
+
+    fn line(&self, text: String) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.suspend(|| println!("{text}")),
+            None => println!("{text}"),
+        }
+    }
+
+    fn new_bar(&mut self, epoch: usize) {
+        if self.quiet || !std::io::stderr().is_terminal() || self.steps_per_epoch == 0 {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(self.steps_per_epoch), ProgressDrawTarget::stderr());
+        if let Ok(style) =
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} steps  {per_sec}  eta {eta}  {msg}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(format!("{epoch}/{}", self.epochs));
+        self.bar = Some(bar);
+        self.running.clear();
+        self.steps_seen = 0;
+    }
+}
+
+macro_rules! say {
+    ($self:ident, $($arg:tt)*) => { $self.line(format!($($arg)*)) };
+}
+
+impl Observer for Printer {
+    fn on(&mut self, event: &Event<'_>) {
+        match event {
+            Event::Fitted { task, what } => say!(self, "fitted on the training labels of task {task}: {what}"),
+            Event::Built { compiled } => {
+                let threads = auto_threads(compiled.model.flops_per_sample(), compiled.train.batch_size);
+                say!(
+                    self,
+                    "model {}: {} parameters, {} forward FLOPs/sample; {threads} CPU thread(s)",
+                    compiled.model.name,
+                    compiled.model.param_count(),
+                    compiled.model.flops_per_sample()
+                );
+                self.names = compiled.model.tasks.iter().map(|t| t.name.clone()).collect();
+                self.batch_size = compiled.train.batch_size;
+                self.epochs = compiled.train.epochs;
+                self.balanced = compiled.model.balance != multigate::ir::LossBalance::Fixed;
+                self.relatedness = match &compiled.data.source {
+                    DataSource::Synthetic(s) => match s.kind {
+                        multigate::ir::SyntheticKind::Mmoe { correlation, .. } => Some(correlation),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+            }
+            Event::DataLoaded { info, train, validation, test } => {
+                self.steps_per_epoch = train.div_ceil(self.batch_size.max(1)) as u64;
+                say!(self, "data: {} (train {train}, validation {validation}, test {test})", info.source);
+                if let (Some(r), Some(p)) = (info.label_correlation, self.relatedness) {
+                    say!(self, "synthetic labels: Pearson correlation {r:.4} (task relatedness p = {p})");
+                }
+            }
+            Event::Resumed { checkpoint, epochs_done, complete: false } => {
+                say!(self, "resuming from {} after epoch {epochs_done}", checkpoint.display())
+            }
+            Event::Resumed { checkpoint, epochs_done, complete: true } => say!(
+                self,
+                "{} holds a run that had finished ({epochs_done} epochs): nothing to train, writing its bundle",
+                checkpoint.display()
+            ),
+            Event::NoCheckpoint { checkpoint } => {
+                say!(self, "no checkpoint at {}: starting from epoch 1", checkpoint.display())
+            }
+            Event::Step { epoch, losses, .. } => {
+                if self.bar.is_none() && self.steps_seen == 0 {
+                    self.new_bar(*epoch);
+                }
+                self.steps_seen += 1;
+                if self.running.len() != losses.len() {
+                    self.running = vec![0.0; losses.len()];
+                }
+                let n = self.steps_seen as f64;
+                for (r, &l) in self.running.iter_mut().zip(losses.iter()) {
+                    *r += (l as f64 - *r) / n;
+                }
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                    let msg: Vec<String> =
+                        self.names.iter().zip(&self.running).map(|(n, l)| format!("{n} {l:.4}")).collect();
+                    bar.set_message(msg.join(", "));
+                }
+            }
+            Event::Epoch(e) => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                self.steps_seen = 0;
+                let losses: Vec<String> =
+                    self.names.iter().zip(&e.train_loss).map(|(n, l)| format!("{n} {l:.4}")).collect();
+                say!(
+                    self,
+                    "epoch {:>3}  lr {:.2e}  train loss [{}]  {:.0} samples/s",
+                    e.epoch,
+                    e.lr,
+                    losses.join(", "),
+                    e.train_samples_per_sec
+                );
+                for (n, m) in self.names.iter().zip(&e.validation) {
+                    say!(self, "           val {n}: {m}");
+                }
+                if self.balanced {
+                    let w: Vec<String> =
+                        self.names.iter().zip(&e.loss_weights).map(|(n, w)| format!("{n} {w:.3}")).collect();
+                    say!(self, "           loss weights [{}]", w.join(", "));
+                }
+            }
+            Event::Finished { .. } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+            }
+        }
+    }
+}
+
+/// One JSON object per line on stdout per event, for machines: `fitted`, `built`,
+/// `data`, `resumed`, `step`, `epoch`, `warning` (gate alarms), `done`.
+#[derive(Default)]
+pub struct JsonLog {
+    names: Vec<String>,
+}
+
+fn keyed<T: serde::Serialize>(names: &[String], values: &[T]) -> serde_json::Value {
+    serde_json::Value::Object(names.iter().cloned().zip(values.iter().map(|v| json!(v))).collect())
+}
+
+impl Observer for JsonLog {
+    fn on(&mut self, event: &Event<'_>) {
+        let v = match event {
+            Event::Fitted { task, what } => json!({"event": "fitted", "task": task, "what": what}),
+            Event::Built { compiled } => {
+                auto_threads(compiled.model.flops_per_sample(), compiled.train.batch_size);
+                self.names = compiled.model.tasks.iter().map(|t| t.name.clone()).collect();
+                json!({"event": "built", "model": compiled.model.name, "params": compiled.model.param_count(),
+                       "flops_per_sample": compiled.model.flops_per_sample(), "tasks": self.names})
+            }
+            Event::DataLoaded { info, train, validation, test } => json!({"event": "data", "source": info.source,
+                "train": train, "validation": validation, "test": test}),
+            Event::Resumed { checkpoint, epochs_done, complete } => json!({"event": "resumed",
+                "checkpoint": checkpoint, "epochs_done": epochs_done, "complete": complete}),
+            Event::NoCheckpoint { checkpoint } => json!({"event": "no_checkpoint", "checkpoint": checkpoint}),
+            Event::Step { epoch, step, losses } => json!({"event": "step", "epoch": epoch, "step": step,
+                "loss": keyed(&self.names, losses)}),
+            Event::Epoch(e) => json!({"event": "epoch", "epoch": e.epoch, "lr": e.lr,
+                "train_loss": keyed(&self.names, &e.train_loss), "validation_loss": e.validation_loss,
+                "validation": keyed(&self.names, &e.validation), "loss_weights": keyed(&self.names, &e.loss_weights),
+                "seconds": e.seconds, "samples_per_sec": e.train_samples_per_sec}),
+            Event::Finished { report, out } => {
+                for g in &report.gate_usage {
+                    for alarm in g.alarms() {
+                        println!("{}", json!({"event": "warning", "what": alarm}));
+                    }
+                }
+                json!({"event": "done", "out": out, "best_epoch": report.best_epoch,
+                       "stopped_early": report.stopped_early,
+                       "validation": keyed(&self.names, &report.validation),
+                       "test": report.test.as_ref().map(|t| keyed(&self.names, t))})
+            }
+        };
+        println!("{v}");
+    }
+}
