@@ -138,7 +138,8 @@ impl Observer for Printer {
                     bar.inc(1);
                     let msg: Vec<String> =
                         self.names.iter().zip(&self.running).map(|(n, l)| format!("{n} {l:.4}")).collect();
-                    bar.set_message(msg.join(", "));
+                    let rate = bar.per_sec() * self.batch_size as f64;
+                    bar.set_message(format!("{rate:.0} samples/s  loss [{}]", msg.join(", ")));
                 }
             }
             Event::Epoch(e) => {
