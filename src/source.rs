@@ -25,9 +25,13 @@ impl SourceFile {
         SourceFile { name: name.into(), path: None, text: text.into() }
     }
 
-    /// Reads a file. Invalid UTF-8 is an error, not a panic.
+    /// Reads a file. Invalid UTF-8 is an error, not a panic; a UTF-8 byte-order mark
+    /// (as some Windows editors write) is dropped.
     pub fn read(path: &Path) -> std::io::Result<Self> {
-        let bytes = std::fs::read(path)?;
+        let mut bytes = std::fs::read(path)?;
+        if bytes.starts_with(b"\xEF\xBB\xBF") {
+            bytes.drain(..3);
+        }
         let text = String::from_utf8(bytes).map_err(|e| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,

@@ -6,19 +6,92 @@ use crate::diag::did_you_mean;
 use crate::source::SourceFile;
 
 /// Parses a TOML spec. Unknown keys are all reported together (a pass over the
-/// document before serde, which stops at the first); other errors one at a time.
+/// document before serde, which stops at the first), and with them the first value
+/// error serde finds in the rest (the unknown keys are blanked out, offsets kept).
 pub fn parse_toml(src: &SourceFile) -> Result<Spec, Vec<SpecError>> {
     super::check_size(src)?;
-    let unknown = check_keys(&src.text);
-    if !unknown.is_empty() {
-        return Err(unknown);
+    let (mut errors, unknown_spans) = check_keys(&src.text);
+    let Some(unknown_spans) = unknown_spans.into_iter().collect::<Option<Vec<_>>>() else {
+        // An unknown table cannot be blanked out in place: report the unknown keys only.
+        return Err(errors);
+    };
+    let text = if unknown_spans.is_empty() { src.text.to_string() } else { blank(&src.text, &unknown_spans) };
+    match toml::from_str::<Spec>(&text) {
+        Ok(spec) if errors.is_empty() => Ok(spec),
+        Ok(_) => Err(errors),
+        Err(e) => {
+            errors.push(value_error(&text, &e));
+            Err(errors)
+        }
     }
-    toml::from_str::<Spec>(&src.text).map_err(|e| {
-        // toml's message repeats the snippet; keep only its first line, the snippet is ours.
-        let message = e.message().lines().next().unwrap_or("invalid TOML").to_string();
-        let help = unknown_field_help(&message).unwrap_or_else(|| "see the spec reference in README.md".to_string());
-        vec![SpecError::Syntax { message, span: e.span().map(Into::into), help }]
-    })
+}
+
+/// `text` with each span replaced by spaces (line breaks kept, so offsets stay).
+fn blank(text: &str, spans: &[std::ops::Range<usize>]) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    for r in spans {
+        for b in &mut bytes[r.start.min(text.len())..r.end.min(text.len())] {
+            if *b != b'\n' && *b != b'\r' {
+                *b = b' ';
+            }
+        }
+    }
+    // Every byte of a multi-byte character became a space, so the text stays UTF-8.
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A serde/TOML error in the user's words: the key, what it must be, what was found.
+fn value_error(text: &str, e: &toml::de::Error) -> SpecError {
+    let full = e.message();
+    let first = full.lines().next().unwrap_or("invalid TOML").to_string();
+    let span = e.span();
+    // A table defined twice.
+    if let Some(rest) = full.split("duplicate key `").nth(1) {
+        let key = rest.split('`').next().unwrap_or("");
+        return SpecError::Syntax {
+            message: format!("duplicate table or key `{key}`: it is already defined above"),
+            span: span.map(Into::into),
+            help: "merge the two, or remove one".into(),
+        };
+    }
+    let help = unknown_field_help(&first).unwrap_or_else(|| "see the spec reference in README.md".to_string());
+    let message = match (span.as_ref().and_then(|s| key_at(text, s.start)), expected_and_found(&first)) {
+        (Some(key), Some((expected, found))) => format!("`{key}` must be {expected}, found {found}"),
+        _ => first,
+    };
+    SpecError::Syntax { message, span: span.map(Into::into), help }
+}
+
+/// The key whose value starts at `at`: `key = ` before it on its line.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let line_start = text[..at.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = text[line_start..at.min(text.len())].split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.starts_with('[')).then(|| key.to_string())
+}
+
+/// serde's "invalid type/value: FOUND, expected TYPE" in words.
+fn expected_and_found(message: &str) -> Option<(String, String)> {
+    let rest = message.strip_prefix("invalid type: ").or_else(|| message.strip_prefix("invalid value: "))?;
+    let (found, expected) = rest.rsplit_once(", expected ")?;
+    let expected = match expected.trim() {
+        "u64" | "u32" | "usize" | "u16" | "u8" => "a whole number (0 or more)".to_string(),
+        "i64" | "i32" => "a whole number".to_string(),
+        "f64" | "f32" => "a number".to_string(),
+        "a boolean" => "true or false".to_string(),
+        "a string" => "a string (in quotes)".to_string(),
+        "a sequence" => "a list `[...]`".to_string(),
+        other => other.to_string(),
+    };
+    let found = match found.split_once(' ') {
+        Some(("integer" | "floating", v)) => v.trim_start_matches("point ").trim_matches('`').to_string(),
+        Some(("string", v)) => format!("the string {v}"),
+        Some(("boolean", v)) => v.trim_matches('`').to_string(),
+        _ if found == "sequence" => "a list".to_string(),
+        _ if found == "map" => "a table".to_string(),
+        _ => found.to_string(),
+    };
+    Some((expected, found))
 }
 
 /// "unknown field `x`, expected one of `a`, `b`" -> "did you mean `a`?".
@@ -170,14 +243,22 @@ const SPEC_SCHEMA: Schema = Table(
 
 /// Every key the schema does not allow, with did-you-mean. Empty when the text is not
 /// TOML at all (serde then reports the syntax error).
-fn check_keys(text: &str) -> Vec<SpecError> {
-    let Ok(doc) = toml_edit::ImDocument::parse(text) else { return Vec::new() };
+/// Every unknown key, and the span of each one's key-value pair (to blank out; None for
+/// a whole unknown table).
+fn check_keys(text: &str) -> (Vec<SpecError>, Vec<Option<std::ops::Range<usize>>>) {
+    let Ok(doc) = toml_edit::ImDocument::parse(text) else { return (Vec::new(), Vec::new()) };
     let mut errors = Vec::new();
-    walk(doc.as_table(), &SPEC_SCHEMA, &mut errors);
-    errors
+    let mut spans = Vec::new();
+    walk(doc.as_table(), &SPEC_SCHEMA, &mut errors, &mut spans);
+    (errors, spans)
 }
 
-fn walk(table: &dyn toml_edit::TableLike, schema: &Schema, errors: &mut Vec<SpecError>) {
+fn walk(
+    table: &dyn toml_edit::TableLike,
+    schema: &Schema,
+    errors: &mut Vec<SpecError>,
+    spans: &mut Vec<Option<std::ops::Range<usize>>>,
+) {
     let Table(context, fields) = schema else { return };
     for (key, item) in table.iter() {
         match fields.iter().find(|(k, _)| *k == key) {
@@ -192,18 +273,24 @@ fn walk(table: &dyn toml_edit::TableLike, schema: &Schema, errors: &mut Vec<Spec
                     span: (span.start, span.end - span.start).into(),
                     help,
                 });
+                // A plain `key = value` can be blanked out; a table cannot (its header
+                // and body are apart), and then serde reports nothing more.
+                spans.push(match (item.is_value(), item.span()) {
+                    (true, Some(v)) => Some(span.start..v.end),
+                    _ => None,
+                });
             }
             Some((_, sub @ Table(..))) => {
                 if let Some(t) = item.as_table_like() {
-                    walk(t, sub, errors);
+                    walk(t, sub, errors, spans);
                 } else if let Some(aot) = item.as_array_of_tables() {
                     for t in aot.iter() {
-                        walk(t, sub, errors);
+                        walk(t, sub, errors, spans);
                     }
                 } else if let Some(arr) = item.as_array() {
                     for v in arr.iter() {
                         if let Some(t) = v.as_inline_table() {
-                            walk(t, sub, errors);
+                            walk(t, sub, errors, spans);
                         }
                     }
                 }

@@ -74,3 +74,17 @@ fn the_readme_spec_reference_uses_only_real_keys() {
         panic!("{}", e.render(Some(&src), false));
     }
 }
+
+#[test]
+fn a_dsl_file_with_a_byte_order_mark_and_crlf_parses_like_its_clean_twin() {
+    let clean = repo().join("tests/inputs/ok/dsl_everything.mg");
+    let text = std::fs::read_to_string(&clean).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let twin = tmp.path().join("dsl_everything.mg");
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend(text.replace('\n', "\r\n").into_bytes());
+    std::fs::write(&twin, bytes).unwrap();
+    let a = super::compile_path(&clean);
+    let b = super::compile_path(&twin);
+    assert_eq!(a.model.to_string(), b.model.to_string());
+}

@@ -27,7 +27,7 @@ const MAX_DEPTH: usize = 64;
 pub fn parse_dsl(src: &SourceFile) -> Result<Spec, Vec<SpecError>> {
     super::check_size(src)?;
     check_depth(&src.text)?;
-    let mut pairs = DslParser::parse(Rule::file, &src.text).map_err(|e| vec![syntax_error(e)])?;
+    let mut pairs = DslParser::parse(Rule::file, &src.text).map_err(|e| vec![syntax_error(e, &src.text)])?;
     // Grammar: `file = { SOI ~ model ~ EOI }`, so a successful parse has one file with a model.
     let file = pairs.next().expect("file rule");
     let model = file.into_inner().next().expect("file contains model");
@@ -116,11 +116,32 @@ fn rule_name(r: &Rule) -> &'static str {
     }
 }
 
-fn syntax_error(e: pest::error::Error<Rule>) -> SpecError {
+/// The words that start a declaration inside `model NAME { ... }`.
+const DECLARATIONS: &[&str] = &["data", "synthetic", "feature", "cross", "layer", "task", "train"];
+
+fn syntax_error(e: pest::error::Error<Rule>, text: &str) -> SpecError {
     let span: SourceSpan = match e.location {
         pest::error::InputLocation::Pos(p) => (p, 0).into(),
         pest::error::InputLocation::Span((a, b)) => (a, b - a).into(),
     };
+    // A misspelt declaration keyword gets its own message, not the list of every token
+    // the parser could take there.
+    if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
+        let at = span.offset();
+        let word: String =
+            text.get(at..).unwrap_or("").chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let wants_declaration = positives.iter().any(|r| matches!(r, Rule::declaration))
+            || DECLARATIONS.iter().all(|d| positives.iter().any(|r| rule_name(r).contains(&format!("`{d}`"))));
+        if !word.is_empty() && wants_declaration && !DECLARATIONS.contains(&word.as_str()) {
+            let hint = crate::diag::did_you_mean(&word, DECLARATIONS.iter().copied())
+                .map_or_else(String::new, |h| format!("{h} "));
+            return SpecError::Syntax {
+                message: format!("unknown declaration `{word}`"),
+                span: Some((at, word.len()).into()),
+                help: format!("{hint}a declaration starts with one of: {}", DECLARATIONS.join(", ")),
+            };
+        }
+    }
     let message = match &e.variant {
         pest::error::ErrorVariant::ParsingError { positives, .. } if !positives.is_empty() => {
             let mut names: Vec<&str> = positives.iter().map(rule_name).collect();
