@@ -101,6 +101,18 @@ enum Command {
         #[arg(long)]
         evaluate: bool,
     },
+    /// Look at a spec's training data before training: label rates or distributions,
+    /// label correlations between tasks, feature cardinalities and missing rates.
+    Analyze {
+        /// The spec (.toml or .mg).
+        spec: PathBuf,
+        /// Analyse this CSV instead of the spec's training data.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// text (default) or json.
+        #[arg(long, value_enum, default_value = "text")]
+        format: FormatArg,
+    },
     /// Metrics of a trained bundle on labelled data, per task, without training: the
     /// task's metrics, calibration (mean prediction vs positive rate, ECE over 10 bins)
     /// and, with --group, GAUC.
@@ -306,6 +318,7 @@ pub fn run() -> ExitCode {
         Command::Synth { spec, rows, out } => synth(&spec, rows, &out),
         Command::Export { bundle, format: ExportArg::Onnx, out } => export_onnx(&bundle, &out),
         Command::Evaluate { bundle, data, group, format } => evaluate(&bundle, &data, group.as_deref(), format),
+        Command::Analyze { spec, data, format } => analyze(&spec, data.as_deref(), format),
         Command::Serve { bundle, port, host, batch_wait_us, max_rows, max_body } => {
             let mut opts = multigate::serve::ServeOptions::new(bundle, std::net::SocketAddr::new(host, port));
             opts.max_wait = std::time::Duration::from_micros(batch_wait_us);
@@ -569,6 +582,26 @@ fn serve(opts: multigate::serve::ServeOptions) -> Result<(), Failure> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
     })?;
+    Ok(())
+}
+
+fn analyze(path: &Path, data_path: Option<&Path>, format: FormatArg) -> Result<(), Failure> {
+    let (src, c) = compile(path)?;
+    let locate = run::spec_locator(&src);
+    let needs = data::needs(&c.model);
+    let frames = data::fit::training_frames(&c.model, &c.data, data_path, &needs, &locate)?;
+    // Open label statistics (classes, say) are fitted first, as training does.
+    let fitted = data::fit::fit_on_frames(&c.model, &frames)?;
+    let (_, c) = run::pin_fitted(&src, c, fitted, &mut run::Silent)?;
+    let mut labels = data::Dataset::default();
+    for f in &frames {
+        labels.extend(data::encode(&c.model, f, true)?);
+    }
+    let a = data::analyze::analyze(&c.model, &frames, &labels);
+    match format {
+        FormatArg::Json => println!("{}", serde_json::to_string_pretty(&a)?),
+        FormatArg::Text => print!("{a}"),
+    }
     Ok(())
 }
 

@@ -42,24 +42,33 @@ pub fn fit_labels(
     let columns: Vec<String> =
         open.iter().filter_map(|&t| model.tasks[t].label.as_ref()).map(|l| l.column.clone()).collect();
     let wanted: Vec<Need> = needs(model).into_iter().filter(|n| n.is_label && columns.contains(&n.column)).collect();
-    let frames: Vec<Frame> = match (&data.source, train_override) {
-        (DataSource::Synthetic(s), None) => vec![synthetic::generate(model, s, s.rows)],
+    let frames = training_frames(model, data, train_override, &wanted, spec_at)?;
+    fit_on_frames(model, &frames)
+}
+
+/// The training rows of `data` (before any held-out split), the columns `wanted` only:
+/// the generator's rows, the spec's training files, or `train_override`.
+pub fn training_frames(
+    model: &Model,
+    data: &DataConfig,
+    train_override: Option<&std::path::Path>,
+    wanted: &[Need],
+    spec_at: &dyn Fn(&Need) -> String,
+) -> Result<Vec<Frame>, DataError> {
+    match (&data.source, train_override) {
+        (DataSource::Synthetic(s), None) => Ok(vec![synthetic::generate(model, s, s.rows)]),
         (DataSource::Csv(c), over) => {
             let files: Vec<std::path::PathBuf> = match over {
                 Some(p) => vec![p.to_path_buf()],
                 None => c.train.clone(),
             };
-            files
-                .iter()
-                .map(|f| csv_source::read_csv(f, &c.format, &wanted, true, spec_at))
-                .collect::<Result<_, _>>()?
+            files.iter().map(|f| csv_source::read_csv(f, &c.format, wanted, true, spec_at)).collect()
         }
         (DataSource::Synthetic(_), Some(p)) => {
             let format = crate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None };
-            vec![csv_source::read_csv(p, &format, &wanted, true, spec_at)?]
+            Ok(vec![csv_source::read_csv(p, &format, wanted, true, spec_at)?])
         }
-    };
-    fit_on_frames(model, &frames)
+    }
 }
 
 /// Fits every open statistic of `model` on rows already read (`frames`).

@@ -6,6 +6,7 @@
 //! is an error naming where it came from. New sources (Parquet, streaming) produce a
 //! `Frame` or feed [`encode`] chunk by chunk.
 
+pub mod analyze;
 pub mod csv_source;
 pub mod fit;
 pub mod frame;

@@ -172,3 +172,55 @@ fn json_logs_one_object_per_event_and_quiet_prints_only_the_bundle() {
     assert_eq!(lines.len(), 1, "{text}");
     assert!(lines[0].starts_with("bundle written to"), "{text}");
 }
+
+#[test]
+fn analyze_reports_label_rates_correlations_and_cardinalities() {
+    // The MMoE generator's label correlation, as training reports it for the same rows.
+    let train = mg(&[
+        "compile-and-train",
+        "models/synthetic_mmoe.toml",
+        "--rows",
+        "3000",
+        "--epochs",
+        "1",
+        "--out",
+        tempfile::tempdir().unwrap().path().join("b").to_str().unwrap(),
+        "--no-tensorboard",
+    ]);
+    let reported: f64 = train
+        .split("Pearson correlation ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{train}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = tmp.path().join("s.toml");
+    std::fs::write(
+        &spec,
+        std::fs::read_to_string(repo().join("models/synthetic_mmoe.toml"))
+            .unwrap()
+            .replace("rows = 100000", "rows = 3000"),
+    )
+    .unwrap();
+    let json = mg(&["analyze", spec.to_str().unwrap(), "--format", "json"]);
+    let a: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(a["rows"], 3000);
+    let c = &a["correlations"][0];
+    assert_eq!((c["a"].as_str(), c["b"].as_str()), (Some("y1"), Some("y2")));
+    assert!((c["pearson"].as_f64().unwrap() - reported).abs() < 5e-4, "{c} vs {reported}");
+    assert!(c["spearman"].as_f64().unwrap() > 0.0);
+    let d = &a["tasks"][0]["distribution"];
+    assert_eq!(d["quantiles"].as_array().unwrap().len(), 7);
+    assert_eq!(a["dense"].as_array().unwrap().len(), 100);
+
+    // Categorical features: cardinality, top values, and the bucket suggestion.
+    let text = mg(&["analyze", "tests/inputs/onnx/every_op.toml"]);
+    assert!(
+        text.contains("hour: ")
+            && text.contains("distinct")
+            && text.contains("ctr (3000 labelled rows): positive rate"),
+        "{text}"
+    );
+    assert!(text.contains("genre (3000 labelled rows): classes a "), "{text}");
+    assert!(text.contains("label correlation (task relatedness):"), "{text}");
+}
