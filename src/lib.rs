@@ -38,4 +38,5 @@ pub mod run;
 pub mod serve;
 pub mod source;
 pub mod spec;
+pub mod sweep;
 pub mod train;

@@ -113,6 +113,32 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: FormatArg,
     },
+    /// Train a grid over spec fields, every combination with every seed; write every
+    /// run (sweep.csv) and mean ± sd per combination, best first (sweep.md).
+    Sweep {
+        /// The spec (.toml or .mg).
+        spec: PathBuf,
+        /// A field and its values, e.g. `train.lr=0.001,0.01` or `layers.0.experts=4,8`
+        /// (a layer, task or feature by index or name); repeatable: the grid is every
+        /// combination.
+        #[arg(long = "set", value_name = "KEY=V1,V2,...", required = true)]
+        set: Vec<multigate::sweep::Axis>,
+        /// Seeds for every combination: `0-4` or `1,2,3`.
+        #[arg(long, default_value = "0")]
+        seeds: String,
+        /// Runs trained at once (each on one CPU thread).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Folder for the runs and the results (default: sweeps/<model name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the synthetic generator's row count in every run.
+        #[arg(long)]
+        rows: Option<usize>,
+        /// Override the epoch count in every run.
+        #[arg(long)]
+        epochs: Option<usize>,
+    },
     /// Metrics of a trained bundle on labelled data, per task, without training: the
     /// task's metrics, calibration (mean prediction vs positive rate, ECE over 10 bins)
     /// and, with --group, GAUC.
@@ -319,6 +345,9 @@ pub fn run() -> ExitCode {
         Command::Export { bundle, format: ExportArg::Onnx, out } => export_onnx(&bundle, &out),
         Command::Evaluate { bundle, data, group, format } => evaluate(&bundle, &data, group.as_deref(), format),
         Command::Analyze { spec, data, format } => analyze(&spec, data.as_deref(), format),
+        Command::Sweep { spec, set, seeds, jobs, out, rows, epochs } => {
+            sweep(&spec, set, &seeds, jobs, out, rows, epochs)
+        }
         Command::Serve { bundle, port, host, batch_wait_us, max_rows, max_body } => {
             let mut opts = multigate::serve::ServeOptions::new(bundle, std::net::SocketAddr::new(host, port));
             opts.max_wait = std::time::Duration::from_micros(batch_wait_us);
@@ -582,6 +611,62 @@ fn serve(opts: multigate::serve::ServeOptions) -> Result<(), Failure> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
     })?;
+    Ok(())
+}
+
+/// `0-4` or `1,2,3`.
+fn parse_seeds(s: &str) -> Result<Vec<u64>, Failure> {
+    let bad = || Failure::new(2, format!("error: --seeds {s:?}: expected a range like 0-4 or a list like 1,2,3"));
+    if let Some((a, b)) = s.split_once('-') {
+        let (a, b): (u64, u64) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+        if a > b {
+            return Err(bad());
+        }
+        return Ok((a..=b).collect());
+    }
+    s.split(',').map(|x| x.trim().parse().map_err(|_| bad())).collect()
+}
+
+fn sweep(
+    path: &Path,
+    axes: Vec<multigate::sweep::Axis>,
+    seeds: &str,
+    jobs: usize,
+    out: Option<PathBuf>,
+    rows: Option<usize>,
+    epochs: Option<usize>,
+) -> Result<(), Failure> {
+    let (src, c) = compile(path)?;
+    let seeds = parse_seeds(seeds)?;
+    if jobs > 1 || std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+    let out = out.unwrap_or_else(|| PathBuf::from("sweeps").join(&c.model.name));
+    let (criterion, higher) = match &c.train.select {
+        multigate::ir::Selection::Loss => ("validation loss".to_string(), false),
+        multigate::ir::Selection::Metric { task, metric } => {
+            (format!("validation {}.{}", c.model.tasks[*task].name, metric.as_str()), metric.higher_is_better())
+        }
+    };
+    let n = multigate::sweep::combinations(&axes).len() * seeds.len();
+    println!(
+        "{n} runs ({} combination(s) x {} seed(s)), {jobs} at a time, into {}",
+        n / seeds.len().max(1),
+        seeds.len(),
+        out.display()
+    );
+    let plan = multigate::sweep::SweepPlan { axes: axes.clone(), seeds, out: out.clone(), rows, epochs, jobs };
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let runs = multigate::sweep::sweep(&src, &plan, &|r| {
+        let k = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let combo: Vec<String> = r.combo.iter().map(|(a, b)| format!("{a}={b}")).collect();
+        println!("[{k}/{n}] {} seed {}: {criterion} {:.4}", combo.join(" "), r.seed, r.selection);
+    })?;
+    let csv_text = multigate::sweep::runs_csv(&axes, &runs);
+    let md = multigate::sweep::summary_markdown(&axes, &runs, higher, &criterion);
+    multigate::sweep::write_results(&out, &csv_text, &md)?;
+    print!("{md}");
+    println!("every run: {}; this table: {}", out.join("sweep.csv").display(), out.join("sweep.md").display());
     Ok(())
 }
 

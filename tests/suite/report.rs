@@ -224,3 +224,68 @@ fn analyze_reports_label_rates_correlations_and_cardinalities() {
     assert!(text.contains("genre (3000 labelled rows): classes a "), "{text}");
     assert!(text.contains("label correlation (task relatedness):"), "{text}");
 }
+
+#[test]
+fn sweep_trains_every_combination_and_seed_and_summarises_best_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sw");
+    let text = mg(&[
+        "sweep",
+        "models/synthetic_mmoe.toml",
+        "--set",
+        "layers.0.experts=2,4",
+        "--set",
+        "train.lr=0.01",
+        "--seeds",
+        "0-1",
+        "--jobs",
+        "2",
+        "--rows",
+        "1500",
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(text.contains("4 runs (2 combination(s) x 2 seed(s))"), "{text}");
+    let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "layers.0.experts,train.lr,seed,selection,y1.mse,y1.mae,y2.mse,y2.mae");
+    assert_eq!(lines.len(), 5, "{csv}");
+    // Each run's bundle has the combination and the seed in its spec.
+    let spec = std::fs::read_to_string(out.join("runs/layers.0.experts=4_train.lr=0.01_seed1/spec.toml")).unwrap();
+    assert!(spec.contains("experts = 4") && spec.contains("seed = 1") && spec.contains("lr = 0.01"), "{spec}");
+    // The summary: one row per combination, lowest validation loss first, mean ± sd.
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    let rows: Vec<&str> = md.lines().skip(2).collect();
+    assert_eq!(rows.len(), 2, "{md}");
+    let sel = |row: &str| -> f64 { row.split('|').nth(4).unwrap().trim().split(' ').next().unwrap().parse().unwrap() };
+    assert!(sel(rows[0]) <= sel(rows[1]), "{md}");
+    // The selection means agree with the per-run values.
+    let mean_for = |experts: &str| -> f64 {
+        let v: Vec<f64> = lines[1..]
+            .iter()
+            .filter(|l| l.starts_with(&format!("{experts},")))
+            .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let row2 = rows.iter().find(|r| r.contains("`2`")).unwrap();
+    assert!((sel(row2) - mean_for("2")).abs() < 1e-4, "{row2} vs {}", mean_for("2"));
+    // A key that is not in the spec is an error naming it, before anything trains.
+    let bad = Command::new(env!("CARGO_BIN_EXE_multigate"))
+        .args([
+            "sweep",
+            "models/synthetic_mmoe.toml",
+            "--set",
+            "layers.7.experts=2",
+            "--out",
+            tmp.path().join("x").to_str().unwrap(),
+        ])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no entry `7`"));
+    assert!(!tmp.path().join("x/runs").exists());
+}
