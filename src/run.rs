@@ -81,6 +81,8 @@ pub enum Event<'a> {
         losses: &'a [f32],
     },
     Epoch(&'a EpochReport),
+    /// Something the user should know that does not stop the run.
+    Warning(String),
     /// The bundle is in place.
     Finished {
         report: &'a TrainReport,
@@ -334,6 +336,7 @@ pub fn train_spec(
         .collect();
     let metrics = serde_json::json!({
         "model": c.model.name,
+        "task_order": c.model.tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
         "tasks": by_task,
         "params": c.model.param_count(),
         "flops_per_sample": c.model.flops_per_sample(),
@@ -343,6 +346,20 @@ pub fn train_spec(
         "gate_similarity": report.gate_usage.iter().flat_map(|g| g.similarity()).collect::<Vec<_>>(),
         "report": report,
     });
+    // Pictures of the run go into the bundle: learning curves and the gate heatmap.
+    let mut pictures = Vec::new();
+    match crate::report::plots::RunCurves::from_metrics(&c.model.name, &metrics).and_then(|r| {
+        let curves = crate::report::plots::curves_png(std::slice::from_ref(&r))?;
+        Ok((curves, crate::report::plots::gates_png(&r)?))
+    }) {
+        Ok((curves, gates)) => {
+            pictures.push(("curves.png".to_string(), curves));
+            if let Some(g) = gates {
+                pictures.push(("gates.png".to_string(), g));
+            }
+        }
+        Err(e) => observer.on(&Event::Warning(format!("plots not drawn: {e}"))),
+    }
     let metrics = serde_json::to_string_pretty(&metrics).map_err(|e| RunError::Other(e.to_string()))?;
     let provenance = Provenance {
         multigate: env!("CARGO_PKG_VERSION").to_string(),
@@ -365,7 +382,12 @@ pub fn train_spec(
         dense_ranges: data::ranges::dense_ranges(&c.model, &splits.train),
     };
     let provenance = serde_json::to_string_pretty(&provenance).map_err(|e| RunError::Other(e.to_string()))?;
-    let contents = BundleContents { spec_toml: &spec.to_toml(), metrics_json: &metrics, provenance_json: &provenance };
+    let contents = BundleContents {
+        spec_toml: &spec.to_toml(),
+        metrics_json: &metrics,
+        provenance_json: &provenance,
+        extra: &pictures,
+    };
     export::write_bundle(&out, &model, contents)?;
     export::crash_point("committed");
     // The run finished and its bundle is in place: the checkpoint has served.

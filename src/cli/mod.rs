@@ -139,6 +139,15 @@ enum Command {
         #[arg(long)]
         epochs: Option<usize>,
     },
+    /// Redraw a run's learning curves and gate heatmap, or overlay several runs' curves.
+    Plot {
+        /// Bundle folders (their metrics.json); the first one's gates are drawn.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Folder for curves.png and gates.png (default: plots).
+        #[arg(long, default_value = "plots")]
+        out: PathBuf,
+    },
     /// Metrics of a trained bundle on labelled data, per task, without training: the
     /// task's metrics, calibration (mean prediction vs positive rate, ECE over 10 bins)
     /// and, with --group, GAUC.
@@ -345,6 +354,7 @@ pub fn run() -> ExitCode {
         Command::Export { bundle, format: ExportArg::Onnx, out } => export_onnx(&bundle, &out),
         Command::Evaluate { bundle, data, group, format } => evaluate(&bundle, &data, group.as_deref(), format),
         Command::Analyze { spec, data, format } => analyze(&spec, data.as_deref(), format),
+        Command::Plot { runs, out } => plot(&runs, &out),
         Command::Sweep { spec, set, seeds, jobs, out, rows, epochs } => {
             sweep(&spec, set, &seeds, jobs, out, rows, epochs)
         }
@@ -611,6 +621,32 @@ fn serve(opts: multigate::serve::ServeOptions) -> Result<(), Failure> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
     })?;
+    Ok(())
+}
+
+fn plot(runs: &[PathBuf], out: &Path) -> Result<(), Failure> {
+    use multigate::report::plots;
+    let mut curves = Vec::new();
+    for r in runs {
+        let path = r.join("metrics.json");
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| Failure::new(1, format!("error: {}: {e}", path.display())))?;
+        let metrics: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Failure::new(1, format!("error: {}: {e}", path.display())))?;
+        let label = r.file_name().map_or_else(|| r.display().to_string(), |n| n.to_string_lossy().to_string());
+        curves.push(
+            plots::RunCurves::from_metrics(&label, &metrics)
+                .map_err(|e| Failure::new(1, format!("error: {}: {e}", path.display())))?,
+        );
+    }
+    std::fs::create_dir_all(out).map_err(|e| Failure::new(1, format!("error: {}: {e}", out.display())))?;
+    let png = plots::curves_png(&curves).map_err(|e| Failure::new(1, format!("error: drawing curves: {e}")))?;
+    write_atomic(&out.join("curves.png"), &png)?;
+    println!("wrote {}", out.join("curves.png").display());
+    if let Some(g) = plots::gates_png(&curves[0]).map_err(|e| Failure::new(1, format!("error: drawing gates: {e}")))? {
+        write_atomic(&out.join("gates.png"), &g)?;
+        println!("wrote {}", out.join("gates.png").display());
+    }
     Ok(())
 }
 

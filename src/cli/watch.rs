@@ -166,6 +166,7 @@ impl Observer for Printer {
                     say!(self, "           loss weights [{}]", w.join(", "));
                 }
             }
+            Event::Warning(w) => say!(self, "warning: {w}"),
             Event::Finished { .. } => {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
@@ -201,6 +202,7 @@ impl Observer for JsonLog {
             Event::Resumed { checkpoint, epochs_done, complete } => json!({"event": "resumed",
                 "checkpoint": checkpoint, "epochs_done": epochs_done, "complete": complete}),
             Event::NoCheckpoint { checkpoint } => json!({"event": "no_checkpoint", "checkpoint": checkpoint}),
+            Event::Warning(w) => json!({"event": "warning", "what": w}),
             Event::Step { epoch, step, losses } => json!({"event": "step", "epoch": epoch, "step": step,
                 "loss": keyed(&self.names, losses)}),
             Event::Epoch(e) => json!({"event": "epoch", "epoch": e.epoch, "lr": e.lr,

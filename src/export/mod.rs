@@ -8,7 +8,8 @@
 //! | `spec.toml`             | the normalised spec, with every CLI override applied  |
 //! | `provenance.json`       | what was trained: command, version, seeds, rows per split, data fingerprints, times |
 //! | `metrics.json`          | per-epoch and final metrics, gate usage               |
-//! | `model.ir`              | the IR text, for people (not checked on load)         |
+//! | `model.ir`              | the IR text, for people                               |
+//! | `curves.png`, `gates.png` | learning curves and the gate heatmap                |
 //! | `manifest.json`         | format version, kind, parameter table, size and SHA-256 of every other file |
 //!
 //! Loading checks, before any tensor is built: the format version ([`FORMAT_VERSION`]);
@@ -208,6 +209,8 @@ pub struct BundleContents<'a> {
     pub metrics_json: &'a str,
     /// `provenance.json` (see [`provenance::Provenance`]).
     pub provenance_json: &'a str,
+    /// Further files (pictures), by name.
+    pub extra: &'a [(String, Vec<u8>)],
 }
 
 /// Writes a bundle to `dir` atomically.
@@ -225,6 +228,10 @@ pub fn write_bundle(dir: &Path, model: &CandleModel, contents: BundleContents<'_
                 ("metrics.json", contents.metrics_json.to_string()),
             ],
         )?;
+        for (name, bytes) in contents.extra {
+            let p = tmp.join(name);
+            std::fs::write(&p, bytes).map_err(io(&p))?;
+        }
         seal(tmp, &model.ir, FolderKind::Bundle)
     })
 }

@@ -1,3 +1,5 @@
-//! What a run leaves for people besides its bundle: TensorBoard event files.
+//! What a run leaves for people besides its bundle: TensorBoard event files, PNG
+//! learning curves and gate heatmaps.
 
+pub mod plots;
 pub mod tensorboard;

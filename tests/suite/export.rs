@@ -16,8 +16,12 @@ fn trained(dir: &std::path::Path) -> (Vec<Vec<f32>>, data::Dataset) {
     train::fit(&model, &c.train, &splits, &mut |_| {}).unwrap();
     let (preds, _) = train::predict(&model, &splits.validation, 100).unwrap();
     let spec = multigate::spec::parse_toml(&multigate::source::SourceFile::from_text("x", text)).unwrap().to_toml();
-    export::write_bundle(dir, &model, BundleContents { spec_toml: &spec, metrics_json: "{}", provenance_json: "{}" })
-        .unwrap();
+    export::write_bundle(
+        dir,
+        &model,
+        BundleContents { spec_toml: &spec, metrics_json: "{}", provenance_json: "{}", extra: &[] },
+    )
+    .unwrap();
     (preds, splits.validation)
 }
 
@@ -280,7 +284,7 @@ fn a_failed_export_keeps_the_old_bundle() {
     let r = export::write_bundle(
         &blocked.join("bundle"),
         &model,
-        BundleContents { spec_toml: "", metrics_json: "{}", provenance_json: "{}" },
+        BundleContents { spec_toml: "", metrics_json: "{}", provenance_json: "{}", extra: &[] },
     );
     assert!(r.is_err());
     assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), before);

@@ -289,3 +289,48 @@ fn sweep_trains_every_combination_and_seed_and_summarises_best_first() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no entry `7`"));
     assert!(!tmp.path().join("x/runs").exists());
 }
+
+#[test]
+fn a_run_draws_its_curves_and_gates_and_plot_overlays_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for (out, lr) in [(&a, "0.01"), (&b, "0.001")] {
+        let spec = tmp.path().join(format!("s{lr}.toml"));
+        std::fs::write(
+            &spec,
+            std::fs::read_to_string(repo().join("models/synthetic_ple.toml"))
+                .unwrap()
+                .replace("lr = 0.001", &format!("lr = {lr}")),
+        )
+        .unwrap();
+        mg(&[
+            "compile-and-train",
+            spec.to_str().unwrap(),
+            "--rows",
+            "2000",
+            "--epochs",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+            "--no-tensorboard",
+        ]);
+    }
+    let png_size = |p: &std::path::Path| -> (u32, u32) {
+        let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{} is a PNG", p.display());
+        (u32::from_be_bytes(bytes[16..20].try_into().unwrap()), u32::from_be_bytes(bytes[20..24].try_into().unwrap()))
+    };
+    // In the bundle (and in its manifest's file table).
+    assert_eq!(png_size(&a.join("curves.png")), (1200, 600), "two tasks: two rows of panels");
+    let (gw, gh) = png_size(&a.join("gates.png"));
+    assert!(gw > 300 && gh > 200);
+    let manifest = std::fs::read_to_string(a.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"curves.png\"") && manifest.contains("\"gates.png\""));
+    // Redrawn and overlaid from the runs' metrics.json.
+    let plots = tmp.path().join("plots");
+    let text = mg(&["plot", a.to_str().unwrap(), b.to_str().unwrap(), "--out", plots.to_str().unwrap()]);
+    assert!(text.contains("curves.png") && text.contains("gates.png"), "{text}");
+    assert_eq!(png_size(&plots.join("curves.png")), (1200, 600));
+    // Two runs' curves differ from one run's picture.
+    assert_ne!(std::fs::read(plots.join("curves.png")).unwrap(), std::fs::read(a.join("curves.png")).unwrap());
+}
