@@ -62,6 +62,25 @@ pub fn python_with(modules: &str, what: &str) -> bool {
     ok
 }
 
+/// Runs the binary from the repository root (one CPU thread, no colour) with extra
+/// environment: exit code (None when killed by a signal), stdout, stderr.
+pub fn multigate(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_multigate"));
+    cmd.args(args).current_dir(repo()).env("NO_COLOR", "1").env("RAYON_NUM_THREADS", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the multigate binary runs");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Runs the binary, which must succeed; returns stdout and stderr together.
+pub fn mg_ok(args: &[&str]) -> String {
+    let (code, out, err) = multigate(args, &[]);
+    assert_eq!(code, Some(0), "{args:?}:\n{out}{err}");
+    format!("{out}{err}")
+}
+
 /// Compiles spec text that must be valid.
 pub fn compile_ok(name: &str, text: &str) -> Compiled {
     let src = SourceFile::from_text(name, text);

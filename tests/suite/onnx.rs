@@ -10,14 +10,8 @@ use std::process::Command;
 use super::{python_with, repo, shared_data};
 
 fn mg(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_multigate"))
-        .args(args)
-        .current_dir(repo())
-        .env("NO_COLOR", "1")
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let (code, out, err) = super::multigate(args, &[]);
+    (code == Some(0), format!("{out}{err}"))
 }
 
 /// How to train a model briefly and which rows to score with it.

@@ -5,12 +5,7 @@ use std::process::Command;
 
 use super::{python_with, repo};
 
-fn mg(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_multigate")).args(args).current_dir(repo()).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{args:?}: {text}");
-    text
-}
+use super::mg_ok as mg;
 
 #[test]
 fn training_writes_tensorboard_events_that_tensorboard_reads() {

@@ -11,16 +11,7 @@ use super::repo;
 
 const SPEC: &str = "models/synthetic_mmoe.toml";
 
-/// Runs the binary from the repository root, with extra environment.
-fn mg_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_multigate"));
-    cmd.args(args).current_dir(repo()).env("NO_COLOR", "1").env("RAYON_NUM_THREADS", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
+use super::multigate as mg_env;
 
 fn train(out: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
     train_env(out, extra, &[])

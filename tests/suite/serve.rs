@@ -13,12 +13,7 @@ use super::repo;
 const SPEC: &str = "tests/inputs/onnx/every_op.toml";
 const TASKS: [&str; 3] = ["ctr", "genre", "watch"];
 
-fn mg(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_multigate")).args(args).current_dir(repo()).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{args:?}: {text}");
-    text
-}
+use super::mg_ok as mg;
 
 struct Server {
     child: Child,

@@ -66,26 +66,24 @@ impl Graph {
         format!("{hint}_{}", self.counter)
     }
 
-    fn f32s(&mut self, hint: &str, dims: &[usize], values: &[f32]) -> String {
+    /// A constant tensor (an initializer) of `data_type`, row-major little-endian bytes.
+    fn constant(&mut self, hint: &str, dims: &[usize], data_type: i32, raw_data: Vec<u8>) -> String {
         let name = self.fresh(hint);
         self.inits.push(TensorProto {
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: data_type::FLOAT,
+            data_type,
             name: name.clone(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            raw_data,
         });
         name
     }
 
+    fn f32s(&mut self, hint: &str, dims: &[usize], values: &[f32]) -> String {
+        self.constant(hint, dims, data_type::FLOAT, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+
     fn i64s(&mut self, hint: &str, dims: &[usize], values: &[i64]) -> String {
-        let name = self.fresh(hint);
-        self.inits.push(TensorProto {
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: data_type::INT64,
-            name: name.clone(),
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        });
-        name
+        self.constant(hint, dims, data_type::INT64, values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
     fn scalar(&mut self, v: f32) -> String {
