@@ -72,7 +72,9 @@ pub fn bench(
 
     // Full training steps, timing each phase.
     let (mut fwd, mut bwd, mut optim) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut allocations = 0u64;
     for (i, b) in batches.iter().cycle().take(warmup + steps).enumerate() {
+        let allocated = super::ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
         let t = Instant::now();
         let step = batch_loss(&model, b, &mut rng)?;
         sync(&step.total)?;
@@ -84,6 +86,7 @@ pub fn bench(
         opt.step(&grads, &step.lookups, c.train.lr)?;
         let t_o = t.elapsed();
         if i >= warmup {
+            allocations += super::ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - allocated;
             fwd += t_f;
             bwd += t_b;
             optim += t_o;
@@ -108,5 +111,10 @@ pub fn bench(
     println!("  backward     {:>6.1}%  {:.3} ms", 100.0 * bwd.as_secs_f64() / train.as_secs_f64(), ms(bwd));
     println!("  optimizer    {:>6.1}%  {:.3} ms", 100.0 * optim.as_secs_f64() / train.as_secs_f64(), ms(optim));
     println!("forward only: {:>10.0} samples/s  ({:.3} ms/step)", per_sec(forward_only), ms(forward_only));
+    println!(
+        "memory:       {} allocations per training step; peak resident {}",
+        allocations / steps as u64,
+        super::peak_rss().map_or_else(|| "unknown".to_string(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64))
+    );
     Ok(())
 }

@@ -138,6 +138,17 @@ fn bench_reports_phases() {
     for needle in ["train:", "forward+loss", "backward", "optimizer", "forward only:", "threads"] {
         assert!(out.contains(needle), "{needle} in {out}");
     }
+    // Allocations per step (a training step allocates its tensors) and the peak RSS.
+    let mem = out.lines().find(|l| l.starts_with("memory:")).unwrap_or_else(|| panic!("{out}"));
+    let allocs: u64 = mem.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{mem}"));
+    assert!(allocs > 10, "{mem}");
+    let mib: f64 = mem
+        .split("peak resident ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{mem}"));
+    assert!(mib > 1.0 && mib < 4096.0, "{mem}");
 }
 
 #[test]
