@@ -56,12 +56,17 @@ use multigate::{pipeline, run};
     about = "Compile, train and export multi-task recommendation models (shared-bottom, MoE, MMoE, CGC/PLE, ESMM)"
 )]
 struct Cli {
-    /// Worker threads for candle's CPU kernels (default: one for small models, where a
-    /// second thread costs more than it gives, else all cores).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--threads`, on the commands that run a model.
+#[derive(clap::Args, Clone, Copy, Debug)]
+struct Threads {
+    /// Worker threads for candle's CPU kernels (default: one for small models, where a
+    /// second thread costs more than it gives, else all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +78,8 @@ enum Command {
     },
     /// Compile a spec, train it, report per-task metrics and write a bundle.
     CompileAndTrain {
+        #[command(flatten)]
+        threads: Threads,
         /// The spec (.toml or .mg).
         spec: PathBuf,
         /// Train on this CSV instead of the spec's data.
@@ -112,6 +119,8 @@ enum Command {
     },
     /// Predict with a bundle: one column per task (probabilities for binary tasks).
     Predict {
+        #[command(flatten)]
+        threads: Threads,
         /// The bundle folder (what compile-and-train wrote).
         bundle: PathBuf,
         /// CSV rows to score, in the spec's format (a synthetic model's: CSV with a header).
@@ -148,6 +157,8 @@ enum Command {
     /// Train a grid over spec fields, every combination with every seed; write every
     /// run (sweep.csv) and mean ± sd per combination, best first (sweep.md).
     Sweep {
+        #[command(flatten)]
+        threads: Threads,
         /// The spec (.toml or .mg).
         spec: PathBuf,
         /// A field and its values, e.g. `train.lr=0.001,0.01` or `layers.0.experts=4,8`
@@ -184,6 +195,8 @@ enum Command {
     /// task's metrics, calibration (mean prediction vs positive rate, ECE over 10 bins)
     /// and, with --group, GAUC.
     Evaluate {
+        #[command(flatten)]
+        threads: Threads,
         /// The bundle folder (what compile-and-train wrote).
         bundle: PathBuf,
         /// Labelled CSV rows, in the spec's format.
@@ -210,6 +223,8 @@ enum Command {
     /// the exported ONNX graph takes them: one column per categorical feature, then one
     /// per dense column.
     Encode {
+        #[command(flatten)]
+        threads: Threads,
         /// The bundle folder (what compile-and-train wrote).
         bundle: PathBuf,
         /// CSV rows to encode, in the spec's format.
@@ -221,6 +236,8 @@ enum Command {
     /// Serve a bundle over HTTP: TF-Serving REST predict, KServe v2 health and metadata,
     /// Prometheus metrics; micro-batched; follows new bundles committed to the folder.
     Serve {
+        #[command(flatten)]
+        threads: Threads,
         /// The bundle folder to serve (swapped when a new bundle is committed there).
         bundle: PathBuf,
         /// TCP port (0 picks a free one and prints it).
@@ -275,6 +292,8 @@ enum Command {
     },
     /// Measure training and inference throughput of a spec at a batch size.
     Bench {
+        #[command(flatten)]
+        threads: Threads,
         /// The spec (.toml or .mg); its synthetic data, or random rows, feed the steps.
         spec: PathBuf,
         /// Rows per step.
@@ -355,7 +374,17 @@ pub fn run() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    if let Some(n) = cli.threads {
+    let threads = match &cli.command {
+        Command::CompileAndTrain { threads, .. }
+        | Command::Predict { threads, .. }
+        | Command::Evaluate { threads, .. }
+        | Command::Encode { threads, .. }
+        | Command::Serve { threads, .. }
+        | Command::Sweep { threads, .. }
+        | Command::Bench { threads, .. } => threads.threads,
+        _ => None,
+    };
+    if let Some(n) = threads {
         // Read by candle's CPU kernels (and rayon) when they first start.
         std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
     }
@@ -374,31 +403,32 @@ pub fn run() -> ExitCode {
             no_tensorboard,
             quiet,
             log_format,
+            ..
         } => {
             let command = std::env::args().collect();
             let opts = run::TrainOptions { data, out, epochs, rows, device, resume, fresh, force, command };
             compile_and_train(&spec, opts, !no_tensorboard, quiet, log_format)
         }
-        Command::Predict { bundle, data, out, device, gates, keep, evaluate } => {
+        Command::Predict { bundle, data, out, device, gates, keep, evaluate, .. } => {
             predict(&bundle, &data, out.as_deref(), device, gates, &keep, evaluate)
         }
         Command::Synth { spec, rows, out } => synth(&spec, rows, &out),
         Command::Export { bundle, format: ExportArg::Onnx, out } => export_onnx(&bundle, &out),
-        Command::Evaluate { bundle, data, group, format } => evaluate(&bundle, &data, group.as_deref(), format),
+        Command::Evaluate { bundle, data, group, format, .. } => evaluate(&bundle, &data, group.as_deref(), format),
         Command::Analyze { spec, data, format } => analyze(&spec, data.as_deref(), format),
         Command::Plot { runs, out } => plot(&runs, &out),
-        Command::Sweep { spec, set, seeds, jobs, out, rows, epochs } => {
+        Command::Sweep { spec, set, seeds, jobs, out, rows, epochs, .. } => {
             sweep(&spec, set, &seeds, jobs, out, rows, epochs)
         }
-        Command::Serve { bundle, port, host, batch_wait_us, max_rows, max_body } => {
+        Command::Serve { bundle, port, host, batch_wait_us, max_rows, max_body, .. } => {
             let mut opts = multigate::serve::ServeOptions::new(bundle, std::net::SocketAddr::new(host, port));
             opts.max_wait = std::time::Duration::from_micros(batch_wait_us);
             opts.max_request_rows = max_rows;
             opts.max_body = max_body;
             serve(opts)
         }
-        Command::Encode { bundle, data, out } => encode(&bundle, &data, out.as_deref()),
-        Command::Bench { spec, batch, steps, device, optimizer } => {
+        Command::Encode { bundle, data, out, .. } => encode(&bundle, &data, out.as_deref()),
+        Command::Bench { spec, batch, steps, device, optimizer, .. } => {
             bench::bench(&spec, batch, steps, device, optimizer.as_deref())
         }
         Command::Fmt { file, to, check, write } => fmt(&file, to, check, write),

@@ -295,8 +295,11 @@ fn a_device_this_build_lacks_is_an_error() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--features cuda"), "{err}");
     assert!(!out.exists());
-    let (code, _, err) = mg(&["check", "models/synthetic_mmoe.mg", "--threads", "0"]);
+    // --threads is an option of the commands that run a model (0 counts as 1), not of `check`.
+    let (code, _, err) = mg(&["bench", "models/synthetic_mmoe.mg", "--threads", "0", "--steps", "1", "--batch", "8"]);
     assert_eq!(code, 0, "{err}");
+    let (code, _, err) = mg(&["check", "models/synthetic_mmoe.mg", "--threads", "1"]);
+    assert_eq!(code, 2, "{err}");
     let (code, _, err) = mg(&["compile-and-train", "models/synthetic_mmoe.mg", "--device", "tpu"]);
     assert_eq!(code, 2);
     assert!(err.contains("expected cpu, cuda or cuda:N"), "{err}");
