@@ -54,6 +54,12 @@ pub enum Event<'a> {
         task: &'a str,
         what: String,
     },
+    /// A data file is being read: bytes read so far (compressed ones for gzip) of its size.
+    Loading {
+        path: &'a Path,
+        read: u64,
+        total: u64,
+    },
     /// The model is built.
     Built {
         compiled: &'a Compiled,
@@ -269,7 +275,15 @@ pub fn train_spec(
     }
     let dev = candle_device(opts.device).map_err(|e| RunError::Device(e.to_string()))?;
     observer.on(&Event::Built { compiled: &c });
-    let (splits, info) = data::load_splits(&c.model, &c.data, opts.data.as_deref(), &locate)?;
+    let (splits, info) = {
+        let observer = std::cell::RefCell::new(&mut *observer);
+        let progress = |path: &Path, read: u64, total: u64| {
+            if let Ok(mut o) = observer.try_borrow_mut() {
+                o.on(&Event::Loading { path, read, total });
+            }
+        };
+        data::load_splits_with(&c.model, &c.data, opts.data.as_deref(), &locate, &progress)?
+    };
     observer.on(&Event::DataLoaded {
         info: &info,
         train: splits.train.rows,

@@ -167,6 +167,28 @@ impl Observer for Printer {
                 }
             }
             Event::Warning(w) => say!(self, "warning: {w}"),
+            Event::Loading { path, read, total } => {
+                if self.quiet || !std::io::stderr().is_terminal() {
+                    return;
+                }
+                if read >= total {
+                    if let Some(bar) = self.bar.take() {
+                        bar.finish_and_clear();
+                    }
+                    return;
+                }
+                let bar = self.bar.get_or_insert_with(|| {
+                    let bar = ProgressBar::with_draw_target(Some(*total), ProgressDrawTarget::stderr());
+                    if let Ok(style) = ProgressStyle::with_template(
+                        "reading {msg} [{bar:30}] {bytes}/{total_bytes}  {bytes_per_sec}  eta {eta}",
+                    ) {
+                        bar.set_style(style.progress_chars("=> "));
+                    }
+                    bar.set_message(path.display().to_string());
+                    bar
+                });
+                bar.set_position(*read);
+            }
             Event::Finished { .. } => {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
@@ -203,6 +225,9 @@ impl Observer for JsonLog {
                 "checkpoint": checkpoint, "epochs_done": epochs_done, "complete": complete}),
             Event::NoCheckpoint { checkpoint } => json!({"event": "no_checkpoint", "checkpoint": checkpoint}),
             Event::Warning(w) => json!({"event": "warning", "what": w}),
+            Event::Loading { path, read, total } => {
+                json!({"event": "loading", "path": path, "read": read, "total": total})
+            }
             Event::Step { epoch, step, losses } => json!({"event": "step", "epoch": epoch, "step": step,
                 "loss": keyed(&self.names, losses)}),
             Event::Epoch(e) => json!({"event": "epoch", "epoch": e.epoch, "lr": e.lr,

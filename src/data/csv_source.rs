@@ -74,10 +74,11 @@ impl<R: Read> Read for Unpad<R> {
     }
 }
 
-/// An open data file and, for gzip, the count of compressed bytes consumed.
+/// An open data file and the count of its bytes consumed (compressed ones for gzip).
 struct Opened {
     reader: Box<dyn Read>,
-    gzip_offset: Option<Rc<Cell<u64>>>,
+    gzip: bool,
+    read: Rc<Cell<u64>>,
 }
 
 fn open(path: &Path, delimiter: u8) -> Result<Opened, DataError> {
@@ -89,19 +90,22 @@ fn open(path: &Path, delimiter: u8) -> Result<Opened, DataError> {
         });
     }
     let file = File::open(path).map_err(open_err)?;
-    let (reader, gzip_offset): (Box<dyn Read>, _) = if path.extension().is_some_and(|e| e == "gz") {
-        let read = Rc::new(Cell::new(0));
-        let counted = Counting { inner: BufReader::with_capacity(1 << 16, file), read: read.clone() };
-        (Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(counted))), Some(read))
+    // Bytes of the file consumed so far (compressed ones, for gzip): progress, and the
+    // offset a gzip error is reported at.
+    let read = Rc::new(Cell::new(0));
+    let counted = Counting { inner: BufReader::with_capacity(1 << 16, file), read: read.clone() };
+    let gzip = path.extension().is_some_and(|e| e == "gz");
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(counted)))
     } else {
-        (Box::new(BufReader::with_capacity(1 << 20, file)), None)
+        Box::new(BufReader::with_capacity(1 << 20, counted))
     };
     let reader: Box<dyn Read> = if delimiter == b' ' {
         reader
     } else {
         Box::new(Unpad { inner: reader, delimiter, buf: Vec::new(), quoted: false, at_start: true })
     };
-    Ok(Opened { reader, gzip_offset })
+    Ok(Opened { reader, gzip, read })
 }
 
 /// Describes a read error: a gzip problem with the file and compressed byte offset
@@ -137,9 +141,24 @@ pub fn read_csv(
     require_labels: bool,
     spec_at: &dyn Fn(&Need) -> String,
 ) -> Result<Frame, DataError> {
+    read_csv_with(path, format, needs, require_labels, spec_at, &|_, _| {})
+}
+
+/// [`read_csv`], telling `progress` (bytes of the file read, its size) every few
+/// thousand rows and at the end.
+pub fn read_csv_with(
+    path: &Path,
+    format: &CsvFormat,
+    needs: &[Need],
+    require_labels: bool,
+    spec_at: &dyn Fn(&Need) -> String,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Frame, DataError> {
     let shown = path.display().to_string();
+    let total = std::fs::metadata(path).map_or(0, |m| m.len());
     let opened = open(path, format.delimiter)?;
-    let gzip_offset = opened.gzip_offset;
+    let gzip_offset = opened.gzip.then(|| opened.read.clone());
+    let consumed = opened.read.clone();
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(format.delimiter)
         .has_headers(format.header)
@@ -233,6 +252,9 @@ pub fn read_csv(
             });
         }
         lines.push(line);
+        if lines.len() % 8192 == 0 {
+            progress(consumed.get(), total);
+        }
         for ((b, &slot), name) in builders.iter_mut().zip(&slots).zip(&names) {
             let field = record.get(slot).unwrap_or("");
             match b {
@@ -254,6 +276,7 @@ pub fn read_csv(
             }
         }
     }
+    progress(total, total);
     if lines.is_empty() {
         return Err(DataError::NoRows { path: shown });
     }

@@ -417,11 +417,23 @@ pub fn load_splits(
     train_override: Option<&std::path::Path>,
     spec_at: &dyn Fn(&Need) -> String,
 ) -> Result<(Splits, LoadInfo), DataError> {
+    load_splits_with(model, data, train_override, spec_at, &|_, _, _| {})
+}
+
+/// [`load_splits`], telling `progress` how far each file is read (path, bytes read,
+/// file size).
+pub fn load_splits_with(
+    model: &Model,
+    data: &crate::ir::DataConfig,
+    train_override: Option<&std::path::Path>,
+    spec_at: &dyn Fn(&Need) -> String,
+    progress: &dyn Fn(&std::path::Path, u64, u64),
+) -> Result<(Splits, LoadInfo), DataError> {
     use crate::ir::{DataSource, SyntheticKind};
     let needs = needs(model);
     let mut info = LoadInfo::default();
     let read = |path: &std::path::Path, format: &crate::ir::CsvFormat, training: bool| -> Result<Dataset, DataError> {
-        let frame = csv_source::read_csv(path, format, &needs, true, spec_at)?;
+        let frame = csv_source::read_csv_with(path, format, &needs, true, spec_at, &|r, t| progress(path, r, t))?;
         if training {
             encode_training(model, &frame)
         } else {

@@ -329,3 +329,34 @@ fn a_run_draws_its_curves_and_gates_and_plot_overlays_runs() {
     // Two runs' curves differ from one run's picture.
     assert_ne!(std::fs::read(plots.join("curves.png")).unwrap(), std::fs::read(a.join("curves.png")).unwrap());
 }
+
+#[test]
+fn reading_a_data_file_reports_its_progress_in_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("rows.csv");
+    mg(&["synth", "models/synthetic_mmoe.toml", "--rows", "20000", "--out", csv.to_str().unwrap()]);
+    let size = std::fs::metadata(&csv).unwrap().len();
+    let text = mg(&[
+        "compile-and-train",
+        "models/synthetic_mmoe.toml",
+        "--data",
+        csv.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--out",
+        tmp.path().join("b").to_str().unwrap(),
+        "--no-tensorboard",
+        "--log-format",
+        "json",
+    ]);
+    let reads: Vec<(u64, u64)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "loading")
+        .map(|e| (e["read"].as_u64().unwrap(), e["total"].as_u64().unwrap()))
+        .collect();
+    assert!(reads.len() >= 2, "{reads:?}");
+    assert!(reads.windows(2).all(|w| w[0].0 <= w[1].0), "bytes read only grow: {reads:?}");
+    assert!(reads.iter().all(|&(_, t)| t == size));
+    assert_eq!(reads.last().unwrap().0, size, "the last report is the whole file");
+}
