@@ -917,6 +917,24 @@ fn fmt(path: &Path, to: Option<SyntaxArg>, check: bool, write: bool) -> Result<(
         Syntax::Toml => parsed.to_toml(),
         Syntax::Dsl => spec::to_dsl(&parsed),
     };
+    // What fmt writes must read back: a name the DSL cannot spell (non-ASCII, say) is
+    // refused here, before anything is written.
+    if target != from {
+        let back = SourceFile::from_text(
+            format!("{}.{}", src.name, if target == Syntax::Dsl { "mg" } else { "toml" }),
+            text.clone(),
+        );
+        if let Err(es) = spec::parse(&back) {
+            let first = es.first().map(|e| multigate::diag::render(&back, e, false)).unwrap_or_default();
+            return Err(Failure::new(
+                1,
+                format!(
+                    "error: {} cannot be written in the other syntax without changing it (the DSL's names are ASCII letters, digits, `_` and `-`); nothing written:\n{first}",
+                    src.name
+                ),
+            ));
+        }
+    }
     if check {
         if target != from {
             return Err(Failure::new(2, "error: --check compares a file with its own canonical form; drop --to"));

@@ -304,3 +304,22 @@ fn a_device_this_build_lacks_is_an_error() {
     assert_eq!(code, 2);
     assert!(err.contains("expected cpu, cuda or cuda:N"), "{err}");
 }
+
+#[test]
+fn fmt_refuses_a_conversion_that_would_not_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("na.toml");
+    std::fs::write(
+        &p,
+        "[model]\nname = \"m\"\n[[features]]\nname = \"sit\u{e9}_id\"\ntype = \"categorical\"\nhash_buckets = 10\n[[tasks]]\nname = \"t\"\nkind = \"binary\"\nlabel = \"y\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = mg(&["fmt", p.to_str().unwrap(), "--to", "mg"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.is_empty(), "nothing written: {out}");
+    assert!(err.contains("cannot be written in the other syntax") && err.contains("sit\u{e9}_id"), "{err}");
+    // An ASCII spec converts and reads back.
+    let (code, out, _) = mg(&["fmt", "models/synthetic_mmoe.toml", "--to", "mg"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("model synthetic_mmoe"), "{out}");
+}
