@@ -516,6 +516,10 @@ pub struct Predictor {
     bundle: export::Bundle,
     /// The training rows' dense ranges, from the bundle's provenance.
     ranges: Vec<data::ranges::DenseRange>,
+    /// Every column the model reads, worked out once (a server asks per request).
+    needs: Vec<Need>,
+    /// The feature columns among them, each once, in order.
+    inputs: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -534,7 +538,14 @@ impl Predictor {
         let dev = candle_device(device)?;
         let bundle = export::read_bundle(dir, &dev)?;
         let ranges = serde_json::from_str::<Provenance>(&bundle.provenance).map(|p| p.dense_ranges).unwrap_or_default();
-        Ok(Predictor { bundle, ranges })
+        let needs = data::needs(&bundle.compiled.model);
+        let mut inputs: Vec<String> = Vec::new();
+        for n in needs.iter().filter(|n| !n.is_label) {
+            if !inputs.contains(&n.column) {
+                inputs.push(n.column.clone());
+            }
+        }
+        Ok(Predictor { bundle, ranges, needs, inputs })
     }
 
     /// The bundle's `provenance.json` (what was trained, from what, when).
@@ -556,9 +567,14 @@ impl Predictor {
         &self.bundle.source
     }
 
-    /// Every input column the model reads.
-    pub fn needs(&self) -> Vec<Need> {
-        data::needs(&self.bundle.compiled.model)
+    /// Every column the model reads (features and labels).
+    pub fn needs(&self) -> &[Need] {
+        &self.needs
+    }
+
+    /// The feature columns a request must carry, each once, in order.
+    pub fn input_columns(&self) -> &[String] {
+        &self.inputs
     }
 
     /// Scores the rows of a frame of raw values; with `gates`, keeps every row's gate
@@ -594,7 +610,7 @@ impl Predictor {
     /// A frame of the model's feature columns from raw text per column (`name -> one
     /// value per row`; an empty string is a missing value). Label columns are not read.
     pub fn frame(&self, columns: &[(String, Vec<String>)]) -> Result<Frame, PredictError> {
-        frame_from_text(&self.needs(), columns)
+        frame_from_text(&self.needs, columns)
     }
 }
 
@@ -622,13 +638,31 @@ pub struct Evaluation {
 }
 
 impl Predictor {
+    /// [`Predictor::encode`] with the label columns too (a missing or bad label is an
+    /// error), for evaluation.
+    pub fn encode_labelled(&self, frame: &Frame) -> Result<data::Dataset, PredictError> {
+        Ok(data::encode(&self.bundle.compiled.model, frame, true)?)
+    }
+
     /// Evaluates the bundle on a frame that has the label columns (and `group`, when
     /// given): per task its metrics, calibration and, by group, GAUC.
     pub fn evaluate(&self, frame: &Frame, group: Option<&str>) -> Result<Evaluation, PredictError> {
+        let ds = self.encode_labelled(frame)?;
+        let p = self.predict_dataset(&ds, false)?;
+        self.evaluation(frame, &ds, &p, group)
+    }
+
+    /// The evaluation of predictions `p` already made for `ds` (encoded from `frame`
+    /// with its labels), so that scoring and evaluating share one forward pass.
+    pub fn evaluation(
+        &self,
+        frame: &Frame,
+        ds: &data::Dataset,
+        p: &Predictions,
+        group: Option<&str>,
+    ) -> Result<Evaluation, PredictError> {
         use crate::train::metrics;
         let model = &self.bundle.compiled.model;
-        let ds = data::encode(model, frame, true)?;
-        let p = self.predict_dataset(&ds, false)?;
         let groups: Option<Vec<u32>> = match group {
             None => None,
             Some(g) => match frame.column_as(g, false) {

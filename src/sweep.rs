@@ -65,8 +65,8 @@ pub enum SweepError {
     Spec { combo: String, problem: String },
     #[error("{combo}, seed {seed}: {source}")]
     Run { combo: String, seed: u64, source: run::RunError },
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Write(#[from] crate::export::ExportError),
 }
 
 fn value_item(v: &str) -> toml_edit::Item {
@@ -333,11 +333,7 @@ pub fn summary_markdown(axes: &[Axis], runs: &[SweepRun], higher_is_better: bool
 /// Writes `sweep.csv` and `sweep.md` into the sweep folder.
 pub fn write_results(dir: &Path, csv_text: &str, md: &str) -> Result<(), SweepError> {
     for (name, text) in [("sweep.csv", csv_text), ("sweep.md", md)] {
-        let p = dir.join(name);
-        crate::export::write_file(&p, text.as_bytes()).map_err(|e| SweepError::Io {
-            path: p.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        crate::export::write_file(&dir.join(name), text.as_bytes())?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The command line: the only place that prints and exits.
 
 mod bench;
+mod watch;
 
 /// The global allocator (mimalloc) with a count of allocations, for `bench`.
 pub struct CountingAlloc(pub mimalloc::MiMalloc);
@@ -33,7 +34,6 @@ pub fn peak_rss() -> Option<u64> {
     let kb: u64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
-mod watch;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -46,7 +46,7 @@ use multigate::data::{self, Need, NeedOwner};
 use multigate::ir::DataSource;
 use multigate::lower::Compiled;
 use multigate::source::SourceFile;
-use multigate::train::{self, TrainReport};
+use multigate::train::TrainReport;
 use multigate::{pipeline, run};
 
 #[derive(Parser)]
@@ -585,26 +585,10 @@ fn predict(
     let predictor = run::Predictor::load(bundle, device)?;
     let compiled = predictor.compiled();
     auto_threads(compiled.model.flops_per_sample(), 4096);
-    let keep_needs = keep
-        .iter()
-        .map(|k| Need {
-            column: k.clone(),
-            kind: data::ColumnKind::Cat,
-            reader: "`--keep`".into(),
-            owner: NeedOwner::Caller,
-            is_label: false,
-        })
-        .collect();
-    let frame = if evaluate {
-        // Label columns too: a bad label is then an error.
-        let format = input_format(&predictor);
-        let mut needs = predictor.needs();
-        needs.extend(keep_needs);
-        data::csv_source::read_csv(data_path, &format, &needs, true, &run::spec_locator(predictor.source()))?
-    } else {
-        read_features(&predictor, data_path, keep_needs)?
-    };
-    let ds = predictor.encode(&frame)?;
+    let keep_needs = keep.iter().map(|k| caller_need(k, "`--keep`")).collect();
+    // Label columns are read only to evaluate: a bad label is then an error.
+    let frame = read_inputs(&predictor, data_path, keep_needs, evaluate)?;
+    let ds = if evaluate { predictor.encode_labelled(&frame)? } else { predictor.encode(&frame)? };
     for w in predictor.far_outside(&ds) {
         eprintln!("warning: {w}");
     }
@@ -638,25 +622,42 @@ fn predict(
         }
     }
     if evaluate {
-        let ds = data::encode(&compiled.model, &frame, true)?;
         if !ds.has_labels() {
             eprintln!("no task has a label to evaluate");
             return Ok(());
         }
-        let eval = train::evaluate(predictor.model(), &ds, 4096)?;
-        for (n, m) in compiled.model.tasks.iter().map(|t| &t.name).zip(&eval.metrics) {
-            eprintln!("{n}: {m}");
+        // The predictions just written, scored: one forward pass for both.
+        let e = predictor.evaluation(&frame, &ds, &p, None)?;
+        for name in &e.order {
+            eprintln!("{name}: {}", e.tasks[name].metrics);
         }
     }
     Ok(())
 }
 
-/// Reads the feature columns of a data file for a loaded bundle (labels not read).
-fn read_features(predictor: &run::Predictor, data_path: &Path, extra: Vec<Need>) -> Result<data::Frame, Failure> {
-    let mut needs: Vec<Need> = predictor.needs().into_iter().filter(|n| !n.is_label).collect();
+/// Reads a data file's columns for a loaded bundle: the features, the label columns
+/// too when `labels` (then each one the model reads must be there), and `extra`.
+fn read_inputs(
+    predictor: &run::Predictor,
+    data_path: &Path,
+    extra: Vec<Need>,
+    labels: bool,
+) -> Result<data::Frame, Failure> {
+    let mut needs: Vec<Need> = predictor.needs().iter().filter(|n| labels || !n.is_label).cloned().collect();
     needs.extend(extra);
     let format = input_format(predictor);
-    Ok(data::csv_source::read_csv(data_path, &format, &needs, false, &run::spec_locator(predictor.source()))?)
+    Ok(data::csv_source::read_csv(data_path, &format, &needs, labels, &run::spec_locator(predictor.source()))?)
+}
+
+/// A column the command line asks for (`--keep`, `--group`), read as text.
+fn caller_need(column: &str, reader: &str) -> Need {
+    Need {
+        column: column.to_string(),
+        kind: data::ColumnKind::Cat,
+        reader: reader.into(),
+        owner: NeedOwner::Caller,
+        is_label: false,
+    }
 }
 
 /// The CSV format a bundle's inputs come in: its spec's, or plain CSV with a header for
@@ -791,23 +792,8 @@ fn analyze(path: &Path, data_path: Option<&Path>, format: FormatArg) -> Result<(
 fn evaluate(bundle: &Path, data_path: &Path, group: Option<&str>, format: FormatArg) -> Result<(), Failure> {
     let predictor = run::Predictor::load(bundle, Device::Cpu)?;
     auto_threads(predictor.compiled().model.flops_per_sample(), 4096);
-    let mut needs = predictor.needs();
-    if let Some(g) = group {
-        needs.push(Need {
-            column: g.to_string(),
-            kind: data::ColumnKind::Cat,
-            reader: "`--group`".into(),
-            owner: NeedOwner::Caller,
-            is_label: false,
-        });
-    }
-    let frame = data::csv_source::read_csv(
-        data_path,
-        &input_format(&predictor),
-        &needs,
-        true,
-        &run::spec_locator(predictor.source()),
-    )?;
+    let extra = group.map(|g| caller_need(g, "`--group`")).into_iter().collect();
+    let frame = read_inputs(&predictor, data_path, extra, true)?;
     let e = predictor.evaluate(&frame, group)?;
     match format {
         FormatArg::Json => println!("{}", serde_json::to_string_pretty(&e)?),
@@ -846,7 +832,7 @@ fn export_onnx(bundle: &Path, out: &Path) -> Result<(), Failure> {
 
 fn encode(bundle: &Path, data_path: &Path, out: Option<&Path>) -> Result<(), Failure> {
     let predictor = run::Predictor::load(bundle, Device::Cpu)?;
-    let frame = read_features(&predictor, data_path, Vec::new())?;
+    let frame = read_inputs(&predictor, data_path, Vec::new(), false)?;
     let ds = predictor.encode(&frame)?;
     let model = &predictor.compiled().model;
     let mut header: Vec<String> = Vec::new();

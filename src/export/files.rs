@@ -32,7 +32,11 @@ pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 const MAX_HEADER_BYTES: u64 = 100 << 20;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// SHA-256 of a file's content, streamed (for data files of any size).
@@ -49,7 +53,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
         total += n as u64;
         hasher.update(&buf[..n]);
     }
-    Ok((total, hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()))
+    Ok((total, hex(&hasher.finalize())))
 }
 
 fn io(path: &Path, source: std::io::Error) -> ExportError {

@@ -441,14 +441,7 @@ async fn predict(app: &App, rest: &str, body: &[u8]) -> (Response, usize) {
     if name != model.name {
         return (error(StatusCode::NOT_FOUND, format!("no model `{name}`; this server serves `{}`", model.name)), 0);
     }
-    // The feature columns, each once.
-    let mut columns: Vec<String> = Vec::new();
-    for n in p.needs().into_iter().filter(|n| !n.is_label) {
-        if !columns.contains(&n.column) {
-            columns.push(n.column);
-        }
-    }
-    let req = match parse_request(body, &columns, app.opts.max_request_rows) {
+    let req = match parse_request(body, p.input_columns(), app.opts.max_request_rows) {
         Ok(r) => r,
         Err(e) => return (error(StatusCode::BAD_REQUEST, e), 0),
     };
