@@ -899,10 +899,7 @@ fn fmt(path: &Path, to: Option<SyntaxArg>, check: bool, write: bool) -> Result<(
         Some(SyntaxArg::Mg) => Syntax::Dsl,
         None => from,
     };
-    let text = match target {
-        Syntax::Toml => parsed.to_toml(),
-        Syntax::Dsl => spec::to_dsl(&parsed),
-    };
+    let text = spec::format(&parsed, Some((&src.text, from)), target);
     // What fmt writes must read back: a name the DSL cannot spell (non-ASCII, say) is
     // refused here, before anything is written.
     if target != from {
@@ -938,12 +935,6 @@ fn fmt(path: &Path, to: Option<SyntaxArg>, check: bool, write: bool) -> Result<(
             return Err(Failure::new(
                 2,
                 "error: --write rewrites the file in its own syntax; drop --to, or redirect the output",
-            ));
-        }
-        if spec::has_comments(&src.text, from) {
-            return Err(Failure::new(
-                1,
-                format!("error: {} has comments, which fmt would drop; not rewritten", src.name),
             ));
         }
         return write_atomic(path, text.as_bytes());

@@ -46,7 +46,7 @@ impl Lower {
                         b','
                     }
                 };
-                if !d.header && d.columns.is_empty() {
+                if !*d.header.get_ref() && d.columns.is_empty() {
                     self.errors.push(LowerError::Missing {
                         what: "`columns` (the file has no header)",
                         span: d.source.span(),
@@ -64,7 +64,7 @@ impl Lower {
                     test: d.test.as_ref().map(path),
                     format: CsvFormat {
                         delimiter,
-                        header: d.header,
+                        header: *d.header.get_ref(),
                         columns: d.columns.iter().map(|c| c.get_ref().clone()).collect(),
                         missing: d.missing.as_ref().map(|m| m.get_ref().clone()),
                     },
@@ -198,7 +198,7 @@ impl Lower {
                 s.rows.span(),
             );
         }
-        SyntheticConfig { kind, rows, seed: s.seed }
+        SyntheticConfig { kind, rows, seed: *s.seed.get_ref() }
     }
 
     /// `"loss"` or `"TASK.METRIC"`, the task resolved by name.
@@ -260,7 +260,7 @@ impl Lower {
             lr_decay_epochs: self.count("lr_decay_epochs", &t.lr_decay_epochs, 1 << 20),
             batch_size: self.count("batch_size", &t.batch_size, 1 << 20),
             epochs: self.count("epochs", &t.epochs, 1 << 20),
-            seed: t.seed,
+            seed: *t.seed.get_ref(),
             select: self.lower_select(&t.select, model),
             patience: t.patience.as_ref().map(|p| self.count("patience", p, 1 << 20)),
         }

@@ -7,12 +7,12 @@
 //! reference. The DSL front end (`.mg`, issue 3) will build this same struct.
 
 mod dsl;
-mod emit;
+mod fmt;
 mod error;
 mod toml_front;
 
 pub use dsl::parse_dsl;
-pub use emit::to_dsl;
+pub use fmt::{comments, format, to_dsl, Comment};
 pub use error::SpecError;
 pub use toml_front::parse_toml;
 
@@ -49,12 +49,35 @@ pub fn parse(src: &SourceFile) -> Result<Spec, Vec<SpecError>> {
 /// Walks a spec's text, calling `code` on every character outside strings and comments
 /// (`#` in both syntaxes, `//` in the DSL) until it returns false. Returns whether a
 /// comment was seen.
-pub(crate) fn scan_code(text: &str, syntax: Syntax, mut code: impl FnMut(usize, char) -> bool) -> bool {
-    let (mut in_string, mut escaped, mut in_comment, mut saw_comment) = (false, false, false, false);
+pub(crate) fn scan_code(text: &str, syntax: Syntax, code: impl FnMut(usize, char) -> bool) -> bool {
+    let mut saw = false;
+    walk(text, syntax, code, |_| saw = true);
+    saw
+}
+
+/// The byte ranges of a spec's comments, marker included, end of line excluded.
+pub(crate) fn comment_ranges(text: &str, syntax: Syntax) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    walk(text, syntax, |_, _| true, |r| out.push(r));
+    out
+}
+
+/// One pass over a spec's text: `code` sees every character outside strings and
+/// comments (and may stop the walk), `comment` every comment's range.
+fn walk(
+    text: &str,
+    syntax: Syntax,
+    mut code: impl FnMut(usize, char) -> bool,
+    mut comment: impl FnMut(std::ops::Range<usize>),
+) {
+    let (mut in_string, mut escaped, mut comment_from) = (false, false, None);
     let mut chars = text.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
-        if in_comment {
-            in_comment = c != '\n';
+        if let Some(from) = comment_from {
+            if c == '\n' {
+                comment(from..i);
+                comment_from = None;
+            }
         } else if in_string {
             match (escaped, c) {
                 (true, _) => escaped = false,
@@ -65,16 +88,17 @@ pub(crate) fn scan_code(text: &str, syntax: Syntax, mut code: impl FnMut(usize, 
         } else if c == '"' {
             in_string = true;
         } else if c == '#' || (syntax == Syntax::Dsl && c == '/' && chars.peek().is_some_and(|&(_, n)| n == '/')) {
-            in_comment = true;
-            saw_comment = true;
+            comment_from = Some(i);
         } else if !code(i, c) {
-            break;
+            return;
         }
     }
-    saw_comment
+    if let Some(from) = comment_from {
+        comment(from..text.len());
+    }
 }
 
-/// Whether a spec's text holds comments (outside strings), which `fmt` cannot keep.
+/// Whether a spec's text holds comments (outside strings).
 pub fn has_comments(text: &str, syntax: Syntax) -> bool {
     scan_code(text, syntax, |_, _| true)
 }
@@ -151,7 +175,7 @@ pub struct DataSection {
     pub delimiter: Sp<String>,
     /// Whether the first line names the columns. Default true.
     #[serde(default = "d_true")]
-    pub header: bool,
+    pub header: Sp<bool>,
     /// Column names, required when `header = false`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<Sp<String>>,
@@ -176,7 +200,7 @@ pub struct SyntheticSpec {
     pub rows: Sp<u64>,
     /// Generator seed. Default 1.
     #[serde(default = "d_one_u64")]
-    pub seed: u64,
+    pub seed: Sp<u64>,
     /// Input dimension d. Default 100.
     #[serde(default = "d_dim")]
     pub dim: Sp<u64>,
@@ -406,7 +430,7 @@ pub struct TrainSection {
     pub epochs: Sp<u64>,
     /// Seeds weight initialisation and shuffling. Default 42.
     #[serde(default = "d_seed")]
-    pub seed: u64,
+    pub seed: Sp<u64>,
     /// How the best epoch is chosen on the validation split: `"loss"` (the weighted
     /// loss, default) or `"TASK.METRIC"` with METRIC one of auc, logloss, accuracy
     /// (binary) or mse, mae (regression).
@@ -450,8 +474,8 @@ fn d_adam() -> Sp<String> {
 fn d_delim() -> Sp<String> {
     sp(",".into())
 }
-fn d_true() -> bool {
-    true
+fn d_true() -> Sp<bool> {
+    sp(true)
 }
 fn d_val_frac() -> Sp<f64> {
     sp(0.1)
@@ -459,8 +483,8 @@ fn d_val_frac() -> Sp<f64> {
 fn d_rows() -> Sp<u64> {
     sp(100_000)
 }
-fn d_one_u64() -> u64 {
-    1
+fn d_one_u64() -> Sp<u64> {
+    sp(1)
 }
 fn d_one_u64_sp() -> Sp<u64> {
     sp(1)
@@ -501,8 +525,8 @@ fn d_batch() -> Sp<u64> {
 fn d_epochs() -> Sp<u64> {
     sp(10)
 }
-fn d_seed() -> u64 {
-    42
+fn d_seed() -> Sp<u64> {
+    sp(42)
 }
 
 impl Default for DataSection {
@@ -516,7 +540,7 @@ impl Default for DataSection {
             validation_fraction: d_val_frac(),
             test_fraction: sp(0.0),
             delimiter: d_delim(),
-            header: true,
+            header: d_true(),
             columns: Vec::new(),
             missing: None,
         }
@@ -528,7 +552,7 @@ impl Default for SyntheticSpec {
         SyntheticSpec {
             kind: d_syn_kind(),
             rows: d_rows(),
-            seed: 1,
+            seed: d_one_u64(),
             dim: d_dim(),
             correlation: d_half(),
             scale: d_one_f64(),

@@ -152,11 +152,13 @@ fn bench_reports_phases() {
 }
 
 #[test]
-fn fmt_converts_checks_and_refuses_to_drop_comments() {
+fn fmt_converts_checks_and_keeps_comments() {
     let dir = tempfile::tempdir().unwrap();
     let (code, dsl, err) = mg(&["fmt", "models/synthetic_mmoe.toml", "--to", "mg"]);
     assert_eq!(code, 0, "{err}");
-    assert!(dsl.starts_with("model synthetic_mmoe {") && dsl.contains("layer mmoe { experts 8 x [16] relu }"), "{dsl}");
+    assert!(dsl.starts_with("// MMoE: 8 experts") && dsl.contains("\nmodel synthetic_mmoe {\n"), "{dsl}");
+    assert!(dsl.contains("layer mmoe { experts 8 x [16] relu }"), "{dsl}");
+    assert!(dsl.contains("  feature x: dense(width = 100)  // reads columns x_0 .. x_99\n"), "{dsl}");
     let file = dir.path().join("m.mg");
     std::fs::write(&file, &dsl).unwrap();
     let (code, _, err) = mg(&["fmt", "--check", file.to_str().unwrap()]);
@@ -167,14 +169,15 @@ fn fmt_converts_checks_and_refuses_to_drop_comments() {
     let (code, _, _) = mg(&["fmt", "--write", file.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), dsl);
-    // The models carry comments: --write refuses rather than dropping them.
+    // The models carry comments: --write keeps them, and the shipped specs are canonical.
     let commented = dir.path().join("c.toml");
-    std::fs::copy(repo().join("models/synthetic_mmoe.toml"), &commented).unwrap();
-    let before = std::fs::read_to_string(&commented).unwrap();
+    let shipped = std::fs::read_to_string(repo().join("models/synthetic_mmoe.toml")).unwrap();
+    std::fs::write(&commented, shipped.replace("dim = 100          # d", "dim=100 # d")).unwrap();
+    let (code, _, err) = mg(&["fmt", "--check", commented.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
     let (code, _, err) = mg(&["fmt", "--write", commented.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert!(err.contains("comments"), "{err}");
-    assert_eq!(std::fs::read_to_string(&commented).unwrap(), before);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(&commented).unwrap(), shipped);
     // Back to TOML, and the IR is the same as the original's.
     let toml_file = dir.path().join("back.toml");
     let (_, toml_text, _) = mg(&["fmt", file.to_str().unwrap(), "--to", "toml"]);
@@ -182,6 +185,15 @@ fn fmt_converts_checks_and_refuses_to_drop_comments() {
     let (_, a, _) = mg(&["check", "models/synthetic_mmoe.toml"]);
     let (_, b, _) = mg(&["check", toml_file.to_str().unwrap()]);
     assert_eq!(a, b);
+}
+
+#[test]
+fn every_shipped_spec_is_in_canonical_form() {
+    for e in std::fs::read_dir(repo().join("models")).unwrap() {
+        let p = e.unwrap().path();
+        let (code, _, err) = mg(&["fmt", "--check", p.to_str().unwrap()]);
+        assert_eq!(code, 0, "{}: {err}", p.display());
+    }
 }
 
 #[test]
@@ -321,5 +333,5 @@ fn fmt_refuses_a_conversion_that_would_not_read_back() {
     // An ASCII spec converts and reads back.
     let (code, out, _) = mg(&["fmt", "models/synthetic_mmoe.toml", "--to", "mg"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with("model synthetic_mmoe"), "{out}");
+    assert!(out.contains("\nmodel synthetic_mmoe {"), "{out}");
 }

@@ -2,7 +2,7 @@
 
 use multigate::pipeline::compile_source;
 use multigate::source::SourceFile;
-use multigate::spec::{self, Spec};
+use multigate::spec::{self, Spec, Syntax};
 use proptest::prelude::*;
 
 use super::repo;
@@ -19,17 +19,58 @@ fn parse(name: &str, text: &str) -> Spec {
     spec::parse(&SourceFile::from_text(name, text)).unwrap_or_else(|e| panic!("{name}: {e:?}\n{text}"))
 }
 
+/// Every comment's text, sorted.
+fn comment_texts(text: &str, syntax: Syntax) -> Vec<String> {
+    let mut v: Vec<String> = spec::comments(text, syntax).into_iter().map(|c| c.text).collect();
+    v.sort();
+    v
+}
+
 /// TOML -> DSL -> TOML and DSL -> TOML -> DSL keep the IR (and the data and train
-/// settings); formatting is idempotent.
+/// settings) and every comment; formatting is idempotent in both syntaxes. A spec
+/// with a name the DSL cannot spell must fail to read back as DSL (so `fmt` refuses
+/// the conversion) and still format as TOML.
 fn check_round_trips(toml_text: &str) {
     let ir = ir_of("a.toml", toml_text);
-    let mg = spec::to_dsl(&parse("a.toml", toml_text));
+    let comments = comment_texts(toml_text, Syntax::Toml);
+    let spec = parse("a.toml", toml_text);
+
+    // TOML -> canonical TOML.
+    let canonical = spec::format(&spec, Some((toml_text, Syntax::Toml)), Syntax::Toml);
+    assert_eq!(ir_of("f.toml", &canonical), ir, "canonical TOML changed the model:\n{canonical}");
+    assert_eq!(comment_texts(&canonical, Syntax::Toml), comments, "canonical TOML lost comments:\n{canonical}");
+    let again = spec::format(&parse("f.toml", &canonical), Some((&canonical, Syntax::Toml)), Syntax::Toml);
+    assert_eq!(again, canonical, "TOML formatting is not idempotent");
+
+    // TOML -> DSL.
+    let mg = spec::format(&spec, Some((toml_text, Syntax::Toml)), Syntax::Dsl);
+    let names_ascii = spec
+        .features
+        .iter()
+        .map(|f| f.name.get_ref())
+        .chain(spec.tasks.iter().map(|t| t.name.get_ref()))
+        .chain(spec.layers.iter().filter_map(|l| l.name.as_ref().map(|n| n.get_ref())))
+        .all(|n| n.is_ascii());
+    if spec::parse(&SourceFile::from_text("b.mg", mg.as_str())).is_err() {
+        assert!(!names_ascii, "TOML -> DSL does not read back, and every name is ASCII:\n{mg}");
+        return;
+    }
     assert_eq!(ir_of("b.mg", &mg), ir, "TOML -> DSL changed the model:\n{mg}");
-    let toml2 = parse("b.mg", &mg).to_toml();
+    assert_eq!(comment_texts(&mg, Syntax::Dsl), comments, "TOML -> DSL lost comments:\n{mg}");
+    let mg_spec = parse("b.mg", &mg);
+    assert_eq!(spec::format(&mg_spec, Some((&mg, Syntax::Dsl)), Syntax::Dsl), mg, "DSL formatting is not idempotent");
+
+    // DSL -> TOML -> DSL.
+    let toml2 = spec::format(&mg_spec, Some((&mg, Syntax::Dsl)), Syntax::Toml);
     assert_eq!(ir_of("c.toml", &toml2), ir, "DSL -> TOML changed the model:\n{toml2}");
-    let mg2 = spec::to_dsl(&parse("c.toml", &toml2));
-    assert_eq!(mg2, mg, "DSL formatting is not idempotent");
-    assert_eq!(parse("d.toml", &toml2).to_toml(), toml2, "TOML formatting is not idempotent");
+    assert_eq!(comment_texts(&toml2, Syntax::Toml), comments, "DSL -> TOML lost comments:\n{toml2}");
+    let mg2 = spec::format(&parse("c.toml", &toml2), Some((&toml2, Syntax::Toml)), Syntax::Dsl);
+    assert_eq!(mg2, mg, "DSL -> TOML -> DSL is not the same text");
+
+    // The bundle's form (every default written) reads back too.
+    let full = spec.to_toml();
+    assert_eq!(ir_of("d.toml", &full), ir, "Spec::to_toml changed the model:\n{full}");
+    assert_eq!(parse("d.toml", &full).to_toml(), full, "Spec::to_toml is not idempotent");
 }
 
 #[test]
@@ -46,7 +87,27 @@ fn models_round_trip() {
 }
 
 fn name() -> impl Strategy<Value = String> {
-    "[a-z][a-z0-9_]{0,7}"
+    // Mostly ASCII; now and then a name only TOML can spell.
+    prop_oneof![9 => "[a-z][a-z0-9_]{0,7}", 1 => "[a-zé][a-z0-9_éü]{0,7}"]
+}
+
+/// Puts comments into a TOML text: per line, `decor` says none, one on its own line
+/// before it, one after it, or both.
+fn with_comments(text: &str, decor: &[u8], words: &[String]) -> String {
+    let mut out = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let d = decor.get(i).copied().unwrap_or(0);
+        let word = words.get(i % words.len().max(1)).cloned().unwrap_or_default();
+        if d & 1 == 1 {
+            out += &format!("# before {i} {word}\n");
+        }
+        out += line;
+        if d & 2 == 2 && !line.trim().is_empty() {
+            out += &format!("  # after {i} {word}");
+        }
+        out += "\n";
+    }
+    out
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -120,7 +181,9 @@ prop_compose! {
     fn toml_spec()(features in prop::collection::vec(feature(), 1..5), layers in prop::collection::vec(layer(), 0..3),
                    tasks in prop::collection::vec(task(), 1..4), csv in any::<bool>(), lr in 1e-5f64..0.5,
                    batch in 1u64..4096, epochs in 1u64..20, seed in any::<u32>(), decay in 0.1f64..1.0,
-                   rows in 1u64..100000, header in any::<bool>(), lazy in any::<bool>(), select_loss in any::<bool>()) -> String {
+                   rows in 1u64..100000, header in any::<bool>(), lazy in any::<bool>(), select_loss in any::<bool>(),
+                   decor in prop::collection::vec(prop_oneof![6 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)], 0..200),
+                   words in prop::collection::vec("[ -~é]{0,12}", 1..4)) -> String {
         let mut s = String::from("[model]\nname = \"gen\"\n\n[data]\n");
         if csv {
             s += &format!("source = \"csv\"\ntrain = [\"t.csv\"]\nheader = {header}\ncolumns = [\"a\", \"b\"]\ndelimiter = \";\"\nmissing = \"NA\"\n");
@@ -136,7 +199,7 @@ prop_compose! {
         s += &format!("\n[train]\nlr = {lr:?}\nbatch_size = {batch}\nepochs = {epochs}\nseed = {seed}\nlr_decay_rate = {decay:?}\nlr_decay_epochs = 3\n");
         if lazy { s += "optimizer = \"lazy_adam\"\n"; }
         if select_loss { s += "select = \"loss\"\n"; }
-        s
+        with_comments(&s, &decor, &words)
     }
 }
 

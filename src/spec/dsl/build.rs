@@ -161,9 +161,9 @@ impl Builder {
         self.take_num(args, key, "a whole number >= 0")
     }
 
-    fn take_bool(&mut self, args: &mut Args, key: &str) -> Option<bool> {
+    fn take_bool(&mut self, args: &mut Args, key: &str) -> Option<Sp<bool>> {
         match self.take(args, key)? {
-            (Value::Bool(b), _) => Some(b),
+            (Value::Bool(b), span) => Some(Sp::new(span, b)),
             (_, span) => {
                 self.bad(key, "true or false", &span);
                 None
@@ -335,7 +335,7 @@ impl Builder {
         }
         set!(rows, take_u64);
         if let Some(v) = self.take_u64(&mut a, "seed") {
-            s.seed = v.into_inner();
+            s.seed = v;
         }
         set!(dim, take_u64);
         set!(correlation, take_f64);
@@ -654,7 +654,7 @@ impl Builder {
                     t.epochs = self.integer(opt.into_inner().next().expect("epochs has an integer"), "epochs")
                 }
                 Rule::seed => {
-                    t.seed = *self.integer(opt.into_inner().next().expect("seed has an integer"), "seed").get_ref()
+                    t.seed = self.integer(opt.into_inner().next().expect("seed has an integer"), "seed")
                 }
                 Rule::patience => {
                     t.patience =

@@ -1,12 +1,13 @@
-//! Spec -> canonical DSL text (`multigate fmt --to mg`). Keys at their default value
-//! are left out; everything else is written in a fixed order, so formatting is
+//! Spec -> canonical DSL text (`multigate fmt --to mg`). What the source wrote and
+//! every value that is not the default is written, in a fixed order, so formatting is
 //! idempotent and a TOML spec converts without loss.
 
 use std::fmt::Write;
 
-use super::*;
+use super::{keep, wrap_list, Line, Out};
+use crate::spec::*;
 
-fn q(s: &str) -> String {
+pub(super) fn q(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -23,7 +24,7 @@ fn q(s: &str) -> String {
 }
 
 /// A name as written in the DSL: bare when the grammar's `name` rule accepts it.
-fn n(s: &str) -> String {
+pub(super) fn n(s: &str) -> String {
     let mut chars = s.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
@@ -54,179 +55,185 @@ fn strs<'a>(v: impl Iterator<Item = &'a String>) -> String {
     format!("[{}]", v.map(|s| q(s)).collect::<Vec<_>>().join(", "))
 }
 
-/// Arguments `(k = v, ..)`, or nothing when empty. Long ones go one per line, and
-/// long lists wrap.
-fn args(items: &[(&str, String)]) -> String {
+/// One argument: key, value as written, where the value came from.
+type Arg<'a> = (&'a str, String, std::ops::Range<usize>);
+
+/// Arguments `(k = v, ..)`, or nothing when empty. Long ones go one per line (each
+/// line marked with its value's source), and long lists wrap.
+fn args(out: &mut Out, items: &[Arg]) -> std::fmt::Result {
     if items.is_empty() {
-        return String::new();
+        return Ok(());
     }
-    let flat = format!("({})", items.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", "));
+    let flat = format!("({})", items.iter().map(|(k, v, _)| format!("{k} = {v}")).collect::<Vec<_>>().join(", "));
     if flat.len() <= 88 {
-        return flat;
+        for (_, _, at) in items {
+            out.mark_span(at.clone());
+        }
+        return write!(out, "{flat}");
     }
-    let mut out = String::from("(\n");
-    for (k, v) in items {
-        out.push_str(&format!("    {k} = {},\n", wrap_list(v)));
+    writeln!(out, "(")?;
+    for (k, v, at) in items {
+        out.mark_span(at.clone());
+        writeln!(out, "    {k} = {},", wrap_list(v, "      ", "    "))?;
     }
-    out.push_str("  )");
-    out
+    write!(out, "  )")
 }
 
-/// Breaks a long `[a, b, ..]` over lines of about 90 characters.
-fn wrap_list(v: &str) -> String {
-    if v.len() <= 80 || !v.starts_with('[') {
-        return v.to_string();
-    }
-    // Split on the separators between items (outside strings).
-    let inner = &v[1..v.len() - 1];
-    let mut items = Vec::new();
-    let (mut start, mut in_string, mut escaped) = (0, false, false);
-    for (i, c) in inner.char_indices() {
-        if in_string {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-        } else if c == '"' {
-            in_string = true;
-        } else if c == ',' {
-            items.push(inner[start..i].trim());
-            start = i + 1;
-        }
-    }
-    items.push(inner[start..].trim());
-    let mut out = String::from("[\n");
-    let mut line = String::new();
-    for it in items {
-        if !line.is_empty() && line.len() + it.len() + 2 > 88 {
-            out.push_str(&format!("      {}\n", line.trim_end()));
-            line.clear();
-        }
-        line.push_str(it);
-        line.push_str(", ");
-    }
-    if !line.is_empty() {
-        out.push_str(&format!("      {}\n", line.trim_end()));
-    }
-    out.push_str("    ]");
-    out
-}
-
-/// Writes a spec as DSL text.
+/// Writes a spec as DSL text, without comments.
 pub fn to_dsl(spec: &Spec) -> String {
-    let mut out = String::new();
-    let _ = write_spec(&mut out, spec);
-    out
+    super::format(spec, None, Syntax::Dsl)
 }
 
-fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
+/// A spec's canonical DSL lines.
+pub(super) fn lines(spec: &Spec) -> Vec<Line> {
+    let mut out = Out::default();
+    // Writing into an `Out` cannot fail.
+    let _ = write_spec(&mut out, spec);
+    out.finish()
+}
+
+fn sp_arg<'a, T>(k: &'a str, v: &Sp<T>, show: impl Fn(&T) -> String) -> Arg<'a> {
+    (k, show(v.get_ref()), v.span())
+}
+
+fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
+    out.mark(&s.model.name);
     writeln!(out, "model {} {{", n(s.model.name.get_ref()))?;
     let d = &s.data;
     let dd = DataSection::default();
-    let mut a: Vec<(&str, String)> = Vec::new();
+    let mut a: Vec<Arg> = Vec::new();
     if !d.train.is_empty() {
-        a.push(("train", strs(d.train.iter().map(|x| x.get_ref()))));
+        let at = d.train.first().map(|x| x.span()).unwrap_or_default();
+        a.push(("train", strs(d.train.iter().map(|x| x.get_ref())), at));
     }
     if let Some(v) = &d.validation {
-        a.push(("validation", q(v.get_ref())));
+        a.push(sp_arg("validation", v, |x| q(x)));
     }
     if let Some(v) = &d.test {
-        a.push(("test", q(v.get_ref())));
+        a.push(sp_arg("test", v, |x| q(x)));
     }
-    if d.validation_fraction.get_ref() != dd.validation_fraction.get_ref() {
-        a.push(("validation_fraction", num(*d.validation_fraction.get_ref())));
+    if keep(&d.validation_fraction, &dd.validation_fraction) {
+        a.push(sp_arg("validation_fraction", &d.validation_fraction, |x| num(*x)));
     }
-    if d.test_fraction.get_ref() != dd.test_fraction.get_ref() {
-        a.push(("test_fraction", num(*d.test_fraction.get_ref())));
+    if keep(&d.test_fraction, &dd.test_fraction) {
+        a.push(sp_arg("test_fraction", &d.test_fraction, |x| num(*x)));
     }
-    if d.delimiter.get_ref() != dd.delimiter.get_ref() {
-        a.push(("delimiter", q(d.delimiter.get_ref())));
+    if keep(&d.delimiter, &dd.delimiter) {
+        a.push(sp_arg("delimiter", &d.delimiter, |x| q(x)));
     }
-    if d.header != dd.header {
-        a.push(("header", d.header.to_string()));
+    if keep(&d.header, &dd.header) {
+        a.push(sp_arg("header", &d.header, |x| x.to_string()));
     }
     if !d.columns.is_empty() {
-        a.push(("columns", strs(d.columns.iter().map(|x| x.get_ref()))));
+        let at = d.columns.first().map(|x| x.span()).unwrap_or_default();
+        a.push(("columns", strs(d.columns.iter().map(|x| x.get_ref())), at));
     }
     if let Some(v) = &d.missing {
-        a.push(("missing", q(v.get_ref())));
+        a.push(sp_arg("missing", v, |x| q(x)));
     }
-    writeln!(out, "  data {}{}", n(d.source.get_ref()), args(&a))?;
+    out.mark(&d.source);
+    write!(out, "  data {}", n(d.source.get_ref()))?;
+    args(out, &a)?;
+    writeln!(out)?;
 
     let y = &d.synthetic;
     let yd = SyntheticSpec::default();
-    let mut a: Vec<(&str, String)> = Vec::new();
+    let mut a: Vec<Arg> = Vec::new();
     macro_rules! diff {
-        ($f:ident, $fmt:expr) => {
-            if y.$f.get_ref() != yd.$f.get_ref() {
-                a.push((stringify!($f), $fmt(*y.$f.get_ref())));
+        ($f:ident, $show:expr) => {
+            if keep(&y.$f, &yd.$f) {
+                a.push(sp_arg(stringify!($f), &y.$f, $show));
             }
         };
     }
-    diff!(rows, |x: u64| x.to_string());
-    if y.seed != yd.seed {
-        a.push(("seed", y.seed.to_string()));
-    }
-    diff!(dim, |x: u64| x.to_string());
-    diff!(correlation, num);
-    diff!(scale, num);
-    diff!(sin_terms, |x: u64| x.to_string());
-    diff!(sin_sd, num);
-    diff!(noise_sd, num);
-    diff!(cardinality, |x: u64| x.to_string());
-    if y.kind.get_ref() != yd.kind.get_ref() || !a.is_empty() {
-        writeln!(out, "  synthetic {}{}", n(y.kind.get_ref()), args(&a))?;
+    diff!(rows, |x: &u64| x.to_string());
+    diff!(seed, |x: &u64| x.to_string());
+    diff!(dim, |x: &u64| x.to_string());
+    diff!(correlation, |x: &f64| num(*x));
+    diff!(scale, |x: &f64| num(*x));
+    diff!(sin_terms, |x: &u64| x.to_string());
+    diff!(sin_sd, |x: &f64| num(*x));
+    diff!(noise_sd, |x: &f64| num(*x));
+    diff!(cardinality, |x: &u64| x.to_string());
+    if keep(&y.kind, &yd.kind) || !a.is_empty() {
+        out.mark(&y.kind);
+        write!(out, "  synthetic {}", n(y.kind.get_ref()))?;
+        args(out, &a)?;
+        writeln!(out)?;
     }
     if !s.features.is_empty() {
         writeln!(out)?;
     }
     for f in &s.features {
-        let mut a: Vec<(&str, String)> = Vec::new();
+        let mut a: Vec<Arg> = Vec::new();
         if let Some(v) = &f.hash_buckets {
-            a.push(("hash", v.get_ref().to_string()));
+            a.push(sp_arg("hash", v, |x| x.to_string()));
         }
         if let Some(v) = &f.vocabulary {
-            a.push(("vocab", strs(v.get_ref().iter())));
+            a.push(sp_arg("vocab", v, |x| strs(x.iter())));
         }
         if let Some(v) = &f.width {
-            a.push(("width", v.get_ref().to_string()));
+            a.push(sp_arg("width", v, |x| x.to_string()));
         }
         if let Some(v) = &f.transform {
-            a.push(("transform", n(v.get_ref())));
+            a.push(sp_arg("transform", v, |x| n(x)));
         }
         if let Some(v) = &f.mean {
-            a.push(("mean", num(*v.get_ref())));
+            a.push(sp_arg("mean", v, |x| num(*x)));
         }
         if let Some(v) = &f.std {
-            a.push(("std", num(*v.get_ref())));
+            a.push(sp_arg("std", v, |x| num(*x)));
         }
         if let Some(v) = &f.fill {
-            a.push(("fill", num(*v.get_ref())));
+            a.push(sp_arg("fill", v, |x| num(*x)));
         }
-        write!(out, "  feature {}: {}{}", n(f.name.get_ref()), n(f.kind.get_ref()), args(&a))?;
+        out.mark(&f.name);
+        out.mark(&f.kind);
+        write!(out, "  feature {}: {}", n(f.name.get_ref()), n(f.kind.get_ref()))?;
+        args(out, &a)?;
         if let Some(e) = &f.embedding_dim {
+            out.mark(e);
             write!(out, " embed {}", e.get_ref())?;
         }
         if let Some(c) = &f.column {
+            out.mark(c);
             write!(out, " column {}", q(c.get_ref()))?;
         }
         writeln!(out)?;
     }
     for c in &s.crosses {
         let names: Vec<String> = c.features.get_ref().iter().map(|x| n(x.get_ref())).collect();
+        out.mark(&c.name);
+        out.mark(&c.op);
+        out.mark(&c.features);
         writeln!(out, "  cross {} = {}({})", n(c.name.get_ref()), n(c.op.get_ref()), names.join(", "))?;
     }
     if !s.layers.is_empty() {
         writeln!(out)?;
     }
     for l in &s.layers {
+        if let Some(name) = &l.name {
+            out.mark(name);
+        }
+        out.mark(&l.kind);
         write!(out, "  layer ")?;
         if let Some(name) = &l.name {
             write!(out, "{}: ", n(name.get_ref()))?;
         }
         write!(out, "{} {{ ", n(l.kind.get_ref()))?;
+        out.mark(&l.units);
+        for v in [&l.experts].into_iter().flatten() {
+            out.mark(v);
+        }
+        for v in [&l.activation].into_iter().flatten() {
+            out.mark(v);
+        }
+        for v in [&l.task_experts].into_iter().flatten() {
+            out.mark(v);
+        }
+        for v in [&l.dropout].into_iter().flatten() {
+            out.mark(v);
+        }
         match &l.experts {
             Some(e) => write!(out, "experts {} x {}", e.get_ref(), ints(l.units.get_ref()))?,
             None => write!(out, "units {}", ints(l.units.get_ref()))?,
@@ -245,21 +252,22 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
         if let Some(d) = &l.dropout {
             write!(out, " dropout {}", num(*d.get_ref()))?;
         }
-        let mut gate: Vec<(&str, String)> = Vec::new();
+        let mut gate: Vec<Arg> = Vec::new();
         if let Some(t) = &l.temperature {
-            gate.push(("temperature", num(*t.get_ref())));
+            gate.push(sp_arg("temperature", t, |x| num(*x)));
         }
         if let Some(k) = &l.top_k {
-            gate.push(("top_k", k.get_ref().to_string()));
+            gate.push(sp_arg("top_k", k, |x| x.to_string()));
         }
-        if let Some(n) = &l.noise {
-            gate.push(("noise", n.get_ref().to_string()));
+        if let Some(v) = &l.noise {
+            gate.push(sp_arg("noise", v, |x| x.to_string()));
         }
         if let Some(b) = &l.balance {
-            gate.push(("balance", num(*b.get_ref())));
+            gate.push(sp_arg("balance", b, |x| num(*x)));
         }
         if !gate.is_empty() {
-            write!(out, " gate{}", args(&gate))?;
+            write!(out, " gate")?;
+            args(out, &gate)?;
         }
         writeln!(out, " }}")?;
     }
@@ -267,6 +275,26 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
         writeln!(out)?;
     }
     for t in &s.tasks {
+        out.mark(&t.name);
+        out.mark(&t.kind);
+        for v in [&t.label, &t.only_where, &t.transform, &t.input, &t.activation].into_iter().flatten() {
+            out.mark(v);
+        }
+        for v in [&t.mean, &t.std, &t.dropout, &t.weight].into_iter().flatten() {
+            out.mark(v);
+        }
+        for v in [&t.product].into_iter().flatten() {
+            out.mark(v);
+        }
+        for v in [&t.tower].into_iter().flatten() {
+            out.mark(v);
+        }
+        if let Some(v) = &t.positive {
+            out.mark(v);
+        }
+        if let Some(v) = &t.classes {
+            out.mark(v);
+        }
         write!(out, "  task {}: {}(", n(t.name.get_ref()), n(t.kind.get_ref()))?;
         let mut parts = Vec::new();
         if let Some(l) = &t.label {
@@ -321,7 +349,7 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
     }
     let t = &s.train;
     let td = TrainSection::default();
-    let mut a: Vec<(&str, String)> = Vec::new();
+    let mut a: Vec<Arg> = Vec::new();
     for (k, v, dv) in [
         ("lr", &t.lr, &td.lr),
         ("beta1", &t.beta1, &td.beta1),
@@ -329,18 +357,28 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
         ("eps", &t.eps, &td.eps),
         ("weight_decay", &t.weight_decay, &td.weight_decay),
     ] {
-        if v.get_ref() != dv.get_ref() {
-            a.push((k, num(*v.get_ref())));
+        if keep(v, dv) {
+            a.push(sp_arg(k, v, |x| num(*x)));
         }
     }
     writeln!(out)?;
-    write!(out, "  train {{ {}{}", n(t.optimizer.get_ref()), args(&a))?;
-    if t.lr_decay_rate.get_ref() != td.lr_decay_rate.get_ref()
-        || t.lr_decay_epochs.get_ref() != td.lr_decay_epochs.get_ref()
+    let optional = [&t.select, &t.loss_balance].into_iter().flatten().map(|v| v.span());
+    let more = [&t.patience].into_iter().flatten().map(|v| v.span());
+    let decay = [t.lr_decay_rate.span(), t.lr_decay_epochs.span()];
+    for v in [t.optimizer.span(), t.batch_size.span(), t.epochs.span(), t.seed.span()]
+        .into_iter()
+        .chain(decay)
+        .chain(optional)
+        .chain(more)
     {
+        out.mark_span(v);
+    }
+    write!(out, "  train {{ {}", n(t.optimizer.get_ref()))?;
+    args(out, &a)?;
+    if keep(&t.lr_decay_rate, &td.lr_decay_rate) || keep(&t.lr_decay_epochs, &td.lr_decay_epochs) {
         write!(out, " decay(rate = {}, epochs = {})", num(*t.lr_decay_rate.get_ref()), t.lr_decay_epochs.get_ref())?;
     }
-    write!(out, " batch {} epochs {} seed {}", t.batch_size.get_ref(), t.epochs.get_ref(), t.seed)?;
+    write!(out, " batch {} epochs {} seed {}", t.batch_size.get_ref(), t.epochs.get_ref(), t.seed.get_ref())?;
     if let Some(sel) = &t.select {
         write!(out, " select {}", q(sel.get_ref()))?;
     }
@@ -348,14 +386,15 @@ fn write_spec(out: &mut String, s: &Spec) -> std::fmt::Result {
         write!(out, " patience {}", p.get_ref())?;
     }
     if let Some(b) = &t.loss_balance {
-        let mut a: Vec<(&str, String)> = Vec::new();
+        let mut a: Vec<Arg> = Vec::new();
         if let Some(x) = &t.gradnorm_alpha {
-            a.push(("alpha", num(*x.get_ref())));
+            a.push(sp_arg("alpha", x, |x| num(*x)));
         }
         if let Some(x) = &t.dwa_temperature {
-            a.push(("temperature", num(*x.get_ref())));
+            a.push(sp_arg("temperature", x, |x| num(*x)));
         }
-        write!(out, " balance {}{}", n(b.get_ref()), args(&a))?;
+        write!(out, " balance {}", n(b.get_ref()))?;
+        args(out, &a)?;
     }
     writeln!(out, " }}")?;
     writeln!(out, "}}")
