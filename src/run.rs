@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::candle::{candle_device, CandleBackend, CandleModel};
 use crate::backend::{Backend, Device};
-use crate::data::{self, fit::FittedLabel, Frame, LoadInfo, Need, NeedOwner};
+use crate::data::{self, fit::FittedFeature, fit::FittedLabel, fit::Fits, Frame, LoadInfo, Need, NeedOwner};
 use crate::export::provenance::{DataFile, Provenance, SplitRows};
 use crate::export::{self, BundleContents, ExportError, RunLock};
 use crate::lower::{self, Compiled};
@@ -49,9 +49,10 @@ pub struct TrainOptions {
 
 /// What a run reports while it works.
 pub enum Event<'a> {
-    /// A label statistic the spec left open was fitted on the training rows.
+    /// A statistic the spec left open was fitted on the training rows: `of` says
+    /// whose (`feature age`, `the labels of task income`).
     Fitted {
-        task: &'a str,
+        of: &'a str,
         what: String,
     },
     /// A data file is being read: bytes read so far (compressed ones for gzip) of its size.
@@ -263,7 +264,7 @@ pub fn train_spec(
         return Err(RunError::Exists { out, when });
     }
     let locate = spec_locator(src);
-    let (mut spec, mut c) = fit_open_labels(src, compiled, opts, &locate, observer)?;
+    let (mut spec, mut c) = fit_open(src, compiled, opts, &locate, observer)?;
     // The overrides go into the spec too, so that the bundle says what was trained.
     if let Some(e) = opts.epochs {
         c.train.epochs = e.max(1);
@@ -422,42 +423,47 @@ fn data_paths(source: &crate::ir::DataSource, train_override: Option<&Path>) -> 
     }
 }
 
-/// Fits the label statistics the spec leaves open and pins them into the spec, which
+/// Fits the statistics the spec leaves open and pins them into the spec, which
 /// is lowered again; returns the spec (for the bundle) and the compiled result.
-fn fit_open_labels(
+fn fit_open(
     src: &SourceFile,
     compiled: Compiled,
     opts: &TrainOptions,
     locate: &dyn Fn(&Need) -> String,
     observer: &mut dyn Observer,
 ) -> Result<(crate::spec::Spec, Compiled), RunError> {
-    let fitted = data::fit::fit_labels(&compiled.model, &compiled.data, opts.data.as_deref(), locate)?;
+    let fitted = data::fit::fit(&compiled.model, &compiled.data, opts.data.as_deref(), locate)?;
     pin_fitted(src, compiled, fitted, observer)
 }
 
-/// Pins fitted label statistics into the spec of `src` and lowers it again; returns the
+/// Pins fitted statistics into the spec of `src` and lowers it again; returns the
 /// spec (for a bundle) and the compiled result, whose data and training settings stay
 /// the caller's.
 pub fn pin_fitted(
     src: &SourceFile,
     compiled: Compiled,
-    fitted: Vec<FittedLabel>,
+    fitted: Fits,
     observer: &mut dyn Observer,
 ) -> Result<(crate::spec::Spec, Compiled), RunError> {
     let mut spec = crate::spec::parse(src).map_err(|e| RunError::Refit(format!("{} error(s) in the spec", e.len())))?;
     if fitted.is_empty() {
         return Ok((spec, compiled));
     }
-    for FittedLabel { task, classes, mean_std } in fitted {
-        let name = compiled.model.tasks[task].name.as_str();
+    for FittedLabel { task, classes, mean_std } in fitted.labels {
+        let of = format!("the labels of task {}", compiled.model.tasks[task].name);
         if let Some(classes) = classes {
-            observer.on(&Event::Fitted { task: name, what: format!("classes {}", classes.join(", ")) });
+            observer.on(&Event::Fitted { of: &of, what: format!("classes {}", classes.join(", ")) });
             spec.pin_classes(task, classes);
         }
         if let Some((mean, std)) = mean_std {
-            observer.on(&Event::Fitted { task: name, what: format!("label mean {mean:.6} std {std:.6}") });
+            observer.on(&Event::Fitted { of: &of, what: format!("mean {mean:.6} std {std:.6}") });
             spec.pin_label_stats(task, mean, std);
         }
+    }
+    for FittedFeature { feature, mean, std } in fitted.features {
+        let name = &compiled.model.features[feature].name;
+        observer.on(&Event::Fitted { of: &format!("feature {name}"), what: format!("mean {mean:.6} std {std:.6}") });
+        spec.pin_feature_stats(name, mean, std);
     }
     let refit = lower::lower(&spec, src)
         .map_err(|es| RunError::Refit(es.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;

@@ -154,6 +154,19 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: FormatArg,
     },
+    /// Fit the statistics a spec leaves open (zscore means and standard deviations,
+    /// label classes and statistics) on its training data; print the spec with them
+    /// pinned, comments kept.
+    Fit {
+        /// The spec (.toml or .mg).
+        spec: PathBuf,
+        /// Fit on this CSV instead of the spec's training data.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Rewrite the spec in place instead of printing it.
+        #[arg(long)]
+        write: bool,
+    },
     /// Train a grid over spec fields, every combination with every seed; write every
     /// run (sweep.csv) and mean ± sd per combination, best first (sweep.md).
     Sweep {
@@ -416,6 +429,7 @@ pub fn run() -> ExitCode {
         Command::Export { bundle, format: ExportArg::Onnx, out } => export_onnx(&bundle, &out),
         Command::Evaluate { bundle, data, group, format, .. } => evaluate(&bundle, &data, group.as_deref(), format),
         Command::Analyze { spec, data, format } => analyze(&spec, data.as_deref(), format),
+        Command::Fit { spec, data, write } => fit(&spec, data.as_deref(), write),
         Command::Plot { runs, out } => plot(&runs, &out),
         Command::Sweep { spec, set, seeds, jobs, out, rows, epochs, .. } => {
             sweep(&spec, set, &seeds, jobs, out, rows, epochs)
@@ -767,6 +781,35 @@ fn sweep(
     print!("{md}");
     println!("every run: {}; this table: {}", out.join("sweep.csv").display(), out.join("sweep.md").display());
     Ok(())
+}
+
+fn fit(path: &Path, data_path: Option<&Path>, write: bool) -> Result<(), Failure> {
+    let (src, c) = compile(path)?;
+    let locate = run::spec_locator(&src);
+    let fitted = data::fit::fit(&c.model, &c.data, data_path, &locate)?;
+    let nothing = fitted.is_empty();
+    let (spec, _) = run::pin_fitted(&src, c, fitted, &mut Said)?;
+    if nothing {
+        eprintln!("{}: nothing to fit (every statistic is pinned)", src.name);
+    }
+    let syntax = multigate::spec::Syntax::of(&src.name);
+    let text = multigate::spec::format(&spec, Some((&src.text, syntax)), syntax);
+    if write {
+        return write_atomic(path, text.as_bytes());
+    }
+    print!("{text}");
+    Ok(())
+}
+
+/// Prints what was fitted to stderr (stdout carries the spec).
+struct Said;
+
+impl run::Observer for Said {
+    fn on(&mut self, e: &run::Event) {
+        if let run::Event::Fitted { of, what } = e {
+            eprintln!("fitted on the training rows, {of}: {what}");
+        }
+    }
 }
 
 fn analyze(path: &Path, data_path: Option<&Path>, format: FormatArg) -> Result<(), Failure> {

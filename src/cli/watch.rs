@@ -82,7 +82,7 @@ macro_rules! say {
 impl Observer for Printer {
     fn on(&mut self, event: &Event<'_>) {
         match event {
-            Event::Fitted { task, what } => say!(self, "fitted on the training labels of task {task}: {what}"),
+            Event::Fitted { of, what } => say!(self, "fitted on the training rows, {of}: {what}"),
             Event::Built { compiled } => {
                 let threads = auto_threads(compiled.model.flops_per_sample(), compiled.train.batch_size);
                 say!(
@@ -212,7 +212,7 @@ fn keyed<T: serde::Serialize>(names: &[String], values: &[T]) -> serde_json::Val
 impl Observer for JsonLog {
     fn on(&mut self, event: &Event<'_>) {
         let v = match event {
-            Event::Fitted { task, what } => json!({"event": "fitted", "task": task, "what": what}),
+            Event::Fitted { of, what } => json!({"event": "fitted", "of": of, "what": what}),
             Event::Built { compiled } => {
                 auto_threads(compiled.model.flops_per_sample(), compiled.train.batch_size);
                 self.names = compiled.model.tasks.iter().map(|t| t.name.clone()).collect();

@@ -1,13 +1,51 @@
-//! Label statistics a spec leaves open, fitted on the training rows before the model
-//! is built: the classes of a multiclass task (sorted distinct labels) and the mean
-//! and standard deviation of a standardized regression label. The caller pins them
-//! into the spec, so a bundle's spec carries them and predicts without data.
+//! Statistics a spec leaves open, fitted on the training rows before the model is
+//! built: the classes of a multiclass task (sorted distinct labels), the mean and
+//! standard deviation of a standardized regression label, and those of a dense feature
+//! with `transform = "zscore"` and no numbers. The caller pins them into the spec, so
+//! a bundle's spec carries them and predicts without data; a spec may still pin them
+//! by hand.
 //!
 //! They are fitted on the training file(s) (or the generated rows) before any held-out
 //! fraction is split off.
 
-use super::{csv_source, needs, synthetic, Column, DataError, Frame, Need};
-use crate::ir::{DataConfig, DataSource, Head, LabelTransform, Model};
+use super::{csv_source, dense_columns, needs, synthetic, Column, DataError, Frame, Need, NeedOwner};
+use crate::ir::{DataConfig, DataSource, FeatureKind, Head, LabelTransform, Model, Transform};
+
+/// Everything fitted for one model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fits {
+    pub labels: Vec<FittedLabel>,
+    pub features: Vec<FittedFeature>,
+}
+
+impl Fits {
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.features.is_empty()
+    }
+}
+
+/// The fitted `(mean, std)` of one dense feature's raw values (all its columns
+/// together, missing values left out).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FittedFeature {
+    pub feature: usize,
+    pub mean: f64,
+    pub std: f64,
+}
+
+/// Dense features whose zscore statistics the spec leaves to the data.
+pub fn open_features(model: &Model) -> Vec<usize> {
+    (0..model.features.len())
+        .filter(|&i| {
+            matches!(model.features[i].kind, FeatureKind::Dense { transform: Transform::ZScore { mean, .. }, .. } if mean.is_nan())
+        })
+        .collect()
+}
+
+/// Whether anything in `model` is still to be fitted; such a model must not encode data.
+pub fn is_open(model: &Model) -> bool {
+    !open_labels(model).is_empty() || !open_features(model).is_empty()
+}
 
 /// What was fitted for one task.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,19 +67,25 @@ pub fn open_labels(model: &Model) -> Vec<usize> {
 }
 
 /// Fits every open statistic of `model` on its training rows.
-pub fn fit_labels(
+pub fn fit(
     model: &Model,
     data: &DataConfig,
     train_override: Option<&std::path::Path>,
     spec_at: &dyn Fn(&Need) -> String,
-) -> Result<Vec<FittedLabel>, DataError> {
-    let open = open_labels(model);
-    if open.is_empty() {
-        return Ok(Vec::new());
+) -> Result<Fits, DataError> {
+    let open_tasks = open_labels(model);
+    let open_feats = open_features(model);
+    if open_tasks.is_empty() && open_feats.is_empty() {
+        return Ok(Fits::default());
     }
-    let columns: Vec<String> =
-        open.iter().filter_map(|&t| model.tasks[t].label.as_ref()).map(|l| l.column.clone()).collect();
-    let wanted: Vec<Need> = needs(model).into_iter().filter(|n| n.is_label && columns.contains(&n.column)).collect();
+    let wanted: Vec<Need> = needs(model)
+        .into_iter()
+        .filter(|n| match &n.owner {
+            NeedOwner::Task(t) => n.is_label && open_tasks.iter().any(|&i| &model.tasks[i].name == t),
+            NeedOwner::Feature(f) => open_feats.iter().any(|&i| &model.features[i].name == f),
+            NeedOwner::Caller => false,
+        })
+        .collect();
     let frames = training_frames(model, data, train_override, &wanted, spec_at)?;
     fit_on_frames(model, &frames)
 }
@@ -72,8 +116,53 @@ pub fn training_frames(
 }
 
 /// Fits every open statistic of `model` on rows already read (`frames`).
-pub fn fit_on_frames(model: &Model, frames: &[Frame]) -> Result<Vec<FittedLabel>, DataError> {
-    open_labels(model).into_iter().map(|t| fit_task(model, t, frames)).collect()
+pub fn fit_on_frames(model: &Model, frames: &[Frame]) -> Result<Fits, DataError> {
+    Ok(Fits {
+        labels: open_labels(model).into_iter().map(|t| fit_task(model, t, frames)).collect::<Result<_, _>>()?,
+        features: open_features(model).into_iter().map(|i| fit_feature(model, i, frames)).collect::<Result<_, _>>()?,
+    })
+}
+
+/// Mean and (population) standard deviation of the finite values, two passes.
+fn mean_std<'a>(values: impl Fn() -> Box<dyn Iterator<Item = f32> + 'a>) -> (usize, f64, f64) {
+    let (mut n, mut sum) = (0usize, 0f64);
+    for x in values().filter(|x| x.is_finite()) {
+        n += 1;
+        sum += x as f64;
+    }
+    let mean = sum / n.max(1) as f64;
+    let sq: f64 = values().filter(|x| x.is_finite()).map(|x| (x as f64 - mean).powi(2)).sum();
+    (n, mean, (sq / n.max(1) as f64).sqrt())
+}
+
+fn fit_feature(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedFeature, DataError> {
+    let f = &model.features[i];
+    let FeatureKind::Dense { width, .. } = f.kind else {
+        return Err(DataError::Other(format!("feature `{}` is not dense", f.name)));
+    };
+    let columns = dense_columns(&f.column, width);
+    let mut all: Vec<&[f32]> = Vec::new();
+    for frame in frames {
+        for c in &columns {
+            match frame.column_as(c, true) {
+                Some(Column::Num(v)) => all.push(v),
+                _ => {
+                    return Err(DataError::Other(format!(
+                        "feature `{}`: column `{c}` is not numeric in the training data",
+                        f.name
+                    )))
+                }
+            }
+        }
+    }
+    let (n, mean, std) = mean_std(|| Box::new(all.iter().flat_map(|v| v.iter().copied())));
+    if n < 2 || !(std > 0.0) {
+        return Err(DataError::Other(format!(
+            "feature `{}` (transform = \"zscore\"): {n} value(s) in the training data with standard deviation {std}: nothing to standardize by; drop the feature or declare `mean` and `std`",
+            f.name
+        )));
+    }
+    Ok(FittedFeature { feature: i, mean, std })
 }
 
 fn fit_task(model: &Model, t: usize, frames: &[Frame]) -> Result<FittedLabel, DataError> {
@@ -108,19 +197,14 @@ fn fit_task(model: &Model, t: usize, frames: &[Frame]) -> Result<FittedLabel, Da
             fitted.classes = Some(seen.into_iter().collect());
         }
         _ => {
-            let (mut n, mut sum, mut sq) = (0usize, 0f64, 0f64);
+            let mut all: Vec<&[f32]> = Vec::new();
             for f in frames {
                 let Some(Column::Num(v)) = f.column_as(&label.column, true) else {
                     return Err(what("not numeric in the training data".into()));
                 };
-                for &y in v.iter().filter(|y| y.is_finite()) {
-                    n += 1;
-                    sum += y as f64;
-                    sq += (y as f64) * (y as f64);
-                }
+                all.push(v);
             }
-            let mean = sum / n.max(1) as f64;
-            let std = (sq / n.max(1) as f64 - mean * mean).max(0.0).sqrt();
+            let (n, mean, std) = mean_std(|| Box::new(all.iter().flat_map(|v| v.iter().copied())));
             if n < 2 || !(std > 0.0) {
                 return Err(what(format!(
                     "{n} finite value(s) with standard deviation {std}: nothing to standardize by"

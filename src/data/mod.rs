@@ -191,6 +191,11 @@ pub fn encode_training(model: &Model, frame: &Frame) -> Result<Dataset, DataErro
 }
 
 fn encode_with(model: &Model, frame: &Frame, require_labels: bool, check_positive: bool) -> Result<Dataset, DataError> {
+    if fit::is_open(model) {
+        return Err(DataError::Other(
+            "the model has statistics still to fit on the training rows (a zscore feature or a label without its numbers); fit them first (`data::fit::fit`, which training runs)".into(),
+        ));
+    }
     let missing = |c: &str| DataError::Other(format!("{}: column `{c}` missing", frame.origin.name));
     let mut ds = Dataset { rows: frame.rows, ..Default::default() };
     ds.dense_width =

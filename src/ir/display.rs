@@ -48,6 +48,9 @@ impl fmt::Display for Model {
                     let t = match transform {
                         Transform::None => "none".to_string(),
                         Transform::Log1p => "log1p".to_string(),
+                        Transform::ZScore { mean, .. } if mean.is_nan() => {
+                            "zscore(fitted on the training rows)".to_string()
+                        }
                         Transform::ZScore { mean, std } => format!("zscore(mean={mean}, std={std})"),
                     };
                     writeln!(f, "  feature {}: dense[{width}] {t} fill {fill} <- {:?}", feat.name, feat.column)?;

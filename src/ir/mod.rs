@@ -100,6 +100,8 @@ impl Encoding {
 pub enum Transform {
     None,
     Log1p,
+    /// `(x - mean) / std`; NaN statistics are open, fitted on the training rows
+    /// before the model is built (`data::fit`).
     ZScore { mean: f32, std: f32 },
 }
 

@@ -355,11 +355,13 @@ impl Lower {
                         self.range("std", std.is_finite() && std > 0.0, std, "a positive number", s.span());
                         Transform::ZScore { mean: mean as f32, std: std as f32 }
                     }
+                    // Neither: fitted on the training rows before the model is built.
+                    (None, None) => Transform::ZScore { mean: f32::NAN, std: f32::NAN },
                     _ => {
                         self.errors.push(LowerError::Missing {
-                            what: "`mean` and `std`",
+                            what: "`mean` and `std` (both, or neither to fit them on the training rows)",
                             span: t.span(),
-                            help: Some("zscore computes (x - mean) / std from declared values".into()),
+                            help: Some("zscore computes (x - mean) / std".into()),
                         });
                         Transform::None
                     }

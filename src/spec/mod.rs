@@ -603,6 +603,14 @@ impl Spec {
         }
     }
 
+    /// Pins a zscore feature's mean and standard deviation (fitted on the training rows).
+    pub fn pin_feature_stats(&mut self, feature: &str, mean: f64, std: f64) {
+        if let Some(f) = self.features.iter_mut().find(|f| f.name.get_ref() == feature) {
+            f.mean = Some(sp(mean));
+            f.std = Some(sp(std));
+        }
+    }
+
     /// The spec as canonical TOML, every default written out. This is what a bundle stores.
     pub fn to_toml(&self) -> String {
         // Serialising plain data structs to TOML cannot fail: no maps with non-string keys,

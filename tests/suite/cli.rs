@@ -188,6 +188,28 @@ fn fmt_converts_checks_and_keeps_comments() {
 }
 
 #[test]
+fn fit_pins_open_statistics_into_the_spec_keeping_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f.toml");
+    let text = "# the model\n[model]\nname = \"f\"\n\n[data.synthetic]\nkind = \"categorical\"\nrows = 2000\n\n\
+                [[features]]\nname = \"d\"\ntype = \"dense\"\ntransform = \"zscore\"  # fitted\n\n\
+                [[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n";
+    std::fs::write(&p, text).unwrap();
+    let (code, out, err) = mg(&["fit", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("fitted on the training rows, feature d: mean"), "{err}");
+    assert!(out.starts_with("# the model\n") && out.contains("transform = \"zscore\"  # fitted\nmean = "), "{out}");
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), text, "printing leaves the file alone");
+    let (code, _, err) = mg(&["fit", "--write", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), out);
+    let (code, again, err) = mg(&["fit", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("nothing to fit"), "{err}");
+    assert_eq!(again, out);
+}
+
+#[test]
 fn every_shipped_spec_is_in_canonical_form() {
     for e in std::fs::read_dir(repo().join("models")).unwrap() {
         let p = e.unwrap().path();

@@ -150,6 +150,43 @@ fn standardize_statistics_are_fitted_on_the_training_labels_and_pinned_into_the_
 }
 
 #[test]
+fn zscore_statistics_left_out_are_fitted_on_the_training_rows_and_pinned_into_the_bundle() {
+    let text = spec("[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n")
+        .replace("name = \"d\"\ntype = \"dense\"\n", "name = \"d\"\ntype = \"dense\"\ntransform = \"zscore\"\n");
+    let c = compile_ok("zoo.toml", &text);
+    assert!(format!("{}", *c.model).contains("zscore(fitted on the training rows)"));
+    // An open model refuses to encode rather than producing NaN inputs.
+    let multigate::ir::DataSource::Synthetic(s) = &c.data.source else { unreachable!() };
+    let frame = data::synthetic::generate(&c.model, s, s.rows);
+    let e = data::encode(&c.model, &frame, true).unwrap_err().to_string();
+    assert!(e.contains("still to fit"), "{e}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let done = train(&text, &tmp.path().join("b"));
+    let multigate::ir::FeatureKind::Dense { transform: multigate::ir::Transform::ZScore { mean, std }, .. } =
+        done.compiled.model.features[2].kind
+    else {
+        panic!("zscore feature")
+    };
+    // The same numbers, computed directly on the generated rows (missing values left out).
+    let Some(data::Column::Num(d)) = frame.column_as("d", true) else { panic!() };
+    let d: Vec<f64> = d.iter().filter(|v| v.is_finite()).map(|&v| v as f64).collect();
+    let m = d.iter().sum::<f64>() / d.len() as f64;
+    let sd = (d.iter().map(|&v| (v - m).powi(2)).sum::<f64>() / d.len() as f64).sqrt();
+    assert!(((mean as f64) - m).abs() < 1e-5 && ((std as f64) - sd).abs() < 1e-5, "{mean} {std} vs {m} {sd}");
+    let spec_toml = std::fs::read_to_string(done.out.join("spec.toml")).unwrap();
+    assert!(spec_toml.contains(&format!("mean = {m}")), "{spec_toml}");
+    let p = Predictor::load(&done.out, multigate::backend::Device::Cpu).unwrap();
+    assert_eq!(p.compiled().model.features[2].kind, done.compiled.model.features[2].kind);
+
+    // Half of the pair is a mistake, pointed at.
+    let half = text.replace("transform = \"zscore\"\n", "transform = \"zscore\"\nmean = 1.0\n");
+    let src = SourceFile::from_text("zoo.toml", half);
+    let e = multigate::pipeline::compile_source(&src).err().expect("half a pair is an error").render(Some(&src), false);
+    assert!(e.contains("`mean` and `std` (both, or neither"), "{e}");
+}
+
+#[test]
 fn multiclass_classes_come_from_the_training_labels_and_predict_writes_one_column_each() {
     let text = spec(
         "[[tasks]]\nname = \"kind\"\nkind = \"multiclass\"\nlabel = \"category\"\ntower = [8]\n\n\
