@@ -498,22 +498,28 @@ impl TrainObserver for Watch<'_> {
 pub fn spec_locator(src: &SourceFile) -> impl Fn(&Need) -> String + '_ {
     let spec = crate::spec::parse(src).ok();
     move |need: &Need| {
-        let span = spec.as_ref().and_then(|s| match &need.owner {
-            NeedOwner::Feature(name) => s
-                .features
-                .iter()
-                .find(|f| f.name.get_ref() == name)
-                .map(|f| f.column.as_ref().map_or_else(|| f.name.span(), |c| c.span())),
-            NeedOwner::Task(name) => {
-                s.tasks.iter().find(|t| t.name.get_ref() == name).and_then(|t| t.label.as_ref()).map(|l| l.span())
-            }
-            NeedOwner::Caller => None,
-        });
+        let span = spec.as_ref().and_then(|s| need_span(s, need));
         match (span, &need.owner) {
             (Some(span), _) => format!("{} at {}", need.reader, src.locate(&span)),
             (None, NeedOwner::Caller) => need.reader.clone(),
             (None, _) => format!("{} in {}", need.reader, src.name),
         }
+    }
+}
+
+/// Where a spec asks for a column: the feature's `column` (or its name), the task's
+/// `label`.
+pub fn need_span(spec: &crate::spec::Spec, need: &Need) -> Option<std::ops::Range<usize>> {
+    match &need.owner {
+        NeedOwner::Feature(name) => spec
+            .features
+            .iter()
+            .find(|f| f.name.get_ref() == name)
+            .map(|f| f.column.as_ref().map_or_else(|| f.name.span(), |c| c.span())),
+        NeedOwner::Task(name) => {
+            spec.tasks.iter().find(|t| t.name.get_ref() == name).and_then(|t| t.label.as_ref()).map(|l| l.span())
+        }
+        NeedOwner::Caller => None,
     }
 }
 

@@ -75,6 +75,11 @@ enum Command {
     Check {
         /// The spec (.toml or .mg).
         spec: PathBuf,
+        /// Also load the data as training would (labels parse, positive values occur);
+        /// with a path, check that CSV instead of the spec's training files. Without
+        /// it, the columns are still looked up in each file's header when the files exist.
+        #[arg(long, num_args = 0..=1, value_name = "CSV")]
+        data: Option<Option<PathBuf>>,
     },
     /// Compile a spec, train it, report per-task metrics and write a bundle.
     CompileAndTrain {
@@ -291,9 +296,43 @@ enum Command {
         /// Exit 1 if the file is not in canonical form; write nothing.
         #[arg(long)]
         check: bool,
-        /// Rewrite the file in place (refused when it has comments, which fmt drops).
+        /// Rewrite the file in place (comments kept).
         #[arg(long, conflicts_with = "check")]
         write: bool,
+    },
+    /// Write a starting spec from a data file: numeric columns become dense features,
+    /// the rest hashed categoricals, the label columns tasks, with an MMoE layer.
+    Init {
+        /// The training CSV (optionally .gz).
+        data: PathBuf,
+        /// A label column, one task each: `COL`, or `COL=VALUE` for a binary task whose
+        /// positive value is VALUE; repeatable.
+        #[arg(long = "label", required = true, value_name = "COL[=VALUE]")]
+        labels: Vec<String>,
+        /// Columns that are not inputs (ids, weights, leaks), comma-separated; repeatable.
+        #[arg(long, value_delimiter = ',')]
+        ignore: Vec<String>,
+        /// Column names for a file without a header, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        columns: Vec<String>,
+        /// Field delimiter (default `,`).
+        #[arg(long, default_value = ",")]
+        delimiter: char,
+        /// A validation file for the spec.
+        #[arg(long)]
+        validation: Option<PathBuf>,
+        /// A test file for the spec.
+        #[arg(long)]
+        test: Option<PathBuf>,
+        /// The model's name (default: the data file's stem).
+        #[arg(long)]
+        name: Option<String>,
+        /// Write the spec here (.toml or .mg) instead of printing TOML.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace an existing --out file.
+        #[arg(long)]
+        force: bool,
     },
     /// Draw the model: features, embeddings, experts, gates, towers, with shapes.
     Graph {
@@ -402,7 +441,7 @@ pub fn run() -> ExitCode {
         std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
     }
     let result = match cli.command {
-        Command::Check { spec } => check(&spec),
+        Command::Check { spec, data } => check(&spec, data),
         Command::CompileAndTrain {
             spec,
             data,
@@ -446,6 +485,9 @@ pub fn run() -> ExitCode {
             bench::bench(&spec, batch, steps, device, optimizer.as_deref())
         }
         Command::Fmt { file, to, check, write } => fmt(&file, to, check, write),
+        Command::Init { data, labels, ignore, columns, delimiter, validation, test, name, out, force } => {
+            init(data, labels, ignore, columns, delimiter, validation, test, name, out, force)
+        }
         Command::Graph { spec, format } => graph(&spec, format),
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -503,10 +545,74 @@ pub(crate) fn compile(path: &Path) -> Result<(SourceFile, Compiled), Failure> {
     }
 }
 
-fn check(path: &Path) -> Result<(), Failure> {
-    let (_, c) = compile(path)?;
+fn check(path: &Path, data_arg: Option<Option<PathBuf>>) -> Result<(), Failure> {
+    let (src, c) = compile(path)?;
     print!("{}", *c.model);
+    let over = data_arg.as_ref().and_then(|d| d.as_deref());
+    let files = data::check::files(&c.data, over);
+    let absent_files: Vec<String> =
+        files.iter().filter(|(p, _)| !p.exists()).map(|(p, _)| p.display().to_string()).collect();
+    if !absent_files.is_empty() {
+        let what = format!("not found: {}", absent_files.join(", "));
+        if data_arg.is_some() {
+            return Err(Failure::new(1, format!("error: cannot check the data: {what}")));
+        }
+        eprintln!("note: the data was not checked ({what})");
+        return Ok(());
+    }
+    let absent = data::check::absent_columns(&c.model, &c.data, over)?;
+    if !absent.is_empty() {
+        let spec = multigate::spec::parse(&src).ok();
+        let text: Vec<String> = absent
+            .iter()
+            .map(|a| {
+                let d = AbsentColumn {
+                    message: format!(
+                        "column `{}` is not in {}",
+                        a.need.column,
+                        a.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                    span: spec.as_ref().and_then(|s| run::need_span(s, &a.need)).map(Into::into),
+                    reader: format!("{} reads it", a.need.reader),
+                    help: a.suggestion.clone(),
+                };
+                multigate::diag::render(&src, &d, colour())
+            })
+            .collect();
+        return Err(Failure::new(
+            2,
+            format!("{}\n{} column(s) missing from the data of {}", text.join("\n"), absent.len(), src.name),
+        ));
+    }
+    if !files.is_empty() {
+        eprintln!("data: every column found in the header of {} file(s)", files.len());
+    }
+    if data_arg.is_some() {
+        let locate = run::spec_locator(&src);
+        let fitted = data::fit::fit(&c.model, &c.data, over, &locate)?;
+        let (_, c) = run::pin_fitted(&src, c, fitted, &mut Said)?;
+        let (splits, _) = data::load_splits(&c.model, &c.data, over, &locate)?;
+        eprintln!(
+            "data: {} training, {} validation and {} test rows load and encode as training would",
+            splits.train.rows,
+            splits.validation.rows,
+            splits.test.as_ref().map_or(0, |t| t.rows)
+        );
+    }
     Ok(())
+}
+
+/// A column the spec reads that a data file lacks, pointed at in the spec.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{message}")]
+#[diagnostic(code(multigate::data::absent_column))]
+struct AbsentColumn {
+    message: String,
+    #[label("{reader}")]
+    span: Option<miette::SourceSpan>,
+    reader: String,
+    #[help]
+    help: Option<String>,
 }
 
 fn compile_and_train(
@@ -680,7 +786,7 @@ fn input_format(predictor: &run::Predictor) -> multigate::ir::CsvFormat {
     match &predictor.compiled().data.source {
         DataSource::Csv(c) => c.format.clone(),
         DataSource::Synthetic(_) => {
-            multigate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None }
+            multigate::ir::CsvFormat::default_csv()
         }
     }
 }
@@ -983,6 +1089,71 @@ fn fmt(path: &Path, to: Option<SyntaxArg>, check: bool, write: bool) -> Result<(
         return write_atomic(path, text.as_bytes());
     }
     print!("{text}");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn init(
+    data: PathBuf,
+    labels: Vec<String>,
+    ignore: Vec<String>,
+    columns: Vec<String>,
+    delimiter: char,
+    validation: Option<PathBuf>,
+    test: Option<PathBuf>,
+    name: Option<String>,
+    out: Option<PathBuf>,
+    force: bool,
+) -> Result<(), Failure> {
+    use multigate::spec::{self, Syntax};
+    if !delimiter.is_ascii() {
+        return Err(Failure::new(2, "error: --delimiter must be one ASCII character"));
+    }
+    if let Some(o) = &out {
+        if o.exists() && !force {
+            return Err(Failure::new(1, format!("error: {} exists; pass --force to replace it", o.display())));
+        }
+    }
+    let stem = data.file_name().map_or("model".to_string(), |s| s.to_string_lossy().to_string());
+    let stem = stem.split('.').next().unwrap_or("model").to_string();
+    let spec_dir = out.as_ref().and_then(|o| o.parent()).filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let opts = multigate::init::InitOptions {
+        data,
+        labels: labels
+            .iter()
+            .map(|l| match l.split_once('=') {
+                Some((c, v)) => (c.to_string(), Some(v.to_string())),
+                None => (l.clone(), None),
+            })
+            .collect(),
+        ignore,
+        columns,
+        delimiter: delimiter as u8,
+        validation,
+        test,
+        spec_dir,
+        name: name.unwrap_or_else(|| stem.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()),
+    };
+    let (text, inferred) = multigate::init::init(&opts)?;
+    let width = inferred.iter().map(|i| i.column.len()).max().unwrap_or(0);
+    for i in &inferred {
+        eprintln!("  {:width$}  {}", i.column, i.role);
+    }
+    // What init wrote must compile; then it is put in canonical form, in the syntax asked.
+    let target = out.as_deref().map_or(Syntax::Toml, |o| Syntax::of(&o.display().to_string()));
+    let src = SourceFile::from_text("init.toml", text.clone());
+    let parsed = spec::parse(&src).map_err(|es| Failure::new(1, format!("error: init wrote a spec that does not parse ({} error(s)):\n{text}", es.len())))?;
+    if let Err(e) = multigate::pipeline::compile_source(&src) {
+        return Err(Failure::new(1, format!("error: init wrote a spec that does not compile:\n{}", e.render(Some(&src), false))));
+    }
+    let canonical = spec::format(&parsed, Some((&text, Syntax::Toml)), target);
+    match out {
+        Some(o) => {
+            write_atomic(&o, canonical.as_bytes())?;
+            eprintln!("wrote {}; next: multigate compile-and-train {}", o.display(), o.display());
+        }
+        None => print!("{canonical}"),
+    }
     Ok(())
 }
 

@@ -127,6 +127,45 @@ fn read_problem(e: &std::io::Error, gzip_offset: Option<u64>) -> String {
     }
 }
 
+/// A CSV file's column names without reading its rows: the header line, or the
+/// spec's `columns` (checked against the first row's field count).
+pub fn read_header(path: &Path, format: &CsvFormat) -> Result<Vec<String>, DataError> {
+    let shown = path.display().to_string();
+    let opened = open(path, format.delimiter)?;
+    let gzip_offset = opened.gzip.then(|| opened.read.clone());
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(format.delimiter)
+        .has_headers(false)
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(opened.reader);
+    let mut first = csv::StringRecord::new();
+    let got = rdr.read_record(&mut first).map_err(|e| DataError::BadRow {
+        at: format!("{shown}:1"),
+        problem: match e.kind() {
+            csv::ErrorKind::Io(io) => read_problem(io, gzip_offset.as_ref().map(|c| c.get())),
+            _ => e.to_string(),
+        },
+    })?;
+    if !got {
+        return Err(DataError::NoRows { path: shown });
+    }
+    if format.header {
+        return Ok(first.iter().map(str::to_string).collect());
+    }
+    if first.len() != format.columns.len() {
+        return Err(DataError::BadRow {
+            at: format!("{shown}:1"),
+            problem: format!(
+                "the first row has {} fields, and [data] columns names {}",
+                first.len(),
+                format.columns.len()
+            ),
+        });
+    }
+    Ok(format.columns.clone())
+}
+
 enum Builder {
     Num(Vec<f32>),
     Cat(Interner),
@@ -226,10 +265,13 @@ pub fn read_csv_with(
                     available.truncate(400);
                     available.push_str(", ...");
                 }
+                let hint = crate::diag::did_you_mean(&need.column, header.iter().map(String::as_str))
+                    .map_or_else(String::new, |h| format!("{h} "));
                 return Err(DataError::MissingColumn {
                     path: shown,
                     column: need.column.clone(),
                     spec_at: spec_at(need),
+                    hint,
                     available,
                 });
             }

@@ -109,7 +109,7 @@ pub fn training_frames(
             files.iter().map(|f| csv_source::read_csv(f, &c.format, wanted, true, spec_at)).collect()
         }
         (DataSource::Synthetic(_), Some(p)) => {
-            let format = crate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None };
+            let format = crate::ir::CsvFormat::default_csv();
             Ok(vec![csv_source::read_csv(p, &format, wanted, true, spec_at)?])
         }
     }

@@ -7,6 +7,7 @@
 //! `Frame` or feed [`encode`] chunk by chunk.
 
 pub mod analyze;
+pub mod check;
 pub mod csv_source;
 pub mod fit;
 pub mod frame;
@@ -24,8 +25,8 @@ use hash::hash_bucket;
 pub enum DataError {
     #[error("cannot open {path}: {source}")]
     Open { path: String, source: std::io::Error },
-    #[error("{path}: column `{column}` is not in the file (wanted by {spec_at}); the file has: {available}")]
-    MissingColumn { path: String, column: String, spec_at: String, available: String },
+    #[error("{path}: column `{column}` is not in the file (wanted by {spec_at}); {hint}the file has: {available}")]
+    MissingColumn { path: String, column: String, spec_at: String, hint: String, available: String },
     #[error("{at}: {problem}")]
     BadRow { at: String, problem: String },
     #[error("{at}: column `{column}`: {problem}")]
@@ -480,7 +481,7 @@ pub fn load_splits_with(
         }
         (DataSource::Synthetic(_), Some(p)) => {
             // A synthetic spec trained on a file: plain CSV with a header.
-            let format = crate::ir::CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None };
+            let format = crate::ir::CsvFormat::default_csv();
             read_files(&[p.to_path_buf()], &format, None, None, &mut info)?
         }
     };

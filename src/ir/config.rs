@@ -43,6 +43,13 @@ pub struct CsvFormat {
     pub missing: Option<String>,
 }
 
+impl CsvFormat {
+    /// A plain CSV file with a header: what `--data` reads for a synthetic spec.
+    pub fn default_csv() -> CsvFormat {
+        CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CsvConfig {
     pub train: Vec<PathBuf>,

@@ -357,13 +357,21 @@ impl Lower {
                     }
                     // Neither: fitted on the training rows before the model is built.
                     (None, None) => Transform::ZScore { mean: f32::NAN, std: f32::NAN },
-                    _ => {
+                    (given, _) => {
+                        let (what, span) = match given {
+                            Some(m) => ("`std`", m.span()),
+                            None => ("`mean`", f.std.as_ref().map_or_else(|| t.span(), |s| s.span())),
+                        };
                         self.errors.push(LowerError::Missing {
-                            what: "`mean` and `std` (both, or neither to fit them on the training rows)",
-                            span: t.span(),
-                            help: Some("zscore computes (x - mean) / std".into()),
+                            what,
+                            span,
+                            help: Some(
+                                "zscore takes both `mean` and `std`, or neither (then both are fitted on the training rows)"
+                                    .into(),
+                            ),
                         });
-                        Transform::None
+                        // Still a zscore, so that `mean` is not also reported as out of place.
+                        Transform::ZScore { mean: f32::NAN, std: f32::NAN }
                     }
                 },
             };

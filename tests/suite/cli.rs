@@ -210,6 +210,49 @@ fn fit_pins_open_statistics_into_the_spec_keeping_comments() {
 }
 
 #[test]
+fn check_looks_up_every_column_in_the_data_and_loads_it_with_data() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t.csv"), "age,city,click\n30,paris,1\n40,rome,0\n50,oslo,0\n").unwrap();
+    let spec = |age: &str, label: &str, positive: &str| {
+        format!(
+            "[model]\nname = \"c\"\n\n[data]\nsource = \"csv\"\ntrain = [\"t.csv\"]\nvalidation_fraction = 0.34\n\n\
+             [[features]]\nname = \"{age}\"\ntype = \"dense\"\n\n\
+             [[features]]\nname = \"city\"\ntype = \"categorical\"\nhash_buckets = 10\n\n\
+             [[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"{label}\"\npositive = \"{positive}\"\n"
+        )
+    };
+    let p = dir.path().join("c.toml");
+    let path = p.to_str().unwrap();
+    // Two misspellings, both reported at once, at their lines, with suggestions.
+    std::fs::write(&p, spec("agee", "clik", "1")).unwrap();
+    let (code, _, err) = mg(&["check", path]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("column `agee` is not in") && err.contains("did you mean `age`?"), "{err}");
+    assert!(err.contains("column `clik` is not in") && err.contains("did you mean `click`?"), "{err}");
+    assert!(err.contains("c.toml:10:") && err.contains("2 column(s) missing"), "{err}");
+    // Columns found: the header is enough without --data.
+    std::fs::write(&p, spec("age", "click", "yes")).unwrap();
+    let (code, _, err) = mg(&["check", path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("every column found"), "{err}");
+    // --data loads the rows: a positive value that never occurs is found.
+    let (code, _, err) = mg(&["check", path, "--data"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("yes"), "{err}");
+    std::fs::write(&p, spec("age", "click", "1")).unwrap();
+    let (code, _, err) = mg(&["check", path, "--data"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("training") && err.contains("load and encode"), "{err}");
+    // Files that are not there: checked without data, noted; with --data, an error.
+    std::fs::remove_file(dir.path().join("t.csv")).unwrap();
+    let (code, _, err) = mg(&["check", path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("not checked"), "{err}");
+    let (code, _, err) = mg(&["check", path, "--data"]);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[test]
 fn every_shipped_spec_is_in_canonical_form() {
     for e in std::fs::read_dir(repo().join("models")).unwrap() {
         let p = e.unwrap().path();
