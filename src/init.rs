@@ -182,7 +182,8 @@ pub fn init(opts: &InitOptions) -> Result<(String, Vec<Inferred>), DataError> {
 
     let mut inferred = Vec::new();
     let mut features = String::new();
-    let mut tasks = String::new();
+    // (label column, its table): written in the order of --label.
+    let mut tasks: Vec<(String, String)> = Vec::new();
     for need in &needs {
         let column = &need.column;
         let Some(crate::data::Column::Cat { dict, codes }) = frame.column_as(column, false) else { continue };
@@ -225,11 +226,14 @@ pub fn init(opts: &InitOptions) -> Result<(String, Vec<Inferred>), DataError> {
                     )))
                 }
             };
-            tasks += &format!(
-                "\n[[tasks]]\nname = {}\nkind = \"{kind}\"\nlabel = {}\n{extra}tower = [8]\n",
-                quote(&name),
-                quote(column)
-            );
+            tasks.push((
+                column.clone(),
+                format!(
+                    "\n[[tasks]]\nname = {}\nkind = \"{kind}\"\nlabel = {}\n{extra}tower = [8]\n",
+                    quote(&name),
+                    quote(column)
+                ),
+            ));
             inferred.push(Inferred { column: column.clone(), role });
             continue;
         }
@@ -276,6 +280,11 @@ pub fn init(opts: &InitOptions) -> Result<(String, Vec<Inferred>), DataError> {
         inferred.push(Inferred { column: c.clone(), role: "ignored (--ignore)".into() });
     }
 
+    let tasks: String = opts
+        .labels
+        .iter()
+        .filter_map(|(l, _)| tasks.iter().find(|(c, _)| c == l).map(|(_, t)| t.as_str()))
+        .collect();
     let mut data = format!("\n[data]\nsource = \"csv\"\ntrain = [{}]\n", quote(&relative_to(&opts.data, &opts.spec_dir)));
     if let Some(v) = &opts.validation {
         data += &format!("validation = {}\n", quote(&relative_to(v, &opts.spec_dir)));

@@ -253,6 +253,61 @@ fn check_looks_up_every_column_in_the_data_and_loads_it_with_data() {
 }
 
 #[test]
+fn init_writes_a_spec_that_trains_with_roles_inferred_from_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    // 300 rows: a wide-ranging age, a heavy-tailed count, a city, a numeric code,
+    // a rare string label, a 0/1 label, a duration and an id to ignore.
+    let mut csv = String::from("user id,age,spend,city,plan,bought,click,minutes\n");
+    for i in 0..300u64 {
+        let spend = if i % 20 == 0 { 5000 + i * 37 } else { i % 80 };
+        let city = ["paris", "rome", "oslo", "lima"][(i % 4) as usize];
+        let bought = if i % 10 == 0 { "yes" } else { "no" };
+        csv += &format!("{i},{},{spend},{city},{},{bought},{},{}.5\n", 18 + (i * 7919) % 80, i % 3, (i / 2) % 2, (i * 13) % 97);
+    }
+    let data = dir.path().join("rows.csv");
+    std::fs::write(&data, csv).unwrap();
+    let out = dir.path().join("spec.toml");
+    let args = ["init", data.to_str().unwrap(), "--label", "bought", "--label", "click", "--label", "minutes"];
+    let (code, _, err) = mg(&[&args[..], &["--ignore", "user id", "--out", out.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{err}");
+    let said = err.split_whitespace().collect::<Vec<_>>().join(" ");
+    for role in [
+        "age dense, zscore",
+        "spend dense, log1p",
+        "city categorical, 4 distinct",
+        "plan categorical, 3 distinct",
+        "bought binary task, positive `yes` (the rarer value)",
+        "click binary task (0/1)",
+        "minutes regression task",
+        "user id ignored",
+    ] {
+        assert!(said.contains(role), "{role}: {err}");
+    }
+    let spec = std::fs::read_to_string(&out).unwrap();
+    assert!(spec.starts_with("# Written by `multigate init`") && spec.contains("train = [\"rows.csv\"]"), "{spec}");
+    // It is canonical, and it trains (zscore statistics fitted on the way).
+    let (code, _, err) = mg(&["fmt", "--check", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let run = dir.path().join("run");
+    let (code, _, err) =
+        mg(&["compile-and-train", out.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "1", "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(run.join("spec.toml")).unwrap().contains("mean = "));
+    // The file is kept; a typo in a label is caught with a suggestion.
+    let (code, _, err) = mg(&[&args[..], &["--out", out.to_str().unwrap()]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    let (code, _, err) = mg(&["init", data.to_str().unwrap(), "--label", "clik"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("did you mean `click`?"), "{err}");
+    // DSL on request.
+    let mg_out = dir.path().join("spec.mg");
+    let (code, _, err) = mg(&[&args[..], &["--out", mg_out.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(&mg_out).unwrap().contains("model rows {"));
+}
+
+#[test]
 fn every_shipped_spec_is_in_canonical_form() {
     for e in std::fs::read_dir(repo().join("models")).unwrap() {
         let p = e.unwrap().path();

@@ -75,3 +75,43 @@ fn samples_parse_through_the_pipeline() {
     assert_eq!(ds.rows, 200);
     assert!(ds.labels[1].contains(&1.0) && ds.labels[1].contains(&0.0));
 }
+
+#[test]
+fn init_on_the_census_training_file_infers_the_hand_written_roles_and_trains() {
+    let Some(root) = shared_data("init on census") else { return };
+    let census = root.join("census-income-kdd");
+    let hand = std::fs::read_to_string(repo().join("models/census_income_mmoe.toml")).unwrap();
+    let list = &hand[hand.find("columns = [").unwrap()..];
+    let list = &list[..list.find(']').unwrap()];
+    let columns: Vec<String> = list.split('"').skip(1).step_by(2).map(str::to_string).collect();
+    assert_eq!(columns.len(), 42);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = multigate::init::InitOptions {
+        data: census.join("census-income.data.gz"),
+        labels: vec![("income_50k".into(), None), ("marital_stat".into(), Some("Never married".into()))],
+        ignore: vec!["instance_weight".into(), "education".into()],
+        columns,
+        delimiter: b',',
+        validation: Some(census.join("paper-split/validation.gz")),
+        test: None,
+        spec_dir: dir.path().to_path_buf(),
+        name: "census_init".into(),
+    };
+    let (text, roles) = multigate::init::init(&opts).unwrap();
+    let role = |c: &str| roles.iter().find(|r| r.column == c).map(|r| r.role.clone()).unwrap_or_default();
+    assert!(role("age").starts_with("dense, zscore"), "{roles:?}");
+    assert!(role("capital_gains").starts_with("dense, log1p"), "{roles:?}");
+    assert!(role("det_ind_code").starts_with("categorical, 52 distinct"), "{roles:?}");
+    assert!(role("income_50k").contains("positive `50000+.`"), "{roles:?}");
+    // It trains: one epoch already separates incomes.
+    let spec = dir.path().join("census_init.toml");
+    std::fs::write(&spec, &text).unwrap();
+    let src = multigate::source::SourceFile::read(&spec).unwrap();
+    let c = multigate::pipeline::compile_source(&src).unwrap_or_else(|e| panic!("{}", e.render(Some(&src), false)));
+    let mut opts = multigate::run::TrainOptions::default();
+    opts.out = Some(dir.path().join("run"));
+    opts.epochs = Some(1);
+    let done = multigate::run::train_spec(&src, c, &opts, &mut multigate::run::Silent).unwrap();
+    let TaskMetrics::Binary(m) = &done.report.validation[0] else { panic!("binary") };
+    assert!(m.auc.is_some_and(|a| a > 0.93), "income validation AUC {:?}", m.auc);
+}
