@@ -157,7 +157,11 @@ fn relative_to(path: &Path, dir: &Path) -> String {
 pub fn init(opts: &InitOptions) -> Result<(String, Vec<Inferred>), DataError> {
     let header_given = opts.columns.is_empty();
     let format = CsvFormat { delimiter: opts.delimiter, header: header_given, columns: opts.columns.clone(), missing: None };
-    let header = csv_source::read_header(&opts.data, &format)?;
+    let first = crate::data::source::expand(&opts.data)?.into_iter().next();
+    let header = match &first {
+        Some(part) => crate::data::source::header(part, &format)?,
+        None => Vec::new(),
+    };
     for (l, _) in &opts.labels {
         if !header.contains(l) {
             let hint = crate::diag::did_you_mean(l, header.iter().map(String::as_str)).unwrap_or_default();
@@ -178,7 +182,7 @@ pub fn init(opts: &InitOptions) -> Result<(String, Vec<Inferred>), DataError> {
             is_label: false,
         })
         .collect();
-    let frame = csv_source::read_csv(&opts.data, &format, &needs, true, &|n| n.reader.clone())?;
+    let frame = crate::data::source::read_path(&opts.data, &format, &needs, true, &|n| n.reader.clone())?;
 
     let mut inferred = Vec::new();
     let mut features = String::new();

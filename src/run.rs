@@ -36,6 +36,10 @@ pub struct TrainOptions {
     pub epochs: Option<usize>,
     /// Rows of the synthetic generator.
     pub rows: Option<usize>,
+    /// The last training day of the spec's date window.
+    pub cur_date: Option<String>,
+    /// Days of training partitions of the spec's date window.
+    pub days: Option<u32>,
     pub device: Device,
     /// Continue from the checkpoint of an interrupted run.
     pub resume: bool,
@@ -264,7 +268,33 @@ pub fn train_spec(
         return Err(RunError::Exists { out, when });
     }
     let locate = spec_locator(src);
+    let mut compiled = compiled;
+    if opts.cur_date.is_some() || opts.days.is_some() {
+        let window = match &mut compiled.data.source {
+            crate::ir::DataSource::Csv(c) => c.window.as_mut(),
+            crate::ir::DataSource::Synthetic(_) => None,
+        };
+        let Some(w) = window else {
+            return Err(RunError::Other(
+                "--cur-date and --days move the spec's date window: declare [data] partition_date and cur_date".into(),
+            ));
+        };
+        if let Some(d) = &opts.cur_date {
+            if data::source::parse_date(d).is_none() {
+                return Err(RunError::Other(format!("--cur-date {d}: expected a date such as 2026-11-28")));
+            }
+            w.cur = d.clone();
+        }
+        if let Some(n) = opts.days {
+            w.days = n.max(1);
+        }
+    }
     let (mut spec, mut c) = fit_open(src, compiled, opts, &locate, observer)?;
+    // The window goes into the spec too, so that the bundle says what was trained on.
+    if let crate::ir::DataSource::Csv(crate::ir::CsvConfig { window: Some(w), .. }) = &c.data.source {
+        spec.data.cur_date = Some(toml::Spanned::new(0..0, w.cur.clone()));
+        spec.data.days = Some(toml::Spanned::new(0..0, w.days as u64));
+    }
     // The overrides go into the spec too, so that the bundle says what was trained.
     if let Some(e) = opts.epochs {
         c.train.epochs = e.max(1);
@@ -291,7 +321,7 @@ pub fn train_spec(
         validation: splits.validation.rows,
         test: splits.test.as_ref().map_or(0, |t| t.rows),
     });
-    let data_files = data_paths(&c.data.source, opts.data.as_deref())
+    let data_files = data_paths(&c.data.source, opts.data.as_deref())?
         .iter()
         .map(|p| DataFile::of(p).map_err(|e| data::DataError::Open { path: p.display().to_string(), source: e }))
         .collect::<Result<Vec<_>, _>>()?;
@@ -411,15 +441,26 @@ pub fn train_spec(
     Ok(RunResult { compiled: c, report, out })
 }
 
-/// The data files a run reads: `--data`, or the spec's training, validation and test
-/// files; none for the synthetic generator.
-fn data_paths(source: &crate::ir::DataSource, train_override: Option<&Path>) -> Vec<PathBuf> {
+/// The data files a run reads (folders and globs expanded, a date window's parts):
+/// `--data`, or the spec's training, validation and test files; none for the
+/// synthetic generator.
+fn data_paths(source: &crate::ir::DataSource, train_override: Option<&Path>) -> Result<Vec<PathBuf>, data::DataError> {
+    let paths = |p: &Path| -> Result<Vec<PathBuf>, data::DataError> {
+        Ok(data::source::expand(p)?.into_iter().map(|part| part.path).collect())
+    };
     match (source, train_override) {
-        (_, Some(p)) => vec![p.to_path_buf()],
-        (crate::ir::DataSource::Csv(c), None) => {
-            c.train.iter().chain(c.validation.iter()).chain(c.test.iter()).cloned().collect()
+        (crate::ir::DataSource::Csv(c), over) => {
+            let (train, window) = data::source::training_parts(c, over)?;
+            let mut out: Vec<PathBuf> = train.into_iter().chain(window).map(|p| p.path).collect();
+            if over.is_none() {
+                for p in c.validation.iter().chain(c.test.iter()) {
+                    out.extend(paths(p)?);
+                }
+            }
+            Ok(out)
         }
-        (crate::ir::DataSource::Synthetic(_), None) => Vec::new(),
+        (crate::ir::DataSource::Synthetic(_), Some(p)) => paths(p),
+        (crate::ir::DataSource::Synthetic(_), None) => Ok(Vec::new()),
     }
 }
 
@@ -727,7 +768,7 @@ impl Predictor {
 fn frame_from_text(needs: &[Need], columns: &[(String, Vec<String>)]) -> Result<Frame, PredictError> {
     let rows = columns.first().map_or(0, |c| c.1.len());
     let mut frame =
-        Frame { rows, origin: data::Origin { name: "request".into(), lines: Vec::new() }, ..Default::default() };
+        Frame { rows, origin: data::Origin { name: "request".into(), lines: Vec::new(), later: Vec::new() }, ..Default::default() };
     for need in needs.iter().filter(|n| !n.is_label) {
         let Some((_, values)) = columns.iter().find(|(n, _)| *n == need.column) else {
             return Err(PredictError::Input(format!("column `{}` (read by {}) is missing", need.column, need.reader)));

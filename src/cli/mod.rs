@@ -99,6 +99,12 @@ enum Command {
         /// Override the synthetic generator's row count.
         #[arg(long)]
         rows: Option<usize>,
+        /// Override the last training day of the spec's date window ([data] cur_date).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        cur_date: Option<String>,
+        /// Override the days of training partitions of the date window ([data] days).
+        #[arg(long)]
+        days: Option<u32>,
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: Device,
@@ -448,6 +454,8 @@ pub fn run() -> ExitCode {
             out,
             epochs,
             rows,
+            cur_date,
+            days,
             device,
             resume,
             fresh,
@@ -458,7 +466,8 @@ pub fn run() -> ExitCode {
             ..
         } => {
             let command = std::env::args().collect();
-            let opts = run::TrainOptions { data, out, epochs, rows, device, resume, fresh, force, command };
+            let opts =
+                run::TrainOptions { data, out, epochs, rows, cur_date, days, device, resume, fresh, force, command };
             compile_and_train(&spec, opts, !no_tensorboard, quiet, log_format)
         }
         Command::Predict { bundle, data, out, device, gates, keep, evaluate, .. } => {
@@ -551,7 +560,7 @@ fn check(path: &Path, data_arg: Option<Option<PathBuf>>) -> Result<(), Failure> 
     let over = data_arg.as_ref().and_then(|d| d.as_deref());
     let files = data::check::files(&c.data, over);
     let absent_files: Vec<String> =
-        files.iter().filter(|(p, _)| !p.exists()).map(|(p, _)| p.display().to_string()).collect();
+        files.iter().filter(|(p, _)| data::source::expand(p).is_err()).map(|(p, _)| p.display().to_string()).collect();
     if !absent_files.is_empty() {
         let what = format!("not found: {}", absent_files.join(", "));
         if data_arg.is_some() {
@@ -766,7 +775,7 @@ fn read_inputs(
     let mut needs: Vec<Need> = predictor.needs().iter().filter(|n| labels || !n.is_label).cloned().collect();
     needs.extend(extra);
     let format = input_format(predictor);
-    Ok(data::csv_source::read_csv(data_path, &format, &needs, labels, &run::spec_locator(predictor.source()))?)
+    Ok(data::source::read_path(data_path, &format, &needs, labels, &run::spec_locator(predictor.source()))?)
 }
 
 /// A column the command line asks for (`--keep`, `--group`), read as text.

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{csv_source, needs, DataError, Need};
+use super::{needs, DataError, Need};
 use crate::ir::{CsvFormat, DataConfig, DataSource, Model};
 
 /// A column the model reads that one or more files lack.
@@ -39,8 +39,13 @@ pub fn files(data: &DataConfig, train_override: Option<&Path>) -> Vec<(PathBuf, 
 pub fn absent_columns(model: &Model, data: &DataConfig, train_override: Option<&Path>) -> Result<Vec<Absent>, DataError> {
     let wanted = needs(model);
     let mut out = Vec::new();
-    for (file, format) in files(data, train_override) {
-        let header = csv_source::read_header(&file, &format)?;
+    let mut parts = Vec::new();
+    for (path, format) in files(data, train_override) {
+        parts.extend(super::source::expand(&path)?.into_iter().map(|p| (p, format.clone())));
+    }
+    for (part, format) in parts {
+        let header = super::source::header(&part, &format)?;
+        let file = part.path.clone();
         for need in &wanted {
             if header.contains(&need.column) {
                 continue;

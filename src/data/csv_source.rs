@@ -329,7 +329,7 @@ pub fn read_csv_with(
             Builder::Cat(i) => i.finish(),
         })
         .collect();
-    Ok(Frame { names, columns, rows: lines.len(), origin: Origin { name: shown, lines } })
+    Ok(Frame { names, columns, rows: lines.len(), origin: Origin { name: shown, lines, later: Vec::new() } })
 }
 
 /// A numeric field: a finite `f32`. A literal NaN or infinity, and a value beyond the

@@ -8,7 +8,7 @@
 //! They are fitted on the training file(s) (or the generated rows) before any held-out
 //! fraction is split off.
 
-use super::{csv_source, dense_columns, needs, synthetic, Column, DataError, Frame, Need, NeedOwner};
+use super::{dense_columns, needs, synthetic, Column, DataError, Frame, Need, NeedOwner};
 use crate::ir::{DataConfig, DataSource, FeatureKind, Head, LabelTransform, Model, Transform};
 
 /// Everything fitted for one model.
@@ -102,15 +102,13 @@ pub fn training_frames(
     match (&data.source, train_override) {
         (DataSource::Synthetic(s), None) => Ok(vec![synthetic::generate(model, s, s.rows)]),
         (DataSource::Csv(c), over) => {
-            let files: Vec<std::path::PathBuf> = match over {
-                Some(p) => vec![p.to_path_buf()],
-                None => c.train.clone(),
-            };
-            files.iter().map(|f| csv_source::read_csv(f, &c.format, wanted, true, spec_at)).collect()
+            let (parts, _) = super::source::training_parts(c, over)?;
+            parts.iter().map(|part| super::source::read_part(part, &c.format, wanted, true, spec_at, &|_, _| {})).collect()
         }
         (DataSource::Synthetic(_), Some(p)) => {
             let format = crate::ir::CsvFormat::default_csv();
-            Ok(vec![csv_source::read_csv(p, &format, wanted, true, spec_at)?])
+            let parts = super::source::expand(p)?;
+            parts.iter().map(|part| super::source::read_part(part, &format, wanted, true, spec_at, &|_, _| {})).collect()
         }
     }
 }

@@ -36,10 +36,15 @@ pub struct Origin {
     pub name: String,
     /// 1-based line of each row in the file; empty for generated data.
     pub lines: Vec<u64>,
+    /// Further parts appended ([`Frame::append`]): rows from the index on are theirs.
+    pub later: Vec<(usize, Origin)>,
 }
 
 impl Origin {
     pub fn describe(&self, row: usize) -> String {
+        if let Some((start, part)) = self.later.iter().rev().find(|(start, _)| *start <= row) {
+            return part.describe(row - start);
+        }
         match self.lines.get(row) {
             Some(line) => format!("{}:{line}", self.name),
             None => format!("{} row {}", self.name, row + 1),
@@ -76,6 +81,45 @@ impl Frame {
         any
     }
 
+    /// Appends `other`'s rows (the parts of one dataset): every column of `self` is
+    /// matched by name and form in `other`. Row origins stay per part.
+    pub fn append(&mut self, other: Frame) -> Result<(), String> {
+        if self.rows == 0 && self.columns.is_empty() {
+            *self = other;
+            return Ok(());
+        }
+        let mut columns = Vec::with_capacity(self.columns.len());
+        for (name, col) in self.names.iter().zip(std::mem::take(&mut self.columns)) {
+            let numeric = matches!(col, Column::Num(_));
+            let theirs = other
+                .names
+                .iter()
+                .zip(&other.columns)
+                .find(|(n, c)| *n == name && matches!(c, Column::Num(_)) == numeric)
+                .map(|(_, c)| c)
+                .ok_or_else(|| format!("{}: column `{name}` is missing", other.origin.name))?;
+            columns.push(match (col, theirs) {
+                (Column::Num(mut a), Column::Num(b)) => {
+                    a.extend_from_slice(b);
+                    Column::Num(a)
+                }
+                (Column::Cat { dict, codes }, Column::Cat { dict: d2, codes: c2 }) => {
+                    let mut i = Interner::from_parts(dict, codes);
+                    for &c in c2 {
+                        i.push(&d2[c as usize]);
+                    }
+                    i.finish()
+                }
+                _ => unreachable!("matched by form above"),
+            });
+        }
+        self.columns = columns;
+        // Rows of a later part are described by that part's origin.
+        self.origin.later.push((self.rows, other.origin));
+        self.rows += other.rows;
+        Ok(())
+    }
+
     /// Writes the frame as CSV with a header.
     pub fn write_csv<W: std::io::Write>(&self, w: W) -> csv::Result<()> {
         let mut out = csv::Writer::from_writer(w);
@@ -100,6 +144,12 @@ pub struct Interner {
 }
 
 impl Interner {
+    /// An interner holding an existing dictionary and codes, to extend.
+    pub fn from_parts(dict: Vec<String>, codes: Vec<u32>) -> Interner {
+        let index = dict.iter().enumerate().map(|(i, d)| (d.clone(), i as u32)).collect();
+        Interner { index, dict, codes }
+    }
+
     pub fn push(&mut self, value: &str) {
         let code = match self.index.get(value) {
             Some(c) => *c,

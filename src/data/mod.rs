@@ -12,7 +12,9 @@ pub mod csv_source;
 pub mod fit;
 pub mod frame;
 pub mod hash;
+pub mod parquet_source;
 pub mod ranges;
+pub mod source;
 pub mod synthetic;
 
 pub use frame::{Column, Frame, Origin};
@@ -45,7 +47,7 @@ pub enum ColumnKind {
 }
 
 /// A column the model reads, and who reads it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Need {
     pub column: String,
     pub kind: ColumnKind,
@@ -438,32 +440,25 @@ pub fn load_splits_with(
     use crate::ir::{DataSource, SyntheticKind};
     let needs = needs(model);
     let mut info = LoadInfo::default();
-    let read = |path: &std::path::Path, format: &crate::ir::CsvFormat, training: bool| -> Result<Dataset, DataError> {
-        let frame = csv_source::read_csv_with(path, format, &needs, true, spec_at, &|r, t| progress(path, r, t))?;
-        if training {
-            encode_training(model, &frame)
-        } else {
-            encode(model, &frame, true)
-        }
-    };
-    // Training files (concatenated), and the validation and test files when given.
-    let read_files = |files: &[std::path::PathBuf],
-                      format: &crate::ir::CsvFormat,
-                      val: Option<&std::path::Path>,
-                      test: Option<&std::path::Path>,
-                      info: &mut LoadInfo|
-     -> Result<(Dataset, Option<Dataset>, Option<Dataset>), DataError> {
-        if files.is_empty() {
-            return Err(DataError::Other(
-                "the spec names no training file: set [data] train = [\"...\"] or pass --data".into(),
-            ));
-        }
+    // Files (parts of folders and globs), each encoded, concatenated.
+    let read_parts = |parts: &[source::Part], format: &crate::ir::CsvFormat, training: bool| -> Result<Dataset, DataError> {
         let mut all = Dataset::default();
-        for f in files {
-            all.extend(read(f, format, true)?);
+        for part in parts {
+            let p = part.path.as_path();
+            let frame = source::read_part(part, format, &needs, true, spec_at, &|r, t| progress(p, r, t))?;
+            all.extend(if training { encode_training(model, &frame)? } else { encode(model, &frame, true)? });
         }
-        info.source = files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-        Ok((all, val.map(|p| read(p, format, false)).transpose()?, test.map(|p| read(p, format, false)).transpose()?))
+        Ok(all)
+    };
+    let read_path = |path: &std::path::Path, format: &crate::ir::CsvFormat| -> Result<Dataset, DataError> {
+        read_parts(&source::expand(path)?, format, false)
+    };
+    let describe = |parts: &[source::Part]| -> String {
+        match parts {
+            [one] => one.path.display().to_string(),
+            [first, .., last] => format!("{} files, {} .. {}", parts.len(), first.path.display(), last.path.display()),
+            [] => String::new(),
+        }
     };
     let (all, validation, test) = match (&data.source, train_override) {
         (DataSource::Synthetic(s), None) => {
@@ -475,14 +470,28 @@ pub fn load_splits_with(
             }
             (ds, None, None)
         }
-        (DataSource::Csv(c), Some(p)) => read_files(&[p.to_path_buf()], &c.format, None, None, &mut info)?,
-        (DataSource::Csv(c), None) => {
-            read_files(&c.train, &c.format, c.validation.as_deref(), c.test.as_deref(), &mut info)?
+        (DataSource::Csv(c), over) => {
+            let (train_parts, window_validation) = source::training_parts(c, over)?;
+            info.source = describe(&train_parts);
+            let all = read_parts(&train_parts, &c.format, true)?;
+            // With --data, the spec's validation and test files are not used.
+            let validation = match (over, &c.validation) {
+                (Some(_), _) => None,
+                (None, Some(v)) => Some(read_path(v, &c.format)?),
+                (None, None) if !window_validation.is_empty() => Some(read_parts(&window_validation, &c.format, false)?),
+                (None, None) => None,
+            };
+            let test = match (over, &c.test) {
+                (None, Some(t)) => Some(read_path(t, &c.format)?),
+                _ => None,
+            };
+            (all, validation, test)
         }
         (DataSource::Synthetic(_), Some(p)) => {
-            // A synthetic spec trained on a file: plain CSV with a header.
-            let format = crate::ir::CsvFormat::default_csv();
-            read_files(&[p.to_path_buf()], &format, None, None, &mut info)?
+            // A synthetic spec trained on a file: plain CSV with a header (or Parquet).
+            let parts = source::expand(p)?;
+            info.source = describe(&parts);
+            (read_parts(&parts, &crate::ir::CsvFormat::default_csv(), true)?, None, None)
         }
     };
     let seed = match &data.source {

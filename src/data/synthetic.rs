@@ -68,7 +68,7 @@ pub fn funnel_frame(model: &Model, cardinality: usize, rows: usize, seed: u64) -
         names.push(name.to_string());
         columns.push(Column::Num(col));
     }
-    Frame { names, columns, rows, origin: Origin { name: "synthetic funnel data".into(), lines: Vec::new() } }
+    Frame { names, columns, rows, origin: Origin { name: "synthetic funnel data".into(), lines: Vec::new(), later: Vec::new() } }
 }
 
 /// Settings of the MMoE generator.
@@ -140,7 +140,7 @@ pub fn mmoe_frame(model: &Model, p: &MmoeParams, rows: usize, seed: u64) -> Fram
             columns.push(Column::Num(y));
         }
     }
-    Frame { names, columns, rows, origin: Origin { name: "synthetic mmoe data".into(), lines: Vec::new() } }
+    Frame { names, columns, rows, origin: Origin { name: "synthetic mmoe data".into(), lines: Vec::new(), later: Vec::new() } }
 }
 
 /// Teacher weight of one categorical value for one task: a fixed N(0, 1) draw.
@@ -256,5 +256,5 @@ pub fn categorical_frame(model: &Model, cardinality: usize, rows: usize, seed: u
         names.push(label.column.clone());
         columns.push(col);
     }
-    Frame { names, columns, rows, origin: Origin { name: "synthetic categorical data".into(), lines: Vec::new() } }
+    Frame { names, columns, rows, origin: Origin { name: "synthetic categorical data".into(), lines: Vec::new(), later: Vec::new() } }
 }

@@ -52,10 +52,22 @@ impl CsvFormat {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CsvConfig {
+    /// Data paths: files (CSV, gzip CSV, Parquet), folders or globs.
     pub train: Vec<PathBuf>,
     pub validation: Option<PathBuf>,
     pub test: Option<PathBuf>,
     pub format: CsvFormat,
+    /// Train on the date partitions of a window, validate on the day after.
+    pub window: Option<DateWindow>,
+}
+
+/// A date window over Hive partitions keyed by `key`: the `days` days up to and
+/// including `cur` (a validated `YYYY-MM-DD`) train, the day after validates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DateWindow {
+    pub key: String,
+    pub cur: String,
+    pub days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

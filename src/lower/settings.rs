@@ -58,10 +58,37 @@ impl Lower {
                     self.name_check("column", c, &mut seen);
                 }
                 let path = |p: &Sp<String>| base.join(p.get_ref());
+                let window = match (&d.partition_date, &d.cur_date) {
+                    (Some(key), Some(cur)) => {
+                        let ok = crate::data::source::parse_date(cur.get_ref()).is_some();
+                        self.range("cur_date", ok, cur.get_ref(), "a date such as \"2026-11-28\"", cur.span());
+                        let days = d.days.as_ref().map_or(7, |n| self.count("days", n, 3660));
+                        Some(crate::ir::DateWindow { key: key.get_ref().clone(), cur: cur.get_ref().clone(), days: days as u32 })
+                    }
+                    (None, None) => {
+                        if let Some(n) = &d.days {
+                            self.errors.push(LowerError::Missing {
+                                what: "`partition_date` and `cur_date`",
+                                span: n.span(),
+                                help: Some("`days` counts date partitions back from `cur_date`".into()),
+                            });
+                        }
+                        None
+                    }
+                    (Some(s), None) | (None, Some(s)) => {
+                        self.errors.push(LowerError::Missing {
+                            what: "both `partition_date` and `cur_date`",
+                            span: s.span(),
+                            help: Some("a date window needs the partition key and the last training day".into()),
+                        });
+                        None
+                    }
+                };
                 DataSource::Csv(CsvConfig {
                     train: d.train.iter().map(path).collect(),
                     validation: d.validation.as_ref().map(path),
                     test: d.test.as_ref().map(path),
+                    window,
                     format: CsvFormat {
                         delimiter,
                         header: *d.header.get_ref(),

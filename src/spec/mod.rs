@@ -183,6 +183,17 @@ pub struct DataSection {
     /// as their own bucket; a missing label is an error. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<Sp<String>>,
+    /// The Hive partition key holding a date (`dt` in `dt=2026-11-28/`): with
+    /// `cur_date`, the training paths' partitions of the `days` days up to `cur_date`
+    /// train and the day after validates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_date: Option<Sp<String>>,
+    /// The last training day, `YYYY-MM-DD` (or `YYYYMMDD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cur_date: Option<Sp<String>>,
+    /// Days of training partitions up to `cur_date`. Default 7.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days: Option<Sp<u64>>,
 }
 
 /// Built-in generators.
@@ -543,6 +554,9 @@ impl Default for DataSection {
             header: d_true(),
             columns: Vec::new(),
             missing: None,
+            partition_date: None,
+            cur_date: None,
+            days: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 mod cli;
 mod csv_data;
+mod datasets;
 mod export;
 mod fmt;
 mod fused;

@@ -318,6 +318,9 @@ impl Builder {
             d.columns = v.into_inner();
         }
         d.missing = self.take_str(&mut a, "missing");
+        d.partition_date = self.take_str(&mut a, "partition_date");
+        d.cur_date = self.take_str(&mut a, "cur_date");
+        d.days = self.take_u64(&mut a, "days");
         self.finish(a, DATA_KEYS);
     }
 
@@ -722,6 +725,9 @@ const DATA_KEYS: &[&str] = &[
     "header",
     "columns",
     "missing",
+    "partition_date",
+    "cur_date",
+    "days",
 ];
 const SYNTHETIC_KEYS: &[&str] =
     &["rows", "seed", "dim", "correlation", "scale", "sin_terms", "sin_sd", "noise_sd", "cardinality"];

@@ -131,6 +131,15 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
     if let Some(v) = &d.missing {
         a.push(sp_arg("missing", v, |x| q(x)));
     }
+    if let Some(v) = &d.partition_date {
+        a.push(sp_arg("partition_date", v, |x| q(x)));
+    }
+    if let Some(v) = &d.cur_date {
+        a.push(sp_arg("cur_date", v, |x| q(x)));
+    }
+    if let Some(v) = &d.days {
+        a.push(sp_arg("days", v, |x| x.to_string()));
+    }
     out.mark(&d.source);
     write!(out, "  data {}", n(d.source.get_ref()))?;
     args(out, &a)?;

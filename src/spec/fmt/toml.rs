@@ -144,6 +144,9 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         t.entries.push(("columns", strings(d.columns.iter().map(|x| x.get_ref())), at));
     }
     t.opt("missing", &d.missing, |x| q(x));
+    t.opt("partition_date", &d.partition_date, |x| q(x));
+    t.opt("cur_date", &d.cur_date, |x| q(x));
+    t.opt("days", &d.days, |x| x.to_string());
     t.write(out)?;
 
     let y = &d.synthetic;

@@ -1,0 +1,261 @@
+//! Parquet files (as Spark and Hive write them) through arrow-rs: only the columns the
+//! model reads are decoded, a batch at a time. Types map as a CSV field would read:
+//! integers, floats and booleans are numbers (and their decimal text for a categorical);
+//! strings, dictionary and view strings are text (parsed strictly when a dense feature
+//! reads them); a null is a missing value.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Float64Type;
+use arrow_array::{Array, ArrayRef};
+use arrow_schema::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+
+use super::csv_source::parse_number;
+use super::frame::{Column, Frame, Interner, Origin};
+use super::{ColumnKind, DataError, Need};
+
+/// Rows decoded at a time.
+const BATCH: usize = 64 * 1024;
+
+fn corrupt(path: &Path, e: impl std::fmt::Display) -> DataError {
+    DataError::BadRow { at: path.display().to_string(), problem: format!("not a readable Parquet file: {e}") }
+}
+
+fn builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, DataError> {
+    let file = File::open(path).map_err(|source| DataError::Open { path: path.display().to_string(), source })?;
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| corrupt(path, e))
+}
+
+/// The column names of a Parquet file (its top-level fields), without reading rows.
+pub fn read_header(path: &Path) -> Result<Vec<String>, DataError> {
+    Ok(builder(path)?.schema().fields().iter().map(|f| f.name().clone()).collect())
+}
+
+enum Sink {
+    Num(Vec<f32>),
+    Cat(Interner),
+}
+
+/// Reads `needs` from a Parquet file. Label columns the file lacks are an error when
+/// `require_labels`, else skipped; `spec_at` names where the spec asks for a column;
+/// `progress` hears (bytes, file size), estimated from the rows decoded.
+pub fn read_parquet(
+    path: &Path,
+    needs: &[Need],
+    require_labels: bool,
+    spec_at: &dyn Fn(&Need) -> String,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Frame, DataError> {
+    let shown = path.display().to_string();
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    let b = builder(path)?;
+    let schema = b.schema().clone();
+    let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let total_rows = b.metadata().file_metadata().num_rows().max(0) as u64;
+
+    let mut names: Vec<String> = Vec::new();
+    let mut kinds: Vec<ColumnKind> = Vec::new();
+    let mut sinks: Vec<Sink> = Vec::new();
+    let mut roots: Vec<usize> = Vec::new();
+    for need in needs {
+        if names.iter().zip(&kinds).any(|(n, k)| *n == need.column && *k == need.kind) {
+            continue;
+        }
+        match header.iter().position(|h| *h == need.column) {
+            Some(i) => {
+                names.push(need.column.clone());
+                kinds.push(need.kind);
+                sinks.push(match need.kind {
+                    ColumnKind::Num => Sink::Num(Vec::new()),
+                    ColumnKind::Cat => Sink::Cat(Interner::default()),
+                });
+                if !roots.contains(&i) {
+                    roots.push(i);
+                }
+            }
+            None if need.is_label && !require_labels => {}
+            None => {
+                let hint = crate::diag::did_you_mean(&need.column, header.iter().map(String::as_str))
+                    .map_or_else(String::new, |h| format!("{h} "));
+                let mut available = header.join(", ");
+                if available.len() > 400 {
+                    available.truncate(400);
+                    available.push_str(", ...");
+                }
+                return Err(DataError::MissingColumn {
+                    path: shown,
+                    column: need.column.clone(),
+                    spec_at: spec_at(need),
+                    hint,
+                    available,
+                });
+            }
+        }
+    }
+    roots.sort_unstable();
+    let mask = ProjectionMask::roots(b.parquet_schema(), roots);
+    let reader = b.with_projection(mask).with_batch_size(BATCH).build().map_err(|e| corrupt(path, e))?;
+
+    let mut rows = 0usize;
+    for batch in reader {
+        let batch = batch.map_err(|e| DataError::BadRow {
+            at: format!("{shown} after row {rows}"),
+            problem: format!("cannot decode the next rows: {e}"),
+        })?;
+        for ((sink, name), _) in sinks.iter_mut().zip(&names).zip(&kinds) {
+            let array = batch
+                .column_by_name(name)
+                .ok_or_else(|| DataError::Other(format!("{shown}: column `{name}` vanished from a batch")))?;
+            let at = |i: usize| format!("{shown} row {}", rows + i + 1);
+            match sink {
+                Sink::Num(v) => push_numbers(v, array, name, &at)?,
+                Sink::Cat(interner) => push_text(interner, array, name, &shown)?,
+            }
+        }
+        rows += batch.num_rows();
+        if total_rows > 0 {
+            progress((rows as u64).saturating_mul(size) / total_rows, size);
+        }
+    }
+    progress(size, size);
+    if rows == 0 {
+        return Err(DataError::NoRows { path: shown });
+    }
+    let columns = sinks
+        .into_iter()
+        .map(|s| match s {
+            Sink::Num(v) => Column::Num(v),
+            Sink::Cat(i) => i.finish(),
+        })
+        .collect();
+    Ok(Frame { names, columns, rows, origin: Origin { name: shown, lines: Vec::new(), later: Vec::new() } })
+}
+
+fn is_text(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, v) => is_text(v),
+        _ => false,
+    }
+}
+
+fn is_number(t: &DataType) -> bool {
+    t.is_numeric() || matches!(t, DataType::Boolean) || matches!(t, DataType::Dictionary(_, v) if is_number(v))
+}
+
+fn cast(array: &ArrayRef, to: &DataType, name: &str, shown: &str) -> Result<ArrayRef, DataError> {
+    arrow_cast::cast(array, to).map_err(|e| {
+        DataError::Other(format!("{shown}: column `{name}` of type {} cannot be read: {e}", array.data_type()))
+    })
+}
+
+fn push_numbers(
+    out: &mut Vec<f32>,
+    array: &ArrayRef,
+    name: &str,
+    at: &dyn Fn(usize) -> String,
+) -> Result<(), DataError> {
+    let t = array.data_type();
+    if is_number(t) {
+        let a = cast(array, &DataType::Float64, name, &at(0))?;
+        let a = a.as_primitive::<Float64Type>();
+        for i in 0..a.len() {
+            if a.is_null(i) {
+                out.push(f32::NAN);
+                continue;
+            }
+            let x = a.value(i) as f32;
+            if !x.is_finite() {
+                return Err(DataError::BadValue {
+                    at: at(i),
+                    column: name.to_string(),
+                    problem: format!("{} is not a finite f32", a.value(i)),
+                });
+            }
+            out.push(x);
+        }
+        Ok(())
+    } else if is_text(t) {
+        let a = cast(array, &DataType::Utf8, name, &at(0))?;
+        let a = a.as_string::<i32>();
+        for i in 0..a.len() {
+            if a.is_null(i) || a.value(i).trim().is_empty() {
+                out.push(f32::NAN);
+                continue;
+            }
+            let x = parse_number(a.value(i).trim())
+                .map_err(|problem| DataError::BadValue { at: at(i), column: name.to_string(), problem })?;
+            out.push(x);
+        }
+        Ok(())
+    } else {
+        Err(DataError::Other(format!("{}: column `{name}` is {t}, which a dense feature cannot read", at(0))))
+    }
+}
+
+fn push_text(out: &mut Interner, array: &ArrayRef, name: &str, shown: &str) -> Result<(), DataError> {
+    let t = array.data_type();
+    if !(is_text(t) || is_number(t)) {
+        return Err(DataError::Other(format!("{shown}: column `{name}` is {t}, which cannot be read as a category")));
+    }
+    let a = cast(array, &DataType::Utf8, name, shown)?;
+    let a = a.as_string::<i32>();
+    for i in 0..a.len() {
+        if a.is_null(i) {
+            out.push("");
+        } else {
+            out.push(a.value(i).trim());
+        }
+    }
+    Ok(())
+}
+
+/// Writes `frame` as one Parquet file (numbers as FLOAT, text as UTF8), for tests and
+/// for converting CSV data (`multigate convert`).
+pub fn write_parquet(frame: &Frame, path: &Path) -> Result<(), DataError> {
+    use arrow_array::{Float32Array, RecordBatch, StringArray};
+    use arrow_schema::{Field, Schema};
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for (name, col) in frame.names.iter().zip(&frame.columns) {
+        // A column held in two forms is written once, as read first.
+        if seen.contains(&name.as_str()) {
+            continue;
+        }
+        seen.push(name);
+        match col {
+            Column::Num(v) => {
+                fields.push(Field::new(name, DataType::Float32, true));
+                arrays.push(Arc::new(Float32Array::from_iter(v.iter().map(|x| (!x.is_nan()).then_some(*x)))));
+            }
+            Column::Cat { dict, codes } => {
+                fields.push(Field::new(name, DataType::Utf8, true));
+                let values = codes.iter().map(|&c| {
+                    let s = dict[c as usize].as_str();
+                    (!s.is_empty()).then_some(s)
+                });
+                arrays.push(Arc::new(StringArray::from_iter(values)));
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| DataError::Other(format!("{e}")))?;
+    let mut buf = Vec::new();
+    {
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(64 * 1024))
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, Some(props))
+            .map_err(|e| DataError::Other(format!("{e}")))?;
+        w.write(&batch).map_err(|e| DataError::Other(format!("{e}")))?;
+        w.close().map_err(|e| DataError::Other(format!("{e}")))?;
+    }
+    crate::export::write_file(path, &buf).map_err(|e| DataError::Other(format!("{}: {e}", path.display())))
+}
