@@ -367,6 +367,33 @@ enum Command {
         #[arg(long)]
         optimizer: Option<String>,
     },
+    /// Ingest throughput: rows per second from the spec's training files (CSV, gzip,
+    /// Parquet) through parsing, hashing and encoding.
+    BenchIngest {
+        /// The spec (.toml or .mg).
+        spec: PathBuf,
+        /// Read this path instead of the spec's training data.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Measurements; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Files read at once (each on its own thread).
+        #[arg(long, default_value_t = 1)]
+        readers: usize,
+    },
+    /// Write the spec's data files (training, validation, test) as Parquet: the
+    /// columns it reads, typed as it reads them.
+    Convert {
+        /// The spec (.toml or .mg).
+        spec: PathBuf,
+        /// Convert this path instead of the spec's data files.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Folder for the .parquet files.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a shell completion script (e.g. `multigate completions bash >
     /// ~/.local/share/bash-completion/completions/multigate`).
     Completions {
@@ -477,6 +504,8 @@ pub fn run() -> ExitCode {
         Command::Export { bundle, format: ExportArg::Onnx, out } => export_onnx(&bundle, &out),
         Command::Evaluate { bundle, data, group, format, .. } => evaluate(&bundle, &data, group.as_deref(), format),
         Command::Analyze { spec, data, format } => analyze(&spec, data.as_deref(), format),
+        Command::BenchIngest { spec, data, repeat, readers } => bench::bench_ingest(&spec, data.as_deref(), repeat, readers),
+        Command::Convert { spec, data, out } => bench::convert(&spec, data.as_deref(), &out),
         Command::Fit { spec, data, write } => fit(&spec, data.as_deref(), write),
         Command::Plot { runs, out } => plot(&runs, &out),
         Command::Sweep { spec, set, seeds, jobs, out, rows, epochs, .. } => {

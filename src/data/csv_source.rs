@@ -7,11 +7,11 @@
 //! token; a literal `NaN` or `inf`, or a value beyond `f32`, is an error naming the
 //! file, line and column.
 
-use std::cell::Cell;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::frame::{Column, Frame, Interner, Origin};
 use super::{ColumnKind, DataError, Need};
@@ -20,13 +20,13 @@ use crate::ir::CsvFormat;
 /// Counts the bytes read through it (the compressed offset of a gzip file).
 struct Counting<R> {
     inner: R,
-    read: Rc<Cell<u64>>,
+    read: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.read.set(self.read.get() + n as u64);
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -52,6 +52,28 @@ impl<R: Read> Read for Unpad<R> {
             if n == 0 {
                 return Ok(0);
             }
+            if !self.quoted && memchr::memchr(b'"', &self.buf[..n]).is_none() {
+                // No quote in the chunk: the spaces after a delimiter matter only before
+                // a quote, and fields are trimmed when read, so the chunk passes as it
+                // is, but for spaces that open a field at either end (the next chunk
+                // may start with a quote).
+                let chunk = &self.buf[..n];
+                let begin = if self.at_start { chunk.iter().take_while(|&&b| b == b' ').count() } else { 0 };
+                let end = n - chunk.iter().rev().take_while(|&&b| b == b' ').count();
+                let opens = if end == 0 {
+                    self.at_start
+                } else {
+                    chunk[end - 1] == self.delimiter || chunk[end - 1] == b'\n'
+                };
+                let keep = if opens { end } else { n };
+                let len = keep.saturating_sub(begin);
+                out[..len].copy_from_slice(&chunk[begin..begin + len]);
+                self.at_start = opens;
+                if len > 0 {
+                    return Ok(len);
+                }
+                continue;
+            }
             let mut k = 0;
             for &b in &self.buf[..n] {
                 if self.quoted {
@@ -74,11 +96,87 @@ impl<R: Read> Read for Unpad<R> {
     }
 }
 
+/// A reader fed by a thread that reads `inner` a chunk at a time (decompression beside
+/// parsing). An error ends the stream and is handed over in order.
+struct Pipe {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+    done: bool,
+}
+
+impl Pipe {
+    const CHUNK: usize = 1 << 20;
+
+    fn spawn<R: Read + Send + 'static>(mut inner: R) -> Pipe {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        std::thread::spawn(move || loop {
+            let mut buf = vec![0u8; Self::CHUNK];
+            let mut filled = 0;
+            // Fill a whole chunk (or reach the end), so that the parser sees few of them.
+            let result = loop {
+                match inner.read(&mut buf[filled..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == buf.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            buf.truncate(filled);
+            let last = filled == 0 || result.is_err();
+            if filled > 0 && tx.send(Ok(buf)).is_err() {
+                return; // The reader was dropped.
+            }
+            if let Err(e) = result {
+                let _ = tx.send(Err(e));
+                return;
+            }
+            if last {
+                return;
+            }
+        });
+        Pipe { rx, chunk: Vec::new(), at: 0, done: false }
+    }
+}
+
+impl Read for Pipe {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.at);
+        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// An open data file and the count of its bytes consumed (compressed ones for gzip).
 struct Opened {
     reader: Box<dyn Read>,
     gzip: bool,
-    read: Rc<Cell<u64>>,
+    read: Arc<AtomicU64>,
 }
 
 fn open(path: &Path, delimiter: u8) -> Result<Opened, DataError> {
@@ -92,11 +190,12 @@ fn open(path: &Path, delimiter: u8) -> Result<Opened, DataError> {
     let file = File::open(path).map_err(open_err)?;
     // Bytes of the file consumed so far (compressed ones, for gzip): progress, and the
     // offset a gzip error is reported at.
-    let read = Rc::new(Cell::new(0));
+    let read = Arc::new(AtomicU64::new(0));
     let counted = Counting { inner: BufReader::with_capacity(1 << 16, file), read: read.clone() };
     let gzip = path.extension().is_some_and(|e| e == "gz");
     let reader: Box<dyn Read> = if gzip {
-        Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(counted)))
+        // Decompressed on a thread of its own, a chunk ahead of the parser.
+        Box::new(Pipe::spawn(flate2::read::MultiGzDecoder::new(counted)))
     } else {
         Box::new(BufReader::with_capacity(1 << 20, counted))
     };
@@ -143,7 +242,7 @@ pub fn read_header(path: &Path, format: &CsvFormat) -> Result<Vec<String>, DataE
     let got = rdr.read_record(&mut first).map_err(|e| DataError::BadRow {
         at: format!("{shown}:1"),
         problem: match e.kind() {
-            csv::ErrorKind::Io(io) => read_problem(io, gzip_offset.as_ref().map(|c| c.get())),
+            csv::ErrorKind::Io(io) => read_problem(io, gzip_offset.as_ref().map(|c| c.load(Ordering::Relaxed))),
             _ => e.to_string(),
         },
     })?;
@@ -201,7 +300,7 @@ pub fn read_csv_with(
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(format.delimiter)
         .has_headers(format.header)
-        .trim(csv::Trim::All)
+        .trim(csv::Trim::Headers)
         .flexible(false)
         .from_reader(opened.reader);
     // Where an error is: `file:line`, or the file alone when the reader has no line.
@@ -215,7 +314,7 @@ pub fn read_csv_with(
                 format!("expected {expected_len} fields, found {len}")
             }
             csv::ErrorKind::Utf8 { .. } => "the row is not valid UTF-8".to_string(),
-            csv::ErrorKind::Io(io) => read_problem(io, gzip_offset.as_ref().map(|c| c.get())),
+            csv::ErrorKind::Io(io) => read_problem(io, gzip_offset.as_ref().map(|c| c.load(Ordering::Relaxed))),
             _ => e.to_string(),
         };
         DataError::BadRow { at, problem }
@@ -295,10 +394,11 @@ pub fn read_csv_with(
         }
         lines.push(line);
         if lines.len() % 8192 == 0 {
-            progress(consumed.get(), total);
+            progress(consumed.load(Ordering::Relaxed), total);
         }
         for ((b, &slot), name) in builders.iter_mut().zip(&slots).zip(&names) {
-            let field = record.get(slot).unwrap_or("");
+            // Only the fields read are trimmed (the reader's own trimming would touch all).
+            let field = record.get(slot).unwrap_or("").trim();
             match b {
                 Builder::Cat(i) => i.push(field),
                 Builder::Num(v) => {

@@ -138,7 +138,9 @@ impl Frame {
 /// Builds an interned column value by value.
 #[derive(Debug, Default)]
 pub struct Interner {
-    index: std::collections::HashMap<String, u32>,
+    // foldhash: interning is most of the cost of reading text columns, and SipHash's
+    // DoS resistance buys nothing for values the user's own files hold.
+    index: foldhash::HashMap<String, u32>,
     pub dict: Vec<String>,
     pub codes: Vec<u32>,
 }
@@ -146,11 +148,37 @@ pub struct Interner {
 impl Interner {
     /// An interner holding an existing dictionary and codes, to extend.
     pub fn from_parts(dict: Vec<String>, codes: Vec<u32>) -> Interner {
-        let index = dict.iter().enumerate().map(|(i, d)| (d.clone(), i as u32)).collect();
+        let mut index = foldhash::HashMap::default();
+        index.extend(dict.iter().enumerate().map(|(i, d)| (d.clone(), i as u32)));
         Interner { index, dict, codes }
     }
 
+    /// The code of `value`, added to the dictionary if new (no row pushed).
+    pub fn intern(&mut self, value: &str) -> u32 {
+        match self.index.get(value) {
+            Some(c) => *c,
+            None => {
+                let c = self.dict.len() as u32;
+                self.dict.push(value.to_string());
+                self.index.insert(value.to_string(), c);
+                c
+            }
+        }
+    }
+
+    /// Pushes a row whose value has code `code` (from [`Interner::intern`]).
+    pub fn push_code(&mut self, code: u32) {
+        self.codes.push(code);
+    }
+
     pub fn push(&mut self, value: &str) {
+        // A column often repeats the row above's value: one comparison, no hashing.
+        if let Some(&last) = self.codes.last() {
+            if self.dict[last as usize] == value {
+                self.codes.push(last);
+                return;
+            }
+        }
         let code = match self.index.get(value) {
             Some(c) => *c,
             None => {

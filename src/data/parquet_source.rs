@@ -98,6 +98,26 @@ pub fn read_parquet(
         }
     }
     roots.sort_unstable();
+    // Text columns read as categories come as dictionaries (as Spark writes them): each
+    // distinct value is interned once per batch, not once per row.
+    let as_dictionary: Vec<&str> =
+        names.iter().zip(&kinds).filter(|(_, k)| **k == ColumnKind::Cat).map(|(n, _)| n.as_str()).collect();
+    let hinted: Vec<arrow_schema::FieldRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 if as_dictionary.contains(&f.name().as_str()) => Arc::new(
+                f.as_ref().clone().with_data_type(DataType::Dictionary(Box::new(DataType::Int32), Box::new(f.data_type().clone()))),
+            ),
+            _ => f.clone(),
+        })
+        .collect();
+    let b = {
+        let file = File::open(path).map_err(|source| DataError::Open { path: shown.clone(), source })?;
+        let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+            .with_schema(Arc::new(arrow_schema::Schema::new_with_metadata(hinted, schema.metadata().clone())));
+        ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(|e| corrupt(path, e))?
+    };
     let mask = ProjectionMask::roots(b.parquet_schema(), roots);
     let reader = b.with_projection(mask).with_batch_size(BATCH).build().map_err(|e| corrupt(path, e))?;
 
@@ -200,6 +220,21 @@ fn push_numbers(
 
 fn push_text(out: &mut Interner, array: &ArrayRef, name: &str, shown: &str) -> Result<(), DataError> {
     let t = array.data_type();
+    if let Some(d) = array.as_any().downcast_ref::<arrow_array::DictionaryArray<arrow_array::types::Int32Type>>() {
+        if is_text(d.values().data_type()) {
+            let values = cast(d.values(), &DataType::Utf8, name, shown)?;
+            let values = values.as_string::<i32>();
+            let codes: Vec<u32> = (0..values.len())
+                .map(|i| out.intern(if values.is_null(i) { "" } else { values.value(i).trim() }))
+                .collect();
+            let keys = d.keys();
+            for i in 0..keys.len() {
+                let code = if keys.is_null(i) { out.intern("") } else { codes[keys.value(i) as usize] };
+                out.push_code(code);
+            }
+            return Ok(());
+        }
+    }
     if !(is_text(t) || is_number(t)) {
         return Err(DataError::Other(format!("{shown}: column `{name}` is {t}, which cannot be read as a category")));
     }
