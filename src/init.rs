@@ -156,7 +156,13 @@ fn relative_to(path: &Path, dir: &Path) -> String {
 /// for each column.
 pub fn init(opts: &InitOptions) -> Result<(String, Vec<Inferred>), DataError> {
     let header_given = opts.columns.is_empty();
-    let format = CsvFormat { delimiter: opts.delimiter, header: header_given, columns: opts.columns.clone(), missing: None };
+    let format = CsvFormat {
+        delimiter: opts.delimiter,
+        header: header_given,
+        columns: opts.columns.clone(),
+        missing: None,
+        skip_bad_rows: false,
+    };
     let first = crate::data::source::expand(&opts.data)?.into_iter().next();
     let header = match &first {
         Some(part) => crate::data::source::header(part, &format)?,
@@ -284,12 +290,10 @@ pub fn init(opts: &InitOptions) -> Result<(String, Vec<Inferred>), DataError> {
         inferred.push(Inferred { column: c.clone(), role: "ignored (--ignore)".into() });
     }
 
-    let tasks: String = opts
-        .labels
-        .iter()
-        .filter_map(|(l, _)| tasks.iter().find(|(c, _)| c == l).map(|(_, t)| t.as_str()))
-        .collect();
-    let mut data = format!("\n[data]\nsource = \"csv\"\ntrain = [{}]\n", quote(&relative_to(&opts.data, &opts.spec_dir)));
+    let tasks: String =
+        opts.labels.iter().filter_map(|(l, _)| tasks.iter().find(|(c, _)| c == l).map(|(_, t)| t.as_str())).collect();
+    let mut data =
+        format!("\n[data]\nsource = \"csv\"\ntrain = [{}]\n", quote(&relative_to(&opts.data, &opts.spec_dir)));
     if let Some(v) = &opts.validation {
         data += &format!("validation = {}\n", quote(&relative_to(v, &opts.spec_dir)));
     }

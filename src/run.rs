@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::candle::{candle_device, CandleBackend, CandleModel};
 use crate::backend::{Backend, Device};
-use crate::data::{self, fit::FittedFeature, fit::FittedLabel, fit::Fits, Frame, LoadInfo, Need, NeedOwner};
+use crate::data::{self, fit::Fits, fit::FittedFeature, fit::FittedLabel, Frame, LoadInfo, Need, NeedOwner};
 use crate::export::provenance::{DataFile, Provenance, SplitRows};
 use crate::export::{self, BundleContents, ExportError, RunLock};
 use crate::lower::{self, Compiled};
@@ -386,6 +386,7 @@ pub fn train_spec(
         "params": c.model.param_count(),
         "flops_per_sample": c.model.flops_per_sample(),
         "data": info.source,
+        "bad_rows": info.skipped,
         "label_correlation": info.label_correlation,
         "gate_alarms": report.gate_usage.iter().flat_map(|g| g.alarms()).collect::<Vec<_>>(),
         "gate_similarity": report.gate_usage.iter().flat_map(|g| g.similarity()).collect::<Vec<_>>(),
@@ -767,8 +768,11 @@ impl Predictor {
 /// A frame of the feature columns `needs` asks for, from raw text.
 fn frame_from_text(needs: &[Need], columns: &[(String, Vec<String>)]) -> Result<Frame, PredictError> {
     let rows = columns.first().map_or(0, |c| c.1.len());
-    let mut frame =
-        Frame { rows, origin: data::Origin { name: "request".into(), lines: Vec::new(), later: Vec::new() }, ..Default::default() };
+    let mut frame = Frame {
+        rows,
+        origin: data::Origin { name: "request".into(), lines: Vec::new(), later: Vec::new() },
+        ..Default::default()
+    };
     for need in needs.iter().filter(|n| !n.is_label) {
         let Some((_, values)) = columns.iter().find(|(n, _)| *n == need.column) else {
             return Err(PredictError::Input(format!("column `{}` (read by {}) is missing", need.column, need.reader)));

@@ -159,7 +159,10 @@ pub fn bench_ingest(path: &Path, data_path: Option<&Path>, repeat: usize, thread
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(data::DataError::Other("a reader thread panicked".into())))).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(data::DataError::Other("a reader thread panicked".into()))))
+                .collect()
         });
         let total = start.elapsed();
         let (mut enc, mut rows) = (Duration::ZERO, 0);

@@ -504,7 +504,9 @@ pub fn run() -> ExitCode {
         Command::Export { bundle, format: ExportArg::Onnx, out } => export_onnx(&bundle, &out),
         Command::Evaluate { bundle, data, group, format, .. } => evaluate(&bundle, &data, group.as_deref(), format),
         Command::Analyze { spec, data, format } => analyze(&spec, data.as_deref(), format),
-        Command::BenchIngest { spec, data, repeat, readers } => bench::bench_ingest(&spec, data.as_deref(), repeat, readers),
+        Command::BenchIngest { spec, data, repeat, readers } => {
+            bench::bench_ingest(&spec, data.as_deref(), repeat, readers)
+        }
         Command::Convert { spec, data, out } => bench::convert(&spec, data.as_deref(), &out),
         Command::Fit { spec, data, write } => fit(&spec, data.as_deref(), write),
         Command::Plot { runs, out } => plot(&runs, &out),
@@ -823,9 +825,7 @@ fn caller_need(column: &str, reader: &str) -> Need {
 fn input_format(predictor: &run::Predictor) -> multigate::ir::CsvFormat {
     match &predictor.compiled().data.source {
         DataSource::Csv(c) => c.format.clone(),
-        DataSource::Synthetic(_) => {
-            multigate::ir::CsvFormat::default_csv()
-        }
+        DataSource::Synthetic(_) => multigate::ir::CsvFormat::default_csv(),
     }
 }
 
@@ -1154,7 +1154,11 @@ fn init(
     }
     let stem = data.file_name().map_or("model".to_string(), |s| s.to_string_lossy().to_string());
     let stem = stem.split('.').next().unwrap_or("model").to_string();
-    let spec_dir = out.as_ref().and_then(|o| o.parent()).filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let spec_dir = out
+        .as_ref()
+        .and_then(|o| o.parent())
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let opts = multigate::init::InitOptions {
         data,
         labels: labels
@@ -1180,9 +1184,14 @@ fn init(
     // What init wrote must compile; then it is put in canonical form, in the syntax asked.
     let target = out.as_deref().map_or(Syntax::Toml, |o| Syntax::of(&o.display().to_string()));
     let src = SourceFile::from_text("init.toml", text.clone());
-    let parsed = spec::parse(&src).map_err(|es| Failure::new(1, format!("error: init wrote a spec that does not parse ({} error(s)):\n{text}", es.len())))?;
+    let parsed = spec::parse(&src).map_err(|es| {
+        Failure::new(1, format!("error: init wrote a spec that does not parse ({} error(s)):\n{text}", es.len()))
+    })?;
     if let Err(e) = multigate::pipeline::compile_source(&src) {
-        return Err(Failure::new(1, format!("error: init wrote a spec that does not compile:\n{}", e.render(Some(&src), false))));
+        return Err(Failure::new(
+            1,
+            format!("error: init wrote a spec that does not compile:\n{}", e.render(Some(&src), false)),
+        ));
     }
     let canonical = spec::format(&parsed, Some((&text, Syntax::Toml)), target);
     match out {

@@ -110,6 +110,20 @@ impl Observer for Printer {
                 if let (Some(r), Some(p)) = (info.label_correlation, self.relatedness) {
                     say!(self, "synthetic labels: Pearson correlation {r:.4} (task relatedness p = {p})");
                 }
+                if info.skipped.total > 0 {
+                    say!(
+                        self,
+                        "skipped {} bad row(s) of {} read: {}",
+                        info.skipped.total,
+                        info.rows_read,
+                        info.skipped.summary()
+                    );
+                    if info.warn_skipped {
+                        for f in &info.skipped.first {
+                            say!(self, "  skipped {f}");
+                        }
+                    }
+                }
             }
             Event::Resumed { checkpoint, epochs_done, complete: false } => {
                 say!(self, "resuming from {} after epoch {epochs_done}", checkpoint.display())
@@ -220,7 +234,7 @@ impl Observer for JsonLog {
                        "flops_per_sample": compiled.model.flops_per_sample(), "tasks": self.names})
             }
             Event::DataLoaded { info, train, validation, test } => json!({"event": "data", "source": info.source,
-                "train": train, "validation": validation, "test": test}),
+                "train": train, "validation": validation, "test": test, "bad_rows": info.skipped}),
             Event::Resumed { checkpoint, epochs_done, complete } => json!({"event": "resumed",
                 "checkpoint": checkpoint, "epochs_done": epochs_done, "complete": complete}),
             Event::NoCheckpoint { checkpoint } => json!({"event": "no_checkpoint", "checkpoint": checkpoint}),

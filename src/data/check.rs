@@ -23,12 +23,7 @@ pub fn files(data: &DataConfig, train_override: Option<&Path>) -> Vec<(PathBuf, 
     match (&data.source, train_override) {
         (DataSource::Csv(c), over) => {
             let train: Vec<PathBuf> = over.map_or_else(|| c.train.clone(), |p| vec![p.to_path_buf()]);
-            train
-                .into_iter()
-                .chain(c.validation.clone())
-                .chain(c.test.clone())
-                .map(|p| (p, c.format.clone()))
-                .collect()
+            train.into_iter().chain(c.validation.clone()).chain(c.test.clone()).map(|p| (p, c.format.clone())).collect()
         }
         (DataSource::Synthetic(_), Some(p)) => vec![(p.to_path_buf(), CsvFormat::default_csv())],
         (DataSource::Synthetic(_), None) => Vec::new(),
@@ -36,7 +31,11 @@ pub fn files(data: &DataConfig, train_override: Option<&Path>) -> Vec<(PathBuf, 
 }
 
 /// Every column of `model` missing from a data file's header, once per column.
-pub fn absent_columns(model: &Model, data: &DataConfig, train_override: Option<&Path>) -> Result<Vec<Absent>, DataError> {
+pub fn absent_columns(
+    model: &Model,
+    data: &DataConfig,
+    train_override: Option<&Path>,
+) -> Result<Vec<Absent>, DataError> {
     let wanted = needs(model);
     let mut out = Vec::new();
     let mut parts = Vec::new();

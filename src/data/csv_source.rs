@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::frame::{Column, Frame, Interner, Origin};
+use super::frame::{Column, Frame, Interner, Origin, Skipped};
 use super::{ColumnKind, DataError, Need};
 use crate::ir::CsvFormat;
 
@@ -60,11 +60,8 @@ impl<R: Read> Read for Unpad<R> {
                 let chunk = &self.buf[..n];
                 let begin = if self.at_start { chunk.iter().take_while(|&&b| b == b' ').count() } else { 0 };
                 let end = n - chunk.iter().rev().take_while(|&&b| b == b' ').count();
-                let opens = if end == 0 {
-                    self.at_start
-                } else {
-                    chunk[end - 1] == self.delimiter || chunk[end - 1] == b'\n'
-                };
+                let opens =
+                    if end == 0 { self.at_start } else { chunk[end - 1] == self.delimiter || chunk[end - 1] == b'\n' };
                 let keep = if opens { end } else { n };
                 let len = keep.saturating_sub(begin);
                 out[..len].copy_from_slice(&chunk[begin..begin + len]);
@@ -379,42 +376,71 @@ pub fn read_csv_with(
 
     let mut lines = Vec::new();
     let mut record = csv::StringRecord::new();
+    let mut skipped = Skipped::default();
+    // The numbers of the row being read: a row is taken whole or not at all.
+    let mut numbers: Vec<f32> = vec![0.0; builders.len()];
     loop {
         match rdr.read_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {}
+            Err(e) if format.skip_bad_rows => {
+                let io = matches!(e.kind(), csv::ErrorKind::Io(_));
+                let reason = match e.kind() {
+                    csv::ErrorKind::UnequalLengths { .. } => "ragged row",
+                    csv::ErrorKind::Utf8 { .. } => "invalid UTF-8",
+                    _ => "unreadable data",
+                };
+                let DataError::BadRow { at, problem } = bad_row(&e) else { unreachable!("bad_row makes BadRow") };
+                skipped.add(reason, &at, &problem);
+                if io {
+                    // A read error (a truncated gzip stream) ends the file.
+                    break;
+                }
+                continue;
+            }
             Err(e) => return Err(bad_row(&e)),
         }
         let line = record.position().map_or(0, |p| p.line());
         if !format.header && record.len() != header.len() {
-            return Err(DataError::BadRow {
-                at: format!("{shown}:{line}"),
-                problem: format!("expected {} fields (the spec's `columns`), found {}", header.len(), record.len()),
-            });
+            let at = format!("{shown}:{line}");
+            let problem = format!("expected {} fields (the spec's `columns`), found {}", header.len(), record.len());
+            if format.skip_bad_rows {
+                skipped.add("ragged row", &at, &problem);
+                continue;
+            }
+            return Err(DataError::BadRow { at, problem });
+        }
+        let mut bad = None;
+        for (k, (b, &slot)) in builders.iter().zip(&slots).enumerate() {
+            if let Builder::Num(_) = b {
+                // Only the fields read are trimmed (the reader's own trimming would touch all).
+                let field = record.get(slot).unwrap_or("").trim();
+                let is_missing = field.is_empty() || format.missing.as_deref() == Some(field);
+                match if is_missing { Ok(f32::NAN) } else { parse_number(field) } {
+                    Ok(x) => numbers[k] = x,
+                    Err(problem) => {
+                        bad = Some((k, problem));
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some((k, problem)) = bad {
+            let at = format!("{shown}:{line}");
+            if format.skip_bad_rows {
+                skipped.add("unparsable number", &at, &format!("column `{}`: {problem}", names[k]));
+                continue;
+            }
+            return Err(DataError::BadValue { at, column: names[k].clone(), problem });
         }
         lines.push(line);
         if lines.len() % 8192 == 0 {
             progress(consumed.load(Ordering::Relaxed), total);
         }
-        for ((b, &slot), name) in builders.iter_mut().zip(&slots).zip(&names) {
-            // Only the fields read are trimmed (the reader's own trimming would touch all).
-            let field = record.get(slot).unwrap_or("").trim();
+        for (k, (b, &slot)) in builders.iter_mut().zip(&slots).enumerate() {
             match b {
-                Builder::Cat(i) => i.push(field),
-                Builder::Num(v) => {
-                    let is_missing = field.is_empty() || format.missing.as_deref() == Some(field);
-                    let x = if is_missing { Ok(f32::NAN) } else { parse_number(field) };
-                    match x {
-                        Ok(x) => v.push(x),
-                        Err(problem) => {
-                            return Err(DataError::BadValue {
-                                at: format!("{shown}:{line}"),
-                                column: name.clone(),
-                                problem,
-                            })
-                        }
-                    }
-                }
+                Builder::Cat(i) => i.push(record.get(slot).unwrap_or("").trim()),
+                Builder::Num(v) => v.push(numbers[k]),
             }
         }
     }
@@ -429,7 +455,7 @@ pub fn read_csv_with(
             Builder::Cat(i) => i.finish(),
         })
         .collect();
-    Ok(Frame { names, columns, rows: lines.len(), origin: Origin { name: shown, lines, later: Vec::new() } })
+    Ok(Frame { names, columns, rows: lines.len(), origin: Origin { name: shown, lines, later: Vec::new() }, skipped })
 }
 
 /// A numeric field: a finite `f32`. A literal NaN or infinity, and a value beyond the

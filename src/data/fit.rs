@@ -103,12 +103,18 @@ pub fn training_frames(
         (DataSource::Synthetic(s), None) => Ok(vec![synthetic::generate(model, s, s.rows)]),
         (DataSource::Csv(c), over) => {
             let (parts, _) = super::source::training_parts(c, over)?;
-            parts.iter().map(|part| super::source::read_part(part, &c.format, wanted, true, spec_at, &|_, _| {})).collect()
+            parts
+                .iter()
+                .map(|part| super::source::read_part(part, &c.format, wanted, true, spec_at, &|_, _| {}))
+                .collect()
         }
         (DataSource::Synthetic(_), Some(p)) => {
             let format = crate::ir::CsvFormat::default_csv();
             let parts = super::source::expand(p)?;
-            parts.iter().map(|part| super::source::read_part(part, &format, wanted, true, spec_at, &|_, _| {})).collect()
+            parts
+                .iter()
+                .map(|part| super::source::read_part(part, &format, wanted, true, spec_at, &|_, _| {}))
+                .collect()
         }
     }
 }

@@ -58,6 +58,47 @@ pub struct Frame {
     pub columns: Vec<Column>,
     pub rows: usize,
     pub origin: Origin,
+    /// Rows the source skipped as broken (a skipping bad-row policy).
+    pub skipped: Skipped,
+}
+
+/// Rows skipped under a skipping bad-row policy: how many, by reason, and the first
+/// few with where they are.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Skipped {
+    pub total: u64,
+    pub by_reason: std::collections::BTreeMap<String, u64>,
+    /// `place: problem` of the first [`Skipped::SHOWN`] rows.
+    pub first: Vec<String>,
+}
+
+impl Skipped {
+    pub const SHOWN: usize = 5;
+
+    pub fn add(&mut self, reason: &str, at: &str, problem: &str) {
+        self.total += 1;
+        *self.by_reason.entry(reason.to_string()).or_default() += 1;
+        if self.first.len() < Self::SHOWN {
+            self.first.push(format!("{at}: {problem}"));
+        }
+    }
+
+    pub fn merge(&mut self, other: &Skipped) {
+        self.total += other.total;
+        for (r, n) in &other.by_reason {
+            *self.by_reason.entry(r.clone()).or_default() += n;
+        }
+        for f in &other.first {
+            if self.first.len() < Self::SHOWN {
+                self.first.push(f.clone());
+            }
+        }
+    }
+
+    /// `3 ragged row, 1 unparsable number`.
+    pub fn summary(&self) -> String {
+        self.by_reason.iter().map(|(r, n)| format!("{n} {r}")).collect::<Vec<_>>().join(", ")
+    }
 }
 
 impl Frame {
@@ -114,6 +155,7 @@ impl Frame {
             });
         }
         self.columns = columns;
+        self.skipped.merge(&other.skipped);
         // Rows of a later part are described by that part's origin.
         self.origin.later.push((self.rows, other.origin));
         self.rows += other.rows;

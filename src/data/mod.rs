@@ -17,7 +17,7 @@ pub mod ranges;
 pub mod source;
 pub mod synthetic;
 
-pub use frame::{Column, Frame, Origin};
+pub use frame::{Column, Frame, Origin, Skipped};
 
 use crate::ir::{FeatureKind, Head, Model, Task};
 use crate::rng::Rng;
@@ -184,16 +184,53 @@ impl Dataset {
 /// Encodes a frame for `model`. With `require_labels = false` (prediction), absent
 /// label columns give empty label vectors.
 pub fn encode(model: &Model, frame: &Frame, require_labels: bool) -> Result<Dataset, DataError> {
-    encode_with(model, frame, require_labels, false)
+    Ok(encode_with(model, frame, require_labels, false, false)?.0)
 }
 
 /// [`encode`] for training rows: labels are required, and a binary task whose
 /// `positive` value never occurs is an error (a typo that would train on all-zero labels).
 pub fn encode_training(model: &Model, frame: &Frame) -> Result<Dataset, DataError> {
-    encode_with(model, frame, true, true)
+    Ok(encode_with(model, frame, true, true, false)?.0)
 }
 
-fn encode_with(model: &Model, frame: &Frame, require_labels: bool, check_positive: bool) -> Result<Dataset, DataError> {
+/// [`encode`] (`training`: [`encode_training`]) that drops rows with a bad value (a
+/// label that is not 0/1 or not a class, a missing label, a value outside a
+/// transform's domain) instead of failing, and reports them.
+pub fn encode_skipping(model: &Model, frame: &Frame, training: bool) -> Result<(Dataset, Skipped), DataError> {
+    encode_with(model, frame, true, training, true)
+}
+
+/// Row-level problems met while encoding: the first is an error, or (lenient) each
+/// marks its row to be dropped.
+struct RowCheck<'a> {
+    lenient: bool,
+    origin: &'a Origin,
+    drop: Vec<bool>,
+    skipped: Skipped,
+}
+
+impl RowCheck<'_> {
+    fn flag(&mut self, row: usize, reason: &str, column: &str, problem: String) -> Result<(), DataError> {
+        if !self.lenient {
+            return Err(DataError::BadValue { at: self.origin.describe(row), column: column.to_string(), problem });
+        }
+        if !self.drop[row] {
+            self.drop[row] = true;
+            self.skipped.add(reason, &self.origin.describe(row), &format!("column `{column}`: {problem}"));
+        }
+        Ok(())
+    }
+}
+
+fn encode_with(
+    model: &Model,
+    frame: &Frame,
+    require_labels: bool,
+    check_positive: bool,
+    lenient: bool,
+) -> Result<(Dataset, Skipped), DataError> {
+    let mut check =
+        RowCheck { lenient, origin: &frame.origin, drop: vec![false; frame.rows], skipped: Skipped::default() };
     if fit::is_open(model) {
         return Err(DataError::Other(
             "the model has statistics still to fit on the training rows (a zscore feature or a label without its numbers); fit them first (`data::fit::fit`, which training runs)".into(),
@@ -225,19 +262,18 @@ fn encode_with(model: &Model, frame: &Frame, require_labels: bool, check_positiv
                     for (i, &x) in v.iter().enumerate() {
                         let x = if x.is_nan() { *fill } else { x };
                         if let Some(problem) = transform.domain_error(x) {
-                            return Err(DataError::BadValue {
-                                at: frame.origin.describe(i),
-                                column: c.clone(),
-                                problem,
-                            });
+                            check.flag(i, "value outside its transform's domain", c, problem)?;
+                            continue;
                         }
                         let y = transform.apply(x);
                         if !y.is_finite() {
-                            return Err(DataError::BadValue {
-                                at: frame.origin.describe(i),
-                                column: c.clone(),
-                                problem: format!("value {x} is not finite after the transform"),
-                            });
+                            check.flag(
+                                i,
+                                "value not finite after its transform",
+                                c,
+                                format!("value {x} is not finite after the transform"),
+                            )?;
+                            continue;
                         }
                         ds.dense[i * ds.dense_width + offset + j] = y;
                     }
@@ -247,24 +283,29 @@ fn encode_with(model: &Model, frame: &Frame, require_labels: bool, check_positiv
         }
     }
     for t in &model.tasks {
-        ds.labels.push(encode_labels(t, frame, require_labels, check_positive)?);
+        ds.labels.push(encode_labels(t, frame, require_labels, check_positive, &mut check)?);
     }
-    Ok(ds)
+    if check.skipped.total > 0 {
+        let keep: Vec<usize> = (0..frame.rows).filter(|&i| !check.drop[i]).collect();
+        ds = ds.select(&keep);
+    }
+    Ok((ds, check.skipped))
 }
 
 /// One task's labels as the head wants them (see [`Dataset::labels`]); empty when the
 /// task has no label column, or the frame lacks it and labels are not required.
-fn encode_labels(t: &Task, frame: &Frame, require: bool, check_positive: bool) -> Result<Vec<f32>, DataError> {
+fn encode_labels(
+    t: &Task,
+    frame: &Frame,
+    require: bool,
+    check_positive: bool,
+    check: &mut RowCheck,
+) -> Result<Vec<f32>, DataError> {
     let Some(label) = &t.label else { return Ok(Vec::new()) };
     let missing = |c: &str| DataError::Other(format!("{}: column `{c}` missing", frame.origin.name));
     let categorical = label.positive.is_some() || matches!(t.head, Head::Multiclass { .. });
     let Some(col) = frame.column_as(&label.column, !categorical) else {
         return if require { Err(missing(&label.column)) } else { Ok(Vec::new()) };
-    };
-    let bad = |i: usize, problem: String| DataError::BadValue {
-        at: frame.origin.describe(i),
-        column: label.column.clone(),
-        problem,
     };
     let mut labels: Vec<f32> = match (&t.head, col, &label.positive) {
         (Head::Multiclass { classes }, Column::Cat { dict, codes }, _) => {
@@ -275,8 +316,10 @@ fn encode_labels(t: &Task, frame: &Frame, require: bool, check_positive: bool) -
                     Some(k) => out.push(k as f32),
                     None if dict[c as usize].is_empty() => out.push(f32::NAN),
                     None => {
-                        return Err(bad(
+                        check.flag(
                             i,
+                            "label not one of the classes",
+                            &label.column,
                             format!(
                                 "label {:?} of task `{}` is not one of its classes ({}){}",
                                 dict[c as usize],
@@ -285,7 +328,8 @@ fn encode_labels(t: &Task, frame: &Frame, require: bool, check_positive: bool) -
                                 crate::diag::did_you_mean(&dict[c as usize], classes.iter().map(String::as_str))
                                     .map_or_else(String::new, |h| format!("; {h}"))
                             ),
-                        ))
+                        )?;
+                        out.push(f32::NAN);
                     }
                 }
             }
@@ -345,11 +389,10 @@ fn encode_labels(t: &Task, frame: &Frame, require: bool, check_positive: bool) -
                     continue;
                 }
                 other => {
-                    return Err(DataError::BadValue {
-                        at: frame.origin.describe(i),
-                        column: label.only_where.clone().unwrap_or_default(),
-                        problem: format!("`only_where` of task `{}` reads {other}, expected 0 or 1", t.name),
-                    })
+                    let column = label.only_where.clone().unwrap_or_default();
+                    let problem = format!("`only_where` of task `{}` reads {other}, expected 0 or 1", t.name);
+                    check.flag(i, "only_where not 0 or 1", &column, problem)?;
+                    continue;
                 }
             }
         }
@@ -358,17 +401,28 @@ fn encode_labels(t: &Task, frame: &Frame, require: bool, check_positive: bool) -
                 Some(w) => format!("`only_where` column `{w}` says it is observed"),
                 None => "every row needs one (mask unobserved rows with `only_where`)".to_string(),
             };
-            return Err(bad(i, format!("the label of task `{}` is missing; {mask}", t.name)));
+            if !check.drop[i] {
+                check.flag(
+                    i,
+                    "missing label",
+                    &label.column,
+                    format!("the label of task `{}` is missing; {mask}", t.name),
+                )?;
+            }
+            continue;
         }
         match &t.head {
             Head::Binary if *y != 0.0 && *y != 1.0 => {
-                return Err(bad(i, format!("label of task `{}` is {y}, expected 0 or 1 (or set `positive`)", t.name)))
+                let problem = format!("label of task `{}` is {y}, expected 0 or 1 (or set `positive`)", t.name);
+                check.flag(i, "binary label not 0 or 1", &label.column, problem)?;
             }
             Head::Regression { transform } => {
                 if !y.is_finite() || !transform.accepts(*y) {
                     let expected =
                         if y.is_finite() { "a number above -1 (transform = log1p)" } else { "a finite number" };
-                    return Err(bad(i, format!("label of task `{}` is {y}, expected {expected}", t.name)));
+                    let problem = format!("label of task `{}` is {y}, expected {expected}", t.name);
+                    check.flag(i, "regression label out of range", &label.column, problem)?;
+                    continue;
                 }
                 *y = transform.apply(*y);
             }
@@ -415,6 +469,11 @@ pub struct LoadInfo {
     /// Pearson correlation of the two labels (MMoE generator only).
     pub label_correlation: Option<f64>,
     pub source: String,
+    /// Rows skipped as broken (a skipping bad-row policy), and the rows read.
+    pub skipped: Skipped,
+    pub rows_read: u64,
+    /// Show the skipped rows as warnings (policy `warn`).
+    pub warn_skipped: bool,
 }
 
 /// Makes or reads the rows `data` describes and splits them.
@@ -440,16 +499,31 @@ pub fn load_splits_with(
     use crate::ir::{DataSource, SyntheticKind};
     let needs = needs(model);
     let mut info = LoadInfo::default();
+    // Rows skipped under a skipping bad-row policy, and rows read in all.
+    let skipped = std::cell::RefCell::new((Skipped::default(), 0u64));
     // Files (parts of folders and globs), each encoded, concatenated.
-    let read_parts = |parts: &[source::Part], format: &crate::ir::CsvFormat, training: bool| -> Result<Dataset, DataError> {
-        let mut all = Dataset::default();
-        for part in parts {
-            let p = part.path.as_path();
-            let frame = source::read_part(part, format, &needs, true, spec_at, &|r, t| progress(p, r, t))?;
-            all.extend(if training { encode_training(model, &frame)? } else { encode(model, &frame, true)? });
-        }
-        Ok(all)
-    };
+    let read_parts =
+        |parts: &[source::Part], format: &crate::ir::CsvFormat, training: bool| -> Result<Dataset, DataError> {
+            let mut all = Dataset::default();
+            for part in parts {
+                let p = part.path.as_path();
+                let frame = source::read_part(part, format, &needs, true, spec_at, &|r, t| progress(p, r, t))?;
+                let ds = if data.bad_rows.skips() {
+                    let (ds, bad) = encode_skipping(model, &frame, training)?;
+                    let mut s = skipped.borrow_mut();
+                    s.0.merge(&frame.skipped);
+                    s.0.merge(&bad);
+                    s.1 += frame.rows as u64 + frame.skipped.total;
+                    ds
+                } else if training {
+                    encode_training(model, &frame)?
+                } else {
+                    encode(model, &frame, true)?
+                };
+                all.extend(ds);
+            }
+            Ok(all)
+        };
     let read_path = |path: &std::path::Path, format: &crate::ir::CsvFormat| -> Result<Dataset, DataError> {
         read_parts(&source::expand(path)?, format, false)
     };
@@ -478,7 +552,9 @@ pub fn load_splits_with(
             let validation = match (over, &c.validation) {
                 (Some(_), _) => None,
                 (None, Some(v)) => Some(read_path(v, &c.format)?),
-                (None, None) if !window_validation.is_empty() => Some(read_parts(&window_validation, &c.format, false)?),
+                (None, None) if !window_validation.is_empty() => {
+                    Some(read_parts(&window_validation, &c.format, false)?)
+                }
                 (None, None) => None,
             };
             let test = match (over, &c.test) {
@@ -494,6 +570,27 @@ pub fn load_splits_with(
             (read_parts(&parts, &crate::ir::CsvFormat::default_csv(), true)?, None, None)
         }
     };
+    let (bad, read) = skipped.into_inner();
+    if bad.total > 0 {
+        let share = bad.total as f64 / read.max(1) as f64;
+        let over_count = data.bad_rows.max_rows.is_some_and(|m| bad.total > m);
+        if over_count || share > data.bad_rows.max_fraction {
+            let cap = match data.bad_rows.max_rows {
+                Some(m) if over_count => format!("max_bad_rows = {m}"),
+                _ => format!("max_bad_fraction = {}", data.bad_rows.max_fraction),
+            };
+            return Err(DataError::Other(format!(
+                "{} bad rows of {read} read ({:.2}%: {}) is past {cap}; the first: {}",
+                bad.total,
+                100.0 * share,
+                bad.summary(),
+                bad.first.join("; ")
+            )));
+        }
+    }
+    info.skipped = bad;
+    info.warn_skipped = data.bad_rows.policy == crate::ir::BadRowPolicy::Warn;
+    info.rows_read = read;
     let seed = match &data.source {
         crate::ir::DataSource::Synthetic(s) => s.seed,
         _ => 0,

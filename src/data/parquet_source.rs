@@ -48,6 +48,7 @@ pub fn read_parquet(
     path: &Path,
     needs: &[Need],
     require_labels: bool,
+    skip_bad_rows: bool,
     spec_at: &dyn Fn(&Need) -> String,
     progress: &dyn Fn(u64, u64),
 ) -> Result<Frame, DataError> {
@@ -107,7 +108,9 @@ pub fn read_parquet(
         .iter()
         .map(|f| match f.data_type() {
             DataType::Utf8 | DataType::LargeUtf8 if as_dictionary.contains(&f.name().as_str()) => Arc::new(
-                f.as_ref().clone().with_data_type(DataType::Dictionary(Box::new(DataType::Int32), Box::new(f.data_type().clone()))),
+                f.as_ref()
+                    .clone()
+                    .with_data_type(DataType::Dictionary(Box::new(DataType::Int32), Box::new(f.data_type().clone()))),
             ),
             _ => f.clone(),
         })
@@ -122,6 +125,8 @@ pub fn read_parquet(
     let reader = b.with_projection(mask).with_batch_size(BATCH).build().map_err(|e| corrupt(path, e))?;
 
     let mut rows = 0usize;
+    // Rows with a value that is not a number (skipped when `skip_bad_rows`).
+    let mut bad: Vec<(usize, String)> = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| DataError::BadRow {
             at: format!("{shown} after row {rows}"),
@@ -133,7 +138,11 @@ pub fn read_parquet(
                 .ok_or_else(|| DataError::Other(format!("{shown}: column `{name}` vanished from a batch")))?;
             let at = |i: usize| format!("{shown} row {}", rows + i + 1);
             match sink {
-                Sink::Num(v) => push_numbers(v, array, name, &at)?,
+                Sink::Num(v) => {
+                    let before = v.len();
+                    push_numbers(v, array, name, &at, skip_bad_rows.then_some(&mut bad))?;
+                    debug_assert_eq!(v.len() - before, batch.num_rows());
+                }
                 Sink::Cat(interner) => push_text(interner, array, name, &shown)?,
             }
         }
@@ -146,14 +155,34 @@ pub fn read_parquet(
     if rows == 0 {
         return Err(DataError::NoRows { path: shown });
     }
-    let columns = sinks
+    let mut columns: Vec<Column> = sinks
         .into_iter()
         .map(|s| match s {
             Sink::Num(v) => Column::Num(v),
             Sink::Cat(i) => i.finish(),
         })
         .collect();
-    Ok(Frame { names, columns, rows, origin: Origin { name: shown, lines: Vec::new(), later: Vec::new() } })
+    let mut skipped = super::Skipped::default();
+    if !bad.is_empty() {
+        let mut drop = vec![false; rows];
+        for (row, problem) in &bad {
+            if !drop[*row] {
+                drop[*row] = true;
+                skipped.add("unparsable number", &format!("{shown} row {}", row + 1), problem);
+            }
+        }
+        for c in &mut columns {
+            match c {
+                Column::Num(v) => *v = v.iter().zip(&drop).filter(|(_, d)| !**d).map(|(x, _)| *x).collect(),
+                Column::Cat { codes, .. } => {
+                    *codes = codes.iter().zip(&drop).filter(|(_, d)| !**d).map(|(x, _)| *x).collect()
+                }
+            }
+        }
+        rows -= drop.iter().filter(|d| **d).count();
+    }
+    // Without line numbers, errors name the row of the file; skipped rows shift them.
+    Ok(Frame { names, columns, rows, origin: Origin { name: shown, lines: Vec::new(), later: Vec::new() }, skipped })
 }
 
 fn is_text(t: &DataType) -> bool {
@@ -179,7 +208,9 @@ fn push_numbers(
     array: &ArrayRef,
     name: &str,
     at: &dyn Fn(usize) -> String,
+    mut skip: Option<&mut Vec<(usize, String)>>,
 ) -> Result<(), DataError> {
+    let first_row = out.len();
     let t = array.data_type();
     if is_number(t) {
         let a = cast(array, &DataType::Float64, name, &at(0))?;
@@ -191,11 +222,15 @@ fn push_numbers(
             }
             let x = a.value(i) as f32;
             if !x.is_finite() {
-                return Err(DataError::BadValue {
-                    at: at(i),
-                    column: name.to_string(),
-                    problem: format!("{} is not a finite f32", a.value(i)),
-                });
+                let problem = format!("{} is not a finite f32", a.value(i));
+                match skip.as_deref_mut() {
+                    Some(bad) => {
+                        bad.push((first_row + i, format!("column `{name}`: {problem}")));
+                        out.push(f32::NAN);
+                        continue;
+                    }
+                    None => return Err(DataError::BadValue { at: at(i), column: name.to_string(), problem }),
+                }
             }
             out.push(x);
         }
@@ -208,9 +243,16 @@ fn push_numbers(
                 out.push(f32::NAN);
                 continue;
             }
-            let x = parse_number(a.value(i).trim())
-                .map_err(|problem| DataError::BadValue { at: at(i), column: name.to_string(), problem })?;
-            out.push(x);
+            match (parse_number(a.value(i).trim()), skip.as_deref_mut()) {
+                (Ok(x), _) => out.push(x),
+                (Err(problem), Some(bad)) => {
+                    bad.push((first_row + i, format!("column `{name}`: {problem}")));
+                    out.push(f32::NAN);
+                }
+                (Err(problem), None) => {
+                    return Err(DataError::BadValue { at: at(i), column: name.to_string(), problem })
+                }
+            }
         }
         Ok(())
     } else {

@@ -47,7 +47,8 @@ fn partition_key(component: &str) -> Option<(String, String)> {
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
     let open = |source| DataError::Open { path: dir.display().to_string(), source };
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).map_err(open)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(open)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for p in entries {
         let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
@@ -185,7 +186,9 @@ pub fn read_part(
         .collect();
     let mut frame = match format_of(&part.path) {
         FileFormat::Csv => csv_source::read_csv_with(&part.path, csv, &of_file, require_labels, spec_at, progress)?,
-        FileFormat::Parquet => parquet_source::read_parquet(&part.path, &of_file, require_labels, spec_at, progress)?,
+        FileFormat::Parquet => {
+            parquet_source::read_parquet(&part.path, &of_file, require_labels, csv.skip_bad_rows, spec_at, progress)?
+        }
     };
     for need in needs.iter().filter(|n| !of_file.contains(n)) {
         let Some((_, value)) = part.keys.iter().find(|(k, _)| *k == need.column) else { continue };
@@ -273,8 +276,9 @@ pub fn split_by_date(w: &DateWindow, parts: Vec<Part>) -> Result<(Vec<Part>, Vec
                 w.key
             ))
         })?;
-        let day = parse_date(&value)
-            .ok_or_else(|| DataError::Other(format!("{}: partition {}={value} is not a date", p.path.display(), w.key)))?;
+        let day = parse_date(&value).ok_or_else(|| {
+            DataError::Other(format!("{}: partition {}={value} is not a date", p.path.display(), w.key))
+        })?;
         if day > cur - w.days as i64 && day <= cur {
             train.push(p);
         } else if day == cur + 1 {
@@ -292,7 +296,9 @@ pub fn split_by_date(w: &DateWindow, parts: Vec<Part>) -> Result<(Vec<Part>, Vec
 pub fn training_parts(c: &CsvConfig, train_override: Option<&Path>) -> Result<(Vec<Part>, Vec<Part>), DataError> {
     let paths: Vec<PathBuf> = train_override.map_or_else(|| c.train.clone(), |p| vec![p.to_path_buf()]);
     if paths.is_empty() {
-        return Err(DataError::Other("the spec names no training file: set [data] train = [\"...\"] or pass --data".into()));
+        return Err(DataError::Other(
+            "the spec names no training file: set [data] train = [\"...\"] or pass --data".into(),
+        ));
     }
     let mut parts = Vec::new();
     for p in &paths {

@@ -68,7 +68,13 @@ pub fn funnel_frame(model: &Model, cardinality: usize, rows: usize, seed: u64) -
         names.push(name.to_string());
         columns.push(Column::Num(col));
     }
-    Frame { names, columns, rows, origin: Origin { name: "synthetic funnel data".into(), lines: Vec::new(), later: Vec::new() } }
+    Frame {
+        names,
+        columns,
+        rows,
+        origin: Origin { name: "synthetic funnel data".into(), lines: Vec::new(), later: Vec::new() },
+        skipped: Default::default(),
+    }
 }
 
 /// Settings of the MMoE generator.
@@ -140,7 +146,13 @@ pub fn mmoe_frame(model: &Model, p: &MmoeParams, rows: usize, seed: u64) -> Fram
             columns.push(Column::Num(y));
         }
     }
-    Frame { names, columns, rows, origin: Origin { name: "synthetic mmoe data".into(), lines: Vec::new(), later: Vec::new() } }
+    Frame {
+        names,
+        columns,
+        rows,
+        origin: Origin { name: "synthetic mmoe data".into(), lines: Vec::new(), later: Vec::new() },
+        skipped: Default::default(),
+    }
 }
 
 /// Teacher weight of one categorical value for one task: a fixed N(0, 1) draw.
@@ -256,5 +268,11 @@ pub fn categorical_frame(model: &Model, cardinality: usize, rows: usize, seed: u
         names.push(label.column.clone());
         columns.push(col);
     }
-    Frame { names, columns, rows, origin: Origin { name: "synthetic categorical data".into(), lines: Vec::new(), later: Vec::new() } }
+    Frame {
+        names,
+        columns,
+        rows,
+        origin: Origin { name: "synthetic categorical data".into(), lines: Vec::new(), later: Vec::new() },
+        skipped: Default::default(),
+    }
 }

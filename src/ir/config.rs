@@ -8,6 +8,38 @@ pub struct DataConfig {
     pub source: DataSource,
     pub validation_fraction: f64,
     pub test_fraction: f64,
+    pub bad_rows: BadRows,
+}
+
+/// What a broken row does: stops the run (`fail`, the default), or is skipped and
+/// counted (`skip`), and shown with where it is (`warn`), up to a cap past which the
+/// run fails anyway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRows {
+    pub policy: BadRowPolicy,
+    /// At most this many skipped rows.
+    pub max_rows: Option<u64>,
+    /// At most this share of the rows read skipped (default 0.01 when skipping).
+    pub max_fraction: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRowPolicy {
+    Fail,
+    Skip,
+    Warn,
+}
+
+impl Default for BadRows {
+    fn default() -> Self {
+        BadRows { policy: BadRowPolicy::Fail, max_rows: None, max_fraction: 0.01 }
+    }
+}
+
+impl BadRows {
+    pub fn skips(&self) -> bool {
+        self.policy != BadRowPolicy::Fail
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -41,12 +73,15 @@ pub struct CsvFormat {
     /// Declared column names (when there is no header).
     pub columns: Vec<String>,
     pub missing: Option<String>,
+    /// A broken row (ragged, invalid UTF-8, an unparsable number) is skipped and
+    /// recorded in the frame instead of failing the read.
+    pub skip_bad_rows: bool,
 }
 
 impl CsvFormat {
     /// A plain CSV file with a header: what `--data` reads for a synthetic spec.
     pub fn default_csv() -> CsvFormat {
-        CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None }
+        CsvFormat { delimiter: b',', header: true, columns: Vec::new(), missing: None, skip_bad_rows: false }
     }
 }
 

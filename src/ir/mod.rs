@@ -102,7 +102,10 @@ pub enum Transform {
     Log1p,
     /// `(x - mean) / std`; NaN statistics are open, fitted on the training rows
     /// before the model is built (`data::fit`).
-    ZScore { mean: f32, std: f32 },
+    ZScore {
+        mean: f32,
+        std: f32,
+    },
 }
 
 impl Transform {

@@ -8,6 +8,7 @@ use super::*;
 
 const SOURCES: &[&str] = &["synthetic", "csv"];
 const GENERATORS: &[&str] = &["mmoe", "categorical", "funnel"];
+const BAD_ROW_POLICIES: &[&str] = &["fail", "skip", "warn"];
 const OPTIMIZERS: &[&str] = &["adam", "lazy_adam"];
 
 impl Lower {
@@ -29,6 +30,22 @@ impl Lower {
                 "below 1",
                 d.test_fraction.span(),
             );
+        }
+        let mut bad_rows = crate::ir::BadRows::default();
+        if let Some(p) = &d.bad_rows {
+            bad_rows.policy = match self.word("bad_rows policy", p, BAD_ROW_POLICIES) {
+                Some("skip") => crate::ir::BadRowPolicy::Skip,
+                Some("warn") => crate::ir::BadRowPolicy::Warn,
+                _ => crate::ir::BadRowPolicy::Fail,
+            };
+        }
+        if let Some(n) = &d.max_bad_rows {
+            bad_rows.max_rows = Some(*n.get_ref());
+        }
+        if let Some(f) = &d.max_bad_fraction {
+            let x = *f.get_ref();
+            self.range("max_bad_fraction", (0.0..=1.0).contains(&x), x, "between 0 and 1", f.span());
+            bad_rows.max_fraction = x;
         }
         let source = match self.word("data source", &d.source, SOURCES) {
             Some("csv") => {
@@ -63,7 +80,11 @@ impl Lower {
                         let ok = crate::data::source::parse_date(cur.get_ref()).is_some();
                         self.range("cur_date", ok, cur.get_ref(), "a date such as \"2026-11-28\"", cur.span());
                         let days = d.days.as_ref().map_or(7, |n| self.count("days", n, 3660));
-                        Some(crate::ir::DateWindow { key: key.get_ref().clone(), cur: cur.get_ref().clone(), days: days as u32 })
+                        Some(crate::ir::DateWindow {
+                            key: key.get_ref().clone(),
+                            cur: cur.get_ref().clone(),
+                            days: days as u32,
+                        })
                     }
                     (None, None) => {
                         if let Some(n) = &d.days {
@@ -94,12 +115,13 @@ impl Lower {
                         header: *d.header.get_ref(),
                         columns: d.columns.iter().map(|c| c.get_ref().clone()).collect(),
                         missing: d.missing.as_ref().map(|m| m.get_ref().clone()),
+                        skip_bad_rows: bad_rows.skips(),
                     },
                 })
             }
             _ => DataSource::Synthetic(self.lower_synthetic(&d.synthetic, model)),
         };
-        DataConfig { source, validation_fraction, test_fraction }
+        DataConfig { source, validation_fraction, test_fraction, bad_rows }
     }
 
     fn lower_synthetic(&mut self, s: &spec::SyntheticSpec, model: &Model) -> SyntheticConfig {

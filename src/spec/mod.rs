@@ -7,13 +7,13 @@
 //! reference. The DSL front end (`.mg`, issue 3) will build this same struct.
 
 mod dsl;
-mod fmt;
 mod error;
+mod fmt;
 mod toml_front;
 
 pub use dsl::parse_dsl;
-pub use fmt::{comments, format, to_dsl, Comment};
 pub use error::SpecError;
+pub use fmt::{comments, format, to_dsl, Comment};
 pub use toml_front::parse_toml;
 
 use serde::{Deserialize, Serialize};
@@ -194,6 +194,15 @@ pub struct DataSection {
     /// Days of training partitions up to `cur_date`. Default 7.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub days: Option<Sp<u64>>,
+    /// A broken row: "fail" (default), "skip" (counted) or "warn" (counted and shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_rows: Option<Sp<String>>,
+    /// Skipping fails anyway past this many rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bad_rows: Option<Sp<u64>>,
+    /// Skipping fails anyway past this share of the rows read. Default 0.01.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bad_fraction: Option<Sp<f64>>,
 }
 
 /// Built-in generators.
@@ -557,6 +566,9 @@ impl Default for DataSection {
             partition_date: None,
             cur_date: None,
             days: None,
+            bad_rows: None,
+            max_bad_rows: None,
+            max_bad_fraction: None,
         }
     }
 }

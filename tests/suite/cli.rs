@@ -262,7 +262,13 @@ fn init_writes_a_spec_that_trains_with_roles_inferred_from_the_data() {
         let spend = if i % 20 == 0 { 5000 + i * 37 } else { i % 80 };
         let city = ["paris", "rome", "oslo", "lima"][(i % 4) as usize];
         let bought = if i % 10 == 0 { "yes" } else { "no" };
-        csv += &format!("{i},{},{spend},{city},{},{bought},{},{}.5\n", 18 + (i * 7919) % 80, i % 3, (i / 2) % 2, (i * 13) % 97);
+        csv += &format!(
+            "{i},{},{spend},{city},{},{bought},{},{}.5\n",
+            18 + (i * 7919) % 80,
+            i % 3,
+            (i / 2) % 2,
+            (i * 13) % 97
+        );
     }
     let data = dir.path().join("rows.csv");
     std::fs::write(&data, csv).unwrap();
@@ -305,6 +311,38 @@ fn init_writes_a_spec_that_trains_with_roles_inferred_from_the_data() {
     let (code, _, err) = mg(&[&args[..], &["--out", mg_out.to_str().unwrap()]].concat());
     assert_eq!(code, 0, "{err}");
     assert!(std::fs::read_to_string(&mg_out).unwrap().contains("model rows {"));
+}
+
+#[test]
+fn skipped_bad_rows_are_printed_and_written_to_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = String::from("x,click\n");
+    for i in 0..200 {
+        rows += &format!("{},{}\n", i % 13, i % 2);
+    }
+    rows += "oops,1\n5,7\n";
+    std::fs::write(dir.path().join("t.csv"), rows).unwrap();
+    let spec = dir.path().join("s.toml");
+    std::fs::write(
+        &spec,
+        "[model]\nname = \"s\"\n\n[data]\nsource = \"csv\"\ntrain = [\"t.csv\"]\nbad_rows = \"warn\"\n\n\
+         [[features]]\nname = \"x\"\ntype = \"dense\"\n\n[[tasks]]\nname = \"click\"\nkind = \"binary\"\nlabel = \"click\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let (code, stdout, err) =
+        mg(&["compile-and-train", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--epochs", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let said = format!("{stdout}{err}");
+    assert!(
+        said.contains("skipped 2 bad row(s) of 202 read: 1 binary label not 0 or 1, 1 unparsable number"),
+        "{said}"
+    );
+    assert!(said.contains("t.csv:202: column `x`"), "warn shows where: {said}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["bad_rows"]["total"], 2, "{m}");
+    assert_eq!(m["bad_rows"]["by_reason"]["unparsable number"], 1, "{m}");
 }
 
 #[test]

@@ -38,7 +38,7 @@ label = "amount"
 "#;
 
 fn fmt() -> CsvFormat {
-    CsvFormat { delimiter: b',', header: true, columns: vec![], missing: Some("?".into()) }
+    CsvFormat { delimiter: b',', header: true, columns: vec![], missing: Some("?".into()), skip_bad_rows: false }
 }
 
 fn read(text: &str) -> Result<data::Dataset, DataError> {

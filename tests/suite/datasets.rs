@@ -92,7 +92,8 @@ fn parquet_types_map_as_csv_fields_would() {
     use arrow_schema::{DataType, Field, Schema};
     let dir = tempfile::tempdir().unwrap();
     // Spark's types: a long id, a double, a boolean label, a dictionary-encoded string.
-    let city: DictionaryArray<arrow_array::types::Int32Type> = vec![Some("paris"), None, Some("rome")].into_iter().collect();
+    let city: DictionaryArray<arrow_array::types::Int32Type> =
+        vec![Some("paris"), None, Some("rome")].into_iter().collect();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from(vec![Some(7), Some(12), None])),
         Arc::new(Float64Array::from(vec![Some(31.0), None, Some(52.0)])),
@@ -181,7 +182,8 @@ fn folders_globs_and_hive_partitions_are_read_with_their_keys() {
     // A feature may read the partition key as a column.
     let spec = SPEC.replace("name = \"code\"", "name = \"dt\"");
     let c = compile_ok("d.toml", &spec);
-    let frame = source::read_path(dir.path(), &csv_format(&c), &data::needs(&c.model), true, &|n| n.reader.clone()).unwrap();
+    let frame =
+        source::read_path(dir.path(), &csv_format(&c), &data::needs(&c.model), true, &|n| n.reader.clone()).unwrap();
     assert_eq!(frame.rows, 2 + 3 + 4 + 5 + 6);
     let Some(Column::Cat { dict, codes }) = frame.column_as("dt", false) else { panic!("dt column") };
     assert_eq!(dict[codes[0] as usize], "2026-11-24");
@@ -197,7 +199,10 @@ fn a_date_window_trains_on_the_last_days_and_validates_on_the_next() {
     partitions(dir.path(), &days);
     let spec = SPEC.replace(
         "train = [\"rows.csv\"]",
-        &format!("train = [{:?}]\npartition_date = \"dt\"\ncur_date = \"2026-11-27\"\ndays = 3", dir.path().display().to_string()),
+        &format!(
+            "train = [{:?}]\npartition_date = \"dt\"\ncur_date = \"2026-11-27\"\ndays = 3",
+            dir.path().display().to_string()
+        ),
     );
     let c = compile_ok("d.toml", &spec);
     let (splits, _) = data::load_splits(&c.model, &c.data, None, &|n| n.reader.clone()).unwrap();
@@ -214,7 +219,10 @@ fn a_date_window_trains_on_the_last_days_and_validates_on_the_next() {
     let e = data::load_splits(&moved.model, &moved.data, None, &|n| n.reader.clone()).unwrap_err();
     assert!(e.to_string().contains("no `dt` partition"), "{e}");
     // Half a window, or a date that is not one, is a spec error at its line.
-    let src = multigate::source::SourceFile::from_text("d.toml", spec.replace("cur_date = \"2026-11-27\"", "cur_date = \"27/11/2026\""));
+    let src = multigate::source::SourceFile::from_text(
+        "d.toml",
+        spec.replace("cur_date = \"2026-11-27\"", "cur_date = \"27/11/2026\""),
+    );
     let e = multigate::pipeline::compile_source(&src).err().unwrap().render(Some(&src), false);
     assert!(e.contains("cur_date") && e.contains("2026-11-28"), "{e}");
 }
@@ -234,4 +242,148 @@ fn census_as_parquet_encodes_like_the_csv() {
     let b = encode(&c.model, &pq, &csv.format);
     assert_eq!(a.rows, 49_881);
     assert_same(&a, &b);
+}
+
+const BAD_SPEC: &str = r#"
+[model]
+name = "bad"
+
+[data]
+source = "csv"
+train = ["rows.csv"]
+validation_fraction = 0.25
+POLICY
+
+[[features]]
+name = "age"
+type = "dense"
+transform = "zscore"
+mean = 40.0
+std = 10.0
+
+[[features]]
+name = "city"
+type = "categorical"
+hash_buckets = 64
+
+[[features]]
+name = "spend"
+type = "dense"
+transform = "log1p"
+
+[[tasks]]
+name = "click"
+kind = "binary"
+label = "click"
+
+[[tasks]]
+name = "minutes"
+kind = "regression"
+label = "minutes"
+"#;
+
+/// 20 good rows and one of each kind of bad row.
+fn bad_rows_csv() -> Vec<u8> {
+    let mut rows = b"age,city,spend,click,minutes\n".to_vec();
+    for i in 0..20 {
+        rows.extend(format!("{},c{},{},{},{}.5\n", 20 + i, i % 3, i, i % 2, i).as_bytes());
+    }
+    for bad in [
+        &b"31,paris,2,1\n"[..], // ragged
+        b"abc,paris,2,1,5\n",   // not a number
+        b"31,paris,2,nan,5\n",  // a NaN label
+        b"31,paris,2,2,5\n",    // a binary label that is not 0/1
+        b"31,paris,2,,5\n",     // a missing label
+        b"31,par\xff,2,1,5\n",  // invalid UTF-8
+        b"31,paris,-3,1,5\n",   // a negative count for log1p
+    ] {
+        rows.extend_from_slice(bad);
+    }
+    rows
+}
+
+fn load_bad(policy: &str, data: &[u8], name: &str) -> Result<(data::Splits, data::LoadInfo), String> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(name), data).unwrap();
+    let spec = BAD_SPEC.replace("POLICY", policy).replace("rows.csv", &dir.path().join(name).display().to_string());
+    let c = compile_ok("bad.toml", &spec);
+    data::load_splits(&c.model, &c.data, None, &|n| n.reader.clone()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn every_bad_row_kind_fails_by_default_and_is_counted_when_skipped() {
+    let rows = bad_rows_csv();
+    // fail (the default): the first bad row, with its file and line.
+    let e = load_bad("", &rows, "rows.csv").unwrap_err();
+    assert!(e.contains("rows.csv:22") && e.contains("expected 5 fields, found 4"), "{e}");
+    // skip: every kind counted by reason, the good rows kept.
+    let (splits, info) = load_bad("bad_rows = \"skip\"\nmax_bad_fraction = 0.5", &rows, "rows.csv").unwrap();
+    assert_eq!(splits.train.rows + splits.validation.rows, 20);
+    assert_eq!(info.skipped.total, 7, "{:?}", info.skipped);
+    assert_eq!(info.rows_read, 27);
+    let count = |r: &str| info.skipped.by_reason.get(r).copied().unwrap_or(0);
+    assert_eq!(count("ragged row"), 1, "{:?}", info.skipped);
+    assert_eq!(count("unparsable number"), 2, "{:?}", info.skipped); // `abc` and the NaN label
+    assert_eq!(count("binary label not 0 or 1"), 1, "{:?}", info.skipped);
+    assert_eq!(count("missing label"), 1, "{:?}", info.skipped);
+    assert_eq!(count("invalid UTF-8"), 1, "{:?}", info.skipped);
+    assert_eq!(count("value outside its transform's domain"), 1, "{:?}", info.skipped);
+    assert_eq!(info.skipped.first.len(), 5);
+    assert!(info.skipped.first[0].contains("rows.csv:22"), "{:?}", info.skipped.first);
+    assert!(!info.warn_skipped);
+    let (_, info) = load_bad("bad_rows = \"warn\"\nmax_bad_fraction = 0.5", &rows, "rows.csv").unwrap();
+    assert!(info.warn_skipped && info.skipped.total == 7);
+    // Past the cap (a count, or the default 1%), skipping fails anyway, saying why.
+    let e = load_bad("bad_rows = \"skip\"\nmax_bad_rows = 3", &rows, "rows.csv").unwrap_err();
+    assert!(e.contains("7 bad rows of 27") && e.contains("max_bad_rows = 3"), "{e}");
+    let e = load_bad("bad_rows = \"skip\"", &rows, "rows.csv").unwrap_err();
+    assert!(e.contains("max_bad_fraction = 0.01"), "{e}");
+}
+
+#[test]
+fn a_truncated_gzip_file_is_a_counted_bad_read_when_skipping() {
+    use std::io::Write;
+    let mut rows = b"age,city,spend,click,minutes\n".to_vec();
+    for i in 0..5000 {
+        rows.extend(format!("{},c{},{},{},{}.5\n", 20 + i % 50, i % 3, i % 7, i % 2, i % 11).as_bytes());
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&rows).unwrap();
+    let gz = gz.finish().unwrap();
+    let cut = &gz[..gz.len() * 2 / 3];
+    let e = load_bad("", cut, "rows.csv.gz").unwrap_err();
+    assert!(e.contains("truncated"), "{e}");
+    let (splits, info) =
+        load_bad("bad_rows = \"skip\"\nmax_bad_rows = 1\nmax_bad_fraction = 1.0", cut, "rows.csv.gz").unwrap();
+    assert_eq!(info.skipped.by_reason.get("unreadable data"), Some(&1), "{:?}", info.skipped);
+    assert!(info.skipped.first[0].contains("truncated"), "{:?}", info.skipped.first);
+    let kept = splits.train.rows + splits.validation.rows;
+    assert!(kept > 1000 && kept < 5000, "the rows before the damage are kept: {kept}");
+}
+
+#[test]
+fn parquet_rows_with_text_that_is_no_number_are_skipped_too() {
+    use arrow_array::{ArrayRef, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    let dir = tempfile::tempdir().unwrap();
+    let text = |v: Vec<&str>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+    let schema = Arc::new(Schema::new(
+        ["age", "city", "spend", "click", "minutes"].map(|n| Field::new(n, DataType::Utf8, true)).to_vec(),
+    ));
+    let mut ages: Vec<&str> = vec!["30"; 200];
+    ages[7] = "thirty";
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![text(ages), text(vec!["paris"; 200]), text(vec!["1"; 200]), text(vec!["0"; 200]), text(vec!["2.5"; 200])],
+    )
+    .unwrap();
+    let pq = dir.path().join("rows.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&pq).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let bytes = std::fs::read(&pq).unwrap();
+    let e = load_bad("", &bytes, "rows.parquet").unwrap_err();
+    assert!(e.contains("rows.parquet row 8") && e.contains("thirty"), "{e}");
+    let (splits, info) = load_bad("bad_rows = \"skip\"", &bytes, "rows.parquet").unwrap();
+    assert_eq!((info.skipped.total, splits.train.rows + splits.validation.rows), (1, 199));
 }

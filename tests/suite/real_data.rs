@@ -54,7 +54,13 @@ fn samples_parse_through_the_pipeline() {
     let Some(root) = shared_data("sample parsing") else { return };
     // The seed model's features read the Avazu sample.
     let c = compile_path(&repo().join("models/seed_avazu_mmoe.toml"));
-    let fmt = multigate::ir::CsvFormat { delimiter: b',', header: true, columns: vec![], missing: None };
+    let fmt = multigate::ir::CsvFormat {
+        delimiter: b',',
+        header: true,
+        columns: vec![],
+        missing: None,
+        skip_bad_rows: false,
+    };
     let frame =
         read_csv(&root.join("samples/avazu_sample.txt"), &fmt, &data::needs(&c.model), true, &|_| String::new())
             .unwrap();

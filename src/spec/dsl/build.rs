@@ -321,6 +321,9 @@ impl Builder {
         d.partition_date = self.take_str(&mut a, "partition_date");
         d.cur_date = self.take_str(&mut a, "cur_date");
         d.days = self.take_u64(&mut a, "days");
+        d.bad_rows = self.take_str(&mut a, "bad_rows");
+        d.max_bad_rows = self.take_u64(&mut a, "max_bad_rows");
+        d.max_bad_fraction = self.take_f64(&mut a, "max_bad_fraction");
         self.finish(a, DATA_KEYS);
     }
 
@@ -656,9 +659,7 @@ impl Builder {
                 Rule::epochs => {
                     t.epochs = self.integer(opt.into_inner().next().expect("epochs has an integer"), "epochs")
                 }
-                Rule::seed => {
-                    t.seed = self.integer(opt.into_inner().next().expect("seed has an integer"), "seed")
-                }
+                Rule::seed => t.seed = self.integer(opt.into_inner().next().expect("seed has an integer"), "seed"),
                 Rule::patience => {
                     t.patience =
                         Some(self.integer(opt.into_inner().next().expect("patience has an integer"), "patience"))
@@ -728,6 +729,9 @@ const DATA_KEYS: &[&str] = &[
     "partition_date",
     "cur_date",
     "days",
+    "bad_rows",
+    "max_bad_rows",
+    "max_bad_fraction",
 ];
 const SYNTHETIC_KEYS: &[&str] =
     &["rows", "seed", "dim", "correlation", "scale", "sin_terms", "sin_sd", "noise_sd", "cardinality"];

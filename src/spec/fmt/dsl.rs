@@ -140,6 +140,15 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
     if let Some(v) = &d.days {
         a.push(sp_arg("days", v, |x| x.to_string()));
     }
+    if let Some(v) = &d.bad_rows {
+        a.push(sp_arg("bad_rows", v, |x| n(x)));
+    }
+    if let Some(v) = &d.max_bad_rows {
+        a.push(sp_arg("max_bad_rows", v, |x| x.to_string()));
+    }
+    if let Some(v) = &d.max_bad_fraction {
+        a.push(sp_arg("max_bad_fraction", v, |x| num(*x)));
+    }
     out.mark(&d.source);
     write!(out, "  data {}", n(d.source.get_ref()))?;
     args(out, &a)?;

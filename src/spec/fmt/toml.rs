@@ -147,6 +147,9 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
     t.opt("partition_date", &d.partition_date, |x| q(x));
     t.opt("cur_date", &d.cur_date, |x| q(x));
     t.opt("days", &d.days, |x| x.to_string());
+    t.opt("bad_rows", &d.bad_rows, |x| q(x));
+    t.opt("max_bad_rows", &d.max_bad_rows, |x| x.to_string());
+    t.opt("max_bad_fraction", &d.max_bad_fraction, |x| num(*x));
     t.write(out)?;
 
     let y = &d.synthetic;
