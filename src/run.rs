@@ -502,6 +502,19 @@ pub fn pin_fitted(
             spec.pin_label_stats(task, mean, std);
         }
     }
+    for v in fitted.vocabularies {
+        let name = &compiled.model.features[v.feature].name;
+        observer.on(&Event::Fitted {
+            of: &format!("feature {name}"),
+            what: format!(
+                "vocabulary of {} value(s) (of {} seen; {} row(s) out of vocabulary)",
+                v.values.len(),
+                v.seen,
+                v.oov_rows
+            ),
+        });
+        spec.pin_vocabulary(name, v.values);
+    }
     for FittedFeature { feature, mean, std } in fitted.features {
         let name = &compiled.model.features[feature].name;
         observer.on(&Event::Fitted { of: &format!("feature {name}"), what: format!("mean {mean:.6} std {std:.6}") });

@@ -16,12 +16,33 @@ use crate::ir::{DataConfig, DataSource, FeatureKind, Head, LabelTransform, Model
 pub struct Fits {
     pub labels: Vec<FittedLabel>,
     pub features: Vec<FittedFeature>,
+    pub vocabularies: Vec<FittedVocab>,
 }
 
 impl Fits {
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty() && self.features.is_empty()
+        self.labels.is_empty() && self.features.is_empty() && self.vocabularies.is_empty()
     }
+}
+
+/// The fitted vocabulary of one categorical feature: most frequent first (ties by
+/// value), so `max_size` keeps the head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FittedVocab {
+    pub feature: usize,
+    pub values: Vec<String>,
+    /// Distinct non-empty values seen, and rows whose value is left out (out of vocabulary).
+    pub seen: usize,
+    pub oov_rows: u64,
+}
+
+/// Categorical features whose vocabulary the spec leaves to the data.
+pub fn open_vocabularies(model: &Model) -> Vec<usize> {
+    (0..model.features.len())
+        .filter(|&i| {
+            matches!(model.features[i].kind, FeatureKind::Categorical { encoding: crate::ir::Encoding::FitVocab { .. }, .. })
+        })
+        .collect()
 }
 
 /// The fitted `(mean, std)` of one dense feature's raw values (all its columns
@@ -44,7 +65,7 @@ pub fn open_features(model: &Model) -> Vec<usize> {
 
 /// Whether anything in `model` is still to be fitted; such a model must not encode data.
 pub fn is_open(model: &Model) -> bool {
-    !open_labels(model).is_empty() || !open_features(model).is_empty()
+    !open_labels(model).is_empty() || !open_features(model).is_empty() || !open_vocabularies(model).is_empty()
 }
 
 /// What was fitted for one task.
@@ -74,7 +95,8 @@ pub fn fit(
     spec_at: &dyn Fn(&Need) -> String,
 ) -> Result<Fits, DataError> {
     let open_tasks = open_labels(model);
-    let open_feats = open_features(model);
+    let mut open_feats = open_features(model);
+    open_feats.extend(open_vocabularies(model));
     if open_tasks.is_empty() && open_feats.is_empty() {
         return Ok(Fits::default());
     }
@@ -124,6 +146,57 @@ pub fn fit_on_frames(model: &Model, frames: &[Frame]) -> Result<Fits, DataError>
     Ok(Fits {
         labels: open_labels(model).into_iter().map(|t| fit_task(model, t, frames)).collect::<Result<_, _>>()?,
         features: open_features(model).into_iter().map(|i| fit_feature(model, i, frames)).collect::<Result<_, _>>()?,
+        vocabularies: open_vocabularies(model)
+            .into_iter()
+            .map(|i| fit_vocabulary(model, i, frames))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn fit_vocabulary(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedVocab, DataError> {
+    let f = &model.features[i];
+    let FeatureKind::Categorical { encoding: crate::ir::Encoding::FitVocab { min_count, max_size }, .. } = &f.kind else {
+        return Err(DataError::Other(format!("feature `{}` has no vocabulary to fit", f.name)));
+    };
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for frame in frames {
+        match frame.column_as(&f.column, false) {
+            Some(Column::Cat { dict, codes }) => {
+                let mut per = vec![0u64; dict.len()];
+                codes.iter().for_each(|&c| per[c as usize] += 1);
+                for (v, n) in dict.iter().zip(per) {
+                    if n > 0 && !v.is_empty() {
+                        *counts.entry(v.clone()).or_default() += n;
+                    }
+                }
+            }
+            Some(Column::Num(v)) => {
+                for x in v.iter().filter(|x| !x.is_nan()) {
+                    *counts.entry(format!("{x}")).or_default() += 1;
+                }
+            }
+            None => return Err(DataError::Other(format!("feature `{}`: column `{}` not in the training data", f.name, f.column))),
+        }
+    }
+    let seen = counts.len();
+    let mut ranked: Vec<(String, u64)> = counts.into_iter().filter(|(_, n)| n >= min_count).collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if let Some(m) = max_size {
+        ranked.truncate(*m);
+    }
+    if ranked.is_empty() {
+        return Err(DataError::Other(format!(
+            "feature `{}`: no value of column `{}` occurs {min_count} time(s) or more in the training data, so its fitted vocabulary would be empty; lower min_count",
+            f.name, f.column
+        )));
+    }
+    let kept: u64 = ranked.iter().map(|(_, n)| n).sum();
+    let total: u64 = frames.iter().map(|fr| fr.rows as u64).sum();
+    Ok(FittedVocab {
+        feature: i,
+        values: ranked.into_iter().map(|(v, _)| v).collect(),
+        seen,
+        oov_rows: total.saturating_sub(kept),
     })
 }
 

@@ -436,6 +436,8 @@ fn encode_value(feature: &str, encoding: &crate::ir::Encoding, value: &str) -> u
     match encoding {
         crate::ir::Encoding::Hash { buckets } => hash_bucket(feature, value, *buckets),
         crate::ir::Encoding::Vocab { values } => values.iter().position(|v| v == value).map_or(0, |i| i as u32 + 1),
+        // Guarded by `fit::is_open`: an open vocabulary never encodes.
+        crate::ir::Encoding::FitVocab { .. } => 0,
     }
 }
 

@@ -35,6 +35,10 @@ impl fmt::Display for Model {
                     let enc = match encoding {
                         Encoding::Hash { buckets } => format!("hash({buckets})"),
                         Encoding::Vocab { values } => format!("vocab({} + oov)", values.len()),
+                        Encoding::FitVocab { min_count, max_size } => format!(
+                            "vocab(fitted on the training rows: min_count {min_count}{} + oov)",
+                            max_size.map_or_else(String::new, |m| format!(", max_size {m}"))
+                        ),
                     };
                     writeln!(
                         f,

@@ -34,6 +34,7 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
                 let enc = match encoding {
                     Encoding::Hash { buckets } => format!("hash {buckets}"),
                     Encoding::Vocab { values } => format!("vocab {}", values.len()),
+                    Encoding::FitVocab { .. } => "vocab (fitted)".to_string(),
                 };
                 format!("{}\\n{enc} → embed [{dim}]\\nparams {}", f.name, encoding.rows() * dim)
             }

@@ -84,6 +84,9 @@ pub enum Encoding {
     Hash { buckets: usize },
     /// Row i+1 for `values[i]`; row 0 for anything else (out of vocabulary).
     Vocab { values: Vec<String> },
+    /// A vocabulary still to fit on the training rows (`data::fit`): the values seen at
+    /// least `min_count` times, the `max_size` most frequent. Becomes [`Encoding::Vocab`].
+    FitVocab { min_count: u64, max_size: Option<usize> },
 }
 
 impl Encoding {
@@ -92,6 +95,8 @@ impl Encoding {
         match self {
             Encoding::Hash { buckets } => *buckets,
             Encoding::Vocab { values } => values.len() + 1,
+            // Not known until fitted; an open model is never built.
+            Encoding::FitVocab { .. } => 1,
         }
     }
 }

@@ -283,6 +283,13 @@ impl Lower {
                 ("fill", f.fill.as_ref().map(|v| v.span())),
             ];
             self.not_allowed(ctx_cat, None, &keys);
+            if f.hash_buckets.is_some() {
+                let keys = [
+                    ("min_count", f.min_count.as_ref().map(|v| v.span())),
+                    ("max_size", f.max_size.as_ref().map(|v| v.span())),
+                ];
+                self.not_allowed("a hashed feature (they shape a fitted vocabulary)", None, &keys);
+            }
             let encoding = match (&f.hash_buckets, &f.vocabulary) {
                 (Some(b), None) => Encoding::Hash { buckets: self.count("hash_buckets", b, MAX_ROWS) },
                 (None, Some(v)) => {
@@ -314,20 +321,17 @@ impl Lower {
                     });
                     Encoding::Hash { buckets: 1 }
                 }
-                (None, None) => {
-                    self.errors.push(LowerError::Missing {
-                        what: "`hash_buckets` or `vocabulary`",
-                        span: f.name.span(),
-                        help: Some("e.g. hash_buckets = 1000".into()),
-                    });
-                    Encoding::Hash { buckets: 1 }
-                }
+                // Neither: the vocabulary is fitted on the training rows.
+                (None, None) => Encoding::FitVocab {
+                    min_count: f.min_count.as_ref().map_or(1, |m| self.count("min_count", m, u64::MAX) as u64),
+                    max_size: f.max_size.as_ref().map(|m| self.count("max_size", m, MAX_ROWS)),
+                },
             };
             let dim = match &f.embedding_dim {
                 Some(d) => self.count("embedding_dim", d, MAX_UNITS),
                 None => DEFAULT_EMBEDDING_DIM,
             };
-            if dim > encoding.rows() {
+            if !matches!(encoding, Encoding::FitVocab { .. }) && dim > encoding.rows() {
                 let span = f.embedding_dim.as_ref().map_or_else(|| f.name.span(), |d| d.span());
                 self.warnings.push(LowerWarning::WideEmbedding {
                     feature: name.clone(),
@@ -342,6 +346,8 @@ impl Lower {
                 ("hash_buckets", f.hash_buckets.as_ref().map(|v| v.span())),
                 ("vocabulary", f.vocabulary.as_ref().map(|v| v.span())),
                 ("embedding_dim", f.embedding_dim.as_ref().map(|v| v.span())),
+                ("min_count", f.min_count.as_ref().map(|v| v.span())),
+                ("max_size", f.max_size.as_ref().map(|v| v.span())),
             ];
             self.not_allowed(ctx_dense, None, &keys);
             let width = f.width.as_ref().map_or(1, |w| self.count("width", w, MAX_UNITS));

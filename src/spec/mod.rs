@@ -278,6 +278,13 @@ pub struct FeatureSpec {
     /// Dense: value used for a missing field. Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fill: Option<Sp<f64>>,
+    /// Categorical without `hash_buckets` or `vocabulary`: the vocabulary is fitted on
+    /// the training rows, keeping values seen at least this often. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_count: Option<Sp<u64>>,
+    /// ... and at most this many values, the most frequent. Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<Sp<u64>>,
 }
 
 /// A feature built from two categorical embeddings.
@@ -634,6 +641,13 @@ impl Spec {
         if let Some(f) = self.features.iter_mut().find(|f| f.name.get_ref() == feature) {
             f.mean = Some(sp(mean));
             f.std = Some(sp(std));
+        }
+    }
+
+    /// Pins a categorical feature's vocabulary (fitted on the training rows).
+    pub fn pin_vocabulary(&mut self, feature: &str, values: Vec<String>) {
+        if let Some(f) = self.features.iter_mut().find(|f| f.name.get_ref() == feature) {
+            f.vocabulary = Some(sp(values));
         }
     }
 

@@ -174,6 +174,8 @@ const SPEC_SCHEMA: Schema = Table(
                     ("mean", Leaf),
                     ("std", Leaf),
                     ("fill", Leaf),
+                    ("min_count", Leaf),
+                    ("max_size", Leaf),
                 ],
             ),
         ),

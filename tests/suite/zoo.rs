@@ -187,6 +187,35 @@ fn zscore_statistics_left_out_are_fitted_on_the_training_rows_and_pinned_into_th
 }
 
 #[test]
+fn a_vocabulary_left_out_is_fitted_most_frequent_first_and_pinned() {
+    let text = spec("[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n")
+        .replacen("hash_buckets = 100\n", "max_size = 10\nmin_count = 2\n", 1);
+    let c = compile_ok("zoo.toml", &text);
+    assert!(format!("{}", *c.model).contains("vocab(fitted on the training rows: min_count 2, max_size 10 + oov)"));
+    let tmp = tempfile::tempdir().unwrap();
+    let done = train(&text, &tmp.path().join("b"));
+    let multigate::ir::FeatureKind::Categorical { encoding: multigate::ir::Encoding::Vocab { values }, .. } =
+        &done.compiled.model.features[0].kind
+    else {
+        panic!("a fitted vocabulary: {:?}", done.compiled.model.features[0].kind)
+    };
+    // The same list, counted directly on the generated rows.
+    let multigate::ir::DataSource::Synthetic(s) = &c.data.source else { unreachable!() };
+    let frame = data::synthetic::generate(&c.model, s, s.rows);
+    let Some(data::Column::Cat { dict, codes }) = frame.column_as("a", false) else { panic!() };
+    let mut counts = vec![0u64; dict.len()];
+    codes.iter().for_each(|&k| counts[k as usize] += 1);
+    let mut ranked: Vec<(u64, &String)> = counts.iter().copied().zip(dict).filter(|(n, v)| *n >= 2 && !v.is_empty()).collect();
+    ranked.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(y.1)));
+    let expected: Vec<String> = ranked.iter().take(10).map(|(_, v)| (*v).clone()).collect();
+    assert_eq!(values, &expected);
+    // Pinned into the bundle's spec; the embedding table has 10 rows plus the OOV row.
+    let p = Predictor::load(&done.out, multigate::backend::Device::Cpu).unwrap();
+    assert_eq!(p.compiled().model.features[0].kind, done.compiled.model.features[0].kind);
+    assert!(std::fs::read_to_string(done.out.join("spec.toml")).unwrap().contains("vocabulary = ["));
+}
+
+#[test]
 fn multiclass_classes_come_from_the_training_labels_and_predict_writes_one_column_each() {
     let text = spec(
         "[[tasks]]\nname = \"kind\"\nkind = \"multiclass\"\nlabel = \"category\"\ntower = [8]\n\n\

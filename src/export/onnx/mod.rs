@@ -334,6 +334,10 @@ pub fn encoding_metadata(model: &Model) -> serde_json::Value {
                     "feature": f.name, "column": f.column, "encoding": "vocabulary",
                     "values": values, "rule": "row i+1 for values[i]; row 0 for anything else",
                 }),
+                // A bundle's vocabularies are fitted; an open one has no rows to describe.
+                Encoding::FitVocab { .. } => serde_json::json!({
+                    "feature": f.name, "column": f.column, "encoding": "vocabulary (not fitted)",
+                }),
             }),
             FeatureKind::Dense { width, transform, fill } => dense.push(serde_json::json!({
                 "feature": f.name,

@@ -370,6 +370,8 @@ impl Builder {
             mean: None,
             std: None,
             fill: None,
+            min_count: None,
+            max_size: None,
         };
         for opt in inner {
             match opt.as_rule() {
@@ -385,6 +387,8 @@ impl Builder {
                     f.mean = self.take_f64(&mut a, "mean");
                     f.std = self.take_f64(&mut a, "std");
                     f.fill = self.take_f64(&mut a, "fill");
+                    f.min_count = self.take_u64(&mut a, "min_count");
+                    f.max_size = self.take_u64(&mut a, "max_size");
                     if let Some(c) = self.take_str(&mut a, "column") {
                         self.once(&mut f.column, "column", c);
                     }
@@ -735,5 +739,6 @@ const DATA_KEYS: &[&str] = &[
 ];
 const SYNTHETIC_KEYS: &[&str] =
     &["rows", "seed", "dim", "correlation", "scale", "sin_terms", "sin_sd", "noise_sd", "cardinality"];
-const FEATURE_KEYS: &[&str] = &["hash", "vocab", "width", "transform", "mean", "std", "fill", "column", "embed"];
+const FEATURE_KEYS: &[&str] =
+    &["hash", "vocab", "width", "transform", "mean", "std", "fill", "min_count", "max_size", "column", "embed"];
 const OPTIMIZER_KEYS: &[&str] = &["lr", "beta1", "beta2", "eps", "weight_decay"];

@@ -205,6 +205,12 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         if let Some(v) = &f.fill {
             a.push(sp_arg("fill", v, |x| num(*x)));
         }
+        if let Some(v) = &f.min_count {
+            a.push(sp_arg("min_count", v, |x| x.to_string()));
+        }
+        if let Some(v) = &f.max_size {
+            a.push(sp_arg("max_size", v, |x| x.to_string()));
+        }
         out.mark(&f.name);
         out.mark(&f.kind);
         write!(out, "  feature {}: {}", n(f.name.get_ref()), n(f.kind.get_ref()))?;

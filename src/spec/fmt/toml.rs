@@ -180,6 +180,8 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         t.opt("mean", &f.mean, |x| num(*x));
         t.opt("std", &f.std, |x| num(*x));
         t.opt("fill", &f.fill, |x| num(*x));
+        t.opt("min_count", &f.min_count, |x| x.to_string());
+        t.opt("max_size", &f.max_size, |x| x.to_string());
         t.write(out)?;
     }
     for c in &s.crosses {
