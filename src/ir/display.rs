@@ -40,12 +40,14 @@ impl fmt::Display for Model {
                             max_size.map_or_else(String::new, |m| format!(", max_size {m}"))
                         ),
                     };
+                    let params = match encoding {
+                        Encoding::FitVocab { .. } => format!("{dim} per value"),
+                        _ => (encoding.rows() * dim).to_string(),
+                    };
                     writeln!(
                         f,
-                        "  feature {}: categorical {enc} <- {:?} -> embed[{dim}]  params {}",
-                        feat.name,
-                        feat.column,
-                        encoding.rows() * dim
+                        "  feature {}: categorical {enc} <- {:?} -> embed[{dim}]  params {params}",
+                        feat.name, feat.column
                     )?;
                 }
                 FeatureKind::Dense { width, transform, fill } => {
@@ -184,7 +186,11 @@ impl fmt::Display for Model {
             LossBalance::GradNorm { alpha } => writeln!(f, "  loss balance: gradnorm alpha {alpha}")?,
             LossBalance::Dwa { temperature } => writeln!(f, "  loss balance: dwa temperature {temperature}")?,
         }
-        writeln!(f, "  params {}", self.param_count())?;
+        if self.features.iter().any(|x| matches!(x.kind, FeatureKind::Categorical { encoding: Encoding::FitVocab { .. }, .. })) {
+            writeln!(f, "  params {} + the fitted vocabularies' embeddings", self.param_count())?;
+        } else {
+            writeln!(f, "  params {}", self.param_count())?;
+        }
         writeln!(f, "  flops/sample {}", self.flops_per_sample())
     }
 }

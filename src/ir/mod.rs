@@ -95,8 +95,8 @@ impl Encoding {
         match self {
             Encoding::Hash { buckets } => *buckets,
             Encoding::Vocab { values } => values.len() + 1,
-            // Not known until fitted; an open model is never built.
-            Encoding::FitVocab { .. } => 1,
+            // Not known until fitted (an open model is never built): counted as none.
+            Encoding::FitVocab { .. } => 0,
         }
     }
 }
