@@ -355,22 +355,7 @@ pub fn read_csv_with(
                 });
             }
             None if need.is_label && !require_labels => {}
-            None => {
-                let mut available = header.join(", ");
-                if available.len() > 400 {
-                    available.truncate(400);
-                    available.push_str(", ...");
-                }
-                let hint = crate::diag::did_you_mean(&need.column, header.iter().map(String::as_str))
-                    .map_or_else(String::new, |h| format!("{h} "));
-                return Err(DataError::MissingColumn {
-                    path: shown,
-                    column: need.column.clone(),
-                    spec_at: spec_at(need),
-                    hint,
-                    available,
-                });
-            }
+            None => return Err(super::missing_column(&shown, need, &header, spec_at)),
         }
     }
 

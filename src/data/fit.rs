@@ -40,7 +40,10 @@ pub struct FittedVocab {
 pub fn open_vocabularies(model: &Model) -> Vec<usize> {
     (0..model.features.len())
         .filter(|&i| {
-            matches!(model.features[i].kind, FeatureKind::Categorical { encoding: crate::ir::Encoding::FitVocab { .. }, .. })
+            matches!(
+                model.features[i].kind,
+                FeatureKind::Categorical { encoding: crate::ir::Encoding::FitVocab { .. }, .. }
+            )
         })
         .collect()
 }
@@ -155,7 +158,8 @@ pub fn fit_on_frames(model: &Model, frames: &[Frame]) -> Result<Fits, DataError>
 
 fn fit_vocabulary(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedVocab, DataError> {
     let f = &model.features[i];
-    let FeatureKind::Categorical { encoding: crate::ir::Encoding::FitVocab { min_count, max_size }, .. } = &f.kind else {
+    let FeatureKind::Categorical { encoding: crate::ir::Encoding::FitVocab { min_count, max_size }, .. } = &f.kind
+    else {
         return Err(DataError::Other(format!("feature `{}` has no vocabulary to fit", f.name)));
     };
     let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
@@ -175,7 +179,12 @@ fn fit_vocabulary(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedVoc
                     *counts.entry(format!("{x}")).or_default() += 1;
                 }
             }
-            None => return Err(DataError::Other(format!("feature `{}`: column `{}` not in the training data", f.name, f.column))),
+            None => {
+                return Err(DataError::Other(format!(
+                    "feature `{}`: column `{}` not in the training data",
+                    f.name, f.column
+                )))
+            }
         }
     }
     let seen = counts.len();

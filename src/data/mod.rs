@@ -67,6 +67,31 @@ pub enum NeedOwner {
     Caller,
 }
 
+/// The error for a column a file lacks: who wants it, a did-you-mean against the
+/// file's header, and (the start of) that header.
+pub(crate) fn missing_column(
+    path: &str,
+    need: &Need,
+    header: &[String],
+    spec_at: &dyn Fn(&Need) -> String,
+) -> DataError {
+    let hint = crate::diag::did_you_mean(&need.column, header.iter().map(String::as_str))
+        .map_or_else(String::new, |h| format!("{h} "));
+    let mut available = header.join(", ");
+    if available.len() > 400 {
+        let cut = (0..=400).rev().find(|&i| available.is_char_boundary(i)).unwrap_or(0);
+        available.truncate(cut);
+        available.push_str(", ...");
+    }
+    DataError::MissingColumn {
+        path: path.to_string(),
+        column: need.column.clone(),
+        spec_at: spec_at(need),
+        hint,
+        available,
+    }
+}
+
 /// Every column the model reads, in a stable order.
 pub fn needs(model: &Model) -> Vec<Need> {
     let mut out = Vec::new();

@@ -186,7 +186,11 @@ impl fmt::Display for Model {
             LossBalance::GradNorm { alpha } => writeln!(f, "  loss balance: gradnorm alpha {alpha}")?,
             LossBalance::Dwa { temperature } => writeln!(f, "  loss balance: dwa temperature {temperature}")?,
         }
-        if self.features.iter().any(|x| matches!(x.kind, FeatureKind::Categorical { encoding: Encoding::FitVocab { .. }, .. })) {
+        if self
+            .features
+            .iter()
+            .any(|x| matches!(x.kind, FeatureKind::Categorical { encoding: Encoding::FitVocab { .. }, .. }))
+        {
             writeln!(f, "  params {} + the fitted vocabularies' embeddings", self.param_count())?;
         } else {
             writeln!(f, "  params {}", self.param_count())?;

@@ -188,8 +188,11 @@ fn zscore_statistics_left_out_are_fitted_on_the_training_rows_and_pinned_into_th
 
 #[test]
 fn a_vocabulary_left_out_is_fitted_most_frequent_first_and_pinned() {
-    let text = spec("[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n")
-        .replacen("hash_buckets = 100\n", "max_size = 10\nmin_count = 2\n", 1);
+    let text = spec("[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n").replacen(
+        "hash_buckets = 100\n",
+        "max_size = 10\nmin_count = 2\n",
+        1,
+    );
     let c = compile_ok("zoo.toml", &text);
     assert!(format!("{}", *c.model).contains("vocab(fitted on the training rows: min_count 2, max_size 10 + oov)"));
     let tmp = tempfile::tempdir().unwrap();
@@ -205,7 +208,8 @@ fn a_vocabulary_left_out_is_fitted_most_frequent_first_and_pinned() {
     let Some(data::Column::Cat { dict, codes }) = frame.column_as("a", false) else { panic!() };
     let mut counts = vec![0u64; dict.len()];
     codes.iter().for_each(|&k| counts[k as usize] += 1);
-    let mut ranked: Vec<(u64, &String)> = counts.iter().copied().zip(dict).filter(|(n, v)| *n >= 2 && !v.is_empty()).collect();
+    let mut ranked: Vec<(u64, &String)> =
+        counts.iter().copied().zip(dict).filter(|(n, v)| *n >= 2 && !v.is_empty()).collect();
     ranked.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(y.1)));
     let expected: Vec<String> = ranked.iter().take(10).map(|(_, v)| (*v).clone()).collect();
     assert_eq!(values, &expected);

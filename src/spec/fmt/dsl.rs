@@ -7,20 +7,8 @@ use std::fmt::Write;
 use super::{keep, wrap_list, Line, Out};
 use crate::spec::*;
 
-pub(super) fn q(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+fn q(s: &str) -> String {
+    super::quoted(s, Syntax::Dsl)
 }
 
 /// A name as written in the DSL: bare when the grammar's `name` rule accepts it.

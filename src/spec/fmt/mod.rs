@@ -28,6 +28,26 @@ pub fn format(spec: &Spec, source: Option<(&str, Syntax)>, target: Syntax) -> St
     weave(&lines, &comments, target)
 }
 
+/// A string literal: `"`, `\\`, newline and tab escaped in both syntaxes; TOML also
+/// escapes a carriage return and other control characters (the DSL reads them as they are).
+fn quoted(s: &str, syntax: Syntax) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' if syntax == Syntax::Toml => out.push_str("\\r"),
+            c if c.is_control() && syntax == Syntax::Toml => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Whether a writer puts out a value: when the source wrote it (it has a span) or
 /// it is not the default.
 fn keep<T: PartialEq>(v: &Sp<T>, default: &Sp<T>) -> bool {
