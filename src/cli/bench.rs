@@ -178,7 +178,7 @@ pub fn bench_ingest(path: &Path, data_path: Option<&Path>, repeat: usize, thread
     let (total, enc, rows) = best.unwrap_or_default();
     let per_s = |d: Duration| rows as f64 / d.as_secs_f64().max(1e-9);
     println!(
-        "{} rows from {} file(s), {} thread(s): {:.0} rows/s end to end ({:.3} s; encode {:.3} s of it), best of {}",
+        "{} rows from {} file(s), read {} at a time: {:.0} rows/s end to end ({:.3} s; encode {:.3} s of it), best of {}",
         rows,
         parts.len(),
         threads,

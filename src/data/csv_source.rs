@@ -294,30 +294,26 @@ pub fn read_csv_with(
     let opened = open(path, format.delimiter)?;
     let gzip_offset = opened.gzip.then(|| opened.read.clone());
     let consumed = opened.read.clone();
-    let mut rdr = csv::ReaderBuilder::new()
-        .delimiter(format.delimiter)
-        .has_headers(format.header)
-        .trim(csv::Trim::Headers)
-        .flexible(false)
-        .from_reader(opened.reader);
-    // Where an error is: `file:line`, or the file alone when the reader has no line.
-    let bad_row = |e: &csv::Error| {
-        let at = match e.position() {
-            Some(p) if p.line() > 0 => format!("{shown}:{}", p.line()),
-            _ => shown.clone(),
-        };
-        let problem = match e.kind() {
-            csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
-                format!("expected {expected_len} fields, found {len}")
-            }
-            csv::ErrorKind::Utf8 { .. } => "the row is not valid UTF-8".to_string(),
-            csv::ErrorKind::Io(io) => read_problem(io, gzip_offset.as_ref().map(|c| c.load(Ordering::Relaxed))),
-            _ => e.to_string(),
-        };
-        DataError::BadRow { at, problem }
-    };
+    let gzip_at = || gzip_offset.as_ref().map(|c| c.load(Ordering::Relaxed));
+    let mut raw = opened.reader;
+    let mut blocks = Blocks { carry: Vec::new(), done: false };
+    let (mut first, mut failed) = blocks.next(&mut raw);
+    // The header: the first line (or the spec's `columns`).
+    let mut next_line: u64 = 1;
     let header: Vec<String> = if format.header {
-        rdr.headers().map_err(|e| bad_row(&e))?.iter().map(str::to_string).collect()
+        let end = memchr::memchr(b'\n', &first).map_or(first.len(), |i| i + 1);
+        let line: Vec<u8> = first.drain(..end).collect();
+        next_line = 2;
+        let mut rdr = csv::ReaderBuilder::new()
+            .delimiter(format.delimiter)
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(&line[..]);
+        let mut record = csv::StringRecord::new();
+        match rdr.read_record(&mut record) {
+            Ok(_) => record.iter().map(|h| h.trim().to_string()).collect(),
+            Err(e) => return Err(csv_error(&e, &shown, 0, None)),
+        }
     } else {
         format.columns.clone()
     };
@@ -325,7 +321,6 @@ pub fn read_csv_with(
     let mut names: Vec<String> = Vec::new();
     let mut kinds: Vec<ColumnKind> = Vec::new();
     let mut slots = Vec::new();
-    let mut builders = Vec::new();
     for need in needs {
         if names.iter().zip(&kinds).any(|(n, k)| *n == need.column && *k == need.kind) {
             continue;
@@ -349,90 +344,83 @@ pub fn read_csv_with(
                 names.push(need.column.clone());
                 kinds.push(need.kind);
                 slots.push(i);
-                builders.push(match need.kind {
-                    ColumnKind::Num => Builder::Num(Vec::new()),
-                    ColumnKind::Cat => Builder::Cat(Interner::default()),
-                });
             }
             None if need.is_label && !require_labels => {}
             None => return Err(super::missing_column(&shown, need, &header, spec_at)),
         }
     }
 
-    let mut lines = Vec::new();
-    let mut record = csv::StringRecord::new();
-    let mut skipped = Skipped::default();
-    // The numbers of the row being read: a row is taken whole or not at all.
-    let mut numbers: Vec<f32> = vec![0.0; builders.len()];
-    loop {
-        match rdr.read_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) if format.skip_bad_rows => {
-                let io = matches!(e.kind(), csv::ErrorKind::Io(_));
-                let reason = match e.kind() {
-                    csv::ErrorKind::UnequalLengths { .. } => "ragged row",
-                    csv::ErrorKind::Utf8 { .. } => "invalid UTF-8",
-                    _ => "unreadable data",
-                };
-                let DataError::BadRow { at, problem } = bad_row(&e) else { unreachable!("bad_row makes BadRow") };
-                skipped.add(reason, &at, &problem);
-                if io {
-                    // A read error (a truncated gzip stream) ends the file.
-                    break;
+    let ctx =
+        RowContext { shown: &shown, format, header_len: header.len(), slots: &slots, kinds: &kinds, names: &names };
+    let mut rows = Rows::new(&ctx);
+    // Quote-free stretches of the file are parsed on worker threads, in order; from the
+    // first quote on (a quoted field may hold a line break) the rest is read in one go.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    std::thread::scope(|scope| -> Result<(), DataError> {
+        let mut running: std::collections::VecDeque<std::thread::ScopedJoinHandle<'_, Result<Rows<'_>, DataError>>> =
+            std::collections::VecDeque::new();
+        let mut block = first;
+        let mut line = next_line;
+        loop {
+            if block.is_empty() && failed.is_none() && blocks.done {
+                break;
+            }
+            if failed.is_none() && memchr::memchr(b'"', &block).is_some() {
+                // Everything from here in one reader: the block, then the rest of the file.
+                while let Some(h) = running.pop_front() {
+                    rows.append(h.join().map_err(|_| DataError::Other("a CSV parser thread panicked".into()))??);
                 }
-                continue;
+                // The block, the partial line read after it, then the rest of the file.
+                let carried = std::mem::take(&mut blocks.carry);
+                let rest = std::io::Read::chain(
+                    std::io::Cursor::new(std::mem::take(&mut block)),
+                    std::io::Cursor::new(carried),
+                );
+                rows.parse(std::io::Read::chain(rest, &mut raw), line, gzip_at)?;
+                return Ok(());
             }
-            Err(e) => return Err(bad_row(&e)),
-        }
-        let line = record.position().map_or(0, |p| p.line());
-        if !format.header && record.len() != header.len() {
-            let at = format!("{shown}:{line}");
-            let problem = format!("expected {} fields (the spec's `columns`), found {}", header.len(), record.len());
-            if format.skip_bad_rows {
-                skipped.add("ragged row", &at, &problem);
-                continue;
-            }
-            return Err(DataError::BadRow { at, problem });
-        }
-        let mut bad = None;
-        for (k, (b, &slot)) in builders.iter().zip(&slots).enumerate() {
-            if let Builder::Num(_) = b {
-                // Only the fields read are trimmed (the reader's own trimming would touch all).
-                let field = record.get(slot).unwrap_or("").trim();
-                let is_missing = field.is_empty() || format.missing.as_deref() == Some(field);
-                match if is_missing { Ok(f32::NAN) } else { parse_number(field) } {
-                    Ok(x) => numbers[k] = x,
-                    Err(problem) => {
-                        bad = Some((k, problem));
-                        break;
-                    }
+            let lines_in = memchr::memchr_iter(b'\n', &block).count() as u64;
+            let ctx = &ctx;
+            let this = std::mem::take(&mut block);
+            let start = line;
+            running.push_back(scope.spawn(move || {
+                let mut r = Rows::new(ctx);
+                r.parse(&this[..], start, || None)?;
+                Ok(r)
+            }));
+            line += lines_in;
+            if running.len() >= workers {
+                if let Some(h) = running.pop_front() {
+                    rows.append(h.join().map_err(|_| DataError::Other("a CSV parser thread panicked".into()))??);
                 }
             }
-        }
-        if let Some((k, problem)) = bad {
-            let at = format!("{shown}:{line}");
-            if format.skip_bad_rows {
-                skipped.add("unparsable number", &at, &format!("column `{}`: {problem}", names[k]));
-                continue;
-            }
-            return Err(DataError::BadValue { at, column: names[k].clone(), problem });
-        }
-        lines.push(line);
-        if lines.len() % 8192 == 0 {
             progress(consumed.load(Ordering::Relaxed), total);
-        }
-        for (k, (b, &slot)) in builders.iter_mut().zip(&slots).enumerate() {
-            match b {
-                Builder::Cat(i) => i.push(record.get(slot).unwrap_or("").trim()),
-                Builder::Num(v) => v.push(numbers[k]),
+            if let Some(e) = failed.take() {
+                // A read error (a truncated gzip stream) ends the file, after the rows
+                // before it (whose own errors come first).
+                while let Some(h) = running.pop_front() {
+                    rows.append(h.join().map_err(|_| DataError::Other("a CSV parser thread panicked".into()))??);
+                }
+                let problem = read_problem(&e, gzip_at());
+                let at = format!("{shown}:{line}");
+                if !format.skip_bad_rows {
+                    return Err(DataError::BadRow { at, problem });
+                }
+                rows.skipped.add("unreadable data", &at, &problem);
+                return Ok(());
             }
+            (block, failed) = blocks.next(&mut raw);
         }
-    }
+        while let Some(h) = running.pop_front() {
+            rows.append(h.join().map_err(|_| DataError::Other("a CSV parser thread panicked".into()))??);
+        }
+        Ok(())
+    })?;
     progress(total, total);
-    if lines.is_empty() {
+    if rows.lines.is_empty() {
         return Err(DataError::NoRows { path: shown });
     }
+    let Rows { builders, lines, skipped, .. } = rows;
     let columns = builders
         .into_iter()
         .map(|b| match b {
@@ -441,6 +429,208 @@ pub fn read_csv_with(
         })
         .collect();
     Ok(Frame { names, columns, rows: lines.len(), origin: Origin { name: shown, lines, later: Vec::new() }, skipped })
+}
+
+/// A file read in blocks of about [`Blocks::SIZE`] bytes that end at a line break (the
+/// partial line after it is carried to the next block).
+struct Blocks {
+    carry: Vec<u8>,
+    done: bool,
+}
+
+impl Blocks {
+    const SIZE: usize = 4 << 20;
+
+    /// The next block (empty at the end), and the read error that ended the file, if
+    /// one did: the block then holds the whole lines read before it.
+    fn next(&mut self, r: &mut dyn Read) -> (Vec<u8>, Option<std::io::Error>) {
+        let mut buf = std::mem::take(&mut self.carry);
+        while !self.done && buf.len() < Self::SIZE {
+            let at = buf.len();
+            buf.resize(at + (1 << 20), 0);
+            match r.read(&mut buf[at..]) {
+                Ok(0) => {
+                    buf.truncate(at);
+                    self.done = true;
+                }
+                Ok(n) => buf.truncate(at + n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(at),
+                Err(e) => {
+                    buf.truncate(at);
+                    self.done = true;
+                    // The line the error cut short is lost with it.
+                    buf.truncate(memchr::memrchr(b'\n', &buf).map_or(0, |i| i + 1));
+                    return (buf, Some(e));
+                }
+            }
+        }
+        if !self.done {
+            if let Some(i) = memchr::memrchr(b'\n', &buf) {
+                self.carry = buf.split_off(i + 1);
+            }
+        }
+        (buf, None)
+    }
+}
+
+/// What every stretch of one file's rows shares.
+struct RowContext<'a> {
+    shown: &'a str,
+    format: &'a CsvFormat,
+    header_len: usize,
+    slots: &'a [usize],
+    kinds: &'a [ColumnKind],
+    names: &'a [String],
+}
+
+/// Rows of a stretch of a file, parsed into column builders.
+struct Rows<'a> {
+    ctx: &'a RowContext<'a>,
+    builders: Vec<Builder>,
+    lines: Vec<u64>,
+    skipped: Skipped,
+    /// The numbers of the row being read: a row is taken whole or not at all.
+    numbers: Vec<f32>,
+}
+
+/// A CSV reader's error as a bad row at its line (`first_line` is the line its input
+/// starts at).
+fn csv_error(e: &csv::Error, shown: &str, first_line: u64, gzip_offset: Option<u64>) -> DataError {
+    let at = match e.position() {
+        Some(p) if p.line() > 0 => format!("{shown}:{}", first_line.max(1) + p.line() - 1),
+        _ => shown.to_string(),
+    };
+    let problem = match e.kind() {
+        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+            format!("expected {expected_len} fields, found {len}")
+        }
+        csv::ErrorKind::Utf8 { .. } => "the row is not valid UTF-8".to_string(),
+        csv::ErrorKind::Io(io) => read_problem(io, gzip_offset),
+        _ => e.to_string(),
+    };
+    DataError::BadRow { at, problem }
+}
+
+impl<'a> Rows<'a> {
+    fn new(ctx: &'a RowContext<'a>) -> Rows<'a> {
+        let builders = ctx
+            .kinds
+            .iter()
+            .map(|k| match k {
+                ColumnKind::Num => Builder::Num(Vec::new()),
+                ColumnKind::Cat => Builder::Cat(Interner::default()),
+            })
+            .collect();
+        Rows { ctx, builders, lines: Vec::new(), skipped: Skipped::default(), numbers: vec![0.0; ctx.kinds.len()] }
+    }
+
+    /// Reads every record of `input`, whose first line is line `first_line` of the file.
+    fn parse(
+        &mut self,
+        input: impl Read,
+        first_line: u64,
+        gzip_offset: impl Fn() -> Option<u64>,
+    ) -> Result<(), DataError> {
+        let ctx = self.ctx;
+        let mut rdr = csv::ReaderBuilder::new()
+            .delimiter(ctx.format.delimiter)
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(input);
+        let mut record = csv::StringRecord::new();
+        loop {
+            match rdr.read_record(&mut record) {
+                Ok(false) => return Ok(()),
+                Ok(true) => {}
+                Err(e) => {
+                    let io = matches!(e.kind(), csv::ErrorKind::Io(_));
+                    let err = csv_error(&e, ctx.shown, first_line, gzip_offset());
+                    if !ctx.format.skip_bad_rows {
+                        return Err(err);
+                    }
+                    let reason = match e.kind() {
+                        csv::ErrorKind::Utf8 { .. } => "invalid UTF-8",
+                        _ => "unreadable data",
+                    };
+                    let DataError::BadRow { at, problem } = err else { unreachable!("csv_error makes BadRow") };
+                    self.skipped.add(reason, &at, &problem);
+                    if io {
+                        // A read error (a truncated gzip stream) ends the file.
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            let line = first_line + record.position().map_or(1, |p| p.line()) - 1;
+            self.take(&record, line)?;
+        }
+    }
+
+    /// Takes one record at `line`: kept, skipped as broken, or (strict) an error.
+    fn take(&mut self, record: &csv::StringRecord, line: u64) -> Result<(), DataError> {
+        let ctx = self.ctx;
+        if record.len() != ctx.header_len {
+            let at = format!("{}:{line}", ctx.shown);
+            let problem = if ctx.format.header {
+                format!("expected {} fields, found {}", ctx.header_len, record.len())
+            } else {
+                format!("expected {} fields (the spec's `columns`), found {}", ctx.header_len, record.len())
+            };
+            if ctx.format.skip_bad_rows {
+                self.skipped.add("ragged row", &at, &problem);
+                return Ok(());
+            }
+            return Err(DataError::BadRow { at, problem });
+        }
+        for (k, &slot) in ctx.slots.iter().enumerate() {
+            if ctx.kinds[k] == ColumnKind::Num {
+                // Only the fields read are trimmed.
+                let field = record.get(slot).unwrap_or("").trim();
+                let is_missing = field.is_empty() || ctx.format.missing.as_deref() == Some(field);
+                match if is_missing { Ok(f32::NAN) } else { parse_number(field) } {
+                    Ok(x) => self.numbers[k] = x,
+                    Err(problem) => {
+                        let at = format!("{}:{line}", ctx.shown);
+                        if ctx.format.skip_bad_rows {
+                            self.skipped.add(
+                                "unparsable number",
+                                &at,
+                                &format!("column `{}`: {problem}", ctx.names[k]),
+                            );
+                            return Ok(());
+                        }
+                        return Err(DataError::BadValue { at, column: ctx.names[k].clone(), problem });
+                    }
+                }
+            }
+        }
+        self.lines.push(line);
+        for (k, (b, &slot)) in self.builders.iter_mut().zip(ctx.slots).enumerate() {
+            match b {
+                Builder::Cat(i) => i.push(record.get(slot).unwrap_or("").trim()),
+                Builder::Num(v) => v.push(self.numbers[k]),
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the rows of the stretch that follows this one.
+    fn append(&mut self, other: Rows) {
+        self.lines.extend(other.lines);
+        self.skipped.merge(&other.skipped);
+        for (mine, theirs) in self.builders.iter_mut().zip(other.builders) {
+            match (mine, theirs) {
+                (Builder::Num(a), Builder::Num(b)) => a.extend(b),
+                (Builder::Cat(a), Builder::Cat(b)) => {
+                    let map: Vec<u32> = b.dict.iter().map(|v| a.intern(v)).collect();
+                    for c in b.codes {
+                        a.push_code(map[c as usize]);
+                    }
+                }
+                _ => unreachable!("builders follow the same kinds"),
+            }
+        }
+    }
 }
 
 /// A numeric field: a finite `f32`. A literal NaN or infinity, and a value beyond the

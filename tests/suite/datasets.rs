@@ -387,3 +387,51 @@ fn parquet_rows_with_text_that_is_no_number_are_skipped_too() {
     let (splits, info) = load_bad("bad_rows = \"skip\"", &bytes, "rows.parquet").unwrap();
     assert_eq!((info.skipped.total, splits.train.rows + splits.validation.rows), (1, 199));
 }
+
+#[test]
+fn a_large_csv_parsed_in_parallel_stretches_keeps_lines_and_order() {
+    // ~7 MB: several parallel blocks, then a quoted field that switches the rest of the
+    // file to one reader. Errors name the right line before and after the switch.
+    let dir = tempfile::tempdir().unwrap();
+    let n = 400_000usize;
+    let line_of = |row: usize| row + 2; // after the header
+    let build = |bad_at: usize| {
+        let mut s = String::with_capacity(n * 20);
+        s.push_str("age,city,code,click,spend\n");
+        for i in 0..n {
+            if i == bad_at {
+                s.push_str("x,c,1,0,1\n");
+            } else if i == 300_000 {
+                s.push_str("30,\"quoted, city\",1,0,1\n");
+            } else {
+                s += &format!("{},c{},{},{},{}\n", 20 + i % 50, i % 97, i % 5, i % 2, i % 7);
+            }
+        }
+        s
+    };
+    let spec = SPEC.replace("rows.csv", &dir.path().join("big.csv").display().to_string());
+    let c = compile_ok("d.toml", &spec);
+    let format = csv_format(&c);
+    for bad_at in [10_000usize, 250_000, 350_000] {
+        std::fs::write(dir.path().join("big.csv"), build(bad_at)).unwrap();
+        let e = source::read_path(&dir.path().join("big.csv"), &format, &data::needs(&c.model), true, &|n| {
+            n.reader.clone()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(&format!("big.csv:{}", line_of(bad_at))), "bad row {bad_at}: {e}");
+    }
+    // Rows in file order, every line number right.
+    std::fs::write(dir.path().join("big.csv"), build(usize::MAX)).unwrap();
+    let frame =
+        source::read_path(&dir.path().join("big.csv"), &format, &data::needs(&c.model), true, &|n| n.reader.clone())
+            .unwrap();
+    assert_eq!(frame.rows, n);
+    assert_eq!(frame.origin.lines.first(), Some(&2));
+    assert!(frame.origin.lines.windows(2).all(|w| w[1] == w[0] + 1));
+    let Some(Column::Num(age)) = frame.column_as("age", true) else { panic!() };
+    assert!(age.iter().enumerate().filter(|(i, _)| *i != 300_000).all(|(i, &a)| a == (20 + i % 50) as f32));
+    let Some(Column::Cat { dict, codes }) = frame.column_as("city", false) else { panic!() };
+    assert_eq!(dict[codes[300_000] as usize], "quoted, city");
+    assert_eq!(dict[codes[n - 1] as usize], format!("c{}", (n - 1) % 97));
+}
