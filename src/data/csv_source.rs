@@ -649,3 +649,44 @@ pub fn parse_number(field: &str) -> Result<f32, String> {
         Err(_) => Err(format!("`{field}` is not a number")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands out its bytes a few at a time, so that every chunk boundary is tried.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(self.data.len()).min(out.len());
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn unpad_reads_quotes_after_padding_alike_across_any_chunk_boundary() {
+        // Spaces between a delimiter and a quote must go (or the quote is not one);
+        // other padding may stay, since the fields read are trimmed.
+        let text = b"a, b,  \"c, d\", e\nx,   \"y\"\"z\" , w\n  q, r, s\n";
+        let expected = [vec!["a", "b", "c, d", "e"], vec!["x", "y\"z", "w"], vec!["q", "r", "s"]];
+        for step in 1..text.len() {
+            let u = Unpad {
+                inner: Trickle { data: text, step },
+                delimiter: b',',
+                buf: Vec::new(),
+                quoted: false,
+                at_start: true,
+            };
+            let mut rdr = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(u);
+            let rows: Vec<Vec<String>> =
+                rdr.records().map(|r| r.unwrap().iter().map(|f| f.trim().to_string()).collect()).collect();
+            assert_eq!(rows, expected, "chunks of {step}");
+        }
+    }
+}
