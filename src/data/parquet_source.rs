@@ -12,7 +12,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 
 use super::csv_source::parse_number;
@@ -26,14 +26,16 @@ fn corrupt(path: &Path, e: impl std::fmt::Display) -> DataError {
     DataError::BadRow { at: path.display().to_string(), problem: format!("not a readable Parquet file: {e}") }
 }
 
-fn builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, DataError> {
+/// The open file and its footer (schema, row groups), read once.
+fn open(path: &Path) -> Result<(File, ArrowReaderMetadata), DataError> {
     let file = File::open(path).map_err(|source| DataError::Open { path: path.display().to_string(), source })?;
-    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| corrupt(path, e))
+    let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| corrupt(path, e))?;
+    Ok((file, meta))
 }
 
 /// The column names of a Parquet file (its top-level fields), without reading rows.
 pub fn read_header(path: &Path) -> Result<Vec<String>, DataError> {
-    Ok(builder(path)?.schema().fields().iter().map(|f| f.name().clone()).collect())
+    Ok(open(path)?.1.schema().fields().iter().map(|f| f.name().clone()).collect())
 }
 
 enum Sink {
@@ -54,10 +56,10 @@ pub fn read_parquet(
 ) -> Result<Frame, DataError> {
     let shown = path.display().to_string();
     let size = std::fs::metadata(path).map_or(0, |m| m.len());
-    let b = builder(path)?;
-    let schema = b.schema().clone();
+    let (file, meta) = open(path)?;
+    let schema = meta.schema().clone();
     let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let total_rows = b.metadata().file_metadata().num_rows().max(0) as u64;
+    let total_rows = meta.metadata().file_metadata().num_rows().max(0) as u64;
 
     let mut names: Vec<String> = Vec::new();
     let mut kinds: Vec<ColumnKind> = Vec::new();
@@ -100,12 +102,11 @@ pub fn read_parquet(
             _ => f.clone(),
         })
         .collect();
-    let b = {
-        let file = File::open(path).map_err(|source| DataError::Open { path: shown.clone(), source })?;
-        let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new()
-            .with_schema(Arc::new(arrow_schema::Schema::new_with_metadata(hinted, schema.metadata().clone())));
-        ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(|e| corrupt(path, e))?
-    };
+    // The footer already read, with the hinted schema (no second read of the file).
+    let options = ArrowReaderOptions::new()
+        .with_schema(Arc::new(arrow_schema::Schema::new_with_metadata(hinted, schema.metadata().clone())));
+    let meta = ArrowReaderMetadata::try_new(meta.metadata().clone(), options).map_err(|e| corrupt(path, e))?;
+    let b = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta);
     let mask = ProjectionMask::roots(b.parquet_schema(), roots);
     let reader = b.with_projection(mask).with_batch_size(BATCH).build().map_err(|e| corrupt(path, e))?;
 
