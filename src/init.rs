@@ -123,7 +123,7 @@ pub fn embedding_dim(n: usize) -> usize {
 }
 
 /// A name the spec accepts in both syntaxes: letters, digits and `_`.
-fn spec_name(column: &str) -> String {
+pub fn spec_name(column: &str) -> String {
     let mut s: String = column.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     if !s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') {
         s.insert(0, '_');

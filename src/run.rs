@@ -321,7 +321,7 @@ pub fn train_spec(
         validation: splits.validation.rows,
         test: splits.test.as_ref().map_or(0, |t| t.rows),
     });
-    let data_files = data_paths(&c.data.source, opts.data.as_deref())?
+    let data_files = data_paths(&c.data, opts.data.as_deref())?
         .iter()
         .map(|p| DataFile::of(p).map_err(|e| data::DataError::Open { path: p.display().to_string(), source: e }))
         .collect::<Result<Vec<_>, _>>()?;
@@ -445,24 +445,15 @@ pub fn train_spec(
 /// The data files a run reads (folders and globs expanded, a date window's parts):
 /// `--data`, or the spec's training, validation and test files; none for the
 /// synthetic generator.
-fn data_paths(source: &crate::ir::DataSource, train_override: Option<&Path>) -> Result<Vec<PathBuf>, data::DataError> {
-    let paths = |p: &Path| -> Result<Vec<PathBuf>, data::DataError> {
-        Ok(data::source::expand(p)?.into_iter().map(|part| part.path).collect())
-    };
-    match (source, train_override) {
-        (crate::ir::DataSource::Csv(c), over) => {
-            let (train, window) = data::source::training_parts(c, over)?;
-            let mut out: Vec<PathBuf> = train.into_iter().chain(window).map(|p| p.path).collect();
-            if over.is_none() {
-                for p in c.validation.iter().chain(c.test.iter()) {
-                    out.extend(paths(p)?);
-                }
-            }
-            Ok(out)
+fn data_paths(data: &crate::ir::DataConfig, train_override: Option<&Path>) -> Result<Vec<PathBuf>, data::DataError> {
+    let Some((train, window, _)) = data::source::training_files(data, train_override)? else { return Ok(Vec::new()) };
+    let mut out: Vec<PathBuf> = train.into_iter().chain(window).map(|p| p.path).collect();
+    if let (crate::ir::DataSource::Csv(c), None) = (&data.source, train_override) {
+        for p in c.validation.iter().chain(c.test.iter()) {
+            out.extend(data::source::expand(p)?.into_iter().map(|part| part.path));
         }
-        (crate::ir::DataSource::Synthetic(_), Some(p)) => paths(p),
-        (crate::ir::DataSource::Synthetic(_), None) => Ok(Vec::new()),
     }
+    Ok(out)
 }
 
 /// Fits the statistics the spec leaves open and pins them into the spec, which

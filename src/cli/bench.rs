@@ -127,12 +127,8 @@ pub fn bench_ingest(path: &Path, data_path: Option<&Path>, repeat: usize, thread
     // Open statistics are fitted first, as training does (not timed).
     let fitted = data::fit::fit(&c.model, &c.data, data_path, &locate)?;
     let (_, c) = multigate::run::pin_fitted(&src, c, fitted, &mut multigate::run::Silent)?;
-    let (parts, format) = match (&c.data.source, data_path) {
-        (DataSource::Csv(csv), over) => (data::source::training_parts(csv, over)?.0, csv.format.clone()),
-        (DataSource::Synthetic(_), Some(p)) => (data::source::expand(p)?, multigate::ir::CsvFormat::default_csv()),
-        (DataSource::Synthetic(_), None) => {
-            return Err(Failure::new(2, "error: bench-ingest reads files: a CSV/Parquet spec, or --data PATH"))
-        }
+    let Some((parts, _, format)) = data::source::training_files(&c.data, data_path)? else {
+        return Err(Failure::new(2, "error: bench-ingest reads files: a CSV/Parquet spec, or --data PATH"));
     };
     let needs = data::needs(&c.model);
     let threads = threads.max(1);

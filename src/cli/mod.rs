@@ -1174,7 +1174,7 @@ fn init(
         validation,
         test,
         spec_dir,
-        name: name.unwrap_or_else(|| stem.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()),
+        name: name.unwrap_or_else(|| multigate::init::spec_name(&stem)),
     };
     let (text, inferred) = multigate::init::init(&opts)?;
     let width = inferred.iter().map(|i| i.column.len()).max().unwrap_or(0);

@@ -124,23 +124,13 @@ pub fn training_frames(
     wanted: &[Need],
     spec_at: &dyn Fn(&Need) -> String,
 ) -> Result<Vec<Frame>, DataError> {
-    match (&data.source, train_override) {
-        (DataSource::Synthetic(s), None) => Ok(vec![synthetic::generate(model, s, s.rows)]),
-        (DataSource::Csv(c), over) => {
-            let (parts, _) = super::source::training_parts(c, over)?;
-            parts
-                .iter()
-                .map(|part| super::source::read_part(part, &c.format, wanted, true, spec_at, &|_, _| {}))
-                .collect()
-        }
-        (DataSource::Synthetic(_), Some(p)) => {
-            let format = crate::ir::CsvFormat::default_csv();
-            let parts = super::source::expand(p)?;
-            parts
-                .iter()
-                .map(|part| super::source::read_part(part, &format, wanted, true, spec_at, &|_, _| {}))
-                .collect()
-        }
+    match (super::source::training_files(data, train_override)?, &data.source) {
+        (Some((parts, _, format)), _) => parts
+            .iter()
+            .map(|part| super::source::read_part(part, &format, wanted, true, spec_at, &|_, _| {}))
+            .collect(),
+        (None, DataSource::Synthetic(s)) => Ok(vec![synthetic::generate(model, s, s.rows)]),
+        (None, DataSource::Csv(_)) => unreachable!("a CSV source always has training files"),
     }
 }
 
@@ -210,7 +200,8 @@ fn fit_vocabulary(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedVoc
 }
 
 /// Mean and (population) standard deviation of the finite values, two passes.
-fn mean_std<'a>(values: impl Fn() -> Box<dyn Iterator<Item = f32> + 'a>) -> (usize, f64, f64) {
+fn mean_std(parts: &[&[f32]]) -> (usize, f64, f64) {
+    let values = || parts.iter().flat_map(|v| v.iter().copied());
     let (mut n, mut sum) = (0usize, 0f64);
     for x in values().filter(|x| x.is_finite()) {
         n += 1;
@@ -241,7 +232,7 @@ fn fit_feature(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedFeatur
             }
         }
     }
-    let (n, mean, std) = mean_std(|| Box::new(all.iter().flat_map(|v| v.iter().copied())));
+    let (n, mean, std) = mean_std(&all);
     if n < 2 || !(std > 0.0) {
         return Err(DataError::Other(format!(
             "feature `{}` (transform = \"zscore\"): {n} value(s) in the training data with standard deviation {std}: nothing to standardize by; drop the feature or declare `mean` and `std`",
@@ -290,7 +281,7 @@ fn fit_task(model: &Model, t: usize, frames: &[Frame]) -> Result<FittedLabel, Da
                 };
                 all.push(v);
             }
-            let (n, mean, std) = mean_std(|| Box::new(all.iter().flat_map(|v| v.iter().copied())));
+            let (n, mean, std) = mean_std(&all);
             if n < 2 || !(std > 0.0) {
                 return Err(what(format!(
                     "{n} finite value(s) with standard deviation {std}: nothing to standardize by"

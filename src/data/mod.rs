@@ -561,8 +561,9 @@ pub fn load_splits_with(
             [] => String::new(),
         }
     };
-    let (all, validation, test) = match (&data.source, train_override) {
-        (DataSource::Synthetic(s), None) => {
+    let (all, validation, test) = match source::training_files(data, train_override)? {
+        None => {
+            let DataSource::Synthetic(s) = &data.source else { unreachable!("only generated rows have no files") };
             let frame = synthetic::generate(model, s, s.rows);
             info.source = frame.origin.name.clone();
             let ds = encode_training(model, &frame)?;
@@ -571,30 +572,21 @@ pub fn load_splits_with(
             }
             (ds, None, None)
         }
-        (DataSource::Csv(c), over) => {
-            let (train_parts, window_validation) = source::training_parts(c, over)?;
+        Some((train_parts, window_validation, format)) => {
             info.source = describe(&train_parts);
-            let all = read_parts(&train_parts, &c.format, true)?;
-            // With --data, the spec's validation and test files are not used.
-            let validation = match (over, &c.validation) {
-                (Some(_), _) => None,
-                (None, Some(v)) => Some(read_path(v, &c.format)?),
-                (None, None) if !window_validation.is_empty() => {
-                    Some(read_parts(&window_validation, &c.format, false)?)
-                }
-                (None, None) => None,
+            let all = read_parts(&train_parts, &format, true)?;
+            // The spec's validation and test files; not used with --data.
+            let (validation_file, test_file) = match (&data.source, train_override) {
+                (DataSource::Csv(c), None) => (c.validation.as_deref(), c.test.as_deref()),
+                _ => (None, None),
             };
-            let test = match (over, &c.test) {
-                (None, Some(t)) => Some(read_path(t, &c.format)?),
-                _ => None,
+            let validation = match validation_file {
+                Some(v) => Some(read_path(v, &format)?),
+                None if !window_validation.is_empty() => Some(read_parts(&window_validation, &format, false)?),
+                None => None,
             };
+            let test = test_file.map(|t| read_path(t, &format)).transpose()?;
             (all, validation, test)
-        }
-        (DataSource::Synthetic(_), Some(p)) => {
-            // A synthetic spec trained on a file: plain CSV with a header (or Parquet).
-            let parts = source::expand(p)?;
-            info.source = describe(&parts);
-            (read_parts(&parts, &crate::ir::CsvFormat::default_csv(), true)?, None, None)
         }
     };
     let (bad, read) = skipped.into_inner();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::frame::{Column, Frame, Interner};
 use super::{csv_source, parquet_source, DataError, Need};
-use crate::ir::{CsvConfig, CsvFormat, DateWindow};
+use crate::ir::{CsvConfig, CsvFormat, DataConfig, DataSource, DateWindow};
 
 /// One file of a dataset and the partition keys its path carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -289,6 +289,23 @@ pub fn split_by_date(w: &DateWindow, parts: Vec<Part>) -> Result<(Vec<Part>, Vec
         return Err(DataError::Other(format!("no `{}` partition within the {} day(s) up to {}", w.key, w.days, w.cur)));
     }
     Ok((train, validation))
+}
+
+/// The training parts of a run and the CSV format they are read with: the spec's files
+/// (the date window applied, its validation day second) or `train_override` (plain CSV
+/// with a header, or Parquet, for a synthetic spec); `None` for generated rows.
+pub fn training_files(
+    data: &DataConfig,
+    train_override: Option<&Path>,
+) -> Result<Option<(Vec<Part>, Vec<Part>, CsvFormat)>, DataError> {
+    match (&data.source, train_override) {
+        (DataSource::Csv(c), over) => {
+            let (train, window) = training_parts(c, over)?;
+            Ok(Some((train, window, c.format.clone())))
+        }
+        (DataSource::Synthetic(_), Some(p)) => Ok(Some((expand(p)?, Vec::new(), CsvFormat::default_csv()))),
+        (DataSource::Synthetic(_), None) => Ok(None),
+    }
 }
 
 /// The training parts of a CSV/Parquet config (or of `train_override`), and the
