@@ -1,5 +1,6 @@
-// The seed model's inputs at the benchmark shape used to compare with PyTorch:
-// 8 experts x 64 units, towers of 32. `multigate bench models/bench_avazu_mmoe_64.toml`.
+// The seed model's inputs at the benchmark shape used to compare with PyTorch
+// (../shared/bench/torch_mmoe.py's defaults): eleven tables of 10,000 x 16, 8 experts
+// x 64 units, towers of 32. `scripts/bench_vs_torch.sh` runs both sides.
 
 model bench_avazu_mmoe_64 {
   // Trains on the built-in categorical generator; the feature columns are Avazu's, so
@@ -14,11 +15,11 @@ model bench_avazu_mmoe_64 {
   feature site_category: categorical(hash = 10000) embed 16
   feature app_id: categorical(hash = 10000) embed 16
   feature app_domain: categorical(hash = 10000) embed 16
-  feature app_category: categorical(hash = 1000) embed 16
-  feature device_id: categorical(hash = 1000) embed 16
+  feature app_category: categorical(hash = 10000) embed 16
+  feature device_id: categorical(hash = 10000) embed 16
   feature device_ip: categorical(hash = 10000) embed 16
-  feature device_type: categorical(hash = 10) embed 16
-  feature device_conn_type: categorical(hash = 10) embed 16
+  feature device_type: categorical(hash = 10000) embed 16
+  feature device_conn_type: categorical(hash = 10000) embed 16
   cross adid_x_device_id = product(adid, device_id)
 
   layer mmoe { experts 8 x [64] relu }

@@ -12,7 +12,7 @@ use multigate::backend::Device;
 use multigate::data;
 use multigate::ir::DataSource;
 use multigate::train::adam::{Adam, AdamConfig};
-use multigate::train::batch_loss;
+use multigate::train::shard;
 
 pub fn bench(
     path: &Path,
@@ -32,7 +32,7 @@ pub fn bench(
     }
     let dev = candle_device(device)?;
     let batch_size = batch_size.max(1);
-    super::auto_threads(c.model.flops_per_sample(), batch_size);
+    super::auto_threads();
     let steps = steps.max(1);
     // Enough distinct rows for 16 different batches; the categorical generator serves
     // any spec without dense inputs wider than 64, the MMoE one serves its own.
@@ -53,6 +53,7 @@ pub fn bench(
     let model = CandleBackend { device: dev.clone() }.build(&c.model, c.train.seed)?;
     let vars = model.vars.clone();
     let mut opt = Adam::new(vars, AdamConfig::from(&c.train))?;
+    let workers = shard::Workers::configured()?;
     let sync = |t: &Tensor| -> Result<(), Failure> {
         t.to_scalar::<f32>()?;
         Ok(())
@@ -62,11 +63,11 @@ pub fn bench(
     let mut rng = multigate::rng::Rng::new(c.train.seed);
     // Forward only (inference): the model's heads, synchronised once per step.
     for b in batches.iter().cycle().take(warmup) {
-        sync(&model.forward(b)?.heads[0].sum_all()?)?;
+        sync(&shard::forward(&model, b, &workers)?[0].sum_all()?)?;
     }
     let t0 = Instant::now();
     for b in batches.iter().cycle().take(steps) {
-        sync(&model.forward(b)?.heads[0].sum_all()?)?;
+        sync(&shard::forward(&model, b, &workers)?[0].sum_all()?)?;
     }
     let forward_only = t0.elapsed();
 
@@ -76,14 +77,11 @@ pub fn bench(
     for (i, b) in batches.iter().cycle().take(warmup + steps).enumerate() {
         let allocated = super::ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
         let t = Instant::now();
-        let step = batch_loss(&model, b, &mut rng)?;
-        sync(&step.total)?;
+        let step = shard::step(&model, b, &mut rng, None, &workers)?;
         let t_f = t.elapsed();
+        let t_b = Duration::ZERO;
         let t = Instant::now();
-        let grads = step.total.backward()?;
-        let t_b = t.elapsed();
-        let t = Instant::now();
-        opt.step(&grads, &step.lookups, c.train.lr)?;
+        workers.run(|| opt.step(&step.grads, &step.lookups, c.train.lr))?;
         let t_o = t.elapsed();
         if i >= warmup {
             allocations += super::ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - allocated;
@@ -103,7 +101,7 @@ pub fn bench(
     );
     println!(
         "device {device:?}, threads {}, batch {batch_size}, {}, {steps} timed steps after {warmup} warm-up",
-        candle_core::utils::get_num_threads(),
+        workers.threads(),
         if c.train.lazy_embeddings { "lazy_adam" } else { "adam" }
     );
     println!("train:        {:>10.0} samples/s  ({:.3} ms/step)", per_sec(train), ms(train));

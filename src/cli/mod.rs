@@ -63,8 +63,8 @@ struct Cli {
 /// `--threads`, on the commands that run a model.
 #[derive(clap::Args, Clone, Copy, Debug)]
 struct Threads {
-    /// Worker threads for candle's CPU kernels (default: one for small models, where a
-    /// second thread costs more than it gives, else all cores).
+    /// CPU worker threads: each batch is cut into one shard per thread (default: all
+    /// cores).
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -470,7 +470,7 @@ pub fn run() -> ExitCode {
         _ => None,
     };
     if let Some(n) = threads {
-        // Read by candle's CPU kernels (and rayon) when they first start.
+        // Read by `auto_threads`, which sets the worker count from it.
         std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
     }
     let result = match cli.command {
@@ -553,19 +553,24 @@ fn colour() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-/// Forward FLOPs of one batch below which one CPU thread beats two: candle's
-/// per-op thread fan-out costs more than it saves on small matrices (measured with
-/// `multigate bench`: the seed model, 10 MFLOP a batch, trains at 234k samples/s on
-/// one thread and 158k on two; the 64-unit bench shape, 109 MFLOP, gains from two).
-const SMALL_STEP_FLOPS: usize = 32_000_000;
-
-/// Picks the CPU thread count when neither `--threads` nor `RAYON_NUM_THREADS` says:
-/// one for small models, else candle's default (all cores). Returns the count used.
-pub(crate) fn auto_threads(flops_per_sample: usize, batch: usize) -> usize {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() && flops_per_sample.saturating_mul(batch) < SMALL_STEP_FLOPS {
-        std::env::set_var("RAYON_NUM_THREADS", "1");
+/// Picks the worker-thread count once per process: `--threads` or
+/// `RAYON_NUM_THREADS` when given, else every core. Batches are cut into one shard per
+/// worker ([`multigate::train::shard`]; even the 15k-parameter synthetic MMoE trains
+/// 1.27x faster on two cores than on one), so candle's own kernels are set to one
+/// thread. Returns the count.
+pub(crate) fn auto_threads() -> usize {
+    let chosen = multigate::train::shard::threads();
+    if chosen > 0 {
+        return chosen;
     }
-    candle_core::utils::get_num_threads()
+    let given = std::env::var("RAYON_NUM_THREADS").ok().and_then(|s| s.parse::<usize>().ok()).filter(|&n| n > 0);
+    let n = match given {
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    multigate::train::shard::set_threads(n);
+    std::env::set_var("RAYON_NUM_THREADS", "1");
+    n
 }
 
 /// Reads and compiles a spec; spec errors exit 2 with every message rendered.
@@ -744,7 +749,7 @@ fn predict(
 ) -> Result<(), Failure> {
     let predictor = run::Predictor::load(bundle, device)?;
     let compiled = predictor.compiled();
-    auto_threads(compiled.model.flops_per_sample(), 4096);
+    auto_threads();
     let keep_needs = keep.iter().map(|k| caller_need(k, "`--keep`")).collect();
     // Label columns are read only to evaluate: a bad label is then an error.
     let frame = read_inputs(&predictor, data_path, keep_needs, evaluate)?;
@@ -978,7 +983,7 @@ fn analyze(path: &Path, data_path: Option<&Path>, format: FormatArg) -> Result<(
 
 fn evaluate(bundle: &Path, data_path: &Path, group: Option<&str>, format: FormatArg) -> Result<(), Failure> {
     let predictor = run::Predictor::load(bundle, Device::Cpu)?;
-    auto_threads(predictor.compiled().model.flops_per_sample(), 4096);
+    auto_threads();
     let extra = group.map(|g| caller_need(g, "`--group`")).into_iter().collect();
     let frame = read_inputs(&predictor, data_path, extra, true)?;
     let e = predictor.evaluate(&frame, group)?;

@@ -84,7 +84,7 @@ impl Observer for Printer {
         match event {
             Event::Fitted { of, what } => say!(self, "fitted on the training rows, {of}: {what}"),
             Event::Built { compiled } => {
-                let threads = auto_threads(compiled.model.flops_per_sample(), compiled.train.batch_size);
+                let threads = auto_threads();
                 say!(
                     self,
                     "model {}: {} parameters, {} forward FLOPs/sample; {threads} CPU thread(s)",
@@ -228,7 +228,7 @@ impl Observer for JsonLog {
         let v = match event {
             Event::Fitted { of, what } => json!({"event": "fitted", "of": of, "what": what}),
             Event::Built { compiled } => {
-                auto_threads(compiled.model.flops_per_sample(), compiled.train.batch_size);
+                auto_threads();
                 self.names = compiled.model.tasks.iter().map(|t| t.name.clone()).collect();
                 json!({"event": "built", "model": compiled.model.name, "params": compiled.model.param_count(),
                        "flops_per_sample": compiled.model.flops_per_sample(), "tasks": self.names})

@@ -11,6 +11,7 @@
 
 use std::sync::Mutex;
 
+use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, Layout, Tensor, Var};
 
 use crate::backend::candle::Lookup;
@@ -103,10 +104,11 @@ impl Coefficients {
         }
     }
 
-    /// The update over whole tensors, split across candle's worker threads when big.
+    /// The update over whole tensors, split across the current rayon pool's threads
+    /// when big.
     fn apply_all(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         const CHUNK: usize = 1 << 15;
-        if p.len() >= 2 * CHUNK && candle_core::utils::get_num_threads() > 1 {
+        if p.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
             use rayon::prelude::*;
             p.par_chunks_mut(CHUNK)
                 .zip(g.par_chunks(CHUNK))
@@ -230,16 +232,24 @@ impl Adam {
         Ok(Adam { config, step: 0, vars, names, moments })
     }
 
-    /// One update with learning rate `lr`: dense gradients from `grads`, embedding
-    /// gradients from the `lookups` of the step. Parameters with neither are left alone.
-    pub fn step(&mut self, grads: &candle_core::backprop::GradStore, lookups: &[Lookup], lr: f64) -> Result<()> {
+    /// One update with learning rate `lr`: dense gradients summed over `grads` (one
+    /// store per shard of the batch), embedding gradients from the `lookups` of the
+    /// step. Parameters with neither are left alone.
+    pub fn step(&mut self, grads: &[GradStore], lookups: &[Lookup], lr: f64) -> Result<()> {
         self.step += 1;
         let c = self.config;
         let k = Coefficients::new(&c, lr, self.step);
         let (bc1, bc2) = (1.0 - c.beta1.powi(self.step as i32), 1.0 - c.beta2.powi(self.step as i32));
+        let grad_of = |t: &Tensor| grads.iter().find_map(|g| g.get(t));
         for (i, (var, mom)) in self.vars.iter().zip(&mut self.moments).enumerate() {
             let mine: Vec<&Lookup> = lookups.iter().filter(|l| l.var == i).collect();
-            let dense = grads.get(var.as_tensor());
+            let mut dense: Option<Tensor> = None;
+            for g in grads.iter().filter_map(|g| g.get(var.as_tensor())) {
+                dense = Some(match dense {
+                    None => g.clone(),
+                    Some(sum) => (sum + g)?,
+                });
+            }
             if mine.is_empty() && dense.is_none() {
                 continue;
             }
@@ -251,7 +261,7 @@ impl Adam {
                     let dim = var.as_tensor().dims().last().copied().unwrap_or(1);
                     let mut parts = Vec::with_capacity(mine.len());
                     for l in mine {
-                        let Some(g) = grads.get(l.leaf.as_tensor()) else { continue };
+                        let Some(g) = grad_of(l.leaf.as_tensor()) else { continue };
                         parts.push((l.ids.to_vec1::<u32>()?, g.flatten_all()?.to_vec1::<f32>()?));
                     }
                     var.as_tensor().inplace_op1(&SparseStep { state, k, parts, dim, lazy: c.lazy })?;
@@ -268,11 +278,11 @@ impl Adam {
                         candle_core::bail!("lazy_adam runs on the CPU only; use optimizer = \"adam\" on this device");
                     }
                     let mut g = match dense {
-                        Some(g) => g.clone(),
+                        Some(g) => g,
                         None => var.as_tensor().zeros_like()?,
                     };
                     for l in mine {
-                        if let Some(rows) = grads.get(l.leaf.as_tensor()) {
+                        if let Some(rows) = grad_of(l.leaf.as_tensor()) {
                             g = g.index_add(&l.ids, rows, 0)?;
                         }
                     }

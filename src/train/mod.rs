@@ -11,6 +11,7 @@ pub mod balance;
 pub mod gate_report;
 pub mod loss;
 pub mod metrics;
+pub mod shard;
 
 use std::time::Instant;
 
@@ -150,6 +151,43 @@ fn accumulate(acc: &mut Option<Tensor>, x: Tensor) -> candle_core::Result<()> {
     Ok(())
 }
 
+/// Adds one batch's outputs to the predictions and the gate sums.
+fn predict_batch(
+    model: &CandleModel,
+    out: &crate::backend::candle::Output,
+    preds: &mut [Vec<f32>],
+    sums: &mut [Vec<MixSums>],
+    gate_rows: bool,
+    rows: usize,
+) -> candle_core::Result<()> {
+    for ((h, t), p) in out.heads.iter().zip(&model.ir.tasks).zip(preds.iter_mut()) {
+        let v = crate::backend::candle::apply_link(h, t.link())?.flatten_all()?.to_vec1::<f32>()?;
+        p.extend(v.into_iter().map(|y| t.head.decode(y)));
+    }
+    for (layer, mixes) in sums.iter_mut().zip(&out.gates) {
+        for (s, g) in layer.iter_mut().zip(mixes) {
+            // g: [B, E_m]. -sum_e g log g per row, summed over rows.
+            let e = (g * g.clamp(1e-12f32, 1f32)?.log()?)?.sum(D::Minus1)?.neg()?.sum(0)?;
+            accumulate(&mut s.entropy, e)?;
+            accumulate(&mut s.weight, g.sum(0)?)?;
+            let top = g.max(D::Minus1)?.gt(0.99f64)?.to_dtype(candle_core::DType::F32)?.sum_all()?;
+            accumulate(&mut s.peaked, top)?;
+            if gate_rows {
+                let flat = g.to_vec2::<f32>()?;
+                if s.rows.is_empty() {
+                    s.rows = vec![Vec::with_capacity(rows); g.dim(1)?];
+                }
+                for row in flat {
+                    for (c, x) in s.rows.iter_mut().zip(row) {
+                        c.push(x);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Predicts every row; with `gate_rows`, keeps every row's gate weights too.
 pub fn predict_rows(
     model: &CandleModel,
@@ -164,33 +202,18 @@ pub fn predict_rows(
     let mut sums: Vec<Vec<MixSums>> =
         plans.iter().map(|p| (0..p.mixes.len()).map(|_| MixSums::default()).collect()).collect();
     let idx: Vec<usize> = (0..ds.rows).collect();
-    for chunk in idx.chunks(batch_size.max(1)) {
-        let batch = Batch::gather(ds, chunk, &model.device)?;
-        let out = model.forward(&batch)?;
-        for ((h, t), p) in out.heads.iter().zip(&model.ir.tasks).zip(&mut preds) {
-            let v = crate::backend::candle::apply_link(h, t.link())?.flatten_all()?.to_vec1::<f32>()?;
-            p.extend(v.into_iter().map(|y| t.head.decode(y)));
-        }
-        for (layer, mixes) in sums.iter_mut().zip(&out.gates) {
-            for (s, g) in layer.iter_mut().zip(mixes) {
-                // g: [B, E_m]. -sum_e g log g per row, summed over rows.
-                let e = (g * g.clamp(1e-12f32, 1f32)?.log()?)?.sum(D::Minus1)?.neg()?.sum(0)?;
-                accumulate(&mut s.entropy, e)?;
-                accumulate(&mut s.weight, g.sum(0)?)?;
-                let top = g.max(D::Minus1)?.gt(0.99f64)?.to_dtype(candle_core::DType::F32)?.sum_all()?;
-                accumulate(&mut s.peaked, top)?;
-                if gate_rows {
-                    let flat = g.to_vec2::<f32>()?;
-                    if s.rows.is_empty() {
-                        s.rows = vec![Vec::with_capacity(ds.rows); g.dim(1)?];
-                    }
-                    for row in flat {
-                        for (c, x) in s.rows.iter_mut().zip(row) {
-                            c.push(x);
-                        }
-                    }
-                }
-            }
+    let chunks: Vec<&[usize]> = idx.chunks(batch_size.max(1)).collect();
+    // One batch per worker at a time, in parallel; their outputs are taken in order.
+    let workers = shard::Workers::configured()?;
+    let at_once = if model.device.is_cpu() { workers.threads() } else { 1 };
+    for group in chunks.chunks(at_once) {
+        let outs: Vec<candle_core::Result<crate::backend::candle::Output>> = workers.run(|| {
+            use rayon::prelude::*;
+            group.par_iter().map(|chunk| model.forward(&Batch::gather(ds, chunk, &model.device)?)).collect()
+        });
+        for out in outs {
+            let out = out?;
+            predict_batch(model, &out, &mut preds, &mut sums, gate_rows, ds.rows)?;
         }
     }
     let mut usage = Vec::new();
@@ -425,6 +448,8 @@ pub fn fit_from(
     }
     let vars = model.vars.clone();
     let mut opt = Adam::new(vars, AdamConfig::from(cfg))?;
+    let workers = shard::Workers::configured()?;
+    let workers = &workers;
     let mut epochs = Vec::new();
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     let mut first_epoch = 0;
@@ -461,8 +486,8 @@ pub fn fit_from(
         let mut seen = 0usize;
         for chunk in order.chunks(cfg.batch_size) {
             let batch = Batch::gather(train, chunk, &model.device)?;
-            let step = batch_loss_weighted(model, &batch, &mut dropout_rng, balance::factors_of(&balancer))?;
-            let values = Tensor::stack(&step.per_task, 0)?.to_vec1::<f32>()?;
+            let step = shard::step(model, &batch, &mut dropout_rng, balance::factors_of(&balancer), workers)?;
+            let values = step.per_task;
             for ((s, &v), t) in sums.iter_mut().zip(&values).zip(&model.ir.tasks) {
                 if !v.is_finite() {
                     return Err(TrainError::NonFinite {
@@ -475,9 +500,10 @@ pub fn fit_from(
                 *s += v as f64 * chunk.len() as f64;
             }
             seen += chunk.len();
-            let grads = step.total.backward()?;
-            opt.step(&grads, &step.lookups, lr)?;
-            balancer.after_step(model, &step, lr)?;
+            workers.run(|| opt.step(&step.grads, &step.lookups, lr))?;
+            if let Some(loss) = &step.loss {
+                balancer.after_step(model, loss, lr)?;
+            }
             observer.step(epoch + 1, opt.step, &values);
         }
         let train_secs = start.elapsed().as_secs_f64();

@@ -12,6 +12,7 @@ mod report;
 mod robustness;
 mod runs;
 mod serve;
+mod shard;
 mod training;
 mod zoo;
 

@@ -105,7 +105,7 @@ fn adam_matches_the_textbook_update() {
     for step in 1..=3 {
         // loss = sum(x^2) -> grad 2x
         let loss = x.as_tensor().sqr().unwrap().sum_all().unwrap();
-        opt.step(&loss.backward().unwrap(), &[], 0.1).unwrap();
+        opt.step(&[loss.backward().unwrap()], &[], 0.1).unwrap();
         for i in 0..3 {
             let g = 2.0 * p[i];
             m[i] = 0.9 * m[i] + 0.1 * g;
@@ -137,7 +137,7 @@ fn adam_state_saves_and_resumes_exactly() {
                 opt = fresh;
             }
             let loss = (x.as_tensor().sqr().unwrap().sum_all().unwrap() + x.as_tensor().sum_all().unwrap()).unwrap();
-            opt.step(&loss.backward().unwrap(), &[], 0.05).unwrap();
+            opt.step(&[loss.backward().unwrap()], &[], 0.05).unwrap();
         }
         x.as_tensor().to_vec1::<f32>().unwrap()
     };
@@ -219,7 +219,7 @@ fn sparse_embedding_updates_equal_dense_adam() {
     for b in batches.iter().chain(&batches) {
         let step = train::batch_loss(&sparse, b, &mut multigate::rng::Rng::new(0)).unwrap();
         assert_eq!(step.lookups.len(), 2, "one lookup per categorical feature");
-        opt.step(&step.total.backward().unwrap(), &step.lookups, 0.01).unwrap();
+        opt.step(&[step.total.backward().unwrap()], &step.lookups, 0.01).unwrap();
     }
     // The reference: the evaluation graph keeps dense table gradients.
     let dense = CandleModel::new(&c.model, 2, &Device::Cpu).unwrap();
@@ -234,7 +234,7 @@ fn sparse_embedding_updates_equal_dense_adam() {
                 None => l,
             });
         }
-        opt.step(&total.unwrap().backward().unwrap(), &[], 0.01).unwrap();
+        opt.step(&[total.unwrap().backward().unwrap()], &[], 0.01).unwrap();
     }
     for ((name, a), (_, b)) in sparse.vars.iter().zip(&dense.vars) {
         let d = (a.as_tensor() - b.as_tensor())
@@ -268,7 +268,7 @@ fn lazy_adam_moves_only_the_rows_a_step_looks_up() {
         let mut opt = Adam::new(model.vars.clone(), cfg).unwrap();
         for b in batches {
             let step = train::batch_loss(&model, b, &mut multigate::rng::Rng::new(0)).unwrap();
-            opt.step(&step.total.backward().unwrap(), &step.lookups, 0.01).unwrap();
+            opt.step(&[step.total.backward().unwrap()], &step.lookups, 0.01).unwrap();
         }
         model
     };

@@ -101,6 +101,19 @@ impl Batch {
         }
         Ok(Batch { cat, dense, labels, masks, size: b })
     }
+
+    /// Rows `start..start + len` of the batch (views, no copy).
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Batch> {
+        let cut = |t: &Tensor| t.narrow(0, start, len);
+        let opt = |t: &Option<Tensor>| t.as_ref().map(cut).transpose();
+        Ok(Batch {
+            cat: self.cat.iter().map(cut).collect::<Result<_>>()?,
+            dense: opt(&self.dense)?,
+            labels: self.labels.iter().map(opt).collect::<Result<_>>()?,
+            masks: self.masks.iter().map(opt).collect::<Result<_>>()?,
+            size: len,
+        })
+    }
 }
 
 /// The forward pass's results.
