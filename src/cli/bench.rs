@@ -72,25 +72,23 @@ pub fn bench(
     let forward_only = t0.elapsed();
 
     // Full training steps, timing each phase.
-    let (mut fwd, mut bwd, mut optim) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let (mut passes, mut optim) = (Duration::ZERO, Duration::ZERO);
     let mut allocations = 0u64;
     for (i, b) in batches.iter().cycle().take(warmup + steps).enumerate() {
         let allocated = super::ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
         let t = Instant::now();
         let step = shard::step(&model, b, &mut rng, None, &workers)?;
-        let t_f = t.elapsed();
-        let t_b = Duration::ZERO;
+        let t_p = t.elapsed();
         let t = Instant::now();
         workers.run(|| opt.step(&step.grads, &step.lookups, c.train.lr))?;
         let t_o = t.elapsed();
         if i >= warmup {
             allocations += super::ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - allocated;
-            fwd += t_f;
-            bwd += t_b;
+            passes += t_p;
             optim += t_o;
         }
     }
-    let train = fwd + bwd + optim;
+    let train = passes + optim;
     let per_sec = |d: Duration| (steps * batch_size) as f64 / d.as_secs_f64().max(1e-12);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0 / steps as f64;
     println!(
@@ -105,9 +103,10 @@ pub fn bench(
         if c.train.lazy_embeddings { "lazy_adam" } else { "adam" }
     );
     println!("train:        {:>10.0} samples/s  ({:.3} ms/step)", per_sec(train), ms(train));
-    println!("  forward+loss {:>6.1}%  {:.3} ms", 100.0 * fwd.as_secs_f64() / train.as_secs_f64(), ms(fwd));
-    println!("  backward     {:>6.1}%  {:.3} ms", 100.0 * bwd.as_secs_f64() / train.as_secs_f64(), ms(bwd));
-    println!("  optimizer    {:>6.1}%  {:.3} ms", 100.0 * optim.as_secs_f64() / train.as_secs_f64(), ms(optim));
+    // Forward and backward run together, one shard per worker.
+    let share = |d: Duration| 100.0 * d.as_secs_f64() / train.as_secs_f64();
+    println!("  forward+loss+backward {:>6.1}%  {:.3} ms", share(passes), ms(passes));
+    println!("  optimizer             {:>6.1}%  {:.3} ms", share(optim), ms(optim));
     println!("forward only: {:>10.0} samples/s  ({:.3} ms/step)", per_sec(forward_only), ms(forward_only));
     println!(
         "memory:       {} allocations per training step; peak resident {}",

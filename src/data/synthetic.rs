@@ -196,12 +196,14 @@ fn categorical_inputs(
                 names.push(f.column.clone());
                 columns.push(col.finish());
             }
-            FeatureKind::Dense { width, .. } => {
+            FeatureKind::Dense { width, transform, .. } => {
+                // log1p reads counts: its columns get |N(0, 1)|.
+                let counts = matches!(transform, crate::ir::Transform::Log1p);
                 for (j, c) in super::dense_columns(&f.column, *width).into_iter().enumerate() {
                     let w: Vec<f64> = (0..n_tasks).map(|t| teacher(seed, fi, 1_000_000 + j, t)).collect();
                     let v: Vec<f32> = (0..rows)
                         .map(|r| {
-                            let x = rng.normal();
+                            let x = if counts { rng.normal().abs() } else { rng.normal() };
                             for t in 0..n_tasks {
                                 score[t][r] += w[t] * x;
                             }

@@ -3,6 +3,7 @@
 
 use candle_core::{Tensor, Var, D};
 
+use super::dense::dense;
 use super::{activate, add_bias, add_opt, dropout, softplus, Result};
 use crate::ir::{Activation, Gating, Layer, LayerPlan, Stream};
 use crate::rng::Rng;
@@ -29,7 +30,7 @@ impl ExpertStack {
         // Depth 0 is one GEMM over the experts' concatenated weights.
         let w = w0.as_tensor().permute((1, 0, 2))?.reshape((d_in, e * d1))?; // [d_in, E*d1]
         let b = b0.as_tensor().reshape(e * d1)?; // [E*d1]
-        let mut h = activate(&add_bias(&x.matmul(&w)?, &b)?, self.activation)?; // [N, E*d1]
+        let mut h = dense(x, &w, &b, self.activation)?; // [N, E*d1]
         h = dropout(&h, self.dropout, rng.as_deref_mut())?;
         if self.layers.len() == 1 {
             return h.reshape((n, e, d1)); // [N, E, d1]
@@ -184,7 +185,7 @@ impl LayerParams {
                 None => Ok(x),
             }
         };
-        let mut clean = select(add_bias(&flat.matmul(w.as_tensor())?, bias.as_tensor())?)?;
+        let mut clean = select(dense(&flat, w.as_tensor(), bias.as_tensor(), Activation::Linear)?)?;
         if self.gating.temperature != 1.0 {
             clean = (clean / self.gating.temperature as f64)?;
         }

@@ -8,6 +8,7 @@
 //! layer are one matmul, and all mixtures one batched matmul `[B, M, N] x [B, N, u]`.
 //! No loop over experts, no host round-trip in `forward`.
 
+mod dense;
 mod fused;
 
 pub use fused::{ExpertStack, LayerOutput, LayerParams, MixLayout};
@@ -417,9 +418,10 @@ impl CandleModel {
             };
             let last = tower.layers.len() - 1;
             for (i, (w, b)) in tower.layers.iter().enumerate() {
-                x = add_bias(&x.matmul(w.as_tensor())?, b.as_tensor())?;
+                let act = if i < last { tower.activation } else { Activation::Linear };
+                x = dense::dense(&x, w.as_tensor(), b.as_tensor(), act)?;
                 if i < last {
-                    x = dropout(&activate(&x, tower.activation)?, tower.dropout, rng.as_deref_mut())?;
+                    x = dropout(&x, tower.dropout, rng.as_deref_mut())?;
                 }
             }
             // [B] for one output, [B, K] for a multiclass head.
