@@ -649,6 +649,10 @@ impl Predictor {
 
     /// Scores encoded rows; with `gates`, keeps every row's gate weights.
     pub fn predict_dataset(&self, ds: &data::Dataset, gates: bool) -> Result<Predictions, PredictError> {
+        if !gates {
+            let values = train::predict_values(&self.bundle.model, ds, 4096)?;
+            return Ok(Predictions { values, gate_columns: Vec::new(), usage: Vec::new() });
+        }
         Ok(train::predict_rows(&self.bundle.model, ds, 4096, gates)?)
     }
 

@@ -118,6 +118,51 @@ pub fn bench(
 
 /// `multigate bench-ingest`: rows per second from a spec's training data into encoded
 /// rows, read (parse) and encode (hash, transform) timed apart, best of `repeat`.
+/// Single-row scoring latency of a bundle through the library's [`Predictor`], as a
+/// server calls it: raw text per column in, hashed, encoded and scored, one row a call.
+/// The rows come from the categorical generator (the bundle's own feature columns).
+pub fn bench_predict(bundle: &Path, calls: usize) -> Result<(), Failure> {
+    let predictor = multigate::run::Predictor::load(bundle, Device::Cpu)?;
+    // As `serve` runs: candle's kernels on one thread (`RAYON_NUM_THREADS` set; without
+    // it, candle counts the machine's cores from /proc at every matmul).
+    super::auto_threads();
+    let model = &predictor.compiled().model;
+    let rows = 1000;
+    let frame = data::synthetic::categorical_frame(model, 1000, rows, 1);
+    let text = |column: &str, r: usize| frame.column(column).map(|c| c.text(r)).unwrap_or_default();
+    let requests: Vec<Vec<(String, Vec<String>)>> =
+        (0..rows).map(|r| predictor.input_columns().iter().map(|c| (c.clone(), vec![text(c, r)])).collect()).collect();
+    let calls = calls.max(1);
+    let warmup = 200;
+    let mut times = Vec::with_capacity(calls);
+    for (i, request) in requests.iter().cycle().take(warmup + calls).enumerate() {
+        let t = Instant::now();
+        let p = predictor.predict_columns(request)?;
+        let elapsed = t.elapsed();
+        std::hint::black_box(&p);
+        if i >= warmup {
+            times.push(elapsed);
+        }
+    }
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
+    let mean = times.iter().map(|d| d.as_secs_f64()).sum::<f64>() / times.len() as f64 * 1e6;
+    println!(
+        "model {}: {} parameters; {calls} single-row calls after {warmup} warm-up (text in: hashing, encoding, forward)",
+        model.name,
+        model.param_count()
+    );
+    println!(
+        "latency us: median {:.1}, p90 {:.1}, p99 {:.1}, max {:.1}, mean {:.1}",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0),
+        mean
+    );
+    Ok(())
+}
+
 pub fn bench_ingest(path: &Path, data_path: Option<&Path>, repeat: usize, threads: usize) -> Result<(), Failure> {
     let (src, c) = compile(path)?;
     let locate = multigate::run::spec_locator(&src);

@@ -367,6 +367,14 @@ enum Command {
         #[arg(long)]
         optimizer: Option<String>,
     },
+    /// Single-row latency of a bundle's predictor (text in, as a server calls it).
+    BenchPredict {
+        /// The bundle folder (from `compile-and-train`).
+        bundle: PathBuf,
+        /// Timed calls, one row each.
+        #[arg(long, default_value_t = 10_000)]
+        calls: usize,
+    },
     /// Ingest throughput: rows per second from the spec's training files (CSV, gzip,
     /// Parquet) through parsing, hashing and encoding.
     BenchIngest {
@@ -504,6 +512,7 @@ pub fn run() -> ExitCode {
         Command::Export { bundle, format: ExportArg::Onnx, out } => export_onnx(&bundle, &out),
         Command::Evaluate { bundle, data, group, format, .. } => evaluate(&bundle, &data, group.as_deref(), format),
         Command::Analyze { spec, data, format } => analyze(&spec, data.as_deref(), format),
+        Command::BenchPredict { bundle, calls } => bench::bench_predict(&bundle, calls),
         Command::BenchIngest { spec, data, repeat, readers } => {
             bench::bench_ingest(&spec, data.as_deref(), repeat, readers)
         }

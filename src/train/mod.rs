@@ -195,9 +195,26 @@ pub fn predict_rows(
     batch_size: usize,
     gate_rows: bool,
 ) -> candle_core::Result<Predictions> {
+    predict_all(model, ds, batch_size, gate_rows, true)
+}
+
+/// Predictions of every row only: no gate weights, no gate usage (a scoring call).
+pub fn predict_values(model: &CandleModel, ds: &Dataset, batch_size: usize) -> candle_core::Result<Vec<Vec<f32>>> {
+    Ok(predict_all(model, ds, batch_size, false, false)?.values)
+}
+
+/// [`predict_rows`]; without `usage` (and `gate_rows`) the gates are not summarised.
+fn predict_all(
+    model: &CandleModel,
+    ds: &Dataset,
+    batch_size: usize,
+    gate_rows: bool,
+    usage: bool,
+) -> candle_core::Result<Predictions> {
     let n_tasks = model.ir.tasks.len();
     let mut preds = vec![Vec::with_capacity(ds.rows); n_tasks];
-    let gated: Vec<&crate::ir::Layer> = model.ir.layers.iter().filter(|l| !l.gates.is_empty()).collect();
+    let summarise = usage || gate_rows;
+    let gated: Vec<&crate::ir::Layer> = model.ir.layers.iter().filter(|l| summarise && !l.gates.is_empty()).collect();
     let plans: Vec<crate::ir::LayerPlan> = gated.iter().map(|l| l.plan(n_tasks)).collect();
     let mut sums: Vec<Vec<MixSums>> =
         plans.iter().map(|p| (0..p.mixes.len()).map(|_| MixSums::default()).collect()).collect();
@@ -207,10 +224,15 @@ pub fn predict_rows(
     let workers = shard::Workers::configured()?;
     let at_once = if model.device.is_cpu() { workers.threads() } else { 1 };
     for group in chunks.chunks(at_once) {
-        let outs: Vec<candle_core::Result<crate::backend::candle::Output>> = workers.run(|| {
-            use rayon::prelude::*;
-            group.par_iter().map(|chunk| model.forward(&Batch::gather(ds, chunk, &model.device)?)).collect()
-        });
+        let run = |chunk: &&[usize]| model.forward(&Batch::gather(ds, chunk, &model.device)?);
+        let outs: Vec<candle_core::Result<crate::backend::candle::Output>> = match group {
+            // One batch (a small request): on this thread, no hand-off to a worker.
+            [one] => vec![run(one)],
+            _ => workers.run(|| {
+                use rayon::prelude::*;
+                group.par_iter().map(run).collect()
+            }),
+        };
         for out in outs {
             let out = out?;
             predict_batch(model, &out, &mut preds, &mut sums, gate_rows, ds.rows)?;

@@ -12,6 +12,7 @@
 //! whose loss is not such a sum run unsharded (see [`shardable`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
@@ -66,9 +67,18 @@ impl Workers {
         Ok(Workers { pool: Some(pool), threads })
     }
 
-    /// As many workers as [`set_threads`] said (one when it was never called).
-    pub fn configured() -> Result<Workers> {
-        Workers::new(threads().max(1))
+    /// The process's pool of as many workers as [`set_threads`] said (one when it was
+    /// never called); started once and shared by every caller.
+    pub fn configured() -> Result<Arc<Workers>> {
+        static SHARED: Mutex<Option<Arc<Workers>>> = Mutex::new(None);
+        let n = threads().max(1);
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = shared.as_ref().filter(|w| w.threads == n) {
+            return Ok(w.clone());
+        }
+        let w = Arc::new(Workers::new(n)?);
+        *shared = Some(w.clone());
+        Ok(w)
     }
 
     pub fn threads(&self) -> usize {
