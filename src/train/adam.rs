@@ -4,10 +4,12 @@
 //! a dozen temporaries per parameter per step. This one keeps its moments where they
 //! can be saved and, on CPU, updates parameter and moments in one fused pass with no
 //! allocation (a candle in-place custom op). Embedding tables get their gradient as
-//! the looked-up rows ([`Lookup`]): the rows are scattered into a scratch buffer kept
-//! between steps, the dense update runs over the whole table (the same maths as dense
-//! Adam), and only the touched rows are cleared again. On other devices the update
-//! falls back to tensor arithmetic with the same maths.
+//! the looked-up rows ([`Lookup`]). Dense Adam scatters them into a scratch buffer kept
+//! between steps, runs the update over the whole table (the same maths as a dense
+//! gradient) and clears only the touched rows again. Lazy Adam sums each looked-up
+//! row's gradients in a one-row buffer and updates that row alone, so its step costs
+//! the same whatever the table's size. On other devices the update falls back to
+//! tensor arithmetic with the same maths.
 
 use std::sync::Mutex;
 
@@ -176,33 +178,47 @@ impl candle_core::InplaceOp1 for SparseStep<'_> {
         let p = host_slice(s, l, "embedding table")?;
         let mut st = lock(self.state)?;
         let HostState { m, v, scratch } = &mut *st;
+        let d = self.dim;
+        let rows = p.len() / d.max(1);
+        for (ids, _) in &self.parts {
+            if let Some(&r) = ids.iter().find(|&&r| r as usize >= rows) {
+                candle_core::bail!("adam: row {r} outside a table of {rows} rows");
+            }
+        }
+        if self.lazy {
+            // Each looked-up row once, in row order: its gradient rows summed (in the
+            // order the lookups and their rows come, as a scatter would) into a buffer
+            // of one row, then the update of that row. Nothing table-sized is touched.
+            let mut order: Vec<(u32, u32, u32)> = Vec::new();
+            for (part, (ids, _)) in self.parts.iter().enumerate() {
+                order.extend(ids.iter().enumerate().map(|(i, &id)| (id, part as u32, i as u32)));
+            }
+            order.sort_unstable();
+            let mut g = vec![0f32; d];
+            for run in order.chunk_by(|a, b| a.0 == b.0) {
+                g.iter_mut().for_each(|x| *x = 0.0);
+                for &(_, part, i) in run {
+                    let rows = &self.parts[part as usize].1;
+                    let i = i as usize;
+                    g.iter_mut().zip(&rows[i * d..(i + 1) * d]).for_each(|(s, x)| *s += x);
+                }
+                let r = (run[0].0 as usize) * d..(run[0].0 as usize + 1) * d;
+                self.k.apply(&mut p[r.clone()], &g, &mut m[r.clone()], &mut v[r]);
+            }
+            return Ok(());
+        }
         if scratch.len() != p.len() {
             *scratch = vec![0.0; p.len()];
         }
-        let d = self.dim;
-        let rows = p.len() / d.max(1);
         for (ids, g) in &self.parts {
             for (i, &id) in ids.iter().enumerate() {
                 let r = id as usize;
-                if r >= rows {
-                    candle_core::bail!("adam: row {r} outside a table of {rows} rows");
-                }
                 for (s, x) in scratch[r * d..(r + 1) * d].iter_mut().zip(&g[i * d..(i + 1) * d]) {
                     *s += x;
                 }
             }
         }
-        if self.lazy {
-            let mut touched: Vec<u32> = self.parts.iter().flat_map(|(ids, _)| ids.iter().copied()).collect();
-            touched.sort_unstable();
-            touched.dedup();
-            for &id in &touched {
-                let r = (id as usize) * d..(id as usize + 1) * d;
-                self.k.apply(&mut p[r.clone()], &scratch[r.clone()], &mut m[r.clone()], &mut v[r]);
-            }
-        } else {
-            self.k.apply_all(p, scratch, m, v);
-        }
+        self.k.apply_all(p, scratch, m, v);
         for (ids, _) in &self.parts {
             for &id in ids {
                 let r = id as usize;

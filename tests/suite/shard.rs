@@ -98,14 +98,21 @@ fn models_whose_loss_couples_rows_are_not_sharded() {
     assert!(!shard::shardable(&model));
 }
 
-/// Two hundred Adam steps on two workers end where they end on one, within float
-/// rounding (the shards sum their gradients in another order).
+/// Two hundred Adam steps (dense and lazy) on two workers end where they end on one,
+/// within float rounding (the shards sum their gradients in another order).
 #[test]
 fn two_workers_train_like_one() {
+    for lazy in [false, true] {
+        two_workers_train_like_one_with(lazy);
+    }
+}
+
+fn two_workers_train_like_one_with(lazy: bool) {
     let train = |threads: usize| -> (Vec<f32>, Vec<f32>) {
         let (model, ds, c) = model_and_data(1024);
         let workers = Workers::new(threads).unwrap();
-        let mut opt = Adam::new(model.vars.clone(), AdamConfig::from(&c.train)).unwrap();
+        let config = AdamConfig { lazy, ..AdamConfig::from(&c.train) };
+        let mut opt = Adam::new(model.vars.clone(), config).unwrap();
         let mut rng = Rng::new(3);
         let mut last = Vec::new();
         for s in 0..200 {
@@ -122,7 +129,7 @@ fn two_workers_train_like_one() {
     let (p1, l1) = train(1);
     let (p2, l2) = train(2);
     let diff = p1.iter().zip(&p2).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(diff < 1e-3, "parameters differ by {diff} after 200 steps");
+    assert!(diff < 1e-3, "parameters differ by {diff} after 200 steps (lazy: {lazy})");
     for (a, b) in l1.iter().zip(&l2) {
         assert!((a - b).abs() < 1e-3, "last losses {l1:?} and {l2:?}");
     }
