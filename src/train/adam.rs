@@ -229,6 +229,79 @@ impl candle_core::InplaceOp1 for SparseStep<'_> {
     }
 }
 
+/// One step's update of one parameter at a time.
+struct Update<'a> {
+    grads: &'a [GradStore],
+    lookups: &'a [Lookup],
+    k: Coefficients,
+    config: AdamConfig,
+    lr: f64,
+    bc1: f64,
+    bc2: f64,
+}
+
+impl Update<'_> {
+    /// Parameter `i` (`var`, its moments `mom`): dense gradients summed over the
+    /// shards' stores, embedding gradients from its lookups; left alone with neither.
+    fn apply(&self, i: usize, var: &Var, mom: &mut Moments) -> Result<()> {
+        let (grads, lookups, k, c, lr, bc1, bc2) =
+            (self.grads, self.lookups, self.k, self.config, self.lr, self.bc1, self.bc2);
+        let grad_of = |t: &Tensor| grads.iter().find_map(|g| g.get(t));
+        let mine: Vec<&Lookup> = lookups.iter().filter(|l| l.var == i).collect();
+        let mut dense: Option<Tensor> = None;
+        for g in grads.iter().filter_map(|g| g.get(var.as_tensor())) {
+            dense = Some(match dense {
+                None => g.clone(),
+                Some(sum) => (sum + g)?,
+            });
+        }
+        if mine.is_empty() && dense.is_none() {
+            return Ok(());
+        }
+        match mom {
+            Moments::Host(state) if !mine.is_empty() => {
+                if dense.is_some() {
+                    candle_core::bail!("adam: parameter {i} has both a dense and a sparse gradient");
+                }
+                let dim = var.as_tensor().dims().last().copied().unwrap_or(1);
+                let mut parts = Vec::with_capacity(mine.len());
+                for l in mine {
+                    let Some(g) = grad_of(l.leaf.as_tensor()) else { continue };
+                    parts.push((l.ids.to_vec1::<u32>()?, g.flatten_all()?.to_vec1::<f32>()?));
+                }
+                var.as_tensor().inplace_op1(&SparseStep { state, k, parts, dim, lazy: c.lazy })?;
+            }
+            Moments::Host(state) => {
+                // `dense` is Some: checked above.
+                let g = dense.map(|g| g.contiguous()).transpose()?;
+                if let Some(g) = g {
+                    var.as_tensor().inplace_op2(&g, &DenseStep { state, k })?;
+                }
+            }
+            Moments::Device { m, v } => {
+                if c.lazy && !mine.is_empty() {
+                    candle_core::bail!("lazy_adam runs on the CPU only; use optimizer = \"adam\" on this device");
+                }
+                let mut g = match dense {
+                    Some(g) => g,
+                    None => var.as_tensor().zeros_like()?,
+                };
+                for l in mine {
+                    if let Some(rows) = grad_of(l.leaf.as_tensor()) {
+                        g = g.index_add(&l.ids, rows, 0)?;
+                    }
+                }
+                *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+                *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                let update = ((&*m / bc1)? / ((&*v / bc2)?.sqrt()? + c.eps)?)?;
+                let decayed = (var.as_tensor() * (1.0 - lr * c.weight_decay))?;
+                var.set(&(decayed - (update * lr)?)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Adam {
     /// An optimizer over named parameters (names from the IR's parameter table).
     pub fn new(named: Vec<(String, Var)>, config: AdamConfig) -> Result<Adam> {
@@ -256,61 +329,20 @@ impl Adam {
         let c = self.config;
         let k = Coefficients::new(&c, lr, self.step);
         let (bc1, bc2) = (1.0 - c.beta1.powi(self.step as i32), 1.0 - c.beta2.powi(self.step as i32));
-        let grad_of = |t: &Tensor| grads.iter().find_map(|g| g.get(t));
-        for (i, (var, mom)) in self.vars.iter().zip(&mut self.moments).enumerate() {
-            let mine: Vec<&Lookup> = lookups.iter().filter(|l| l.var == i).collect();
-            let mut dense: Option<Tensor> = None;
-            for g in grads.iter().filter_map(|g| g.get(var.as_tensor())) {
-                dense = Some(match dense {
-                    None => g.clone(),
-                    Some(sum) => (sum + g)?,
-                });
-            }
-            if mine.is_empty() && dense.is_none() {
-                continue;
-            }
-            match mom {
-                Moments::Host(state) if !mine.is_empty() => {
-                    if dense.is_some() {
-                        candle_core::bail!("adam: parameter {i} has both a dense and a sparse gradient");
-                    }
-                    let dim = var.as_tensor().dims().last().copied().unwrap_or(1);
-                    let mut parts = Vec::with_capacity(mine.len());
-                    for l in mine {
-                        let Some(g) = grad_of(l.leaf.as_tensor()) else { continue };
-                        parts.push((l.ids.to_vec1::<u32>()?, g.flatten_all()?.to_vec1::<f32>()?));
-                    }
-                    var.as_tensor().inplace_op1(&SparseStep { state, k, parts, dim, lazy: c.lazy })?;
-                }
-                Moments::Host(state) => {
-                    // `dense` is Some: checked above.
-                    let g = dense.map(|g| g.contiguous()).transpose()?;
-                    if let Some(g) = g {
-                        var.as_tensor().inplace_op2(&g, &DenseStep { state, k })?;
-                    }
-                }
-                Moments::Device { m, v } => {
-                    if c.lazy && !mine.is_empty() {
-                        candle_core::bail!("lazy_adam runs on the CPU only; use optimizer = \"adam\" on this device");
-                    }
-                    let mut g = match dense {
-                        Some(g) => g,
-                        None => var.as_tensor().zeros_like()?,
-                    };
-                    for l in mine {
-                        if let Some(rows) = grad_of(l.leaf.as_tensor()) {
-                            g = g.index_add(&l.ids, rows, 0)?;
-                        }
-                    }
-                    *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-                    *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-                    let update = ((&*m / bc1)? / ((&*v / bc2)?.sqrt()? + c.eps)?)?;
-                    let decayed = (var.as_tensor() * (1.0 - lr * c.weight_decay))?;
-                    var.set(&(decayed - (update * lr)?)?)?;
-                }
-            }
+        let step = Update { grads, lookups, k, config: c, lr, bc1, bc2 };
+        // Parameters are independent: on the CPU, with workers, they are updated in
+        // parallel (each one's state has its own lock).
+        let on_host = self.moments.iter().all(|m| matches!(m, Moments::Host(_)));
+        if on_host && rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            self.vars
+                .par_iter()
+                .zip(self.moments.par_iter_mut())
+                .enumerate()
+                .try_for_each(|(i, (var, mom))| step.apply(i, var, mom))
+        } else {
+            self.vars.iter().zip(&mut self.moments).enumerate().try_for_each(|(i, (var, mom))| step.apply(i, var, mom))
         }
-        Ok(())
     }
 
     /// The moments as named tensors (`{parameter}.m`, `{parameter}.v`), for checkpoints.
