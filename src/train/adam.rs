@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, Layout, Tensor, Var};
 
-use crate::backend::candle::Lookup;
+use crate::backend::candle::{cpu_f32, Lookup};
 use crate::ir::TrainConfig;
 
 type Result<T> = candle_core::Result<T>;
@@ -145,10 +145,7 @@ impl candle_core::InplaceOp2 for DenseStep<'_> {
     }
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
         let p = host_slice(s1, l1, "parameter")?;
-        let (CpuStorage::F32(g), Some((g0, g1))) = (s2, l2.contiguous_offsets()) else {
-            candle_core::bail!("adam: gradient must be contiguous f32");
-        };
-        let g = &g[g0..g1];
+        let g = cpu_f32(s2, l2, "adam: gradient")?;
         let mut st = lock(self.state)?;
         let HostState { m, v, .. } = &mut *st;
         if m.len() != p.len() || g.len() != p.len() {

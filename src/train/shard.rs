@@ -93,13 +93,28 @@ impl Workers {
         }
     }
 
-    /// How many shards a batch of `rows` rows of `model` is cut into.
+    /// How many shards a training batch of `rows` rows of `model` is cut into.
     pub fn shards(&self, model: &CandleModel, rows: usize) -> usize {
-        if self.threads <= 1 || !model.device.is_cpu() || !shardable(model) {
+        if shardable(model) {
+            self.forward_shards(model, rows)
+        } else {
+            1
+        }
+    }
+
+    /// How many shards a forward pass (no loss) over `rows` rows is cut into: one per
+    /// worker on the CPU, each at least [`MIN_SHARD_ROWS`] rows.
+    fn forward_shards(&self, model: &CandleModel, rows: usize) -> usize {
+        if self.threads <= 1 || !model.device.is_cpu() {
             return 1;
         }
         self.threads.min(rows / MIN_SHARD_ROWS).max(1)
     }
+}
+
+/// `(first row, rows)` of each of `k` near-equal shards of `n` rows.
+fn bounds(n: usize, k: usize) -> Vec<(usize, usize)> {
+    (0..k).map(|i| (i * n / k, (i + 1) * n / k - i * n / k)).collect()
 }
 
 /// Whether a batch's loss gradient is the sum of its shards': not with a load-balancing
@@ -140,10 +155,9 @@ pub fn step(
         let lookups = std::mem::take(&mut loss.lookups);
         return Ok(Step { per_task, grads: vec![grads], lookups, loss: Some(loss) });
     }
-    let n = batch.size;
-    let bounds: Vec<(usize, usize)> = (0..k).map(|i| (i * n / k, (i + 1) * n / k - i * n / k)).collect();
-    let shares = shares(batch, &bounds)?;
-    let shards = bounds.iter().map(|&(at, len)| batch.narrow(at, len)).collect::<Result<Vec<_>>>()?;
+    let cuts = bounds(batch.size, k);
+    let shares = shares(batch, &cuts)?;
+    let shards = cuts.iter().map(|&(at, len)| batch.narrow(at, len)).collect::<Result<Vec<_>>>()?;
     // Each shard's dropout masks from its own stream, seeded from the run's.
     let seeds: Vec<u64> = (0..k).map(|_| rng.next_u64()).collect();
     let tasks = model.ir.tasks.len();
@@ -202,16 +216,12 @@ fn shares(batch: &Batch, bounds: &[(usize, usize)]) -> Result<Vec<Vec<f64>>> {
 /// The model's outputs for `batch` (no dropout), its rows cut into one shard per
 /// worker: each head `[B]` or `[B, K]`, in row order. Gate weights are not kept.
 pub fn forward(model: &CandleModel, batch: &Batch, workers: &Workers) -> Result<Vec<Tensor>> {
-    let k = if workers.threads <= 1 || !model.device.is_cpu() {
-        1
-    } else {
-        workers.threads.min(batch.size / MIN_SHARD_ROWS).max(1)
-    };
+    let k = workers.forward_shards(model, batch.size);
     if k <= 1 {
         return Ok(model.forward(batch)?.heads);
     }
-    let n = batch.size;
-    let shards = (0..k).map(|i| batch.narrow(i * n / k, (i + 1) * n / k - i * n / k)).collect::<Result<Vec<_>>>()?;
+    let shards =
+        bounds(batch.size, k).into_iter().map(|(at, len)| batch.narrow(at, len)).collect::<Result<Vec<_>>>()?;
     let outs: Vec<Result<Vec<Tensor>>> =
         workers.run(|| shards.par_iter().map(|s| Ok(model.forward(s)?.heads)).collect());
     let outs = outs.into_iter().collect::<Result<Vec<_>>>()?;

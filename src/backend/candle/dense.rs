@@ -10,7 +10,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use super::{activate, add_bias, Result};
+use super::{activate, add_bias, cpu_f32, Result};
 use crate::ir::Activation;
 
 /// `act(x W + b)`: `x: [N, K]`, `w: [K, M]`, `b: [M]` -> `[N, M]`.
@@ -29,15 +29,6 @@ pub(crate) fn dense(x: &Tensor, w: &Tensor, b: &Tensor, act: Activation) -> Resu
 
 struct Dense {
     relu: bool,
-}
-
-/// The contiguous f32 values of an operand, or an error naming it.
-fn values<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("dense: {what} must be f32") };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("dense: {what} must be contiguous"),
-    }
 }
 
 impl CustomOp3 for Dense {
@@ -59,7 +50,8 @@ impl CustomOp3 for Dense {
         if k != k2 || l3.shape().elem_count() != m {
             candle_core::bail!("dense: x {:?}, w {:?}, b {:?} do not fit", l1.shape(), l2.shape(), l3.shape());
         }
-        let (x, w, b) = (values(s1, l1, "x")?, values(s2, l2, "weight")?, values(s3, l3, "bias")?);
+        let (x, w, b) =
+            (cpu_f32(s1, l1, "dense: x")?, cpu_f32(s2, l2, "dense: weight")?, cpu_f32(s3, l3, "dense: bias")?);
         // Every row starts as the bias; the GEMM adds x W to it.
         let mut y = Vec::with_capacity(n * m);
         for _ in 0..n {
@@ -125,7 +117,7 @@ impl CustomOp2 for ReluGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (dy, y) = (values(s1, l1, "gradient")?, values(s2, l2, "output")?);
+        let (dy, y) = (cpu_f32(s1, l1, "relu grad: gradient")?, cpu_f32(s2, l2, "relu grad: output")?);
         if dy.len() != y.len() {
             candle_core::bail!("relu grad: {} gradients for {} outputs", dy.len(), y.len());
         }

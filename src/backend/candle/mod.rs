@@ -227,6 +227,16 @@ pub(crate) fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The values of a contiguous f32 CPU operand of a custom op; `what` names it in the
+/// error (op and operand, e.g. `dense: bias`).
+pub(crate) fn cpu_f32<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout, what: &str) -> Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(v) = s else { candle_core::bail!("{what} must be f32") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
 /// `ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|)`, finite for any finite `x`.
 pub(crate) fn softplus(x: &Tensor) -> Result<Tensor> {
     x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
