@@ -4,15 +4,16 @@
 # CGC, multigate (`bench`, its categorical generator over the spec's columns) against
 # PyTorch writing the same model its fastest way (scripts/torch_census.py), interleaved
 # REPS times at THREADS threads; medians, ratios and parameter counts.
-# Usage: scripts/bench_census.sh [REPS] [THREADS]   (PYTHON: a Python with torch)
+# Usage: scripts/bench_census.sh [REPS] [THREADS]   (PYTHON: a Python with torch and
+# numpy, else a venv is made in target/bench-venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps="${1:-3}"
 threads="${2:-2}"
 source scripts/census_spec.sh
 census_prepare
-py="${PYTHON:-target/bench-venv/bin/python}"
-"$py" -c "import torch" || { echo "needs a Python with torch: PYTHON=... or run scripts/bench_vs_torch.sh once"; exit 2; }
+source scripts/torch_env.sh
+torch_python
 for m in shared_bottom omoe mmoe cgc; do census_spec 1 "$m" 1 1 1 > "$tmp/$m.toml"; done
 python3 - "$bin" "$py" "$reps" "$threads" "$tmp" <<'PY'
 import re, statistics, subprocess, sys

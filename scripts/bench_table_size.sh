@@ -5,15 +5,16 @@
 # THREADS threads; medians of samples/s, each size's step time against 10^4, and peak RSS.
 # 10^7 rows per table does not fit a 24 GiB machine: eleven tables of 10^7 x 16 are 7 GiB
 # of weights, and Adam keeps two moments of the same size.
-# Usage: scripts/bench_table_size.sh [REPS] [THREADS]   (PYTHON: a Python with torch)
+# Usage: scripts/bench_table_size.sh [REPS] [THREADS]   (PYTHON: a Python with torch and
+# numpy, else a venv is made in target/bench-venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reps="${1:-3}"
 threads="${2:-2}"
 bin="${MULTIGATE_BIN:-target/release/multigate}"
 [ -x "$bin" ] || cargo build --release
-py="${PYTHON:-target/bench-venv/bin/python}"
-"$py" -c "import torch, numpy" || { echo "needs a Python with torch and numpy: PYTHON=... or run scripts/bench_vs_torch.sh once"; exit 2; }
+source scripts/torch_env.sh
+torch_python
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 - "$bin" "$py" "$reps" "$threads" "$work" <<'PY'

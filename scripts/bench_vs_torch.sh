@@ -15,14 +15,8 @@ bin="${MULTIGATE_BIN:-target/release/multigate}"
 [ -x "$bin" ] || cargo build --release
 torch_script="${TORCH_MMOE:-../shared/bench/torch_mmoe.py}"
 [ -f "$torch_script" ] || { echo "needs $torch_script (the shared PyTorch side)"; exit 2; }
-py="${PYTHON:-}"
-if [ -z "$py" ]; then
-  py=target/bench-venv/bin/python
-  if ! "$py" -c "import torch, numpy" 2>/dev/null; then
-    python3 -m venv target/bench-venv
-    target/bench-venv/bin/pip install --quiet torch numpy
-  fi
-fi
+source scripts/torch_env.sh
+torch_python
 python3 - "$bin" "$py" "$torch_script" "$reps" "$steps" <<'PY'
 import os, re, statistics, subprocess, sys
 bin, py, script, reps, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
