@@ -8,8 +8,9 @@
 //! between steps, runs the update over the whole table (the same maths as a dense
 //! gradient) and clears only the touched rows again. Lazy Adam sums each looked-up
 //! row's gradients in a one-row buffer and updates that row alone, so its step costs
-//! the same whatever the table's size. On other devices the update falls back to
-//! tensor arithmetic with the same maths.
+//! the same whatever the table's size. On CUDA the same updates are multigate's own
+//! kernels (`adam_cuda`), one launch per parameter; on other devices the update falls
+//! back to tensor arithmetic with the same maths.
 
 use std::sync::Mutex;
 
@@ -50,10 +51,11 @@ struct HostState {
 enum Moments {
     /// Updated by the fused CPU ops.
     Host(Mutex<HostState>),
-    Device {
-        m: Tensor,
-        v: Tensor,
-    },
+    /// On a CUDA device, updated by multigate's kernels (`adam_cuda`).
+    #[cfg(feature = "cuda")]
+    Cuda(Mutex<super::adam_cuda::CudaState>),
+    /// Any other device: tensor arithmetic.
+    Device { m: Tensor, v: Tensor },
 }
 
 pub struct Adam {
@@ -68,13 +70,13 @@ pub struct Adam {
 
 /// The per-step constants of the update.
 #[derive(Clone, Copy)]
-struct Coefficients {
-    b1: f32,
-    b2: f32,
-    eps: f32,
-    step_size: f32,
-    inv_bc2_sqrt: f32,
-    keep: f32,
+pub(super) struct Coefficients {
+    pub(super) b1: f32,
+    pub(super) b2: f32,
+    pub(super) eps: f32,
+    pub(super) step_size: f32,
+    pub(super) inv_bc2_sqrt: f32,
+    pub(super) keep: f32,
 }
 
 impl Coefficients {
@@ -235,6 +237,9 @@ struct Update<'a> {
     lr: f64,
     bc1: f64,
     bc2: f64,
+    /// The optimizer's step count, this step included.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    step: u64,
 }
 
 impl Update<'_> {
@@ -275,9 +280,30 @@ impl Update<'_> {
                     var.as_tensor().inplace_op2(&g, &DenseStep { state, k })?;
                 }
             }
+            #[cfg(feature = "cuda")]
+            Moments::Cuda(state) if !mine.is_empty() => {
+                if dense.is_some() {
+                    candle_core::bail!("adam: parameter {i} has both a dense and a sparse gradient");
+                }
+                let mut parts = Vec::with_capacity(mine.len());
+                for l in mine {
+                    if let Some(g) = grad_of(l.leaf.as_tensor()) {
+                        parts.push((l.ids.clone(), g.clone()));
+                    }
+                }
+                super::adam_cuda::sparse_step(var, parts, state, k, c.lazy, self.step)?;
+            }
+            #[cfg(feature = "cuda")]
+            Moments::Cuda(state) => {
+                if let Some(g) = dense {
+                    super::adam_cuda::dense_step(var, &g, state, k)?;
+                }
+            }
             Moments::Device { m, v } => {
                 if c.lazy && !mine.is_empty() {
-                    candle_core::bail!("lazy_adam runs on the CPU only; use optimizer = \"adam\" on this device");
+                    candle_core::bail!(
+                        "lazy_adam runs on the CPU and CUDA only; use optimizer = \"adam\" on this device"
+                    );
                 }
                 let mut g = match dense {
                     Some(g) => g,
@@ -299,6 +325,16 @@ impl Update<'_> {
     }
 }
 
+/// Zero moments of a parameter off the CPU: multigate's kernels on CUDA, tensor
+/// arithmetic elsewhere.
+fn device_moments(t: &Tensor) -> Result<Moments> {
+    #[cfg(feature = "cuda")]
+    if t.device().is_cuda() {
+        return Ok(Moments::Cuda(super::adam_cuda::CudaState::new(t)?));
+    }
+    Ok(Moments::Device { m: t.zeros_like()?, v: t.zeros_like()? })
+}
+
 impl Adam {
     /// An optimizer over named parameters (names from the IR's parameter table).
     pub fn new(named: Vec<(String, Var)>, config: AdamConfig) -> Result<Adam> {
@@ -311,7 +347,7 @@ impl Adam {
                     let n = t.elem_count();
                     Moments::Host(Mutex::new(HostState { m: vec![0.0; n], v: vec![0.0; n], scratch: Vec::new() }))
                 } else {
-                    Moments::Device { m: t.zeros_like()?, v: t.zeros_like()? }
+                    device_moments(t)?
                 })
             })
             .collect::<Result<_>>()?;
@@ -326,7 +362,7 @@ impl Adam {
         let c = self.config;
         let k = Coefficients::new(&c, lr, self.step);
         let (bc1, bc2) = (1.0 - c.beta1.powi(self.step as i32), 1.0 - c.beta2.powi(self.step as i32));
-        let step = Update { grads, lookups, k, config: c, lr, bc1, bc2 };
+        let step = Update { grads, lookups, k, config: c, lr, bc1, bc2, step: self.step };
         // Parameters are independent: on the CPU, with workers, they are updated in
         // parallel (each one's state has its own lock).
         let on_host = self.moments.iter().all(|m| matches!(m, Moments::Host(_)));
@@ -352,6 +388,12 @@ impl Adam {
                     let s = lock(s)?;
                     let cpu = candle_core::Device::Cpu;
                     (Tensor::from_slice(&s.m, &shape, &cpu)?, Tensor::from_slice(&s.v, &shape, &cpu)?)
+                }
+                #[cfg(feature = "cuda")]
+                Moments::Cuda(s) => {
+                    let (m, v) = super::adam_cuda::host_moments(s)?;
+                    let cpu = candle_core::Device::Cpu;
+                    (Tensor::from_vec(m, &shape, &cpu)?, Tensor::from_vec(v, &shape, &cpu)?)
                 }
                 Moments::Device { m, v } => (m.clone(), v.clone()),
             };
@@ -384,6 +426,11 @@ impl Adam {
                     let mut s = lock(s)?;
                     s.m = m.flatten_all()?.to_vec1()?;
                     s.v = v.flatten_all()?.to_vec1()?;
+                }
+                #[cfg(feature = "cuda")]
+                Moments::Cuda(s) => {
+                    let (m, v) = (m.flatten_all()?.to_vec1::<f32>()?, v.flatten_all()?.to_vec1::<f32>()?);
+                    super::adam_cuda::load_moments(s, &m, &v)?;
                 }
                 Moments::Device { m: dm, v: dv } => {
                     *dm = m.to_device(var.device())?;

@@ -7,6 +7,8 @@
 //! goes to a callback; this module prints nothing.
 
 pub mod adam;
+#[cfg(feature = "cuda")]
+mod adam_cuda;
 pub mod balance;
 pub mod gate_report;
 pub mod loss;
@@ -18,7 +20,7 @@ use std::time::Instant;
 use candle_core::{Tensor, D};
 use serde::Serialize;
 
-use crate::backend::candle::{Batch, CandleModel};
+use crate::backend::candle::{add_opt, Batch, CandleModel, Feed};
 use crate::data::Dataset;
 use crate::ir::{Selection, TrainConfig};
 use crate::rng::Rng;
@@ -40,6 +42,10 @@ pub enum TrainError {
 }
 
 pub use crate::data::Splits;
+
+/// Steps between reads of the training losses on a GPU (each read waits for the device).
+/// A non-finite loss is reported at the read that finds it: at most this many steps late.
+pub const LOSS_READ_EVERY: usize = 50;
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct EpochReport {
@@ -147,7 +153,7 @@ struct MixSums {
 }
 
 fn accumulate(acc: &mut Option<Tensor>, x: Tensor) -> candle_core::Result<()> {
-    *acc = crate::backend::candle::add_opt(acc.take(), Some(x))?;
+    *acc = add_opt(acc.take(), Some(x))?;
     Ok(())
 }
 
@@ -470,6 +476,10 @@ pub fn fit_from(
     }
     let vars = model.vars.clone();
     let mut opt = Adam::new(vars, AdamConfig::from(cfg))?;
+    // On a GPU the training rows are uploaded once and the losses read back every
+    // `LOSS_READ_EVERY` steps; on the CPU every step's losses are read (it costs nothing).
+    let feed = Feed::new(train, &model.device)?;
+    let read_every = if model.device.is_cpu() { 1 } else { LOSS_READ_EVERY };
     let workers = shard::Workers::configured()?;
     let workers = &workers;
     let mut epochs = Vec::new();
@@ -503,30 +513,43 @@ pub fn fit_from(
         let lr = cfg.lr_at(epoch);
         let mut order: Vec<usize> = (0..train.rows).collect();
         Rng::derive(cfg.seed, &format!("shuffle-{epoch}")).shuffle(&mut order);
+        let order = feed.order(order)?;
         let mut dropout_rng = Rng::derive(cfg.seed, &format!("dropout-{epoch}"));
         let mut sums = vec![0.0f64; n_tasks];
         let mut seen = 0usize;
-        for chunk in order.chunks(cfg.batch_size) {
-            let batch = Batch::gather(train, chunk, &model.device)?;
+        // Loss sums since the last read, on the device: `[T]`, each task's mean loss
+        // times the batch's rows.
+        let mut unread: Option<Tensor> = None;
+        let steps = train.rows.div_ceil(cfg.batch_size.max(1));
+        for (i, start) in (0..train.rows).step_by(cfg.batch_size.max(1)).enumerate() {
+            let len = cfg.batch_size.min(train.rows - start);
+            let batch = feed.batch(&order, start, len)?;
             let step = shard::step(model, &batch, &mut dropout_rng, balance::factors_of(&balancer), workers)?;
-            let values = step.per_task;
-            for ((s, &v), t) in sums.iter_mut().zip(&values).zip(&model.ir.tasks) {
-                if !v.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        task: t.name.clone(),
-                        value: v,
-                        epoch: epoch + 1,
-                        step: opt.step + 1,
-                    });
+            unread = add_opt(unread, Some((&step.per_task * len as f64)?))?;
+            seen += len;
+            // Read before the update, so that a non-finite loss (which makes the sum
+            // since the last read non-finite) stops training before it reaches the weights.
+            let read = if (i + 1) % read_every == 0 || i + 1 == steps { unread.take() } else { None };
+            if let Some(read) = &read {
+                for ((s, v), t) in sums.iter_mut().zip(read.to_vec1::<f32>()?).zip(&model.ir.tasks) {
+                    if !v.is_finite() {
+                        return Err(TrainError::NonFinite {
+                            task: t.name.clone(),
+                            value: v,
+                            epoch: epoch + 1,
+                            step: opt.step + 1,
+                        });
+                    }
+                    *s += v as f64;
                 }
-                *s += v as f64 * chunk.len() as f64;
             }
-            seen += chunk.len();
             workers.run(|| opt.step(&step.grads, &step.lookups, lr))?;
             if let Some(loss) = &step.loss {
                 balancer.after_step(model, loss, lr)?;
             }
-            observer.step(epoch + 1, opt.step, &values);
+            if read.is_some() {
+                observer.step(epoch + 1, opt.step, &step.per_task.to_vec1::<f32>()?);
+            }
         }
         let train_secs = start.elapsed().as_secs_f64();
         let val = if splits.validation.rows > 0 { Some(evaluate(model, &splits.validation, 4096)?) } else { None };

@@ -128,8 +128,9 @@ pub fn shardable(model: &CandleModel) -> bool {
 
 /// One training step's loss values and gradients.
 pub struct Step {
-    /// Each task's mean loss over the batch (0 for a task without labels).
-    pub per_task: Vec<f32>,
+    /// Each task's mean loss over the batch (0 for a task without labels), `[T]` on the
+    /// model's device: read back when the caller chooses.
+    pub per_task: Tensor,
     /// Each shard's gradients; the optimizer sums them.
     pub grads: Vec<GradStore>,
     /// Every shard's embedding lookups (their gradients are in `grads`).
@@ -150,7 +151,7 @@ pub fn step(
     let k = workers.shards(model, batch.size);
     if k <= 1 {
         let mut loss = batch_loss_weighted(model, batch, rng, factors)?;
-        let per_task = Tensor::stack(&loss.per_task, 0)?.to_vec1::<f32>()?;
+        let per_task = Tensor::stack(&loss.per_task, 0)?;
         let grads = workers.run(|| loss.total.backward())?;
         let lookups = std::mem::take(&mut loss.lookups);
         return Ok(Step { per_task, grads: vec![grads], lookups, loss: Some(loss) });
@@ -185,6 +186,7 @@ pub fn step(
         grads.push(g);
         lookups.extend(l);
     }
+    let per_task = Tensor::from_vec(per_task, tasks, &model.device)?;
     Ok(Step { per_task, grads, lookups, loss: None })
 }
 

@@ -1,6 +1,7 @@
 mod cli;
 mod csv_data;
 mod datasets;
+mod device;
 mod export;
 mod fmt;
 mod fused;

@@ -193,8 +193,13 @@ impl LayerParams {
         let noisy = match (&self.noise, rng.as_deref_mut()) {
             (Some(wn), Some(rng)) => {
                 let scale = (softplus(&select(flat.matmul(wn.as_tensor())?)?)? + 1e-2)?;
-                let eps: Vec<f32> = (0..scale.elem_count()).map(|_| rng.normal() as f32).collect();
-                let eps = Tensor::from_vec(eps, scale.shape(), scale.device())?;
+                let eps = if scale.device().is_cpu() {
+                    let eps: Vec<f32> = (0..scale.elem_count()).map(|_| rng.normal() as f32).collect();
+                    Tensor::from_vec(eps, scale.shape(), scale.device())?
+                } else {
+                    // On a GPU, drawn there (no upload per step).
+                    scale.apply_op1_no_bwd(&super::device_ops::StandardNormal { seed: rng.next_u64() })?
+                };
                 Some(((&clean + (eps * &scale)?)?, scale))
             }
             _ => None,

@@ -9,6 +9,7 @@
 //! No loop over experts, no host round-trip in `forward`.
 
 mod dense;
+pub mod device_ops;
 mod fused;
 
 pub use fused::{ExpertStack, LayerOutput, LayerParams, MixLayout};
@@ -117,6 +118,112 @@ impl Batch {
     }
 }
 
+/// A dataset's columns on the device, uploaded once, from which batches are gathered on
+/// the device (`index_select` by the epoch's row order): no host gather and no upload
+/// per batch. Labels come with their masks made (NaN: missing).
+pub struct Resident {
+    cat: Vec<Tensor>,
+    dense: Option<Tensor>,
+    labels: Vec<Option<Tensor>>,
+    masks: Vec<Option<Tensor>>,
+    pub rows: usize,
+    device: candle_core::Device,
+}
+
+/// Datasets larger than this stay on the host and are uploaded a batch at a time.
+pub const RESIDENT_MAX_BYTES: usize = 16 << 30;
+
+impl Resident {
+    /// The dataset's bytes once resident (ids, dense values, labels and masks).
+    pub fn bytes(ds: &Dataset) -> usize {
+        4 * ds.rows * (ds.cat.len() + ds.dense_width + 2 * ds.labels.iter().filter(|l| !l.is_empty()).count())
+    }
+
+    pub fn upload(ds: &Dataset, device: &candle_core::Device) -> Result<Resident> {
+        let n = ds.rows;
+        let cat = ds.cat.iter().map(|c| Tensor::from_slice(c, n, device)).collect::<Result<Vec<_>>>()?;
+        let dense =
+            if ds.dense_width > 0 { Some(Tensor::from_slice(&ds.dense, (n, ds.dense_width), device)?) } else { None };
+        let mut labels = Vec::with_capacity(ds.labels.len());
+        let mut masks = Vec::with_capacity(ds.labels.len());
+        for l in &ds.labels {
+            if l.is_empty() {
+                labels.push(None);
+                masks.push(None);
+                continue;
+            }
+            masks.push(if l.iter().any(|v| v.is_nan()) {
+                let m: Vec<f32> = l.iter().map(|v| f32::from(!v.is_nan())).collect();
+                Some(Tensor::from_vec(m, n, device)?)
+            } else {
+                None
+            });
+            let y: Vec<f32> = l.iter().map(|&v| if v.is_nan() { 0.0 } else { v }).collect();
+            labels.push(Some(Tensor::from_vec(y, n, device)?));
+        }
+        Ok(Resident { cat, dense, labels, masks, rows: n, device: device.clone() })
+    }
+
+    /// The rows `idx` (`[B]` u32 on the same device) as a batch.
+    pub fn batch(&self, idx: &Tensor) -> Result<Batch> {
+        let pick = |t: &Tensor| t.index_select(idx, 0);
+        let opt = |t: &Option<Tensor>| t.as_ref().map(pick).transpose();
+        Ok(Batch {
+            cat: self.cat.iter().map(pick).collect::<Result<_>>()?,
+            dense: opt(&self.dense)?,
+            labels: self.labels.iter().map(opt).collect::<Result<_>>()?,
+            masks: self.masks.iter().map(opt).collect::<Result<_>>()?,
+            size: idx.dim(0)?,
+        })
+    }
+}
+
+/// Where a training loop's batches come from: gathered on the host and uploaded one at
+/// a time (the CPU, or data too large for the device), or gathered on the device from
+/// a [`Resident`] copy.
+pub enum Feed<'a> {
+    Host(&'a Dataset, candle_core::Device),
+    Resident(Resident),
+}
+
+/// An epoch's row order, and on the device a copy of it (uploaded once per epoch).
+pub struct Order {
+    pub rows: Vec<usize>,
+    device: Option<Tensor>,
+}
+
+impl<'a> Feed<'a> {
+    /// Resident on a GPU when the data fits under [`RESIDENT_MAX_BYTES`]; on the host
+    /// otherwise.
+    pub fn new(ds: &'a Dataset, device: &candle_core::Device) -> Result<Feed<'a>> {
+        if device.is_cpu() || Resident::bytes(ds) > RESIDENT_MAX_BYTES {
+            Ok(Feed::Host(ds, device.clone()))
+        } else {
+            Ok(Feed::Resident(Resident::upload(ds, device)?))
+        }
+    }
+
+    pub fn order(&self, rows: Vec<usize>) -> Result<Order> {
+        let device = match self {
+            Feed::Host(..) => None,
+            Feed::Resident(r) => {
+                let ids: Vec<u32> = rows.iter().map(|&i| i as u32).collect();
+                Some(Tensor::from_vec(ids, rows.len(), &r.device)?)
+            }
+        };
+        Ok(Order { rows, device })
+    }
+
+    /// Rows `start..start + len` of `order`.
+    pub fn batch(&self, order: &Order, start: usize, len: usize) -> Result<Batch> {
+        match (self, &order.device) {
+            (Feed::Resident(r), Some(ids)) => r.batch(&ids.narrow(0, start, len)?),
+            (Feed::Host(ds, dev), _) => Batch::gather(ds, &order.rows[start..start + len], dev),
+            (Feed::Resident(_), None) => Err(candle_core::Error::Msg("an order made by another feed".into())),
+        }
+    }
+}
+
 /// The forward pass's results.
 pub struct Output {
     /// Per task, its raw output as its [`Link`] says: a logit `[B]`, the log of a
@@ -186,6 +293,10 @@ fn init_value(rng: &mut Rng, shape: &[usize], init: &Init) -> Vec<f32> {
 
 /// Inverted dropout with a mask from our seeded RNG: kept values scale by 1/(1-rate).
 /// Without an RNG (evaluation) or at rate 0 it is the identity.
+///
+/// On the CPU the mask is drawn from `rng` directly. On a GPU it is made on the device
+/// by a counter-based hash seeded from `rng` ([`device_ops::DropoutMask`]): no upload
+/// per layer per step. Both are reproducible per seed; the two streams differ.
 pub(crate) fn dropout(x: &Tensor, rate: f32, rng: Option<&mut Rng>) -> Result<Tensor> {
     let Some(rng) = rng else { return Ok(x.clone()) };
     if rate <= 0.0 {
@@ -193,6 +304,9 @@ pub(crate) fn dropout(x: &Tensor, rate: f32, rng: Option<&mut Rng>) -> Result<Te
     }
     let n = x.elem_count();
     let keep = 1.0 - rate;
+    if !x.device().is_cpu() {
+        return x * x.apply_op1_no_bwd(&device_ops::DropoutMask { seed: rng.next_u64(), keep })?;
+    }
     let threshold = (keep as f64 * u32::MAX as f64) as u32;
     let scale = 1.0 / keep;
     let mut mask = Vec::with_capacity(n + 1);

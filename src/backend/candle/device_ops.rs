@@ -1,0 +1,197 @@
+//! Ops that run multigate's own CUDA kernels (`kernels/multigate.cu`, compiled to PTX
+//! by `build.rs` under the `cuda` feature): dropout masks and gate noise here, fused dense and
+//! sparse Adam in `train::adam`. Each kernel has a CPU twin, so that its arithmetic is
+//! tested on any machine; the GPU parity tests (`tests/suite/cuda.rs`) compare the two.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+
+type Result<T> = candle_core::Result<T>;
+
+/// splitmix64: the counter-based hash behind the dropout mask (`splitmix64` in the
+/// kernel file). Element `i` of a mask with seed `s` hashes `s + i`, so a mask is the
+/// same on every device and needs no generator state.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// An inverted-dropout mask of the operand's shape: `1 / keep` where kept (probability
+/// `keep`), 0 elsewhere. The operand's values are not read. No gradient flows into the
+/// mask: dropout is `x * mask`.
+pub struct DropoutMask {
+    pub seed: u64,
+    /// Probability of keeping a value, in (0, 1].
+    pub keep: f32,
+}
+
+impl DropoutMask {
+    /// Hashes below this are kept.
+    fn threshold(&self) -> u32 {
+        (self.keep as f64 * u32::MAX as f64) as u32
+    }
+
+    /// The value at element `i` (what `mg_dropout_mask` writes).
+    fn value(&self, i: u64) -> f32 {
+        let kept = ((splitmix64(self.seed.wrapping_add(i)) >> 32) as u32) < self.threshold();
+        if kept {
+            1.0 / self.keep
+        } else {
+            0.0
+        }
+    }
+}
+
+impl CustomOp1 for DropoutMask {
+    fn name(&self) -> &'static str {
+        "multigate-dropout-mask"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = l.shape().elem_count() as u64;
+        Ok((CpuStorage::F32((0..n).map(|i| self.value(i)).collect()), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+        let dev = &s.device;
+        let n = l.shape().elem_count() as u64;
+        // SAFETY: every element is written by the kernel below.
+        let mut out = unsafe { dev.alloc::<f32>(n as usize)? };
+        let f = cuda::kernel(dev, "mg_dropout_mask")?;
+        let (threshold, scale) = (self.threshold(), 1.0 / self.keep);
+        let mut b = f.builder();
+        b.arg(&mut out).arg(&n).arg(&self.seed).arg(&threshold).arg(&scale);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { b.launch(cuda::grid(n)) }.w()?;
+        Ok((candle_core::CudaStorage { slice: CudaStorageSlice::F32(out), device: dev.clone() }, l.shape().clone()))
+    }
+}
+
+/// Standard normal values of the operand's shape (Box-Muller over the same hash as
+/// [`DropoutMask`]); the operand's values are not read.
+pub struct StandardNormal {
+    pub seed: u64,
+}
+
+impl StandardNormal {
+    /// The value at element `i` (what `mg_normal` writes).
+    fn value(&self, i: u64) -> f32 {
+        let h = splitmix64(self.seed.wrapping_add(i));
+        // u1 in (0, 1] from the top 24 bits, u2 in [0, 1) from the next 24.
+        let u1 = ((h >> 40) + 1) as f32 * (1.0 / 16_777_216.0);
+        let u2 = ((h >> 16) & 0xFF_FFFF) as f32 * (1.0 / 16_777_216.0);
+        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    }
+}
+
+impl CustomOp1 for StandardNormal {
+    fn name(&self) -> &'static str {
+        "multigate-standard-normal"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = l.shape().elem_count() as u64;
+        Ok((CpuStorage::F32((0..n).map(|i| self.value(i)).collect()), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+        let dev = &s.device;
+        let n = l.shape().elem_count() as u64;
+        // SAFETY: every element is written by the kernel below.
+        let mut out = unsafe { dev.alloc::<f32>(n as usize)? };
+        let f = cuda::kernel(dev, "mg_normal")?;
+        let mut b = f.builder();
+        b.arg(&mut out).arg(&n).arg(&self.seed);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { b.launch(cuda::grid(n)) }.w()?;
+        Ok((candle_core::CudaStorage { slice: CudaStorageSlice::F32(out), device: dev.clone() }, l.shape().clone()))
+    }
+}
+
+/// Loading and launching the kernels.
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
+    use candle_core::cuda_backend::{CudaDevice, CudaFunc};
+
+    /// The kernels' PTX, built by `build.rs`.
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/multigate.ptx"));
+
+    /// Kernel `name` of the module, loaded on first use and cached by the device.
+    pub(crate) fn kernel(dev: &CudaDevice, name: &str) -> super::Result<CudaFunc> {
+        dev.get_or_load_custom_func(name, "multigate", PTX)
+    }
+
+    /// A grid-stride launch over `n` elements: 256 threads a block, at most 8192 blocks.
+    pub(crate) fn grid(n: u64) -> LaunchConfig {
+        let blocks = n.div_ceil(256).clamp(1, 8192) as u32;
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    /// One block per row of `d` values, at most 8192 blocks (they stride over the rows).
+    pub(crate) fn rows(b: u64, d: u64) -> LaunchConfig {
+        let threads = d.next_power_of_two().clamp(32, 256) as u32;
+        LaunchConfig { grid_dim: (b.clamp(1, 8192) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Tensor};
+
+    #[test]
+    fn dropout_mask_keeps_the_rate_and_the_mean_and_depends_on_the_seed_only() {
+        let x = Tensor::zeros(200_000, DType::F32, &Device::Cpu).unwrap();
+        let op = DropoutMask { seed: 7, keep: 0.7 };
+        let m = x.apply_op1_no_bwd(&op).unwrap().to_vec1::<f32>().unwrap();
+        let zeros = m.iter().filter(|&&v| v == 0.0).count() as f64 / m.len() as f64;
+        let mean = m.iter().map(|&v| v as f64).sum::<f64>() / m.len() as f64;
+        assert!((zeros - 0.3).abs() < 0.005, "{zeros}");
+        assert!((mean - 1.0).abs() < 0.01, "{mean}");
+        assert!(m.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
+        // The operand's values do not matter; the seed does.
+        let again = (x + 5.0).unwrap().apply_op1_no_bwd(&op).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(m, again);
+        let other = Tensor::zeros(200_000, DType::F32, &Device::Cpu)
+            .unwrap()
+            .apply_op1_no_bwd(&DropoutMask { seed: 8, keep: 0.7 })
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let differ = m.iter().zip(&other).filter(|(a, b)| a != b).count() as f64 / m.len() as f64;
+        // Two independent masks differ where exactly one keeps: 2 * 0.7 * 0.3.
+        assert!((differ - 0.42).abs() < 0.01, "{differ}");
+    }
+
+    #[test]
+    fn standard_normal_has_zero_mean_and_unit_variance() {
+        let x = Tensor::zeros(200_000, DType::F32, &Device::Cpu).unwrap();
+        let z = x.apply_op1_no_bwd(&StandardNormal { seed: 3 }).unwrap().to_vec1::<f32>().unwrap();
+        let n = z.len() as f64;
+        let mean = z.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = z.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let beyond2 = z.iter().filter(|v| v.abs() > 2.0).count() as f64 / n;
+        assert!(z.iter().all(|v| v.is_finite()));
+        assert!(mean.abs() < 0.01, "{mean}");
+        assert!((var - 1.0).abs() < 0.01, "{var}");
+        // P(|Z| > 2) = 0.0455 for a standard normal.
+        assert!((beyond2 - 0.0455).abs() < 0.003, "{beyond2}");
+    }
+
+    #[test]
+    fn splitmix64_matches_its_reference_values() {
+        // The first outputs of the reference splitmix64 generator seeded with 0, whose
+        // state advances by the golden-ratio constant: hash(k * gamma).
+        let gamma = 0x9E37_79B9_7F4A_7C15u64;
+        assert_eq!(splitmix64(0), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(splitmix64(gamma), 0x6E78_9E6A_A1B9_65F4);
+    }
+}
