@@ -506,6 +506,22 @@ pub fn pin_fitted(
         });
         spec.pin_vocabulary(name, v.values);
     }
+    for b in fitted.buckets {
+        let name = &compiled.model.features[b.feature].name;
+        let shown: Vec<String> = b.boundaries.iter().take(6).map(|x| format!("{x}")).collect();
+        observer.on(&Event::Fitted {
+            of: &format!("feature {name}"),
+            what: format!(
+                "{} bucket(s) from {} value(s), {} row(s) missing; boundaries {}{}",
+                b.boundaries.len() + 1,
+                b.values,
+                b.missing,
+                shown.join(", "),
+                if b.boundaries.len() > 6 { ", ..." } else { "" }
+            ),
+        });
+        spec.pin_boundaries(name, b.boundaries);
+    }
     for FittedFeature { feature, mean, std } in fitted.features {
         let name = &compiled.model.features[feature].name;
         observer.on(&Event::Fitted { of: &format!("feature {name}"), what: format!("mean {mean:.6} std {std:.6}") });

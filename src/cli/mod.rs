@@ -166,8 +166,8 @@ enum Command {
         format: FormatArg,
     },
     /// Fit the statistics a spec leaves open (zscore means and standard deviations,
-    /// label classes and statistics) on its training data; print the spec with them
-    /// pinned, comments kept.
+    /// vocabularies, quantile bucket boundaries, label classes and statistics) on its
+    /// training data; print the spec with them pinned, comments kept.
     Fit {
         /// The spec (.toml or .mg).
         spec: PathBuf,

@@ -1,7 +1,8 @@
 //! Statistics a spec leaves open, fitted on the training rows before the model is
 //! built: the classes of a multiclass task (sorted distinct labels), the mean and
-//! standard deviation of a standardized regression label, and those of a dense feature
-//! with `transform = "zscore"` and no numbers. The caller pins them into the spec, so
+//! standard deviation of a standardized regression label, those of a dense feature
+//! with `transform = "zscore"` and no numbers, the vocabulary of a categorical without
+//! one, and the quantile boundaries of a `bucketize`d feature. The caller pins them into the spec, so
 //! a bundle's spec carries them and predicts without data; a spec may still pin them
 //! by hand.
 //!
@@ -17,12 +18,37 @@ pub struct Fits {
     pub labels: Vec<FittedLabel>,
     pub features: Vec<FittedFeature>,
     pub vocabularies: Vec<FittedVocab>,
+    pub buckets: Vec<FittedBuckets>,
 }
 
 impl Fits {
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty() && self.features.is_empty() && self.vocabularies.is_empty()
+        self.labels.is_empty() && self.features.is_empty() && self.vocabularies.is_empty() && self.buckets.is_empty()
     }
+}
+
+/// The fitted boundaries of one bucketized feature: the quantiles `k / buckets` of its
+/// finite training values, strictly increasing (ties merge buckets), each above the
+/// smallest value (so no bucket below the data is kept empty).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FittedBuckets {
+    pub feature: usize,
+    pub boundaries: Vec<f64>,
+    /// Finite values the quantiles came from, and rows without one (row 0).
+    pub values: usize,
+    pub missing: u64,
+}
+
+/// Bucketized features whose boundaries the spec leaves to the data.
+pub fn open_buckets(model: &Model) -> Vec<usize> {
+    (0..model.features.len())
+        .filter(|&i| {
+            matches!(
+                model.features[i].kind,
+                FeatureKind::Categorical { encoding: crate::ir::Encoding::FitBuckets { .. }, .. }
+            )
+        })
+        .collect()
 }
 
 /// The fitted vocabulary of one categorical feature: most frequent first (ties by
@@ -68,7 +94,10 @@ pub fn open_features(model: &Model) -> Vec<usize> {
 
 /// Whether anything in `model` is still to be fitted; such a model must not encode data.
 pub fn is_open(model: &Model) -> bool {
-    !open_labels(model).is_empty() || !open_features(model).is_empty() || !open_vocabularies(model).is_empty()
+    !open_labels(model).is_empty()
+        || !open_features(model).is_empty()
+        || !open_vocabularies(model).is_empty()
+        || !open_buckets(model).is_empty()
 }
 
 /// What was fitted for one task.
@@ -100,6 +129,7 @@ pub fn fit(
     let open_tasks = open_labels(model);
     let mut open_feats = open_features(model);
     open_feats.extend(open_vocabularies(model));
+    open_feats.extend(open_buckets(model));
     if open_tasks.is_empty() && open_feats.is_empty() {
         return Ok(Fits::default());
     }
@@ -143,7 +173,57 @@ pub fn fit_on_frames(model: &Model, frames: &[Frame]) -> Result<Fits, DataError>
             .into_iter()
             .map(|i| fit_vocabulary(model, i, frames))
             .collect::<Result<_, _>>()?,
+        buckets: open_buckets(model).into_iter().map(|i| fit_buckets(model, i, frames)).collect::<Result<_, _>>()?,
     })
+}
+
+/// The boundaries of `buckets` quantile buckets of `values` (finite, any order): the
+/// `k * n / buckets`-th smallest value for k = 1 .. buckets - 1, duplicates and values
+/// at the minimum left out.
+pub fn quantile_boundaries(values: &mut [f64], buckets: usize) -> Vec<f64> {
+    values.sort_unstable_by(f64::total_cmp);
+    let n = values.len();
+    let Some(&min) = values.first() else { return Vec::new() };
+    let mut out: Vec<f64> = Vec::with_capacity(buckets.saturating_sub(1));
+    for k in 1..buckets {
+        let b = values[(k * n / buckets).min(n - 1)];
+        if b > min && out.last().is_none_or(|&last| b > last) {
+            out.push(b);
+        }
+    }
+    out
+}
+
+fn fit_buckets(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedBuckets, DataError> {
+    let f = &model.features[i];
+    let FeatureKind::Categorical { encoding: crate::ir::Encoding::FitBuckets { buckets }, .. } = &f.kind else {
+        return Err(DataError::Other(format!("feature `{}` has no buckets to fit", f.name)));
+    };
+    let mut values: Vec<f64> = Vec::new();
+    let mut rows = 0u64;
+    for frame in frames {
+        rows += frame.rows as u64;
+        match frame.column_as(&f.column, true) {
+            Some(Column::Num(v)) => values.extend(v.iter().filter(|x| x.is_finite()).map(|&x| x as f64)),
+            _ => {
+                return Err(DataError::Other(format!(
+                    "feature `{}` (bucketize): column `{}` is not numeric in the training data",
+                    f.name, f.column
+                )))
+            }
+        }
+    }
+    let n = values.len();
+    let boundaries = quantile_boundaries(&mut values, *buckets);
+    if boundaries.is_empty() {
+        return Err(DataError::Other(format!(
+            "feature `{}` (bucketize = {buckets}): {n} finite value(s) in column `{}` of the training data, {}: nothing to cut into buckets; drop the feature or declare `boundaries`",
+            f.name,
+            f.column,
+            if n == 0 { "none".to_string() } else { format!("all equal to {}", values[0]) }
+        )));
+    }
+    Ok(FittedBuckets { feature: i, boundaries, values: n, missing: rows - n as u64 })
 }
 
 fn fit_vocabulary(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedVocab, DataError> {

@@ -97,9 +97,9 @@ pub fn needs(model: &Model) -> Vec<Need> {
     let mut out = Vec::new();
     for f in &model.features {
         match &f.kind {
-            FeatureKind::Categorical { .. } => out.push(Need {
+            FeatureKind::Categorical { encoding, .. } => out.push(Need {
                 column: f.column.clone(),
-                kind: ColumnKind::Cat,
+                kind: if encoding.numeric() { ColumnKind::Num } else { ColumnKind::Cat },
                 reader: format!("feature `{}`", f.name),
                 owner: NeedOwner::Feature(f.name.clone()),
                 is_label: false,
@@ -258,7 +258,7 @@ fn encode_with(
         RowCheck { lenient, origin: &frame.origin, drop: vec![false; frame.rows], skipped: Skipped::default() };
     if fit::is_open(model) {
         return Err(DataError::Other(
-            "the model has statistics still to fit on the training rows (a zscore feature or a label without its numbers); fit them first (`data::fit::fit`, which training runs)".into(),
+            "the model has statistics still to fit on the training rows (a zscore feature, a vocabulary, bucket boundaries or a label without its numbers); fit them first (`data::fit::fit`, which training runs)".into(),
         ));
     }
     let missing = |c: &str| DataError::Other(format!("{}: column `{c}` missing", frame.origin.name));
@@ -269,6 +269,35 @@ fn encode_with(
     let mut offset = 0;
     for f in &model.features {
         match &f.kind {
+            FeatureKind::Categorical { encoding: crate::ir::Encoding::Bucketize { boundaries }, .. } => {
+                let bucket = |x: f64| crate::ir::Encoding::bucket(boundaries, x);
+                let rows = match frame.column_as(&f.column, true).ok_or_else(|| missing(&f.column))? {
+                    Column::Num(v) => v.iter().map(|&x| bucket(x as f64)).collect(),
+                    // Text (a caller's raw values): parsed here; empty is missing.
+                    Column::Cat { dict, codes } => {
+                        let parsed: Vec<Option<f64>> = dict
+                            .iter()
+                            .map(|v| if v.trim().is_empty() { Some(f64::NAN) } else { v.trim().parse::<f64>().ok() })
+                            .collect();
+                        let mut rows = Vec::with_capacity(codes.len());
+                        for (i, &c) in codes.iter().enumerate() {
+                            match parsed[c as usize] {
+                                Some(x) => rows.push(bucket(x)),
+                                None => {
+                                    let problem = format!(
+                                        "value {:?} of feature `{}` is not a number (it is bucketized)",
+                                        dict[c as usize], f.name
+                                    );
+                                    check.flag(i, "unparsable number", &f.column, problem)?;
+                                    rows.push(0);
+                                }
+                            }
+                        }
+                        rows
+                    }
+                };
+                ds.cat.push(rows);
+            }
             FeatureKind::Categorical { encoding, .. } => {
                 let rows = match frame.column_as(&f.column, false).ok_or_else(|| missing(&f.column))? {
                     Column::Cat { dict, codes } => {
@@ -461,8 +490,11 @@ fn encode_value(feature: &str, encoding: &crate::ir::Encoding, value: &str) -> u
     match encoding {
         crate::ir::Encoding::Hash { buckets } => hash_bucket(feature, value, *buckets),
         crate::ir::Encoding::Vocab { values } => values.iter().position(|v| v == value).map_or(0, |i| i as u32 + 1),
-        // Guarded by `fit::is_open`: an open vocabulary never encodes.
-        crate::ir::Encoding::FitVocab { .. } => 0,
+        crate::ir::Encoding::Bucketize { boundaries } => {
+            crate::ir::Encoding::bucket(boundaries, value.trim().parse::<f64>().unwrap_or(f64::NAN))
+        }
+        // Guarded by `fit::is_open`: an open vocabulary or bucketing never encodes.
+        crate::ir::Encoding::FitVocab { .. } | crate::ir::Encoding::FitBuckets { .. } => 0,
     }
 }
 

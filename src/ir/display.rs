@@ -39,9 +39,18 @@ impl fmt::Display for Model {
                             "vocab(fitted on the training rows: min_count {min_count}{} + oov)",
                             max_size.map_or_else(String::new, |m| format!(", max_size {m}"))
                         ),
+                        Encoding::Bucketize { boundaries } => format!(
+                            "bucketize({} boundaries: {} buckets + missing)",
+                            boundaries.len(),
+                            boundaries.len() + 1
+                        ),
+                        Encoding::FitBuckets { buckets } => {
+                            format!("bucketize({buckets} quantile buckets fitted on the training rows + missing)")
+                        }
                     };
                     let params = match encoding {
                         Encoding::FitVocab { .. } => format!("{dim} per value"),
+                        Encoding::FitBuckets { .. } => format!("{dim} per bucket"),
                         _ => (encoding.rows() * dim).to_string(),
                     };
                     writeln!(
@@ -189,9 +198,9 @@ impl fmt::Display for Model {
         if self
             .features
             .iter()
-            .any(|x| matches!(x.kind, FeatureKind::Categorical { encoding: Encoding::FitVocab { .. }, .. }))
+            .any(|x| matches!(&x.kind, FeatureKind::Categorical { encoding, .. } if encoding.rows() == 0))
         {
-            writeln!(f, "  params {} + the fitted vocabularies' embeddings", self.param_count())?;
+            writeln!(f, "  params {} + the embeddings of what is fitted (vocabularies, buckets)", self.param_count())?;
         } else {
             writeln!(f, "  params {}", self.param_count())?;
         }

@@ -35,6 +35,8 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
                     Encoding::Hash { buckets } => format!("hash {buckets}"),
                     Encoding::Vocab { values } => format!("vocab {}", values.len()),
                     Encoding::FitVocab { .. } => "vocab (fitted)".to_string(),
+                    Encoding::Bucketize { boundaries } => format!("buckets {}", boundaries.len() + 1),
+                    Encoding::FitBuckets { buckets } => format!("buckets {buckets} (fitted)"),
                 };
                 format!("{}\\n{enc} → embed [{dim}]\\nparams {}", f.name, encoding.rows() * dim)
             }

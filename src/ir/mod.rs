@@ -87,6 +87,12 @@ pub enum Encoding {
     /// A vocabulary still to fit on the training rows (`data::fit`): the values seen at
     /// least `min_count` times, the `max_size` most frequent. Becomes [`Encoding::Vocab`].
     FitVocab { min_count: u64, max_size: Option<usize> },
+    /// A number cut by sorted `boundaries`: row 0 for a missing value, row `1 + k` for a
+    /// value with `k` boundaries at or below it (TensorFlow's `bucketized_column`).
+    Bucketize { boundaries: Vec<f64> },
+    /// Boundaries still to fit (`data::fit`): the quantiles cutting the training rows
+    /// into `buckets` buckets of about equal size. Becomes [`Encoding::Bucketize`].
+    FitBuckets { buckets: usize },
 }
 
 impl Encoding {
@@ -95,9 +101,24 @@ impl Encoding {
         match self {
             Encoding::Hash { buckets } => *buckets,
             Encoding::Vocab { values } => values.len() + 1,
+            Encoding::Bucketize { boundaries } => boundaries.len() + 2,
             // Not known until fitted (an open model is never built): counted as none.
-            Encoding::FitVocab { .. } => 0,
+            Encoding::FitVocab { .. } | Encoding::FitBuckets { .. } => 0,
         }
+    }
+
+    /// Whether the raw value is a number (read from a numeric column).
+    pub fn numeric(&self) -> bool {
+        matches!(self, Encoding::Bucketize { .. } | Encoding::FitBuckets { .. })
+    }
+
+    /// The table row of a number under [`Encoding::Bucketize`]: 0 when missing (NaN),
+    /// else 1 + the count of boundaries at or below it.
+    pub fn bucket(boundaries: &[f64], x: f64) -> u32 {
+        if x.is_nan() {
+            return 0;
+        }
+        1 + boundaries.partition_point(|&b| b <= x) as u32
     }
 }
 

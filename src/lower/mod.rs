@@ -266,7 +266,11 @@ impl Lower {
         let column = f.column.as_ref().map_or_else(|| name.clone(), |c| c.get_ref().clone());
         // An unknown type is reported once; the feature is then read as whichever kind
         // its other keys suggest, so that no second error follows from the first.
-        let looks_categorical = f.hash_buckets.is_some() || f.vocabulary.is_some() || f.embedding_dim.is_some();
+        let looks_categorical = f.hash_buckets.is_some()
+            || f.vocabulary.is_some()
+            || f.embedding_dim.is_some()
+            || f.bucketize.is_some()
+            || f.boundaries.is_some();
         let kind = self.word("feature type", &f.kind, FEATURE_TYPES).unwrap_or(if looks_categorical {
             "categorical"
         } else {
@@ -290,7 +294,18 @@ impl Lower {
                 ];
                 self.not_allowed("a hashed feature (they shape a fitted vocabulary)", None, &keys);
             }
+            let bucketized = f.bucketize.is_some() || f.boundaries.is_some();
+            if bucketized {
+                let keys = [
+                    ("hash_buckets", f.hash_buckets.as_ref().map(|v| v.span())),
+                    ("vocabulary", f.vocabulary.as_ref().map(|v| v.span())),
+                    ("min_count", f.min_count.as_ref().map(|v| v.span())),
+                    ("max_size", f.max_size.as_ref().map(|v| v.span())),
+                ];
+                self.not_allowed("a bucketized feature (bucketize or boundaries)", None, &keys);
+            }
             let encoding = match (&f.hash_buckets, &f.vocabulary) {
+                _ if bucketized => self.bucketize(f),
                 (Some(b), None) => Encoding::Hash { buckets: self.count("hash_buckets", b, MAX_ROWS) },
                 (None, Some(v)) => {
                     let values = v.get_ref().clone();
@@ -331,7 +346,7 @@ impl Lower {
                 Some(d) => self.count("embedding_dim", d, MAX_UNITS),
                 None => DEFAULT_EMBEDDING_DIM,
             };
-            if !matches!(encoding, Encoding::FitVocab { .. }) && dim > encoding.rows() {
+            if encoding.rows() > 0 && dim > encoding.rows() {
                 let span = f.embedding_dim.as_ref().map_or_else(|| f.name.span(), |d| d.span());
                 self.warnings.push(LowerWarning::WideEmbedding {
                     feature: name.clone(),
@@ -348,6 +363,8 @@ impl Lower {
                 ("embedding_dim", f.embedding_dim.as_ref().map(|v| v.span())),
                 ("min_count", f.min_count.as_ref().map(|v| v.span())),
                 ("max_size", f.max_size.as_ref().map(|v| v.span())),
+                ("bucketize", f.bucketize.as_ref().map(|v| v.span())),
+                ("boundaries", f.boundaries.as_ref().map(|v| v.span())),
             ];
             self.not_allowed(ctx_dense, None, &keys);
             let width = f.width.as_ref().map_or(1, |w| self.count("width", w, MAX_UNITS));
@@ -392,6 +409,42 @@ impl Lower {
             FeatureKind::Dense { width, transform, fill }
         };
         Feature { name, column, kind }
+    }
+
+    /// The encoding of a feature with `bucketize` (boundaries to fit) or `boundaries`
+    /// (pinned: finite and strictly increasing); not both.
+    fn bucketize(&mut self, f: &spec::FeatureSpec) -> Encoding {
+        match (&f.bucketize, &f.boundaries) {
+            (Some(n), None) => {
+                let buckets = self.count("bucketize", n, MAX_ROWS);
+                self.range("bucketize", buckets >= 2, buckets, "at least 2 buckets", n.span());
+                Encoding::FitBuckets { buckets: buckets.max(2) }
+            }
+            (_, Some(b)) => {
+                if let Some(n) = &f.bucketize {
+                    self.errors.push(LowerError::NotAllowed {
+                        key: "bucketize",
+                        context: "a feature that already has boundaries",
+                        span: n.span(),
+                        help: Some("give the bucket count to fit, or the boundaries, not both".into()),
+                    });
+                }
+                let values = b.get_ref().clone();
+                let ok = !values.is_empty()
+                    && values.len() as u64 <= MAX_ROWS
+                    && values.iter().all(|x| x.is_finite())
+                    && values.windows(2).all(|w| w[0] < w[1]);
+                self.range(
+                    "boundaries",
+                    ok,
+                    format!("{values:?}"),
+                    "at least one finite number, strictly increasing",
+                    b.span(),
+                );
+                Encoding::Bucketize { boundaries: values }
+            }
+            (None, None) => Encoding::FitBuckets { buckets: 2 },
+        }
     }
 
     fn lower_cross(&mut self, c: &spec::CrossSpec, spec: &Spec, features: &[Feature]) -> Option<Cross> {

@@ -285,6 +285,14 @@ pub struct FeatureSpec {
     /// ... and at most this many values, the most frequent. Default: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_size: Option<Sp<u64>>,
+    /// Categorical over a numeric column: this many quantile buckets, their boundaries
+    /// fitted on the training rows (pinned as `boundaries`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucketize: Option<Sp<u64>>,
+    /// Categorical over a numeric column: sorted bucket boundaries; row 0 is a missing
+    /// value, row 1 + k a value with k boundaries at or below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundaries: Option<Sp<Vec<f64>>>,
 }
 
 /// A feature built from two categorical embeddings.
@@ -648,6 +656,15 @@ impl Spec {
     pub fn pin_vocabulary(&mut self, feature: &str, values: Vec<String>) {
         if let Some(f) = self.features.iter_mut().find(|f| f.name.get_ref() == feature) {
             f.vocabulary = Some(sp(values));
+        }
+    }
+
+    /// Pins a bucketized feature's boundaries (quantiles fitted on the training rows);
+    /// the bucket count they came from is then implied.
+    pub fn pin_boundaries(&mut self, feature: &str, boundaries: Vec<f64>) {
+        if let Some(f) = self.features.iter_mut().find(|f| f.name.get_ref() == feature) {
+            f.boundaries = Some(sp(boundaries));
+            f.bucketize = None;
         }
     }
 

@@ -176,6 +176,8 @@ const SPEC_SCHEMA: Schema = Table(
                     ("fill", Leaf),
                     ("min_count", Leaf),
                     ("max_size", Leaf),
+                    ("bucketize", Leaf),
+                    ("boundaries", Leaf),
                 ],
             ),
         ),

@@ -1,3 +1,4 @@
+mod buckets;
 mod cli;
 mod csv_data;
 mod datasets;
@@ -24,8 +25,10 @@ use multigate::lower::Compiled;
 use multigate::pipeline::compile_source;
 use multigate::source::SourceFile;
 
+/// The repository root: where the test binary was built, or `MULTIGATE_REPO` (a test
+/// binary carried to another machine, as `scripts/device-check.sh` does).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("MULTIGATE_REPO").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 /// `../shared/data` beside the checkout, or None (with the reason printed) when absent.
@@ -68,7 +71,10 @@ pub fn python_with(modules: &str, what: &str) -> bool {
 /// Runs the binary from the repository root (one CPU thread, no colour) with extra
 /// environment: exit code (None when killed by a signal), stdout, stderr.
 pub fn multigate(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_multigate"));
+    // `MULTIGATE_BIN`: the binary beside a carried test binary.
+    let bin =
+        std::env::var_os("MULTIGATE_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_multigate")), PathBuf::from);
+    let mut cmd = Command::new(bin);
     cmd.args(args).current_dir(repo()).env("NO_COLOR", "1").env("RAYON_NUM_THREADS", "1");
     for (k, v) in env {
         cmd.env(k, v);

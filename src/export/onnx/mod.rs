@@ -334,9 +334,17 @@ pub fn encoding_metadata(model: &Model) -> serde_json::Value {
                     "feature": f.name, "column": f.column, "encoding": "vocabulary",
                     "values": values, "rule": "row i+1 for values[i]; row 0 for anything else",
                 }),
-                // A bundle's vocabularies are fitted; an open one has no rows to describe.
+                Encoding::Bucketize { boundaries } => serde_json::json!({
+                    "feature": f.name, "column": f.column, "encoding": "bucketize",
+                    "boundaries": boundaries,
+                    "rule": "row 0 for a missing value; row 1 + k for a number with k boundaries <= it",
+                }),
+                // A bundle's vocabularies and buckets are fitted; open ones have no rows to describe.
                 Encoding::FitVocab { .. } => serde_json::json!({
                     "feature": f.name, "column": f.column, "encoding": "vocabulary (not fitted)",
+                }),
+                Encoding::FitBuckets { .. } => serde_json::json!({
+                    "feature": f.name, "column": f.column, "encoding": "bucketize (not fitted)",
                 }),
             }),
             FeatureKind::Dense { width, transform, fill } => dense.push(serde_json::json!({

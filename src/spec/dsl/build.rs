@@ -191,6 +191,28 @@ impl Builder {
         }
     }
 
+    fn take_numbers(&mut self, args: &mut Args, key: &str) -> Option<Sp<Vec<f64>>> {
+        match self.take(args, key)? {
+            (Value::List(items), span) => {
+                let mut out = Vec::new();
+                for (v, s) in items {
+                    match v {
+                        Value::Num(x) => match x.parse::<f64>() {
+                            Ok(x) => out.push(x),
+                            Err(_) => self.bad(key, "a list of numbers", &s),
+                        },
+                        _ => self.bad(key, "a list of numbers", &s),
+                    }
+                }
+                Some(Sp::new(span, out))
+            }
+            (_, span) => {
+                self.bad(key, "a list of numbers", &span);
+                None
+            }
+        }
+    }
+
     fn integer(&mut self, p: Pair<Rule>, what: &'static str) -> Sp<u64> {
         match p.as_str().parse::<u64>() {
             Ok(x) => sp_of(&p, x),
@@ -372,6 +394,8 @@ impl Builder {
             fill: None,
             min_count: None,
             max_size: None,
+            bucketize: None,
+            boundaries: None,
         };
         for opt in inner {
             match opt.as_rule() {
@@ -389,6 +413,8 @@ impl Builder {
                     f.fill = self.take_f64(&mut a, "fill");
                     f.min_count = self.take_u64(&mut a, "min_count");
                     f.max_size = self.take_u64(&mut a, "max_size");
+                    f.bucketize = self.take_u64(&mut a, "bucketize");
+                    f.boundaries = self.take_numbers(&mut a, "boundaries");
                     if let Some(c) = self.take_str(&mut a, "column") {
                         self.once(&mut f.column, "column", c);
                     }
@@ -739,6 +765,19 @@ const DATA_KEYS: &[&str] = &[
 ];
 const SYNTHETIC_KEYS: &[&str] =
     &["rows", "seed", "dim", "correlation", "scale", "sin_terms", "sin_sd", "noise_sd", "cardinality"];
-const FEATURE_KEYS: &[&str] =
-    &["hash", "vocab", "width", "transform", "mean", "std", "fill", "min_count", "max_size", "column", "embed"];
+const FEATURE_KEYS: &[&str] = &[
+    "hash",
+    "vocab",
+    "width",
+    "transform",
+    "mean",
+    "std",
+    "fill",
+    "min_count",
+    "max_size",
+    "bucketize",
+    "boundaries",
+    "column",
+    "embed",
+];
 const OPTIMIZER_KEYS: &[&str] = &["lr", "beta1", "beta2", "eps", "weight_decay"];

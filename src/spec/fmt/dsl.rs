@@ -199,6 +199,14 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         if let Some(v) = &f.max_size {
             a.push(sp_arg("max_size", v, |x| x.to_string()));
         }
+        if let Some(v) = &f.bucketize {
+            a.push(sp_arg("bucketize", v, |x| x.to_string()));
+        }
+        if let Some(v) = &f.boundaries {
+            a.push(sp_arg("boundaries", v, |x| {
+                format!("[{}]", x.iter().map(|v| num(*v)).collect::<Vec<_>>().join(", "))
+            }));
+        }
         out.mark(&f.name);
         out.mark(&f.kind);
         write!(out, "  feature {}: {}", n(f.name.get_ref()), n(f.kind.get_ref()))?;

@@ -168,6 +168,10 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         t.opt("fill", &f.fill, |x| num(*x));
         t.opt("min_count", &f.min_count, |x| x.to_string());
         t.opt("max_size", &f.max_size, |x| x.to_string());
+        t.opt("bucketize", &f.bucketize, |x| x.to_string());
+        t.opt("boundaries", &f.boundaries, |x| {
+            format!("[{}]", x.iter().map(|v| num(*v)).collect::<Vec<_>>().join(", "))
+        });
         t.write(out)?;
     }
     for c in &s.crosses {
