@@ -15,7 +15,8 @@
 #
 #   scripts/device-check.sh RESULTS [DEVICE] [DIST]   # DEVICE cuda (default), cuda:N, or
 #                                                     # cpu: a dry run of the script here
-#                                                     # (DIST then defaults to dist/cpu)
+#                                                     # (DIST then defaults to dist/cpu;
+#                                                     # STEPS_DIV=10 shortens the benches)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=${1:?usage: scripts/device-check.sh RESULTS [DEVICE] [DIST]}
@@ -72,13 +73,16 @@ done
 
 say ""; say "## 3. training throughput, seed shape (samples/s), interleaved"
 for b in 512 8192 65536; do
-  steps=$(( b >= 65536 ? 40 : (b >= 8192 ? 100 : 300) ))
+  steps=$(( (b >= 65536 ? 40 : (b >= 8192 ? 100 : 300)) / ${STEPS_DIV:-1} + 1 ))
   for rep in 1 2; do
     mg=$("$bin" bench models/bench_avazu_mmoe_64.toml --device "$device" --batch "$b" --steps "$steps" 2>&1 |
       awk '/^train:/ {print $2}')
     pt=$(timeout 120 "$py" "$dist/torch_mmoe.py" --device "${device%%:*}" --fused --one-table --adam fused \
-      --batch "$b" --steps "$steps" --warmup 10 --threads "$(nproc)" 2>&1 | grep '^RESULT' | head -1)
-    say "batch $b rep $rep: multigate ${mg:-failed}; pytorch ${pt:-failed}"
+      --batch "$b" --steps "$steps" --warmup 10 --threads "$(nproc)" 2>&1 | grep '^RESULT' | head -1 |
+      sed -n 's/.*samples\/s=\([0-9]*\).*/\1/p')
+    ratio=$(awk -v a="${mg:-0}" -v b="${pt:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a" }')
+    say "batch $b rep $rep: multigate ${mg:-failed}  pytorch ${pt:-failed}  ratio $ratio"
   done
 done
+say "(pytorch: torch_mmoe.py --fused --one-table --adam fused, torch $("$py" -c 'import torch; print(torch.__version__)' 2>&1))"
 say ""; say "done $(date -u +%FT%TZ)"

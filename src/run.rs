@@ -321,6 +321,16 @@ pub fn train_spec(
         validation: splits.validation.rows,
         test: splits.test.as_ref().map_or(0, |t| t.rows),
     });
+    // A binary task whose training labels are all one class learns nothing useful and
+    // has no AUC: almost always a wrong `positive` or label column.
+    for l in &info.labels {
+        if let Some(p) = l.train.as_ref().and_then(|s| s.positive_rate).filter(|&p| p == 0.0 || p == 1.0) {
+            observer.on(&Event::Warning(format!(
+                "every training label of task `{}` is {}: check its label column and `positive`",
+                l.task, p as u8
+            )));
+        }
+    }
     let data_files = data_paths(&c.data, opts.data.as_deref())?
         .iter()
         .map(|p| DataFile::of(p).map_err(|e| data::DataError::Open { path: p.display().to_string(), source: e }))
@@ -387,6 +397,7 @@ pub fn train_spec(
         "flops_per_sample": c.model.flops_per_sample(),
         "data": info.source,
         "bad_rows": info.skipped,
+        "labels": info.labels,
         "label_correlation": info.label_correlation,
         "gate_alarms": report.gate_usage.iter().flat_map(|g| g.alarms()).collect::<Vec<_>>(),
         "gate_similarity": report.gate_usage.iter().flat_map(|g| g.similarity()).collect::<Vec<_>>(),

@@ -110,6 +110,28 @@ impl Observer for Printer {
                 if let (Some(r), Some(p)) = (info.label_correlation, self.relatedness) {
                     say!(self, "synthetic labels: Pearson correlation {r:.4} (task relatedness p = {p})");
                 }
+                for l in &info.labels {
+                    let show = |s: &Option<multigate::data::LabelStats>| -> Option<String> {
+                        let s = s.as_ref()?;
+                        match (&s.positive_rate, &s.class_shares) {
+                            (Some(p), _) => Some(format!("{:.2}%", 100.0 * p)),
+                            (_, Some(shares)) => {
+                                Some(shares.iter().map(|x| format!("{:.1}%", 100.0 * x)).collect::<Vec<_>>().join("/"))
+                            }
+                            _ => None,
+                        }
+                    };
+                    let what = if l.train.as_ref().is_some_and(|s| s.positive_rate.is_some()) {
+                        "positive"
+                    } else {
+                        "classes"
+                    };
+                    let parts: Vec<String> = [("train", &l.train), ("validation", &l.validation), ("test", &l.test)]
+                        .iter()
+                        .filter_map(|(name, s)| show(s).map(|v| format!("{v} {name}")))
+                        .collect();
+                    say!(self, "labels {}: {what} {}", l.task, parts.join(", "));
+                }
                 if info.skipped.total > 0 {
                     say!(
                         self,
@@ -234,7 +256,8 @@ impl Observer for JsonLog {
                        "flops_per_sample": compiled.model.flops_per_sample(), "tasks": self.names})
             }
             Event::DataLoaded { info, train, validation, test } => json!({"event": "data", "source": info.source,
-                "train": train, "validation": validation, "test": test, "bad_rows": info.skipped}),
+                "train": train, "validation": validation, "test": test, "bad_rows": info.skipped,
+                "labels": info.labels}),
             Event::Resumed { checkpoint, epochs_done, complete } => json!({"event": "resumed",
                 "checkpoint": checkpoint, "epochs_done": epochs_done, "complete": complete}),
             Event::NoCheckpoint { checkpoint } => json!({"event": "no_checkpoint", "checkpoint": checkpoint}),

@@ -533,6 +533,64 @@ pub struct LoadInfo {
     pub rows_read: u64,
     /// Show the skipped rows as warnings (policy `warn`).
     pub warn_skipped: bool,
+    /// Per binary or multiclass task with labels: how they are spread in each split.
+    pub labels: Vec<TaskLabels>,
+}
+
+/// How one task's labels are spread in the splits.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TaskLabels {
+    pub task: String,
+    pub train: Option<LabelStats>,
+    pub validation: Option<LabelStats>,
+    pub test: Option<LabelStats>,
+}
+
+/// One task's labels in one split.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LabelStats {
+    /// Rows with a label (a masked task has fewer than the split).
+    pub labelled: usize,
+    /// Binary: the share of labelled rows that are 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub positive_rate: Option<f64>,
+    /// Multiclass: each class's share of the labelled rows, in class order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_shares: Option<Vec<f64>>,
+}
+
+impl LabelStats {
+    /// The labels of task `t` in `ds`; None for a regression or a split without them.
+    pub fn of(model: &Model, t: usize, ds: &Dataset) -> Option<LabelStats> {
+        let y = ds.labels.get(t).filter(|y| !y.is_empty())?;
+        let labelled: Vec<f32> = y.iter().copied().filter(|v| !v.is_nan()).collect();
+        let n = labelled.len();
+        let share = |k: f32| labelled.iter().filter(|&&v| v == k).count() as f64 / n.max(1) as f64;
+        match &model.tasks[t].head {
+            Head::Binary => Some(LabelStats { labelled: n, positive_rate: Some(share(1.0)), class_shares: None }),
+            Head::Multiclass { classes } => Some(LabelStats {
+                labelled: n,
+                positive_rate: None,
+                class_shares: Some((0..classes.len()).map(|k| share(k as f32)).collect()),
+            }),
+            Head::Regression { .. } => None,
+        }
+    }
+}
+
+/// [`TaskLabels`] of every binary and multiclass task with labels in `splits`.
+pub fn label_spread(model: &Model, splits: &Splits) -> Vec<TaskLabels> {
+    (0..model.tasks.len())
+        .filter_map(|t| {
+            let train = LabelStats::of(model, t, &splits.train)?;
+            Some(TaskLabels {
+                task: model.tasks[t].name.clone(),
+                train: Some(train),
+                validation: LabelStats::of(model, t, &splits.validation),
+                test: splits.test.as_ref().and_then(|d| LabelStats::of(model, t, d)),
+            })
+        })
+        .collect()
 }
 
 /// Makes or reads the rows `data` describes and splits them.
@@ -661,5 +719,7 @@ pub fn load_splits_with(
             split(rest, frac, seed, "validation-split")
         }
     };
-    Ok((Splits { train, validation, test }, info))
+    let splits = Splits { train, validation, test };
+    info.labels = label_spread(model, &splits);
+    Ok((splits, info))
 }

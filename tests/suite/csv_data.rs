@@ -244,3 +244,46 @@ fn broken_gzip_and_folders_name_the_file_and_what_is_wrong() {
     let e = read_csv(dir.path(), &fmt(), &data::needs(&c.model), true, &|n| n.reader.clone()).unwrap_err().to_string();
     assert!(e.contains(&dir.path().display().to_string()) && e.contains("is a folder"), "{e}");
 }
+
+/// Each split's label spread (positive rate of a binary task, class shares of a
+/// multiclass one) equals a direct count; a masked task counts its labelled rows only.
+#[test]
+fn label_spread_equals_a_direct_count() {
+    use multigate::data::{label_spread, LabelStats, Splits};
+    let c = compile_ok("csv.toml", SPEC);
+    let mut ds = read("city, kind, age, label, amount\nParis, a, 1, yes, 1\nRome, a, 1, no, 2\nOslo, b, 3, yes, 3\nNice, b, 4, no, 4\nLyon, a, 5, yes, 5\n").unwrap();
+    assert_eq!(
+        LabelStats::of(&c.model, 0, &ds),
+        Some(LabelStats { labelled: 5, positive_rate: Some(0.6), class_shares: None })
+    );
+    assert_eq!(LabelStats::of(&c.model, 1, &ds), None, "a regression has no spread");
+    ds.labels[0][4] = f32::NAN;
+    let spread = label_spread(&c.model, &Splits { train: ds.clone(), validation: ds, test: None });
+    assert_eq!(spread.len(), 1);
+    assert_eq!(spread[0].task, "buy");
+    assert_eq!(spread[0].train, Some(LabelStats { labelled: 4, positive_rate: Some(0.5), class_shares: None }));
+    assert!(spread[0].test.is_none());
+}
+
+/// Training labels all of one class: the run says so (and still trains).
+#[test]
+fn a_binary_task_with_one_label_class_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("city,kind,age,label,amount\n");
+    for i in 0..300 {
+        text.push_str(&format!("c{},a,{},0,{}\n", i % 9, i % 50, i % 7));
+    }
+    std::fs::write(dir.path().join("t.csv"), text).unwrap();
+    let spec = dir.path().join("spec.toml");
+    let text = SPEC
+        .replace("positive = \"yes\"\n", "")
+        .replace("[[tasks]]\nname = \"buy\"", "[train]\nepochs = 1\n[[tasks]]\nname = \"buy\"");
+    std::fs::write(&spec, text).unwrap();
+    let (code, out, err) = super::multigate(
+        &["compile-and-train", spec.to_str().unwrap(), "--out", dir.path().join("b").to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("labels buy: positive 0.00% train"), "{out}");
+    assert!(format!("{out}{err}").contains("every training label of task `buy` is 0"), "{out}{err}");
+}
