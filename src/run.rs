@@ -585,8 +585,8 @@ pub fn spec_locator(src: &SourceFile) -> impl Fn(&Need) -> String + '_ {
 pub fn need_span(spec: &crate::spec::Spec, need: &Need) -> Option<std::ops::Range<usize>> {
     match &need.owner {
         NeedOwner::Feature(name) => spec
-            .features
-            .iter()
+            .feature_list()
+            .into_iter()
             .find(|f| f.name.get_ref() == name)
             .map(|f| f.column.as_ref().map_or_else(|| f.name.span(), |c| c.span())),
         NeedOwner::Task(name) => {

@@ -33,8 +33,16 @@ pub fn lower(spec: &Spec, src: &SourceFile) -> Result<Compiled, Vec<LowerError>>
     let model = cx.lower_model(spec);
     let data = cx.lower_data(spec, &src.base_dir(), &model);
     let train = cx.lower_train(&spec.train, &model);
-    // Report in file order, whatever order the checks ran in.
+    // Report in file order, whatever order the checks ran in; once each (the members
+    // of a feature group share their settings, and so their mistakes).
     cx.errors.sort_by_key(|e| e.span().start);
+    let mut unique: Vec<LowerError> = Vec::with_capacity(cx.errors.len());
+    for e in std::mem::take(&mut cx.errors) {
+        if !unique.contains(&e) {
+            unique.push(e);
+        }
+    }
+    cx.errors = unique;
     if cx.errors.is_empty() {
         Ok(Compiled { model: Validated::new_unchecked(model), data, train, warnings: cx.warnings })
     } else {
@@ -163,13 +171,26 @@ impl Lower {
         let mut seen = HashMap::new();
         let mut features = Vec::new();
         for f in &spec.features {
+            if let (Some(_), Some(c)) = (&f.also, &f.column) {
+                self.errors.push(LowerError::NotAllowed {
+                    key: "column",
+                    context: "a group of features (`also`)",
+                    span: c.span(),
+                    help: Some(
+                        "each feature of a group reads the column of its own name; declare this one apart".into(),
+                    ),
+                });
+            }
+        }
+        let listed = spec.feature_list();
+        for f in &listed {
             self.name_check("feature", &f.name, &mut seen);
             features.push(self.lower_feature(f));
         }
         let mut crosses = Vec::new();
         for c in &spec.crosses {
             self.name_check("feature", &c.name, &mut seen);
-            if let Some(c) = self.lower_cross(c, spec, &features) {
+            if let Some(c) = self.lower_cross(c, &features) {
                 crosses.push(c);
             }
         }
@@ -447,7 +468,7 @@ impl Lower {
         }
     }
 
-    fn lower_cross(&mut self, c: &spec::CrossSpec, spec: &Spec, features: &[Feature]) -> Option<Cross> {
+    fn lower_cross(&mut self, c: &spec::CrossSpec, features: &[Feature]) -> Option<Cross> {
         self.word("cross op", &c.op, CROSS_OPS);
         let names = c.features.get_ref();
         if names.len() != 2 {
@@ -456,13 +477,13 @@ impl Lower {
         }
         let mut ids = Vec::new();
         for n in names {
-            match spec.features.iter().position(|f| f.name.get_ref() == n.get_ref()) {
+            match features.iter().position(|f| f.name == *n.get_ref()) {
                 Some(i) => ids.push(FeatureId(i)),
                 None => self.errors.push(LowerError::UnknownName {
                     what: "feature",
                     name: n.get_ref().clone(),
                     span: n.span(),
-                    help: did_you_mean(n.get_ref(), spec.features.iter().map(|f| f.name.get_ref().as_str())),
+                    help: did_you_mean(n.get_ref(), features.iter().map(|f| f.name.as_str())),
                 }),
             }
         }
@@ -496,7 +517,7 @@ impl Lower {
     fn check_leaks(&mut self, spec: &Spec, features: &[Feature]) {
         for t in &spec.tasks {
             let Some(label) = &t.label else { continue };
-            for (f, fs) in features.iter().zip(&spec.features) {
+            for (f, fs) in features.iter().zip(&spec.feature_list()) {
                 let reads = match &f.kind {
                     FeatureKind::Dense { width, .. } if *width > 1 => {
                         (0..*width).any(|i| format!("{}_{i}", f.column) == *label.get_ref())

@@ -249,6 +249,11 @@ pub struct SyntheticSpec {
 #[serde(deny_unknown_fields)]
 pub struct FeatureSpec {
     pub name: Sp<String>,
+    /// More features with exactly these settings, each reading the column of its own
+    /// name (a group: `feature a, b, c: categorical` in the DSL). Lowering sees them
+    /// one by one ([`Spec::feature_list`]); `fmt` keeps the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub also: Option<Sp<Vec<Sp<String>>>>,
     /// `"categorical"` or `"dense"`.
     #[serde(rename = "type")]
     pub kind: Sp<String>,
@@ -629,6 +634,55 @@ impl Default for TrainSection {
 }
 
 impl Spec {
+    /// Every feature on its own, groups (`also`) expanded in order: a member is the
+    /// group's settings under its own name (and name span).
+    pub fn feature_list(&self) -> Vec<FeatureSpec> {
+        let mut out = Vec::with_capacity(self.features.len());
+        for f in &self.features {
+            let single = FeatureSpec { also: None, ..f.clone() };
+            let members: Vec<FeatureSpec> = f
+                .also
+                .iter()
+                .flat_map(|a| a.get_ref().iter())
+                .map(|name| FeatureSpec { name: name.clone(), ..single.clone() })
+                .collect();
+            out.push(single);
+            out.extend(members);
+        }
+        out
+    }
+
+    /// The declaration of feature `name` alone, to pin a fitted value into. A group
+    /// member is split out in place, the features keeping their order: `a, b, c, d`
+    /// pinning `c` becomes `a, b`, then `c` alone, then `d`.
+    fn single_mut(&mut self, name: &str) -> Option<&mut FeatureSpec> {
+        let i = self.features.iter().position(|f| {
+            f.name.get_ref() == name || f.also.as_ref().is_some_and(|a| a.get_ref().iter().any(|n| n.get_ref() == name))
+        })?;
+        if self.features[i].also.is_none() {
+            return self.features.get_mut(i);
+        }
+        // The group's members in order, head first; split around `name`.
+        let group = self.features.remove(i);
+        let mut names = vec![group.name.clone()];
+        names.extend(group.also.iter().flat_map(|a| a.get_ref().iter().cloned()));
+        let at = names.iter().position(|n| n.get_ref() == name)?;
+        let (before, rest) = names.split_at(at);
+        let (me, after) = rest.split_first()?;
+        let declare = |members: &[Sp<String>]| -> Option<FeatureSpec> {
+            let (head, also) = members.split_first()?;
+            let also = (!also.is_empty()).then(|| sp(also.to_vec()));
+            Some(FeatureSpec { name: head.clone(), also, ..group.clone() })
+        };
+        let pieces: Vec<FeatureSpec> =
+            [declare(before), declare(std::slice::from_ref(me)), declare(after)].into_iter().flatten().collect();
+        let mine = i + usize::from(!before.is_empty());
+        for (k, f) in pieces.into_iter().enumerate() {
+            self.features.insert(i + k, f);
+        }
+        self.features.get_mut(mine)
+    }
+
     /// Pins a multiclass task's classes (fitted on the training labels).
     pub fn pin_classes(&mut self, task: usize, classes: Vec<String>) {
         if let Some(t) = self.tasks.get_mut(task) {
@@ -646,7 +700,7 @@ impl Spec {
 
     /// Pins a zscore feature's mean and standard deviation (fitted on the training rows).
     pub fn pin_feature_stats(&mut self, feature: &str, mean: f64, std: f64) {
-        if let Some(f) = self.features.iter_mut().find(|f| f.name.get_ref() == feature) {
+        if let Some(f) = self.single_mut(feature) {
             f.mean = Some(sp(mean));
             f.std = Some(sp(std));
         }
@@ -654,7 +708,7 @@ impl Spec {
 
     /// Pins a categorical feature's vocabulary (fitted on the training rows).
     pub fn pin_vocabulary(&mut self, feature: &str, values: Vec<String>) {
-        if let Some(f) = self.features.iter_mut().find(|f| f.name.get_ref() == feature) {
+        if let Some(f) = self.single_mut(feature) {
             f.vocabulary = Some(sp(values));
         }
     }
@@ -662,7 +716,7 @@ impl Spec {
     /// Pins a bucketized feature's boundaries (quantiles fitted on the training rows);
     /// the bucket count they came from is then implied.
     pub fn pin_boundaries(&mut self, feature: &str, boundaries: Vec<f64>) {
-        if let Some(f) = self.features.iter_mut().find(|f| f.name.get_ref() == feature) {
+        if let Some(f) = self.single_mut(feature) {
             f.boundaries = Some(sp(boundaries));
             f.bucketize = None;
         }

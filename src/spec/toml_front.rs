@@ -164,6 +164,7 @@ const SPEC_SCHEMA: Schema = Table(
                 "[[features]]",
                 &[
                     ("name", Leaf),
+                    ("also", Leaf),
                     ("type", Leaf),
                     ("column", Leaf),
                     ("hash_buckets", Leaf),

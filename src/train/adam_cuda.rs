@@ -89,8 +89,8 @@ fn launch_adam(
     k: &Coefficients,
 ) -> Result<()> {
     let n = p.len() as u64;
-    let f = cuda::kernel(dev, "mg_adam")?;
-    let mut b = f.builder();
+    let (stream, f) = cuda::kernel(dev, "mg_adam")?;
+    let mut b = stream.launch_builder(&f);
     b.arg(p).arg(g).arg(m).arg(v).arg(&n);
     b.arg(&k.b1).arg(&k.b2).arg(&k.eps).arg(&k.step_size).arg(&k.inv_bc2_sqrt).arg(&k.keep);
     // SAFETY: the arguments match `mg_adam`'s signature; every buffer holds n values.
@@ -182,8 +182,8 @@ impl candle_core::InplaceOp1 for Sparse<'_> {
                 candle_core::bail!("adam: {} gradient values for {} rows of {}", rows.len(), ids.len(), self.dim);
             }
             let bn = ids.len() as u64;
-            let f = cuda::kernel(&dev, "mg_scatter_rows")?;
-            let mut launch = f.builder();
+            let (stream, f) = cuda::kernel(&dev, "mg_scatter_rows")?;
+            let mut launch = stream.launch_builder(&f);
             launch.arg(&mut *scratch).arg(&ids).arg(&rows).arg(&bn).arg(&d);
             // SAFETY: matches `mg_scatter_rows`; ids index rows of the table (checked
             // when the batch was encoded: every id is below the table's row count).
@@ -196,8 +196,8 @@ impl candle_core::InplaceOp1 for Sparse<'_> {
             let step = self.step as u32;
             for ids in &views {
                 let bn = ids.len() as u64;
-                let f = cuda::kernel(&dev, "mg_lazy_adam")?;
-                let mut launch = f.builder();
+                let (stream, f) = cuda::kernel(&dev, "mg_lazy_adam")?;
+                let mut launch = stream.launch_builder(&f);
                 launch.arg(&mut p).arg(&mut *m).arg(&mut *v).arg(&mut *scratch).arg(&mut *owner).arg(ids);
                 launch.arg(&bn).arg(&d).arg(&step);
                 launch.arg(&k.b1).arg(&k.b2).arg(&k.eps).arg(&k.step_size).arg(&k.inv_bc2_sqrt).arg(&k.keep);

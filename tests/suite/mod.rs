@@ -6,6 +6,7 @@ mod device;
 mod export;
 mod fmt;
 mod fused;
+mod groups;
 mod inputs;
 mod models;
 mod onnx;

@@ -61,9 +61,9 @@ impl CustomOp1 for DropoutMask {
         let n = l.shape().elem_count() as u64;
         // SAFETY: every element is written by the kernel below.
         let mut out = unsafe { dev.alloc::<f32>(n as usize)? };
-        let f = cuda::kernel(dev, "mg_dropout_mask")?;
+        let (stream, f) = cuda::kernel(dev, "mg_dropout_mask")?;
         let (threshold, scale) = (self.threshold(), 1.0 / self.keep);
-        let mut b = f.builder();
+        let mut b = stream.launch_builder(&f);
         b.arg(&mut out).arg(&n).arg(&self.seed).arg(&threshold).arg(&scale);
         // SAFETY: the argument list matches the kernel's signature.
         unsafe { b.launch(cuda::grid(n)) }.w()?;
@@ -106,8 +106,8 @@ impl CustomOp1 for StandardNormal {
         let n = l.shape().elem_count() as u64;
         // SAFETY: every element is written by the kernel below.
         let mut out = unsafe { dev.alloc::<f32>(n as usize)? };
-        let f = cuda::kernel(dev, "mg_normal")?;
-        let mut b = f.builder();
+        let (stream, f) = cuda::kernel(dev, "mg_normal")?;
+        let mut b = stream.launch_builder(&f);
         b.arg(&mut out).arg(&n).arg(&self.seed);
         // SAFETY: the argument list matches the kernel's signature.
         unsafe { b.launch(cuda::grid(n)) }.w()?;
@@ -118,15 +118,32 @@ impl CustomOp1 for StandardNormal {
 /// Loading and launching the kernels.
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
-    use candle_core::cuda_backend::{CudaDevice, CudaFunc};
+    use std::sync::{Arc, Mutex};
+
+    use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaModule, CudaStream, LaunchConfig};
+    use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+    use candle_core::cuda_backend::{CudaDevice, DeviceId, WrapErr};
 
     /// The kernels' PTX, built by `build.rs`.
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/multigate.ptx"));
 
-    /// Kernel `name` of the module, loaded on first use and cached by the device.
-    pub(crate) fn kernel(dev: &CudaDevice, name: &str) -> super::Result<CudaFunc> {
-        dev.get_or_load_custom_func(name, "multigate", PTX)
+    /// Kernel `name` and the device's stream to launch it on (where candle runs its
+    /// own kernels). The module is loaded once per device.
+    pub(crate) fn kernel(dev: &CudaDevice, name: &str) -> super::Result<(Arc<CudaStream>, CudaFunction)> {
+        static MODULES: Mutex<Vec<(DeviceId, Arc<CudaModule>)>> = Mutex::new(Vec::new());
+        let stream = dev.cuda_stream();
+        let module = {
+            let mut modules = MODULES.lock().unwrap_or_else(|e| e.into_inner());
+            match modules.iter().find(|(id, _)| *id == dev.id()) {
+                Some((_, m)) => m.clone(),
+                None => {
+                    let m = stream.context().load_module(Ptx::from_src(PTX)).w()?;
+                    modules.push((dev.id(), m.clone()));
+                    m
+                }
+            }
+        };
+        Ok((stream, module.load_function(name).w()?))
     }
 
     /// A grid-stride launch over `n` elements: 256 threads a block, at most 8192 blocks.

@@ -377,11 +377,19 @@ impl Builder {
 
     fn feature(&mut self, p: Pair<Rule>) -> FeatureSpec {
         let mut inner = p.into_inner();
-        // Grammar: `feature = { "feature" ~ name ~ ":" ~ word ~ arguments? ~ feature_option* }`.
+        // Grammar: `feature = { "feature" ~ name ~ also? ~ ":" ~ word ~ arguments? ~ feature_option* }`.
         let name = inner.next().expect("feature has a name");
-        let kind = inner.next().expect("feature has a type word");
+        let mut kind = inner.next().expect("feature has a type word");
+        let mut also = None;
+        if kind.as_rule() == Rule::also {
+            let span = span_of(&kind);
+            let names = kind.into_inner().map(|n| sp_of(&n, n.as_str().to_string())).collect();
+            also = Some(Sp::new(span, names));
+            kind = inner.next().expect("feature has a type word");
+        }
         let mut f = FeatureSpec {
             name: sp_of(&name, name.as_str().to_string()),
+            also,
             kind: sp_of(&kind, kind.as_str().to_string()),
             column: None,
             hash_buckets: None,

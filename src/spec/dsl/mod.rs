@@ -69,6 +69,7 @@ fn rule_name(r: &Rule) -> &'static str {
         Rule::data => "`data`",
         Rule::synthetic => "`synthetic`",
         Rule::feature => "`feature`",
+        Rule::also => "`, NAME` (more features alike)",
         Rule::cross => "`cross`",
         Rule::layer => "`layer`",
         Rule::task => "`task`",

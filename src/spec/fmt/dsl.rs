@@ -209,7 +209,12 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         }
         out.mark(&f.name);
         out.mark(&f.kind);
-        write!(out, "  feature {}: {}", n(f.name.get_ref()), n(f.kind.get_ref()))?;
+        write!(out, "  feature {}", n(f.name.get_ref()))?;
+        for also in f.also.iter().flat_map(|a| a.get_ref()) {
+            out.mark(also);
+            write!(out, ", {}", n(also.get_ref()))?;
+        }
+        write!(out, ": {}", n(f.kind.get_ref()))?;
         args(out, &a)?;
         if let Some(e) = &f.embedding_dim {
             out.mark(e);

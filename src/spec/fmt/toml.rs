@@ -156,6 +156,7 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
     for f in &s.features {
         let mut t = Table::new("[[features]]");
         t.put("name", &f.name, |x| q(x));
+        t.opt("also", &f.also, |x| strings(x.iter().map(|n| n.get_ref())));
         t.put("type", &f.kind, |x| q(x));
         t.opt("column", &f.column, |x| q(x));
         t.opt("hash_buckets", &f.hash_buckets, |x| x.to_string());
