@@ -18,7 +18,7 @@ use multigate::rng::Rng;
 use multigate::train::adam::{Adam, AdamConfig};
 use multigate::train::shard::{self, Workers};
 
-use super::{compile_ok, repo, small_spec, TWO_BINARY_TASKS};
+use super::{compile_ok, model_files, repo, small_spec, TWO_BINARY_TASKS};
 
 /// A model of `models/` and `rows` rows of data for it (the spec's synthetic generator,
 /// or the categorical generator for file-backed specs), with what the spec leaves open
@@ -101,17 +101,6 @@ fn device_name() -> String {
     std::env::var("MULTIGATE_TEST_DEVICE").unwrap_or_else(|_| "cuda".into())
 }
 
-/// Every spec of models/, by path.
-fn every_model() -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(repo().join("models"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    files.sort();
-    files
-}
-
 /// No dropout and no gate noise: their random streams differ between devices by design.
 fn without_randomness(model: &mut CandleModel) {
     for t in &mut model.towers {
@@ -137,7 +126,7 @@ fn values(t: &Tensor) -> Vec<f32> {
 #[ignore = "needs a CUDA GPU (scripts/device-check.sh)"]
 fn cuda_forward_matches_cpu_for_every_model() {
     let gpu = cuda();
-    for path in every_model() {
+    for path in model_files("toml") {
         let (c, ds) = model_and_rows(&path, 1024);
         // The same seed draws the same weights on either device (our host RNG).
         let cpu_model = CandleModel::new(&c.model, 7, &Device::Cpu).unwrap();
@@ -161,7 +150,7 @@ fn cuda_forward_matches_cpu_for_every_model() {
 fn cuda_training_follows_cpu_for_every_model() {
     let gpu = cuda();
     let one = Workers::new(1).unwrap();
-    for path in every_model() {
+    for path in model_files("toml") {
         let (c, ds) = model_and_rows(&path, 4096);
         for lazy in [false, true] {
             let run = |dev: &Device| -> Vec<Vec<f32>> {
@@ -193,17 +182,17 @@ fn cuda_training_follows_cpu_for_every_model() {
 #[test]
 #[ignore = "needs a CUDA GPU (scripts/device-check.sh)"]
 fn cuda_random_ops_equal_their_cpu_twins() {
-    use multigate::backend::candle::device_ops::{DropoutMask, StandardNormal};
+    use multigate::backend::candle::device_ops::{DropoutMask, Fill, StandardNormal};
     let gpu = cuda();
     let shape = (1000, 37);
     let (x, y) = (
         Tensor::zeros(shape, candle_core::DType::F32, &Device::Cpu).unwrap(),
         Tensor::zeros(shape, candle_core::DType::F32, &gpu).unwrap(),
     );
-    let op = DropoutMask { seed: 11, keep: 0.8 };
-    assert_eq!(values(&x.apply_op1_no_bwd(&op).unwrap()), values(&y.apply_op1_no_bwd(&op).unwrap()));
+    let op = DropoutMask::new(11, 0.8);
+    assert_eq!(values(&op.like(&x).unwrap()), values(&op.like(&y).unwrap()));
     let op = StandardNormal { seed: 11 };
-    let worst = max_rel(&values(&x.apply_op1_no_bwd(&op).unwrap()), &values(&y.apply_op1_no_bwd(&op).unwrap()));
+    let worst = max_rel(&values(&op.like(&x).unwrap()), &values(&op.like(&y).unwrap()));
     println!("standard normal: largest difference {worst:.2e}");
     assert!(worst <= 1e-5, "{worst}");
 }

@@ -32,6 +32,17 @@ pub fn repo() -> PathBuf {
     std::env::var_os("MULTIGATE_REPO").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
+/// The specs in models/ whose file name ends in `.{ext}`, sorted.
+pub fn model_files(ext: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("models"))
+        .expect("models/ is readable")
+        .map(|e| e.expect("a models/ entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    files.sort();
+    files
+}
+
 /// `../shared/data` beside the checkout, or None (with the reason printed) when absent.
 pub fn shared_data(what: &str) -> Option<PathBuf> {
     let p = repo().join("../shared/data");

@@ -1,7 +1,7 @@
 //! Every spec in models/ compiles, and its IR is snapshotted; each `.toml` has a `.mg`
 //! twin that lowers to the same IR.
 
-use super::{compile_path, repo};
+use super::{compile_path, model_files, repo};
 
 #[test]
 fn every_toml_model_has_a_dsl_twin_with_the_same_ir() {
@@ -23,12 +23,7 @@ fn every_toml_model_has_a_dsl_twin_with_the_same_ir() {
 
 #[test]
 fn every_dsl_model_is_snapshotted() {
-    let mut files: Vec<_> = std::fs::read_dir(repo().join("models"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "mg"))
-        .collect();
-    files.sort();
+    let files = model_files("mg");
     assert!(files.len() >= 6);
     for path in files {
         let c = compile_path(&path);
@@ -48,12 +43,7 @@ fn the_seed_model_graph_renders() {
 
 #[test]
 fn every_model_compiles_and_its_ir_is_stable() {
-    let mut files: Vec<_> = std::fs::read_dir(repo().join("models"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    files.sort();
+    let files = model_files("toml");
     assert!(files.len() >= 6, "models/ should hold the documented specs, found {files:?}");
     for path in files {
         let c = compile_path(&path);
@@ -73,4 +63,20 @@ fn paper_sized_synthetic_models_have_comparable_parameter_counts() {
         assert!((0.85..1.2).contains(&ratio), "shared-bottom {sb} vs gated {p}");
     }
     assert!(mmoe > omoe, "MMoE has one more gate than OMoE");
+}
+
+/// Every spec in models/ is in `fmt`'s canonical form (what `multigate fmt --check` checks).
+#[test]
+fn every_model_is_canonical() {
+    for (p, syntax) in model_files("toml")
+        .into_iter()
+        .map(|p| (p, multigate::spec::Syntax::Toml))
+        .chain(model_files("mg").into_iter().map(|p| (p, multigate::spec::Syntax::Dsl)))
+    {
+        let text = std::fs::read_to_string(&p).unwrap();
+        let src = multigate::source::SourceFile::from_text(p.display().to_string(), text.as_str());
+        let spec = multigate::spec::parse(&src).unwrap();
+        let canonical = multigate::spec::format(&spec, Some((&text, syntax)), syntax);
+        assert_eq!(canonical, text, "{} is not canonical (multigate fmt --write fixes it)", p.display());
+    }
 }

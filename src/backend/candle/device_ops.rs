@@ -17,40 +17,39 @@ pub fn splitmix64(x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// An inverted-dropout mask of the operand's shape: `1 / keep` where kept (probability
-/// `keep`), 0 elsewhere. The operand's values are not read. No gradient flows into the
-/// mask: dropout is `x * mask`.
-pub struct DropoutMask {
-    pub seed: u64,
-    /// Probability of keeping a value, in (0, 1].
-    pub keep: f32,
-}
+/// Values that depend on their element index alone (a counter-based random stream):
+/// made on the CPU by [`Fill::value`], on a GPU by the kernel `KERNEL`, which takes the
+/// output, its length, then [`Fill::args`]. `fill.like(x)` is a tensor of `x`'s shape.
+pub trait Fill {
+    const NAME: &'static str;
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    const KERNEL: &'static str;
+    /// The value at element `i`.
+    fn value(&self, i: u64) -> f32;
+    /// The kernel's arguments after the output and its length.
+    #[cfg(feature = "cuda")]
+    fn args<'a>(&'a self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'a>);
 
-impl DropoutMask {
-    /// Hashes below this are kept.
-    fn threshold(&self) -> u32 {
-        (self.keep as f64 * u32::MAX as f64) as u32
-    }
-
-    /// The value at element `i` (what `mg_dropout_mask` writes).
-    fn value(&self, i: u64) -> f32 {
-        let kept = ((splitmix64(self.seed.wrapping_add(i)) >> 32) as u32) < self.threshold();
-        if kept {
-            1.0 / self.keep
-        } else {
-            0.0
-        }
+    /// A tensor of `like`'s shape, dtype f32, on its device; `like`'s values are not
+    /// read. No gradient flows through it.
+    fn like(&self, like: &candle_core::Tensor) -> Result<candle_core::Tensor>
+    where
+        Self: Sized,
+    {
+        like.apply_op1_no_bwd(&FillOp(self))
     }
 }
 
-impl CustomOp1 for DropoutMask {
+struct FillOp<'a, F>(&'a F);
+
+impl<F: Fill> CustomOp1 for FillOp<'_, F> {
     fn name(&self) -> &'static str {
-        "multigate-dropout-mask"
+        F::NAME
     }
 
     fn cpu_fwd(&self, _s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = l.shape().elem_count() as u64;
-        Ok((CpuStorage::F32((0..n).map(|i| self.value(i)).collect()), l.shape().clone()))
+        Ok((CpuStorage::F32((0..n).map(|i| self.0.value(i)).collect()), l.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -61,24 +60,62 @@ impl CustomOp1 for DropoutMask {
         let n = l.shape().elem_count() as u64;
         // SAFETY: every element is written by the kernel below.
         let mut out = unsafe { dev.alloc::<f32>(n as usize)? };
-        let (stream, f) = cuda::kernel(dev, "mg_dropout_mask")?;
-        let (threshold, scale) = (self.threshold(), 1.0 / self.keep);
+        let (stream, f) = cuda::kernel(dev, F::KERNEL)?;
         let mut b = stream.launch_builder(&f);
-        b.arg(&mut out).arg(&n).arg(&self.seed).arg(&threshold).arg(&scale);
-        // SAFETY: the argument list matches the kernel's signature.
+        b.arg(&mut out).arg(&n);
+        self.0.args(&mut b);
+        // SAFETY: the argument list matches the kernel's signature (`Fill::args`).
         unsafe { b.launch(cuda::grid(n)) }.w()?;
+        drop(b);
         Ok((candle_core::CudaStorage { slice: CudaStorageSlice::F32(out), device: dev.clone() }, l.shape().clone()))
     }
 }
 
-/// Standard normal values of the operand's shape (Box-Muller over the same hash as
-/// [`DropoutMask`]); the operand's values are not read.
+/// An inverted-dropout mask: `1 / keep` where kept (probability `keep`), 0 elsewhere.
+/// Dropout is `x * mask`.
+pub struct DropoutMask {
+    seed: u64,
+    /// Hashes below this are kept.
+    threshold: u32,
+    scale: f32,
+}
+
+impl DropoutMask {
+    /// `keep`: the probability of keeping a value, in (0, 1].
+    pub fn new(seed: u64, keep: f32) -> DropoutMask {
+        DropoutMask { seed, threshold: (keep as f64 * u32::MAX as f64) as u32, scale: 1.0 / keep }
+    }
+}
+
+impl Fill for DropoutMask {
+    const NAME: &'static str = "multigate-dropout-mask";
+    const KERNEL: &'static str = "mg_dropout_mask";
+
+    fn value(&self, i: u64) -> f32 {
+        let kept = ((splitmix64(self.seed.wrapping_add(i)) >> 32) as u32) < self.threshold;
+        if kept {
+            self.scale
+        } else {
+            0.0
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn args<'a>(&'a self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'a>) {
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        b.arg(&self.seed).arg(&self.threshold).arg(&self.scale);
+    }
+}
+
+/// Standard normal values (Box-Muller over the same hash as [`DropoutMask`]).
 pub struct StandardNormal {
     pub seed: u64,
 }
 
-impl StandardNormal {
-    /// The value at element `i` (what `mg_normal` writes).
+impl Fill for StandardNormal {
+    const NAME: &'static str = "multigate-standard-normal";
+    const KERNEL: &'static str = "mg_normal";
+
     fn value(&self, i: u64) -> f32 {
         let h = splitmix64(self.seed.wrapping_add(i));
         // u1 in (0, 1] from the top 24 bits, u2 in [0, 1) from the next 24.
@@ -86,32 +123,11 @@ impl StandardNormal {
         let u2 = ((h >> 16) & 0xFF_FFFF) as f32 * (1.0 / 16_777_216.0);
         (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
     }
-}
-
-impl CustomOp1 for StandardNormal {
-    fn name(&self) -> &'static str {
-        "multigate-standard-normal"
-    }
-
-    fn cpu_fwd(&self, _s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let n = l.shape().elem_count() as u64;
-        Ok((CpuStorage::F32((0..n).map(|i| self.value(i)).collect()), l.shape().clone()))
-    }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn args<'a>(&'a self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'a>) {
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-        use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
-        let dev = &s.device;
-        let n = l.shape().elem_count() as u64;
-        // SAFETY: every element is written by the kernel below.
-        let mut out = unsafe { dev.alloc::<f32>(n as usize)? };
-        let (stream, f) = cuda::kernel(dev, "mg_normal")?;
-        let mut b = stream.launch_builder(&f);
-        b.arg(&mut out).arg(&n).arg(&self.seed);
-        // SAFETY: the argument list matches the kernel's signature.
-        unsafe { b.launch(cuda::grid(n)) }.w()?;
-        Ok((candle_core::CudaStorage { slice: CudaStorageSlice::F32(out), device: dev.clone() }, l.shape().clone()))
+        b.arg(&self.seed);
     }
 }
 
@@ -167,19 +183,18 @@ mod tests {
     #[test]
     fn dropout_mask_keeps_the_rate_and_the_mean_and_depends_on_the_seed_only() {
         let x = Tensor::zeros(200_000, DType::F32, &Device::Cpu).unwrap();
-        let op = DropoutMask { seed: 7, keep: 0.7 };
-        let m = x.apply_op1_no_bwd(&op).unwrap().to_vec1::<f32>().unwrap();
+        let op = DropoutMask::new(7, 0.7);
+        let m = op.like(&x).unwrap().to_vec1::<f32>().unwrap();
         let zeros = m.iter().filter(|&&v| v == 0.0).count() as f64 / m.len() as f64;
         let mean = m.iter().map(|&v| v as f64).sum::<f64>() / m.len() as f64;
         assert!((zeros - 0.3).abs() < 0.005, "{zeros}");
         assert!((mean - 1.0).abs() < 0.01, "{mean}");
         assert!(m.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
         // The operand's values do not matter; the seed does.
-        let again = (x + 5.0).unwrap().apply_op1_no_bwd(&op).unwrap().to_vec1::<f32>().unwrap();
+        let again = op.like(&(x + 5.0).unwrap()).unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(m, again);
-        let other = Tensor::zeros(200_000, DType::F32, &Device::Cpu)
-            .unwrap()
-            .apply_op1_no_bwd(&DropoutMask { seed: 8, keep: 0.7 })
+        let other = DropoutMask::new(8, 0.7)
+            .like(&Tensor::zeros(200_000, DType::F32, &Device::Cpu).unwrap())
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
@@ -191,7 +206,7 @@ mod tests {
     #[test]
     fn standard_normal_has_zero_mean_and_unit_variance() {
         let x = Tensor::zeros(200_000, DType::F32, &Device::Cpu).unwrap();
-        let z = x.apply_op1_no_bwd(&StandardNormal { seed: 3 }).unwrap().to_vec1::<f32>().unwrap();
+        let z = StandardNormal { seed: 3 }.like(&x).unwrap().to_vec1::<f32>().unwrap();
         let n = z.len() as f64;
         let mean = z.iter().map(|&v| v as f64).sum::<f64>() / n;
         let var = z.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;

@@ -198,7 +198,8 @@ impl LayerParams {
                     Tensor::from_vec(eps, scale.shape(), scale.device())?
                 } else {
                     // On a GPU, drawn there (no upload per step).
-                    scale.apply_op1_no_bwd(&super::device_ops::StandardNormal { seed: rng.next_u64() })?
+                    use super::device_ops::Fill;
+                    super::device_ops::StandardNormal { seed: rng.next_u64() }.like(&scale)?
                 };
                 Some(((&clean + (eps * &scale)?)?, scale))
             }

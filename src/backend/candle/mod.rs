@@ -27,8 +27,15 @@ pub type Result<T> = candle_core::Result<T>;
 pub fn candle_device(d: Device) -> Result<candle_core::Device> {
     match d {
         Device::Cpu => Ok(candle_core::Device::Cpu),
+        // candle's error carries a backtrace; the first line says what failed.
         #[cfg(feature = "cuda")]
-        Device::Cuda(n) => candle_core::Device::new_cuda(n),
+        Device::Cuda(n) => candle_core::Device::new_cuda(n).map_err(|e| {
+            let what = e.to_string();
+            candle_core::Error::Msg(format!(
+                "cannot open CUDA device {n}: {} (is there a GPU, and the NVIDIA driver's libcuda.so.1?)",
+                what.lines().next().unwrap_or("unknown error")
+            ))
+        }),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err(candle_core::Error::Msg(
             "this multigate was built without the `cuda` feature; rebuild with --features cuda".into(),
@@ -90,15 +97,8 @@ impl Batch {
                 masks.push(None);
                 continue;
             }
-            let y: Vec<f32> = idx.iter().map(|&i| l[i]).collect();
-            let mask = if y.iter().any(|v| v.is_nan()) {
-                let m: Vec<f32> = y.iter().map(|v| f32::from(!v.is_nan())).collect();
-                Some(Tensor::from_vec(m, b, device)?)
-            } else {
-                None
-            };
-            let y: Vec<f32> = y.into_iter().map(|v| if v.is_nan() { 0.0 } else { v }).collect();
-            labels.push(Some(Tensor::from_vec(y, b, device)?));
+            let (y, mask) = labels_and_mask(idx.iter().map(|&i| l[i]).collect(), device)?;
+            labels.push(Some(y));
             masks.push(mask);
         }
         Ok(Batch { cat, dense, labels, masks, size: b })
@@ -116,6 +116,18 @@ impl Batch {
             size: len,
         })
     }
+}
+
+/// Labels with a missing one (NaN) as 0, and the mask of present ones (None when all are).
+fn labels_and_mask(mut y: Vec<f32>, device: &candle_core::Device) -> Result<(Tensor, Option<Tensor>)> {
+    let n = y.len();
+    let mask = if y.iter().any(|v| v.is_nan()) {
+        Some(Tensor::from_vec(y.iter().map(|v| f32::from(!v.is_nan())).collect::<Vec<f32>>(), n, device)?)
+    } else {
+        None
+    };
+    y.iter_mut().filter(|v| v.is_nan()).for_each(|v| *v = 0.0);
+    Ok((Tensor::from_vec(y, n, device)?, mask))
 }
 
 /// A dataset's columns on the device, uploaded once, from which batches are gathered on
@@ -152,14 +164,9 @@ impl Resident {
                 masks.push(None);
                 continue;
             }
-            masks.push(if l.iter().any(|v| v.is_nan()) {
-                let m: Vec<f32> = l.iter().map(|v| f32::from(!v.is_nan())).collect();
-                Some(Tensor::from_vec(m, n, device)?)
-            } else {
-                None
-            });
-            let y: Vec<f32> = l.iter().map(|&v| if v.is_nan() { 0.0 } else { v }).collect();
-            labels.push(Some(Tensor::from_vec(y, n, device)?));
+            let (y, mask) = labels_and_mask(l.clone(), device)?;
+            labels.push(Some(y));
+            masks.push(mask);
         }
         Ok(Resident { cat, dense, labels, masks, rows: n, device: device.clone() })
     }
@@ -305,7 +312,8 @@ pub(crate) fn dropout(x: &Tensor, rate: f32, rng: Option<&mut Rng>) -> Result<Te
     let n = x.elem_count();
     let keep = 1.0 - rate;
     if !x.device().is_cpu() {
-        return x * x.apply_op1_no_bwd(&device_ops::DropoutMask { seed: rng.next_u64(), keep })?;
+        use device_ops::Fill;
+        return x * device_ops::DropoutMask::new(rng.next_u64(), keep).like(x)?;
     }
     let threshold = (keep as f64 * u32::MAX as f64) as u32;
     let scale = 1.0 / keep;

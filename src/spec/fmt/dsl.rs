@@ -209,10 +209,19 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         }
         out.mark(&f.name);
         out.mark(&f.kind);
+        // A group's names, wrapped before 92 columns (continuation lines indented 4).
+        let mut width = format!("  feature {}", n(f.name.get_ref())).len();
         write!(out, "  feature {}", n(f.name.get_ref()))?;
         for also in f.also.iter().flat_map(|a| a.get_ref()) {
             out.mark(also);
-            write!(out, ", {}", n(also.get_ref()))?;
+            let name = n(also.get_ref());
+            if width + 2 + name.len() > 92 {
+                write!(out, ",\n    {name}")?;
+                width = 4 + name.len();
+            } else {
+                write!(out, ", {name}")?;
+                width += 2 + name.len();
+            }
         }
         write!(out, ": {}", n(f.kind.get_ref()))?;
         args(out, &a)?;
