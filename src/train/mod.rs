@@ -527,8 +527,10 @@ pub fn fit_from(
             let step = shard::step(model, &batch, &mut dropout_rng, balance::factors_of(&balancer), workers)?;
             unread = add_opt(unread, Some((&step.per_task * len as f64)?))?;
             seen += len;
-            // Read before the update, so that a non-finite loss (which makes the sum
-            // since the last read non-finite) stops training before it reaches the weights.
+            // Read before the update: a non-finite loss makes the sum since the last read
+            // non-finite, and training stops before this step's update (on the CPU, which
+            // reads every step, before any update from it; on a GPU the steps since the
+            // last read have already been applied).
             let read = if (i + 1) % read_every == 0 || i + 1 == steps { unread.take() } else { None };
             if let Some(read) = &read {
                 for ((s, v), t) in sums.iter_mut().zip(read.to_vec1::<f32>()?).zip(&model.ir.tasks) {
