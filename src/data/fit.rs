@@ -43,10 +43,11 @@ pub struct FittedBuckets {
 pub fn open_buckets(model: &Model) -> Vec<usize> {
     (0..model.features.len())
         .filter(|&i| {
-            matches!(
-                model.features[i].kind,
-                FeatureKind::Categorical { encoding: crate::ir::Encoding::FitBuckets { .. }, .. }
-            )
+            model.features[i].shares.is_none()
+                && matches!(
+                    model.features[i].kind,
+                    FeatureKind::Categorical { encoding: crate::ir::Encoding::FitBuckets { .. }, .. }
+                )
         })
         .collect()
 }
@@ -66,10 +67,12 @@ pub struct FittedVocab {
 pub fn open_vocabularies(model: &Model) -> Vec<usize> {
     (0..model.features.len())
         .filter(|&i| {
-            matches!(
-                model.features[i].kind,
-                FeatureKind::Categorical { encoding: crate::ir::Encoding::FitVocab { .. }, .. }
-            )
+            // A table's vocabulary is fitted on its own feature's column.
+            model.features[i].shares.is_none()
+                && matches!(
+                    model.features[i].kind,
+                    FeatureKind::Categorical { encoding: crate::ir::Encoding::FitVocab { .. }, .. }
+                )
         })
         .collect()
 }

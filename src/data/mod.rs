@@ -299,12 +299,15 @@ fn encode_with(
                 ds.cat.push(rows);
             }
             FeatureKind::Categorical { encoding, .. } => {
+                // Hashed under the name of the feature that owns the table, so that one
+                // value takes one row whichever feature reads it.
+                let key = f.shares.map_or(&f.name, |o| &model.features[o.0].name);
                 let rows = match frame.column_as(&f.column, false).ok_or_else(|| missing(&f.column))? {
                     Column::Cat { dict, codes } => {
-                        let table: Vec<u32> = dict.iter().map(|v| encode_value(&f.name, encoding, v)).collect();
+                        let table: Vec<u32> = dict.iter().map(|v| encode_value(key, encoding, v)).collect();
                         codes.iter().map(|&c| table[c as usize]).collect()
                     }
-                    Column::Num(v) => v.iter().map(|x| encode_value(&f.name, encoding, &format!("{x}"))).collect(),
+                    Column::Num(v) => v.iter().map(|x| encode_value(key, encoding, &format!("{x}"))).collect(),
                 };
                 ds.cat.push(rows);
             }

@@ -69,6 +69,9 @@ pub struct Feature {
     /// The column read (for a dense feature of width > 1, the prefix of `column_i`).
     pub column: String,
     pub kind: FeatureKind,
+    /// A categorical reading through another feature's embedding table: its encoding
+    /// (hashing included) and width are that feature's, and it has no table of its own.
+    pub shares: Option<FeatureId>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

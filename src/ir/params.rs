@@ -125,7 +125,8 @@ impl Model {
     pub fn parameters(&self) -> Vec<Param> {
         let mut out = Vec::new();
         for (fi, f) in self.features.iter().enumerate() {
-            if let FeatureKind::Categorical { encoding, dim } = &f.kind {
+            // A feature reading another's table has none of its own.
+            if let (FeatureKind::Categorical { encoding, dim }, None) = (&f.kind, f.shares) {
                 out.push(Param {
                     name: format!("features.{}.embedding", f.name),
                     shape: vec![encoding.rows(), *dim],

@@ -187,6 +187,7 @@ impl Lower {
             self.name_check("feature", &f.name, &mut seen);
             features.push(self.lower_feature(f));
         }
+        self.resolve_tables(&listed, &mut features);
         let mut crosses = Vec::new();
         for c in &spec.crosses {
             self.name_check("feature", &c.name, &mut seen);
@@ -288,6 +289,7 @@ impl Lower {
         // An unknown type is reported once; the feature is then read as whichever kind
         // its other keys suggest, so that no second error follows from the first.
         let looks_categorical = f.hash_buckets.is_some()
+            || f.table.is_some()
             || f.vocabulary.is_some()
             || f.embedding_dim.is_some()
             || f.bucketize.is_some()
@@ -314,6 +316,25 @@ impl Lower {
                     ("max_size", f.max_size.as_ref().map(|v| v.span())),
                 ];
                 self.not_allowed("a hashed feature (they shape a fitted vocabulary)", None, &keys);
+            }
+            if f.table.is_some() {
+                let keys = [
+                    ("hash_buckets", f.hash_buckets.as_ref().map(|v| v.span())),
+                    ("vocabulary", f.vocabulary.as_ref().map(|v| v.span())),
+                    ("min_count", f.min_count.as_ref().map(|v| v.span())),
+                    ("max_size", f.max_size.as_ref().map(|v| v.span())),
+                    ("bucketize", f.bucketize.as_ref().map(|v| v.span())),
+                    ("boundaries", f.boundaries.as_ref().map(|v| v.span())),
+                    ("embedding_dim", f.embedding_dim.as_ref().map(|v| v.span())),
+                ];
+                self.not_allowed("a feature reading another's table (they come from that feature)", None, &keys);
+                // Encoding and width come from the table's feature (`resolve_tables`).
+                return Feature {
+                    name,
+                    column,
+                    kind: FeatureKind::Categorical { encoding: Encoding::Hash { buckets: 1 }, dim: 1 },
+                    shares: None,
+                };
             }
             let bucketized = f.bucketize.is_some() || f.boundaries.is_some();
             if bucketized {
@@ -386,6 +407,7 @@ impl Lower {
                 ("max_size", f.max_size.as_ref().map(|v| v.span())),
                 ("bucketize", f.bucketize.as_ref().map(|v| v.span())),
                 ("boundaries", f.boundaries.as_ref().map(|v| v.span())),
+                ("table", f.table.as_ref().map(|v| v.span())),
             ];
             self.not_allowed(ctx_dense, None, &keys);
             let width = f.width.as_ref().map_or(1, |w| self.count("width", w, MAX_UNITS));
@@ -429,7 +451,40 @@ impl Lower {
             }) as f32;
             FeatureKind::Dense { width, transform, fill }
         };
-        Feature { name, column, kind }
+        Feature { name, column, kind, shares: None }
+    }
+
+    /// Points each feature with `table = "x"` at feature x's table: its encoding and
+    /// width become x's. x must be another categorical feature that owns its table.
+    fn resolve_tables(&mut self, listed: &[spec::FeatureSpec], features: &mut [Feature]) {
+        for (i, f) in listed.iter().enumerate() {
+            let Some(t) = &f.table else { continue };
+            let owner = features.iter().position(|g| g.name == *t.get_ref());
+            let problem = match owner {
+                None => {
+                    self.errors.push(LowerError::UnknownName {
+                        what: "feature",
+                        name: t.get_ref().clone(),
+                        span: t.span(),
+                        help: did_you_mean(t.get_ref(), features.iter().map(|g| g.name.as_str())),
+                    });
+                    continue;
+                }
+                Some(o) if o == i => Some("another feature"),
+                Some(o) if !matches!(features[o].kind, FeatureKind::Categorical { .. }) => {
+                    Some("a categorical feature (this one is dense)")
+                }
+                Some(o) if listed[o].table.is_some() => Some("a feature with a table of its own (this one shares one)"),
+                Some(_) => None,
+            };
+            let Some(o) = owner else { continue };
+            if let Some(expected) = problem {
+                self.range("table", false, format!("{:?}", t.get_ref()), expected, t.span());
+                continue;
+            }
+            features[i].kind = features[o].kind.clone();
+            features[i].shares = Some(FeatureId(o));
+        }
     }
 
     /// The encoding of a feature with `bucketize` (boundaries to fit) or `boundaries`

@@ -290,6 +290,10 @@ pub struct FeatureSpec {
     /// ... and at most this many values, the most frequent. Default: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_size: Option<Sp<u64>>,
+    /// Categorical: read through the embedding table, and the encoding, of that other
+    /// categorical feature (a clicked item and the candidate item, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<Sp<String>>,
     /// Categorical over a numeric column: this many quantile buckets, their boundaries
     /// fitted on the training rows (pinned as `boundaries`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

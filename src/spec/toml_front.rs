@@ -177,6 +177,7 @@ const SPEC_SCHEMA: Schema = Table(
                     ("fill", Leaf),
                     ("min_count", Leaf),
                     ("max_size", Leaf),
+                    ("table", Leaf),
                     ("bucketize", Leaf),
                     ("boundaries", Leaf),
                 ],

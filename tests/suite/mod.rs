@@ -16,6 +16,7 @@ mod robustness;
 mod runs;
 mod serve;
 mod shard;
+mod tables;
 mod training;
 mod zoo;
 

@@ -442,6 +442,12 @@ impl CandleModel {
                 Role::LossLogVariance => log_variance = Some(var),
             }
         }
+        // Features reading another's table look up that table.
+        for (fi, f) in ir.features.iter().enumerate() {
+            if let Some(owner) = f.shares {
+                embeddings[fi] = embeddings[owner.0].clone();
+            }
+        }
         Ok(CandleModel { ir, device: device.clone(), vars, embeddings, layers, towers, log_variance })
     }
 

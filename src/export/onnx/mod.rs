@@ -325,9 +325,11 @@ pub fn encoding_metadata(model: &Model) -> serde_json::Value {
     for f in &model.features {
         match &f.kind {
             FeatureKind::Categorical { encoding, .. } => categorical.push(match encoding {
+                // A feature reading another's table hashes under that feature's name.
                 Encoding::Hash { buckets } => serde_json::json!({
                     "feature": f.name, "column": f.column, "encoding": "hash", "buckets": buckets,
-                    "hash": "xxh3_64_with_seed(utf8(feature + \"=\" + value), seed) % buckets",
+                    "hash": "xxh3_64_with_seed(utf8(hash_name + \"=\" + value), seed) % buckets",
+                    "hash_name": f.shares.map_or(&f.name, |o| &model.features[o.0].name),
                     "seed": crate::data::hash::HASH_SEED,
                 }),
                 Encoding::Vocab { values } => serde_json::json!({

@@ -402,6 +402,7 @@ impl Builder {
             fill: None,
             min_count: None,
             max_size: None,
+            table: None,
             bucketize: None,
             boundaries: None,
         };
@@ -421,6 +422,7 @@ impl Builder {
                     f.fill = self.take_f64(&mut a, "fill");
                     f.min_count = self.take_u64(&mut a, "min_count");
                     f.max_size = self.take_u64(&mut a, "max_size");
+                    f.table = self.take_str(&mut a, "table");
                     f.bucketize = self.take_u64(&mut a, "bucketize");
                     f.boundaries = self.take_numbers(&mut a, "boundaries");
                     if let Some(c) = self.take_str(&mut a, "column") {
@@ -783,6 +785,7 @@ const FEATURE_KEYS: &[&str] = &[
     "fill",
     "min_count",
     "max_size",
+    "table",
     "bucketize",
     "boundaries",
     "column",

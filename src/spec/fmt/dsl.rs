@@ -199,6 +199,9 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         if let Some(v) = &f.max_size {
             a.push(sp_arg("max_size", v, |x| x.to_string()));
         }
+        if let Some(v) = &f.table {
+            a.push(sp_arg("table", v, |x| n(x)));
+        }
         if let Some(v) = &f.bucketize {
             a.push(sp_arg("bucketize", v, |x| x.to_string()));
         }
