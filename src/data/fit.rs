@@ -140,7 +140,8 @@ pub fn fit(
         .into_iter()
         .filter(|n| match &n.owner {
             NeedOwner::Task(t) => n.is_label && open_tasks.iter().any(|&i| &model.tasks[i].name == t),
-            NeedOwner::Feature(f) => open_feats.iter().any(|&i| &model.features[i].name == f),
+            // A table's vocabulary counts the columns of every feature reading it.
+            NeedOwner::Feature(f) => open_feats.iter().any(|&i| table_readers(model, i).any(|r| &r.name == f)),
             NeedOwner::Caller => false,
         })
         .collect();
@@ -204,7 +205,8 @@ fn fit_buckets(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedBucket
     };
     let mut values: Vec<f64> = Vec::new();
     let mut rows = 0u64;
-    for frame in frames {
+    // Every column reading this table counts, as for a vocabulary.
+    for (frame, f) in frames.iter().flat_map(|fr| table_readers(model, i).map(move |g| (fr, g))) {
         rows += frame.rows as u64;
         match frame.column_as(&f.column, true) {
             Some(Column::Num(v)) => values.extend(v.iter().filter(|x| x.is_finite()).map(|&x| x as f64)),
@@ -229,6 +231,18 @@ fn fit_buckets(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedBucket
     Ok(FittedBuckets { feature: i, boundaries, values: n, missing: rows - n as u64 })
 }
 
+/// Feature `i` and every feature reading its table (`table = "..."`).
+fn table_readers(model: &Model, i: usize) -> impl Iterator<Item = &crate::ir::Feature> {
+    model
+        .features
+        .iter()
+        .enumerate()
+        .filter(move |(j, g)| *j == i || g.shares.is_some_and(|o| o.0 == i))
+        .map(|(_, g)| g)
+}
+
+/// The vocabulary of feature `i`'s table, counted over its column and the columns of the
+/// features reading the same table (a clicked-item history and the candidate item).
 fn fit_vocabulary(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedVocab, DataError> {
     let f = &model.features[i];
     let FeatureKind::Categorical { encoding: crate::ir::Encoding::FitVocab { min_count, max_size }, .. } = &f.kind
@@ -236,7 +250,9 @@ fn fit_vocabulary(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedVoc
         return Err(DataError::Other(format!("feature `{}` has no vocabulary to fit", f.name)));
     };
     let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-    for frame in frames {
+    let mut total = 0u64;
+    for (frame, f) in frames.iter().flat_map(|fr| table_readers(model, i).map(move |g| (fr, g))) {
+        total += frame.rows as u64;
         match frame.column_as(&f.column, false) {
             Some(Column::Cat { dict, codes }) => {
                 let mut per = vec![0u64; dict.len()];
@@ -273,7 +289,6 @@ fn fit_vocabulary(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedVoc
         )));
     }
     let kept: u64 = ranked.iter().map(|(_, n)| n).sum();
-    let total: u64 = frames.iter().map(|fr| fr.rows as u64).sum();
     Ok(FittedVocab {
         feature: i,
         values: ranked.into_iter().map(|(v, _)| v).collect(),
