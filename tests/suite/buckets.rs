@@ -5,7 +5,7 @@ use multigate::data::{self, csv_source::read_csv, fit};
 use multigate::ir::{CsvFormat, Encoding, FeatureKind};
 use multigate::source::SourceFile;
 
-use super::{compile_ok, mg_ok, multigate};
+use super::{compile_ok, mg_ok, multigate, spec_with_data, train_and_predict};
 
 const SPEC: &str = r#"
 [model]
@@ -86,10 +86,7 @@ fn csv(n: usize) -> String {
 
 #[test]
 fn fitted_boundaries_are_pinned_and_encode_the_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("t.csv"), csv(200)).unwrap();
-    let spec_path = dir.path().join("spec.toml");
-    std::fs::write(&spec_path, SPEC).unwrap();
+    let (dir, spec_path) = spec_with_data("spec.toml", SPEC, &csv(200));
     let src = SourceFile::read(&spec_path).unwrap();
     let c = multigate::pipeline::compile_source(&src).unwrap();
     assert!(fit::is_open(&c.model));
@@ -148,26 +145,14 @@ fn a_constant_column_cannot_be_bucketized() {
 /// the bundle predicts rows it reads as text.
 #[test]
 fn a_bucketized_model_trains_and_predicts_through_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("t.csv"), csv(600)).unwrap();
-    let spec = dir.path().join("spec.toml");
-    std::fs::write(&spec, SPEC.replace("[[layers]]", "[train]\nepochs = 2\n\n[[layers]]")).unwrap();
+    let (dir, spec) =
+        spec_with_data("spec.toml", &SPEC.replace("[[layers]]", "[train]\nepochs = 2\n\n[[layers]]"), &csv(600));
     let out = mg_ok(&["fit", spec.to_str().unwrap()]);
     assert!(out.contains("feature age") && out.contains("4 bucket(s) from 540 value(s), 60 row(s) missing"), "{out}");
-    let bundle = dir.path().join("bundle");
-    mg_ok(&["compile-and-train", spec.to_str().unwrap(), "--out", bundle.to_str().unwrap(), "--quiet"]);
+    let (bundle, preds) = train_and_predict(&spec, &dir.path().join("t.csv"));
     let stored = std::fs::read_to_string(bundle.join("spec.toml")).unwrap();
     assert!(stored.contains("boundaries = ["), "{stored}");
-    let preds = dir.path().join("preds.csv");
-    mg_ok(&[
-        "predict",
-        bundle.to_str().unwrap(),
-        dir.path().join("t.csv").to_str().unwrap(),
-        "--out",
-        preds.to_str().unwrap(),
-    ]);
-    let text = std::fs::read_to_string(&preds).unwrap();
-    assert_eq!(text.lines().count(), 601, "a header and a row per input row");
+    assert_eq!(preds.lines().count(), 601, "a header and a row per input row");
 }
 
 /// Both syntaxes say it, and `fmt` carries it from one to the other.

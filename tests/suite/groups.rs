@@ -3,7 +3,7 @@
 
 use multigate::source::SourceFile;
 
-use super::{compile_ok, mg_ok};
+use super::{compile_ok, mg_ok, spec_with_data, train_and_predict};
 
 const ONE_BY_ONE: &str = r#"
 model m {
@@ -90,16 +90,11 @@ fn a_group_cannot_name_one_column_and_repeats_its_mistakes_once() {
 /// the features in their order: the bundle reloads and predicts.
 #[test]
 fn a_grouped_spec_with_fitted_vocabularies_trains_and_predicts() {
-    let dir = tempfile::tempdir().unwrap();
     let mut csv = String::from("a,b,c,x,label\n");
     for i in 0..400 {
         csv.push_str(&format!("a{},b{},c{},{},{}\n", i % 5, i % 3, i % 7, i % 11, (i % 3 == 0) as u8));
     }
-    std::fs::write(dir.path().join("t.csv"), csv).unwrap();
-    let spec = dir.path().join("g.mg");
-    std::fs::write(
-        &spec,
-        r#"model g {
+    let spec = r#"model g {
   data csv(train = ["t.csv"])
   feature a, b, c: categorical embed 3
   feature x: dense(transform = zscore)
@@ -107,11 +102,9 @@ fn a_grouped_spec_with_fitted_vocabularies_trains_and_predicts() {
   task ctr: binary(label = "label") tower [4]
   train { adam batch 64 epochs 1 seed 1 }
 }
-"#,
-    )
-    .unwrap();
-    let bundle = dir.path().join("bundle");
-    mg_ok(&["compile-and-train", spec.to_str().unwrap(), "--out", bundle.to_str().unwrap(), "--quiet"]);
+"#;
+    let (dir, spec) = spec_with_data("g.mg", spec, &csv);
+    let (bundle, preds) = train_and_predict(&spec, &dir.path().join("t.csv"));
     let ir = |p: &std::path::Path| -> Vec<String> {
         mg_ok(&["check", p.to_str().unwrap()])
             .lines()
@@ -120,13 +113,5 @@ fn a_grouped_spec_with_fitted_vocabularies_trains_and_predicts() {
             .collect()
     };
     assert_eq!(ir(&bundle.join("spec.toml")), ["  feature a", "  feature b", "  feature c", "  feature x"]);
-    let preds = dir.path().join("p.csv");
-    mg_ok(&[
-        "predict",
-        bundle.to_str().unwrap(),
-        dir.path().join("t.csv").to_str().unwrap(),
-        "--out",
-        preds.to_str().unwrap(),
-    ]);
-    assert_eq!(std::fs::read_to_string(&preds).unwrap().lines().count(), 401);
+    assert_eq!(preds.lines().count(), 401);
 }

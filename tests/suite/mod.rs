@@ -33,6 +33,28 @@ pub fn repo() -> PathBuf {
     std::env::var_os("MULTIGATE_REPO").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
+/// A temporary folder holding `t.csv` (`csv`) and the spec `name` (`spec`); the folder
+/// and the spec's path.
+pub fn spec_with_data(name: &str, spec: &str, csv: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    std::fs::write(dir.path().join("t.csv"), csv).expect("t.csv written");
+    let path = dir.path().join(name);
+    std::fs::write(&path, spec).expect("the spec written");
+    (dir, path)
+}
+
+/// Trains `spec` through the CLI into `bundle` beside it, then scores `rows` with that
+/// bundle: the bundle's path and the predictions as CSV text.
+pub fn train_and_predict(spec: &Path, rows: &Path) -> (PathBuf, String) {
+    let dir = spec.parent().expect("a spec in a folder");
+    let bundle = dir.join("bundle");
+    let preds = dir.join("predictions.csv");
+    mg_ok(&["compile-and-train", &spec.to_string_lossy(), "--out", &bundle.to_string_lossy(), "--quiet"]);
+    mg_ok(&["predict", &bundle.to_string_lossy(), &rows.to_string_lossy(), "--out", &preds.to_string_lossy()]);
+    let text = std::fs::read_to_string(&preds).expect("predictions written");
+    (bundle, text)
+}
+
 /// The specs in models/ whose file name ends in `.{ext}`, sorted.
 pub fn model_files(ext: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("models"))

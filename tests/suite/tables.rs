@@ -8,7 +8,7 @@ use multigate::ir::{CsvFormat, FeatureId};
 use multigate::source::SourceFile;
 use multigate::train::adam::{Adam, AdamConfig};
 
-use super::{compile_ok, mg_ok};
+use super::{compile_ok, spec_with_data, train_and_predict};
 
 const SPEC: &str = r#"
 model shared {
@@ -52,10 +52,7 @@ fn a_shared_table_is_the_owners_table_and_encoding() {
 
 #[test]
 fn one_value_takes_one_row_in_either_column_and_both_lookups_train_the_table() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("t.csv"), csv(300)).unwrap();
-    let path = dir.path().join("s.mg");
-    std::fs::write(&path, SPEC).unwrap();
+    let (dir, path) = spec_with_data("s.mg", SPEC, &csv(300));
     let src = SourceFile::read(&path).unwrap();
     let c = multigate::pipeline::compile_source(&src).unwrap();
     // The table's vocabulary is fitted on the columns of both features reading it; both
@@ -127,19 +124,7 @@ fn a_table_must_be_another_categorical_that_owns_one() {
 
 #[test]
 fn a_model_with_shared_tables_trains_and_predicts_through_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("t.csv"), csv(400)).unwrap();
-    let spec = dir.path().join("s.mg");
-    std::fs::write(&spec, SPEC).unwrap();
-    let bundle = dir.path().join("b");
-    mg_ok(&["compile-and-train", spec.to_str().unwrap(), "--out", bundle.to_str().unwrap(), "--quiet"]);
-    let preds = dir.path().join("p.csv");
-    mg_ok(&[
-        "predict",
-        bundle.to_str().unwrap(),
-        dir.path().join("t.csv").to_str().unwrap(),
-        "--out",
-        preds.to_str().unwrap(),
-    ]);
-    assert_eq!(std::fs::read_to_string(&preds).unwrap().lines().count(), 401);
+    let (dir, spec) = spec_with_data("s.mg", SPEC, &csv(400));
+    let (_, preds) = train_and_predict(&spec, &dir.path().join("t.csv"));
+    assert_eq!(preds.lines().count(), 401, "a header and a row per input row");
 }

@@ -89,18 +89,7 @@ impl Batch {
         } else {
             None
         };
-        let mut labels = Vec::with_capacity(ds.labels.len());
-        let mut masks = Vec::with_capacity(ds.labels.len());
-        for l in &ds.labels {
-            if l.is_empty() {
-                labels.push(None);
-                masks.push(None);
-                continue;
-            }
-            let (y, mask) = labels_and_mask(idx.iter().map(|&i| l[i]).collect(), device)?;
-            labels.push(Some(y));
-            masks.push(mask);
-        }
+        let (labels, masks) = label_columns(ds, |l| idx.iter().map(|&i| l[i]).collect(), device)?;
         Ok(Batch { cat, dense, labels, masks, size: b })
     }
 
@@ -118,16 +107,33 @@ impl Batch {
     }
 }
 
-/// Labels with a missing one (NaN) as 0, and the mask of present ones (None when all are).
-fn labels_and_mask(mut y: Vec<f32>, device: &candle_core::Device) -> Result<(Tensor, Option<Tensor>)> {
-    let n = y.len();
-    let mask = if y.iter().any(|v| v.is_nan()) {
-        Some(Tensor::from_vec(y.iter().map(|v| f32::from(!v.is_nan())).collect::<Vec<f32>>(), n, device)?)
-    } else {
-        None
-    };
-    y.iter_mut().filter(|v| v.is_nan()).for_each(|v| *v = 0.0);
-    Ok((Tensor::from_vec(y, n, device)?, mask))
+/// Per task of `ds`, the labels `pick` takes from its column, a missing one (NaN) as 0,
+/// and the mask of the present ones (None when all are, or the task has no labels).
+#[allow(clippy::type_complexity)]
+fn label_columns(
+    ds: &Dataset,
+    pick: impl Fn(&[f32]) -> Vec<f32>,
+    device: &candle_core::Device,
+) -> Result<(Vec<Option<Tensor>>, Vec<Option<Tensor>>)> {
+    let mut labels = Vec::with_capacity(ds.labels.len());
+    let mut masks = Vec::with_capacity(ds.labels.len());
+    for l in &ds.labels {
+        if l.is_empty() {
+            labels.push(None);
+            masks.push(None);
+            continue;
+        }
+        let mut y = pick(l);
+        let n = y.len();
+        masks.push(if y.iter().any(|v| v.is_nan()) {
+            Some(Tensor::from_vec(y.iter().map(|v| f32::from(!v.is_nan())).collect::<Vec<f32>>(), n, device)?)
+        } else {
+            None
+        });
+        y.iter_mut().filter(|v| v.is_nan()).for_each(|v| *v = 0.0);
+        labels.push(Some(Tensor::from_vec(y, n, device)?));
+    }
+    Ok((labels, masks))
 }
 
 /// A dataset's columns on the device, uploaded once, from which batches are gathered on
@@ -156,18 +162,7 @@ impl Resident {
         let cat = ds.cat.iter().map(|c| Tensor::from_slice(c, n, device)).collect::<Result<Vec<_>>>()?;
         let dense =
             if ds.dense_width > 0 { Some(Tensor::from_slice(&ds.dense, (n, ds.dense_width), device)?) } else { None };
-        let mut labels = Vec::with_capacity(ds.labels.len());
-        let mut masks = Vec::with_capacity(ds.labels.len());
-        for l in &ds.labels {
-            if l.is_empty() {
-                labels.push(None);
-                masks.push(None);
-                continue;
-            }
-            let (y, mask) = labels_and_mask(l.clone(), device)?;
-            labels.push(Some(y));
-            masks.push(mask);
-        }
+        let (labels, masks) = label_columns(ds, |l| l.to_vec(), device)?;
         Ok(Resident { cat, dense, labels, masks, rows: n, device: device.clone() })
     }
 
