@@ -41,13 +41,16 @@ pub struct FittedBuckets {
 
 /// Bucketized features whose boundaries the spec leaves to the data.
 pub fn open_buckets(model: &Model) -> Vec<usize> {
+    open_tables(model, |e| matches!(e, crate::ir::Encoding::FitBuckets { .. }))
+}
+
+/// Features owning a table whose encoding `open` says is still to fit. A feature reading
+/// another's table fits nothing itself: the owner's fit counts its column too.
+fn open_tables(model: &Model, open: impl Fn(&crate::ir::Encoding) -> bool) -> Vec<usize> {
     (0..model.features.len())
         .filter(|&i| {
-            model.features[i].shares.is_none()
-                && matches!(
-                    model.features[i].kind,
-                    FeatureKind::Categorical { encoding: crate::ir::Encoding::FitBuckets { .. }, .. }
-                )
+            let f = &model.features[i];
+            f.shares.is_none() && matches!(&f.kind, FeatureKind::Categorical { encoding, .. } if open(encoding))
         })
         .collect()
 }
@@ -65,16 +68,7 @@ pub struct FittedVocab {
 
 /// Categorical features whose vocabulary the spec leaves to the data.
 pub fn open_vocabularies(model: &Model) -> Vec<usize> {
-    (0..model.features.len())
-        .filter(|&i| {
-            // A table's vocabulary is fitted on its own feature's column.
-            model.features[i].shares.is_none()
-                && matches!(
-                    model.features[i].kind,
-                    FeatureKind::Categorical { encoding: crate::ir::Encoding::FitVocab { .. }, .. }
-                )
-        })
-        .collect()
+    open_tables(model, |e| matches!(e, crate::ir::Encoding::FitVocab { .. }))
 }
 
 /// The fitted `(mean, std)` of one dense feature's raw values (all its columns
@@ -206,7 +200,7 @@ fn fit_buckets(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedBucket
     let mut values: Vec<f64> = Vec::new();
     let mut rows = 0u64;
     // Every column reading this table counts, as for a vocabulary.
-    for (frame, f) in frames.iter().flat_map(|fr| table_readers(model, i).map(move |g| (fr, g))) {
+    for (frame, f) in table_reads(model, i, frames) {
         rows += frame.rows as u64;
         match frame.column_as(&f.column, true) {
             Some(Column::Num(v)) => values.extend(v.iter().filter(|x| x.is_finite()).map(|&x| x as f64)),
@@ -241,6 +235,15 @@ fn table_readers(model: &Model, i: usize) -> impl Iterator<Item = &crate::ir::Fe
         .map(|(_, g)| g)
 }
 
+/// Each frame with each feature reading feature `i`'s table (`i` itself first).
+fn table_reads<'a>(
+    model: &'a Model,
+    i: usize,
+    frames: &'a [Frame],
+) -> impl Iterator<Item = (&'a Frame, &'a crate::ir::Feature)> {
+    frames.iter().flat_map(move |fr| table_readers(model, i).map(move |g| (fr, g)))
+}
+
 /// The vocabulary of feature `i`'s table, counted over its column and the columns of the
 /// features reading the same table (a clicked-item history and the candidate item).
 fn fit_vocabulary(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedVocab, DataError> {
@@ -251,7 +254,7 @@ fn fit_vocabulary(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedVoc
     };
     let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let mut total = 0u64;
-    for (frame, f) in frames.iter().flat_map(|fr| table_readers(model, i).map(move |g| (fr, g))) {
+    for (frame, f) in table_reads(model, i, frames) {
         total += frame.rows as u64;
         match frame.column_as(&f.column, false) {
             Some(Column::Cat { dict, codes }) => {

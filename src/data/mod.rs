@@ -493,11 +493,11 @@ fn encode_value(feature: &str, encoding: &crate::ir::Encoding, value: &str) -> u
     match encoding {
         crate::ir::Encoding::Hash { buckets } => hash_bucket(feature, value, *buckets),
         crate::ir::Encoding::Vocab { values } => values.iter().position(|v| v == value).map_or(0, |i| i as u32 + 1),
-        crate::ir::Encoding::Bucketize { boundaries } => {
-            crate::ir::Encoding::bucket(boundaries, value.trim().parse::<f64>().unwrap_or(f64::NAN))
-        }
-        // Guarded by `fit::is_open`: an open vocabulary or bucketing never encodes.
-        crate::ir::Encoding::FitVocab { .. } | crate::ir::Encoding::FitBuckets { .. } => 0,
+        // Never reached: an open vocabulary or bucketing never encodes (`fit::is_open`),
+        // and a bucketized feature takes numbers in `encode_with`'s own branch.
+        crate::ir::Encoding::FitVocab { .. }
+        | crate::ir::Encoding::FitBuckets { .. }
+        | crate::ir::Encoding::Bucketize { .. } => 0,
     }
 }
 

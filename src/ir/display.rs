@@ -48,18 +48,14 @@ impl fmt::Display for Model {
                             format!("bucketize({buckets} quantile buckets fitted on the training rows + missing)")
                         }
                     };
-                    let (enc, params) = match feat.shares {
-                        Some(owner) => {
+                    let (enc, params) = match (feat.shares, encoding) {
+                        (Some(owner), _) => {
                             let of = &self.features[owner.0].name;
                             (format!("{enc}, the table of {of}"), format!("0 (the table of {of})"))
                         }
-                        None => (enc, String::new()),
-                    };
-                    let params = match encoding {
-                        _ if !params.is_empty() => params,
-                        Encoding::FitVocab { .. } => format!("{dim} per value"),
-                        Encoding::FitBuckets { .. } => format!("{dim} per bucket"),
-                        _ => (encoding.rows() * dim).to_string(),
+                        (None, Encoding::FitVocab { .. }) => (enc, format!("{dim} per value")),
+                        (None, Encoding::FitBuckets { .. }) => (enc, format!("{dim} per bucket")),
+                        (None, _) => (enc, (encoding.rows() * dim).to_string()),
                     };
                     writeln!(
                         f,

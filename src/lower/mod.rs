@@ -268,7 +268,7 @@ impl Lower {
                 }
             }
         }
-        self.check_leaks(spec, &features);
+        self.check_leaks(spec, &listed, &features);
         let balance = self.lower_balance(&spec.train, &layers);
         let model = Model { name, features, crosses, input_width, layers, tasks, balance };
         let params = model.param_count();
@@ -317,17 +317,19 @@ impl Lower {
                 ];
                 self.not_allowed("a hashed feature (they shape a fitted vocabulary)", None, &keys);
             }
+            // The keys that choose a table's encoding, and its width.
+            let encoding_keys = [
+                ("hash_buckets", f.hash_buckets.as_ref().map(|v| v.span())),
+                ("vocabulary", f.vocabulary.as_ref().map(|v| v.span())),
+                ("min_count", f.min_count.as_ref().map(|v| v.span())),
+                ("max_size", f.max_size.as_ref().map(|v| v.span())),
+                ("bucketize", f.bucketize.as_ref().map(|v| v.span())),
+                ("boundaries", f.boundaries.as_ref().map(|v| v.span())),
+                ("embedding_dim", f.embedding_dim.as_ref().map(|v| v.span())),
+            ];
             if f.table.is_some() {
-                let keys = [
-                    ("hash_buckets", f.hash_buckets.as_ref().map(|v| v.span())),
-                    ("vocabulary", f.vocabulary.as_ref().map(|v| v.span())),
-                    ("min_count", f.min_count.as_ref().map(|v| v.span())),
-                    ("max_size", f.max_size.as_ref().map(|v| v.span())),
-                    ("bucketize", f.bucketize.as_ref().map(|v| v.span())),
-                    ("boundaries", f.boundaries.as_ref().map(|v| v.span())),
-                    ("embedding_dim", f.embedding_dim.as_ref().map(|v| v.span())),
-                ];
-                self.not_allowed("a feature reading another's table (they come from that feature)", None, &keys);
+                let context = "a feature reading another's table (they come from that feature)";
+                self.not_allowed(context, None, &encoding_keys);
                 // Encoding and width come from the table's feature (`resolve_tables`).
                 return Feature {
                     name,
@@ -338,13 +340,8 @@ impl Lower {
             }
             let bucketized = f.bucketize.is_some() || f.boundaries.is_some();
             if bucketized {
-                let keys = [
-                    ("hash_buckets", f.hash_buckets.as_ref().map(|v| v.span())),
-                    ("vocabulary", f.vocabulary.as_ref().map(|v| v.span())),
-                    ("min_count", f.min_count.as_ref().map(|v| v.span())),
-                    ("max_size", f.max_size.as_ref().map(|v| v.span())),
-                ];
-                self.not_allowed("a bucketized feature (bucketize or boundaries)", None, &keys);
+                // Hashing and vocabularies are the other encodings.
+                self.not_allowed("a bucketized feature (bucketize or boundaries)", None, &encoding_keys[..4]);
             }
             let encoding = match (&f.hash_buckets, &f.vocabulary) {
                 _ if bucketized => self.bucketize(f),
@@ -569,10 +566,11 @@ impl Lower {
         Some(Cross { name: c.name.get_ref().clone(), a, b, dim: da })
     }
 
-    fn check_leaks(&mut self, spec: &Spec, features: &[Feature]) {
+    /// `listed`: the spec's features one by one ([`Spec::feature_list`]), as `features`.
+    fn check_leaks(&mut self, spec: &Spec, listed: &[spec::FeatureSpec], features: &[Feature]) {
         for t in &spec.tasks {
             let Some(label) = &t.label else { continue };
-            for (f, fs) in features.iter().zip(&spec.feature_list()) {
+            for (f, fs) in features.iter().zip(listed) {
                 let reads = match &f.kind {
                     FeatureKind::Dense { width, .. } if *width > 1 => {
                         (0..*width).any(|i| format!("{}_{i}", f.column) == *label.get_ref())

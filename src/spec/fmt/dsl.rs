@@ -39,6 +39,10 @@ fn ints(v: &[Sp<u64>]) -> String {
     format!("[{}]", v.iter().map(|x| x.get_ref().to_string()).collect::<Vec<_>>().join(", "))
 }
 
+fn nums(v: &[f64]) -> String {
+    format!("[{}]", v.iter().map(|x| num(*x)).collect::<Vec<_>>().join(", "))
+}
+
 fn strs<'a>(v: impl Iterator<Item = &'a String>) -> String {
     format!("[{}]", v.map(|s| q(s)).collect::<Vec<_>>().join(", "))
 }
@@ -206,9 +210,7 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
             a.push(sp_arg("bucketize", v, |x| x.to_string()));
         }
         if let Some(v) = &f.boundaries {
-            a.push(sp_arg("boundaries", v, |x| {
-                format!("[{}]", x.iter().map(|v| num(*v)).collect::<Vec<_>>().join(", "))
-            }));
+            a.push(sp_arg("boundaries", v, |x| nums(x)));
         }
         out.mark(&f.name);
         out.mark(&f.kind);

@@ -171,9 +171,7 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         t.opt("max_size", &f.max_size, |x| x.to_string());
         t.opt("table", &f.table, |x| q(x));
         t.opt("bucketize", &f.bucketize, |x| x.to_string());
-        t.opt("boundaries", &f.boundaries, |x| {
-            format!("[{}]", x.iter().map(|v| num(*v)).collect::<Vec<_>>().join(", "))
-        });
+        t.opt("boundaries", &f.boundaries, |x| list(x.iter().map(|v| num(*v))));
         t.write(out)?;
     }
     for c in &s.crosses {
