@@ -4,7 +4,7 @@
     python3 scripts/onnx_check.py MODEL.onnx ENCODED.csv PREDICTIONS.csv [--tolerance 1e-5]
 
 ENCODED.csv is `multigate encode BUNDLE DATA` (categorical table rows, then dense
-values, as the graph takes them); PREDICTIONS.csv is `multigate predict BUNDLE DATA`
+values, then bag slot weights, as the graph takes them); PREDICTIONS.csv is `multigate predict BUNDLE DATA`
 (one column per task output). Validates the model with onnx.checker, runs it with
 onnxruntime, and compares every output column with multigate's to the tolerance
 (absolute). Prints the largest difference; exits 1 when it is over the tolerance.
@@ -36,16 +36,22 @@ def main():
     model = onnx.load(args.model)
     onnx.checker.check_model(model, full_check=True)
     meta = {p.key: p.value for p in model.metadata_props}
-    encoding = json.loads(meta["multigate.encoding"])
-    n_cat = len(encoding["inputs"]["categorical"])
+    json.loads(meta["multigate.encoding"])  # present and valid JSON
 
     header, rows = read_csv(args.encoded)
-    feeds = {}
-    if n_cat:
-        feeds["categorical"] = np.array([[int(v) for v in r[:n_cat]] for r in rows], dtype=np.int64)
-    if len(header) > n_cat:
-        feeds["dense"] = np.array([[float(v) for v in r[n_cat:]] for r in rows], dtype=np.float32)
     session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+    # The encoded columns are the graph's inputs side by side, in the graph's order
+    # (categorical, dense, bag_weights), each as wide as the input declares.
+    feeds = {}
+    start = 0
+    for i in session.get_inputs():
+        width = i.shape[1]
+        kind = np.int64 if i.name == "categorical" else np.float32
+        feeds[i.name] = np.array([[float(v) for v in r[start : start + width]] for r in rows]).astype(kind)
+        start += width
+    if start != len(header):
+        print(f"the encoded file has {len(header)} columns, the graph's inputs {start}")
+        return 1
     names = [o.name for o in session.get_outputs()]
     outputs = session.run(names, feeds)
 

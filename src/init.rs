@@ -186,6 +186,7 @@ pub fn init(opts: &InitOptions) -> Result<(String, Vec<Inferred>), DataError> {
             reader: format!("column `{c}`"),
             owner: NeedOwner::Caller,
             is_label: false,
+            separator: None,
         })
         .collect();
     let frame = crate::data::source::read_path(&opts.data, &format, &needs, true, &|n| n.reader.clone())?;

@@ -831,6 +831,7 @@ fn caller_need(column: &str, reader: &str) -> Need {
         reader: reader.into(),
         owner: NeedOwner::Caller,
         is_label: false,
+        separator: None,
     }
 }
 
@@ -1022,8 +1023,13 @@ fn export_onnx(bundle: &Path, out: &Path) -> Result<(), Failure> {
     let predictor = run::Predictor::load(bundle, Device::Cpu)?;
     let bytes = multigate::export::onnx::to_onnx(predictor.model())?;
     write_atomic(out, &bytes)?;
+    let bags = if predictor.compiled().model.features.iter().any(|f| f.bag().is_some()) {
+        " and `bag_weights` float [batch, slots]"
+    } else {
+        ""
+    };
     println!(
-        "wrote {} (ONNX opset {}, {} bytes): inputs `categorical` int64 [batch, n_cat] and `dense` float [batch, width], one output per task",
+        "wrote {} (ONNX opset {}, {} bytes): inputs `categorical` int64 [batch, n_cat] and `dense` float [batch, width]{bags}, one output per task",
         out.display(),
         multigate::export::onnx::OPSET,
         bytes.len()
@@ -1036,10 +1042,15 @@ fn encode(bundle: &Path, data_path: &Path, out: Option<&Path>) -> Result<(), Fai
     let frame = read_inputs(&predictor, data_path, Vec::new(), false)?;
     let ds = predictor.encode(&frame)?;
     let model = &predictor.compiled().model;
+    // Categorical table rows (a bag's max_len columns `name.k`), dense values, then the
+    // bags' slot weights (`name.wk`): the graph's inputs `categorical`, `dense` and
+    // `bag_weights`, in that order.
     let mut header: Vec<String> = Vec::new();
     for f in &model.features {
-        if matches!(f.kind, multigate::ir::FeatureKind::Categorical { .. }) {
-            header.push(f.name.clone());
+        match (&f.kind, f.bag()) {
+            (multigate::ir::FeatureKind::Categorical { .. }, None) => header.push(f.name.clone()),
+            (_, Some(b)) => header.extend((0..b.max_len).map(|k| format!("{}.{k}", f.name))),
+            _ => {}
         }
     }
     for f in &model.features {
@@ -1047,13 +1058,24 @@ fn encode(bundle: &Path, data_path: &Path, out: Option<&Path>) -> Result<(), Fai
             header.extend(data::dense_columns(&f.column, width));
         }
     }
+    for f in &model.features {
+        if let Some(b) = f.bag() {
+            header.extend((0..b.max_len).map(|k| format!("{}.w{k}", f.name)));
+        }
+    }
     let mut w = csv::Writer::from_writer(Vec::with_capacity(ds.rows * 8 * header.len().max(1)));
     w.write_record(&header)?;
     let mut row = Vec::with_capacity(header.len());
     for i in 0..ds.rows {
         row.clear();
-        row.extend(ds.cat.iter().map(|c| c[i].to_string()));
+        for (k, c) in ds.cat.iter().enumerate() {
+            let l = ds.cat_len(k);
+            row.extend(c[i * l..(i + 1) * l].iter().map(|x| x.to_string()));
+        }
         row.extend(ds.dense[i * ds.dense_width..(i + 1) * ds.dense_width].iter().map(|x| format!("{x}")));
+        for b in ds.bags.iter().flatten() {
+            row.extend(b.weights[i * b.len..(i + 1) * b.len].iter().map(|x| format!("{x}")));
+        }
         w.write_record(&row)?;
     }
     let text = w.into_inner().map_err(|e| Failure::new(1, format!("error: {e}")))?;

@@ -255,20 +255,27 @@ fn fit_vocabulary(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedVoc
     let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let mut total = 0u64;
     for (frame, f) in table_reads(model, i, frames) {
-        total += frame.rows as u64;
+        // Values read: a row's one value, or each value of a bag.
+        let mut count = |v: &str, n: u64| {
+            total += n;
+            if !v.is_empty() {
+                *counts.entry(v.to_string()).or_default() += n;
+            }
+        };
         match frame.column_as(&f.column, false) {
             Some(Column::Cat { dict, codes }) => {
                 let mut per = vec![0u64; dict.len()];
                 codes.iter().for_each(|&c| per[c as usize] += 1);
-                for (v, n) in dict.iter().zip(per) {
-                    if n > 0 && !v.is_empty() {
-                        *counts.entry(v.clone()).or_default() += n;
+                for (v, n) in dict.iter().zip(per).filter(|(_, n)| *n > 0) {
+                    match f.bag() {
+                        Some(b) => super::bag_values(v, &b.separator).for_each(|x| count(x, n)),
+                        None => count(v, n),
                     }
                 }
             }
             Some(Column::Num(v)) => {
-                for x in v.iter().filter(|x| !x.is_nan()) {
-                    *counts.entry(format!("{x}")).or_default() += 1;
+                for x in v {
+                    count(&if x.is_nan() { String::new() } else { format!("{x}") }, 1);
                 }
             }
             None => {

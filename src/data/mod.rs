@@ -56,6 +56,9 @@ pub struct Need {
     /// The feature or task that reads the column.
     pub owner: NeedOwner,
     pub is_label: bool,
+    /// A bag's column (or its weights): the separator its values are joined with when
+    /// a source holds them as a list (Parquet).
+    pub separator: Option<String>,
 }
 
 /// Who reads a column, so that an error can point at that part of the spec.
@@ -97,13 +100,26 @@ pub fn needs(model: &Model) -> Vec<Need> {
     let mut out = Vec::new();
     for f in &model.features {
         match &f.kind {
-            FeatureKind::Categorical { encoding, .. } => out.push(Need {
-                column: f.column.clone(),
-                kind: if encoding.numeric() { ColumnKind::Num } else { ColumnKind::Cat },
-                reader: format!("feature `{}`", f.name),
-                owner: NeedOwner::Feature(f.name.clone()),
-                is_label: false,
-            }),
+            FeatureKind::Categorical { encoding, bag, .. } => {
+                out.push(Need {
+                    column: f.column.clone(),
+                    kind: if encoding.numeric() { ColumnKind::Num } else { ColumnKind::Cat },
+                    reader: format!("feature `{}`", f.name),
+                    owner: NeedOwner::Feature(f.name.clone()),
+                    is_label: false,
+                    separator: bag.as_ref().map(|b| b.separator.clone()),
+                });
+                if let Some((w, b)) = bag.as_ref().and_then(|b| Some((b.weights.as_ref()?, b))) {
+                    out.push(Need {
+                        column: w.clone(),
+                        kind: ColumnKind::Cat,
+                        reader: format!("the weights of feature `{}`", f.name),
+                        owner: NeedOwner::Feature(f.name.clone()),
+                        is_label: false,
+                        separator: Some(b.separator.clone()),
+                    });
+                }
+            }
             FeatureKind::Dense { width, .. } => {
                 for c in dense_columns(&f.column, *width) {
                     out.push(Need {
@@ -112,6 +128,7 @@ pub fn needs(model: &Model) -> Vec<Need> {
                         reader: format!("feature `{}`", f.name),
                         owner: NeedOwner::Feature(f.name.clone()),
                         is_label: false,
+                        separator: None,
                     });
                 }
             }
@@ -126,6 +143,7 @@ pub fn needs(model: &Model) -> Vec<Need> {
             reader: format!("the label of task `{}`", t.name),
             owner: NeedOwner::Task(t.name.clone()),
             is_label: true,
+            separator: None,
         });
         if let Some(w) = &label.only_where {
             out.push(Need {
@@ -134,6 +152,7 @@ pub fn needs(model: &Model) -> Vec<Need> {
                 reader: format!("`only_where` of task `{}`", t.name),
                 owner: NeedOwner::Task(t.name.clone()),
                 is_label: true,
+                separator: None,
             });
         }
     }
@@ -153,8 +172,12 @@ pub fn dense_columns(column: &str, width: usize) -> Vec<String> {
 #[derive(Debug, Clone, Default)]
 pub struct Dataset {
     pub rows: usize,
-    /// One entry per categorical feature (in feature order): table row of each data row.
+    /// One entry per categorical feature (in feature order): the table row of each data
+    /// row, or for a bag feature `len` table rows per data row (`[rows, len]`).
     pub cat: Vec<Vec<u32>>,
+    /// One entry per categorical feature: None for one value per row, else the bag's
+    /// slots (the pooling weight of each id in `cat`).
+    pub bags: Vec<Option<BagRows>>,
     /// All dense values, `[rows, dense_width]` row-major, features in order.
     pub dense: Vec<f32>,
     pub dense_width: usize,
@@ -163,18 +186,43 @@ pub struct Dataset {
     pub labels: Vec<Vec<f32>>,
 }
 
+/// A bag feature's encoded rows beside its ids: `len` slots per row, each with the
+/// weight pooling gives its embedding (sum: the value's weight, or 1; mean: that over
+/// the row's total; max: 1). Padding slots have id 0 and weight 0.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BagRows {
+    pub len: usize,
+    /// `[rows, len]`, row-major.
+    pub weights: Vec<f32>,
+}
+
+/// Rows `idx` of a `[rows, w]` row-major buffer.
+pub fn select_rows<T: Copy>(v: &[T], w: usize, idx: &[usize]) -> Vec<T> {
+    let mut out = Vec::with_capacity(idx.len() * w);
+    for &i in idx {
+        out.extend_from_slice(&v[i * w..(i + 1) * w]);
+    }
+    out
+}
+
 impl Dataset {
+    /// Table rows per data row of categorical `i` (1, or a bag's `len`).
+    pub fn cat_len(&self, i: usize) -> usize {
+        self.bags.get(i).and_then(Option::as_ref).map_or(1, |b| b.len)
+    }
+
     /// The rows at `idx`, in that order.
     pub fn select(&self, idx: &[usize]) -> Dataset {
         let w = self.dense_width;
-        let mut dense = Vec::with_capacity(idx.len() * w);
-        for &i in idx {
-            dense.extend_from_slice(&self.dense[i * w..(i + 1) * w]);
-        }
         Dataset {
             rows: idx.len(),
-            cat: self.cat.iter().map(|c| idx.iter().map(|&i| c[i]).collect()).collect(),
-            dense,
+            cat: self.cat.iter().enumerate().map(|(i, c)| select_rows(c, self.cat_len(i), idx)).collect(),
+            bags: self
+                .bags
+                .iter()
+                .map(|b| b.as_ref().map(|b| BagRows { len: b.len, weights: select_rows(&b.weights, b.len, idx) }))
+                .collect(),
+            dense: select_rows(&self.dense, w, idx),
             dense_width: w,
             labels: self
                 .labels
@@ -198,6 +246,11 @@ impl Dataset {
         self.rows += other.rows;
         for (a, b) in self.cat.iter_mut().zip(other.cat) {
             a.extend(b);
+        }
+        for (a, b) in self.bags.iter_mut().zip(other.bags) {
+            if let (Some(a), Some(b)) = (a, b) {
+                a.weights.extend(b.weights);
+            }
         }
         self.dense.extend(other.dense);
         for (a, b) in self.labels.iter_mut().zip(other.labels) {
@@ -297,6 +350,13 @@ fn encode_with(
                     }
                 };
                 ds.cat.push(rows);
+                ds.bags.push(None);
+            }
+            FeatureKind::Categorical { encoding, bag: Some(bag), .. } => {
+                let key = f.shares.map_or(&f.name, |o| &model.features[o.0].name);
+                let (ids, rows) = encode_bag(f, key, encoding, bag, frame, &mut check)?;
+                ds.cat.push(ids);
+                ds.bags.push(Some(rows));
             }
             FeatureKind::Categorical { encoding, .. } => {
                 // Hashed under the name of the feature that owns the table, so that one
@@ -310,6 +370,7 @@ fn encode_with(
                     Column::Num(v) => v.iter().map(|x| encode_value(key, encoding, &format!("{x}"))).collect(),
                 };
                 ds.cat.push(rows);
+                ds.bags.push(None);
             }
             FeatureKind::Dense { width, transform, fill } => {
                 for (j, c) in dense_columns(&f.column, *width).iter().enumerate() {
@@ -487,6 +548,116 @@ fn encode_labels(
         }
     }
     Ok(labels)
+}
+
+/// The values of a bag's text cell: split on the separator, trimmed, empty pieces
+/// dropped (an empty cell is an empty bag).
+pub fn bag_values<'a>(cell: &'a str, separator: &'a str) -> impl Iterator<Item = &'a str> {
+    cell.split(separator).map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// A bag feature's ids `[rows, max_len]` and slot weights (see [`BagRows`]). Each
+/// distinct cell is split and encoded once; the first `max_len` values are kept.
+fn encode_bag(
+    f: &crate::ir::Feature,
+    key: &str,
+    encoding: &crate::ir::Encoding,
+    bag: &crate::ir::Bag,
+    frame: &Frame,
+    check: &mut RowCheck,
+) -> Result<(Vec<u32>, BagRows), DataError> {
+    use crate::ir::Pooling;
+    let missing = |c: &str| DataError::Other(format!("{}: column `{c}` missing", frame.origin.name));
+    let len = bag.max_len;
+    let (dict, codes): (std::borrow::Cow<[String]>, std::borrow::Cow<[u32]>) =
+        match frame.column_as(&f.column, false).ok_or_else(|| missing(&f.column))? {
+            Column::Cat { dict, codes } => (dict.into(), codes.into()),
+            // A numeric column: one value per row.
+            Column::Num(v) => {
+                let mut i = frame::Interner::default();
+                v.iter().for_each(|x| i.push(&if x.is_nan() { String::new() } else { format!("{x}") }));
+                (i.dict.into(), i.codes.into())
+            }
+        };
+    // Each distinct cell's table rows, all of them (weights must match their count).
+    let cells: Vec<Vec<u32>> = dict
+        .iter()
+        .map(|cell| {
+            let mut ids: Vec<u32> = bag_values(cell, &bag.separator).map(|v| encode_value(key, encoding, v)).collect();
+            if bag.pooling == Pooling::Max {
+                // A row counted twice would take the gradient twice.
+                let mut seen = std::collections::HashSet::new();
+                ids.retain(|id| seen.insert(*id));
+            }
+            ids
+        })
+        .collect();
+    let weight_cells = match &bag.weights {
+        Some(w) => match frame.column_as(w, false).ok_or_else(|| missing(w))? {
+            Column::Cat { dict, codes } => Some((dict, codes)),
+            Column::Num(_) => return Err(DataError::Other(format!("weights column `{w}` must be read as text"))),
+        },
+        None => None,
+    };
+    let mut ids = vec![0u32; codes.len() * len];
+    let mut weights = vec![0f32; codes.len() * len];
+    let mut w_row: Vec<f32> = Vec::with_capacity(len);
+    for (r, &c) in codes.iter().enumerate() {
+        let cell = &cells[c as usize];
+        let n = cell.len().min(len);
+        w_row.clear();
+        match &weight_cells {
+            Some((wd, wc)) => {
+                let text = &wd[wc[r] as usize];
+                let column = bag.weights.as_deref().unwrap_or_default();
+                let mut parsed = 0;
+                for v in bag_values(text, &bag.separator) {
+                    match v.parse::<f32>() {
+                        Ok(x) if x.is_finite() => {
+                            if parsed < n {
+                                w_row.push(x);
+                            }
+                        }
+                        _ => {
+                            let problem = format!("weight {v:?} of feature `{}` is not a finite number", f.name);
+                            check.flag(r, "unparsable number", column, problem)?;
+                        }
+                    }
+                    parsed += 1;
+                }
+                if parsed != cell.len() {
+                    let problem = format!(
+                        "{parsed} weights for the {} values of feature `{}` in column `{}`",
+                        cell.len(),
+                        f.name,
+                        f.column
+                    );
+                    check.flag(r, "bag weights not matching its values", column, problem)?;
+                    continue;
+                }
+            }
+            None => w_row.resize(n, 1.0),
+        }
+        if w_row.len() < n {
+            continue; // a bad weight, flagged above
+        }
+        let scale = match bag.pooling {
+            Pooling::Mean => {
+                let total: f32 = w_row.iter().sum();
+                if total != 0.0 {
+                    1.0 / total
+                } else {
+                    0.0
+                }
+            }
+            Pooling::Sum | Pooling::Max => 1.0,
+        };
+        ids[r * len..r * len + n].copy_from_slice(&cell[..n]);
+        for (slot, w) in weights[r * len..r * len + n].iter_mut().zip(&w_row) {
+            *slot = w * scale;
+        }
+    }
+    Ok((ids, BagRows { len, weights }))
 }
 
 fn encode_value(feature: &str, encoding: &crate::ir::Encoding, value: &str) -> u32 {

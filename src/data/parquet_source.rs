@@ -65,6 +65,8 @@ pub fn read_parquet(
     let mut kinds: Vec<ColumnKind> = Vec::new();
     let mut sinks: Vec<Sink> = Vec::new();
     let mut roots: Vec<usize> = Vec::new();
+    // Per column: what joins a list cell's values into a bag's text.
+    let mut joins: Vec<String> = Vec::new();
     for need in needs {
         if names.iter().zip(&kinds).any(|(n, k)| *n == need.column && *k == need.kind) {
             continue;
@@ -73,6 +75,7 @@ pub fn read_parquet(
             Some(i) => {
                 names.push(need.column.clone());
                 kinds.push(need.kind);
+                joins.push(need.separator.clone().unwrap_or_else(|| crate::lower::DEFAULT_SEPARATOR.to_string()));
                 sinks.push(match need.kind {
                     ColumnKind::Num => Sink::Num(Vec::new()),
                     ColumnKind::Cat => Sink::Cat(Interner::default()),
@@ -118,7 +121,7 @@ pub fn read_parquet(
             at: format!("{shown} after row {rows}"),
             problem: format!("cannot decode the next rows: {e}"),
         })?;
-        for ((sink, name), _) in sinks.iter_mut().zip(&names).zip(&kinds) {
+        for ((sink, name), join) in sinks.iter_mut().zip(&names).zip(&joins) {
             let array = batch
                 .column_by_name(name)
                 .ok_or_else(|| DataError::Other(format!("{shown}: column `{name}` vanished from a batch")))?;
@@ -129,7 +132,7 @@ pub fn read_parquet(
                     push_numbers(v, array, name, &at, skip_bad_rows.then_some(&mut bad))?;
                     debug_assert_eq!(v.len() - before, batch.num_rows());
                 }
-                Sink::Cat(interner) => push_text(interner, array, name, &shown)?,
+                Sink::Cat(interner) => push_text(interner, array, name, &shown, join)?,
             }
         }
         rows += batch.num_rows();
@@ -246,8 +249,33 @@ fn push_numbers(
     }
 }
 
-fn push_text(out: &mut Interner, array: &ArrayRef, name: &str, shown: &str) -> Result<(), DataError> {
+/// Pushes a column's values as text. A list cell (a bag's values) becomes its values
+/// joined with `join`; a null list or value is empty.
+fn push_text(out: &mut Interner, array: &ArrayRef, name: &str, shown: &str, join: &str) -> Result<(), DataError> {
     let t = array.data_type();
+    if let DataType::List(_) | DataType::LargeList(_) = t {
+        let lists = cast(array, &DataType::List(Arc::new(arrow_schema::Field::new_list_field(DataType::Utf8, true))), name, shown)?;
+        let lists = lists.as_list::<i32>();
+        let mut cell = String::new();
+        for i in 0..lists.len() {
+            cell.clear();
+            if !lists.is_null(i) {
+                let values = lists.value(i);
+                let values = values.as_string::<i32>();
+                for j in 0..values.len() {
+                    if values.is_null(j) {
+                        continue;
+                    }
+                    if !cell.is_empty() {
+                        cell.push_str(join);
+                    }
+                    cell.push_str(values.value(j).trim());
+                }
+            }
+            out.push(&cell);
+        }
+        return Ok(());
+    }
     if let Some(d) = array.as_any().downcast_ref::<arrow_array::DictionaryArray<arrow_array::types::Int32Type>>() {
         if is_text(d.values().data_type()) {
             let values = cast(d.values(), &DataType::Utf8, name, shown)?;

@@ -180,17 +180,61 @@ fn categorical_inputs(
     let n_feat = model.features.len().max(1) as f64;
     for (fi, f) in model.features.iter().enumerate() {
         match &f.kind {
-            FeatureKind::Categorical { encoding, .. } => {
+            FeatureKind::Categorical { encoding, bag, .. } => {
                 let card = cardinality.min(encoding.rows() * 4).max(1);
                 let mut col = Interner::default();
+                // Features sharing a table share the teacher's meaning of a value.
+                let key = f.shares.map_or(fi, |o| o.0);
                 let weights: Vec<Vec<f64>> =
-                    (0..n_tasks).map(|t| (0..card).map(|v| teacher(seed, fi, v, t)).collect()).collect();
+                    (0..n_tasks).map(|t| (0..card).map(|v| teacher(seed, key, v, t)).collect()).collect();
                 let values: Vec<String> = (0..card).map(|v| format!("v{v}")).collect();
-                for (r, _) in (0..rows).enumerate() {
-                    let v = ((card as f64).powf(rng.uniform()) as usize).saturating_sub(1).min(card - 1);
-                    col.push(&values[v]);
-                    for t in 0..n_tasks {
-                        score[t][r] += weights[t][v];
+                let draw = |rng: &mut Rng| ((card as f64).powf(rng.uniform()) as usize).saturating_sub(1).min(card - 1);
+                match bag {
+                    None => {
+                        for r in 0..rows {
+                            let v = draw(&mut rng);
+                            col.push(&values[v]);
+                            for t in 0..n_tasks {
+                                score[t][r] += weights[t][v];
+                            }
+                        }
+                    }
+                    // 0..=max_len values (weights in [0.5, 1.5) when the bag reads some);
+                    // the teacher scores their weighted mean, times 2 (bags carry more).
+                    Some(b) => {
+                        let mut wcol = Interner::default();
+                        let (mut cell, mut wcell) = (String::new(), String::new());
+                        for r in 0..rows {
+                            let n = (rng.uniform() * (b.max_len + 1) as f64) as usize;
+                            let (mut sum, mut total) = (vec![0.0; n_tasks], 0.0);
+                            cell.clear();
+                            wcell.clear();
+                            for k in 0..n.min(b.max_len) {
+                                let v = draw(&mut rng);
+                                let w = if b.weights.is_some() { 0.5 + rng.uniform() } else { 1.0 };
+                                if k > 0 {
+                                    cell.push_str(&b.separator);
+                                    wcell.push_str(&b.separator);
+                                }
+                                cell.push_str(&values[v]);
+                                wcell.push_str(&format!("{w:.3}"));
+                                for t in 0..n_tasks {
+                                    sum[t] += w * weights[t][v];
+                                }
+                                total += w;
+                            }
+                            col.push(&cell);
+                            wcol.push(&wcell);
+                            if total > 0.0 {
+                                for t in 0..n_tasks {
+                                    score[t][r] += 2.0 * sum[t] / total;
+                                }
+                            }
+                        }
+                        if let Some(w) = &b.weights {
+                            names.push(w.clone());
+                            columns.push(wcol.finish());
+                        }
                     }
                 }
                 names.push(f.column.clone());

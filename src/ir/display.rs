@@ -31,7 +31,7 @@ impl fmt::Display for Model {
         writeln!(f, "model {}", self.name)?;
         for feat in &self.features {
             match &feat.kind {
-                FeatureKind::Categorical { encoding, dim } => {
+                FeatureKind::Categorical { encoding, dim, bag } => {
                     let enc = match encoding {
                         Encoding::Hash { buckets } => format!("hash({buckets})"),
                         Encoding::Vocab { values } => format!("vocab({} + oov)", values.len()),
@@ -57,9 +57,18 @@ impl fmt::Display for Model {
                         (None, Encoding::FitBuckets { .. }) => (enc, format!("{dim} per bucket")),
                         (None, _) => (enc, (encoding.rows() * dim).to_string()),
                     };
+                    let bag = bag.as_ref().map_or_else(String::new, |b| {
+                        format!(
+                            " bag(max_len {}, {} pooling, split on {:?}{})",
+                            b.max_len,
+                            b.pooling.as_str(),
+                            b.separator,
+                            b.weights.as_ref().map_or_else(String::new, |w| format!(", weights <- {w:?}"))
+                        )
+                    });
                     writeln!(
                         f,
-                        "  feature {}: categorical {enc} <- {:?} -> embed[{dim}]  params {params}",
+                        "  feature {}: categorical {enc}{bag} <- {:?} -> embed[{dim}]  params {params}",
                         feat.name, feat.column
                     )?;
                 }

@@ -30,7 +30,7 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
     for (i, f) in m.features.iter().enumerate() {
         let id = format!("f{i}");
         let label = match &f.kind {
-            FeatureKind::Categorical { encoding, dim } => {
+            FeatureKind::Categorical { encoding, dim, bag } => {
                 let enc = match encoding {
                     Encoding::Hash { buckets } => format!("hash {buckets}"),
                     Encoding::Vocab { values } => format!("vocab {}", values.len()),
@@ -38,7 +38,8 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
                     Encoding::Bucketize { boundaries } => format!("buckets {}", boundaries.len() + 1),
                     Encoding::FitBuckets { buckets } => format!("buckets {buckets} (fitted)"),
                 };
-                format!("{}\\n{enc} → embed [{dim}]\\nparams {}", f.name, encoding.rows() * dim)
+                let pool = bag.as_ref().map_or_else(String::new, |b| format!(" → {} of ≤{}", b.pooling.as_str(), b.max_len));
+                format!("{}\\n{enc} → embed [{dim}]{pool}\\nparams {}", f.name, encoding.rows() * dim)
             }
             FeatureKind::Dense { width, .. } => format!("{}\\ndense [{width}]", f.name),
         };

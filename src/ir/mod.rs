@@ -76,8 +76,49 @@ pub struct Feature {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeatureKind {
-    Categorical { encoding: Encoding, dim: usize },
+    /// `bag`: several values per row, pooled into one embedding of width `dim`.
+    Categorical { encoding: Encoding, dim: usize, bag: Option<Bag> },
     Dense { width: usize, transform: Transform, fill: f32 },
+}
+
+/// A multi-valued categorical (a multi-hot or sequence field: tags, a user's clicked
+/// items): a row holds up to `max_len` values, each looked up in the feature's table,
+/// pooled into one embedding. An empty row pools to zeros.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bag {
+    /// Values kept per row: the first `max_len`; shorter rows are padded (the padding
+    /// adds nothing and trains nothing).
+    pub max_len: usize,
+    /// What separates the values in a text cell (a Parquet list column needs none).
+    pub separator: String,
+    pub pooling: Pooling,
+    /// A column of one weight per value, with the same separator (sum and mean
+    /// pooling): the pooled embedding is `sum w_i e_i` (mean: divided by `sum w_i`).
+    pub weights: Option<String>,
+}
+
+/// How a [`Bag`]'s embeddings become one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    Sum,
+    Mean,
+    /// Elementwise maximum over the row's distinct table rows.
+    Max,
+}
+
+impl Pooling {
+    pub const NAMES: &'static [&'static str] = &["sum", "mean", "max"];
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "sum" => Pooling::Sum,
+            "mean" => Pooling::Mean,
+            "max" => Pooling::Max,
+            _ => return None,
+        })
+    }
+    pub fn as_str(&self) -> &'static str {
+        Pooling::NAMES[*self as usize]
+    }
 }
 
 /// How a categorical value becomes a row of its embedding table.
@@ -160,6 +201,14 @@ impl Transform {
 }
 
 impl Feature {
+    /// The bag of a multi-valued categorical.
+    pub fn bag(&self) -> Option<&Bag> {
+        match &self.kind {
+            FeatureKind::Categorical { bag, .. } => bag.as_ref(),
+            FeatureKind::Dense { .. } => None,
+        }
+    }
+
     /// Width this feature contributes to the concatenated input.
     pub fn width(&self) -> usize {
         match &self.kind {

@@ -126,7 +126,7 @@ impl Model {
         let mut out = Vec::new();
         for (fi, f) in self.features.iter().enumerate() {
             // A feature reading another's table has none of its own.
-            if let (FeatureKind::Categorical { encoding, dim }, None) = (&f.kind, f.shares) {
+            if let (FeatureKind::Categorical { encoding, dim, .. }, None) = (&f.kind, f.shares) {
                 out.push(Param {
                     name: format!("features.{}.embedding", f.name),
                     shape: vec![encoding.rows(), *dim],

@@ -188,6 +188,7 @@ impl Lower {
             features.push(self.lower_feature(f));
         }
         self.resolve_tables(&listed, &mut features);
+        self.check_separators(spec, &listed);
         let mut crosses = Vec::new();
         for c in &spec.crosses {
             self.name_check("feature", &c.name, &mut seen);
@@ -331,10 +332,11 @@ impl Lower {
                 let context = "a feature reading another's table (they come from that feature)";
                 self.not_allowed(context, None, &encoding_keys);
                 // Encoding and width come from the table's feature (`resolve_tables`).
+                let bag = self.bag(f, false);
                 return Feature {
                     name,
                     column,
-                    kind: FeatureKind::Categorical { encoding: Encoding::Hash { buckets: 1 }, dim: 1 },
+                    kind: FeatureKind::Categorical { encoding: Encoding::Hash { buckets: 1 }, dim: 1, bag },
                     shares: None,
                 };
             }
@@ -394,7 +396,8 @@ impl Lower {
                     span,
                 });
             }
-            FeatureKind::Categorical { encoding, dim }
+            let bag = self.bag(f, bucketized);
+            FeatureKind::Categorical { encoding, dim, bag }
         } else {
             let keys = [
                 ("hash_buckets", f.hash_buckets.as_ref().map(|v| v.span())),
@@ -405,6 +408,10 @@ impl Lower {
                 ("bucketize", f.bucketize.as_ref().map(|v| v.span())),
                 ("boundaries", f.boundaries.as_ref().map(|v| v.span())),
                 ("table", f.table.as_ref().map(|v| v.span())),
+                ("max_len", f.max_len.as_ref().map(|v| v.span())),
+                ("separator", f.separator.as_ref().map(|v| v.span())),
+                ("pooling", f.pooling.as_ref().map(|v| v.span())),
+                ("weights", f.weights.as_ref().map(|v| v.span())),
             ];
             self.not_allowed(ctx_dense, None, &keys);
             let width = f.width.as_ref().map_or(1, |w| self.count("width", w, MAX_UNITS));
@@ -479,9 +486,84 @@ impl Lower {
                 self.range("table", false, format!("{:?}", t.get_ref()), expected, t.span());
                 continue;
             }
-            features[i].kind = features[o].kind.clone();
+            // The table's encoding and width; whether a row holds one value or a bag
+            // stays this feature's own.
+            if let (
+                FeatureKind::Categorical { encoding, dim, .. },
+                FeatureKind::Categorical { encoding: e, dim: d, .. },
+            ) = (features[o].kind.clone(), &mut features[i].kind)
+            {
+                (*e, *d) = (encoding, dim);
+            }
             features[i].shares = Some(FeatureId(o));
         }
+    }
+
+    /// A bag's separator must differ from the CSV delimiter, or the bag's values would
+    /// read as columns.
+    fn check_separators(&mut self, spec: &Spec, listed: &[spec::FeatureSpec]) {
+        let delimiter = spec.data.delimiter.get_ref();
+        for f in listed {
+            let Some(n) = &f.max_len else { continue };
+            let (sep, span) = match &f.separator {
+                Some(s) => (s.get_ref().as_str(), s.span()),
+                None => (DEFAULT_SEPARATOR, n.span()),
+            };
+            if spec.data.source.get_ref() == "csv" && sep == delimiter {
+                self.errors.push(LowerError::OutOfRange {
+                    what: "separator",
+                    found: format!("{sep:?}, the CSV delimiter"),
+                    expected: "a separator other than the delimiter (set `separator`)".into(),
+                    span,
+                });
+            }
+        }
+    }
+
+    /// The bag of a categorical with `max_len` (several values per row); its other keys
+    /// (`separator`, `pooling`, `weights`) need it.
+    fn bag(&mut self, f: &spec::FeatureSpec, bucketized: bool) -> Option<Bag> {
+        let keys = [
+            ("separator", f.separator.as_ref().map(|v| v.span())),
+            ("pooling", f.pooling.as_ref().map(|v| v.span())),
+            ("weights", f.weights.as_ref().map(|v| v.span())),
+        ];
+        let Some(n) = &f.max_len else {
+            let help = Some("set `max_len` to read several values per row");
+            self.not_allowed("a feature with one value per row", help, &keys);
+            return None;
+        };
+        let max_len = self.count("max_len", n, MAX_BAG);
+        if bucketized {
+            self.errors.push(LowerError::NotAllowed {
+                key: "max_len",
+                context: "a bucketized feature (it reads one number per row)",
+                span: n.span(),
+                help: None,
+            });
+        }
+        let separator = match &f.separator {
+            Some(s) => {
+                let text = s.get_ref();
+                let ok = !text.is_empty() && !text.contains(['\n', '\r', '"']);
+                self.range("separator", ok, format!("{text:?}"), "a non-empty string without quotes or line breaks", s.span());
+                text.clone()
+            }
+            None => DEFAULT_SEPARATOR.to_string(),
+        };
+        let pooling = match &f.pooling {
+            Some(p) => self.word("pooling", p, Pooling::NAMES).and_then(Pooling::parse).unwrap_or(Pooling::Mean),
+            None => Pooling::Mean,
+        };
+        if let (Pooling::Max, Some(w)) = (pooling, &f.weights) {
+            self.errors.push(LowerError::NotAllowed {
+                key: "weights",
+                context: "max pooling",
+                span: w.span(),
+                help: Some("weights scale sum and mean pooling".into()),
+            });
+        }
+        Some(Bag { max_len, separator, pooling, weights: f.weights.as_ref().map(|w| w.get_ref().clone()) })
     }
 
     /// The encoding of a feature with `bucketize` (boundaries to fit) or `boundaries`
@@ -594,6 +676,10 @@ impl Lower {
 
 /// Largest embedding table (rows) or vocabulary accepted.
 pub const MAX_ROWS: u64 = 1 << 26;
+/// Most values a bag (`max_len`) keeps per row.
+pub const MAX_BAG: u64 = 4096;
+/// What separates a bag's values in a text cell unless `separator` says.
+pub const DEFAULT_SEPARATOR: &str = "|";
 /// Largest width of any layer.
 pub const MAX_UNITS: u64 = 1 << 16;
 /// Most experts in a layer.

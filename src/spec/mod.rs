@@ -302,6 +302,20 @@ pub struct FeatureSpec {
     /// value, row 1 + k a value with k boundaries at or below it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boundaries: Option<Sp<Vec<f64>>>,
+    /// Categorical: several values per row (a multi-hot or sequence field), at most
+    /// this many kept (the first ones); their embeddings are pooled into one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_len: Option<Sp<u64>>,
+    /// With `max_len`: what separates the values in a text cell. Default `"|"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub separator: Option<Sp<String>>,
+    /// With `max_len`: `"sum"`, `"mean"` (default) or `"max"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Sp<String>>,
+    /// With `max_len`: a column holding one weight per value (same separator), for
+    /// sum and mean pooling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Sp<String>>,
 }
 
 /// A feature built from two categorical embeddings.

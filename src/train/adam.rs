@@ -269,7 +269,15 @@ impl Update<'_> {
                 let mut parts = Vec::with_capacity(mine.len());
                 for l in mine {
                     let Some(g) = grad_of(l.leaf.as_tensor()) else { continue };
-                    parts.push((l.ids.to_vec1::<u32>()?, g.flatten_all()?.to_vec1::<f32>()?));
+                    let (mut ids, mut rows) = (l.ids.to_vec1::<u32>()?, g.flatten_all()?.to_vec1::<f32>()?);
+                    if let Some(slots) = &l.slots {
+                        // A bag's padding slots are not lookups.
+                        let slots = slots.to_vec1::<f32>()?;
+                        let keep: Vec<usize> = (0..ids.len()).filter(|&j| slots[j] != 0.0).collect();
+                        ids = keep.iter().map(|&j| ids[j]).collect();
+                        rows = crate::data::select_rows(&rows, dim, &keep);
+                    }
+                    parts.push((ids, rows));
                 }
                 var.as_tensor().inplace_op1(&SparseStep { state, k, parts, dim, lazy: c.lazy })?;
             }

@@ -43,6 +43,25 @@ pub fn candle_device(d: Device) -> Result<candle_core::Device> {
     }
 }
 
+/// A bag's embeddings `[B * len, dim]` pooled by its slot weights `w` `[B, len]` into
+/// `[B, dim]`: one batched matmul for sum and mean (the weights carry the mean's
+/// division); for max, padding slots are pushed far below any embedding and an empty
+/// row gives zeros.
+fn pool(e: &Tensor, w: &Tensor, pooling: crate::ir::Pooling) -> Result<Tensor> {
+    let (b, len) = w.dims2()?;
+    let dim = e.dim(1)?;
+    let e = e.reshape((b, len, dim))?;
+    match pooling {
+        crate::ir::Pooling::Sum | crate::ir::Pooling::Mean => w.unsqueeze(1)?.matmul(&e)?.squeeze(1),
+        crate::ir::Pooling::Max => {
+            const FAR: f64 = 1e9;
+            let pushed = e.broadcast_add(&((w - 1.0)? * FAR)?.unsqueeze(2)?)?;
+            let present = w.max_keepdim(1)?; // [B, 1]: 1 unless the row is empty
+            pushed.max(1)?.broadcast_mul(&present)
+        }
+    }
+}
+
 /// The candle backend for one device.
 pub struct CandleBackend {
     pub device: candle_core::Device,
@@ -58,8 +77,10 @@ impl Backend for CandleBackend {
 
 /// One minibatch on the device.
 pub struct Batch {
-    /// Per categorical feature: table rows `[B]` (u32).
+    /// Per categorical feature: table rows `[B]` (u32), or `[B, len]` for a bag.
     pub cat: Vec<Tensor>,
+    /// Per categorical feature: a bag's slot weights `[B, len]` (see `data::BagRows`).
+    pub bags: Vec<Option<Tensor>>,
     /// All dense values `[B, dense_width]`, or None when the model has no dense input.
     pub dense: Option<Tensor>,
     /// Per task: labels `[B]` (missing ones as 0), or None when the data has none for
@@ -74,23 +95,29 @@ impl Batch {
     /// Gathers rows `idx` of `ds` into device tensors.
     pub fn gather(ds: &Dataset, idx: &[usize], device: &candle_core::Device) -> Result<Batch> {
         let b = idx.len();
-        let cat = ds
-            .cat
-            .iter()
-            .map(|c| Tensor::from_vec(idx.iter().map(|&i| c[i]).collect::<Vec<u32>>(), b, device))
-            .collect::<Result<Vec<_>>>()?;
+        let mut cat = Vec::with_capacity(ds.cat.len());
+        let mut bags = Vec::with_capacity(ds.cat.len());
+        for (i, c) in ds.cat.iter().enumerate() {
+            match ds.bags.get(i).and_then(Option::as_ref) {
+                Some(bag) => {
+                    let l = bag.len;
+                    cat.push(Tensor::from_vec(crate::data::select_rows(c, l, idx), (b, l), device)?);
+                    bags.push(Some(Tensor::from_vec(crate::data::select_rows(&bag.weights, l, idx), (b, l), device)?));
+                }
+                None => {
+                    cat.push(Tensor::from_vec(idx.iter().map(|&i| c[i]).collect::<Vec<u32>>(), b, device)?);
+                    bags.push(None);
+                }
+            }
+        }
         let w = ds.dense_width;
         let dense = if w > 0 {
-            let mut v = Vec::with_capacity(b * w);
-            for &i in idx {
-                v.extend_from_slice(&ds.dense[i * w..(i + 1) * w]);
-            }
-            Some(Tensor::from_vec(v, (b, w), device)?)
+            Some(Tensor::from_vec(crate::data::select_rows(&ds.dense, w, idx), (b, w), device)?)
         } else {
             None
         };
         let (labels, masks) = label_columns(ds, |l| idx.iter().map(|&i| l[i]).collect(), device)?;
-        Ok(Batch { cat, dense, labels, masks, size: b })
+        Ok(Batch { cat, bags, dense, labels, masks, size: b })
     }
 
     /// Rows `start..start + len` of the batch (views, no copy).
@@ -99,6 +126,7 @@ impl Batch {
         let opt = |t: &Option<Tensor>| t.as_ref().map(cut).transpose();
         Ok(Batch {
             cat: self.cat.iter().map(cut).collect::<Result<_>>()?,
+            bags: self.bags.iter().map(opt).collect::<Result<_>>()?,
             dense: opt(&self.dense)?,
             labels: self.labels.iter().map(opt).collect::<Result<_>>()?,
             masks: self.masks.iter().map(opt).collect::<Result<_>>()?,
@@ -141,6 +169,7 @@ fn label_columns(
 /// per batch. Labels come with their masks made (NaN: missing).
 pub struct Resident {
     cat: Vec<Tensor>,
+    bags: Vec<Option<Tensor>>,
     dense: Option<Tensor>,
     labels: Vec<Option<Tensor>>,
     masks: Vec<Option<Tensor>>,
@@ -154,16 +183,30 @@ pub const RESIDENT_MAX_BYTES: usize = 16 << 30;
 impl Resident {
     /// The dataset's bytes once resident (ids, dense values, labels and masks).
     pub fn bytes(ds: &Dataset) -> usize {
-        4 * ds.rows * (ds.cat.len() + ds.dense_width + 2 * ds.labels.iter().filter(|l| !l.is_empty()).count())
+        let cat: usize = (0..ds.cat.len()).map(|i| ds.cat_len(i) * if ds.cat_len(i) > 1 { 2 } else { 1 }).sum();
+        4 * ds.rows * (cat + ds.dense_width + 2 * ds.labels.iter().filter(|l| !l.is_empty()).count())
     }
 
     pub fn upload(ds: &Dataset, device: &candle_core::Device) -> Result<Resident> {
         let n = ds.rows;
-        let cat = ds.cat.iter().map(|c| Tensor::from_slice(c, n, device)).collect::<Result<Vec<_>>>()?;
+        let mut cat = Vec::with_capacity(ds.cat.len());
+        let mut bags = Vec::with_capacity(ds.cat.len());
+        for (i, c) in ds.cat.iter().enumerate() {
+            match ds.bags.get(i).and_then(Option::as_ref) {
+                Some(bag) => {
+                    cat.push(Tensor::from_slice(c, (n, bag.len), device)?);
+                    bags.push(Some(Tensor::from_slice(&bag.weights, (n, bag.len), device)?));
+                }
+                None => {
+                    cat.push(Tensor::from_slice(c, n, device)?);
+                    bags.push(None);
+                }
+            }
+        }
         let dense =
             if ds.dense_width > 0 { Some(Tensor::from_slice(&ds.dense, (n, ds.dense_width), device)?) } else { None };
         let (labels, masks) = label_columns(ds, |l| l.to_vec(), device)?;
-        Ok(Resident { cat, dense, labels, masks, rows: n, device: device.clone() })
+        Ok(Resident { cat, bags, dense, labels, masks, rows: n, device: device.clone() })
     }
 
     /// The rows `idx` (`[B]` u32 on the same device) as a batch.
@@ -172,6 +215,7 @@ impl Resident {
         let opt = |t: &Option<Tensor>| t.as_ref().map(pick).transpose();
         Ok(Batch {
             cat: self.cat.iter().map(pick).collect::<Result<_>>()?,
+            bags: self.bags.iter().map(opt).collect::<Result<_>>()?,
             dense: opt(&self.dense)?,
             labels: self.labels.iter().map(opt).collect::<Result<_>>()?,
             masks: self.masks.iter().map(opt).collect::<Result<_>>()?,
@@ -251,6 +295,9 @@ pub struct Lookup {
     pub ids: Tensor,
     /// The looked-up embeddings, `[B, dim]`.
     pub leaf: Var,
+    /// A bag's slot weights `[B * len]`: a padding slot (weight 0) is no lookup, so
+    /// that `lazy_adam` leaves its row alone (on the CPU; a CUDA step still counts it).
+    pub slots: Option<Tensor>,
 }
 
 pub struct Tower {
@@ -455,8 +502,10 @@ impl CandleModel {
         let (mut cat_i, mut dense_off) = (0, 0);
         for (f, emb) in self.ir.features.iter().zip(&self.embeddings) {
             match (&f.kind, emb) {
-                (FeatureKind::Categorical { .. }, Some(table)) => {
-                    let ids = &batch.cat[cat_i];
+                (FeatureKind::Categorical { bag, .. }, Some(table)) => {
+                    // A bag's ids `[B, len]` are looked up as `[B * len]` and pooled.
+                    let ids = &batch.cat[cat_i].flatten_all()?;
+                    let weights = batch.bags.get(cat_i).and_then(Option::as_ref);
                     cat_i += 1;
                     let e = match lookups.as_deref_mut() {
                         Some(lookups) => {
@@ -466,10 +515,16 @@ impl CandleModel {
                             let var = var
                                 .ok_or_else(|| candle_core::Error::Msg("embedding table is not a parameter".into()))?;
                             let e = leaf.as_tensor().clone();
-                            lookups.push(Lookup { var, ids: ids.clone(), leaf });
+                            let slots = weights.map(Tensor::flatten_all).transpose()?;
+                            lookups.push(Lookup { var, ids: ids.clone(), leaf, slots });
                             e
                         }
                         None => table.as_tensor().index_select(ids, 0)?, // [B, dim]
+                    };
+                    let e = match (bag, weights) {
+                        (Some(bag), Some(w)) => pool(&e, w, bag.pooling)?,
+                        (None, None) => e,
+                        _ => return Err(candle_core::Error::Msg(format!("feature `{}`: batch and bag disagree", f.name))),
                     };
                     pieces.push(e.clone());
                     looked_up.push(Some(e));

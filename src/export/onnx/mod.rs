@@ -318,13 +318,54 @@ fn value_info(name: &str, elem: i32, dims: &[Option<i64>], doc: &str) -> ValueIn
     }
 }
 
+/// A categorical's metadata, with how a bag's values fill its `max_len` columns of
+/// `categorical` and of `bag_weights`.
+fn with_bag(bag: Option<&crate::ir::Bag>, mut entry: serde_json::Value) -> serde_json::Value {
+    if let (Some(b), Some(obj)) = (bag, entry.as_object_mut()) {
+        obj.insert(
+            "bag".into(),
+            serde_json::json!({
+                "max_len": b.max_len,
+                "separator": b.separator,
+                "pooling": b.pooling.as_str(),
+                "weights_column": b.weights,
+                "rule": "the cell's values (split on the separator, trimmed, empty ones dropped; for max pooling each table row once), the first max_len, fill this feature's max_len columns of `categorical` (padding: row 0) and of `bag_weights`: sum pooling the value's weight (1 without a weights column), mean pooling that over the row's total, max pooling 1; padding 0",
+            }),
+        );
+    }
+    entry
+}
+
+/// A bag's looked-up embeddings `e` `[B, len, dim]` pooled by its slot weights `w`
+/// `[B, len]` into `[B, dim]`, as the candle backend's `pool` does.
+fn pool(g: &mut Graph, e: &str, w: &str, pooling: crate::ir::Pooling, len: usize, dim: usize) -> String {
+    match pooling {
+        crate::ir::Pooling::Sum | crate::ir::Pooling::Mean => {
+            let w = g.reshape(w, &[-1, 1, len as i64]);
+            let y = g.node("MatMul", &[&w, e], vec![]); // [B, 1, dim]
+            g.reshape(&y, &[-1, dim as i64])
+        }
+        crate::ir::Pooling::Max => {
+            let one = g.scalar(1.0);
+            let far = g.scalar(1e9);
+            let off = g.node("Sub", &[w, &one], vec![]);
+            let off = g.node("Mul", &[&off, &far], vec![]);
+            let off = g.reshape(&off, &[-1, len as i64, 1]);
+            let pushed = g.node("Add", &[e, &off], vec![]);
+            let max = g.node("ReduceMax", &[&pushed], vec![ints_attr("axes", vec![1]), int_attr("keepdims", 0)]);
+            let present = g.node("ReduceMax", &[w], vec![ints_attr("axes", vec![1]), int_attr("keepdims", 1)]);
+            g.node("Mul", &[&max, &present], vec![])
+        }
+    }
+}
+
 /// What a client needs to turn raw values into the graph's inputs, as JSON.
 pub fn encoding_metadata(model: &Model) -> serde_json::Value {
     let mut categorical = Vec::new();
     let mut dense = Vec::new();
     for f in &model.features {
         match &f.kind {
-            FeatureKind::Categorical { encoding, .. } => categorical.push(match encoding {
+            FeatureKind::Categorical { encoding, bag, .. } => categorical.push(with_bag(bag.as_ref(), match encoding {
                 // A feature reading another's table hashes under that feature's name.
                 Encoding::Hash { buckets } => serde_json::json!({
                     "feature": f.name, "column": f.column, "encoding": "hash", "buckets": buckets,
@@ -348,7 +389,7 @@ pub fn encoding_metadata(model: &Model) -> serde_json::Value {
                 Encoding::FitBuckets { .. } => serde_json::json!({
                     "feature": f.name, "column": f.column, "encoding": "bucketize (not fitted)",
                 }),
-            }),
+            })),
             FeatureKind::Dense { width, transform, fill } => dense.push(serde_json::json!({
                 "feature": f.name,
                 "columns": dense_columns(&f.column, *width),
@@ -387,21 +428,40 @@ pub fn encoding_metadata(model: &Model) -> serde_json::Value {
 pub fn to_onnx(model: &CandleModel) -> Result<Vec<u8>, OnnxError> {
     let ir = &model.ir;
     let mut g = Graph { nodes: Vec::new(), inits: Vec::new(), counter: 0 };
-    let n_cat = ir.features.iter().filter(|f| matches!(f.kind, FeatureKind::Categorical { .. })).count();
+    // Columns of `categorical` (a bag takes max_len) and of `bag_weights`.
+    let n_cat: usize = ir
+        .features
+        .iter()
+        .filter(|f| matches!(f.kind, FeatureKind::Categorical { .. }))
+        .map(|f| f.bag().map_or(1, |b| b.max_len))
+        .sum();
+    let n_slots: usize = ir.features.iter().filter_map(|f| f.bag()).map(|b| b.max_len).sum();
     let dense_width: usize =
         ir.features.iter().map(|f| if let FeatureKind::Dense { width, .. } = f.kind { width } else { 0 }).sum();
     // Inputs, then the concatenated input row.
     let mut pieces = Vec::new();
     let mut looked_up: Vec<Option<String>> = Vec::new();
-    let (mut cat_i, mut dense_off) = (0usize, 0usize);
+    let (mut cat_i, mut dense_off, mut slot_i) = (0usize, 0usize, 0usize);
     for (f, table) in ir.features.iter().zip(&model.embeddings) {
         match (&f.kind, table) {
-            (FeatureKind::Categorical { .. }, Some(table)) => {
-                let ids = g.gather_const("categorical", 1, &[cat_i as i64], true); // [B]
-                cat_i += 1;
+            (FeatureKind::Categorical { bag, dim, .. }, Some(table)) => {
                 let (dims, v) = values(table)?;
                 let t = g.f32s(&format!("embedding_{}", f.name), &dims, &v);
-                let e = g.node("Gather", &[&t, &ids], vec![int_attr("axis", 0)]); // [B, dim]
+                let e = match bag {
+                    None => {
+                        let ids = g.gather_const("categorical", 1, &[cat_i as i64], true); // [B]
+                        cat_i += 1;
+                        g.node("Gather", &[&t, &ids], vec![int_attr("axis", 0)]) // [B, dim]
+                    }
+                    Some(b) => {
+                        let len = b.max_len;
+                        let ids = g.slice("categorical", 1, cat_i, cat_i + len); // [B, len]
+                        let w = g.slice("bag_weights", 1, slot_i, slot_i + len); // [B, len]
+                        (cat_i, slot_i) = (cat_i + len, slot_i + len);
+                        let e = g.node("Gather", &[&t, &ids], vec![int_attr("axis", 0)]); // [B, len, dim]
+                        pool(&mut g, &e, &w, b.pooling, len, *dim)
+                    }
+                };
                 pieces.push(e.clone());
                 looked_up.push(Some(e));
             }
@@ -537,6 +597,14 @@ pub fn to_onnx(model: &CandleModel) -> Result<Vec<u8>, OnnxError> {
             data_type::FLOAT,
             &[None, Some(dense_width as i64)],
             "transformed dense values, in spec order",
+        ));
+    }
+    if n_slots > 0 {
+        inputs.push(value_info(
+            "bag_weights",
+            data_type::FLOAT,
+            &[None, Some(n_slots as i64)],
+            "the pooling weight of each slot of each bag feature (max_len each), in spec order",
         ));
     }
     let graph = proto::GraphProto {

@@ -405,6 +405,10 @@ impl Builder {
             table: None,
             bucketize: None,
             boundaries: None,
+            max_len: None,
+            separator: None,
+            pooling: None,
+            weights: None,
         };
         for opt in inner {
             match opt.as_rule() {
@@ -425,6 +429,10 @@ impl Builder {
                     f.table = self.take_str(&mut a, "table");
                     f.bucketize = self.take_u64(&mut a, "bucketize");
                     f.boundaries = self.take_numbers(&mut a, "boundaries");
+                    f.max_len = self.take_u64(&mut a, "max_len");
+                    f.separator = self.take_str(&mut a, "separator");
+                    f.pooling = self.take_str(&mut a, "pooling");
+                    f.weights = self.take_str(&mut a, "weights");
                     if let Some(c) = self.take_str(&mut a, "column") {
                         self.once(&mut f.column, "column", c);
                     }
@@ -788,6 +796,10 @@ const FEATURE_KEYS: &[&str] = &[
     "table",
     "bucketize",
     "boundaries",
+    "max_len",
+    "separator",
+    "pooling",
+    "weights",
     "column",
     "embed",
 ];

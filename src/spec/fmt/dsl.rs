@@ -212,6 +212,18 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         if let Some(v) = &f.boundaries {
             a.push(sp_arg("boundaries", v, |x| nums(x)));
         }
+        if let Some(v) = &f.max_len {
+            a.push(sp_arg("max_len", v, |x| x.to_string()));
+        }
+        if let Some(v) = &f.separator {
+            a.push(sp_arg("separator", v, |x| q(x)));
+        }
+        if let Some(v) = &f.pooling {
+            a.push(sp_arg("pooling", v, |x| n(x)));
+        }
+        if let Some(v) = &f.weights {
+            a.push(sp_arg("weights", v, |x| n(x)));
+        }
         out.mark(&f.name);
         out.mark(&f.kind);
         // A group's names, wrapped before 92 columns (continuation lines indented 4).

@@ -172,6 +172,10 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         t.opt("table", &f.table, |x| q(x));
         t.opt("bucketize", &f.bucketize, |x| x.to_string());
         t.opt("boundaries", &f.boundaries, |x| list(x.iter().map(|v| num(*v))));
+        t.opt("max_len", &f.max_len, |x| x.to_string());
+        t.opt("separator", &f.separator, |x| q(x));
+        t.opt("pooling", &f.pooling, |x| q(x));
+        t.opt("weights", &f.weights, |x| q(x));
         t.write(out)?;
     }
     for c in &s.crosses {
