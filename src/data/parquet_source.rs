@@ -254,7 +254,12 @@ fn push_numbers(
 fn push_text(out: &mut Interner, array: &ArrayRef, name: &str, shown: &str, join: &str) -> Result<(), DataError> {
     let t = array.data_type();
     if let DataType::List(_) | DataType::LargeList(_) = t {
-        let lists = cast(array, &DataType::List(Arc::new(arrow_schema::Field::new_list_field(DataType::Utf8, true))), name, shown)?;
+        let lists = cast(
+            array,
+            &DataType::List(Arc::new(arrow_schema::Field::new_list_field(DataType::Utf8, true))),
+            name,
+            shown,
+        )?;
         let lists = lists.as_list::<i32>();
         let mut cell = String::new();
         for i in 0..lists.len() {

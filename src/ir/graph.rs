@@ -38,7 +38,8 @@ fn build(m: &Model) -> (Vec<Node>, Vec<(String, String, String)>) {
                     Encoding::Bucketize { boundaries } => format!("buckets {}", boundaries.len() + 1),
                     Encoding::FitBuckets { buckets } => format!("buckets {buckets} (fitted)"),
                 };
-                let pool = bag.as_ref().map_or_else(String::new, |b| format!(" → {} of ≤{}", b.pooling.as_str(), b.max_len));
+                let pool =
+                    bag.as_ref().map_or_else(String::new, |b| format!(" → {} of ≤{}", b.pooling.as_str(), b.max_len));
                 format!("{}\\n{enc} → embed [{dim}]{pool}\\nparams {}", f.name, encoding.rows() * dim)
             }
             FeatureKind::Dense { width, .. } => format!("{}\\ndense [{width}]", f.name),

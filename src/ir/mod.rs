@@ -77,8 +77,16 @@ pub struct Feature {
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeatureKind {
     /// `bag`: several values per row, pooled into one embedding of width `dim`.
-    Categorical { encoding: Encoding, dim: usize, bag: Option<Bag> },
-    Dense { width: usize, transform: Transform, fill: f32 },
+    Categorical {
+        encoding: Encoding,
+        dim: usize,
+        bag: Option<Bag>,
+    },
+    Dense {
+        width: usize,
+        transform: Transform,
+        fill: f32,
+    },
 }
 
 /// A multi-valued categorical (a multi-hot or sequence field: tags, a user's clicked

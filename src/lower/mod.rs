@@ -504,7 +504,10 @@ impl Lower {
     fn check_separators(&mut self, spec: &Spec, listed: &[spec::FeatureSpec]) {
         let delimiter = spec.data.delimiter.get_ref();
         for f in listed {
-            let Some(n) = &f.max_len else { continue };
+            // Only a categorical with a valid max_len is a bag (others have their error).
+            let Some(n) = f.max_len.as_ref().filter(|n| *n.get_ref() > 0 && f.kind.get_ref() == "categorical") else {
+                continue;
+            };
             let (sep, span) = match &f.separator {
                 Some(s) => (s.get_ref().as_str(), s.span()),
                 None => (DEFAULT_SEPARATOR, n.span()),
@@ -546,7 +549,13 @@ impl Lower {
             Some(s) => {
                 let text = s.get_ref();
                 let ok = !text.is_empty() && !text.contains(['\n', '\r', '"']);
-                self.range("separator", ok, format!("{text:?}"), "a non-empty string without quotes or line breaks", s.span());
+                self.range(
+                    "separator",
+                    ok,
+                    format!("{text:?}"),
+                    "a non-empty string without quotes or line breaks",
+                    s.span(),
+                );
                 text.clone()
             }
             None => DEFAULT_SEPARATOR.to_string(),

@@ -168,7 +168,11 @@ fn the_dsl_says_it_too_and_fmt_carries_it_across() {
     assert_eq!(from_dsl.model.features[0].kind, c.model.features[0].kind);
     assert_eq!(
         c.model.features[0].kind,
-        FeatureKind::Categorical { encoding: Encoding::Bucketize { boundaries: vec![18.0, 30.5, 65.0] }, dim: 4 }
+        FeatureKind::Categorical {
+            encoding: Encoding::Bucketize { boundaries: vec![18.0, 30.5, 65.0] },
+            dim: 4,
+            bag: None
+        }
     );
     let back =
         format(&multigate::spec::parse(&SourceFile::from_text("b.mg", dsl.as_str())).unwrap(), None, Syntax::Toml);
@@ -178,7 +182,7 @@ fn the_dsl_says_it_too_and_fmt_carries_it_across() {
     let c = compile_ok("open.mg", &open);
     assert_eq!(
         c.model.features[0].kind,
-        FeatureKind::Categorical { encoding: Encoding::FitBuckets { buckets: 10 }, dim: 4 }
+        FeatureKind::Categorical { encoding: Encoding::FitBuckets { buckets: 10 }, dim: 4, bag: None }
     );
     assert!(c.model.to_string().contains("bucketize(10 quantile buckets fitted on the training rows + missing)"));
 }

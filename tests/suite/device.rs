@@ -222,7 +222,7 @@ fn cuda_adam_kernels_equal_the_cpu_update() {
                         let ids: Vec<u32> = (0..32).map(|i| (i % 16 + shift + s) % 50).collect();
                         let ids = Tensor::from_vec(ids, 32, dev).unwrap();
                         let leaf = Var::from_tensor(&table.as_tensor().index_select(&ids, 0).unwrap()).unwrap();
-                        Lookup { var: 0, ids, leaf }
+                        Lookup { var: 0, ids, leaf, slots: None }
                     })
                     .collect();
                 let loss = lookups

@@ -1,3 +1,4 @@
+mod bags;
 mod buckets;
 mod cli;
 mod csv_data;

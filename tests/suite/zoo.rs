@@ -70,6 +70,7 @@ fn batches_keep_every_task_at_its_index_when_one_has_no_labels() {
     let ds = Dataset {
         rows: 3,
         cat: vec![vec![0, 1, 2]],
+        bags: vec![None],
         dense: Vec::new(),
         dense_width: 0,
         labels: vec![Vec::new(), vec![1.0, f32::NAN, 0.0]],

@@ -524,7 +524,12 @@ impl CandleModel {
                     let e = match (bag, weights) {
                         (Some(bag), Some(w)) => pool(&e, w, bag.pooling)?,
                         (None, None) => e,
-                        _ => return Err(candle_core::Error::Msg(format!("feature `{}`: batch and bag disagree", f.name))),
+                        _ => {
+                            return Err(candle_core::Error::Msg(format!(
+                                "feature `{}`: batch and bag disagree",
+                                f.name
+                            )))
+                        }
                     };
                     pieces.push(e.clone());
                     looked_up.push(Some(e));
@@ -551,6 +556,20 @@ impl CandleModel {
             return pieces[0].contiguous();
         }
         Tensor::cat(&pieces, 1) // [B, input_width]
+    }
+
+    /// The concatenated input `[B, input_width]` the first layer reads, as evaluation
+    /// computes it: embeddings (bags pooled), dense values, crosses.
+    pub fn input_row(&self, batch: &Batch) -> Result<Tensor> {
+        self.inputs(batch, None)
+    }
+
+    /// [`CandleModel::input_row`] as training computes it, with the lookups whose
+    /// gradients the optimizer applies.
+    pub fn input_row_train(&self, batch: &Batch) -> Result<(Tensor, Vec<Lookup>)> {
+        let mut lookups = Vec::new();
+        let row = self.inputs(batch, Some(&mut lookups))?;
+        Ok((row, lookups))
     }
 
     /// Runs the model for evaluation (no dropout). Shapes: see [`Output`].

@@ -365,31 +365,34 @@ pub fn encoding_metadata(model: &Model) -> serde_json::Value {
     let mut dense = Vec::new();
     for f in &model.features {
         match &f.kind {
-            FeatureKind::Categorical { encoding, bag, .. } => categorical.push(with_bag(bag.as_ref(), match encoding {
-                // A feature reading another's table hashes under that feature's name.
-                Encoding::Hash { buckets } => serde_json::json!({
-                    "feature": f.name, "column": f.column, "encoding": "hash", "buckets": buckets,
-                    "hash": "xxh3_64_with_seed(utf8(hash_name + \"=\" + value), seed) % buckets",
-                    "hash_name": f.shares.map_or(&f.name, |o| &model.features[o.0].name),
-                    "seed": crate::data::hash::HASH_SEED,
-                }),
-                Encoding::Vocab { values } => serde_json::json!({
-                    "feature": f.name, "column": f.column, "encoding": "vocabulary",
-                    "values": values, "rule": "row i+1 for values[i]; row 0 for anything else",
-                }),
-                Encoding::Bucketize { boundaries } => serde_json::json!({
-                    "feature": f.name, "column": f.column, "encoding": "bucketize",
-                    "boundaries": boundaries,
-                    "rule": "row 0 for a missing value; row 1 + k for a number with k boundaries <= it",
-                }),
-                // A bundle's vocabularies and buckets are fitted; open ones have no rows to describe.
-                Encoding::FitVocab { .. } => serde_json::json!({
-                    "feature": f.name, "column": f.column, "encoding": "vocabulary (not fitted)",
-                }),
-                Encoding::FitBuckets { .. } => serde_json::json!({
-                    "feature": f.name, "column": f.column, "encoding": "bucketize (not fitted)",
-                }),
-            })),
+            FeatureKind::Categorical { encoding, bag, .. } => categorical.push(with_bag(
+                bag.as_ref(),
+                match encoding {
+                    // A feature reading another's table hashes under that feature's name.
+                    Encoding::Hash { buckets } => serde_json::json!({
+                        "feature": f.name, "column": f.column, "encoding": "hash", "buckets": buckets,
+                        "hash": "xxh3_64_with_seed(utf8(hash_name + \"=\" + value), seed) % buckets",
+                        "hash_name": f.shares.map_or(&f.name, |o| &model.features[o.0].name),
+                        "seed": crate::data::hash::HASH_SEED,
+                    }),
+                    Encoding::Vocab { values } => serde_json::json!({
+                        "feature": f.name, "column": f.column, "encoding": "vocabulary",
+                        "values": values, "rule": "row i+1 for values[i]; row 0 for anything else",
+                    }),
+                    Encoding::Bucketize { boundaries } => serde_json::json!({
+                        "feature": f.name, "column": f.column, "encoding": "bucketize",
+                        "boundaries": boundaries,
+                        "rule": "row 0 for a missing value; row 1 + k for a number with k boundaries <= it",
+                    }),
+                    // A bundle's vocabularies and buckets are fitted; open ones have no rows to describe.
+                    Encoding::FitVocab { .. } => serde_json::json!({
+                        "feature": f.name, "column": f.column, "encoding": "vocabulary (not fitted)",
+                    }),
+                    Encoding::FitBuckets { .. } => serde_json::json!({
+                        "feature": f.name, "column": f.column, "encoding": "bucketize (not fitted)",
+                    }),
+                },
+            )),
             FeatureKind::Dense { width, transform, fill } => dense.push(serde_json::json!({
                 "feature": f.name,
                 "columns": dense_columns(&f.column, *width),
@@ -451,7 +454,8 @@ pub fn to_onnx(model: &CandleModel) -> Result<Vec<u8>, OnnxError> {
                     None => {
                         let ids = g.gather_const("categorical", 1, &[cat_i as i64], true); // [B]
                         cat_i += 1;
-                        g.node("Gather", &[&t, &ids], vec![int_attr("axis", 0)]) // [B, dim]
+                        g.node("Gather", &[&t, &ids], vec![int_attr("axis", 0)])
+                        // [B, dim]
                     }
                     Some(b) => {
                         let len = b.max_len;
