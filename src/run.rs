@@ -662,6 +662,12 @@ impl Predictor {
         &self.inputs
     }
 
+    /// The separator of a bag's column (its values, or its weights), for callers that
+    /// hold a cell as a list.
+    pub fn separator(&self, column: &str) -> Option<String> {
+        self.needs.iter().find(|n| n.column == column).and_then(|n| n.separator.clone())
+    }
+
     /// Scores the rows of a frame of raw values; with `gates`, keeps every row's gate
     /// weights.
     pub fn predict_frame(&self, frame: &Frame, gates: bool) -> Result<Predictions, PredictError> {

@@ -339,12 +339,17 @@ struct Request {
     gates: bool,
 }
 
-/// A JSON value as the raw text a CSV field would hold.
-fn raw_text(v: &Value, column: &str, row: usize) -> Result<String, String> {
+/// A JSON value as the raw text a CSV field would hold. A bag's column (`join`: its
+/// separator) also takes a list of values, joined.
+fn raw_text(v: &Value, column: &str, row: usize, join: Option<&str>) -> Result<String, String> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
         Value::Null => Ok(String::new()),
+        Value::Array(items) if join.is_some() => {
+            let values = items.iter().map(|x| raw_text(x, column, row, None)).collect::<Result<Vec<_>, _>>()?;
+            Ok(values.join(join.unwrap_or_default()))
+        }
         other => Err(format!(
             "input `{column}` of instance {row}: {} is not a value (a string, a number or null)",
             match other {
@@ -356,7 +361,12 @@ fn raw_text(v: &Value, column: &str, row: usize) -> Result<String, String> {
     }
 }
 
-fn parse_request(body: &[u8], columns: &[String], max_rows: usize) -> Result<Request, String> {
+fn parse_request(
+    body: &[u8],
+    columns: &[String],
+    join: &dyn Fn(&str) -> Option<String>,
+    max_rows: usize,
+) -> Result<Request, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
     let Value::Object(top) = v else { return Err("the body must be a JSON object".into()) };
     let gates = match top.get("gates") {
@@ -387,7 +397,7 @@ fn parse_request(body: &[u8], columns: &[String], max_rows: usize) -> Result<Req
                     }
                     for (c, values) in cols.iter_mut() {
                         match m.get(c.as_str()) {
-                            Some(v) => values.push(raw_text(v, c, i)?),
+                            Some(v) => values.push(raw_text(v, c, i, join(c).as_deref())?),
                             None => return Err(format!("instance {i} lacks input `{c}`")),
                         }
                     }
@@ -402,11 +412,14 @@ fn parse_request(body: &[u8], columns: &[String], max_rows: usize) -> Result<Req
                 let mut cols = Vec::with_capacity(columns.len());
                 for c in columns {
                     let Some(v) = inputs.get(c.as_str()) else { return Err(format!("input `{c}` is missing")) };
+                    let sep = join(c);
                     let values: Vec<String> = match v {
-                        Value::Array(a) => {
-                            a.iter().enumerate().map(|(i, x)| raw_text(x, c, i)).collect::<Result<_, _>>()?
-                        }
-                        x => vec![raw_text(x, c, 0)?],
+                        Value::Array(a) => a
+                            .iter()
+                            .enumerate()
+                            .map(|(i, x)| raw_text(x, c, i, sep.as_deref()))
+                            .collect::<Result<_, _>>()?,
+                        x => vec![raw_text(x, c, 0, sep.as_deref())?],
                     };
                     match rows {
                         None => rows = Some(values.len()),
@@ -441,7 +454,7 @@ async fn predict(app: &App, rest: &str, body: &[u8]) -> (Response, usize) {
     if name != model.name {
         return (error(StatusCode::NOT_FOUND, format!("no model `{name}`; this server serves `{}`", model.name)), 0);
     }
-    let req = match parse_request(body, p.input_columns(), app.opts.max_request_rows) {
+    let req = match parse_request(body, p.input_columns(), &|c| p.separator(c), app.opts.max_request_rows) {
         Ok(r) => r,
         Err(e) => return (error(StatusCode::BAD_REQUEST, e), 0),
     };
@@ -497,4 +510,30 @@ async fn predict(app: &App, rest: &str, body: &[u8]) -> (Response, usize) {
         out.insert("warnings".into(), json!(scored.warnings));
     }
     (axum::Json(Value::Object(out)).into_response(), req.rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_request;
+
+    /// A bag's column takes a list per row (joined with its separator) in both request
+    /// forms, and also its text; another column's list is refused.
+    #[test]
+    fn a_bag_column_takes_a_list_of_values() {
+        let columns = ["item".to_string(), "history".to_string()];
+        let join = |c: &str| (c == "history").then(|| "|".to_string());
+        let rows = |body: &str| parse_request(body.as_bytes(), &columns, &join, 10).map(|r| r.columns);
+        let expected = vec![
+            ("item".to_string(), vec!["a".to_string(), "b".to_string()]),
+            ("history".to_string(), vec!["x|7".to_string(), "".to_string()]),
+        ];
+        let instances = r#"{"instances": [{"item": "a", "history": ["x", 7]}, {"item": "b", "history": []}]}"#;
+        assert_eq!(rows(instances).unwrap(), expected);
+        let inputs = r#"{"inputs": {"item": ["a", "b"], "history": [["x", 7], ""]}}"#;
+        assert_eq!(rows(inputs).unwrap(), expected);
+        let e = rows(r#"{"instances": [{"item": ["a"], "history": []}]}"#).unwrap_err();
+        assert!(e.contains("input `item` of instance 0: a list is not a value"), "{e}");
+        let e = rows(r#"{"instances": [{"item": "a", "history": [["x"]]}]}"#).unwrap_err();
+        assert!(e.contains("a list is not a value"), "{e}");
+    }
 }
