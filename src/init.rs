@@ -114,6 +114,36 @@ pub fn collision_free_buckets(feature: &str, values: &[&str]) -> usize {
 
 /// Embedding width for `n` distinct values: 4 up to a hundred, then growing with the
 /// fourth root (the usual rule of thumb), at most 32.
+/// A text column that holds several `|`-separated values per row: its distinct values
+/// (sorted) and the bag length that keeps 95% of the rows whole.
+pub struct BagProfile {
+    pub values: Vec<String>,
+    pub max_len: usize,
+}
+
+/// Whether a column reads as a bag: at least a tenth of its non-empty cells hold more
+/// than one `|`-separated value. Counts come from the interned cells (each split once).
+pub fn bag_profile(dict: &[String], codes: &[u32]) -> Option<BagProfile> {
+    let sep = crate::lower::DEFAULT_SEPARATOR;
+    let lens: Vec<usize> = dict.iter().map(|cell| crate::data::bag_values(cell, sep).count()).collect();
+    let non_empty: Vec<usize> = codes.iter().map(|&c| lens[c as usize]).filter(|&n| n > 0).collect();
+    let several = non_empty.iter().filter(|&&n| n > 1).count();
+    if non_empty.is_empty() || several * 10 < non_empty.len() {
+        return None;
+    }
+    let mut sorted = non_empty;
+    sorted.sort_unstable();
+    let p95 = sorted[(sorted.len() * 95).div_ceil(100).clamp(1, sorted.len()) - 1];
+    let values: Vec<String> = dict
+        .iter()
+        .flat_map(|cell| crate::data::bag_values(cell, sep))
+        .map(str::to_string)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Some(BagProfile { values, max_len: p95.clamp(2, crate::lower::MAX_BAG as usize) })
+}
+
 pub fn embedding_dim(n: usize) -> usize {
     if n <= 100 {
         4
@@ -254,6 +284,30 @@ pub fn init(opts: &InitOptions) -> Result<(String, Vec<Inferred>), DataError> {
         }
         if p.counts.len() == 1 {
             inferred.push(Inferred { column: column.clone(), role: "skipped: one value only".into() });
+            continue;
+        }
+        if let Some(bag) = (format.delimiter != b'|').then(|| bag_profile(dict, codes)).flatten() {
+            if bag.values.iter().all(|v| v.parse::<f64>().is_ok()) {
+                let role = "skipped: several numbers per row (a bag's weights? name it in that bag's `weights`)";
+                inferred.push(Inferred { column: column.clone(), role: role.into() });
+                continue;
+            }
+            let values: Vec<&str> = bag.values.iter().map(String::as_str).collect();
+            let buckets = collision_free_buckets(&name, &values);
+            let dim = embedding_dim(values.len());
+            features += &format!(
+                "\n[[features]]\nname = {}\n{column_key}type = \"categorical\"\nhash_buckets = {buckets}\nembedding_dim = {dim}\nmax_len = {}\npooling = \"mean\"\n",
+                quote(&name),
+                bag.max_len
+            );
+            inferred.push(Inferred {
+                column: column.clone(),
+                role: format!(
+                    "multi-valued categorical (`|`-separated), {} distinct values, up to {} per row (95th percentile) -> {buckets} buckets, embedding {dim}, mean pooling",
+                    values.len(),
+                    bag.max_len
+                ),
+            });
             continue;
         }
         if p.numeric && !(p.integer && p.counts.len() <= MAX_CODES) {

@@ -362,3 +362,34 @@ fn a_model_with_bags_trains_and_predicts_through_the_cli() {
     let (_, preds) = train_and_predict(&spec, &dir.path().join("t.csv"));
     assert_eq!(preds.lines().count(), 301, "a header and a row per input row");
 }
+
+#[test]
+fn init_makes_a_bag_of_a_multi_valued_column_and_the_spec_trains() {
+    // The generator's own history data: three bag columns, one of them weights.
+    let dir = tempfile::tempdir().unwrap();
+    let rows = dir.path().join("rows.csv");
+    let model = repo().join("models/synthetic_history.toml");
+    mg_ok(&["synth", model.to_str().unwrap(), "--rows", "2000", "--out", rows.to_str().unwrap()]);
+    let out = dir.path().join("spec.toml");
+    let (code, _, err) = super::multigate(
+        &["init", rows.to_str().unwrap(), "--label", "click", "--label", "like", "--out", out.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let said = err.split_whitespace().collect::<Vec<_>>().join(" ");
+    // history: 0..=20 values per row, uniform, so the 95th percentile is 20; keywords 5.
+    for role in [
+        "history multi-valued categorical (`|`-separated)",
+        "up to 20 per row",
+        "keywords multi-valued categorical",
+        "up to 5 per row",
+        "tag_weights skipped: several numbers per row",
+        "user categorical",
+    ] {
+        assert!(said.contains(role), "{role}: {err}");
+    }
+    let spec = std::fs::read_to_string(&out).unwrap();
+    assert!(spec.contains("name = \"history\"") && spec.contains("max_len = 20"), "{spec}");
+    let run = dir.path().join("run");
+    mg_ok(&["compile-and-train", out.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "1", "--quiet"]);
+}
