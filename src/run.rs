@@ -811,7 +811,7 @@ fn frame_from_text(needs: &[Need], columns: &[(String, Vec<String>)]) -> Result<
     let rows = columns.first().map_or(0, |c| c.1.len());
     let mut frame = Frame {
         rows,
-        origin: data::Origin { name: "request".into(), lines: Vec::new(), later: Vec::new() },
+        origin: data::Origin { name: "request".into(), lines: Vec::new(), later: Vec::new(), first_row: 0 },
         ..Default::default()
     };
     for need in needs.iter().filter(|n| !n.is_label) {

@@ -289,6 +289,28 @@ pub fn read_csv_with(
     spec_at: &dyn Fn(&Need) -> String,
     progress: &dyn Fn(u64, u64),
 ) -> Result<Frame, DataError> {
+    let mut whole = None;
+    read_csv_chunks(path, format, needs, require_labels, spec_at, progress, usize::MAX, &mut |f| {
+        whole = Some(f);
+        Ok(())
+    })?;
+    whole.ok_or_else(|| DataError::NoRows { path: path.display().to_string() })
+}
+
+/// [`read_csv_with`] in chunks: `sink` gets a frame of about `chunk_rows` rows at a
+/// time (the last one fewer), so that a file larger than memory can be read. Each
+/// frame's origin names the file and the lines of its rows.
+#[allow(clippy::too_many_arguments)]
+pub fn read_csv_chunks(
+    path: &Path,
+    format: &CsvFormat,
+    needs: &[Need],
+    require_labels: bool,
+    spec_at: &dyn Fn(&Need) -> String,
+    progress: &dyn Fn(u64, u64),
+    chunk_rows: usize,
+    sink: &mut dyn FnMut(Frame) -> Result<(), DataError>,
+) -> Result<(), DataError> {
     let shown = path.display().to_string();
     let total = std::fs::metadata(path).map_or(0, |m| m.len());
     let opened = open(path, format.delimiter)?;
@@ -353,6 +375,16 @@ pub fn read_csv_with(
     let ctx =
         RowContext { shown: &shown, format, header_len: header.len(), slots: &slots, kinds: &kinds, names: &names };
     let mut rows = Rows::new(&ctx);
+    // Rows handed to `sink` so far.
+    let mut emitted = 0usize;
+    let mut flush = |rows: &mut Rows, at_least: usize| -> Result<(), DataError> {
+        if rows.lines.len() >= at_least.max(1) {
+            let frame = rows.take_frame();
+            emitted += frame.rows;
+            sink(frame)?;
+        }
+        Ok(())
+    };
     // Quote-free stretches of the file are parsed on worker threads, in order; from the
     // first quote on (a quoted field may hold a line break) the rest is read in one go.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
@@ -369,6 +401,7 @@ pub fn read_csv_with(
                 // Everything from here in one reader: the block, then the rest of the file.
                 while let Some(h) = running.pop_front() {
                     rows.append(h.join().map_err(|_| DataError::Other("a CSV parser thread panicked".into()))??);
+                    flush(&mut rows, chunk_rows)?;
                 }
                 // The block, the partial line read after it, then the rest of the file.
                 let carried = std::mem::take(&mut blocks.carry);
@@ -376,7 +409,7 @@ pub fn read_csv_with(
                     std::io::Cursor::new(std::mem::take(&mut block)),
                     std::io::Cursor::new(carried),
                 );
-                rows.parse(std::io::Read::chain(rest, &mut raw), line, gzip_at)?;
+                rows.parse(std::io::Read::chain(rest, &mut raw), line, gzip_at, &mut |r| flush(r, chunk_rows))?;
                 return Ok(());
             }
             let lines_in = memchr::memchr_iter(b'\n', &block).count() as u64;
@@ -385,13 +418,14 @@ pub fn read_csv_with(
             let start = line;
             running.push_back(scope.spawn(move || {
                 let mut r = Rows::new(ctx);
-                r.parse(&this[..], start, || None)?;
+                r.parse(&this[..], start, || None, &mut |_| Ok(()))?;
                 Ok(r)
             }));
             line += lines_in;
             if running.len() >= workers {
                 if let Some(h) = running.pop_front() {
                     rows.append(h.join().map_err(|_| DataError::Other("a CSV parser thread panicked".into()))??);
+                    flush(&mut rows, chunk_rows)?;
                 }
             }
             progress(consumed.load(Ordering::Relaxed), total);
@@ -400,6 +434,7 @@ pub fn read_csv_with(
                 // before it (whose own errors come first).
                 while let Some(h) = running.pop_front() {
                     rows.append(h.join().map_err(|_| DataError::Other("a CSV parser thread panicked".into()))??);
+                    flush(&mut rows, chunk_rows)?;
                 }
                 let problem = read_problem(&e, gzip_at());
                 let at = format!("{shown}:{line}");
@@ -413,22 +448,21 @@ pub fn read_csv_with(
         }
         while let Some(h) = running.pop_front() {
             rows.append(h.join().map_err(|_| DataError::Other("a CSV parser thread panicked".into()))??);
+            flush(&mut rows, chunk_rows)?;
         }
         Ok(())
     })?;
     progress(total, total);
-    if rows.lines.is_empty() {
+    // The last rows (and the count of rows skipped after the last chunk).
+    if !rows.lines.is_empty() || (emitted > 0 && rows.skipped.total > 0) {
+        let frame = rows.take_frame();
+        emitted += frame.rows;
+        sink(frame)?;
+    }
+    if emitted == 0 {
         return Err(DataError::NoRows { path: shown });
     }
-    let Rows { builders, lines, skipped, .. } = rows;
-    let columns = builders
-        .into_iter()
-        .map(|b| match b {
-            Builder::Num(v) => Column::Num(v),
-            Builder::Cat(i) => i.finish(),
-        })
-        .collect();
-    Ok(Frame { names, columns, rows: lines.len(), origin: Origin { name: shown, lines, later: Vec::new() }, skipped })
+    Ok(())
 }
 
 /// A file read in blocks of about [`Blocks::SIZE`] bytes that end at a line break (the
@@ -524,12 +558,29 @@ impl<'a> Rows<'a> {
         Rows { ctx, builders, lines: Vec::new(), skipped: Skipped::default(), numbers: vec![0.0; ctx.kinds.len()] }
     }
 
-    /// Reads every record of `input`, whose first line is line `first_line` of the file.
+    /// The rows read so far as a frame; this starts over empty.
+    fn take_frame(&mut self) -> Frame {
+        let fresh = Rows::new(self.ctx);
+        let Rows { builders, lines, skipped, .. } = std::mem::replace(self, fresh);
+        let columns = builders
+            .into_iter()
+            .map(|b| match b {
+                Builder::Num(v) => Column::Num(v),
+                Builder::Cat(i) => i.finish(),
+            })
+            .collect();
+        let origin = Origin { name: self.ctx.shown.to_string(), lines, later: Vec::new(), first_row: 0 };
+        Frame { names: self.ctx.names.to_vec(), columns, rows: origin.lines.len(), origin, skipped }
+    }
+
+    /// Reads every record of `input`, whose first line is line `first_line` of the file,
+    /// calling `after` after each row taken (to hand on full chunks).
     fn parse(
         &mut self,
         input: impl Read,
         first_line: u64,
         gzip_offset: impl Fn() -> Option<u64>,
+        after: &mut dyn FnMut(&mut Rows<'a>) -> Result<(), DataError>,
     ) -> Result<(), DataError> {
         let ctx = self.ctx;
         let mut rdr = csv::ReaderBuilder::new()
@@ -563,6 +614,7 @@ impl<'a> Rows<'a> {
             }
             let line = first_line + record.position().map_or(1, |p| p.line()) - 1;
             self.take(&record, line)?;
+            after(self)?;
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Origin {
     pub lines: Vec<u64>,
     /// Further parts appended ([`Frame::append`]): rows from the index on are theirs.
     pub later: Vec<(usize, Origin)>,
+    /// Without `lines`: the rows of the file before these (a chunk of a file).
+    pub first_row: usize,
 }
 
 impl Origin {
@@ -47,7 +49,7 @@ impl Origin {
         }
         match self.lines.get(row) {
             Some(line) => format!("{}:{line}", self.name),
-            None => format!("{} row {}", self.name, row + 1),
+            None => format!("{} row {}", self.name, self.first_row + row + 1),
         }
     }
 }

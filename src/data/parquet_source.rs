@@ -54,6 +54,27 @@ pub fn read_parquet(
     spec_at: &dyn Fn(&Need) -> String,
     progress: &dyn Fn(u64, u64),
 ) -> Result<Frame, DataError> {
+    let mut whole = None;
+    read_parquet_chunks(path, needs, require_labels, skip_bad_rows, spec_at, progress, usize::MAX, &mut |f| {
+        whole = Some(f);
+        Ok(())
+    })?;
+    whole.ok_or_else(|| DataError::NoRows { path: path.display().to_string() })
+}
+
+/// [`read_parquet`] in chunks: `sink` gets a frame of about `chunk_rows` rows at a time
+/// (whole record batches), so that a file larger than memory can be read.
+#[allow(clippy::too_many_arguments)]
+pub fn read_parquet_chunks(
+    path: &Path,
+    needs: &[Need],
+    require_labels: bool,
+    skip_bad_rows: bool,
+    spec_at: &dyn Fn(&Need) -> String,
+    progress: &dyn Fn(u64, u64),
+    chunk_rows: usize,
+    sink: &mut dyn FnMut(Frame) -> Result<(), DataError>,
+) -> Result<(), DataError> {
     let shown = path.display().to_string();
     let size = std::fs::metadata(path).map_or(0, |m| m.len());
     let (file, meta) = open(path)?;
@@ -114,7 +135,9 @@ pub fn read_parquet(
     let reader = b.with_projection(mask).with_batch_size(BATCH).build().map_err(|e| corrupt(path, e))?;
 
     let mut rows = 0usize;
-    // Rows with a value that is not a number (skipped when `skip_bad_rows`).
+    // The rows of the file before the chunk being read, and the chunk's rows.
+    let (mut base, mut emitted) = (0usize, 0usize);
+    // Rows of the chunk with a value that is not a number (skipped when `skip_bad_rows`).
     let mut bad: Vec<(usize, String)> = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| DataError::BadRow {
@@ -129,7 +152,9 @@ pub fn read_parquet(
             match sink {
                 Sink::Num(v) => {
                     let before = v.len();
-                    push_numbers(v, array, name, &at, skip_bad_rows.then_some(&mut bad))?;
+                    let mut here = Vec::new();
+                    push_numbers(v, array, name, &at, skip_bad_rows.then_some(&mut here))?;
+                    bad.extend(here.into_iter().map(|(i, p)| (i + rows - base, p)));
                     debug_assert_eq!(v.len() - before, batch.num_rows());
                 }
                 Sink::Cat(interner) => push_text(interner, array, name, &shown, join)?,
@@ -139,25 +164,51 @@ pub fn read_parquet(
         if total_rows > 0 {
             progress((rows as u64).saturating_mul(size) / total_rows, size);
         }
+        if rows - base >= chunk_rows {
+            let frame = chunk_frame(&names, &mut sinks, rows - base, std::mem::take(&mut bad), &shown, base);
+            emitted += frame.rows;
+            sink(frame)?;
+            base = rows;
+        }
     }
     progress(size, size);
-    if rows == 0 {
+    if rows > base {
+        let frame = chunk_frame(&names, &mut sinks, rows - base, bad, &shown, base);
+        emitted += frame.rows;
+        sink(frame)?;
+    }
+    if rows == 0 || (emitted == 0 && !skip_bad_rows) {
         return Err(DataError::NoRows { path: shown });
     }
+    Ok(())
+}
+
+/// The chunk of `n` rows held in `sinks` as a frame (the sinks start over), rows with
+/// a `bad` value (index within the chunk) dropped and counted; the chunk starts after
+/// `base` rows of the file.
+fn chunk_frame(
+    names: &[String],
+    sinks: &mut [Sink],
+    n: usize,
+    bad: Vec<(usize, String)>,
+    shown: &str,
+    base: usize,
+) -> Frame {
     let mut columns: Vec<Column> = sinks
-        .into_iter()
+        .iter_mut()
         .map(|s| match s {
-            Sink::Num(v) => Column::Num(v),
-            Sink::Cat(i) => i.finish(),
+            Sink::Num(v) => Column::Num(std::mem::take(v)),
+            Sink::Cat(i) => std::mem::take(i).finish(),
         })
         .collect();
     let mut skipped = super::Skipped::default();
+    let mut rows = n;
     if !bad.is_empty() {
-        let mut drop = vec![false; rows];
+        let mut drop = vec![false; n];
         for (row, problem) in &bad {
             if !drop[*row] {
                 drop[*row] = true;
-                skipped.add("unparsable number", &format!("{shown} row {}", row + 1), problem);
+                skipped.add("unparsable number", &format!("{shown} row {}", base + row + 1), problem);
             }
         }
         for c in &mut columns {
@@ -170,8 +221,10 @@ pub fn read_parquet(
         }
         rows -= drop.iter().filter(|d| **d).count();
     }
-    // Without line numbers, errors name the row of the file; skipped rows shift them.
-    Ok(Frame { names, columns, rows, origin: Origin { name: shown, lines: Vec::new(), later: Vec::new() }, skipped })
+    // Without line numbers, errors name the row of the file (`base` rows before this
+    // chunk); skipped rows shift them.
+    let origin = Origin { name: shown.to_string(), lines: Vec::new(), later: Vec::new(), first_row: base };
+    Frame { names: names.to_vec(), columns, rows, origin, skipped }
 }
 
 fn is_text(t: &DataType) -> bool {

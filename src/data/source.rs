@@ -173,6 +173,27 @@ pub fn read_part(
     spec_at: &dyn Fn(&Need) -> String,
     progress: &dyn Fn(u64, u64),
 ) -> Result<Frame, DataError> {
+    let mut whole = None;
+    read_part_chunks(part, csv, needs, require_labels, spec_at, progress, usize::MAX, &mut |f| {
+        whole = Some(f);
+        Ok(())
+    })?;
+    whole.ok_or_else(|| DataError::NoRows { path: part.path.display().to_string() })
+}
+
+/// [`read_part`] in chunks of about `chunk_rows` rows, each handed to `sink` (the
+/// partition keys added to each).
+#[allow(clippy::too_many_arguments)]
+pub fn read_part_chunks(
+    part: &Part,
+    csv: &CsvFormat,
+    needs: &[Need],
+    require_labels: bool,
+    spec_at: &dyn Fn(&Need) -> String,
+    progress: &dyn Fn(u64, u64),
+    chunk_rows: usize,
+    sink: &mut dyn FnMut(Frame) -> Result<(), DataError>,
+) -> Result<(), DataError> {
     let from_keys = |n: &Need| part.keys.iter().any(|(k, _)| *k == n.column);
     let file_header = match part.keys.is_empty() {
         true => None,
@@ -184,12 +205,37 @@ pub fn read_part(
         .filter(|n| !(from_keys(n) && file_header.as_ref().is_some_and(|h| !h.contains(&n.column))))
         .cloned()
         .collect();
-    let mut frame = match format_of(&part.path) {
-        FileFormat::Csv => csv_source::read_csv_with(&part.path, csv, &of_file, require_labels, spec_at, progress)?,
-        FileFormat::Parquet => {
-            parquet_source::read_parquet(&part.path, &of_file, require_labels, csv.skip_bad_rows, spec_at, progress)?
-        }
+    let mut with_keys = |mut frame: Frame| -> Result<(), DataError> {
+        add_keys(part, needs, &of_file, &mut frame)?;
+        sink(frame)
     };
+    match format_of(&part.path) {
+        FileFormat::Csv => csv_source::read_csv_chunks(
+            &part.path,
+            csv,
+            &of_file,
+            require_labels,
+            spec_at,
+            progress,
+            chunk_rows,
+            &mut with_keys,
+        ),
+        FileFormat::Parquet => parquet_source::read_parquet_chunks(
+            &part.path,
+            &of_file,
+            require_labels,
+            csv.skip_bad_rows,
+            spec_at,
+            progress,
+            chunk_rows,
+            &mut with_keys,
+        ),
+    }
+}
+
+/// The columns of `needs` the file did not give (`of_file` are those it did), from the
+/// partition keys of its path.
+fn add_keys(part: &Part, needs: &[Need], of_file: &[Need], frame: &mut Frame) -> Result<(), DataError> {
     for need in needs.iter().filter(|n| !of_file.contains(n)) {
         let Some((_, value)) = part.keys.iter().find(|(k, _)| *k == need.column) else { continue };
         let column = match need.kind {
@@ -212,7 +258,7 @@ pub fn read_part(
         frame.names.push(need.column.clone());
         frame.columns.push(column);
     }
-    Ok(frame)
+    Ok(())
 }
 
 /// Reads every part of a data path into one frame (rows in part order).

@@ -72,7 +72,7 @@ pub fn funnel_frame(model: &Model, cardinality: usize, rows: usize, seed: u64) -
         names,
         columns,
         rows,
-        origin: Origin { name: "synthetic funnel data".into(), lines: Vec::new(), later: Vec::new() },
+        origin: Origin { name: "synthetic funnel data".into(), lines: Vec::new(), later: Vec::new(), first_row: 0 },
         skipped: Default::default(),
     }
 }
@@ -150,7 +150,7 @@ pub fn mmoe_frame(model: &Model, p: &MmoeParams, rows: usize, seed: u64) -> Fram
         names,
         columns,
         rows,
-        origin: Origin { name: "synthetic mmoe data".into(), lines: Vec::new(), later: Vec::new() },
+        origin: Origin { name: "synthetic mmoe data".into(), lines: Vec::new(), later: Vec::new(), first_row: 0 },
         skipped: Default::default(),
     }
 }
@@ -318,7 +318,12 @@ pub fn categorical_frame(model: &Model, cardinality: usize, rows: usize, seed: u
         names,
         columns,
         rows,
-        origin: Origin { name: "synthetic categorical data".into(), lines: Vec::new(), later: Vec::new() },
+        origin: Origin {
+            name: "synthetic categorical data".into(),
+            lines: Vec::new(),
+            later: Vec::new(),
+            first_row: 0,
+        },
         skipped: Default::default(),
     }
 }
