@@ -75,6 +75,13 @@ pub enum Event<'a> {
         validation: usize,
         test: usize,
     },
+    /// Streamed training rows skipped as broken in the first epoch (each epoch reads
+    /// them again and checks the cap), of the rows read; `warn`: show them.
+    StreamSkipped {
+        skipped: &'a data::Skipped,
+        read: u64,
+        warn: bool,
+    },
     /// Continuing from a checkpoint; `complete` when that run had already finished its
     /// epochs or stopped early (then nothing is trained, the bundle is written).
     Resumed {
@@ -477,6 +484,10 @@ fn fit_open(
     observer: &mut dyn Observer,
 ) -> Result<(crate::spec::Spec, Compiled), RunError> {
     let fitted = data::fit::fit(&compiled.model, &compiled.data, opts.data.as_deref(), locate)?;
+    if let (Some(s), false) = (compiled.data.stream, fitted.is_empty()) {
+        observer
+            .on(&Event::Warning(data::fit::STREAM_FIT_NOTE.replace("`shuffle_buffer`", &s.shuffle_buffer.to_string())));
+    }
     pin_fitted(src, compiled, fitted, observer)
 }
 
@@ -557,6 +568,9 @@ struct Watch<'a> {
 impl TrainObserver for Watch<'_> {
     fn step(&mut self, epoch: usize, step: u64, losses: &[f32]) {
         self.observer.on(&Event::Step { epoch, step, losses });
+    }
+    fn streamed(&mut self, skipped: &data::Skipped, read: u64, warn: bool) {
+        self.observer.on(&Event::StreamSkipped { skipped, read, warn });
     }
     fn epoch(&mut self, end: &EpochEnd) -> Result<(), String> {
         self.observer.on(&Event::Epoch(end.report));

@@ -106,7 +106,14 @@ impl Observer for Printer {
             }
             Event::DataLoaded { info, train, validation, test } => {
                 self.steps_per_epoch = train.div_ceil(self.batch_size.max(1)) as u64;
-                say!(self, "data: {} (train {train}, validation {validation}, test {test})", info.source);
+                match info.streamed {
+                    Some(buffer) => say!(
+                        self,
+                        "data: {} (train streamed, shuffle buffer {buffer} rows; validation {validation}, test {test})",
+                        info.source
+                    ),
+                    None => say!(self, "data: {} (train {train}, validation {validation}, test {test})", info.source),
+                }
                 if let (Some(r), Some(p)) = (info.label_correlation, self.relatedness) {
                     say!(self, "synthetic labels: Pearson correlation {r:.4} (task relatedness p = {p})");
                 }
@@ -144,6 +151,19 @@ impl Observer for Printer {
                         for f in &info.skipped.first {
                             say!(self, "  skipped {f}");
                         }
+                    }
+                }
+            }
+            Event::StreamSkipped { skipped, read, warn } => {
+                say!(
+                    self,
+                    "streamed training rows: skipped {} bad row(s) of {read} read: {}",
+                    skipped.total,
+                    skipped.summary()
+                );
+                if *warn {
+                    for f in &skipped.first {
+                        say!(self, "  skipped {f}");
                     }
                 }
             }
@@ -257,7 +277,10 @@ impl Observer for JsonLog {
             }
             Event::DataLoaded { info, train, validation, test } => json!({"event": "data", "source": info.source,
                 "train": train, "validation": validation, "test": test, "bad_rows": info.skipped,
-                "labels": info.labels}),
+                "labels": info.labels, "streamed": info.streamed}),
+            Event::StreamSkipped { skipped, read, .. } => {
+                json!({"event": "stream_skipped", "bad_rows": skipped, "read": read})
+            }
             Event::Resumed { checkpoint, epochs_done, complete } => json!({"event": "resumed",
                 "checkpoint": checkpoint, "epochs_done": epochs_done, "complete": complete}),
             Event::NoCheckpoint { checkpoint } => json!({"event": "no_checkpoint", "checkpoint": checkpoint}),

@@ -144,7 +144,9 @@ pub fn fit(
 }
 
 /// The training rows of `data` (before any held-out split), the columns `wanted` only:
-/// the generator's rows, the spec's training files, or `train_override`.
+/// the generator's rows, the spec's training files, or `train_override`. Streamed
+/// files give their first `shuffle_buffer` rows (a sample of data that may not fit in
+/// memory: [`STREAM_FIT_NOTE`]).
 pub fn training_frames(
     model: &Model,
     data: &DataConfig,
@@ -152,7 +154,13 @@ pub fn training_frames(
     wanted: &[Need],
     spec_at: &dyn Fn(&Need) -> String,
 ) -> Result<Vec<Frame>, DataError> {
-    match (super::source::training_files(data, train_override)?, &data.source) {
+    let files = super::source::training_files(data, train_override)?;
+    if let (Some((parts, _, format)), Some(config)) = (&files, data.stream) {
+        let s =
+            super::stream::Stream::new(model, parts.clone(), format.clone(), config, data.bad_rows.clone(), spec_at);
+        return s.sample(wanted, config.shuffle_buffer);
+    }
+    match (files, &data.source) {
         (Some((parts, _, format)), _) => parts
             .iter()
             .map(|part| super::source::read_part(part, &format, wanted, true, spec_at, &|_, _| {}))
@@ -161,6 +169,9 @@ pub fn training_frames(
         (None, DataSource::Csv(_)) => unreachable!("a CSV source always has training files"),
     }
 }
+
+/// What a streamed run's fitted statistics were fitted on.
+pub const STREAM_FIT_NOTE: &str = "statistics fitted on the first `shuffle_buffer` training rows (streamed data); pin them (`multigate fit`) to fit on more";
 
 /// Fits every open statistic of `model` on rows already read (`frames`).
 pub fn fit_on_frames(model: &Model, frames: &[Frame]) -> Result<Fits, DataError> {

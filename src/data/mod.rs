@@ -15,6 +15,7 @@ pub mod hash;
 pub mod parquet_source;
 pub mod ranges;
 pub mod source;
+pub mod stream;
 pub mod synthetic;
 
 pub use frame::{Column, Frame, Origin, Skipped};
@@ -37,6 +38,9 @@ pub enum DataError {
     NoRows { path: String },
     #[error("{0}")]
     Other(String),
+    /// A chunked read stopped by its consumer (it has what it wants, or hung up).
+    #[error("the reader was stopped")]
+    Stopped,
 }
 
 /// How a source must deliver a column.
@@ -691,9 +695,12 @@ pub fn split(ds: Dataset, fraction: f64, seed: u64, label: &str) -> (Dataset, Da
 /// The encoded splits.
 #[derive(Debug, Clone, Default)]
 pub struct Splits {
+    /// The training rows; empty when they stream.
     pub train: Dataset,
     pub validation: Dataset,
     pub test: Option<Dataset>,
+    /// Streamed training rows (`stream = true`), read anew each epoch.
+    pub stream: Option<stream::Stream>,
 }
 
 /// What a load produced besides the splits, for the user to see.
@@ -709,6 +716,8 @@ pub struct LoadInfo {
     pub warn_skipped: bool,
     /// Per binary or multiclass task with labels: how they are spread in each split.
     pub labels: Vec<TaskLabels>,
+    /// The training rows stream (not loaded): the shuffle buffer's rows.
+    pub streamed: Option<usize>,
 }
 
 /// How one task's labels are spread in the splits.
@@ -767,6 +776,29 @@ pub fn label_spread(model: &Model, splits: &Splits) -> Vec<TaskLabels> {
         .collect()
 }
 
+/// An error when the rows skipped (`bad`, of `read`) are past the policy's cap.
+pub fn check_bad_rows(policy: &crate::ir::BadRows, bad: &Skipped, read: u64) -> Result<(), DataError> {
+    if bad.total == 0 {
+        return Ok(());
+    }
+    let share = bad.total as f64 / read.max(1) as f64;
+    let over_count = policy.max_rows.is_some_and(|m| bad.total > m);
+    if over_count || share > policy.max_fraction {
+        let cap = match policy.max_rows {
+            Some(m) if over_count => format!("max_bad_rows = {m}"),
+            _ => format!("max_bad_fraction = {}", policy.max_fraction),
+        };
+        return Err(DataError::Other(format!(
+            "{} bad rows of {read} read ({:.2}%: {}) is past {cap}; the first: {}",
+            bad.total,
+            100.0 * share,
+            bad.summary(),
+            bad.first.join("; ")
+        )));
+    }
+    Ok(())
+}
+
 /// Makes or reads the rows `data` describes and splits them.
 /// `train_override` replaces the spec's training files (`--data`).
 pub fn load_splits(
@@ -790,6 +822,7 @@ pub fn load_splits_with(
     use crate::ir::{DataSource, SyntheticKind};
     let needs = needs(model);
     let mut info = LoadInfo::default();
+    let mut streamed: Option<stream::Stream> = None;
     // Rows skipped under a skipping bad-row policy, and rows read in all.
     let skipped = std::cell::RefCell::new((Skipped::default(), 0u64));
     // Files (parts of folders and globs), each encoded, concatenated.
@@ -838,7 +871,26 @@ pub fn load_splits_with(
         }
         Some((train_parts, window_validation, format)) => {
             info.source = describe(&train_parts);
-            let all = read_parts(&train_parts, &format, true)?;
+            let all = match data.stream {
+                // Read each epoch; only validation and test are loaded here.
+                Some(config) => {
+                    if train_parts.is_empty() {
+                        return Err(DataError::Other("no training files to stream".into()));
+                    }
+                    let s = stream::Stream::new(
+                        model,
+                        train_parts.clone(),
+                        format.clone(),
+                        config,
+                        data.bad_rows.clone(),
+                        spec_at,
+                    );
+                    streamed = Some(s);
+                    info.streamed = Some(config.shuffle_buffer);
+                    Dataset::default()
+                }
+                None => read_parts(&train_parts, &format, true)?,
+            };
             // The spec's validation and test files; not used with --data.
             let (validation_file, test_file) = match (&data.source, train_override) {
                 (DataSource::Csv(c), None) => (c.validation.as_deref(), c.test.as_deref()),
@@ -854,23 +906,7 @@ pub fn load_splits_with(
         }
     };
     let (bad, read) = skipped.into_inner();
-    if bad.total > 0 {
-        let share = bad.total as f64 / read.max(1) as f64;
-        let over_count = data.bad_rows.max_rows.is_some_and(|m| bad.total > m);
-        if over_count || share > data.bad_rows.max_fraction {
-            let cap = match data.bad_rows.max_rows {
-                Some(m) if over_count => format!("max_bad_rows = {m}"),
-                _ => format!("max_bad_fraction = {}", data.bad_rows.max_fraction),
-            };
-            return Err(DataError::Other(format!(
-                "{} bad rows of {read} read ({:.2}%: {}) is past {cap}; the first: {}",
-                bad.total,
-                100.0 * share,
-                bad.summary(),
-                bad.first.join("; ")
-            )));
-        }
-    }
+    check_bad_rows(&data.bad_rows, &bad, read)?;
     info.skipped = bad;
     info.warn_skipped = data.bad_rows.policy == crate::ir::BadRowPolicy::Warn;
     info.rows_read = read;
@@ -888,12 +924,17 @@ pub fn load_splits_with(
     };
     let (train, validation) = match validation {
         Some(v) => (rest, v),
+        None if streamed.is_some() => {
+            return Err(DataError::Other(
+                "streamed training data needs a validation file (or a date window): a held-out share of a stream would have to be held in memory".into(),
+            ))
+        }
         None => {
             let frac = data.validation_fraction / (1.0 - data.test_fraction);
             split(rest, frac, seed, "validation-split")
         }
     };
-    let splits = Splits { train, validation, test };
+    let splits = Splits { train, validation, test, stream: streamed };
     info.labels = label_spread(model, &splits);
     Ok((splits, info))
 }

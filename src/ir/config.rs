@@ -9,7 +9,20 @@ pub struct DataConfig {
     pub validation_fraction: f64,
     pub test_fraction: f64,
     pub bad_rows: BadRows,
+    /// Training files streamed instead of loaded (None: loaded whole).
+    pub stream: Option<StreamConfig>,
 }
+
+/// How training files stream: read in chunks of `chunk_rows` on a background thread,
+/// shuffled through a buffer of `shuffle_buffer` rows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamConfig {
+    pub shuffle_buffer: usize,
+    pub chunk_rows: usize,
+}
+
+/// Rows a streaming reader hands on at a time.
+pub const STREAM_CHUNK_ROWS: usize = 16_384;
 
 /// What a broken row does: stops the run (`fail`, the default), or is skipped and
 /// counted (`skip`), and shown with where it is (`warn`), up to a cap past which the

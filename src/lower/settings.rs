@@ -10,6 +10,8 @@ const SOURCES: &[&str] = &["synthetic", "csv"];
 const GENERATORS: &[&str] = &["mmoe", "categorical", "funnel"];
 const BAD_ROW_POLICIES: &[&str] = &["fail", "skip", "warn"];
 const OPTIMIZERS: &[&str] = &["adam", "lazy_adam"];
+/// Rows a streamed dataset holds for shuffling unless `shuffle_buffer` says.
+pub const DEFAULT_SHUFFLE_BUFFER: usize = 100_000;
 
 impl Lower {
     fn fraction(&mut self, what: &'static str, v: &Sp<f64>) -> f64 {
@@ -121,7 +123,61 @@ impl Lower {
             }
             _ => DataSource::Synthetic(self.lower_synthetic(&d.synthetic, model)),
         };
-        DataConfig { source, validation_fraction, test_fraction, bad_rows }
+        let stream = self.lower_stream(d, &source, test_fraction);
+        DataConfig { source, validation_fraction, test_fraction, bad_rows, stream }
+    }
+
+    /// `stream = true`: training files read in chunks while training runs. Validation
+    /// comes from its own file or the date window (a held-out share of a stream would
+    /// have to be kept in memory), and there is no held-out test share.
+    fn lower_stream(&mut self, d: &spec::DataSection, source: &DataSource, test_fraction: f64) -> Option<StreamConfig> {
+        let on = d.stream.as_ref().filter(|s| *s.get_ref());
+        let Some(on) = on else {
+            if let Some(b) = &d.shuffle_buffer {
+                self.errors.push(LowerError::NotAllowed {
+                    key: "shuffle_buffer",
+                    context: "data that is not streamed",
+                    span: b.span(),
+                    help: Some("set `stream = true` to stream the training files".into()),
+                });
+            }
+            return None;
+        };
+        match source {
+            DataSource::Csv(c) => {
+                if c.validation.is_none() && c.window.is_none() {
+                    self.errors.push(LowerError::Missing {
+                        what: "a `validation` file (or a date window) for streamed training data",
+                        span: on.span(),
+                        help: Some(
+                            "a held-out share of a stream would have to be held in memory; name a validation file"
+                                .into(),
+                        ),
+                    });
+                }
+                if test_fraction > 0.0 {
+                    self.range(
+                        "test_fraction",
+                        false,
+                        test_fraction,
+                        "0 with streamed training data (name a `test` file)",
+                        d.test_fraction.span(),
+                    );
+                }
+            }
+            DataSource::Synthetic(_) => {
+                self.errors.push(LowerError::NotAllowed {
+                    key: "stream",
+                    context: "generated data",
+                    span: on.span(),
+                    help: Some("streaming reads training files (source = \"csv\")".into()),
+                });
+            }
+        }
+        let shuffle_buffer = d.shuffle_buffer.as_ref().map_or(DEFAULT_SHUFFLE_BUFFER, |b| {
+            self.count("shuffle_buffer", b, MAX_SYNTHETIC_ROWS) // any count that fits in memory
+        });
+        Some(StreamConfig { shuffle_buffer, chunk_rows: STREAM_CHUNK_ROWS.min(shuffle_buffer.max(1)) })
     }
 
     fn lower_synthetic(&mut self, s: &spec::SyntheticSpec, model: &Model) -> SyntheticConfig {

@@ -203,6 +203,15 @@ pub struct DataSection {
     /// Skipping fails anyway past this share of the rows read. Default 0.01.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bad_fraction: Option<Sp<f64>>,
+    /// Stream the training files instead of loading them: read in chunks on a
+    /// background thread while training runs, shuffled through a buffer of
+    /// `shuffle_buffer` rows. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Sp<bool>>,
+    /// Streaming: rows held for shuffling (with two chunks in flight, the memory the
+    /// training rows take). Default 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shuffle_buffer: Option<Sp<u64>>,
 }
 
 /// Built-in generators.
@@ -605,6 +614,8 @@ impl Default for DataSection {
             cur_date: None,
             days: None,
             bad_rows: None,
+            stream: None,
+            shuffle_buffer: None,
             max_bad_rows: None,
             max_bad_fraction: None,
         }

@@ -155,6 +155,8 @@ const SPEC_SCHEMA: Schema = Table(
                     ("bad_rows", Leaf),
                     ("max_bad_rows", Leaf),
                     ("max_bad_fraction", Leaf),
+                    ("stream", Leaf),
+                    ("shuffle_buffer", Leaf),
                 ],
             ),
         ),

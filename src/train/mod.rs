@@ -39,6 +39,8 @@ pub enum TrainError {
     Checkpoint(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
 }
 
 pub use crate::data::Splits;
@@ -424,6 +426,9 @@ impl EpochEnd<'_> {
 pub trait TrainObserver {
     /// After every step: the epoch (1-based), the optimizer step and each task's loss.
     fn step(&mut self, _epoch: usize, _step: u64, _losses: &[f32]) {}
+    /// After the first streamed epoch that skipped broken rows (a skipping policy): the
+    /// rows skipped, of those read, and whether the policy shows them (`warn`).
+    fn streamed(&mut self, _skipped: &crate::data::Skipped, _read: u64, _warn: bool) {}
     /// After every epoch; may save a checkpoint. An error stops training.
     fn epoch(&mut self, end: &EpochEnd) -> Result<(), String>;
 }
@@ -434,6 +439,59 @@ pub struct OnEpoch<F>(pub F);
 impl<F: FnMut(&EpochEnd) -> Result<(), String>> TrainObserver for OnEpoch<F> {
     fn epoch(&mut self, end: &EpochEnd) -> Result<(), String> {
         (self.0)(end)
+    }
+}
+
+/// Adds loss sums read from the device to `sums`; a non-finite one stops training.
+fn add_losses(sums: &mut [f64], read: &Tensor, model: &CandleModel, epoch: usize, step: u64) -> Result<(), TrainError> {
+    for ((s, v), t) in sums.iter_mut().zip(read.to_vec1::<f32>()?).zip(&model.ir.tasks) {
+        if !v.is_finite() {
+            return Err(TrainError::NonFinite { task: t.name.clone(), value: v, epoch, step });
+        }
+        *s += v as f64;
+    }
+    Ok(())
+}
+
+/// An epoch's training batches: from the rows in memory (shuffled), or from the
+/// stream.
+enum EpochBatches<'a> {
+    Memory { feed: &'a Feed<'a>, order: crate::backend::candle::Order, rows: usize, batch: usize, start: usize },
+    Stream { batches: crate::data::stream::Batches, device: candle_core::Device },
+}
+
+impl<'a> EpochBatches<'a> {
+    fn new(splits: &Splits, feed: &'a Feed<'a>, epoch: usize, cfg: &TrainConfig) -> Result<Self, TrainError> {
+        let batch = cfg.batch_size.max(1);
+        Ok(match &splits.stream {
+            Some(s) => EpochBatches::Stream { batches: s.epoch(epoch, batch, cfg.seed), device: feed.device().clone() },
+            None => {
+                let rows = splits.train.rows;
+                let mut order: Vec<usize> = (0..rows).collect();
+                Rng::derive(cfg.seed, &format!("shuffle-{epoch}")).shuffle(&mut order);
+                EpochBatches::Memory { feed, order: feed.order(order)?, rows, batch, start: 0 }
+            }
+        })
+    }
+
+    fn next(&mut self) -> Option<Result<Batch, TrainError>> {
+        match self {
+            EpochBatches::Memory { feed, order, rows, batch, start } => {
+                if *start >= *rows {
+                    return None;
+                }
+                let len = (*batch).min(*rows - *start);
+                let b = feed.batch(order, *start, len).map_err(TrainError::from);
+                *start += len;
+                Some(b)
+            }
+            EpochBatches::Stream { batches, device } => Some(
+                batches
+                    .next()?
+                    .map_err(TrainError::from)
+                    .and_then(|ds| Ok(Batch::gather(&ds, &(0..ds.rows).collect::<Vec<_>>(), device)?)),
+            ),
+        }
     }
 }
 
@@ -466,7 +524,7 @@ pub fn fit_from(
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainReport, TrainError> {
     let train = &splits.train;
-    if train.rows == 0 {
+    if train.rows == 0 && splits.stream.is_none() {
         return Err(TrainError::NoRows);
     }
     for (t, l) in model.ir.tasks.iter().zip(&train.labels) {
@@ -511,19 +569,16 @@ pub fn fit_from(
         balancer.start_epoch(model, &epochs);
         let start = Instant::now();
         let lr = cfg.lr_at(epoch);
-        let mut order: Vec<usize> = (0..train.rows).collect();
-        Rng::derive(cfg.seed, &format!("shuffle-{epoch}")).shuffle(&mut order);
-        let order = feed.order(order)?;
         let mut dropout_rng = Rng::derive(cfg.seed, &format!("dropout-{epoch}"));
         let mut sums = vec![0.0f64; n_tasks];
         let mut seen = 0usize;
         // Loss sums since the last read, on the device: `[T]`, each task's mean loss
         // times the batch's rows.
         let mut unread: Option<Tensor> = None;
-        let steps = train.rows.div_ceil(cfg.batch_size.max(1));
-        for (i, start) in (0..train.rows).step_by(cfg.batch_size.max(1)).enumerate() {
-            let len = cfg.batch_size.min(train.rows - start);
-            let batch = feed.batch(&order, start, len)?;
+        let mut batches = EpochBatches::new(splits, &feed, epoch, cfg)?;
+        let mut i = 0usize;
+        while let Some(batch) = batches.next().transpose()? {
+            let len = batch.size;
             let step = shard::step(model, &batch, &mut dropout_rng, balance::factors_of(&balancer), workers)?;
             unread = add_opt(unread, Some((&step.per_task * len as f64)?))?;
             seen += len;
@@ -531,19 +586,10 @@ pub fn fit_from(
             // non-finite, and training stops before this step's update (on the CPU, which
             // reads every step, before any update from it; on a GPU the steps since the
             // last read have already been applied).
-            let read = if (i + 1) % read_every == 0 || i + 1 == steps { unread.take() } else { None };
+            let read = if (i + 1) % read_every == 0 { unread.take() } else { None };
+            i += 1;
             if let Some(read) = &read {
-                for ((s, v), t) in sums.iter_mut().zip(read.to_vec1::<f32>()?).zip(&model.ir.tasks) {
-                    if !v.is_finite() {
-                        return Err(TrainError::NonFinite {
-                            task: t.name.clone(),
-                            value: v,
-                            epoch: epoch + 1,
-                            step: opt.step + 1,
-                        });
-                    }
-                    *s += v as f64;
-                }
+                add_losses(&mut sums, read, model, epoch + 1, opt.step + 1)?;
             }
             workers.run(|| opt.step(&step.grads, &step.lookups, lr))?;
             if let Some(loss) = &step.loss {
@@ -552,6 +598,18 @@ pub fn fit_from(
             if read.is_some() {
                 observer.step(epoch + 1, opt.step, &step.per_task.to_vec1::<f32>()?);
             }
+        }
+        if let (EpochBatches::Stream { batches, .. }, true) = (&batches, epoch == first_epoch) {
+            if let Some((skipped, read)) = batches.skipped().filter(|(s, _)| s.total > 0) {
+                observer.streamed(skipped, read, batches.warns());
+            }
+        }
+        // The steps since the last read (a GPU reads every `LOSS_READ_EVERY`).
+        if let Some(read) = unread.take() {
+            add_losses(&mut sums, &read, model, epoch + 1, opt.step)?;
+        }
+        if seen == 0 {
+            return Err(TrainError::NoRows);
         }
         let train_secs = start.elapsed().as_secs_f64();
         let val = if splits.validation.rows > 0 { Some(evaluate(model, &splits.validation, 4096)?) } else { None };

@@ -17,6 +17,7 @@ mod robustness;
 mod runs;
 mod serve;
 mod shard;
+mod stream;
 mod tables;
 mod training;
 mod zoo;

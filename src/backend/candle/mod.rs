@@ -249,6 +249,14 @@ impl<'a> Feed<'a> {
         }
     }
 
+    /// The device batches go to.
+    pub fn device(&self) -> &candle_core::Device {
+        match self {
+            Feed::Host(_, d) => d,
+            Feed::Resident(r) => &r.device,
+        }
+    }
+
     pub fn order(&self, rows: Vec<usize>) -> Result<Order> {
         let device = match self {
             Feed::Host(..) => None,

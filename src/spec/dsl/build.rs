@@ -346,6 +346,8 @@ impl Builder {
         d.bad_rows = self.take_str(&mut a, "bad_rows");
         d.max_bad_rows = self.take_u64(&mut a, "max_bad_rows");
         d.max_bad_fraction = self.take_f64(&mut a, "max_bad_fraction");
+        d.stream = self.take_bool(&mut a, "stream");
+        d.shuffle_buffer = self.take_u64(&mut a, "shuffle_buffer");
         self.finish(a, DATA_KEYS);
     }
 
@@ -780,6 +782,8 @@ const DATA_KEYS: &[&str] = &[
     "bad_rows",
     "max_bad_rows",
     "max_bad_fraction",
+    "stream",
+    "shuffle_buffer",
 ];
 const SYNTHETIC_KEYS: &[&str] =
     &["rows", "seed", "dim", "correlation", "scale", "sin_terms", "sin_sd", "noise_sd", "cardinality"];

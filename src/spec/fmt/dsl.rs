@@ -141,6 +141,12 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
     if let Some(v) = &d.max_bad_fraction {
         a.push(sp_arg("max_bad_fraction", v, |x| num(*x)));
     }
+    if let Some(v) = &d.stream {
+        a.push(sp_arg("stream", v, |x| x.to_string()));
+    }
+    if let Some(v) = &d.shuffle_buffer {
+        a.push(sp_arg("shuffle_buffer", v, |x| x.to_string()));
+    }
     out.mark(&d.source);
     write!(out, "  data {}", n(d.source.get_ref()))?;
     args(out, &a)?;

@@ -136,6 +136,8 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
     t.opt("bad_rows", &d.bad_rows, |x| q(x));
     t.opt("max_bad_rows", &d.max_bad_rows, |x| x.to_string());
     t.opt("max_bad_fraction", &d.max_bad_fraction, |x| num(*x));
+    t.opt("stream", &d.stream, |x| x.to_string());
+    t.opt("shuffle_buffer", &d.shuffle_buffer, |x| x.to_string());
     t.write(out)?;
 
     let y = &d.synthetic;
