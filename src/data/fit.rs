@@ -171,7 +171,7 @@ pub fn training_frames(
 }
 
 /// What a streamed run's fitted statistics were fitted on.
-pub const STREAM_FIT_NOTE: &str = "statistics fitted on the first `shuffle_buffer` training rows (streamed data); pin them (`multigate fit`) to fit on more";
+pub const STREAM_FIT_NOTE: &str = "statistics fitted on the first `shuffle_buffer` training rows (streamed data): a larger buffer fits them on more rows, or pin them in the spec";
 
 /// Fits every open statistic of `model` on rows already read (`frames`).
 pub fn fit_on_frames(model: &Model, frames: &[Frame]) -> Result<Fits, DataError> {

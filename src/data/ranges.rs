@@ -32,6 +32,10 @@ fn columns(model: &Model) -> Vec<(String, Transform)> {
 
 /// The range of every dense column over `ds`'s rows.
 pub fn dense_ranges(model: &Model, ds: &Dataset) -> Vec<DenseRange> {
+    // No rows held (streamed training data): no range to compare against.
+    if ds.rows == 0 {
+        return Vec::new();
+    }
     let w = ds.dense_width;
     columns(model)
         .into_iter()
