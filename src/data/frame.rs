@@ -179,6 +179,20 @@ impl Frame {
     }
 }
 
+/// A chunked reader's rows as one frame: `read` runs with an unbounded chunk size
+/// ([`usize::MAX`]), so its sink gets the whole file at once (no rows: `NoRows`).
+pub(crate) fn one_chunk(
+    path: &std::path::Path,
+    read: impl FnOnce(usize, &mut dyn FnMut(Frame) -> Result<(), super::DataError>) -> Result<(), super::DataError>,
+) -> Result<Frame, super::DataError> {
+    let mut whole = None;
+    read(usize::MAX, &mut |f| {
+        whole = Some(f);
+        Ok(())
+    })?;
+    whole.ok_or_else(|| super::DataError::NoRows { path: path.display().to_string() })
+}
+
 /// Builds an interned column value by value.
 #[derive(Debug, Default)]
 pub struct Interner {

@@ -54,12 +54,9 @@ pub fn read_parquet(
     spec_at: &dyn Fn(&Need) -> String,
     progress: &dyn Fn(u64, u64),
 ) -> Result<Frame, DataError> {
-    let mut whole = None;
-    read_parquet_chunks(path, needs, require_labels, skip_bad_rows, spec_at, progress, usize::MAX, &mut |f| {
-        whole = Some(f);
-        Ok(())
-    })?;
-    whole.ok_or_else(|| DataError::NoRows { path: path.display().to_string() })
+    super::frame::one_chunk(path, |n, sink| {
+        read_parquet_chunks(path, needs, require_labels, skip_bad_rows, spec_at, progress, n, sink)
+    })
 }
 
 /// [`read_parquet`] in chunks: `sink` gets a frame of about `chunk_rows` rows at a time

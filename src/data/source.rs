@@ -173,12 +173,9 @@ pub fn read_part(
     spec_at: &dyn Fn(&Need) -> String,
     progress: &dyn Fn(u64, u64),
 ) -> Result<Frame, DataError> {
-    let mut whole = None;
-    read_part_chunks(part, csv, needs, require_labels, spec_at, progress, usize::MAX, &mut |f| {
-        whole = Some(f);
-        Ok(())
-    })?;
-    whole.ok_or_else(|| DataError::NoRows { path: part.path.display().to_string() })
+    super::frame::one_chunk(&part.path, |n, sink| {
+        read_part_chunks(part, csv, needs, require_labels, spec_at, progress, n, sink)
+    })
 }
 
 /// [`read_part`] in chunks of about `chunk_rows` rows, each handed to `sink` (the

@@ -11,7 +11,7 @@ use multigate::data::{self, csv_source::read_csv, hash::hash_bucket, Dataset};
 use multigate::ir::CsvFormat;
 use multigate::train::adam::{Adam, AdamConfig};
 
-use super::{compile_ok, mg_ok, repo, spec_with_data, train_and_predict};
+use super::{compile_ok, history_spec, mg_ok, spec_with_data, train_and_predict};
 
 const SPEC: &str = r#"
 model bags {
@@ -303,18 +303,7 @@ fn bags_carry_the_signal_of_the_synthetic_history_model() {
     // The generator's labels follow the pooled bag values: on the same rows, the model
     // with its bags must beat the same model without them on validation AUC.
     let dir = tempfile::tempdir().unwrap();
-    let rows = dir.path().join("rows.csv");
-    let model = repo().join("models/synthetic_history.toml");
-    mg_ok(&["synth", model.to_str().unwrap(), "--rows", "30000", "--out", rows.to_str().unwrap()]);
-    let spec = std::fs::read_to_string(&model).unwrap().replace("epochs = 3", "epochs = 2");
-    let synthetic = spec.find("[data.synthetic]").unwrap();
-    let next = synthetic + spec[synthetic..].find("\n\n").unwrap();
-    let spec = format!(
-        "{}[data]\nsource = \"csv\"\ntrain = [{:?}]{}",
-        &spec[..synthetic],
-        rows.display().to_string(),
-        &spec[next..]
-    );
+    let spec = std::fs::read_to_string(history_spec(dir.path(), 30_000, "")).unwrap();
     let without = {
         // Drop the three bag features (each table from `[[features]]` through the
         // blank line after it).
@@ -329,10 +318,10 @@ fn bags_carry_the_signal_of_the_synthetic_history_model() {
     };
     assert_eq!(without.matches("[[features]]").count(), 2, "{without}");
     let auc = |text: &str| -> f64 {
-        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.toml");
         std::fs::write(&path, text).unwrap();
         let out = dir.path().join("b");
+        let _ = std::fs::remove_dir_all(&out);
         mg_ok(&["compile-and-train", path.to_str().unwrap(), "--out", out.to_str().unwrap()]);
         let m: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
@@ -367,9 +356,8 @@ fn a_model_with_bags_trains_and_predicts_through_the_cli() {
 fn init_makes_a_bag_of_a_multi_valued_column_and_the_spec_trains() {
     // The generator's own history data: three bag columns, one of them weights.
     let dir = tempfile::tempdir().unwrap();
-    let rows = dir.path().join("rows.csv");
-    let model = repo().join("models/synthetic_history.toml");
-    mg_ok(&["synth", model.to_str().unwrap(), "--rows", "2000", "--out", rows.to_str().unwrap()]);
+    history_spec(dir.path(), 2000, "");
+    let rows = dir.path().join("train.csv");
     let out = dir.path().join("spec.toml");
     let (code, _, err) = super::multigate(
         &["init", rows.to_str().unwrap(), "--label", "click", "--label", "like", "--out", out.to_str().unwrap()],

@@ -57,6 +57,25 @@ pub fn train_and_predict(spec: &Path, rows: &Path) -> (PathBuf, String) {
     (bundle, text)
 }
 
+/// `models/synthetic_history.toml` reading `train.csv` and `val.csv` beside it (made by
+/// its generator), with `extra` in its `[data]` table.
+pub fn history_spec(dir: &Path, rows: usize, extra: &str) -> PathBuf {
+    let model = repo().join("models/synthetic_history.toml");
+    for (file, n) in [("train.csv", rows), ("val.csv", 3000)] {
+        let out = dir.join(file);
+        if !out.exists() {
+            mg_ok(&["synth", model.to_str().unwrap(), "--rows", &n.to_string(), "--out", out.to_str().unwrap()]);
+        }
+    }
+    let text = std::fs::read_to_string(&model).unwrap();
+    let (a, b) = (text.find("[data.synthetic]").unwrap(), text.find("[[features]]").unwrap());
+    let data = format!("[data]\nsource = \"csv\"\ntrain = [\"train.csv\"]\nvalidation = \"val.csv\"\n{extra}\n");
+    let text = format!("{}{data}{}", &text[..a], &text[b..]).replace("epochs = 3", "epochs = 2");
+    let path = dir.join(format!("spec{}.toml", extra.len()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The specs in models/ whose file name ends in `.{ext}`, sorted.
 pub fn model_files(ext: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("models"))

@@ -1,31 +1,12 @@
 //! Streamed training data (`stream = true`): files read in chunks on a background
 //! thread while training runs, shuffled through a bounded buffer.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use multigate::data::{self, stream::Stream};
 use multigate::ir::{BadRows, CsvFormat, StreamConfig};
 
-use super::{compile_ok, mg_ok, repo};
-
-/// `models/synthetic_history.toml` reading `train.csv` and `val.csv` beside it (made by
-/// its generator), with `extra` in its `[data]` table.
-fn history_spec(dir: &Path, rows: usize, extra: &str) -> PathBuf {
-    let model = repo().join("models/synthetic_history.toml");
-    for (file, n) in [("train.csv", rows), ("val.csv", 3000)] {
-        let out = dir.join(file);
-        if !out.exists() {
-            mg_ok(&["synth", model.to_str().unwrap(), "--rows", &n.to_string(), "--out", out.to_str().unwrap()]);
-        }
-    }
-    let text = std::fs::read_to_string(&model).unwrap();
-    let (a, b) = (text.find("[data.synthetic]").unwrap(), text.find("[[features]]").unwrap());
-    let data = format!("[data]\nsource = \"csv\"\ntrain = [\"train.csv\"]\nvalidation = \"val.csv\"\n{extra}\n");
-    let text = format!("{}{data}{}", &text[..a], &text[b..]).replace("epochs = 3", "epochs = 2");
-    let path = dir.join(format!("spec{}.toml", extra.len()));
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use super::{compile_ok, history_spec, mg_ok};
 
 fn train(spec: &Path, out: &Path) -> serde_json::Value {
     mg_ok(&["compile-and-train", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
