@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::candle::{candle_device, CandleBackend, CandleModel};
 use crate::backend::{Backend, Device};
-use crate::data::{self, fit::Fits, fit::FittedFeature, fit::FittedLabel, Frame, LoadInfo, Need, NeedOwner};
+use crate::data::{
+    self, fit::DenseStats, fit::Fits, fit::FittedFeature, fit::FittedLabel, Frame, LoadInfo, Need, NeedOwner,
+};
 use crate::export::provenance::{DataFile, Provenance, SplitRows};
 use crate::export::{self, BundleContents, ExportError, RunLock};
 use crate::lower::{self, Compiled};
@@ -544,10 +546,19 @@ pub fn pin_fitted(
         });
         spec.pin_boundaries(name, b.boundaries);
     }
-    for FittedFeature { feature, mean, std } in fitted.features {
+    for FittedFeature { feature, stats } in fitted.features {
         let name = &compiled.model.features[feature].name;
-        observer.on(&Event::Fitted { of: &format!("feature {name}"), what: format!("mean {mean:.6} std {std:.6}") });
-        spec.pin_feature_stats(name, mean, std);
+        let of = format!("feature {name}");
+        match stats {
+            DenseStats::MeanStd { mean, std } => {
+                observer.on(&Event::Fitted { of: &of, what: format!("mean {mean:.6} std {std:.6}") });
+                spec.pin_feature_stats(name, mean, std);
+            }
+            DenseStats::Range { min, max } => {
+                observer.on(&Event::Fitted { of: &of, what: format!("min {min} max {max}") });
+                spec.pin_feature_range(name, min, max);
+            }
+        }
     }
     let refit = lower::lower(&spec, src)
         .map_err(|es| RunError::Refit(es.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;

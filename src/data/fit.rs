@@ -71,21 +71,27 @@ pub fn open_vocabularies(model: &Model) -> Vec<usize> {
     open_tables(model, |e| matches!(e, crate::ir::Encoding::FitVocab { .. }))
 }
 
-/// The fitted `(mean, std)` of one dense feature's raw values (all its columns
-/// together, missing values left out).
+/// The fitted statistics of one dense feature's raw values (all its columns together,
+/// missing values left out).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FittedFeature {
     pub feature: usize,
-    pub mean: f64,
-    pub std: f64,
+    pub stats: DenseStats,
 }
 
-/// Dense features whose zscore statistics the spec leaves to the data.
+/// What a dense feature's transform needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DenseStats {
+    /// `transform = "zscore"`.
+    MeanStd { mean: f64, std: f64 },
+    /// `transform = "minmax"`.
+    Range { min: f64, max: f64 },
+}
+
+/// Dense features whose zscore or minmax statistics the spec leaves to the data.
 pub fn open_features(model: &Model) -> Vec<usize> {
     (0..model.features.len())
-        .filter(|&i| {
-            matches!(model.features[i].kind, FeatureKind::Dense { transform: Transform::ZScore { mean, .. }, .. } if mean.is_nan())
-        })
+        .filter(|&i| matches!(&model.features[i].kind, FeatureKind::Dense { transform, .. } if transform.is_open()))
         .collect()
 }
 
@@ -333,7 +339,7 @@ fn mean_std(parts: &[&[f32]]) -> (usize, f64, f64) {
 
 fn fit_feature(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedFeature, DataError> {
     let f = &model.features[i];
-    let FeatureKind::Dense { width, .. } = f.kind else {
+    let FeatureKind::Dense { width, transform, .. } = f.kind else {
         return Err(DataError::Other(format!("feature `{}` is not dense", f.name)));
     };
     let columns = dense_columns(&f.column, width);
@@ -351,6 +357,20 @@ fn fit_feature(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedFeatur
             }
         }
     }
+    if let Transform::MinMax { .. } = transform {
+        let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+        for x in all.iter().flat_map(|v| v.iter()).filter(|x| !x.is_nan()) {
+            min = min.min(*x as f64);
+            max = max.max(*x as f64);
+        }
+        if !(max > min) {
+            return Err(DataError::Other(format!(
+                "feature `{}` (transform = \"minmax\"): the training data's values span no range (min {min}, max {max}); drop the feature or declare `min` and `max`",
+                f.name
+            )));
+        }
+        return Ok(FittedFeature { feature: i, stats: DenseStats::Range { min, max } });
+    }
     let (n, mean, std) = mean_std(&all);
     if n < 2 || !(std > 0.0) {
         return Err(DataError::Other(format!(
@@ -358,7 +378,7 @@ fn fit_feature(model: &Model, i: usize, frames: &[Frame]) -> Result<FittedFeatur
             f.name
         )));
     }
-    Ok(FittedFeature { feature: i, mean, std })
+    Ok(FittedFeature { feature: i, stats: DenseStats::MeanStd { mean, std } })
 }
 
 fn fit_task(model: &Model, t: usize, frames: &[Frame]) -> Result<FittedLabel, DataError> {

@@ -57,6 +57,7 @@ fn raw(t: &Transform, y: f32) -> f32 {
         Transform::None => y,
         Transform::Log1p => y.exp_m1(),
         Transform::ZScore { mean, std } => y * std + mean,
+        Transform::MinMax { min, max } => y * (max - min) + min,
     }
 }
 

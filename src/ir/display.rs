@@ -80,6 +80,10 @@ impl fmt::Display for Model {
                             "zscore(fitted on the training rows)".to_string()
                         }
                         Transform::ZScore { mean, std } => format!("zscore(mean={mean}, std={std})"),
+                        Transform::MinMax { min, .. } if min.is_nan() => {
+                            "minmax(fitted on the training rows)".to_string()
+                        }
+                        Transform::MinMax { min, max } => format!("minmax(min={min}, max={max})"),
                     };
                     writeln!(f, "  feature {}: dense[{width}] {t} fill {fill} <- {:?}", feat.name, feat.column)?;
                 }

@@ -184,15 +184,31 @@ pub enum Transform {
         mean: f32,
         std: f32,
     },
+    /// `(x - min) / (max - min)`: the training range onto [0, 1]; NaN bounds are open,
+    /// fitted on the training rows (`data::fit`).
+    MinMax {
+        min: f32,
+        max: f32,
+    },
 }
 
 impl Transform {
+    /// Whether statistics are still to fit on the training rows.
+    pub fn is_open(&self) -> bool {
+        match *self {
+            Transform::ZScore { mean, .. } => mean.is_nan(),
+            Transform::MinMax { min, .. } => min.is_nan(),
+            Transform::None | Transform::Log1p => false,
+        }
+    }
+
     /// Applies the transform to one raw value in its domain ([`Transform::domain_error`]).
     pub fn apply(&self, x: f32) -> f32 {
         match *self {
             Transform::None => x,
             Transform::Log1p => x.ln_1p(),
             Transform::ZScore { mean, std } => (x - mean) / std,
+            Transform::MinMax { min, max } => (x - min) / (max - min),
         }
     }
 

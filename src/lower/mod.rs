@@ -56,7 +56,7 @@ struct Lower {
 }
 
 const FEATURE_TYPES: &[&str] = &["categorical", "dense"];
-const TRANSFORMS: &[&str] = &["none", "log1p", "zscore"];
+const TRANSFORMS: &[&str] = &["none", "log1p", "zscore", "minmax"];
 const CROSS_OPS: &[&str] = &["product"];
 
 /// Default expert count of a gated layer.
@@ -308,6 +308,8 @@ impl Lower {
                 ("transform", f.transform.as_ref().map(|v| v.span())),
                 ("mean", f.mean.as_ref().map(|v| v.span())),
                 ("std", f.std.as_ref().map(|v| v.span())),
+                ("min", f.min.as_ref().map(|v| v.span())),
+                ("max", f.max.as_ref().map(|v| v.span())),
                 ("fill", f.fill.as_ref().map(|v| v.span())),
             ];
             self.not_allowed(ctx_cat, None, &keys);
@@ -418,6 +420,32 @@ impl Lower {
             let transform = match f.transform.as_ref().map(|t| (t, self.word("transform", t, TRANSFORMS))) {
                 None | Some((_, None)) | Some((_, Some("none"))) => Transform::None,
                 Some((_, Some("log1p"))) => Transform::Log1p,
+                Some((t, Some("minmax"))) => match (&f.min, &f.max) {
+                    (Some(lo), Some(hi)) => {
+                        let (min, max) = (*lo.get_ref(), *hi.get_ref());
+                        self.range("min", min.is_finite(), min, "a finite number", lo.span());
+                        let ok = max.is_finite() && max > min;
+                        self.range("max", ok, max, format!("a finite number above min ({min})"), hi.span());
+                        Transform::MinMax { min: min as f32, max: max as f32 }
+                    }
+                    // Neither: fitted on the training rows before the model is built.
+                    (None, None) => Transform::MinMax { min: f32::NAN, max: f32::NAN },
+                    (given, _) => {
+                        let (what, span) = match given {
+                            Some(m) => ("`max`", m.span()),
+                            None => ("`min`", f.max.as_ref().map_or_else(|| t.span(), |s| s.span())),
+                        };
+                        self.errors.push(LowerError::Missing {
+                            what,
+                            span,
+                            help: Some(
+                                "minmax takes both `min` and `max`, or neither (then both are fitted on the training rows)"
+                                    .into(),
+                            ),
+                        });
+                        Transform::MinMax { min: f32::NAN, max: f32::NAN }
+                    }
+                },
                 Some((t, Some(_))) => match (&f.mean, &f.std) {
                     (Some(m), Some(s)) => {
                         let (mean, std) = (*m.get_ref(), *s.get_ref());
@@ -445,6 +473,10 @@ impl Lower {
                     }
                 },
             };
+            if !matches!(transform, Transform::MinMax { .. }) {
+                let keys = [("min", f.min.as_ref().map(|v| v.span())), ("max", f.max.as_ref().map(|v| v.span()))];
+                self.not_allowed("a feature without transform = \"minmax\"", None, &keys);
+            }
             if !matches!(transform, Transform::ZScore { .. }) {
                 let keys = [("mean", f.mean.as_ref().map(|v| v.span())), ("std", f.std.as_ref().map(|v| v.span()))];
                 self.not_allowed("a feature without transform = \"zscore\"", None, &keys);

@@ -282,13 +282,20 @@ pub struct FeatureSpec {
     /// Dense: number of values (columns). Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub width: Option<Sp<u64>>,
-    /// Dense: `"none"` (default), `"log1p"` or `"zscore"` (needs `mean` and `std`).
+    /// Dense: `"none"` (default), `"log1p"`, `"zscore"` (`mean` and `std`) or `"minmax"`
+    /// (`min` and `max`); statistics left out are fitted on the training rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transform: Option<Sp<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mean: Option<Sp<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub std: Option<Sp<f64>>,
+    /// Dense, `transform = "minmax"`: the raw values mapped to 0 and 1 (both given, or
+    /// both left out to fit them on the training rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<Sp<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Sp<f64>>,
     /// Dense: value used for a missing field. Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fill: Option<Sp<f64>>,
@@ -732,6 +739,14 @@ impl Spec {
         if let Some(f) = self.single_mut(feature) {
             f.mean = Some(sp(mean));
             f.std = Some(sp(std));
+        }
+    }
+
+    /// Pins a minmax feature's range (fitted on the training rows).
+    pub fn pin_feature_range(&mut self, feature: &str, min: f64, max: f64) {
+        if let Some(f) = self.single_mut(feature) {
+            f.min = Some(sp(min));
+            f.max = Some(sp(max));
         }
     }
 

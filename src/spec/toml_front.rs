@@ -176,6 +176,8 @@ const SPEC_SCHEMA: Schema = Table(
                     ("transform", Leaf),
                     ("mean", Leaf),
                     ("std", Leaf),
+                    ("min", Leaf),
+                    ("max", Leaf),
                     ("fill", Leaf),
                     ("min_count", Leaf),
                     ("max_size", Leaf),

@@ -188,6 +188,47 @@ fn zscore_statistics_left_out_are_fitted_on_the_training_rows_and_pinned_into_th
 }
 
 #[test]
+fn minmax_ranges_left_out_are_fitted_on_the_training_rows_and_encode_onto_0_1() {
+    let text = spec("[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n")
+        .replace("name = \"d\"\ntype = \"dense\"\n", "name = \"d\"\ntype = \"dense\"\ntransform = \"minmax\"\n");
+    let c = compile_ok("zoo.toml", &text);
+    assert!(format!("{}", *c.model).contains("minmax(fitted on the training rows)"));
+    let multigate::ir::DataSource::Synthetic(s) = &c.data.source else { unreachable!() };
+    let frame = data::synthetic::generate(&c.model, s, s.rows);
+    let tmp = tempfile::tempdir().unwrap();
+    let done = train(&text, &tmp.path().join("b"));
+    let multigate::ir::FeatureKind::Dense { transform: multigate::ir::Transform::MinMax { min, max }, .. } =
+        done.compiled.model.features[2].kind
+    else {
+        panic!("minmax feature")
+    };
+    // The training rows' own range (the generator's rows before the held-out split).
+    let Some(data::Column::Num(d)) = frame.column_as("d", true) else { panic!() };
+    let lo = d.iter().copied().filter(|v| v.is_finite()).fold(f32::INFINITY, f32::min);
+    let hi = d.iter().copied().filter(|v| v.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+    assert_eq!((min, max), (lo, hi));
+    // Encoded onto [0, 1], the extremes exactly.
+    let ds = data::encode(&done.compiled.model, &frame, true).unwrap();
+    let col: Vec<f32> = (0..ds.rows).map(|i| ds.dense[i * ds.dense_width]).collect();
+    assert!(col.iter().all(|&v| (0.0..=1.0).contains(&v)), "{:?}", &col[..8]);
+    assert!(col.contains(&0.0) && col.contains(&1.0));
+    let spec_toml = std::fs::read_to_string(done.out.join("spec.toml")).unwrap();
+    let pinned = format!("min = {}\nmax = {}", lo as f64, hi as f64);
+    assert!(spec_toml.contains(&pinned), "{pinned} in {spec_toml}");
+    // Mistakes: half the pair, an empty range, min on another transform.
+    let bad = |from: &str, to: &str| {
+        let src = SourceFile::from_text("zoo.toml", text.replace(from, to));
+        multigate::pipeline::compile_source(&src).err().expect("an error").render(Some(&src), false)
+    };
+    let e = bad("transform = \"minmax\"\n", "transform = \"minmax\"\nmin = 1.0\n");
+    assert!(e.contains("`max` is required here") && e.contains("minmax takes both"), "{e}");
+    let e = bad("transform = \"minmax\"\n", "transform = \"minmax\"\nmin = 1.0\nmax = 1.0\n");
+    assert!(e.contains("a finite number above min (1)"), "{e}");
+    let e = bad("transform = \"minmax\"\n", "transform = \"log1p\"\nmin = 1.0\n");
+    assert!(e.contains("`min` does not apply to a feature without transform = \"minmax\""), "{e}");
+}
+
+#[test]
 fn a_vocabulary_left_out_is_fitted_most_frequent_first_and_pinned() {
     let text = spec("[[tasks]]\nname = \"ctr\"\nkind = \"binary\"\nlabel = \"click\"\n").replacen(
         "hash_buckets = 100\n",

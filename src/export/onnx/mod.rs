@@ -401,6 +401,7 @@ pub fn encoding_metadata(model: &Model) -> serde_json::Value {
                     Transform::None => serde_json::json!({"kind": "none"}),
                     Transform::Log1p => serde_json::json!({"kind": "log1p"}),
                     Transform::ZScore { mean, std } => serde_json::json!({"kind": "zscore", "mean": mean, "std": std}),
+                    Transform::MinMax { min, max } => serde_json::json!({"kind": "minmax", "min": min, "max": max}),
                 },
             })),
         }

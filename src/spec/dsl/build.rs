@@ -401,6 +401,8 @@ impl Builder {
             transform: None,
             mean: None,
             std: None,
+            min: None,
+            max: None,
             fill: None,
             min_count: None,
             max_size: None,
@@ -425,6 +427,8 @@ impl Builder {
                     f.transform = self.take_str(&mut a, "transform");
                     f.mean = self.take_f64(&mut a, "mean");
                     f.std = self.take_f64(&mut a, "std");
+                    f.min = self.take_f64(&mut a, "min");
+                    f.max = self.take_f64(&mut a, "max");
                     f.fill = self.take_f64(&mut a, "fill");
                     f.min_count = self.take_u64(&mut a, "min_count");
                     f.max_size = self.take_u64(&mut a, "max_size");
@@ -794,6 +798,8 @@ const FEATURE_KEYS: &[&str] = &[
     "transform",
     "mean",
     "std",
+    "min",
+    "max",
     "fill",
     "min_count",
     "max_size",

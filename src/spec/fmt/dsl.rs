@@ -200,6 +200,12 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         if let Some(v) = &f.std {
             a.push(sp_arg("std", v, |x| num(*x)));
         }
+        if let Some(v) = &f.min {
+            a.push(sp_arg("min", v, |x| num(*x)));
+        }
+        if let Some(v) = &f.max {
+            a.push(sp_arg("max", v, |x| num(*x)));
+        }
         if let Some(v) = &f.fill {
             a.push(sp_arg("fill", v, |x| num(*x)));
         }

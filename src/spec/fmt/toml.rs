@@ -168,6 +168,8 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         t.opt("transform", &f.transform, |x| q(x));
         t.opt("mean", &f.mean, |x| num(*x));
         t.opt("std", &f.std, |x| num(*x));
+        t.opt("min", &f.min, |x| num(*x));
+        t.opt("max", &f.max, |x| num(*x));
         t.opt("fill", &f.fill, |x| num(*x));
         t.opt("min_count", &f.min_count, |x| x.to_string());
         t.opt("max_size", &f.max_size, |x| x.to_string());
