@@ -95,21 +95,7 @@ impl Batch {
     /// Gathers rows `idx` of `ds` into device tensors.
     pub fn gather(ds: &Dataset, idx: &[usize], device: &candle_core::Device) -> Result<Batch> {
         let b = idx.len();
-        let mut cat = Vec::with_capacity(ds.cat.len());
-        let mut bags = Vec::with_capacity(ds.cat.len());
-        for (i, c) in ds.cat.iter().enumerate() {
-            match ds.bags.get(i).and_then(Option::as_ref) {
-                Some(bag) => {
-                    let l = bag.len;
-                    cat.push(Tensor::from_vec(crate::data::select_rows(c, l, idx), (b, l), device)?);
-                    bags.push(Some(Tensor::from_vec(crate::data::select_rows(&bag.weights, l, idx), (b, l), device)?));
-                }
-                None => {
-                    cat.push(Tensor::from_vec(idx.iter().map(|&i| c[i]).collect::<Vec<u32>>(), b, device)?);
-                    bags.push(None);
-                }
-            }
-        }
+        let (cat, bags) = cat_columns(ds, Some(idx), device)?;
         let w = ds.dense_width;
         let dense = if w > 0 {
             Some(Tensor::from_vec(crate::data::select_rows(&ds.dense, w, idx), (b, w), device)?)
@@ -133,6 +119,44 @@ impl Batch {
             size: len,
         })
     }
+}
+
+/// Per categorical of `ds`, its table rows (`[B]`, a bag's `[B, len]`) and a bag's slot
+/// weights (`[B, len]`), of rows `idx` (every row when None).
+#[allow(clippy::type_complexity)]
+fn cat_columns(
+    ds: &Dataset,
+    idx: Option<&[usize]>,
+    device: &candle_core::Device,
+) -> Result<(Vec<Tensor>, Vec<Option<Tensor>>)> {
+    fn rows<T: Copy + candle_core::WithDType>(
+        v: &[T],
+        len: usize,
+        idx: Option<&[usize]>,
+        shape: candle_core::Shape,
+        device: &candle_core::Device,
+    ) -> Result<Tensor> {
+        match idx {
+            Some(idx) => Tensor::from_vec(crate::data::select_rows(v, len, idx), shape, device),
+            None => Tensor::from_slice(v, shape, device),
+        }
+    }
+    let n = idx.map_or(ds.rows, <[usize]>::len);
+    let mut cat = Vec::with_capacity(ds.cat.len());
+    let mut bags = Vec::with_capacity(ds.cat.len());
+    for (i, c) in ds.cat.iter().enumerate() {
+        match ds.bags.get(i).and_then(Option::as_ref) {
+            Some(bag) => {
+                cat.push(rows(c, bag.len, idx, (n, bag.len).into(), device)?);
+                bags.push(Some(rows(&bag.weights, bag.len, idx, (n, bag.len).into(), device)?));
+            }
+            None => {
+                cat.push(rows(c, 1, idx, n.into(), device)?);
+                bags.push(None);
+            }
+        }
+    }
+    Ok((cat, bags))
 }
 
 /// Per task of `ds`, the labels `pick` takes from its column, a missing one (NaN) as 0,
@@ -189,20 +213,7 @@ impl Resident {
 
     pub fn upload(ds: &Dataset, device: &candle_core::Device) -> Result<Resident> {
         let n = ds.rows;
-        let mut cat = Vec::with_capacity(ds.cat.len());
-        let mut bags = Vec::with_capacity(ds.cat.len());
-        for (i, c) in ds.cat.iter().enumerate() {
-            match ds.bags.get(i).and_then(Option::as_ref) {
-                Some(bag) => {
-                    cat.push(Tensor::from_slice(c, (n, bag.len), device)?);
-                    bags.push(Some(Tensor::from_slice(&bag.weights, (n, bag.len), device)?));
-                }
-                None => {
-                    cat.push(Tensor::from_slice(c, n, device)?);
-                    bags.push(None);
-                }
-            }
-        }
+        let (cat, bags) = cat_columns(ds, None, device)?;
         let dense =
             if ds.dense_width > 0 { Some(Tensor::from_slice(&ds.dense, (n, ds.dense_width), device)?) } else { None };
         let (labels, masks) = label_columns(ds, |l| l.to_vec(), device)?;
