@@ -420,57 +420,27 @@ impl Lower {
             let transform = match f.transform.as_ref().map(|t| (t, self.word("transform", t, TRANSFORMS))) {
                 None | Some((_, None)) | Some((_, Some("none"))) => Transform::None,
                 Some((_, Some("log1p"))) => Transform::Log1p,
-                Some((t, Some("minmax"))) => match (&f.min, &f.max) {
-                    (Some(lo), Some(hi)) => {
-                        let (min, max) = (*lo.get_ref(), *hi.get_ref());
-                        self.range("min", min.is_finite(), min, "a finite number", lo.span());
-                        let ok = max.is_finite() && max > min;
-                        self.range("max", ok, max, format!("a finite number above min ({min})"), hi.span());
-                        Transform::MinMax { min: min as f32, max: max as f32 }
+                // A pair given together, or left out to fit on the training rows (NaN);
+                // half a pair is an error and the transform stays, so that its keys are not
+                // also reported as out of place.
+                Some((t, Some("minmax"))) => match self.stat_pair(t, ("min", &f.min), ("max", &f.max)) {
+                    Some((min, max)) => {
+                        self.range("min", min.get_ref().is_finite(), min.get_ref(), "a finite number", min.span());
+                        let (lo, hi) = (*min.get_ref(), *max.get_ref());
+                        let ok = hi.is_finite() && hi > lo;
+                        self.range("max", ok, hi, format!("a finite number above min ({lo})"), max.span());
+                        Transform::MinMax { min: lo as f32, max: hi as f32 }
                     }
-                    // Neither: fitted on the training rows before the model is built.
-                    (None, None) => Transform::MinMax { min: f32::NAN, max: f32::NAN },
-                    (given, _) => {
-                        let (what, span) = match given {
-                            Some(m) => ("`max`", m.span()),
-                            None => ("`min`", f.max.as_ref().map_or_else(|| t.span(), |s| s.span())),
-                        };
-                        self.errors.push(LowerError::Missing {
-                            what,
-                            span,
-                            help: Some(
-                                "minmax takes both `min` and `max`, or neither (then both are fitted on the training rows)"
-                                    .into(),
-                            ),
-                        });
-                        Transform::MinMax { min: f32::NAN, max: f32::NAN }
-                    }
+                    None => Transform::MinMax { min: f32::NAN, max: f32::NAN },
                 },
-                Some((t, Some(_))) => match (&f.mean, &f.std) {
-                    (Some(m), Some(s)) => {
+                Some((t, Some(_))) => match self.stat_pair(t, ("mean", &f.mean), ("std", &f.std)) {
+                    Some((m, s)) => {
                         let (mean, std) = (*m.get_ref(), *s.get_ref());
                         self.range("mean", mean.is_finite(), mean, "a finite number", m.span());
                         self.range("std", std.is_finite() && std > 0.0, std, "a positive number", s.span());
                         Transform::ZScore { mean: mean as f32, std: std as f32 }
                     }
-                    // Neither: fitted on the training rows before the model is built.
-                    (None, None) => Transform::ZScore { mean: f32::NAN, std: f32::NAN },
-                    (given, _) => {
-                        let (what, span) = match given {
-                            Some(m) => ("`std`", m.span()),
-                            None => ("`mean`", f.std.as_ref().map_or_else(|| t.span(), |s| s.span())),
-                        };
-                        self.errors.push(LowerError::Missing {
-                            what,
-                            span,
-                            help: Some(
-                                "zscore takes both `mean` and `std`, or neither (then both are fitted on the training rows)"
-                                    .into(),
-                            ),
-                        });
-                        // Still a zscore, so that `mean` is not also reported as out of place.
-                        Transform::ZScore { mean: f32::NAN, std: f32::NAN }
-                    }
+                    None => Transform::ZScore { mean: f32::NAN, std: f32::NAN },
                 },
             };
             if !matches!(transform, Transform::MinMax { .. }) {
@@ -488,6 +458,36 @@ impl Lower {
             FeatureKind::Dense { width, transform, fill }
         };
         Feature { name, column, kind, shares: None }
+    }
+
+    /// A transform's two statistics (`mean` and `std`, `min` and `max`): both given, or
+    /// neither (None: fitted on the training rows); half a pair is an error (None too).
+    fn stat_pair(
+        &mut self,
+        transform: &Sp<String>,
+        (ka, a): (&'static str, &Option<Sp<f64>>),
+        (kb, b): (&'static str, &Option<Sp<f64>>),
+    ) -> Option<(Sp<f64>, Sp<f64>)> {
+        let (what, span) = match (a, b) {
+            (Some(a), Some(b)) => return Some((a.clone(), b.clone())),
+            (None, None) => return None,
+            (Some(a), None) => (kb, a.span()),
+            (None, Some(b)) => (ka, b.span()),
+        };
+        let name = transform.get_ref();
+        self.errors.push(LowerError::Missing {
+            what: match what {
+                "mean" => "`mean`",
+                "std" => "`std`",
+                "min" => "`min`",
+                _ => "`max`",
+            },
+            span,
+            help: Some(format!(
+                "{name} takes both `{ka}` and `{kb}`, or neither (then both are fitted on the training rows)"
+            )),
+        });
+        None
     }
 
     /// Points each feature with `table = "x"` at feature x's table: its encoding and
