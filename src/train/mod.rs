@@ -457,14 +457,17 @@ fn add_losses(sums: &mut [f64], read: &Tensor, model: &CandleModel, epoch: usize
 /// stream.
 enum EpochBatches<'a> {
     Memory { feed: &'a Feed<'a>, order: crate::backend::candle::Order, rows: usize, batch: usize, start: usize },
-    Stream { batches: crate::data::stream::Batches, device: candle_core::Device },
+    Stream { batches: Box<crate::data::stream::Batches>, device: candle_core::Device },
 }
 
 impl<'a> EpochBatches<'a> {
     fn new(splits: &Splits, feed: &'a Feed<'a>, epoch: usize, cfg: &TrainConfig) -> Result<Self, TrainError> {
         let batch = cfg.batch_size.max(1);
         Ok(match &splits.stream {
-            Some(s) => EpochBatches::Stream { batches: s.epoch(epoch, batch, cfg.seed), device: feed.device().clone() },
+            Some(s) => EpochBatches::Stream {
+                batches: Box::new(s.epoch(epoch, batch, cfg.seed)),
+                device: feed.device().clone(),
+            },
             None => {
                 let rows = splits.train.rows;
                 let mut order: Vec<usize> = (0..rows).collect();

@@ -203,10 +203,10 @@ fn a_lazy_step_moves_the_bags_rows_and_leaves_the_padding_row_alone() {
 
 #[test]
 fn weights_that_do_not_match_their_values_are_bad_rows() {
-    let spec = SPEC.replace("t.csv", "t.csv");
+    let spec = SPEC;
     let rows = "item,hist,tags,tw,kw,label\na,b,t1|t2,1,x,1\nb,c,t1,oops,y,0\nc,d,t1,2,z,1\n";
-    let (dir, _) = spec_with_data("s.mg", &spec, rows);
-    let c = compile_ok("s.mg", &spec);
+    let (dir, _) = spec_with_data("s.mg", spec, rows);
+    let c = compile_ok("s.mg", spec);
     let frame =
         read_csv(&dir.path().join("t.csv"), &FORMAT, &data::needs(&c.model), true, &|n| n.reader.clone()).unwrap();
     let e = data::encode(&c.model, &frame, true).unwrap_err().to_string();
