@@ -73,6 +73,16 @@ impl Printer {
         self.running.clear();
         self.steps_seen = 0;
     }
+
+    /// Rows skipped as broken, of those read, by reason; with `warn`, the first few.
+    fn skipped(&mut self, prefix: &str, skipped: &multigate::data::Skipped, read: u64, warn: bool) {
+        self.line(format!("{prefix}skipped {} bad row(s) of {read} read: {}", skipped.total, skipped.summary()));
+        if warn {
+            for f in &skipped.first {
+                self.line(format!("  skipped {f}"));
+            }
+        }
+    }
 }
 
 macro_rules! say {
@@ -140,32 +150,11 @@ impl Observer for Printer {
                     say!(self, "labels {}: {what} {}", l.task, parts.join(", "));
                 }
                 if info.skipped.total > 0 {
-                    say!(
-                        self,
-                        "skipped {} bad row(s) of {} read: {}",
-                        info.skipped.total,
-                        info.rows_read,
-                        info.skipped.summary()
-                    );
-                    if info.warn_skipped {
-                        for f in &info.skipped.first {
-                            say!(self, "  skipped {f}");
-                        }
-                    }
+                    self.skipped("", &info.skipped, info.rows_read, info.warn_skipped);
                 }
             }
             Event::StreamSkipped { skipped, read, warn } => {
-                say!(
-                    self,
-                    "streamed training rows: skipped {} bad row(s) of {read} read: {}",
-                    skipped.total,
-                    skipped.summary()
-                );
-                if *warn {
-                    for f in &skipped.first {
-                        say!(self, "  skipped {f}");
-                    }
-                }
+                self.skipped("streamed training rows: ", skipped, *read, *warn)
             }
             Event::Resumed { checkpoint, epochs_done, complete: false } => {
                 say!(self, "resuming from {} after epoch {epochs_done}", checkpoint.display())

@@ -282,6 +282,29 @@ pub fn encode_skipping(model: &Model, frame: &Frame, training: bool) -> Result<(
     encode_with(model, frame, true, training, true)
 }
 
+/// A frame read for training (`training`) or evaluation, encoded under the bad-row
+/// `policy`: a skipping one drops broken rows and tallies them, with the rows read, in
+/// `tally`; otherwise the first broken row is an error.
+pub fn encode_by_policy(
+    model: &Model,
+    frame: &Frame,
+    policy: &crate::ir::BadRows,
+    training: bool,
+    tally: &mut (Skipped, u64),
+) -> Result<Dataset, DataError> {
+    if policy.skips() {
+        let (ds, bad) = encode_skipping(model, frame, training)?;
+        tally.0.merge(&frame.skipped);
+        tally.0.merge(&bad);
+        tally.1 += frame.rows as u64 + frame.skipped.total;
+        Ok(ds)
+    } else if training {
+        encode_training(model, frame)
+    } else {
+        encode(model, frame, true)
+    }
+}
+
 /// Row-level problems met while encoding: the first is an error, or (lenient) each
 /// marks its row to be dropped.
 struct RowCheck<'a> {
@@ -325,6 +348,9 @@ fn encode_with(
     ds.dense = vec![0.0; frame.rows * ds.dense_width];
     let mut offset = 0;
     for f in &model.features {
+        // A categorical is hashed under the name of the feature that owns its table, so
+        // that one value takes one row whichever feature reads it.
+        let key = f.shares.map_or(&f.name, |o| &model.features[o.0].name);
         match &f.kind {
             FeatureKind::Categorical { encoding: crate::ir::Encoding::Bucketize { boundaries }, .. } => {
                 let bucket = |x: f64| crate::ir::Encoding::bucket(boundaries, x);
@@ -357,15 +383,11 @@ fn encode_with(
                 ds.bags.push(None);
             }
             FeatureKind::Categorical { encoding, bag: Some(bag), .. } => {
-                let key = f.shares.map_or(&f.name, |o| &model.features[o.0].name);
                 let (ids, rows) = encode_bag(f, key, encoding, bag, frame, &mut check)?;
                 ds.cat.push(ids);
                 ds.bags.push(Some(rows));
             }
             FeatureKind::Categorical { encoding, .. } => {
-                // Hashed under the name of the feature that owns the table, so that one
-                // value takes one row whichever feature reads it.
-                let key = f.shares.map_or(&f.name, |o| &model.features[o.0].name);
                 let rows = match frame.column_as(&f.column, false).ok_or_else(|| missing(&f.column))? {
                     Column::Cat { dict, codes } => {
                         let table: Vec<u32> = dict.iter().map(|v| encode_value(key, encoding, v)).collect();
@@ -832,18 +854,7 @@ pub fn load_splits_with(
             for part in parts {
                 let p = part.path.as_path();
                 let frame = source::read_part(part, format, &needs, true, spec_at, &|r, t| progress(p, r, t))?;
-                let ds = if data.bad_rows.skips() {
-                    let (ds, bad) = encode_skipping(model, &frame, training)?;
-                    let mut s = skipped.borrow_mut();
-                    s.0.merge(&frame.skipped);
-                    s.0.merge(&bad);
-                    s.1 += frame.rows as u64 + frame.skipped.total;
-                    ds
-                } else if training {
-                    encode_training(model, &frame)?
-                } else {
-                    encode(model, &frame, true)?
-                };
+                let ds = encode_by_policy(model, &frame, &data.bad_rows, training, &mut skipped.borrow_mut())?;
                 all.extend(ds);
             }
             Ok(all)

@@ -15,7 +15,7 @@
 use std::sync::mpsc;
 
 use super::source::{read_part_chunks, Part};
-use super::{check_bad_rows, encode_skipping, encode_training, DataError, Dataset, Need, Skipped};
+use super::{check_bad_rows, encode_by_policy, DataError, Dataset, Need, Skipped};
 use crate::ir::{BadRows, CsvFormat, Model, StreamConfig};
 use crate::rng::Rng;
 
@@ -142,7 +142,7 @@ impl Stream {
     ) -> Result<(), DataError> {
         let mut order: Vec<usize> = (0..self.parts.len()).collect();
         Rng::derive(seed, &format!("files-{epoch}")).shuffle(&mut order);
-        let (mut skipped, mut read) = (Skipped::default(), 0u64);
+        let mut tally = (Skipped::default(), 0u64);
         let spec_at = |n: &Need| self.describe(n);
         for &i in &order {
             read_part_chunks(
@@ -154,15 +154,7 @@ impl Stream {
                 &|_, _| {},
                 self.config.chunk_rows,
                 &mut |frame| {
-                    read += frame.rows as u64 + frame.skipped.total;
-                    let ds = if self.bad_rows.skips() {
-                        let (ds, bad) = encode_skipping(&self.model, &frame, true)?;
-                        skipped.merge(&frame.skipped);
-                        skipped.merge(&bad);
-                        ds
-                    } else {
-                        encode_training(&self.model, &frame)?
-                    };
+                    let ds = encode_by_policy(&self.model, &frame, &self.bad_rows, true, &mut tally)?;
                     // A reader may hand on more than a chunk (a CSV block of 4 MB): pieces
                     // of `chunk_rows` keep the buffer's window exact. A send fails when
                     // the trainer hung up (it failed, or stopped early): stop reading.
@@ -178,6 +170,7 @@ impl Stream {
                 },
             )?;
         }
+        let (skipped, read) = tally;
         tx.send(Ok(Message::Done { skipped, read })).map_err(|_| DataError::Stopped)
     }
 }

@@ -342,15 +342,15 @@ struct Request {
 /// A JSON value as the raw text a CSV field would hold. A bag's column (`join`: its
 /// separator) also takes a list of values, joined.
 fn raw_text(v: &Value, column: &str, row: usize, join: Option<&str>) -> Result<String, String> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Null => Ok(String::new()),
-        Value::Array(items) if join.is_some() => {
+    match (v, join) {
+        (Value::String(s), _) => Ok(s.clone()),
+        (Value::Number(n), _) => Ok(n.to_string()),
+        (Value::Null, _) => Ok(String::new()),
+        (Value::Array(items), Some(sep)) => {
             let values = items.iter().map(|x| raw_text(x, column, row, None)).collect::<Result<Vec<_>, _>>()?;
-            Ok(values.join(join.unwrap_or_default()))
+            Ok(values.join(sep))
         }
-        other => Err(format!(
+        (other, _) => Err(format!(
             "input `{column}` of instance {row}: {} is not a value (a string, a number or null)",
             match other {
                 Value::Bool(_) => "a boolean",

@@ -207,7 +207,10 @@ pub const RESIDENT_MAX_BYTES: usize = 16 << 30;
 impl Resident {
     /// The dataset's bytes once resident (ids, dense values, labels and masks).
     pub fn bytes(ds: &Dataset) -> usize {
-        let cat: usize = (0..ds.cat.len()).map(|i| ds.cat_len(i) * if ds.cat_len(i) > 1 { 2 } else { 1 }).sum();
+        // A bag's ids and slot weights.
+        let cat: usize = (0..ds.cat.len())
+            .map(|i| ds.cat_len(i) * if ds.bags.get(i).is_some_and(Option::is_some) { 2 } else { 1 })
+            .sum();
         4 * ds.rows * (cat + ds.dense_width + 2 * ds.labels.iter().filter(|l| !l.is_empty()).count())
     }
 
