@@ -75,8 +75,12 @@ say ""; say "## 3. training throughput, seed shape (samples/s), interleaved"
 for b in 512 8192 65536; do
   steps=$(( (b >= 65536 ? 40 : (b >= 8192 ? 100 : 300)) / ${STEPS_DIV:-1} + 1 ))
   for rep in 1 2; do
-    mg=$("$bin" bench models/bench_avazu_mmoe_64.toml --device "$device" --batch "$b" --steps "$steps" 2>&1 |
-      awk '/^train:/ {print $2}')
+    "$bin" bench models/bench_avazu_mmoe_64.toml --device "$device" --batch "$b" --steps "$steps" \
+      > "$work/bench.log" 2>&1
+    mg=$(awk '/^train:/ {print $2}' "$work/bench.log")
+    # The whole report once per batch size (the host's share of each phase), and the
+    # error of a failed run.
+    if [ -z "$mg" ] || [ "$rep" = 1 ]; then sed 's/^/    /' "$work/bench.log" | head -8 >> "$results"; fi
     pt=$(timeout 120 "$py" "$dist/torch_mmoe.py" --device "${device%%:*}" --fused --one-table --adam fused \
       --batch "$b" --steps "$steps" --warmup 10 --threads "$(nproc)" 2>&1 | grep '^RESULT' | head -1 |
       sed -n 's/.*samples\/s=\([0-9]*\).*/\1/p')

@@ -296,7 +296,7 @@ impl Update<'_> {
                 let mut parts = Vec::with_capacity(mine.len());
                 for l in mine {
                     if let Some(g) = grad_of(l.leaf.as_tensor()) {
-                        parts.push((l.ids.clone(), g.clone()));
+                        parts.push((l.ids.clone(), g.clone(), l.slots.as_ref().map(|s| s.flatten_all()).transpose()?));
                     }
                 }
                 super::adam_cuda::sparse_step(var, parts, state, k, c.lazy, self.step)?;

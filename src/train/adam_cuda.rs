@@ -131,12 +131,16 @@ impl candle_core::InplaceOp2 for Dense<'_> {
     }
 }
 
+/// One lookup's gradient: ids, rows and, for a bag, slot weights.
+pub(super) type Lookup = (Tensor, Tensor, Option<Tensor>);
+
 /// Sparse step of one table from the gradient rows of its lookups.
 struct Sparse<'a> {
     state: &'a Mutex<CudaState>,
     k: Coefficients,
-    /// (ids `[B]` u32, gradient rows `[B, dim]`) of each lookup of the table.
-    parts: Vec<(Tensor, Tensor)>,
+    /// (ids `[B]` u32, gradient rows `[B, dim]`, a bag's slot weights `[B]`: 0 on
+    /// padding, which is no lookup) of each lookup of the table.
+    parts: Vec<Lookup>,
     dim: usize,
     lazy: bool,
     step: u64,
@@ -167,11 +171,17 @@ impl candle_core::InplaceOp1 for Sparse<'_> {
         let Some(scratch) = scratch.as_mut() else { candle_core::bail!("adam: no scratch gradient") };
         // Every lookup's rows into the scratch gradient first; then the update.
         let mut held = Vec::with_capacity(self.parts.len());
-        for (ids, rows) in &self.parts {
-            held.push((ids.storage_and_layout(), rows.storage_and_layout()));
+        for (ids, rows, slots) in &self.parts {
+            held.push((
+                ids.storage_and_layout(),
+                rows.storage_and_layout(),
+                slots.as_ref().map(|s| s.storage_and_layout()),
+            ));
         }
+        // A null `slots` pointer: every lookup counts.
+        let no_slots = 0u64;
         let mut views = Vec::with_capacity(held.len());
-        for ((ids_s, ids_l), (rows_s, rows_l)) in &held {
+        for ((ids_s, ids_l), (rows_s, rows_l), slots) in &held {
             let (Storage::Cuda(ids_s), Storage::Cuda(rows_s)) = (&**ids_s, &**rows_s) else {
                 candle_core::bail!("adam: lookups of a CUDA table must be on the device")
             };
@@ -181,27 +191,49 @@ impl candle_core::InplaceOp1 for Sparse<'_> {
             if rows.len() != ids.len() * self.dim {
                 candle_core::bail!("adam: {} gradient values for {} rows of {}", rows.len(), ids.len(), self.dim);
             }
+            let slots = match slots {
+                Some((s, l)) => {
+                    let Storage::Cuda(s) = &**s else { candle_core::bail!("adam: slot weights must be on the device") };
+                    let view = f32_slice(s, l, "slot weights")?;
+                    if view.len() != ids.len() {
+                        candle_core::bail!("adam: {} slot weights for {} lookups", view.len(), ids.len());
+                    }
+                    Some(view)
+                }
+                None => None,
+            };
             let bn = ids.len() as u64;
             let (stream, f) = cuda::kernel(&dev, "mg_scatter_rows")?;
             let mut launch = stream.launch_builder(&f);
-            launch.arg(&mut *scratch).arg(&ids).arg(&rows).arg(&bn).arg(&d);
+            launch.arg(&mut *scratch).arg(&ids).arg(&rows);
+            match &slots {
+                Some(s) => launch.arg(s),
+                None => launch.arg(&no_slots),
+            };
+            launch.arg(&bn).arg(&d);
             // SAFETY: matches `mg_scatter_rows`; ids index rows of the table (checked
-            // when the batch was encoded: every id is below the table's row count).
+            // when the batch was encoded: every id is below the table's row count);
+            // `slots` is null or has a value per id.
             unsafe { launch.launch(cuda::grid(bn * d)) }.w()?;
-            views.push(ids);
+            views.push((ids, slots));
         }
         let k = &self.k;
         if self.lazy {
             let Some(owner) = owner.as_mut() else { candle_core::bail!("adam: no row owners") };
             let step = self.step as u32;
-            for ids in &views {
+            for (ids, slots) in &views {
                 let bn = ids.len() as u64;
                 let (stream, f) = cuda::kernel(&dev, "mg_lazy_adam")?;
                 let mut launch = stream.launch_builder(&f);
                 launch.arg(&mut p).arg(&mut *m).arg(&mut *v).arg(&mut *scratch).arg(&mut *owner).arg(ids);
+                match slots {
+                    Some(s) => launch.arg(s),
+                    None => launch.arg(&no_slots),
+                };
                 launch.arg(&bn).arg(&d).arg(&step);
                 launch.arg(&k.b1).arg(&k.b2).arg(&k.eps).arg(&k.step_size).arg(&k.inv_bc2_sqrt).arg(&k.keep);
-                // SAFETY: matches `mg_lazy_adam`; `owner` has a value per table row.
+                // SAFETY: matches `mg_lazy_adam`; `owner` has a value per table row, and
+                // `slots` is null or has a value per id.
                 unsafe { launch.launch(cuda::rows(bn, d)) }.w()?;
             }
         } else {
@@ -218,18 +250,22 @@ pub(super) fn dense_step(var: &Var, grad: &Tensor, state: &Mutex<CudaState>, k: 
     var.as_tensor().inplace_op2(&grad.contiguous()?, &Dense { state, k })
 }
 
-/// Applies the gradient rows of a table's lookups (`(ids, rows)` pairs) to `var`.
+/// Applies the gradient rows of a table's lookups to `var`.
 pub(super) fn sparse_step(
     var: &Var,
-    parts: Vec<(Tensor, Tensor)>,
+    parts: Vec<Lookup>,
     state: &Mutex<CudaState>,
     k: Coefficients,
     lazy: bool,
     step: u64,
 ) -> Result<()> {
     let dim = var.as_tensor().dims().last().copied().unwrap_or(1);
-    let parts =
-        parts.into_iter().map(|(ids, rows)| Ok((ids.contiguous()?, rows.contiguous()?))).collect::<Result<Vec<_>>>()?;
+    let parts = parts
+        .into_iter()
+        .map(|(ids, rows, slots)| {
+            Ok((ids.contiguous()?, rows.contiguous()?, slots.map(|s| s.contiguous()).transpose()?))
+        })
+        .collect::<Result<Vec<_>>>()?;
     var.as_tensor().inplace_op1(&Sparse { state, k, parts, dim, lazy, step })
 }
 

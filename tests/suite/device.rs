@@ -150,6 +150,9 @@ fn cuda_forward_matches_cpu_for_every_model() {
 fn cuda_training_follows_cpu_for_every_model() {
     let gpu = cuda();
     let one = Workers::new(1).unwrap();
+    // Every model runs (GPU time is scarce: one run shows every figure); the test fails
+    // at the end, naming each that did not agree.
+    let mut disagree = Vec::new();
     for path in model_files("toml") {
         let (c, ds) = model_and_rows(&path, 4096);
         for lazy in [false, true] {
@@ -173,9 +176,12 @@ fn cuda_training_follows_cpu_for_every_model() {
             let worst = a.iter().zip(&b).map(|(x, y)| max_rel(x, y)).fold(0.0, f32::max);
             let name = if lazy { "lazy_adam" } else { "adam" };
             println!("{} ({name}): largest loss difference over 200 steps {worst:.2e}", path.display());
-            assert!(worst <= 1e-3, "{} ({name}): CUDA losses differ from CPU by {worst}", path.display());
+            if worst > 1e-3 {
+                disagree.push(format!("{} ({name}): {worst:.2e}", path.display()));
+            }
         }
     }
+    assert!(disagree.is_empty(), "CUDA losses differ from CPU by more than 1e-3: {}", disagree.join(", "));
 }
 
 /// The device's random ops equal their CPU twins (same hash, same arithmetic).

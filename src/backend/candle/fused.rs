@@ -241,7 +241,7 @@ impl LayerParams {
             Some(q) => weights.matmul(q)?.reshape((b, m, n))?, // [B, M, N]
             None => weights.reshape((b, m, n))?,
         };
-        let mixed = dense.matmul(&experts)?; // [B, M, u]
+        let mixed = super::batched_matmul(&dense, &experts)?; // [B, M, u]
         let balance = balance.map(|x| x * self.gating.balance as f64).transpose()?;
         Ok(LayerOutput { stream: shape_output(mixed, output, b, u)?, gates: per_mix, balance })
     }

@@ -28,14 +28,27 @@ pub fn candle_device(d: Device) -> Result<candle_core::Device> {
     match d {
         Device::Cpu => Ok(candle_core::Device::Cpu),
         // candle's error carries a backtrace; the first line says what failed.
+        // One stream of our own, whichever thread queues work on it. candle's default
+        // is the per-thread default stream: an optimizer step run on a worker thread then
+        // raced the backward pass still running on the main thread's stream (wrong
+        // gradients, and buffers freed under a kernel: an illegal address at batch
+        // 61,440 on an H200).
         #[cfg(feature = "cuda")]
-        Device::Cuda(n) => candle_core::Device::new_cuda(n).map_err(|e| {
-            let what = e.to_string();
-            candle_core::Error::Msg(format!(
-                "cannot open CUDA device {n}: {} (is there a GPU, and the NVIDIA driver's libcuda.so.1?)",
-                what.lines().next().unwrap_or("unknown error")
-            ))
-        }),
+        Device::Cuda(n) => {
+            let dev = candle_core::cuda_backend::CudaDevice::new_with_stream(n).map_err(|e| {
+                let what = e.to_string();
+                candle_core::Error::Msg(format!(
+                    "cannot open CUDA device {n}: {} (is there a GPU, and the NVIDIA driver's libcuda.so.1?)",
+                    what.lines().next().unwrap_or("unknown error")
+                ))
+            })?;
+            // SAFETY: every kernel, copy, cuBLAS call and free of this device goes to its
+            // one stream (candle's ops, and ours through `device_ops::cuda::kernel`), so
+            // no tensor is used on another stream: cudarc's per-buffer events, which
+            // order uses across streams, would be host time spent for nothing.
+            unsafe { dev.disable_event_tracking() };
+            Ok(candle_core::Device::Cuda(dev))
+        }
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err(candle_core::Error::Msg(
             "this multigate was built without the `cuda` feature; rebuild with --features cuda".into(),
@@ -52,7 +65,7 @@ fn pool(e: &Tensor, w: &Tensor, pooling: crate::ir::Pooling) -> Result<Tensor> {
     let dim = e.dim(1)?;
     let e = e.reshape((b, len, dim))?;
     match pooling {
-        crate::ir::Pooling::Sum | crate::ir::Pooling::Mean => w.unsqueeze(1)?.matmul(&e)?.squeeze(1),
+        crate::ir::Pooling::Sum | crate::ir::Pooling::Mean => batched_matmul(&w.unsqueeze(1)?, &e)?.squeeze(1),
         crate::ir::Pooling::Max => {
             const FAR: f64 = 1e9;
             let pushed = e.broadcast_add(&((w - 1.0)? * FAR)?.unsqueeze(2)?)?;
@@ -392,6 +405,33 @@ pub(crate) fn dropout(x: &Tensor, rate: f32, rng: Option<&mut Rng>) -> Result<Te
     x * Tensor::from_vec(mask, x.shape(), x.device())?
 }
 
+/// The most matrices one cuBLAS batched GEMM is given: its kernels put the batch on a
+/// grid axis limited to 65,535 blocks, and batch 65,536 fails on an H200 (PyTorch splits
+/// at 63 × 1024 for the same reason).
+const CUDA_GEMM_BATCH: usize = 32 * 1024;
+
+/// `a.matmul(b)` for `a: [B, m, k]`, `b: [B, k, n]`, split into batches of at most
+/// [`CUDA_GEMM_BATCH`] on a CUDA device (the backward of each part is as small). One
+/// matmul on the CPU.
+pub(crate) fn batched_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    chunked_matmul(a, b, if a.device().is_cuda() { CUDA_GEMM_BATCH } else { usize::MAX })
+}
+
+fn chunked_matmul(a: &Tensor, b: &Tensor, chunk: usize) -> Result<Tensor> {
+    let n = a.dim(0)?;
+    if n <= chunk {
+        return a.matmul(b);
+    }
+    let parts = (0..n)
+        .step_by(chunk)
+        .map(|at| {
+            let len = chunk.min(n - at);
+            a.narrow(0, at, len)?.matmul(&b.narrow(0, at, len)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)
+}
+
 /// `y + b` with the bias broadcast over rows, written as a rank-1 matmul
 /// `ones[.., N, 1] x b[.., 1, n]`: its backward is a GEMM, where candle's
 /// `broadcast_add` backward sums over a leading axis with a per-element divmod loop
@@ -708,5 +748,28 @@ mod tests {
         assert!((mean - 1.0).abs() < 0.02, "{mean}");
         let same = dropout(&x, 0.3, None).unwrap();
         assert_eq!(same.to_vec1::<f32>().unwrap(), x.to_vec1::<f32>().unwrap());
+    }
+
+    /// The CUDA split of a batched matmul gives the one matmul's values and gradients.
+    #[test]
+    fn a_split_batched_matmul_equals_one_matmul() {
+        let dev = candle_core::Device::Cpu;
+        let a = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (7, 2, 3), &dev).unwrap()).unwrap();
+        let b = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (7, 3, 4), &dev).unwrap()).unwrap();
+        let whole = a.as_tensor().matmul(b.as_tensor()).unwrap();
+        let split = chunked_matmul(a.as_tensor(), b.as_tensor(), 3).unwrap();
+        let diff = |x: &Tensor, y: &Tensor| -> f32 {
+            (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+        };
+        assert_eq!(split.dims(), whole.dims());
+        assert!(diff(&split, &whole) < 1e-6);
+        let weights = Tensor::randn(0f32, 1.0, (7, 2, 4), &dev).unwrap();
+        let g1 = (&whole * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&split * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&a, &b] {
+            let (x, y) = (g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+            assert!(diff(x, y) < 1e-6);
+            assert!(x.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+        }
     }
 }

@@ -24,29 +24,37 @@ extern "C" __global__ void mg_adam(float* p, const float* g, float* m, float* v,
   }
 }
 
+// Whether lookup i is a lookup: a bag's padding slots (slot weight 0) are not. `slots`
+// is null for a one-value feature. The same rule as the CPU's `SparseStep` parts.
+__device__ __forceinline__ bool looked_up(const float* slots, uint64_t i) {
+  return slots == nullptr || slots[i] != 0.0f;
+}
+
 // Adds b gradient rows of width d to the rows `ids` of a table-sized gradient buffer
-// (several lookups of one row add up).
+// (several lookups of one row add up), skipping padding slots.
 extern "C" __global__ void mg_scatter_rows(float* table_grad, const uint32_t* ids, const float* rows,
-                                           uint64_t b, uint64_t d) {
+                                           const float* slots, uint64_t b, uint64_t d) {
   for (uint64_t k = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; k < b * d;
        k += (uint64_t)blockDim.x * gridDim.x) {
     uint64_t i = k / d, j = k % d;
-    atomicAdd(table_grad + (uint64_t)ids[i] * d + j, rows[k]);
+    if (looked_up(slots, i)) atomicAdd(table_grad + (uint64_t)ids[i] * d + j, rows[k]);
   }
 }
 
 // Lazy Adam: updates the looked-up rows alone, each once, from their summed gradient in
 // `scratch` (mg_scatter_rows), and clears those scratch rows again. A row looked up
-// several times is claimed by the first block that raises its `owner` to this step.
+// several times is claimed by the first block that raises its `owner` to this step;
+// padding slots claim nothing, so a row seen only as padding does not move.
 // One block per lookup; the block's threads walk the row's d values.
 extern "C" __global__ void mg_lazy_adam(float* p, float* m, float* v, float* scratch, uint32_t* owner,
-                                        const uint32_t* ids, uint64_t b, uint64_t d, uint32_t step,
+                                        const uint32_t* ids, const float* slots, uint64_t b, uint64_t d,
+                                        uint32_t step,
                                         float b1, float b2, float eps, float step_size, float inv_bc2_sqrt,
                                         float keep) {
   __shared__ int mine;
   for (uint64_t i = blockIdx.x; i < b; i += gridDim.x) {
     uint64_t r = ids[i];
-    if (threadIdx.x == 0) mine = atomicMax(owner + r, step) < step;
+    if (threadIdx.x == 0) mine = looked_up(slots, i) && atomicMax(owner + r, step) < step;
     __syncthreads();
     if (mine) {
       for (uint64_t j = threadIdx.x; j < d; j += blockDim.x) {
