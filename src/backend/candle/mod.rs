@@ -405,9 +405,12 @@ pub(crate) fn dropout(x: &Tensor, rate: f32, rng: Option<&mut Rng>) -> Result<Te
     x * Tensor::from_vec(mask, x.shape(), x.device())?
 }
 
-/// The most matrices one cuBLAS batched GEMM is given: its kernels put the batch on a
-/// grid axis limited to 65,535 blocks, and batch 65,536 fails on an H200 (PyTorch splits
-/// at 63 × 1024 for the same reason).
+/// The most matrices one cuBLAS batched GEMM is given. Some of its kernels put the batch
+/// on a grid axis limited to 65,535 blocks (PyTorch splits at 63 × 1024 on the GPUs where
+/// that fails); a split costs a launch per 32K rows, so it is done on every CUDA device.
+/// (The illegal address first seen at batch 65,536 on an H200 was a stream race, fixed
+/// in `candle_device`; the runs since have this split, so batch 65,536 unsplit is
+/// unmeasured.)
 const CUDA_GEMM_BATCH: usize = 32 * 1024;
 
 /// `a.matmul(b)` for `a: [B, m, k]`, `b: [B, k, n]`, split into batches of at most
