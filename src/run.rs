@@ -327,8 +327,8 @@ pub fn train_spec(
     observer.on(&Event::DataLoaded {
         info: &info,
         train: splits.train.rows,
-        validation: splits.validation.rows,
-        test: splits.test.as_ref().map_or(0, |t| t.rows),
+        validation: splits.validation_data().rows(),
+        test: splits.test_data().map_or(0, |t| t.rows()),
     });
     // A binary task whose training labels are all one class learns nothing useful and
     // has no AUC: almost always a wrong `positive` or label column.
@@ -436,8 +436,8 @@ pub fn train_spec(
         data_files: settings.data_files.clone(),
         rows: SplitRows {
             train: splits.train.rows,
-            validation: splits.validation.rows,
-            test: splits.test.as_ref().map_or(0, |t| t.rows),
+            validation: splits.validation_data().rows(),
+            test: splits.test_data().map_or(0, |t| t.rows()),
         },
         train_seed: c.train.seed,
         epochs: c.train.epochs,

@@ -649,8 +649,8 @@ fn check(path: &Path, data_arg: Option<Option<PathBuf>>) -> Result<(), Failure> 
         eprintln!(
             "data: {} training, {} validation and {} test rows load and encode as training would",
             splits.train.rows,
-            splits.validation.rows,
-            splits.test.as_ref().map_or(0, |t| t.rows)
+            splits.validation_data().rows(),
+            splits.test_data().map_or(0, |t| t.rows())
         );
     }
     Ok(())

@@ -119,7 +119,7 @@ impl Observer for Printer {
                 match info.streamed {
                     Some(buffer) => say!(
                         self,
-                        "data: {} (train streamed, shuffle buffer {buffer} rows; validation {validation}, test {test})",
+                        "data: {} (streamed: train through a shuffle buffer of {buffer} rows; validation {validation}, test {test}, read a chunk at a time)",
                         info.source
                     ),
                     None => say!(self, "data: {} (train {train}, validation {validation}, test {test})", info.source),

@@ -719,10 +719,92 @@ pub fn split(ds: Dataset, fraction: f64, seed: u64, label: &str) -> (Dataset, Da
 pub struct Splits {
     /// The training rows; empty when they stream.
     pub train: Dataset,
+    /// The validation rows; empty when they stream.
     pub validation: Dataset,
     pub test: Option<Dataset>,
     /// Streamed training rows (`stream = true`), read anew each epoch.
     pub stream: Option<stream::Stream>,
+    /// With `stream = true`, the validation and test files stream too: read anew at each
+    /// evaluation, a chunk at a time.
+    pub validation_stream: Option<StreamedSplit>,
+    pub test_stream: Option<StreamedSplit>,
+}
+
+impl Splits {
+    /// The validation rows, held or streamed.
+    pub fn validation_data(&self) -> SplitData<'_> {
+        match &self.validation_stream {
+            Some(s) => SplitData::Streamed(s),
+            None => SplitData::Held(&self.validation),
+        }
+    }
+
+    /// The test rows, held or streamed, if there is a test split.
+    pub fn test_data(&self) -> Option<SplitData<'_>> {
+        match (&self.test_stream, &self.test) {
+            (Some(s), _) => Some(SplitData::Streamed(s)),
+            (None, Some(t)) => Some(SplitData::Held(t)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// A validation or test split that streams: its files, and what the pass at load
+/// found in them (their rows were checked against the bad-row policy then).
+#[derive(Debug, Clone)]
+pub struct StreamedSplit {
+    pub stream: stream::Stream,
+    /// Rows kept (not skipped as broken).
+    pub rows: usize,
+    /// Per task: how its labels are spread ([`LabelStats::of`]).
+    pub labels: Vec<Option<LabelStats>>,
+}
+
+impl StreamedSplit {
+    /// Reads `stream` once: counts its rows and labels, and tallies its bad rows.
+    pub fn survey(
+        model: &Model,
+        stream: stream::Stream,
+        tally: &mut (Skipped, u64),
+    ) -> Result<StreamedSplit, DataError> {
+        let mut rows = 0;
+        let mut labels: Vec<Option<LabelTally>> = vec![None; model.tasks.len()];
+        stream.for_each_chunk(tally, &mut |ds| {
+            rows += ds.rows;
+            for (t, y) in ds.labels.iter().enumerate().filter(|(_, y)| !y.is_empty()) {
+                if let Some(tally) = labels.get_mut(t) {
+                    tally.get_or_insert_with(|| LabelTally::for_task(model, t)).add(y);
+                }
+            }
+            Ok(())
+        })?;
+        let labels = labels.iter().enumerate().map(|(t, l)| l.as_ref().and_then(|l| l.stats(model, t))).collect();
+        Ok(StreamedSplit { stream, rows, labels })
+    }
+}
+
+/// The rows of a validation or test split: in memory, or read from their files.
+#[derive(Clone, Copy)]
+pub enum SplitData<'a> {
+    Held(&'a Dataset),
+    Streamed(&'a StreamedSplit),
+}
+
+impl SplitData<'_> {
+    pub fn rows(&self) -> usize {
+        match self {
+            SplitData::Held(d) => d.rows,
+            SplitData::Streamed(s) => s.rows,
+        }
+    }
+
+    /// How task `t`'s labels are spread.
+    pub fn label_stats(&self, model: &Model, t: usize) -> Option<LabelStats> {
+        match self {
+            SplitData::Held(d) => LabelStats::of(model, t, d),
+            SplitData::Streamed(s) => s.labels.get(t).cloned().flatten(),
+        }
+    }
 }
 
 /// What a load produced besides the splits, for the user to see.
@@ -768,15 +850,51 @@ impl LabelStats {
     /// The labels of task `t` in `ds`; None for a regression or a split without them.
     pub fn of(model: &Model, t: usize, ds: &Dataset) -> Option<LabelStats> {
         let y = ds.labels.get(t).filter(|y| !y.is_empty())?;
-        let labelled: Vec<f32> = y.iter().copied().filter(|v| !v.is_nan()).collect();
-        let n = labelled.len();
-        let share = |k: f32| labelled.iter().filter(|&&v| v == k).count() as f64 / n.max(1) as f64;
+        let mut tally = LabelTally::for_task(model, t);
+        tally.add(y);
+        tally.stats(model, t)
+    }
+}
+
+/// Labels counted a chunk at a time: rows with a label, and rows per class (binary: 0
+/// and 1; none for a regression).
+#[derive(Debug, Clone)]
+struct LabelTally {
+    labelled: usize,
+    per_class: Vec<usize>,
+}
+
+impl LabelTally {
+    fn for_task(model: &Model, t: usize) -> LabelTally {
+        let classes = match &model.tasks[t].head {
+            Head::Binary => 2,
+            Head::Multiclass { classes } => classes.len(),
+            Head::Regression { .. } => 0,
+        };
+        LabelTally { labelled: 0, per_class: vec![0; classes] }
+    }
+
+    fn add(&mut self, y: &[f32]) {
+        for &v in y.iter().filter(|v| !v.is_nan()) {
+            self.labelled += 1;
+            // Encoded labels are class indices.
+            if v >= 0.0 && v.fract() == 0.0 {
+                if let Some(c) = self.per_class.get_mut(v as usize) {
+                    *c += 1;
+                }
+            }
+        }
+    }
+
+    fn stats(&self, model: &Model, t: usize) -> Option<LabelStats> {
+        let n = self.labelled;
+        let share = |k: usize| self.per_class.get(k).copied().unwrap_or(0) as f64 / n.max(1) as f64;
         match &model.tasks[t].head {
-            Head::Binary => Some(LabelStats { labelled: n, positive_rate: Some(share(1.0)), class_shares: None }),
+            Head::Binary => Some(LabelStats { labelled: n, positive_rate: Some(share(1)), class_shares: None }),
             Head::Multiclass { classes } => Some(LabelStats {
                 labelled: n,
                 positive_rate: None,
-                class_shares: Some((0..classes.len()).map(|k| share(k as f32)).collect()),
+                class_shares: Some((0..classes.len()).map(share).collect()),
             }),
             Head::Regression { .. } => None,
         }
@@ -791,8 +909,8 @@ pub fn label_spread(model: &Model, splits: &Splits) -> Vec<TaskLabels> {
             Some(TaskLabels {
                 task: model.tasks[t].name.clone(),
                 train: Some(train),
-                validation: LabelStats::of(model, t, &splits.validation),
-                test: splits.test.as_ref().and_then(|d| LabelStats::of(model, t, d)),
+                validation: splits.validation_data().label_stats(model, t),
+                test: splits.test_data().and_then(|d| d.label_stats(model, t)),
             })
         })
         .collect()
@@ -845,6 +963,7 @@ pub fn load_splits_with(
     let needs = needs(model);
     let mut info = LoadInfo::default();
     let mut streamed: Option<stream::Stream> = None;
+    let (mut validation_stream, mut test_stream) = (None, None);
     // Rows skipped under a skipping bad-row policy, and rows read in all.
     let skipped = std::cell::RefCell::new((Skipped::default(), 0u64));
     // Files (parts of folders and globs), each encoded, concatenated.
@@ -859,9 +978,6 @@ pub fn load_splits_with(
             }
             Ok(all)
         };
-    let read_path = |path: &std::path::Path, format: &crate::ir::CsvFormat| -> Result<Dataset, DataError> {
-        read_parts(&source::expand(path)?, format, false)
-    };
     let describe = |parts: &[source::Part]| -> String {
         match parts {
             [one] => one.path.display().to_string(),
@@ -907,13 +1023,32 @@ pub fn load_splits_with(
                 (DataSource::Csv(c), None) => (c.validation.as_deref(), c.test.as_deref()),
                 _ => (None, None),
             };
-            let validation = match validation_file {
-                Some(v) => Some(read_path(v, &format)?),
-                None if !window_validation.is_empty() => Some(read_parts(&window_validation, &format, false)?),
+            let validation_parts = match validation_file {
+                Some(v) => Some(source::expand(v)?),
+                None if !window_validation.is_empty() => Some(window_validation),
                 None => None,
             };
-            let test = test_file.map(|t| read_path(t, &format)).transpose()?;
-            (all, validation, test)
+            let test_parts = test_file.map(source::expand).transpose()?;
+            match data.stream {
+                // Streamed training: validation and test stream too, read once here to
+                // count their rows and labels and check their bad rows.
+                Some(config) => {
+                    let survey = |parts: Vec<source::Part>| {
+                        let s =
+                            stream::Stream::new(model, parts, format.clone(), config, data.bad_rows.clone(), spec_at);
+                        StreamedSplit::survey(model, s, &mut skipped.borrow_mut())
+                    };
+                    validation_stream = validation_parts.map(survey).transpose()?;
+                    test_stream = test_parts.map(survey).transpose()?;
+                    // The held splits are empty.
+                    (all, validation_stream.as_ref().map(|_| Dataset::default()), None)
+                }
+                None => {
+                    let validation = validation_parts.map(|p| read_parts(&p, &format, false)).transpose()?;
+                    let test = test_parts.map(|p| read_parts(&p, &format, false)).transpose()?;
+                    (all, validation, test)
+                }
+            }
         }
     };
     let (bad, read) = skipped.into_inner();
@@ -945,7 +1080,7 @@ pub fn load_splits_with(
             split(rest, frac, seed, "validation-split")
         }
     };
-    let splits = Splits { train, validation, test, stream: streamed };
+    let splits = Splits { train, validation, test, stream: streamed, validation_stream, test_stream };
     info.labels = label_spread(model, &splits);
     Ok((splits, info))
 }

@@ -11,6 +11,9 @@
 //! When the buffer holds every row (a file smaller than it), an epoch's batches are
 //! exactly those of the in-memory loop: the same permutation (`shuffle-{epoch}`) of
 //! the same rows in file order.
+//!
+//! Validation and test files stream through [`Stream::for_each_chunk`] instead: in
+//! file order, no buffer, one chunk at a time on the evaluating thread.
 
 use std::sync::mpsc;
 
@@ -96,6 +99,30 @@ impl Stream {
             }
         }
         Ok(frames)
+    }
+
+    /// Reads every file in spec order and hands `each` its encoded rows a chunk at a
+    /// time (no shuffling): an evaluation pass over a streamed validation or test split.
+    /// Rows the bad-row policy skips are tallied into `tally` (skipped, read).
+    pub fn for_each_chunk(
+        &self,
+        tally: &mut (Skipped, u64),
+        each: &mut dyn FnMut(&Dataset) -> Result<(), DataError>,
+    ) -> Result<(), DataError> {
+        let spec_at = |n: &Need| self.describe(n);
+        for part in &self.parts {
+            read_part_chunks(
+                part,
+                &self.format,
+                &self.needs,
+                true,
+                &spec_at,
+                &|_, _| {},
+                self.config.chunk_rows,
+                &mut |frame| each(&encode_by_policy(&self.model, &frame, &self.bad_rows, false, tally)?),
+            )?;
+        }
+        Ok(())
     }
 
     fn describe(&self, n: &Need) -> String {

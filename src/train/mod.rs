@@ -219,68 +219,97 @@ fn predict_all(
     gate_rows: bool,
     usage: bool,
 ) -> candle_core::Result<Predictions> {
-    let n_tasks = model.ir.tasks.len();
-    let mut preds = vec![Vec::with_capacity(ds.rows); n_tasks];
-    let summarise = usage || gate_rows;
-    let gated: Vec<&crate::ir::Layer> = model.ir.layers.iter().filter(|l| summarise && !l.gates.is_empty()).collect();
-    let plans: Vec<crate::ir::LayerPlan> = gated.iter().map(|l| l.plan(n_tasks)).collect();
-    let mut sums: Vec<Vec<MixSums>> =
-        plans.iter().map(|p| (0..p.mixes.len()).map(|_| MixSums::default()).collect()).collect();
-    let idx: Vec<usize> = (0..ds.rows).collect();
-    let chunks: Vec<&[usize]> = idx.chunks(batch_size.max(1)).collect();
-    // One batch per worker at a time, in parallel; their outputs are taken in order.
-    let workers = shard::Workers::configured()?;
-    let at_once = if model.device.is_cpu() { workers.threads() } else { 1 };
-    for group in chunks.chunks(at_once) {
-        let run = |chunk: &&[usize]| model.forward(&Batch::gather(ds, chunk, &model.device)?);
-        let outs: Vec<candle_core::Result<crate::backend::candle::Output>> = match group {
-            // One batch (a small request): on this thread, no hand-off to a worker.
-            [one] => vec![run(one)],
-            _ => workers.run(|| {
-                use rayon::prelude::*;
-                group.par_iter().map(run).collect()
-            }),
-        };
-        for out in outs {
-            let out = out?;
-            predict_batch(model, &out, &mut preds, &mut sums, gate_rows, ds.rows)?;
-        }
+    let mut sums = PredictSums::new(model, ds.rows, gate_rows, usage);
+    sums.add(model, ds, batch_size)?;
+    sums.finish(model)
+}
+
+/// Predictions and gate sums over the rows seen so far, added a dataset at a time (a
+/// held split is one, a streamed one a chunk each).
+struct PredictSums<'m> {
+    preds: Vec<Vec<f32>>,
+    gated: Vec<&'m crate::ir::Layer>,
+    plans: Vec<crate::ir::LayerPlan>,
+    sums: Vec<Vec<MixSums>>,
+    gate_rows: bool,
+    rows: usize,
+}
+
+impl<'m> PredictSums<'m> {
+    /// `expected`: the rows to come, if known (capacity only).
+    fn new(model: &'m CandleModel, expected: usize, gate_rows: bool, usage: bool) -> PredictSums<'m> {
+        let n_tasks = model.ir.tasks.len();
+        let summarise = usage || gate_rows;
+        let gated: Vec<&crate::ir::Layer> =
+            model.ir.layers.iter().filter(|l| summarise && !l.gates.is_empty()).collect();
+        let plans: Vec<crate::ir::LayerPlan> = gated.iter().map(|l| l.plan(n_tasks)).collect();
+        let sums = plans.iter().map(|p| (0..p.mixes.len()).map(|_| MixSums::default()).collect()).collect();
+        PredictSums { preds: vec![Vec::with_capacity(expected); n_tasks], gated, plans, sums, gate_rows, rows: 0 }
     }
-    let mut usage = Vec::new();
-    let mut gate_columns = Vec::new();
-    let n = ds.rows.max(1) as f64;
-    for ((l, mixes), plan) in gated.iter().zip(sums).zip(&plans) {
-        let mut gates = Vec::new();
-        let mut effective_experts = Vec::new();
-        let mut peaked = Vec::new();
-        let (expert_of, experts) = gate_report::expert_ids(l, plan);
-        let mut mixed = Vec::new();
-        let mut task_gate = Vec::new();
-        for ((name, s), mix) in mix_names(model, l, plan).into_iter().zip(mixes).zip(&plan.mixes) {
-            let Some(w) = s.weight else { continue };
-            let h = s.entropy.map(|h| h.to_scalar::<f32>()).transpose()?.unwrap_or(0.0);
-            effective_experts.push((h as f64 / n).exp());
-            peaked.push(s.peaked.map(|p| p.to_scalar::<f32>()).transpose()?.unwrap_or(0.0) as f64 / n);
-            mixed.push(mix.instances.iter().map(|&i| expert_of[i]).collect());
-            task_gate.push(matches!(mix.output, crate::ir::Slot::Task(_)));
-            // Column `gate.eK`: K is the expert's index among the layer's experts
-            // (shared first, then each task's in task order), as in `GateUsage::experts`.
-            for (&inst, values) in mix.instances.iter().zip(s.rows) {
-                gate_columns.push((format!("{name}.e{}", expert_of[inst]), values));
+
+    /// Predicts every row of `ds` in batches of `batch_size`.
+    fn add(&mut self, model: &CandleModel, ds: &Dataset, batch_size: usize) -> candle_core::Result<()> {
+        let idx: Vec<usize> = (0..ds.rows).collect();
+        let chunks: Vec<&[usize]> = idx.chunks(batch_size.max(1)).collect();
+        // One batch per worker at a time, in parallel; their outputs are taken in order.
+        let workers = shard::Workers::configured()?;
+        let at_once = if model.device.is_cpu() { workers.threads() } else { 1 };
+        for group in chunks.chunks(at_once) {
+            let run = |chunk: &&[usize]| model.forward(&Batch::gather(ds, chunk, &model.device)?);
+            let outs: Vec<candle_core::Result<crate::backend::candle::Output>> = match group {
+                // One batch (a small request): on this thread, no hand-off to a worker.
+                [one] => vec![run(one)],
+                _ => workers.run(|| {
+                    use rayon::prelude::*;
+                    group.par_iter().map(run).collect()
+                }),
+            };
+            for out in outs {
+                let out = out?;
+                predict_batch(model, &out, &mut self.preds, &mut self.sums, self.gate_rows, ds.rows)?;
             }
-            gates.push((name, w.to_vec1::<f32>()?.iter().map(|&x| x as f64 / n).collect()));
         }
-        usage.push(GateUsage {
-            layer: l.name.clone(),
-            gates,
-            effective_experts,
-            peaked,
-            mixes: mixed,
-            experts,
-            task_gate,
-        });
+        self.rows += ds.rows;
+        Ok(())
     }
-    Ok(Predictions { values: preds, gate_columns, usage })
+
+    fn finish(self, model: &CandleModel) -> candle_core::Result<Predictions> {
+        let mut usage = Vec::new();
+        let mut gate_columns = Vec::new();
+        let n = self.rows.max(1) as f64;
+        for ((l, mixes), plan) in self.gated.iter().zip(self.sums).zip(&self.plans) {
+            let mut gates = Vec::new();
+            let mut effective_experts = Vec::new();
+            let mut peaked = Vec::new();
+            let (expert_of, experts) = gate_report::expert_ids(l, plan);
+            let mut mixed = Vec::new();
+            let mut task_gate = Vec::new();
+            for ((name, s), mix) in mix_names(model, l, plan).into_iter().zip(mixes).zip(&plan.mixes) {
+                let Some(w) = s.weight else { continue };
+                let h = s.entropy.map(|h| h.to_scalar::<f32>()).transpose()?.unwrap_or(0.0);
+                effective_experts.push((h as f64 / n).exp());
+                peaked.push(s.peaked.map(|p| p.to_scalar::<f32>()).transpose()?.unwrap_or(0.0) as f64 / n);
+                mixed.push(mix.instances.iter().map(|&i| expert_of[i]).collect());
+                task_gate.push(matches!(mix.output, crate::ir::Slot::Task(_)));
+                // Column `gate.eK`: K is the expert's index among the layer's experts
+                // (shared first, then each task's in task order), as in `GateUsage::experts`.
+                for (&inst, values) in mix.instances.iter().zip(s.rows) {
+                    gate_columns.push((format!("{name}.e{}", expert_of[inst]), values));
+                }
+                gates.push((name, w.to_vec1::<f32>()?.iter().map(|&x| x as f64 / n).collect()));
+            }
+            usage.push(GateUsage {
+                layer: l.name.clone(),
+                gates,
+                effective_experts,
+                peaked,
+                mixes: mixed,
+                experts,
+                task_gate,
+            });
+        }
+        Ok(Predictions { values: self.preds, gate_columns, usage })
+    }
 }
 
 /// Predicts and scores a labelled dataset. Tasks without labels in `ds` score
@@ -288,9 +317,54 @@ fn predict_all(
 /// (logloss, or the squared error in the transformed space) of the tasks that train.
 pub fn evaluate(model: &CandleModel, ds: &Dataset, batch_size: usize) -> Result<Evaluation, TrainError> {
     let (predictions, gate_usage) = predict(model, ds, batch_size)?;
+    score(model, predictions, &ds.labels, gate_usage)
+}
+
+/// [`evaluate`] of a validation or test split, held in memory or read from its files a
+/// chunk at a time (only the predictions and labels are held: a few floats a row).
+pub fn evaluate_split(
+    model: &CandleModel,
+    rows: crate::data::SplitData<'_>,
+    batch_size: usize,
+) -> Result<Evaluation, TrainError> {
+    let streamed = match rows {
+        crate::data::SplitData::Held(ds) => return evaluate(model, ds, batch_size),
+        crate::data::SplitData::Streamed(s) => s,
+    };
+    let mut sums = PredictSums::new(model, streamed.rows, false, true);
+    let mut labels: Vec<Vec<f32>> = vec![Vec::new(); model.ir.tasks.len()];
+    let mut failed: Option<candle_core::Error> = None;
+    // Rows skipped here were counted (and checked against the cap) when the split was
+    // first read.
+    let mut tally = Default::default();
+    let read = streamed.stream.for_each_chunk(&mut tally, &mut |ds| {
+        if let Err(e) = sums.add(model, ds, batch_size) {
+            failed = Some(e);
+            return Err(crate::data::DataError::Stopped);
+        }
+        for (all, y) in labels.iter_mut().zip(&ds.labels) {
+            all.extend_from_slice(y);
+        }
+        Ok(())
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    read?;
+    let p = sums.finish(model)?;
+    score(model, p.values, &labels, p.usage)
+}
+
+/// Scores `predictions` against `labels`, task by task.
+fn score(
+    model: &CandleModel,
+    predictions: Vec<Vec<f32>>,
+    labels: &[Vec<f32>],
+    gate_usage: Vec<GateUsage>,
+) -> Result<Evaluation, TrainError> {
     let mut metrics = Vec::new();
     let mut loss = 0.0;
-    for ((t, p), y) in model.ir.tasks.iter().zip(&predictions).zip(&ds.labels) {
+    for ((t, p), y) in model.ir.tasks.iter().zip(&predictions).zip(labels) {
         if y.is_empty() {
             metrics.push(TaskMetrics::Unlabelled);
             continue;
@@ -615,7 +689,10 @@ pub fn fit_from(
             return Err(TrainError::NoRows);
         }
         let train_secs = start.elapsed().as_secs_f64();
-        let val = if splits.validation.rows > 0 { Some(evaluate(model, &splits.validation, 4096)?) } else { None };
+        let val = match splits.validation_data() {
+            v if v.rows() > 0 => Some(evaluate_split(model, v, 4096)?),
+            _ => None,
+        };
         let validation_loss = val.as_ref().map_or(f64::NAN, |v| v.loss);
         let report = EpochReport {
             epoch: epoch + 1,
@@ -632,7 +709,7 @@ pub fn fit_from(
             None => true,
             Some((b, _, _)) => score < *b,
         };
-        if improved && splits.validation.rows > 0 {
+        if improved && splits.validation_data().rows() > 0 {
             best = Some((score, epoch + 1, model.snapshot()?));
         }
         epochs.push(report);
@@ -659,14 +736,15 @@ pub fn fit_from(
         }
         None => cfg.epochs,
     };
-    let (validation, gate_usage) = if splits.validation.rows > 0 {
-        let v = evaluate(model, &splits.validation, 4096)?;
-        (v.metrics, v.gate_usage)
-    } else {
-        (Vec::new(), predict(model, train, 4096)?.1)
+    let (validation, gate_usage) = match splits.validation_data() {
+        v if v.rows() > 0 => {
+            let v = evaluate_split(model, v, 4096)?;
+            (v.metrics, v.gate_usage)
+        }
+        _ => (Vec::new(), predict(model, train, 4096)?.1),
     };
-    let test = match &splits.test {
-        Some(t) if t.rows > 0 => Some(evaluate(model, t, 4096)?.metrics),
+    let test = match splits.test_data() {
+        Some(t) if t.rows() > 0 => Some(evaluate_split(model, t, 4096)?.metrics),
         _ => None,
     };
     Ok(TrainReport { epochs, best_epoch, stopped_early, validation, test, gate_usage })

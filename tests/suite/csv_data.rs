@@ -258,7 +258,17 @@ fn label_spread_equals_a_direct_count() {
     );
     assert_eq!(LabelStats::of(&c.model, 1, &ds), None, "a regression has no spread");
     ds.labels[0][4] = f32::NAN;
-    let spread = label_spread(&c.model, &Splits { train: ds.clone(), validation: ds, test: None, stream: None });
+    let spread = label_spread(
+        &c.model,
+        &Splits {
+            train: ds.clone(),
+            validation: ds,
+            test: None,
+            stream: None,
+            validation_stream: None,
+            test_stream: None,
+        },
+    );
     assert_eq!(spread.len(), 1);
     assert_eq!(spread[0].task, "buy");
     assert_eq!(spread[0].train, Some(LabelStats { labelled: 4, positive_rate: Some(0.5), class_shares: None }));

@@ -16,11 +16,21 @@ fn train(spec: &Path, out: &Path) -> serde_json::Value {
 #[test]
 fn streaming_equals_in_memory_training_when_the_buffer_holds_every_row() {
     let dir = tempfile::tempdir().unwrap();
-    let memory = train(&history_spec(dir.path(), 20_000, ""), &dir.path().join("memory"));
-    let streamed =
-        train(&history_spec(dir.path(), 20_000, "stream = true\nshuffle_buffer = 50000"), &dir.path().join("streamed"));
-    // The same batches in the same order: the same losses and metrics, bit for bit.
+    // The validation file doubles as the test file: both stream with the training rows.
+    let test = "test = \"val.csv\"\n";
+    let memory = train(&history_spec(dir.path(), 20_000, test), &dir.path().join("memory"));
+    let streamed = train(
+        &history_spec(dir.path(), 20_000, &format!("{test}stream = true\nshuffle_buffer = 50000")),
+        &dir.path().join("streamed"),
+    );
+    // The same batches in the same order: the same losses and metrics, bit for bit,
+    // validation and test read a chunk at a time as the in-memory run reads them whole.
     assert_eq!(streamed["tasks"], memory["tasks"]);
+    for task in ["ctr", "like"] {
+        let t = &streamed["tasks"][task];
+        assert!(t["validation"]["auc"].as_f64().is_some_and(|a| a > 0.5), "{t}");
+        assert_eq!(t["test"], t["validation"], "{t}");
+    }
     let weights = |b: &str| std::fs::read(dir.path().join(b).join("model.safetensors")).unwrap();
     assert!(weights("streamed") == weights("memory"), "identical weights");
 }
@@ -143,7 +153,7 @@ fn bad_rows_in_a_stream_fail_with_their_line_or_are_counted() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("t.csv:2502") && err.contains("oops"), "{err}");
     // Warned: counted and shown once for the stream (and once for the validation file,
-    // the same rows, read whole).
+    // the same rows, surveyed when the run starts).
     let (code, out, err) = super::multigate(
         &["compile-and-train", spec("warn").to_str().unwrap(), "--out", dir.path().join("b").to_str().unwrap()],
         &[],
@@ -174,4 +184,98 @@ fn streaming_needs_files_and_a_validation_file() {
     assert!(e.contains("`stream` does not apply to generated data"), "{e}");
     let e = bad(r#"data csv(train = ["t.csv"], shuffle_buffer = 10)"#);
     assert!(e.contains("`shuffle_buffer` does not apply to data that is not streamed"), "{e}");
+}
+
+/// A streamed validation split is evaluated a chunk at a time: the metrics, gate usage,
+/// rows and label spread of the file read whole.
+#[test]
+fn a_streamed_split_evaluates_in_chunks_like_the_file_read_whole() {
+    use multigate::backend::candle::CandleModel;
+    use multigate::data::{SplitData, StreamedSplit};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = history_spec(dir.path(), 100, "");
+    let c = super::compile_ok(spec.to_str().unwrap(), &std::fs::read_to_string(&spec).unwrap());
+    let format = CsvFormat { delimiter: b',', header: true, columns: vec![], missing: None, skip_bad_rows: false };
+    let val = dir.path().join("val.csv");
+    let whole = data::source::read_part(
+        &data::source::expand(&val).unwrap()[0],
+        &format,
+        &data::needs(&c.model),
+        true,
+        &|n| n.reader.clone(),
+        &|_, _| {},
+    )
+    .unwrap();
+    let held = data::encode(&c.model, &whole, true).unwrap();
+    // 3,000 rows in chunks of 700: five chunks, the last one short.
+    let config = StreamConfig { shuffle_buffer: 1000, chunk_rows: 700 };
+    let stream = Stream::new(&c.model, data::source::expand(&val).unwrap(), format, config, BadRows::default(), &|n| {
+        n.reader.clone()
+    });
+    let streamed = StreamedSplit::survey(&c.model, stream, &mut Default::default()).unwrap();
+    assert_eq!(streamed.rows, 3000);
+    let model = CandleModel::new(&c.model, 5, &candle_core::Device::Cpu).unwrap();
+    let a = multigate::train::evaluate_split(&model, SplitData::Held(&held), 512).unwrap();
+    let b = multigate::train::evaluate_split(&model, SplitData::Streamed(&streamed), 512).unwrap();
+    assert_eq!(a.predictions.iter().map(Vec::len).collect::<Vec<_>>(), vec![3000, 3000]);
+    let diff = a.predictions.iter().flatten().zip(b.predictions.iter().flatten()).map(|(x, y)| (x - y).abs());
+    assert!(diff.fold(0f32, f32::max) < 1e-6);
+    for (x, y) in a.metrics.iter().zip(&b.metrics) {
+        let (x, y) = (serde_json::to_value(x).unwrap(), serde_json::to_value(y).unwrap());
+        let auc = |v: &serde_json::Value| v["auc"].as_f64().unwrap();
+        assert!((auc(&x) - auc(&y)).abs() < 1e-9, "{x} against {y}");
+    }
+    assert!((a.loss - b.loss).abs() < 1e-6, "{} against {}", a.loss, b.loss);
+    // Gate usage: the same report, its numbers equal to float noise.
+    fn numbers(v: &serde_json::Value, out: &mut Vec<f64>) {
+        match v {
+            serde_json::Value::Number(n) => out.push(n.as_f64().unwrap()),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| numbers(x, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| numbers(x, out)),
+            _ => {}
+        }
+    }
+    let usage = |e: &multigate::train::Evaluation| {
+        let mut out = Vec::new();
+        numbers(&serde_json::to_value(&e.gate_usage).unwrap(), &mut out);
+        out
+    };
+    let (ua, ub) = (usage(&a), usage(&b));
+    assert!(ua.len() > 4 && ua.len() == ub.len(), "{ua:?} against {ub:?}");
+    assert!(ua.iter().zip(&ub).all(|(x, y)| (x - y).abs() < 1e-5), "{ua:?} against {ub:?}");
+    for t in 0..2 {
+        assert_eq!(
+            SplitData::Held(&held).label_stats(&c.model, t),
+            SplitData::Streamed(&streamed).label_stats(&c.model, t)
+        );
+    }
+}
+
+/// A bad row in a streamed validation file stops the run before training, at its line.
+#[test]
+fn a_bad_row_in_a_streamed_validation_file_fails_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_text: String =
+        std::iter::once("x,label\n".to_string()).chain((0..500).map(|i| format!("{i},{}\n", i % 2))).collect();
+    std::fs::write(dir.path().join("t.csv"), &train_text).unwrap();
+    std::fs::write(dir.path().join("v.csv"), "x,label\n1,0\n2,1\nnope,1\n4,0\n").unwrap();
+    let spec = dir.path().join("s.mg");
+    std::fs::write(
+        &spec,
+        r#"model s {
+  data csv(train = ["t.csv"], validation = "v.csv", stream = true, shuffle_buffer = 1000)
+  feature x: dense
+  layer mmoe { experts 2 x [4] }
+  task ctr: binary(label = "label") tower [2]
+  train { adam batch 64 epochs 3 seed 3 }
+}"#,
+    )
+    .unwrap();
+    let (code, out, err) = super::multigate(
+        &["compile-and-train", spec.to_str().unwrap(), "--out", dir.path().join("a").to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("v.csv:4") && err.contains("nope"), "{err}");
+    assert!(!out.contains("epoch 1"), "no training before the error: {out}");
 }
