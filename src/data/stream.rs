@@ -109,8 +109,20 @@ impl Stream {
         tally: &mut (Skipped, u64),
         each: &mut dyn FnMut(&Dataset) -> Result<(), DataError>,
     ) -> Result<(), DataError> {
+        self.read_encoded(&mut self.parts.iter(), false, tally, &mut |ds| each(&ds))
+    }
+
+    /// Reads `parts` in the order given, encoding each frame a reader hands on (as
+    /// training rows or not) for `each`.
+    fn read_encoded(
+        &self,
+        parts: &mut dyn Iterator<Item = &Part>,
+        training: bool,
+        tally: &mut (Skipped, u64),
+        each: &mut dyn FnMut(Dataset) -> Result<(), DataError>,
+    ) -> Result<(), DataError> {
         let spec_at = |n: &Need| self.describe(n);
-        for part in &self.parts {
+        for part in parts {
             read_part_chunks(
                 part,
                 &self.format,
@@ -119,7 +131,7 @@ impl Stream {
                 &spec_at,
                 &|_, _| {},
                 self.config.chunk_rows,
-                &mut |frame| each(&encode_by_policy(&self.model, &frame, &self.bad_rows, false, tally)?),
+                &mut |frame| each(encode_by_policy(&self.model, &frame, &self.bad_rows, training, tally)?),
             )?;
         }
         Ok(())
@@ -170,33 +182,20 @@ impl Stream {
         let mut order: Vec<usize> = (0..self.parts.len()).collect();
         Rng::derive(seed, &format!("files-{epoch}")).shuffle(&mut order);
         let mut tally = (Skipped::default(), 0u64);
-        let spec_at = |n: &Need| self.describe(n);
-        for &i in &order {
-            read_part_chunks(
-                &self.parts[i],
-                &self.format,
-                &self.needs,
-                true,
-                &spec_at,
-                &|_, _| {},
-                self.config.chunk_rows,
-                &mut |frame| {
-                    let ds = encode_by_policy(&self.model, &frame, &self.bad_rows, true, &mut tally)?;
-                    // A reader may hand on more than a chunk (a CSV block of 4 MB): pieces
-                    // of `chunk_rows` keep the buffer's window exact. A send fails when
-                    // the trainer hung up (it failed, or stopped early): stop reading.
-                    let n = self.config.chunk_rows.max(1);
-                    if ds.rows <= n {
-                        return tx.send(Ok(Message::Chunk(ds))).map_err(|_| DataError::Stopped);
-                    }
-                    for start in (0..ds.rows).step_by(n) {
-                        let idx: Vec<usize> = (start..(start + n).min(ds.rows)).collect();
-                        tx.send(Ok(Message::Chunk(ds.select(&idx)))).map_err(|_| DataError::Stopped)?;
-                    }
-                    Ok(())
-                },
-            )?;
-        }
+        self.read_encoded(&mut order.iter().map(|&i| &self.parts[i]), true, &mut tally, &mut |ds| {
+            // A reader may hand on more than a chunk (a CSV block of 4 MB): pieces of
+            // `chunk_rows` keep the buffer's window exact. A send fails when the trainer
+            // hung up (it failed, or stopped early): stop reading.
+            let n = self.config.chunk_rows.max(1);
+            if ds.rows <= n {
+                return tx.send(Ok(Message::Chunk(ds))).map_err(|_| DataError::Stopped);
+            }
+            for start in (0..ds.rows).step_by(n) {
+                let idx: Vec<usize> = (start..(start + n).min(ds.rows)).collect();
+                tx.send(Ok(Message::Chunk(ds.select(&idx)))).map_err(|_| DataError::Stopped)?;
+            }
+            Ok(())
+        })?;
         let (skipped, read) = tally;
         tx.send(Ok(Message::Done { skipped, read })).map_err(|_| DataError::Stopped)
     }
