@@ -27,7 +27,6 @@ pub type Result<T> = candle_core::Result<T>;
 pub fn candle_device(d: Device) -> Result<candle_core::Device> {
     match d {
         Device::Cpu => Ok(candle_core::Device::Cpu),
-        // candle's error carries a backtrace; the first line says what failed.
         // One stream of our own, whichever thread queues work on it. candle's default
         // is the per-thread default stream: an optimizer step run on a worker thread then
         // raced the backward pass still running on the main thread's stream (wrong
@@ -35,6 +34,7 @@ pub fn candle_device(d: Device) -> Result<candle_core::Device> {
         // 61,440 on an H200).
         #[cfg(feature = "cuda")]
         Device::Cuda(n) => {
+            // candle's error carries a backtrace; the first line says what failed.
             let dev = candle_core::cuda_backend::CudaDevice::new_with_stream(n).map_err(|e| {
                 let what = e.to_string();
                 candle_core::Error::Msg(format!(
