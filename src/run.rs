@@ -445,7 +445,10 @@ pub fn train_spec(
         best_epoch: Some(report.best_epoch),
         resumed_after,
         device: format!("{:?}", opts.device),
-        dense_ranges: data::ranges::dense_ranges(&c.model, &splits.train),
+        dense_ranges: match &splits.stream {
+            Some(s) => s.dense_ranges(),
+            None => data::ranges::dense_ranges(&c.model, &splits.train),
+        },
     };
     let provenance = serde_json::to_string_pretty(&provenance).map_err(|e| RunError::Other(e.to_string()))?;
     let contents = BundleContents {

@@ -32,24 +32,49 @@ fn columns(model: &Model) -> Vec<(String, Transform)> {
 
 /// The range of every dense column over `ds`'s rows.
 pub fn dense_ranges(model: &Model, ds: &Dataset) -> Vec<DenseRange> {
-    // No rows held (streamed training data): no range to compare against.
-    if ds.rows == 0 {
-        return Vec::new();
-    }
-    let w = ds.dense_width;
-    columns(model)
-        .into_iter()
-        .enumerate()
-        .map(|(j, (column, _))| {
-            let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-            for i in 0..ds.rows {
-                let x = ds.dense[i * w + j];
-                lo = lo.min(x);
-                hi = hi.max(x);
+    let mut tally = RangeTally::default();
+    tally.add(ds);
+    tally.ranges(model)
+}
+
+/// The smallest and largest value of each dense column over the rows added so far, a
+/// dataset at a time (streamed training rows arrive a chunk at a time).
+#[derive(Debug, Clone, Default)]
+pub struct RangeTally {
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+    rows: usize,
+}
+
+impl RangeTally {
+    pub fn add(&mut self, ds: &Dataset) {
+        let w = ds.dense_width;
+        if ds.rows == 0 || w == 0 {
+            return;
+        }
+        if self.lo.len() != w {
+            (self.lo, self.hi) = (vec![f32::INFINITY; w], vec![f32::NEG_INFINITY; w]);
+        }
+        for row in ds.dense.chunks_exact(w).take(ds.rows) {
+            for ((lo, hi), &x) in self.lo.iter_mut().zip(self.hi.iter_mut()).zip(row) {
+                *lo = lo.min(x);
+                *hi = hi.max(x);
             }
-            DenseRange { column, lo, hi }
-        })
-        .collect()
+        }
+        self.rows += ds.rows;
+    }
+
+    /// Every dense column's range; none when no rows were added.
+    pub fn ranges(&self, model: &Model) -> Vec<DenseRange> {
+        if self.rows == 0 {
+            return Vec::new();
+        }
+        columns(model)
+            .into_iter()
+            .zip(self.lo.iter().zip(&self.hi))
+            .map(|((column, _), (&lo, &hi))| DenseRange { column, lo, hi })
+            .collect()
+    }
 }
 
 fn raw(t: &Transform, y: f32) -> f32 {

@@ -15,8 +15,9 @@
 //! Validation and test files stream through [`Stream::for_each_chunk`] instead: in
 //! file order, no buffer, one chunk at a time on the evaluating thread.
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
+use super::ranges::{DenseRange, RangeTally};
 use super::source::{read_part_chunks, Part};
 use super::{check_bad_rows, encode_by_policy, DataError, Dataset, Need, Skipped};
 use crate::ir::{BadRows, CsvFormat, Model, StreamConfig};
@@ -33,6 +34,10 @@ pub struct Stream {
     spec_at: Vec<String>,
     pub config: StreamConfig,
     bad_rows: BadRows,
+    /// The dense columns' ranges over every training row an epoch has read (each epoch
+    /// reads the same rows), for the out-of-range warnings of `predict`. Shared by the
+    /// clones the reader threads get.
+    ranges: Arc<Mutex<RangeTally>>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -59,7 +64,13 @@ impl Stream {
     ) -> Stream {
         let needs = super::needs(model);
         let spec_at = needs.iter().map(spec_at).collect();
-        Stream { model: model.clone(), parts, format, needs, spec_at, config, bad_rows }
+        Stream { model: model.clone(), parts, format, needs, spec_at, config, bad_rows, ranges: Default::default() }
+    }
+
+    /// The dense columns' ranges over the training rows read so far (after a whole
+    /// epoch: all of them); none before any.
+    pub fn dense_ranges(&self) -> Vec<DenseRange> {
+        self.ranges.lock().unwrap_or_else(|e| e.into_inner()).ranges(&self.model)
     }
 
     /// The files streamed, in spec order.
@@ -183,6 +194,9 @@ impl Stream {
         Rng::derive(seed, &format!("files-{epoch}")).shuffle(&mut order);
         let mut tally = (Skipped::default(), 0u64);
         self.read_encoded(&mut order.iter().map(|&i| &self.parts[i]), true, &mut tally, &mut |ds| {
+            // Every epoch reads the same rows: adding them again changes nothing, and a
+            // resumed run (which starts past epoch 0) still sees them all.
+            self.ranges.lock().unwrap_or_else(|e| e.into_inner()).add(&ds);
             // A reader may hand on more than a chunk (a CSV block of 4 MB): pieces of
             // `chunk_rows` keep the buffer's window exact. A send fails when the trainer
             // hung up (it failed, or stopped early): stop reading.

@@ -85,6 +85,10 @@ model s {
     assert_eq!(batches, 10_000usize.div_ceil(64));
     seen.sort_unstable();
     assert_eq!(seen, (0..10_000).collect::<Vec<_>>(), "every row exactly once");
+    // The epoch saw every row: the dense range predict warns against is all of them.
+    let ranges = stream.dense_ranges();
+    assert_eq!(ranges.len(), 1);
+    assert_eq!((ranges[0].column.as_str(), ranges[0].lo, ranges[0].hi), ("id", 0.0, 9999.0));
     // Another epoch, another order.
     let first = |e: usize| stream.epoch(e, 64, 3).next().unwrap().unwrap().dense;
     assert_ne!(first(0), first(1));
@@ -162,6 +166,15 @@ fn bad_rows_in_a_stream_fail_with_their_line_or_are_counted() {
     assert!(out.contains("streamed training rows: skipped 1 bad row(s) of 3000 read: 1 unparsable number"), "{out}");
     assert_eq!(out.matches("skipped t.csv:2502: column `x`: `oops` is not a number").count(), 0, "{out}");
     assert_eq!(out.matches("t.csv:2502: column `x`: `oops` is not a number").count(), 2, "{out}");
+    // The streamed model knows the range of x it trained on (0 to 2999): predict warns
+    // about a value far outside it.
+    std::fs::write(dir.path().join("p.csv"), "x\n5\n1e9\n").unwrap();
+    let (code, _, err) = super::multigate(
+        &["predict", dir.path().join("b").to_str().unwrap(), dir.path().join("p.csv").to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("column `x`: 1 of 2 value(s) far outside what training saw (0 to 2999)"), "{err}");
 }
 
 #[test]
