@@ -44,9 +44,19 @@ pub struct RangeTally {
     lo: Vec<f32>,
     hi: Vec<f32>,
     rows: usize,
+    /// Every row has been added (rows read again need not be).
+    complete: bool,
 }
 
 impl RangeTally {
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+
+    pub fn set_complete(&mut self) {
+        self.complete = true;
+    }
+
     pub fn add(&mut self, ds: &Dataset) {
         let w = ds.dense_width;
         if ds.rows == 0 || w == 0 {

@@ -34,8 +34,8 @@ pub struct Stream {
     spec_at: Vec<String>,
     pub config: StreamConfig,
     bad_rows: BadRows,
-    /// The dense columns' ranges over every training row an epoch has read (each epoch
-    /// reads the same rows), for the out-of-range warnings of `predict`. Shared by the
+    /// The dense columns' ranges over the training rows (taken once, over the first
+    /// epoch read whole), for the out-of-range warnings of `predict`. Shared by the
     /// clones the reader threads get.
     ranges: Arc<Mutex<RangeTally>>,
 }
@@ -70,7 +70,11 @@ impl Stream {
     /// The dense columns' ranges over the training rows read so far (after a whole
     /// epoch: all of them); none before any.
     pub fn dense_ranges(&self) -> Vec<DenseRange> {
-        self.ranges.lock().unwrap_or_else(|e| e.into_inner()).ranges(&self.model)
+        self.ranges_lock().ranges(&self.model)
+    }
+
+    fn ranges_lock(&self) -> std::sync::MutexGuard<'_, RangeTally> {
+        self.ranges.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The files streamed, in spec order.
@@ -193,10 +197,13 @@ impl Stream {
         let mut order: Vec<usize> = (0..self.parts.len()).collect();
         Rng::derive(seed, &format!("files-{epoch}")).shuffle(&mut order);
         let mut tally = (Skipped::default(), 0u64);
+        // Every epoch reads the same rows: the ranges are taken over the first epoch this
+        // process reads whole (a resumed run starts past epoch 0).
+        let take_ranges = !self.ranges_lock().complete();
         self.read_encoded(&mut order.iter().map(|&i| &self.parts[i]), true, &mut tally, &mut |ds| {
-            // Every epoch reads the same rows: adding them again changes nothing, and a
-            // resumed run (which starts past epoch 0) still sees them all.
-            self.ranges.lock().unwrap_or_else(|e| e.into_inner()).add(&ds);
+            if take_ranges {
+                self.ranges_lock().add(&ds);
+            }
             // A reader may hand on more than a chunk (a CSV block of 4 MB): pieces of
             // `chunk_rows` keep the buffer's window exact. A send fails when the trainer
             // hung up (it failed, or stopped early): stop reading.
@@ -210,6 +217,9 @@ impl Stream {
             }
             Ok(())
         })?;
+        if take_ranges {
+            self.ranges_lock().set_complete();
+        }
         let (skipped, read) = tally;
         tx.send(Ok(Message::Done { skipped, read })).map_err(|_| DataError::Stopped)
     }
