@@ -220,12 +220,11 @@ fn shares(batch: &Batch, bounds: &[(usize, usize)]) -> Result<Vec<Vec<f64>>> {
 pub fn forward(model: &CandleModel, batch: &Batch, workers: &Workers) -> Result<Vec<Tensor>> {
     let k = workers.forward_shards(model, batch.size);
     if k <= 1 {
-        return Ok(model.forward(batch)?.heads);
+        return model.forward_heads(batch);
     }
     let shards =
         bounds(batch.size, k).into_iter().map(|(at, len)| batch.narrow(at, len)).collect::<Result<Vec<_>>>()?;
-    let outs: Vec<Result<Vec<Tensor>>> =
-        workers.run(|| shards.par_iter().map(|s| Ok(model.forward(s)?.heads)).collect());
+    let outs: Vec<Result<Vec<Tensor>>> = workers.run(|| shards.par_iter().map(|s| model.forward_heads(s)).collect());
     let outs = outs.into_iter().collect::<Result<Vec<_>>>()?;
     (0..outs[0].len()).map(|t| Tensor::cat(&outs.iter().map(|o| &o[t]).collect::<Vec<_>>(), 0)).collect()
 }

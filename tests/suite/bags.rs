@@ -13,7 +13,7 @@ use multigate::train::adam::{Adam, AdamConfig};
 
 use super::{compile_ok, history_spec, mg_ok, spec_with_data, train_and_predict};
 
-const SPEC: &str = r#"
+pub const SPEC: &str = r#"
 model bags {
   data csv(train = ["t.csv"])
   feature item: categorical(vocab = ["a", "b", "c", "d", "e"]) embed 3
@@ -29,7 +29,7 @@ model bags {
 /// Row 0: two history items, weighted tags, two keywords. Row 1: every bag empty.
 /// Row 2: a history of five (three kept), a keyword twice and one out of vocabulary.
 /// Row 3: an unknown item twice, five tags (four kept), one keyword.
-const ROWS: &str = "item,hist,tags,tw,kw,label
+pub const ROWS: &str = "item,hist,tags,tw,kw,label
 a,b|c,t1|t2,0.5|2,x;y,1
 b,,,,,0
 c,a| b |c|d|e,t1,3,y;y;x;q,1
@@ -39,7 +39,7 @@ d,zz|zz,t3|t4|t5|t6|t7,1|1|1|1|1,z,0
 const FORMAT: CsvFormat =
     CsvFormat { delimiter: b',', header: true, columns: vec![], missing: None, skip_bad_rows: false };
 
-fn encoded(spec: &str, rows: &str) -> (multigate::lower::Compiled, Dataset) {
+pub fn encoded(spec: &str, rows: &str) -> (multigate::lower::Compiled, Dataset) {
     let (dir, _) = spec_with_data("s.mg", spec, rows);
     let c = compile_ok("s.mg", spec);
     let frame = read_csv(&dir.path().join("t.csv"), &FORMAT, &data::needs(&c.model), true, &|n| n.reader.clone())

@@ -7,38 +7,14 @@
 //! difference. `MULTIGATE_TEST_DEVICE=cpu` runs them against the CPU itself: a dry run
 //! of the tests, not of a device.
 
-use std::path::Path;
-
 use candle_core::{Device, Tensor};
 use multigate::backend::candle::{Batch, CandleModel, Feed};
-use multigate::data::{self, synthetic, Dataset};
-use multigate::ir::DataSource;
-use multigate::lower::Compiled;
+use multigate::data::{self, synthetic};
 use multigate::rng::Rng;
 use multigate::train::adam::{Adam, AdamConfig};
 use multigate::train::shard::{self, Workers};
 
-use super::{compile_ok, model_files, repo, small_spec, TWO_BINARY_TASKS};
-
-/// A model of `models/` and `rows` rows of data for it (the spec's synthetic generator,
-/// or the categorical generator for file-backed specs), with what the spec leaves open
-/// fitted on those rows, as `multigate bench` does.
-fn model_and_rows(path: &Path, rows: usize) -> (Compiled, Dataset) {
-    let (src, c) = multigate::pipeline::compile_file(path).expect("readable spec");
-    let c = c.unwrap_or_else(|e| panic!("{} should compile:\n{}", path.display(), e.render(Some(&src), false)));
-    let frame = match &c.data.source {
-        DataSource::Synthetic(s) => synthetic::generate(&c.model, s, rows),
-        DataSource::Csv(_) => synthetic::categorical_frame(&c.model, 1000, rows, 1),
-    };
-    let fitted = data::fit::fit_on_frames(&c.model, std::slice::from_ref(&frame)).expect("fit");
-    let c = if fitted.is_empty() {
-        c
-    } else {
-        multigate::run::pin_fitted(&src, c, fitted, &mut multigate::run::Silent).expect("pin fitted").1
-    };
-    let ds = data::encode(&c.model, &frame, true).expect("encode");
-    (c, ds)
-}
+use super::{compile_ok, model_and_rows, model_files, repo, small_spec, TWO_BINARY_TASKS};
 
 fn assert_same_batch(a: &Batch, b: &Batch) {
     let v = |t: &Tensor| t.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap();

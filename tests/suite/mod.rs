@@ -8,6 +8,7 @@ mod export;
 mod fmt;
 mod fused;
 mod groups;
+mod infer;
 mod inputs;
 mod models;
 mod onnx;
@@ -220,3 +221,23 @@ kind = "binary"
 label = "y2"
 tower = [3]
 "#;
+
+/// A model of `models/` and `rows` rows of data for it (the spec's synthetic generator,
+/// or the categorical generator for file-backed specs), with what the spec leaves open
+/// fitted on those rows, as `multigate bench` does.
+pub fn model_and_rows(path: &Path, rows: usize) -> (Compiled, multigate::data::Dataset) {
+    let (src, c) = multigate::pipeline::compile_file(path).expect("readable spec");
+    let c = c.unwrap_or_else(|e| panic!("{} should compile:\n{}", path.display(), e.render(Some(&src), false)));
+    let frame = match &c.data.source {
+        multigate::ir::DataSource::Synthetic(s) => multigate::data::synthetic::generate(&c.model, s, rows),
+        multigate::ir::DataSource::Csv(_) => multigate::data::synthetic::categorical_frame(&c.model, 1000, rows, 1),
+    };
+    let fitted = multigate::data::fit::fit_on_frames(&c.model, std::slice::from_ref(&frame)).expect("fit");
+    let c = if fitted.is_empty() {
+        c
+    } else {
+        multigate::run::pin_fitted(&src, c, fitted, &mut multigate::run::Silent).expect("pin fitted").1
+    };
+    let ds = multigate::data::encode(&c.model, &frame, true).expect("encode");
+    (c, ds)
+}

@@ -11,6 +11,7 @@
 mod dense;
 pub mod device_ops;
 mod fused;
+mod infer;
 
 pub use fused::{ExpertStack, LayerOutput, LayerParams, MixLayout};
 
@@ -356,6 +357,8 @@ pub struct CandleModel {
     pub towers: Vec<Tower>,
     /// Uncertainty weighting: each task's learned log-variance, `[T]`.
     pub log_variance: Option<Var>,
+    /// Evaluation without autograd (CPU); None on other devices, which run the graph.
+    engine: Option<infer::Engine>,
 }
 
 /// A parameter's initial value, drawn from our seeded RNG as its [`Init`] says.
@@ -555,7 +558,8 @@ impl CandleModel {
                 embeddings[fi] = embeddings[owner.0].clone();
             }
         }
-        Ok(CandleModel { ir, device: device.clone(), vars, embeddings, layers, towers, log_variance })
+        let engine = device.is_cpu().then(infer::Engine::default);
+        Ok(CandleModel { ir, device: device.clone(), vars, embeddings, layers, towers, log_variance, engine })
     }
 
     /// The concatenated input `[B, input_width]`.
@@ -637,8 +641,29 @@ impl CandleModel {
         Ok((row, lookups))
     }
 
-    /// Runs the model for evaluation (no dropout). Shapes: see [`Output`].
+    /// Runs the model for evaluation (no dropout), with each gated layer's mix weights.
+    /// Shapes: see [`Output`]. On the CPU this is the pass without autograd of
+    /// `infer.rs` (no graph, scratch buffers reused), so no gradient flows from it: a
+    /// caller that differentiates uses [`CandleModel::forward_graph`]. Elsewhere it is
+    /// the graph's.
     pub fn forward(&self, batch: &Batch) -> Result<Output> {
+        match &self.engine {
+            Some(engine) => engine.forward(self, batch, true),
+            None => self.run(batch, None),
+        }
+    }
+
+    /// [`CandleModel::forward`]'s heads alone (no gate weights kept).
+    pub fn forward_heads(&self, batch: &Batch) -> Result<Vec<Tensor>> {
+        match &self.engine {
+            Some(engine) => Ok(engine.forward(self, batch, false)?.heads),
+            None => Ok(self.run(batch, None)?.heads),
+        }
+    }
+
+    /// The evaluation pass as candle's graph computes it, on any device: the reference
+    /// the CPU pass of [`CandleModel::forward`] is tested against.
+    pub fn forward_graph(&self, batch: &Batch) -> Result<Output> {
         self.run(batch, None)
     }
 

@@ -1,0 +1,146 @@
+//! Evaluation without autograd (`backend/candle/infer.rs`): the CPU pass that
+//! `CandleModel::forward` runs computes what candle's graph computes
+//! (`forward_graph`), heads and gate weights, on every model of `models/` and on the
+//! layer kinds, activations, gates, poolings and heads that those do not cover; on a
+//! whole batch and on a shard cut from the middle of one (rows at an offset, as
+//! `shard::forward` and the predictor's chunks hand them over).
+
+use candle_core::{Device, Tensor};
+use multigate::backend::candle::{Batch, CandleModel};
+use multigate::data::{synthetic, Dataset};
+use multigate::lower::Compiled;
+use multigate::rng::Rng;
+
+use super::{compile_ok, model_and_rows, model_files, small_spec, TWO_BINARY_TASKS};
+
+/// Every parameter redrawn as N(0, 0.5²): biases non-zero and gates far from uniform,
+/// so that a slot, column or bias taken from the wrong place shows.
+fn scramble(model: &CandleModel, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for (_, v) in &model.vars {
+        let shape = v.as_tensor().dims().to_vec();
+        let n: usize = shape.iter().product();
+        let w: Vec<f32> = (0..n).map(|_| 0.5 * rng.normal() as f32).collect();
+        v.set(&Tensor::from_vec(w, shape, &Device::Cpu).unwrap()).unwrap();
+    }
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Asserts two tensors have one shape and agree to 1e-5 (relative above 1).
+fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    for (i, (x, y)) in values(a).iter().zip(values(b)).enumerate() {
+        let tol = 1e-5 * y.abs().max(1.0);
+        assert!((x - y).abs() <= tol, "{what}[{i}]: {x} against the graph's {y}");
+    }
+}
+
+/// The CPU pass against the graph on rows `0..n` and on rows `at..at + len` of them.
+fn check(c: &Compiled, ds: &Dataset, what: &str) {
+    let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
+    scramble(&model, 17);
+    let n = ds.rows.min(203);
+    let whole = Batch::gather(ds, &(0..n).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let shard = whole.narrow(n / 3, n / 2).unwrap();
+    for (batch, part) in [(&whole, "whole batch"), (&shard, "shard")] {
+        let fast = model.forward(batch).unwrap();
+        let graph = model.forward_graph(batch).unwrap();
+        assert_eq!(fast.heads.len(), graph.heads.len());
+        for (t, (a, b)) in fast.heads.iter().zip(&graph.heads).enumerate() {
+            assert_close(a, b, &format!("{what}, {part}: task {t}"));
+        }
+        let heads = model.forward_heads(batch).unwrap();
+        for (a, b) in heads.iter().zip(&fast.heads) {
+            assert_eq!(values(a), values(b), "{what}: forward_heads differs from forward");
+        }
+        assert_eq!(fast.gates.len(), graph.gates.len(), "{what}: gated layers");
+        for (l, (a, b)) in fast.gates.iter().zip(&graph.gates).enumerate() {
+            assert_eq!(a.len(), b.len(), "{what}: layer {l}'s mixes");
+            for (m, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_close(x, y, &format!("{what}, {part}: layer {l} mix {m} gate weights"));
+            }
+        }
+    }
+}
+
+#[test]
+fn every_model_evaluates_as_the_graph_does() {
+    let files = model_files("toml");
+    assert!(files.len() >= 10, "models/ holds {} specs", files.len());
+    for path in files {
+        let (c, ds) = model_and_rows(&path, 203);
+        check(&c, &ds, &path.display().to_string());
+    }
+}
+
+fn check_layers(layers: &str, tasks: &str) {
+    let c = compile_ok("infer.toml", &small_spec(layers, tasks));
+    let frame = synthetic::categorical_frame(&c.model, 40, 150, 5);
+    let ds = multigate::data::encode(&c.model, &frame, true).unwrap();
+    check(&c, &ds, layers);
+}
+
+#[test]
+fn layer_kinds_and_activations_evaluate_as_the_graph_does() {
+    for layers in [
+        // Deep experts in each activation: depth i > 0 reads each expert's columns.
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [7, 5, 4]\nactivation = \"tanh\"\n",
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [6, 3]\nactivation = \"gelu\"\n",
+        "[[layers]]\nkind = \"moe\"\nexperts = 4\nunits = [5]\nactivation = \"sigmoid\"\n",
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [5]\nactivation = \"linear\"\n",
+        // Ungated: one instance, written straight into the stream.
+        "[[layers]]\nkind = \"shared_bottom\"\nunits = [6, 4]\n",
+        // Tempered and top-k gates (evaluation: no noise), ties and all.
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\ntemperature = 0.5\ntop_k = 2\nbalance = 0.01\n",
+        // PLE: task and shared slots, runs on one slot each, unequal gates, then a
+        // slotwise MMoE whose run covers every slot.
+        "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\ntop_k = 1\nnoise = false\n\n\
+         [[layers]]\nkind = \"cgc\"\nexperts = 3\ntask_experts = { t2 = 2 }\nunits = [5]\ntemperature = 2.0\n\n\
+         [[layers]]\nkind = \"cgc\"\nexperts = 1\ntask_experts = 2\nunits = [4]\n\n\
+         [[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [3]\n",
+    ] {
+        check_layers(layers, TWO_BINARY_TASKS);
+    }
+}
+
+#[test]
+fn towers_products_and_multiclass_heads_evaluate_as_the_graph_does() {
+    // A tower reading an inner PLE level, an ESMM product, a multiclass head.
+    let tasks = format!(
+        "{}\n[[tasks]]\nname = \"t3\"\nkind = \"binary\"\nlabel = \"y1\"\nproduct = [\"t1\", \"t2\"]\n\n\
+         [[tasks]]\nname = \"t4\"\nkind = \"multiclass\"\nlabel = \"k\"\nclasses = [\"p\", \"q\", \"r\"]\ntower = [5]\n\
+         activation = \"tanh\"\n",
+        TWO_BINARY_TASKS.replace("tower = [4]", "tower = [4]\ninput = \"l1\"")
+    );
+    check_layers(
+        "[[layers]]\nname = \"l1\"\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\n\n\
+         [[layers]]\nname = \"l2\"\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [5]\n",
+        &tasks,
+    );
+}
+
+#[test]
+fn bags_of_each_pooling_evaluate_as_the_graph_does() {
+    // Mean, weighted sum and max pooling, with empty rows, padding and a shared table.
+    let (c, ds) = super::bags::encoded(super::bags::SPEC, super::bags::ROWS);
+    check(&c, &ds, "bags");
+}
+
+/// An id outside its table is an error, not a read past the table.
+#[test]
+fn an_id_outside_its_table_is_an_error() {
+    let c = compile_ok(
+        "infer.toml",
+        &small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [4]\n", TWO_BINARY_TASKS),
+    );
+    let frame = synthetic::categorical_frame(&c.model, 40, 10, 5);
+    let mut ds = multigate::data::encode(&c.model, &frame, true).unwrap();
+    ds.cat[0][3] = 1_000_000;
+    let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
+    let batch = Batch::gather(&ds, &(0..10).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let err = model.forward(&batch).err().expect("an error").to_string();
+    assert!(err.contains("outside its table"), "{err}");
+}
