@@ -6,7 +6,8 @@
 //! per MLP depth and run as one GEMM (first depth) or one batched matmul (deeper) on
 //! the slots the layer's plan ([`crate::ir::plan_layer`]) gives them; all gates of a
 //! layer are one matmul, and all mixtures one batched matmul `[B, M, N] x [B, N, u]`.
-//! No loop over experts, no host round-trip in `forward`.
+//! No loop over experts, no host round-trip in the graph. Evaluation on the CPU skips the
+//! graph (`infer.rs`): the same function over the parameters' buffers, no autograd.
 
 mod dense;
 pub mod device_ops;
