@@ -17,7 +17,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, Storage, Tensor};
+use candle_core::{Storage, Tensor};
 
 use super::{CandleModel, Output, Result};
 use crate::ir::{Activation, FeatureKind, Pooling, Stream, TaskId, TaskOutput};
@@ -64,24 +64,24 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
-/// Runs `f` on the f32 values of a contiguous CPU tensor, under its storage's read lock.
-fn with_f32<T>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+/// Runs `f` on the values of a contiguous CPU tensor of element type `E`, under its
+/// storage's read lock.
+fn with_values<E: candle_core::WithDType, T>(t: &Tensor, what: &str, f: impl FnOnce(&[E]) -> Result<T>) -> Result<T> {
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(v)) = &*storage else {
-        candle_core::bail!("evaluation: {what} is not f32 on the CPU")
-    };
+    let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("evaluation: {what} is not on the CPU") };
+    let v = E::cpu_storage_as_slice(cpu)?;
     let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("evaluation: {what} is not contiguous") };
     f(&v[a..b])
 }
 
-/// [`with_f32`] for u32 ids.
+/// [`with_values`] for f32 values.
+fn with_f32<T>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+    with_values(t, what, f)
+}
+
+/// [`with_values`] for u32 ids.
 fn with_u32<T>(t: &Tensor, what: &str, f: impl FnOnce(&[u32]) -> Result<T>) -> Result<T> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::U32(v)) = &*storage else {
-        candle_core::bail!("evaluation: {what} is not u32 on the CPU")
-    };
-    let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("evaluation: {what} is not contiguous") };
-    f(&v[a..b])
+    with_values(t, what, f)
 }
 
 /// Rows of a row-major matrix: `n` rows of `width` values, `stride` apart, from `at`.
