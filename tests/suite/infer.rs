@@ -144,3 +144,62 @@ fn an_id_outside_its_table_is_an_error() {
     let err = model.forward(&batch).err().expect("an error").to_string();
     assert!(err.contains("outside its table"), "{err}");
 }
+
+/// No rows in, no rows out: every head empty, in its shape.
+#[test]
+fn an_empty_batch_gives_empty_heads() {
+    let c = compile_ok(
+        "infer.toml",
+        &small_spec("[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [4]\n", TWO_BINARY_TASKS),
+    );
+    let frame = synthetic::categorical_frame(&c.model, 40, 10, 5);
+    let ds = multigate::data::encode(&c.model, &frame, true).unwrap();
+    let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
+    let batch = Batch::gather(&ds, &[], &Device::Cpu).unwrap();
+    let out = model.forward(&batch).unwrap();
+    assert_eq!(out.heads.len(), 2);
+    for h in &out.heads {
+        assert_eq!(h.dims(), [0]);
+    }
+    for g in out.gates.iter().flatten() {
+        assert_eq!(g.dim(0).unwrap(), 0);
+    }
+}
+
+/// Threads scoring at once each take their own scratch from the pool: the results equal
+/// those of one thread, batch for batch, whatever sizes came before on the same scratch.
+#[test]
+fn concurrent_passes_equal_sequential_ones() {
+    let c = compile_ok(
+        "infer.toml",
+        &small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6, 4]\n", TWO_BINARY_TASKS),
+    );
+    let frame = synthetic::categorical_frame(&c.model, 40, 400, 5);
+    let ds = multigate::data::encode(&c.model, &frame, true).unwrap();
+    let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
+    scramble(&model, 3);
+    // Batches of different sizes, so a reused scratch holds stale, longer rows.
+    let batches: Vec<Batch> = [(0, 300), (10, 7), (50, 120), (3, 1), (200, 199)]
+        .iter()
+        .map(|&(at, len)| Batch::gather(&ds, &(at..at + len).collect::<Vec<_>>(), &Device::Cpu).unwrap())
+        .collect();
+    let expected: Vec<Vec<Vec<f32>>> =
+        batches.iter().map(|b| model.forward_graph(b).unwrap().heads.iter().map(values).collect()).collect();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (model, batches, expected) = (&model, &batches, &expected);
+            s.spawn(move || {
+                for round in 0..10 {
+                    let i = (t + round) % batches.len();
+                    let got: Vec<Vec<f32>> = model.forward(&batches[i]).unwrap().heads.iter().map(values).collect();
+                    for (g, e) in got.iter().zip(&expected[i]) {
+                        assert_eq!(g.len(), e.len());
+                        for (x, y) in g.iter().zip(e) {
+                            assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "thread {t} batch {i}: {x} against {y}");
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
