@@ -298,6 +298,15 @@ fn inputs(model: &CandleModel, batch: &super::Batch, x: &mut [f32]) -> Result<()
     let (b, width) = (batch.size, ir.input_width);
     let mut offsets = Vec::with_capacity(ir.features.len());
     let (mut at, mut cat_i, mut dense_off) = (0, 0, 0);
+    // Every piece's columns within the row, checked once: the slices below cannot fail.
+    let pieces = ir.features.iter().map(|f| match f.kind {
+        FeatureKind::Categorical { dim, .. } => dim,
+        FeatureKind::Dense { width, .. } => width,
+    });
+    let total: usize = pieces.chain(ir.crosses.iter().map(|c| c.dim)).sum();
+    if total != width || x.len() != b * width {
+        candle_core::bail!("evaluation: the input's pieces are {total} wide, the model's input {width}")
+    }
     for (f, table) in ir.features.iter().zip(&model.embeddings) {
         offsets.push(at);
         match (&f.kind, table) {
@@ -369,7 +378,12 @@ fn inputs(model: &CandleModel, batch: &super::Batch, x: &mut [f32]) -> Result<()
         }
     }
     for c in &ir.crosses {
-        let (oa, ob) = (offsets[c.a.0], offsets[c.b.0]);
+        let (Some(&oa), Some(&ob)) = (offsets.get(c.a.0), offsets.get(c.b.0)) else {
+            candle_core::bail!("cross `{}`: a factor is not a feature", c.name)
+        };
+        if oa + c.dim > width || ob + c.dim > width {
+            candle_core::bail!("cross `{}`: its factors are narrower than {}", c.name, c.dim)
+        }
         for r in 0..b {
             let row = &mut x[r * width..(r + 1) * width];
             for j in 0..c.dim {
@@ -377,9 +391,6 @@ fn inputs(model: &CandleModel, batch: &super::Batch, x: &mut [f32]) -> Result<()
             }
         }
         at += c.dim;
-    }
-    if at != width {
-        candle_core::bail!("evaluation: the input is {at} wide, the model's {width}")
     }
     Ok(())
 }
