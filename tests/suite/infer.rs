@@ -76,10 +76,16 @@ fn every_model_evaluates_as_the_graph_does() {
     }
 }
 
-fn check_layers(layers: &str, tasks: &str) {
+/// The small spec with `layers` and `tasks`, and `rows` rows of categorical data for it.
+fn small(layers: &str, tasks: &str, rows: usize) -> (Compiled, Dataset) {
     let c = compile_ok("infer.toml", &small_spec(layers, tasks));
-    let frame = synthetic::categorical_frame(&c.model, 40, 150, 5);
+    let frame = synthetic::categorical_frame(&c.model, 40, rows, 5);
     let ds = multigate::data::encode(&c.model, &frame, true).unwrap();
+    (c, ds)
+}
+
+fn check_layers(layers: &str, tasks: &str) {
+    let (c, ds) = small(layers, tasks, 150);
     check(&c, &ds, layers);
 }
 
@@ -132,12 +138,7 @@ fn bags_of_each_pooling_evaluate_as_the_graph_does() {
 /// An id outside its table is an error, not a read past the table.
 #[test]
 fn an_id_outside_its_table_is_an_error() {
-    let c = compile_ok(
-        "infer.toml",
-        &small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [4]\n", TWO_BINARY_TASKS),
-    );
-    let frame = synthetic::categorical_frame(&c.model, 40, 10, 5);
-    let mut ds = multigate::data::encode(&c.model, &frame, true).unwrap();
+    let (c, mut ds) = small("[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [4]\n", TWO_BINARY_TASKS, 10);
     ds.cat[0][3] = 1_000_000;
     let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
     let batch = Batch::gather(&ds, &(0..10).collect::<Vec<_>>(), &Device::Cpu).unwrap();
@@ -148,12 +149,8 @@ fn an_id_outside_its_table_is_an_error() {
 /// No rows in, no rows out: every head empty, in its shape.
 #[test]
 fn an_empty_batch_gives_empty_heads() {
-    let c = compile_ok(
-        "infer.toml",
-        &small_spec("[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [4]\n", TWO_BINARY_TASKS),
-    );
-    let frame = synthetic::categorical_frame(&c.model, 40, 10, 5);
-    let ds = multigate::data::encode(&c.model, &frame, true).unwrap();
+    let layers = "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [4]\n";
+    let (c, ds) = small(layers, TWO_BINARY_TASKS, 10);
     let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
     let batch = Batch::gather(&ds, &[], &Device::Cpu).unwrap();
     let out = model.forward(&batch).unwrap();
@@ -170,12 +167,7 @@ fn an_empty_batch_gives_empty_heads() {
 /// those of one thread, batch for batch, whatever sizes came before on the same scratch.
 #[test]
 fn concurrent_passes_equal_sequential_ones() {
-    let c = compile_ok(
-        "infer.toml",
-        &small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6, 4]\n", TWO_BINARY_TASKS),
-    );
-    let frame = synthetic::categorical_frame(&c.model, 40, 400, 5);
-    let ds = multigate::data::encode(&c.model, &frame, true).unwrap();
+    let (c, ds) = small("[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6, 4]\n", TWO_BINARY_TASKS, 400);
     let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
     scramble(&model, 3);
     // Batches of different sizes, so a reused scratch holds stale, longer rows.
