@@ -4,11 +4,12 @@
 //! a dozen temporaries per parameter per step. This one keeps its moments where they
 //! can be saved and, on CPU, updates parameter and moments in one fused pass with no
 //! allocation (a candle in-place custom op). Embedding tables get their gradient as
-//! the looked-up rows ([`Lookup`]). Dense Adam scatters them into a scratch buffer kept
-//! between steps, runs the update over the whole table (the same maths as a dense
-//! gradient) and clears only the touched rows again. Lazy Adam sums each looked-up
-//! row's gradients in a one-row buffer and updates that row alone, so its step costs
-//! the same whatever the table's size. On CUDA the same updates are multigate's own
+//! the looked-up rows ([`Lookup`]), summed per row. Dense Adam then runs the update
+//! over the whole table (the same maths as a dense gradient): the looked-up rows with
+//! their sums, the others with a zero gradient read from one small buffer, so the table
+//! is three streams read and written, never a fourth table-sized gradient. Lazy Adam
+//! updates the looked-up rows alone, so its step costs the same whatever the table's
+//! size. On CUDA the same updates are multigate's own
 //! kernels (`adam_cuda`), one launch per parameter; on other devices the update falls
 //! back to tensor arithmetic with the same maths.
 
@@ -39,12 +40,12 @@ impl From<&TrainConfig> for AdamConfig {
     }
 }
 
-/// Moments on the host, and the scratch gradient of sparse (embedding) updates.
+/// Moments on the host, and the zero gradient of a dense step's untouched rows.
 #[derive(Default)]
 struct HostState {
     m: Vec<f32>,
     v: Vec<f32>,
-    /// All zeros between steps; allocated on the first sparse update.
+    /// All zeros, one chunk of rows long; allocated on the first sparse update.
     scratch: Vec<f32>,
 }
 
@@ -67,6 +68,9 @@ pub struct Adam {
     names: Vec<String>,
     moments: Vec<Moments>,
 }
+
+/// Values per piece of an update split across threads.
+const CHUNK: usize = 1 << 15;
 
 /// The per-step constants of the update.
 #[derive(Clone, Copy)]
@@ -111,7 +115,6 @@ impl Coefficients {
     /// The update over whole tensors, split across the current rayon pool's threads
     /// when big.
     fn apply_all(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        const CHUNK: usize = 1 << 15;
         if p.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
             use rayon::prelude::*;
             p.par_chunks_mut(CHUNK)
@@ -184,47 +187,89 @@ impl candle_core::InplaceOp1 for SparseStep<'_> {
                 candle_core::bail!("adam: row {r} outside a table of {rows} rows");
             }
         }
+        // Each looked-up row once, in row order, its gradient rows summed (in the order
+        // the lookups and their rows come, as a scatter into zeros would).
+        let (ids, grads) = self.summed_rows();
         if self.lazy {
-            // Each looked-up row once, in row order: its gradient rows summed (in the
-            // order the lookups and their rows come, as a scatter would) into a buffer
-            // of one row, then the update of that row. Nothing table-sized is touched.
-            let mut order: Vec<(u32, u32, u32)> = Vec::new();
-            for (part, (ids, _)) in self.parts.iter().enumerate() {
-                order.extend(ids.iter().enumerate().map(|(i, &id)| (id, part as u32, i as u32)));
-            }
-            order.sort_unstable();
-            let mut g = vec![0f32; d];
-            for run in order.chunk_by(|a, b| a.0 == b.0) {
-                g.iter_mut().for_each(|x| *x = 0.0);
-                for &(_, part, i) in run {
-                    let rows = &self.parts[part as usize].1;
-                    let i = i as usize;
-                    g.iter_mut().zip(&rows[i * d..(i + 1) * d]).for_each(|(s, x)| *s += x);
-                }
-                let r = (run[0].0 as usize) * d..(run[0].0 as usize + 1) * d;
-                self.k.apply(&mut p[r.clone()], &g, &mut m[r.clone()], &mut v[r]);
+            // Only those rows; nothing table-sized is touched.
+            for (j, &r) in ids.iter().enumerate() {
+                let r = r as usize * d..(r as usize + 1) * d;
+                self.k.apply(&mut p[r.clone()], &grads[j * d..(j + 1) * d], &mut m[r.clone()], &mut v[r]);
             }
             return Ok(());
         }
-        if scratch.len() != p.len() {
-            *scratch = vec![0.0; p.len()];
+        // Dense: every row, the others with a zero gradient read from a buffer of one
+        // chunk that stays in cache (a table-sized zero gradient would be one more
+        // stream of the whole table); chunks of rows in parallel when the table is big.
+        let chunk_rows = (CHUNK / d.max(1)).max(1);
+        if scratch.len() < chunk_rows * d {
+            *scratch = vec![0.0; chunk_rows * d];
         }
-        for (ids, g) in &self.parts {
-            for (i, &id) in ids.iter().enumerate() {
-                let r = id as usize;
-                for (s, x) in scratch[r * d..(r + 1) * d].iter_mut().zip(&g[i * d..(i + 1) * d]) {
-                    *s += x;
+        let zeros = &scratch[..chunk_rows * d];
+        let chunk = |c: usize, p: &mut [f32], m: &mut [f32], v: &mut [f32]| {
+            let first = c * chunk_rows;
+            let end = first + p.len() / d.max(1);
+            let (lo, hi) =
+                (ids.partition_point(|&r| (r as usize) < first), ids.partition_point(|&r| (r as usize) < end));
+            let mut at = first;
+            for j in lo..=hi {
+                // The untouched rows before the next looked-up one (or the chunk's end).
+                let next = if j < hi { ids[j] as usize } else { end };
+                let (a, b) = ((at - first) * d, (next - first) * d);
+                self.k.apply(&mut p[a..b], &zeros[..b - a], &mut m[a..b], &mut v[a..b]);
+                if j < hi {
+                    let (a, g) = ((next - first) * d, &grads[j * d..(j + 1) * d]);
+                    self.k.apply(&mut p[a..a + d], g, &mut m[a..a + d], &mut v[a..a + d]);
+                    at = next + 1;
                 }
             }
-        }
-        self.k.apply_all(p, scratch, m, v);
-        for (ids, _) in &self.parts {
-            for &id in ids {
-                let r = id as usize;
-                scratch[r * d..(r + 1) * d].iter_mut().for_each(|s| *s = 0.0);
+        };
+        if p.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            p.par_chunks_mut(chunk_rows * d)
+                .zip(m.par_chunks_mut(chunk_rows * d))
+                .zip(v.par_chunks_mut(chunk_rows * d))
+                .enumerate()
+                .for_each(|(c, ((p, m), v))| chunk(c, p, m, v));
+        } else {
+            for (c, ((p, m), v)) in p
+                .chunks_mut(chunk_rows * d)
+                .zip(m.chunks_mut(chunk_rows * d))
+                .zip(v.chunks_mut(chunk_rows * d))
+                .enumerate()
+            {
+                chunk(c, p, m, v);
             }
         }
         Ok(())
+    }
+}
+
+impl SparseStep<'_> {
+    /// The looked-up rows in increasing order, each once, and their gradients `[rows, dim]`:
+    /// each row's gradient rows summed from zero in the order the lookups and their rows
+    /// come.
+    fn summed_rows(&self) -> (Vec<u32>, Vec<f32>) {
+        let d = self.dim;
+        let mut order: Vec<(u32, u32, u32)> = Vec::new();
+        for (part, (ids, _)) in self.parts.iter().enumerate() {
+            order.extend(ids.iter().enumerate().map(|(i, &id)| (id, part as u32, i as u32)));
+        }
+        order.sort_unstable();
+        let mut ids = Vec::new();
+        let mut grads = Vec::new();
+        for run in order.chunk_by(|a, b| a.0 == b.0) {
+            ids.push(run[0].0);
+            let at = grads.len();
+            grads.resize(at + d, 0.0);
+            let g = &mut grads[at..at + d];
+            for &(_, part, i) in run {
+                let rows = &self.parts[part as usize].1;
+                let i = i as usize;
+                g.iter_mut().zip(&rows[i * d..(i + 1) * d]).for_each(|(s, x)| *s += x);
+            }
+        }
+        (ids, grads)
     }
 }
 
