@@ -201,14 +201,17 @@ impl candle_core::InplaceOp1 for SparseStep<'_> {
         // Dense: every row, the others with a zero gradient read from a buffer of one
         // chunk that stays in cache (a table-sized zero gradient would be one more
         // stream of the whole table); chunks of rows in parallel when the table is big.
-        let chunk_rows = (CHUNK / d.max(1)).max(1);
+        if d == 0 {
+            return Ok(());
+        }
+        let chunk_rows = (CHUNK / d).max(1);
         if scratch.len() < chunk_rows * d {
             *scratch = vec![0.0; chunk_rows * d];
         }
         let zeros = &scratch[..chunk_rows * d];
         let chunk = |c: usize, p: &mut [f32], m: &mut [f32], v: &mut [f32]| {
             let first = c * chunk_rows;
-            let end = first + p.len() / d.max(1);
+            let end = first + p.len() / d;
             let (lo, hi) =
                 (ids.partition_point(|&r| (r as usize) < first), ids.partition_point(|&r| (r as usize) < end));
             let mut at = first;
