@@ -187,17 +187,19 @@ impl candle_core::InplaceOp1 for SparseStep<'_> {
                 candle_core::bail!("adam: row {r} outside a table of {rows} rows");
             }
         }
-        // Each looked-up row once, in row order, its gradient rows summed (in the order
-        // the lookups and their rows come, as a scatter into zeros would).
-        let (ids, grads) = self.summed_rows();
         if self.lazy {
-            // Only those rows; nothing table-sized is touched.
-            for (j, &r) in ids.iter().enumerate() {
-                let r = r as usize * d..(r as usize + 1) * d;
-                self.k.apply(&mut p[r.clone()], &grads[j * d..(j + 1) * d], &mut m[r.clone()], &mut v[r]);
+            // Each looked-up row once, in row order: its gradient rows summed (in the
+            // order the lookups and their rows come, as a scatter would) into a buffer
+            // of one row, then the update of that row. Nothing table-sized is touched.
+            let mut g = vec![0f32; d];
+            for run in self.order().chunk_by(|a, b| a.0 == b.0) {
+                self.sum_run(run, &mut g);
+                let r = (run[0].0 as usize) * d..(run[0].0 as usize + 1) * d;
+                self.k.apply(&mut p[r.clone()], &g, &mut m[r.clone()], &mut v[r]);
             }
             return Ok(());
         }
+        let (ids, grads) = self.summed_rows();
         // Dense: every row, the others with a zero gradient read from a buffer of one
         // chunk that stays in cache (a table-sized zero gradient would be one more
         // stream of the whole table); chunks of rows in parallel when the table is big.
@@ -249,29 +251,43 @@ impl candle_core::InplaceOp1 for SparseStep<'_> {
 }
 
 impl SparseStep<'_> {
-    /// The looked-up rows in increasing order, each once, and their gradients `[rows, dim]`:
-    /// each row's gradient rows summed from zero in the order the lookups and their rows
-    /// come.
-    fn summed_rows(&self) -> (Vec<u32>, Vec<f32>) {
-        let d = self.dim;
+    /// Every gradient row of every lookup as `(table row, lookup, row in the lookup)`,
+    /// sorted: each table row's gradient rows together, in the order they come.
+    fn order(&self) -> Vec<(u32, u32, u32)> {
         let mut order: Vec<(u32, u32, u32)> = Vec::new();
         for (part, (ids, _)) in self.parts.iter().enumerate() {
             order.extend(ids.iter().enumerate().map(|(i, &id)| (id, part as u32, i as u32)));
         }
         order.sort_unstable();
-        let mut ids = Vec::new();
-        let mut grads = Vec::new();
-        for run in order.chunk_by(|a, b| a.0 == b.0) {
-            ids.push(run[0].0);
-            let at = grads.len();
-            grads.resize(at + d, 0.0);
-            let g = &mut grads[at..at + d];
-            for &(_, part, i) in run {
-                let rows = &self.parts[part as usize].1;
-                let i = i as usize;
-                g.iter_mut().zip(&rows[i * d..(i + 1) * d]).for_each(|(s, x)| *s += x);
-            }
+        order
+    }
+
+    /// One table row's gradient rows (a run of [`SparseStep::order`]) summed from zero
+    /// into `g`.
+    #[inline]
+    fn sum_run(&self, run: &[(u32, u32, u32)], g: &mut [f32]) {
+        let d = self.dim;
+        g.iter_mut().for_each(|x| *x = 0.0);
+        for &(_, part, i) in run {
+            let rows = &self.parts[part as usize].1;
+            let i = i as usize;
+            g.iter_mut().zip(&rows[i * d..(i + 1) * d]).for_each(|(s, x)| *s += x);
         }
+    }
+
+    /// The looked-up rows in increasing order, each once, and their summed gradients
+    /// `[rows, dim]`.
+    fn summed_rows(&self) -> (Vec<u32>, Vec<f32>) {
+        let d = self.dim;
+        let order = self.order();
+        let runs = order.chunk_by(|a, b| a.0 == b.0);
+        let mut ids = Vec::new();
+        let mut grads = vec![0f32; order.len() * d];
+        for (j, run) in runs.enumerate() {
+            ids.push(run[0].0);
+            self.sum_run(run, &mut grads[j * d..(j + 1) * d]);
+        }
+        grads.truncate(ids.len() * d);
         (ids, grads)
     }
 }
