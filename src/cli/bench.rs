@@ -20,6 +20,7 @@ pub fn bench(
     steps: usize,
     device: Device,
     optimizer: Option<&str>,
+    autograd: bool,
 ) -> Result<(), Failure> {
     let (src, mut c) = compile(path)?;
     match optimizer {
@@ -50,7 +51,8 @@ pub fn bench(
     let batches: Vec<Batch> = (0..16)
         .map(|i| Batch::gather(&ds, &(i * batch_size..(i + 1) * batch_size).collect::<Vec<_>>(), &dev))
         .collect::<Result<_, _>>()?;
-    let model = CandleBackend { device: dev.clone() }.build(&c.model, c.train.seed)?;
+    let mut model = CandleBackend { device: dev.clone() }.build(&c.model, c.train.seed)?;
+    model.set_graph_training(autograd);
     let vars = model.vars.clone();
     let mut opt = Adam::new(vars, AdamConfig::from(&c.train))?;
     let workers = shard::Workers::configured()?;
@@ -112,9 +114,10 @@ pub fn bench(
         c.model.flops_per_sample()
     );
     println!(
-        "device {device:?}, threads {}, batch {batch_size}, {}, {steps} timed steps after {warmup} warm-up",
+        "device {device:?}, threads {}, batch {batch_size}, {}, {}, {steps} timed steps after {warmup} warm-up",
         workers.threads(),
-        if c.train.lazy_embeddings { "lazy_adam" } else { "adam" }
+        if c.train.lazy_embeddings { "lazy_adam" } else { "adam" },
+        if model.hand_backward() { "hand-written backward" } else { "autograd" }
     );
     println!("train:        {:>10.0} samples/s  ({:.3} ms/step)", per_sec(train), ms(train));
     // Forward and backward run together, one shard per worker.

@@ -366,6 +366,10 @@ enum Command {
         /// Override the spec's optimizer: adam or lazy_adam.
         #[arg(long)]
         optimizer: Option<String>,
+        /// Train through candle's autograd even where the hand-written backward applies
+        /// (the reference it replaced, for side-by-side figures).
+        #[arg(long)]
+        autograd: bool,
     },
     /// Single-row latency of a bundle's predictor (text in, as a server calls it).
     BenchPredict {
@@ -530,8 +534,8 @@ pub fn run() -> ExitCode {
             serve(opts)
         }
         Command::Encode { bundle, data, out, .. } => encode(&bundle, &data, out.as_deref()),
-        Command::Bench { spec, batch, steps, device, optimizer, .. } => {
-            bench::bench(&spec, batch, steps, device, optimizer.as_deref())
+        Command::Bench { spec, batch, steps, device, optimizer, autograd, .. } => {
+            bench::bench(&spec, batch, steps, device, optimizer.as_deref(), autograd)
         }
         Command::Fmt { file, to, check, write } => fmt(&file, to, check, write),
         Command::Init { data, labels, ignore, columns, delimiter, validation, test, name, out, force } => {

@@ -149,6 +149,9 @@ pub fn step(
     workers: &Workers,
 ) -> Result<Step> {
     let k = workers.shards(model, batch.size);
+    if model.hand_backward() {
+        return hand_step(model, batch, factors, workers, k);
+    }
     if k <= 1 {
         let mut loss = batch_loss_weighted(model, batch, rng, factors)?;
         let per_task = Tensor::stack(&loss.per_task, 0)?;
@@ -185,6 +188,36 @@ pub fn step(
         }
         grads.push(g);
         lookups.extend(l);
+    }
+    let per_task = Tensor::from_vec(per_task, tasks, &model.device)?;
+    Ok(Step { per_task, grads, lookups, loss: None })
+}
+
+/// [`step`] through the hand-written backward ([`CandleModel::train_step`]), in `k`
+/// shards.
+fn hand_step(model: &CandleModel, batch: &Batch, factors: Option<&[f64]>, workers: &Workers, k: usize) -> Result<Step> {
+    let tasks = model.ir.tasks.len();
+    let cuts = bounds(batch.size, k.max(1));
+    let shares = shares(batch, &cuts)?;
+    let run = |&(at, len): &(usize, usize), share: &Vec<f64>| {
+        let f: Vec<f64> = (0..tasks).map(|t| factors.map_or(1.0, |f| f[t]) * share[t]).collect();
+        model.train_step(&batch.narrow(at, len)?, Some(&f))
+    };
+    let done: Vec<Result<crate::backend::candle::Gradients>> = if cuts.len() == 1 {
+        vec![run(&cuts[0], &shares[0])]
+    } else {
+        workers.run(|| cuts.par_iter().zip(&shares).map(|(c, s)| run(c, s)).collect())
+    };
+    let mut per_task = vec![0f32; tasks];
+    let mut grads = Vec::with_capacity(cuts.len());
+    let mut lookups = Vec::new();
+    for (r, share) in done.into_iter().zip(&shares) {
+        let g = r?;
+        for ((p, v), s) in per_task.iter_mut().zip(&g.per_task).zip(share) {
+            *p += v * *s as f32;
+        }
+        grads.push(g.grads);
+        lookups.extend(g.lookups);
     }
     let per_task = Tensor::from_vec(per_task, tasks, &model.device)?;
     Ok(Step { per_task, grads, lookups, loss: None })

@@ -15,7 +15,7 @@ use super::{compile_ok, model_and_rows, model_files, small_spec, TWO_BINARY_TASK
 
 /// Every parameter redrawn as N(0, 0.5²): biases non-zero and gates far from uniform,
 /// so that a slot, column or bias taken from the wrong place shows.
-fn scramble(model: &CandleModel, seed: u64) {
+pub(super) fn scramble(model: &CandleModel, seed: u64) {
     let mut rng = Rng::new(seed);
     for (_, v) in &model.vars {
         let shape = v.as_tensor().dims().to_vec();
@@ -77,7 +77,7 @@ fn every_model_evaluates_as_the_graph_does() {
 }
 
 /// The small spec with `layers` and `tasks`, and `rows` rows of categorical data for it.
-fn small(layers: &str, tasks: &str, rows: usize) -> (Compiled, Dataset) {
+pub(super) fn small(layers: &str, tasks: &str, rows: usize) -> (Compiled, Dataset) {
     let c = compile_ok("infer.toml", &small_spec(layers, tasks));
     let frame = synthetic::categorical_frame(&c.model, 40, rows, 5);
     let ds = multigate::data::encode(&c.model, &frame, true).unwrap();

@@ -1,3 +1,4 @@
+mod backprop;
 mod bags;
 mod buckets;
 mod cli;

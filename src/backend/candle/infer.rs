@@ -57,7 +57,7 @@ pub(crate) struct Engine {
 }
 
 /// `v` grown to at least `n` values; its first `n` (stale: the caller writes them).
-fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+pub(super) fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if v.len() < n {
         v.resize(n, 0.0);
     }
@@ -75,26 +75,26 @@ fn with_values<E: candle_core::WithDType, T>(t: &Tensor, what: &str, f: impl FnO
 }
 
 /// [`with_values`] for f32 values.
-fn with_f32<T>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+pub(super) fn with_f32<T>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
     with_values(t, what, f)
 }
 
 /// [`with_values`] for u32 ids.
-fn with_u32<T>(t: &Tensor, what: &str, f: impl FnOnce(&[u32]) -> Result<T>) -> Result<T> {
+pub(super) fn with_u32<T>(t: &Tensor, what: &str, f: impl FnOnce(&[u32]) -> Result<T>) -> Result<T> {
     with_values(t, what, f)
 }
 
 /// Rows of a row-major matrix: `n` rows of `width` values, `stride` apart, from `at`.
 #[derive(Clone, Copy)]
-struct Rows {
-    at: usize,
-    n: usize,
-    width: usize,
-    stride: usize,
+pub(super) struct Rows {
+    pub(super) at: usize,
+    pub(super) n: usize,
+    pub(super) width: usize,
+    pub(super) stride: usize,
 }
 
 impl Rows {
-    fn packed(n: usize, width: usize) -> Rows {
+    pub(super) fn packed(n: usize, width: usize) -> Rows {
         Rows { at: 0, n, width, stride: width }
     }
 
@@ -149,7 +149,7 @@ fn gemm_into(y: &mut [f32], yr: Rows, x: &[f32], xr: Rows, w: &[f32]) -> Result<
 }
 
 /// `y = act(y + b)` on each row of `y` (rows of `b.len()` values), in one pass.
-fn bias_activate(y: &mut [f32], b: &[f32], a: Activation) {
+pub(super) fn bias_activate(y: &mut [f32], b: &[f32], a: Activation) {
     fn each(y: &mut [f32], b: &[f32], f: impl Fn(f32) -> f32) {
         for row in y.chunks_exact_mut(b.len().max(1)) {
             for (v, &bias) in row.iter_mut().zip(b) {
@@ -180,7 +180,7 @@ fn dense_into(y: &mut [f32], x: &[f32], xr: Rows, w: &Tensor, b: &Tensor, act: A
 /// Asks for the cache line of `v[at]` ahead of its use (a table row looked up a few rows
 /// later); nothing when `at` is outside `v` or on other targets.
 #[inline(always)]
-fn prefetch(v: &[f32], at: usize) {
+pub(super) fn prefetch(v: &[f32], at: usize) {
     #[cfg(target_arch = "x86_64")]
     if at < v.len() {
         // SAFETY: a prefetch reads nothing and cannot fault; the address is within `v`.
@@ -191,7 +191,7 @@ fn prefetch(v: &[f32], at: usize) {
 }
 
 /// `log sigmoid(z) = -(max(-z, 0) + ln(1 + e^-|z|))`, as the graph computes it.
-fn log_sigmoid(z: f32) -> f32 {
+pub(super) fn log_sigmoid(z: f32) -> f32 {
     -((-z).max(0.0) + ((-z.abs()).exp() + 1.0).ln())
 }
 
@@ -293,7 +293,7 @@ fn run(model: &CandleModel, batch: &super::Batch, want_gates: bool, s: &mut Scra
 
 /// The concatenated input rows `x: [B, input_width]`: each feature's embedding (a bag's
 /// pooled) or dense values at its offset, then the crosses.
-fn inputs(model: &CandleModel, batch: &super::Batch, x: &mut [f32]) -> Result<()> {
+pub(super) fn inputs(model: &CandleModel, batch: &super::Batch, x: &mut [f32]) -> Result<()> {
     let ir = &model.ir;
     let (b, width) = (batch.size, ir.input_width);
     let mut offsets = Vec::with_capacity(ir.features.len());
@@ -398,7 +398,7 @@ fn inputs(model: &CandleModel, batch: &super::Batch, x: &mut [f32]) -> Result<()
 /// One row of a bag: `sum_s w_s e_s` (sum, mean: the weights carry the division), or
 /// for max the largest of each component over the present slots (weight 1), zeros when
 /// none is; as the graph computes it.
-fn pool_row<'e>(
+pub(super) fn pool_row<'e>(
     out: &mut [f32],
     ids: &[u32],
     w: &[f32],
@@ -538,7 +538,7 @@ fn layer(
 
 /// One mix's logits into its weights: `/ temperature`, top-k's mask (the k largest
 /// kept, ties with the k-th included), softmax; as the graph computes them.
-fn gate_row(row: &mut [f32], temperature: f32, top_k: Option<usize>) {
+pub(super) fn gate_row(row: &mut [f32], temperature: f32, top_k: Option<usize>) {
     if temperature != 1.0 {
         row.iter_mut().for_each(|x| *x /= temperature);
     }

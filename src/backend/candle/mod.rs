@@ -9,11 +9,13 @@
 //! No loop over experts, no host round-trip in the graph. Evaluation on the CPU skips the
 //! graph (`infer.rs`): the same function over the parameters' buffers, no autograd.
 
+mod backprop;
 mod dense;
 pub mod device_ops;
 mod fused;
 mod infer;
 
+pub use backprop::Gradients;
 pub use fused::{ExpertStack, LayerOutput, LayerParams, MixLayout};
 
 use candle_core::{Tensor, Var, D};
@@ -360,6 +362,10 @@ pub struct CandleModel {
     pub log_variance: Option<Var>,
     /// Evaluation without autograd (CPU); None on other devices, which run the graph.
     engine: Option<infer::Engine>,
+    /// Training steps with a hand-written backward (CPU); None on other devices.
+    trainer: Option<backprop::Trainer>,
+    /// Train through the graph even where the hand-written backward applies.
+    graph_training: bool,
 }
 
 /// A parameter's initial value, drawn from our seeded RNG as its [`Init`] says.
@@ -560,7 +566,19 @@ impl CandleModel {
             }
         }
         let engine = device.is_cpu().then(infer::Engine::default);
-        Ok(CandleModel { ir, device: device.clone(), vars, embeddings, layers, towers, log_variance, engine })
+        let trainer = device.is_cpu().then(backprop::Trainer::default);
+        Ok(CandleModel {
+            ir,
+            device: device.clone(),
+            vars,
+            embeddings,
+            layers,
+            towers,
+            log_variance,
+            engine,
+            trainer,
+            graph_training: false,
+        })
     }
 
     /// The concatenated input `[B, input_width]`.

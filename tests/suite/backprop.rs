@@ -1,0 +1,238 @@
+//! Training without autograd (`backend/candle/backprop.rs`): the hand-written step's
+//! losses and gradients equal candle's autograd of the same loss
+//! (`train::batch_loss_weighted`), dense parameters and looked-up rows, on every model
+//! of `models/` it applies to and on the layer kinds, activations, gates, poolings,
+//! heads, label masks and loss factors those do not cover; on a whole batch and on a
+//! shard cut from the middle of one. And two hundred Adam steps through it end where
+//! two hundred through the graph end.
+
+use candle_core::{Device, Tensor};
+use multigate::backend::candle::{Batch, CandleModel};
+use multigate::data::Dataset;
+use multigate::lower::Compiled;
+use multigate::rng::Rng;
+use multigate::train::adam::{Adam, AdamConfig};
+use multigate::train::shard::{self, Workers};
+
+use super::infer::{scramble, small};
+use super::{compile_ok, model_and_rows, model_files, small_spec, TWO_BINARY_TASKS};
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Asserts two gradients have one shape and agree to 1e-4 of the larger of their
+/// largest value and 1e-3 (the GEMMs sum in another order than candle's).
+fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let (a, b) = (values(a), values(b));
+    let scale = b.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= 1e-4 * scale, "{what}[{i}]: {x} against autograd's {y} (largest {scale})");
+    }
+}
+
+/// The hand-written step against autograd on `batch`, with loss factors `factors`.
+fn check_batch(model: &CandleModel, batch: &Batch, factors: Option<&[f64]>, what: &str) {
+    assert!(model.hand_backward(), "{what}: should train without autograd");
+    let hand = model.train_step(batch, factors).unwrap();
+    let loss = multigate::train::batch_loss_weighted(model, batch, &mut Rng::new(1), factors).unwrap();
+    let grads = loss.total.backward().unwrap();
+    for (t, (a, l)) in hand.per_task.iter().zip(&loss.per_task).enumerate() {
+        let b = l.to_scalar::<f32>().unwrap();
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{what}: task {t}'s loss {a} against {b}");
+    }
+    for (name, v) in &model.vars {
+        match (hand.grads.get(v.as_tensor()), grads.get(v.as_tensor())) {
+            (Some(a), Some(b)) => assert_close(a, b, &format!("{what}: {name}")),
+            (None, None) => {}
+            (a, _) => {
+                panic!("{what}: {name} has a gradient only {}", if a.is_some() { "by hand" } else { "in autograd" })
+            }
+        }
+    }
+    assert_eq!(hand.lookups.len(), loss.lookups.len(), "{what}: lookups");
+    for (i, (a, b)) in hand.lookups.iter().zip(&loss.lookups).enumerate() {
+        assert_eq!(a.var, b.var, "{what}: lookup {i}'s table");
+        assert_eq!(
+            values(&a.ids.to_dtype(candle_core::DType::F32).unwrap()),
+            values(&b.ids.to_dtype(candle_core::DType::F32).unwrap())
+        );
+        assert_eq!(a.slots.is_some(), b.slots.is_some(), "{what}: lookup {i}'s slots");
+        let (ga, gb) = (hand.grads.get(a.leaf.as_tensor()), grads.get(b.leaf.as_tensor()));
+        assert_close(
+            ga.expect("hand lookup gradient"),
+            gb.expect("autograd lookup gradient"),
+            &format!("{what}: lookup {i}"),
+        );
+    }
+}
+
+/// [`check_batch`] on rows `0..n` and on rows `n/3..n/3 + n/2` of them, parameters
+/// redrawn so that biases and gates matter.
+fn check(c: &Compiled, ds: &Dataset, what: &str) {
+    let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
+    scramble(&model, 17);
+    let n = ds.rows.min(203);
+    let whole = Batch::gather(ds, &(0..n).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let shard = whole.narrow(n / 3, n / 2).unwrap();
+    check_batch(&model, &whole, None, &format!("{what}, whole batch"));
+    check_batch(&model, &shard, None, &format!("{what}, shard"));
+}
+
+#[test]
+fn every_model_differentiates_as_autograd_does() {
+    let mut checked = 0;
+    for path in model_files("toml") {
+        let (c, ds) = model_and_rows(&path, 203);
+        let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
+        if !model.hand_backward() {
+            println!("{}: trains through the graph (dropout, gate noise or a coupled loss)", path.display());
+            continue;
+        }
+        check(&c, &ds, &path.display().to_string());
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} models of models/ train without autograd");
+}
+
+#[test]
+fn layer_kinds_and_activations_differentiate_as_autograd_does() {
+    for layers in [
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [7, 5, 4]\nactivation = \"tanh\"\n",
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [6, 3]\nactivation = \"gelu\"\n",
+        "[[layers]]\nkind = \"moe\"\nexperts = 4\nunits = [5]\nactivation = \"sigmoid\"\n",
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [5]\nactivation = \"linear\"\n",
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [8, 6]\n",
+        "[[layers]]\nkind = \"shared_bottom\"\nunits = [6, 4]\n",
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\ntemperature = 0.5\ntop_k = 2\nnoise = false\n",
+        // PLE: task and shared slots, runs on one slot each, unequal gates, then a
+        // slotwise MMoE whose run covers every slot.
+        "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\ntop_k = 1\nnoise = false\n\n\
+         [[layers]]\nkind = \"cgc\"\nexperts = 3\ntask_experts = { t2 = 2 }\nunits = [5]\ntemperature = 2.0\n\n\
+         [[layers]]\nkind = \"cgc\"\nexperts = 1\ntask_experts = 2\nunits = [4]\n\n\
+         [[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [3]\n",
+        // No layers: the towers read the input row.
+        "",
+    ] {
+        let (c, ds) = small(layers, TWO_BINARY_TASKS, 150);
+        check(&c, &ds, layers);
+    }
+}
+
+#[test]
+fn towers_products_and_multiclass_heads_differentiate_as_autograd_does() {
+    let tasks = format!(
+        "{}\n[[tasks]]\nname = \"t3\"\nkind = \"binary\"\nlabel = \"y1\"\nproduct = [\"t1\", \"t2\"]\n\n\
+         [[tasks]]\nname = \"t4\"\nkind = \"multiclass\"\nlabel = \"k\"\nclasses = [\"p\", \"q\", \"r\"]\ntower = [5, 4]\n\
+         activation = \"gelu\"\n\n\
+         [[tasks]]\nname = \"t5\"\nkind = \"regression\"\nlabel = \"v\"\ntower = [3]\nactivation = \"sigmoid\"\n",
+        TWO_BINARY_TASKS.replace("tower = [4]", "tower = [4]\ninput = \"l1\"")
+    );
+    let (c, ds) = small(
+        "[[layers]]\nname = \"l1\"\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\n\n\
+         [[layers]]\nname = \"l2\"\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [5]\n",
+        &tasks,
+        150,
+    );
+    check(&c, &ds, "towers and heads");
+}
+
+#[test]
+fn bags_of_each_pooling_differentiate_as_autograd_does() {
+    let (c, ds) = super::bags::encoded(super::bags::SPEC, super::bags::ROWS);
+    check(&c, &ds, "bags");
+}
+
+/// Missing labels (each task's mean over its labelled rows) and loss factors (DWA's).
+#[test]
+fn masks_and_loss_factors_differentiate_as_autograd_does() {
+    let (c, mut ds) = small("[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\n", TWO_BINARY_TASKS, 120);
+    for (i, y) in ds.labels[1].iter_mut().enumerate() {
+        if i % 3 == 0 {
+            *y = f32::NAN;
+        }
+    }
+    let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
+    scramble(&model, 4);
+    let batch = Batch::gather(&ds, &(0..120).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    assert!(batch.masks[1].is_some());
+    check_batch(&model, &batch, Some(&[0.7, 1.9]), "masks and factors");
+    // A shard whose task-2 labels are all missing: that task adds nothing.
+    let none: Vec<usize> = (0..40).map(|i| 3 * i).collect();
+    let batch = Batch::gather(&ds, &none, &Device::Cpu).unwrap();
+    check_batch(&model, &batch, None, "no labels for t2");
+}
+
+/// What the hand-written step does not cover trains through the graph.
+#[test]
+fn dropout_noise_and_coupled_losses_train_through_the_graph() {
+    let base = "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\n";
+    for layers in [
+        base.replace("units = [6]", "units = [6]\ndropout = 0.1"),
+        base.replace("units = [6]", "units = [6]\ntop_k = 2"),
+        base.replace("units = [6]", "units = [6]\nbalance = 0.01"),
+    ] {
+        let c = compile_ok("graph.toml", &small_spec(&layers, TWO_BINARY_TASKS));
+        let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
+        assert!(!model.hand_backward(), "{layers}");
+    }
+    let spec = small_spec(base, TWO_BINARY_TASKS).replace("[train]", "[train]\nloss_balance = \"uncertainty\"");
+    let model = CandleModel::new(&compile_ok("graph.toml", &spec).model, 5, &Device::Cpu).unwrap();
+    assert!(!model.hand_backward());
+    let mut model =
+        CandleModel::new(&compile_ok("graph.toml", &small_spec(base, TWO_BINARY_TASKS)).model, 5, &Device::Cpu)
+            .unwrap();
+    assert!(model.hand_backward());
+    model.set_graph_training(true);
+    assert!(!model.hand_backward());
+}
+
+/// Two hundred Adam steps (dense and lazy) through the hand-written backward end where
+/// two hundred through autograd end, within float rounding (its GEMMs sum in another
+/// order): the same algorithm.
+#[test]
+fn two_hundred_steps_train_as_autograd_does() {
+    // tanh, not ReLU: see `MMOE` in `shard.rs`.
+    let tasks = TWO_BINARY_TASKS
+        .replace("tower = [4]", "tower = [4]\nactivation = \"tanh\"")
+        .replace("tower = [3]", "tower = [3]\nactivation = \"tanh\"");
+    let spec = small_spec(
+        "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [8, 6]\nactivation = \"tanh\"\n\n\
+         [[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\nactivation = \"tanh\"\n",
+        &tasks,
+    );
+    let c = compile_ok("steps.toml", &spec);
+    let frame = multigate::data::synthetic::categorical_frame(&c.model, 40, 1024, 9);
+    let ds = multigate::data::encode(&c.model, &frame, true).unwrap();
+    for lazy in [false, true] {
+        let train = |graph: bool, threads: usize| -> (Vec<f32>, Vec<f32>) {
+            let mut model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
+            model.set_graph_training(graph);
+            assert_eq!(model.hand_backward(), !graph);
+            let workers = Workers::new(threads).unwrap();
+            let mut opt = Adam::new(model.vars.clone(), AdamConfig { lazy, ..AdamConfig::from(&c.train) }).unwrap();
+            let mut rng = Rng::new(3);
+            let mut last = Vec::new();
+            for s in 0..200 {
+                let idx: Vec<usize> = (0..256).map(|i| (s * 256 + i) % 1024).collect();
+                let batch = Batch::gather(&ds, &idx, &Device::Cpu).unwrap();
+                let step = shard::step(&model, &batch, &mut rng, None, &workers).unwrap();
+                workers.run(|| opt.step(&step.grads, &step.lookups, 0.01)).unwrap();
+                last = step.per_task.to_vec1::<f32>().unwrap();
+            }
+            let params = model.vars.iter().flat_map(|(_, v)| values(v.as_tensor()));
+            (params.collect(), last)
+        };
+        let (pg, lg) = train(true, 1);
+        for threads in [1, 2] {
+            let (ph, lh) = train(false, threads);
+            let diff = pg.iter().zip(&ph).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff < 2e-3, "parameters differ by {diff} after 200 steps (lazy: {lazy}, {threads} threads)");
+            for (a, b) in lg.iter().zip(&lh) {
+                assert!((a - b).abs() < 1e-3, "last losses {lg:?} (autograd) and {lh:?} (lazy: {lazy})");
+            }
+        }
+        assert!(lg[0] < 0.69, "training moved: {lg:?}");
+    }
+}
