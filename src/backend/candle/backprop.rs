@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Storage, Tensor, TensorId, Var};
 
-use super::infer::{bias_activate, gate_row, grow, inputs, log_sigmoid, with_f32, with_u32, Rows};
+use super::infer::{bias_activate, concat_experts, gate_row, grow, inputs, log_sigmoid, with_f32, with_u32, Rows};
 use super::{Batch, CandleModel, ExpertStack, LayerParams, Lookup, Result};
 use crate::ir::{Activation, FeatureKind, Link, LossBalance, Pooling, Stream, TaskId, TaskOutput};
 
@@ -224,6 +224,9 @@ struct RunTape {
     pre: Vec<Vec<f32>>,
     /// Gradients of the depths, ping-pong.
     d: [Vec<f32>; 2],
+    /// Depth 0's weight side by side `[d, E * d_1]`, and its gradient.
+    wcat: Vec<f32>,
+    gcat: Vec<f32>,
 }
 
 /// The scratch pool: one [`Tape`] per thread running a step at once.
@@ -583,7 +586,7 @@ fn layer_forward(p: &LayerParams, h: &[f32], b: usize, d: usize, lt: &mut LayerT
     for (run, rt) in plan.runs.iter().zip(runs.iter_mut()) {
         let k = run.slots.len();
         let stack = &p.groups[run.group];
-        let RunTape { rows, acts, pre, .. } = rt;
+        let RunTape { rows, acts, pre, wcat, .. } = rt;
         let (x, xr): (&[f32], Rows) = match run_input(&run.slots, n_slots) {
             RunInput::All => (h, Rows::packed(b * k, d)),
             RunInput::Slot(s) => (h, Rows { at: s * d, n: b, width: d, stride: n_slots * d }),
@@ -598,7 +601,7 @@ fn layer_forward(p: &LayerParams, h: &[f32], b: usize, d: usize, lt: &mut LayerT
                 (&rows[..], Rows::packed(b * k, d))
             }
         };
-        experts_forward(stack, x, xr, acts, pre, params)?;
+        experts_forward(stack, x, xr, acts, pre, wcat, params)?;
         if whole {
             continue;
         }
@@ -666,6 +669,7 @@ fn experts_forward(
     xr: Rows,
     acts: &mut Vec<Vec<f32>>,
     pre: &mut Vec<Vec<f32>>,
+    wcat: &mut Vec<f32>,
     params: &Params,
 ) -> Result<()> {
     let (e, r) = (stack.count, xr.n);
@@ -681,6 +685,13 @@ fn experts_forward(
         }
         let (done, rest) = acts.split_at_mut(i);
         let dst = grow(&mut rest[0], r * e * m);
+        if i == 0 && e > 1 {
+            // Every expert reads the same rows: one GEMM over the weights side by side.
+            let wc = concat_experts(wcat, w, e, k, m)?;
+            matmul(dst, View::packed(r, e * m), x, View::of(xr), wc, View::packed(k, e * m), false)?;
+            bias_activate_keep(dst, bias, stack.activation, &mut pre[i]);
+            continue;
+        }
         for ex in 0..e {
             // Depth 0 reads the input rows whole; deeper, expert ex's columns.
             let src = if i == 0 { View::of(xr) } else { View { at: ex * k, rows: r, cols: k, rs: e * k, cs: 1 } };
@@ -760,7 +771,7 @@ fn layer_backward(
         let k = run.slots.len();
         let stack = &p.groups[run.group];
         let e = stack.count;
-        let RunTape { rows, drows, acts, pre, d: [ping, pong] } = rt;
+        let RunTape { rows, drows, acts, pre, d: [ping, pong], wcat, gcat } = rt;
         // The last depth's gradient, in the run's row layout.
         if whole {
             // The instance axis is the run's rows as they stand.
@@ -790,7 +801,7 @@ fn layer_backward(
                 (g, Rows::packed(b * k, d))
             }
         };
-        experts_backward(stack, x, xr, acts, pre, ping, pong, dx, dxr, params)?;
+        experts_backward(stack, x, xr, acts, pre, ping, pong, (wcat, gcat), dx, dxr, params)?;
         if matches!(input, RunInput::Gathered) {
             for r in 0..b {
                 for (j, &slot) in run.slots.iter().enumerate() {
@@ -816,6 +827,7 @@ fn experts_backward(
     pre: &[Vec<f32>],
     ping: &mut Vec<f32>,
     pong: &mut Vec<f32>,
+    (wcat, gcat): (&[f32], &mut Vec<f32>),
     dx: &mut [f32],
     dxr: Rows,
     params: &mut Params,
@@ -831,6 +843,22 @@ fn experts_backward(
             column_sums(gb, dz);
         }
         let (wv, gw) = params.with_grad(w)?;
+        if i == 0 && e > 1 {
+            // As the forward: one GEMM each over the weights side by side (`wcat`, kept
+            // by the forward), the weight's gradient then put back in its `[E, k, m]`.
+            let dzv = View::packed(r, e * m);
+            let g = grow(gcat, k * e * m);
+            matmul(g, View::packed(k, e * m), x, View::of(xr).t(), dz, dzv, false)?;
+            for kk in 0..k {
+                for ex in 0..e {
+                    let from = &g[kk * e * m + ex * m..kk * e * m + (ex + 1) * m];
+                    let to = &mut gw[ex * k * m + kk * m..ex * k * m + (kk + 1) * m];
+                    to.iter_mut().zip(from).for_each(|(t, &f)| *t += f);
+                }
+            }
+            matmul(dx, View::of(dxr), dz, dzv, &wcat[..k * e * m], View::packed(k, e * m).t(), true)?;
+            continue;
+        }
         if i > 0 {
             // Each expert writes its own columns of the depth below.
             grow(pong, r * e * k);

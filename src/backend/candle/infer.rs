@@ -48,6 +48,8 @@ struct Work {
     logits: Vec<f32>,
     /// Each mix's weights `[B, E_m]`, mix after mix.
     probs: Vec<f32>,
+    /// A depth-0 expert weight side by side, `[d, E * d_1]` (see [`concat_experts`]).
+    wcat: Vec<f32>,
 }
 
 /// The scratch pool: one [`Scratch`] per thread running a pass at once.
@@ -441,7 +443,7 @@ fn layer(
     work: &mut Work,
     want_gates: bool,
 ) -> Result<Option<Vec<Tensor>>> {
-    let Work { rows, hidden: [ping, pong], experts: all, logits, probs } = work;
+    let Work { rows, hidden: [ping, pong], experts: all, logits, probs, wcat } = work;
     let plan = &p.plan;
     let n_slots = plan.inputs.len();
     let n = plan.instances;
@@ -473,7 +475,7 @@ fn layer(
             (&rows[..], Rows::packed(b * k, d))
         };
         let direct = whole && !gated;
-        held = experts(stack, x, xr, ping, pong, if direct { Some(&mut *out) } else { None })?;
+        held = experts(stack, x, xr, ping, pong, wcat, if direct { Some(&mut *out) } else { None })?;
         if whole {
             continue;
         }
@@ -570,6 +572,22 @@ pub(super) fn gate_row(row: &mut [f32], temperature: f32, top_k: Option<usize>) 
     row.iter_mut().for_each(|x| *x /= sum);
 }
 
+/// The fused weight `[E, k, m]` of `w` as one matrix `[k, E * m]`, the experts side by
+/// side (expert `ex`'s columns at `ex * m`), in `buf`.
+pub(super) fn concat_experts<'b>(buf: &'b mut Vec<f32>, w: &[f32], e: usize, k: usize, m: usize) -> Result<&'b [f32]> {
+    if w.len() != e * k * m {
+        candle_core::bail!("an expert weight of {} values for [{e}, {k}, {m}]", w.len())
+    }
+    let out = grow(buf, e * k * m);
+    for i in 0..k {
+        for ex in 0..e {
+            out[i * e * m + ex * m..i * e * m + (ex + 1) * m]
+                .copy_from_slice(&w[ex * k * m + i * m..ex * k * m + (i + 1) * m]);
+        }
+    }
+    Ok(out)
+}
+
 /// Where [`experts`] left its last depth.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Held {
@@ -589,6 +607,7 @@ fn experts(
     xr: Rows,
     ping: &mut Vec<f32>,
     pong: &mut Vec<f32>,
+    wcat: &mut Vec<f32>,
     mut direct: Option<&mut [f32]>,
 ) -> Result<Held> {
     let e = stack.count;
@@ -611,6 +630,12 @@ fn experts(
         }
         let dst = &mut dst[..r * e * m];
         with_f32(w.as_tensor(), "an expert weight", |w| {
+            if let (Some(xr), true) = (src_rows, e > 1) {
+                // Depth 0: every expert reads the same rows, so one GEMM over the
+                // weights side by side packs those rows once, not once per expert.
+                let wc = concat_experts(wcat, w, e, k, m)?;
+                return gemm_into(dst, Rows::packed(r, e * m), src, xr, wc);
+            }
             for ex in 0..e {
                 // Depth 0 reads the input rows whole; deeper, expert ex's columns.
                 let xr = src_rows.unwrap_or(Rows { at: ex * k, n: r, width: k, stride: e * k });
