@@ -148,6 +148,19 @@ fn bias_activate_keep(y: &mut [f32], b: &[f32], act: Activation, pre: &mut Vec<f
     y.iter_mut().for_each(|v| *v = gelu(*v));
 }
 
+/// `a . b` over eight running sums (a float sum in one accumulator does not vectorise).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// `db += ` the sum of `dz`'s rows (rows of `db.len()` values).
 fn column_sums(db: &mut [f32], dz: &[f32]) {
     for row in dz.chunks_exact(db.len().max(1)) {
@@ -747,7 +760,7 @@ fn layer_backward(
                     for ((dpj, &pj), &inst) in dp.iter_mut().zip(p_row).zip(&mix.instances) {
                         let row = (r * n + inst) * u;
                         let x = &all[row..row + u];
-                        *dpj = x.iter().zip(g).map(|(&a, &c)| a * c).sum();
+                        *dpj = dot(x, g);
                         s += pj * *dpj;
                         dall[row..row + u].iter_mut().zip(g).for_each(|(o, &c)| *o += pj * c);
                     }
