@@ -150,7 +150,7 @@ pub fn step(
 ) -> Result<Step> {
     let k = workers.shards(model, batch.size);
     if model.hand_backward() {
-        return hand_step(model, batch, factors, workers, k);
+        return hand_step(model, batch, rng, factors, workers, k);
     }
     if k <= 1 {
         let mut loss = batch_loss_weighted(model, batch, rng, factors)?;
@@ -195,18 +195,30 @@ pub fn step(
 
 /// [`step`] through the hand-written backward ([`CandleModel::train_step`]), in `k`
 /// shards.
-fn hand_step(model: &CandleModel, batch: &Batch, factors: Option<&[f64]>, workers: &Workers, k: usize) -> Result<Step> {
+fn hand_step(
+    model: &CandleModel,
+    batch: &Batch,
+    rng: &mut Rng,
+    factors: Option<&[f64]>,
+    workers: &Workers,
+    k: usize,
+) -> Result<Step> {
     let tasks = model.ir.tasks.len();
     let cuts = bounds(batch.size, k.max(1));
     let shares = shares(batch, &cuts)?;
-    let run = |&(at, len): &(usize, usize), share: &Vec<f64>| {
+    let run = |&(at, len): &(usize, usize), share: &Vec<f64>, rng: &mut Rng| {
         let f: Vec<f64> = (0..tasks).map(|t| factors.map_or(1.0, |f| f[t]) * share[t]).collect();
-        model.train_step(&batch.narrow(at, len)?, Some(&f))
+        model.train_step(&batch.narrow(at, len)?, Some(&f), rng)
     };
+    // Dropout masks as the graph's step draws them: from the run's stream unsharded,
+    // else each shard's from its own stream seeded from the run's.
     let done: Vec<Result<crate::backend::candle::Gradients>> = if cuts.len() == 1 {
-        vec![run(&cuts[0], &shares[0])]
+        vec![run(&cuts[0], &shares[0], rng)]
     } else {
-        workers.run(|| cuts.par_iter().zip(&shares).map(|(c, s)| run(c, s)).collect())
+        let seeds: Vec<u64> = (0..cuts.len()).map(|_| rng.next_u64()).collect();
+        workers.run(|| {
+            cuts.par_iter().zip(&shares).zip(&seeds).map(|((c, s), &seed)| run(c, s, &mut Rng::new(seed))).collect()
+        })
     };
     let mut per_task = vec![0f32; tasks];
     let mut grads = Vec::with_capacity(cuts.len());

@@ -26,6 +26,7 @@ use candle_core::{DType, Storage, Tensor, TensorId, Var};
 use super::infer::{bias_activate, concat_experts, gate_row, grow, inputs, log_sigmoid, with_f32, with_u32, Rows};
 use super::{Batch, CandleModel, ExpertStack, LayerParams, Lookup, Result};
 use crate::ir::{Activation, FeatureKind, Link, LossBalance, Pooling, Stream, TaskId, TaskOutput};
+use crate::rng::Rng;
 
 /// One shard's step: what the optimizer applies.
 pub struct Gradients {
@@ -125,9 +126,29 @@ fn gelu_grad(x: f32) -> f32 {
     0.5 * t + (0.053_516_1 * cube + 0.398_942 * x) * (1.0 - t * t) + 0.5
 }
 
+/// `act'(z)`.
+fn derivative(z: f32, act: Activation) -> f32 {
+    match act {
+        Activation::Relu => f32::from(z > 0.0),
+        Activation::Tanh => 1.0 - z.tanh() * z.tanh(),
+        Activation::Sigmoid => {
+            let s = 1.0 / ((-z).exp() + 1.0);
+            s * (1.0 - s)
+        }
+        Activation::Gelu => gelu_grad(z),
+        Activation::Linear => 1.0,
+    }
+}
+
 /// `dz = da * act'(z)` in place, from the activation's output `a` (or, for GELU, its
-/// input `pre`).
-fn activation_grad(d: &mut [f32], a: &[f32], pre: &[f32], act: Activation) {
+/// input `pre`); after dropout, `dz = da * mask * act'(z)` from its input `pre`.
+fn activation_grad(d: &mut [f32], a: &[f32], pre: &[f32], act: Activation, mask: Option<&[f32]>) {
+    if let Some(mask) = mask {
+        for ((g, &k), &z) in d.iter_mut().zip(mask).zip(pre) {
+            *g *= if k == 0.0 { 0.0 } else { k * derivative(z, act) };
+        }
+        return;
+    }
     match act {
         Activation::Relu => d.iter_mut().zip(a).for_each(|(g, &y)| *g = if y > 0.0 { *g } else { 0.0 }),
         Activation::Tanh => d.iter_mut().zip(a).for_each(|(g, &y)| *g *= 1.0 - y * y),
@@ -137,15 +158,27 @@ fn activation_grad(d: &mut [f32], a: &[f32], pre: &[f32], act: Activation) {
     }
 }
 
-/// `act(y + b)` on each row of `y`; for GELU the value before the activation is kept in
-/// `pre` (the other activations' derivatives come from their output).
-fn bias_activate_keep(y: &mut [f32], b: &[f32], act: Activation, pre: &mut Vec<f32>) {
-    if act != Activation::Gelu {
+/// `act(y + b)` on each row of `y`; with `keep_pre` (dropout after it) or GELU the
+/// value before the activation is kept in `pre` (the other activations' derivatives
+/// come from their output).
+fn bias_activate_keep(y: &mut [f32], b: &[f32], act: Activation, pre: &mut Vec<f32>, keep_pre: bool) {
+    if !keep_pre && act != Activation::Gelu {
         return bias_activate(y, b, act);
     }
     bias_activate(y, b, Activation::Linear);
     grow(pre, y.len()).copy_from_slice(y);
-    y.iter_mut().for_each(|v| *v = gelu(*v));
+    y.iter_mut().for_each(|v| *v = apply(*v, act));
+}
+
+/// `act(x)`, as `infer::bias_activate` computes it.
+fn apply(x: f32, act: Activation) -> f32 {
+    match act {
+        Activation::Relu => x.max(0.0),
+        Activation::Tanh => x.tanh(),
+        Activation::Sigmoid => 1.0 / ((-x).exp() + 1.0),
+        Activation::Gelu => gelu(x),
+        Activation::Linear => x,
+    }
 }
 
 /// `a . b` over eight running sums (a float sum in one accumulator does not vectorise).
@@ -201,8 +234,10 @@ pub(crate) struct Tape {
     x: Vec<f32>,
     dx: Vec<f32>,
     layers: Vec<LayerTape>,
-    /// Per task, per tower depth: its output `[B, m]`.
+    /// Per task, per tower depth: its output `[B, m]` (after dropout), and with dropout
+    /// its mask.
     towers: Vec<Vec<Vec<f32>>>,
+    tower_masks: Vec<Vec<Vec<f32>>>,
     tower_pre: Vec<f32>,
     dtower: [Vec<f32>; 2],
     /// Per task: its raw output `[B]` or `[B, K]`, and the loss's gradient of it.
@@ -235,6 +270,8 @@ struct RunTape {
     /// Per depth: its output `[B * k, E * d_i]`, and for GELU its input.
     acts: Vec<Vec<f32>>,
     pre: Vec<Vec<f32>>,
+    /// Per depth, with dropout: its mask, in the layout of `acts`.
+    masks: Vec<Vec<f32>>,
     /// Gradients of the depths, ping-pong.
     d: [Vec<f32>; 2],
     /// Depth 0's weight side by side `[d, E * d_1]`, and its gradient.
@@ -250,10 +287,16 @@ pub(crate) struct Trainer {
 
 impl Trainer {
     /// One step's per-task losses and gradients on `batch`; `factors` multiply the
-    /// tasks' loss weights.
-    pub(crate) fn step(&self, model: &CandleModel, batch: &Batch, factors: Option<&[f64]>) -> Result<Gradients> {
+    /// tasks' loss weights; dropout masks come from `rng`, drawn as the graph draws them.
+    pub(crate) fn step(
+        &self,
+        model: &CandleModel,
+        batch: &Batch,
+        factors: Option<&[f64]>,
+        rng: &mut Rng,
+    ) -> Result<Gradients> {
         let mut tape = self.pool.lock().map(|mut p| p.pop()).unwrap_or(None).unwrap_or_default();
-        let out = step(model, batch, factors, &mut tape);
+        let out = step(model, batch, factors, rng, &mut tape);
         if let Ok(mut pool) = self.pool.lock() {
             pool.push(tape);
         }
@@ -264,19 +307,15 @@ impl Trainer {
 impl CandleModel {
     /// Whether training steps of this model run the hand-written backward of
     /// `backprop.rs`: on the CPU, when its loss is a weighted sum of per-task means (no
-    /// load-balancing loss, uncertainty weighting or GradNorm) and nothing in it is
-    /// random (no dropout, no gate noise). Others train through candle's graph.
+    /// load-balancing loss, uncertainty weighting or GradNorm) and its gates have no
+    /// noise. Others train through candle's graph.
     pub fn hand_backward(&self) -> bool {
         let ir = &self.ir;
         self.trainer.is_some()
             && !self.graph_training
             && matches!(ir.balance, LossBalance::Fixed | LossBalance::Dwa { .. })
             && self.log_variance.is_none()
-            && self
-                .layers
-                .iter()
-                .all(|l| l.noise.is_none() && l.gating.balance <= 0.0 && l.groups.iter().all(|g| g.dropout <= 0.0))
-            && self.towers.iter().all(|t| t.dropout <= 0.0 || t.layers.len() <= 1)
+            && self.layers.iter().all(|l| l.noise.is_none() && l.gating.balance <= 0.0)
     }
 
     /// Makes training steps take candle's graph even where [`CandleModel::hand_backward`]
@@ -285,20 +324,27 @@ impl CandleModel {
         self.graph_training = on;
     }
 
-    /// The hand-written step (see [`CandleModel::hand_backward`]).
-    pub fn train_step(&self, batch: &Batch, factors: Option<&[f64]>) -> Result<Gradients> {
+    /// The hand-written step (see [`CandleModel::hand_backward`]): the gradients of
+    /// `train::batch_loss_weighted` with the same `factors` and `rng`.
+    pub fn train_step(&self, batch: &Batch, factors: Option<&[f64]>, rng: &mut Rng) -> Result<Gradients> {
         match (&self.trainer, self.hand_backward()) {
-            (Some(t), true) => t.step(self, batch, factors),
+            (Some(t), true) => t.step(self, batch, factors, rng),
             _ => candle_core::bail!("this model trains through the graph"),
         }
     }
 }
 
-fn step(model: &CandleModel, batch: &Batch, factors: Option<&[f64]>, tape: &mut Tape) -> Result<Gradients> {
+fn step(
+    model: &CandleModel,
+    batch: &Batch,
+    factors: Option<&[f64]>,
+    rng: &mut Rng,
+    tape: &mut Tape,
+) -> Result<Gradients> {
     let ir = &model.ir;
     let b = batch.size;
     let n_tasks = ir.tasks.len();
-    let Tape { x, dx, layers, towers, tower_pre, dtower, heads, dheads } = tape;
+    let Tape { x, dx, layers, towers, tower_masks, tower_pre, dtower, heads, dheads } = tape;
     let width = ir.input_width;
     // The input rows first: they read the tables under their own locks, which must not
     // be taken twice by one thread.
@@ -327,7 +373,7 @@ fn step(model: &CandleModel, batch: &Batch, factors: Option<&[f64]>, tape: &mut 
             Some(prev) => (&prev.out, ir.layers[li - 1].output.width()),
             None => (&x[..], width),
         };
-        layer_forward(p, h, b, d, &mut rest[0], &params)?;
+        layer_forward(p, h, b, d, &mut rest[0], &params, rng)?;
     }
     let last_stream = ir.layers.last().map_or(Stream::Shared { width }, |l| l.output);
     let source = |t: usize| -> (Option<usize>, Stream) {
@@ -350,9 +396,15 @@ fn step(model: &CandleModel, batch: &Batch, factors: Option<&[f64]>, tape: &mut 
         let src: &[f32] = src_layer.map_or(&x[..], |i| &layers[i].out);
         let d = s.width();
         let xr = Rows { at: s.task_slot(TaskId(t)) * d, n: b, width: d, stride: s.slots(n_tasks).len() * d };
-        let acts = &mut towers[t];
+        if tower_masks.len() < n_tasks {
+            tower_masks.resize_with(n_tasks, Vec::new);
+        }
+        let (acts, masks) = (&mut towers[t], &mut tower_masks[t]);
         if acts.len() < tower.layers.len() {
             acts.resize_with(tower.layers.len(), Vec::new);
+        }
+        if masks.len() < tower.layers.len() {
+            masks.resize_with(tower.layers.len(), Vec::new);
         }
         if tower.layers.is_empty() {
             candle_core::bail!("task `{}`: its tower has no layers", task.name);
@@ -373,6 +425,12 @@ fn step(model: &CandleModel, batch: &Batch, factors: Option<&[f64]>, tape: &mut 
             let y = grow(&mut rest[0], b * m);
             matmul(y, View::packed(b, m), input, View::of(ir_), w, View::packed(ir_.width, m), false)?;
             bias_activate(y, bias, act);
+            if i < last && tower.dropout > 0.0 {
+                // As the graph: after every depth but the last, `[B, m]`.
+                let mask = grow(&mut masks[i], b * m);
+                mask.copy_from_slice(&super::dropout_mask(rng, b * m, tower.dropout));
+                y.iter_mut().zip(mask.iter()).for_each(|(v, &k)| *v *= k);
+            }
             widths[t] = m;
         }
         let out = &acts[last][..b * widths[t]];
@@ -461,17 +519,19 @@ fn step(model: &CandleModel, batch: &Batch, factors: Option<&[f64]>, tape: &mut 
             let act = if i < last { tower.activation } else { Activation::Linear };
             let m = params.value(bias)?.len();
             let dz = &mut ping[..b * m];
-            if act == Activation::Gelu {
-                // GELU's input: the output's preimage is not unique, so recompute it.
+            let mask = (i < last && tower.dropout > 0.0).then(|| &tower_masks[t][i][..b * m]);
+            if act == Activation::Gelu || mask.is_some() {
+                // The depth's input to its activation (GELU's output, or one after
+                // dropout, does not give it back): recomputed.
                 let input: (&[f32], Rows) =
                     if i == 0 { (src, xr) } else { (&acts[i - 1][..], Rows::packed(b, w.as_tensor().dim(0)?)) };
                 let pre = grow(tower_pre, b * m);
                 let wv = params.value(w)?;
                 matmul(pre, View::packed(b, m), input.0, View::of(input.1), wv, View::packed(input.1.width, m), false)?;
                 bias_activate(pre, params.value(bias)?, Activation::Linear);
-                activation_grad(dz, &[], pre, act);
+                activation_grad(dz, &[], pre, act, mask);
             } else {
-                activation_grad(dz, &acts[i][..b * m], &[], act);
+                activation_grad(dz, &acts[i][..b * m], &[], act, None);
             }
             let (input, irows): (&[f32], Rows) =
                 if i == 0 { (src, xr) } else { (&acts[i - 1][..], Rows::packed(b, w.as_tensor().dim(0)?)) };
@@ -583,7 +643,15 @@ fn run_input(slots: &[usize], n_slots: usize) -> RunInput {
 }
 
 /// One layer's forward, its activations kept in `lt`.
-fn layer_forward(p: &LayerParams, h: &[f32], b: usize, d: usize, lt: &mut LayerTape, params: &Params) -> Result<()> {
+fn layer_forward(
+    p: &LayerParams,
+    h: &[f32],
+    b: usize,
+    d: usize,
+    lt: &mut LayerTape,
+    params: &Params,
+    rng: &mut Rng,
+) -> Result<()> {
     let plan = &p.plan;
     let n_slots = plan.inputs.len();
     let n = plan.instances;
@@ -599,7 +667,7 @@ fn layer_forward(p: &LayerParams, h: &[f32], b: usize, d: usize, lt: &mut LayerT
     for (run, rt) in plan.runs.iter().zip(runs.iter_mut()) {
         let k = run.slots.len();
         let stack = &p.groups[run.group];
-        let RunTape { rows, acts, pre, wcat, .. } = rt;
+        let RunTape { rows, acts, pre, masks, wcat, .. } = rt;
         let (x, xr): (&[f32], Rows) = match run_input(&run.slots, n_slots) {
             RunInput::All => (h, Rows::packed(b * k, d)),
             RunInput::Slot(s) => (h, Rows { at: s * d, n: b, width: d, stride: n_slots * d }),
@@ -614,7 +682,7 @@ fn layer_forward(p: &LayerParams, h: &[f32], b: usize, d: usize, lt: &mut LayerT
                 (&rows[..], Rows::packed(b * k, d))
             }
         };
-        experts_forward(stack, x, xr, acts, pre, wcat, params)?;
+        experts_forward(stack, x, xr, (acts, pre, masks), wcat, params, rng)?;
         if whole {
             continue;
         }
@@ -680,15 +748,17 @@ fn experts_forward(
     stack: &ExpertStack,
     x: &[f32],
     xr: Rows,
-    acts: &mut Vec<Vec<f32>>,
-    pre: &mut Vec<Vec<f32>>,
+    (acts, pre, masks): (&mut Vec<Vec<f32>>, &mut Vec<Vec<f32>>, &mut Vec<Vec<f32>>),
     wcat: &mut Vec<f32>,
     params: &Params,
+    rng: &mut Rng,
 ) -> Result<()> {
     let (e, r) = (stack.count, xr.n);
+    let rate = stack.dropout;
     if acts.len() < stack.layers.len() {
         acts.resize_with(stack.layers.len(), Vec::new);
         pre.resize_with(stack.layers.len(), Vec::new);
+        masks.resize_with(stack.layers.len(), Vec::new);
     }
     for (i, (w, bias)) in stack.layers.iter().enumerate() {
         let (_, k, m) = w.as_tensor().dims3()?;
@@ -702,17 +772,33 @@ fn experts_forward(
             // Every expert reads the same rows: one GEMM over the weights side by side.
             let wc = concat_experts(wcat, w, e, k, m)?;
             matmul(dst, View::packed(r, e * m), x, View::of(xr), wc, View::packed(k, e * m), false)?;
-            bias_activate_keep(dst, bias, stack.activation, &mut pre[i]);
-            continue;
+        } else {
+            for ex in 0..e {
+                // Depth 0 reads the input rows whole; deeper, expert ex's columns.
+                let src = if i == 0 { View::of(xr) } else { View { at: ex * k, rows: r, cols: k, rs: e * k, cs: 1 } };
+                let input: &[f32] = if i == 0 { x } else { &done[i - 1] };
+                let dv = View { at: ex * m, rows: r, cols: m, rs: e * m, cs: 1 };
+                matmul(dst, dv, input, src, &w[ex * k * m..(ex + 1) * k * m], View::packed(k, m), false)?;
+            }
         }
-        for ex in 0..e {
-            // Depth 0 reads the input rows whole; deeper, expert ex's columns.
-            let src = if i == 0 { View::of(xr) } else { View { at: ex * k, rows: r, cols: k, rs: e * k, cs: 1 } };
-            let input: &[f32] = if i == 0 { x } else { &done[i - 1] };
-            let dv = View { at: ex * m, rows: r, cols: m, rs: e * m, cs: 1 };
-            matmul(dst, dv, input, src, &w[ex * k * m..(ex + 1) * k * m], View::packed(k, m), false)?;
+        bias_activate_keep(dst, bias, stack.activation, &mut pre[i], rate > 0.0);
+        if rate > 0.0 {
+            // The graph drops depth 0 as `[R, E * m]` (this layout) and deeper depths
+            // as `[E, R, m]`: the same draws, put where those units are here.
+            let drawn = super::dropout_mask(rng, r * e * m, rate);
+            let mask = grow(&mut masks[i], r * e * m);
+            if i == 0 {
+                mask.copy_from_slice(&drawn);
+            } else {
+                for ex in 0..e {
+                    for row in 0..r {
+                        let to = row * e * m + ex * m;
+                        mask[to..to + m].copy_from_slice(&drawn[(ex * r + row) * m..(ex * r + row + 1) * m]);
+                    }
+                }
+            }
+            dst.iter_mut().zip(mask.iter()).for_each(|(v, &k)| *v *= k);
         }
-        bias_activate_keep(dst, bias, stack.activation, &mut pre[i]);
     }
     Ok(())
 }
@@ -784,7 +870,7 @@ fn layer_backward(
         let k = run.slots.len();
         let stack = &p.groups[run.group];
         let e = stack.count;
-        let RunTape { rows, drows, acts, pre, d: [ping, pong], wcat, gcat } = rt;
+        let RunTape { rows, drows, acts, pre, masks, d: [ping, pong], wcat, gcat } = rt;
         // The last depth's gradient, in the run's row layout.
         if whole {
             // The instance axis is the run's rows as they stand.
@@ -814,7 +900,7 @@ fn layer_backward(
                 (g, Rows::packed(b * k, d))
             }
         };
-        experts_backward(stack, x, xr, acts, pre, ping, pong, (wcat, gcat), dx, dxr, params)?;
+        experts_backward(stack, x, xr, (acts, pre, masks), ping, pong, (wcat, gcat), dx, dxr, params)?;
         if matches!(input, RunInput::Gathered) {
             for r in 0..b {
                 for (j, &slot) in run.slots.iter().enumerate() {
@@ -836,8 +922,7 @@ fn experts_backward(
     stack: &ExpertStack,
     x: &[f32],
     xr: Rows,
-    acts: &[Vec<f32>],
-    pre: &[Vec<f32>],
+    (acts, pre, masks): (&[Vec<f32>], &[Vec<f32>], &[Vec<f32>]),
     ping: &mut Vec<f32>,
     pong: &mut Vec<f32>,
     (wcat, gcat): (&[f32], &mut Vec<f32>),
@@ -850,7 +935,9 @@ fn experts_backward(
         let (w, bias) = &stack.layers[i];
         let (_, k, m) = w.as_tensor().dims3()?;
         let dz = &mut ping[..r * e * m];
-        activation_grad(dz, &acts[i][..r * e * m], pre[i].get(..r * e * m).unwrap_or(&[]), stack.activation);
+        let mask = (stack.dropout > 0.0).then(|| &masks[i][..r * e * m]);
+        let pre = pre[i].get(..r * e * m).unwrap_or(&[]);
+        activation_grad(dz, &acts[i][..r * e * m], pre, stack.activation, mask);
         {
             let (_, gb) = params.with_grad(bias)?;
             column_sums(gb, dz);

@@ -402,6 +402,14 @@ pub(crate) fn dropout(x: &Tensor, rate: f32, rng: Option<&mut Rng>) -> Result<Te
         use device_ops::Fill;
         return x * device_ops::DropoutMask::new(rng.next_u64(), keep).like(x)?;
     }
+    x * Tensor::from_vec(dropout_mask(rng, n, rate), x.shape(), x.device())?
+}
+
+/// The CPU's dropout mask of `n` values at `rate` (kept ones `1 / (1 - rate)`, the others
+/// 0), drawn from `rng`: two values per draw, in order. The graph and the hand-written
+/// step (`backprop.rs`) both draw it here, so they drop the same units.
+pub(crate) fn dropout_mask(rng: &mut Rng, n: usize, rate: f32) -> Vec<f32> {
+    let keep = 1.0 - rate;
     let threshold = (keep as f64 * u32::MAX as f64) as u32;
     let scale = 1.0 / keep;
     let mut mask = Vec::with_capacity(n + 1);
@@ -412,7 +420,7 @@ pub(crate) fn dropout(x: &Tensor, rate: f32, rng: Option<&mut Rng>) -> Result<Te
         }
     }
     mask.truncate(n);
-    x * Tensor::from_vec(mask, x.shape(), x.device())?
+    mask
 }
 
 /// The most matrices one cuBLAS batched GEMM is given. Some of its kernels put the batch
