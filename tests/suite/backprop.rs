@@ -208,7 +208,11 @@ fn dropout_differentiates_as_autograd_does() {
 #[test]
 fn noise_and_coupled_losses_train_through_the_graph() {
     let base = "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\n";
-    for layers in [base.replace("units = [6]", "units = [6]\nbalance = 0.01")] {
+    for layers in [
+        // Noisy top-k (noise is on by default with top_k).
+        base.replace("units = [6]", "units = [6]\ntop_k = 2"),
+        base.replace("units = [6]", "units = [6]\nbalance = 0.01"),
+    ] {
         let c = compile_ok("graph.toml", &small_spec(&layers, TWO_BINARY_TASKS));
         let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
         assert!(!model.hand_backward(), "{layers}");
