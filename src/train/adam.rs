@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, Layout, Tensor, Var};
 
-use crate::backend::candle::{cpu_f32, Lookup};
+use crate::backend::candle::{cpu_f32, prefetch, Lookup};
 use crate::ir::TrainConfig;
 
 type Result<T> = candle_core::Result<T>;
@@ -209,8 +209,16 @@ impl candle_core::InplaceOp1 for SparseStep<'_> {
             // Each looked-up row once, in row order: its gradient rows summed (in the
             // order the lookups and their rows come, as a scatter would) into a buffer
             // of one row, then the update of that row. Nothing table-sized is touched.
+            // The rows lie scattered over the table (over a big one, each a cache miss):
+            // the row four runs ahead is asked for while this one is updated.
             let mut g = vec![0f32; d];
-            for run in self.order().chunk_by(|a, b| a.0 == b.0) {
+            let order = self.order();
+            let runs: Vec<&[(u32, u32, u32)]> = order.chunk_by(|a, b| a.0 == b.0).collect();
+            for (i, run) in runs.iter().enumerate() {
+                if let Some(ahead) = runs.get(i + 4) {
+                    let at = ahead[0].0 as usize * d;
+                    [&*p, &*m, &*v].into_iter().for_each(|x| prefetch(x, at));
+                }
                 self.sum_run(run, &mut g);
                 let r = (run[0].0 as usize) * d..(run[0].0 as usize + 1) * d;
                 self.k.apply(&mut p[r.clone()], &g, &mut m[r.clone()], &mut v[r]);

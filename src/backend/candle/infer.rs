@@ -182,7 +182,7 @@ fn dense_into(y: &mut [f32], x: &[f32], xr: Rows, w: &Tensor, b: &Tensor, act: A
 /// Asks for the cache line of `v[at]` ahead of its use (a table row looked up a few rows
 /// later); nothing when `at` is outside `v` or on other targets.
 #[inline(always)]
-pub(super) fn prefetch(v: &[f32], at: usize) {
+pub(crate) fn prefetch(v: &[f32], at: usize) {
     #[cfg(target_arch = "x86_64")]
     if at < v.len() {
         // SAFETY: a prefetch reads nothing and cannot fault; the address is within `v`.

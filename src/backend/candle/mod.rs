@@ -17,6 +17,7 @@ mod infer;
 
 pub use backprop::Gradients;
 pub use fused::{ExpertStack, LayerOutput, LayerParams, MixLayout};
+pub(crate) use infer::prefetch;
 
 use candle_core::{Tensor, Var, D};
 
