@@ -19,6 +19,7 @@ use std::sync::Mutex;
 
 use candle_core::{Storage, Tensor};
 
+use super::strided::{matmul, Rows, View};
 use super::{CandleModel, Output, Result};
 use crate::ir::{Activation, FeatureKind, Pooling, Stream, TaskId, TaskOutput};
 
@@ -86,70 +87,6 @@ pub(super) fn with_u32<T>(t: &Tensor, what: &str, f: impl FnOnce(&[u32]) -> Resu
     with_values(t, what, f)
 }
 
-/// Rows of a row-major matrix: `n` rows of `width` values, `stride` apart, from `at`.
-#[derive(Clone, Copy)]
-pub(super) struct Rows {
-    pub(super) at: usize,
-    pub(super) n: usize,
-    pub(super) width: usize,
-    pub(super) stride: usize,
-}
-
-impl Rows {
-    pub(super) fn packed(n: usize, width: usize) -> Rows {
-        Rows { at: 0, n, width, stride: width }
-    }
-
-    /// Whether the rows lie within a buffer of `len` values.
-    fn fits(&self, len: usize) -> bool {
-        self.n == 0 || self.at + (self.n - 1) * self.stride + self.width <= len
-    }
-}
-
-/// `y = x W` for `x` rows `[n, k]`, `W: [k, m]` row-major and `y` rows `[n, m]`.
-fn gemm_into(y: &mut [f32], yr: Rows, x: &[f32], xr: Rows, w: &[f32]) -> Result<()> {
-    let (n, k, m) = (xr.n, xr.width, yr.width);
-    if yr.n != n || w.len() != k * m || !xr.fits(x.len()) || !yr.fits(y.len()) {
-        candle_core::bail!("evaluation: a GEMM of [{n}, {k}] x {} into [{}, {m}] does not fit", w.len(), yr.n);
-    }
-    if n == 0 || m == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        for r in 0..n {
-            y[yr.at + r * yr.stride..yr.at + r * yr.stride + m].fill(0.0);
-        }
-        return Ok(());
-    }
-    // SAFETY: `fits` checked that every row of x and y, at its stride, lies within its
-    // slice, and w holds k * m values, row-major; y does not alias x or w (a &mut).
-    // With `read_dst` false the GEMM writes y without reading it.
-    unsafe {
-        gemm::gemm(
-            n,
-            m,
-            k,
-            y.as_mut_ptr().add(yr.at),
-            1,
-            yr.stride as isize,
-            false,
-            x.as_ptr().add(xr.at),
-            1,
-            xr.stride as isize,
-            w.as_ptr(),
-            1,
-            m as isize,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-    Ok(())
-}
-
 /// `y = act(y + b)` on each row of `y` (rows of `b.len()` values), in one pass.
 pub(super) fn bias_activate(y: &mut [f32], b: &[f32], a: Activation) {
     fn each(y: &mut [f32], b: &[f32], f: impl Fn(f32) -> f32) {
@@ -173,7 +110,10 @@ pub(super) fn bias_activate(y: &mut [f32], b: &[f32], a: Activation) {
 fn dense_into(y: &mut [f32], x: &[f32], xr: Rows, w: &Tensor, b: &Tensor, act: Activation) -> Result<()> {
     with_f32(b, "a bias", |b| {
         let y = &mut y[..xr.n * b.len()];
-        with_f32(w, "a weight", |w| gemm_into(y, Rows::packed(xr.n, b.len()), x, xr, w))?;
+        with_f32(w, "a weight", |w| {
+            let k = w.len() / b.len().max(1);
+            matmul(y, View::packed(xr.n, b.len()), x, View::of(xr), w, View::packed(k, b.len()), false)
+        })?;
         bias_activate(y, b, act);
         Ok(())
     })
@@ -460,20 +400,7 @@ fn layer(
     for run in &plan.runs {
         let k = run.slots.len();
         let stack = &p.groups[run.group];
-        let (x, xr): (&[f32], Rows) = if k == n_slots && run.slots.iter().copied().eq(0..n_slots) {
-            (h, Rows::packed(b * k, d))
-        } else if k == 1 {
-            (h, Rows { at: run.slots[0] * d, n: b, width: d, stride: n_slots * d })
-        } else {
-            let rows = grow(rows, b * k * d);
-            for r in 0..b {
-                for (j, &slot) in run.slots.iter().enumerate() {
-                    let from = r * n_slots * d + slot * d;
-                    rows[(r * k + j) * d..(r * k + j + 1) * d].copy_from_slice(&h[from..from + d]);
-                }
-            }
-            (&rows[..], Rows::packed(b * k, d))
-        };
+        let (x, xr) = run_rows(h, &run.slots, n_slots, b, d, rows);
         let direct = whole && !gated;
         held = experts(stack, x, xr, ping, pong, wcat, if direct { Some(&mut *out) } else { None })?;
         if whole {
@@ -503,29 +430,8 @@ fn layer(
     dense_into(logits, h, Rows::packed(b * n_slots, d), w.as_tensor(), bias.as_tensor(), Activation::Linear)?;
     let widths: Vec<usize> = plan.mixes.iter().map(|m| m.instances.len()).collect();
     let probs = grow(probs, b * widths.iter().sum::<usize>());
-    // The logit columns each mix reads, in mix order (the layout's, or all in order).
-    let column = |i: usize| p.layout.columns.as_ref().map_or(i, |c| c[i] as usize);
+    mix_rows(p, (logits, total), experts, b, u, probs, out);
     let m_count = plan.mixes.len();
-    let mut at = 0;
-    for (mi, (mix, &e)) in plan.mixes.iter().zip(&widths).enumerate() {
-        let mine = &mut probs[at * b..(at + e) * b]; // [B, E_m]
-        for r in 0..b {
-            let p_row = &mut mine[r * e..(r + 1) * e];
-            for (j, v) in p_row.iter_mut().enumerate() {
-                *v = logits[r * n_slots * total + column(at + j)];
-            }
-            gate_row(p_row, p.gating.temperature, p.gating.top_k);
-            let o = &mut out[(r * m_count + mi) * u..(r * m_count + mi + 1) * u];
-            o.fill(0.0);
-            for (&wj, &inst) in p_row.iter().zip(&mix.instances) {
-                let x = &experts[(r * n + inst) * u..(r * n + inst + 1) * u];
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o += wj * v;
-                }
-            }
-        }
-        at += e;
-    }
     if !want_gates {
         return Ok(Some(Vec::new()));
     }
@@ -536,6 +442,71 @@ fn layer(
         at += e;
     }
     Ok(Some(gates))
+}
+
+/// A run's input rows over `slots` of the stream `h` (`[B, S * d]`): the stream as it
+/// stands when the run covers every slot in order (`[B * S, d]`), one slot's rows at
+/// their stride, or else the slots gathered into `rows` (`[B * k, d]`).
+pub(super) fn run_rows<'a>(
+    h: &'a [f32],
+    slots: &[usize],
+    n_slots: usize,
+    b: usize,
+    d: usize,
+    rows: &'a mut Vec<f32>,
+) -> (&'a [f32], Rows) {
+    let k = slots.len();
+    if k == n_slots && slots.iter().copied().eq(0..n_slots) {
+        return (h, Rows::packed(b * k, d));
+    }
+    if k == 1 {
+        return (h, Rows { at: slots[0] * d, n: b, width: d, stride: n_slots * d });
+    }
+    let rows = grow(rows, b * k * d);
+    for r in 0..b {
+        for (j, &slot) in slots.iter().enumerate() {
+            let from = r * n_slots * d + slot * d;
+            rows[(r * k + j) * d..(r * k + j + 1) * d].copy_from_slice(&h[from..from + d]);
+        }
+    }
+    (&rows[..], Rows::packed(b * k, d))
+}
+
+/// Each row's mixes of a gated layer: the logit columns a mix reads (its layout's, or
+/// all in order) of `logits` (`[B * S, total]`) through [`gate_row`] into its weights
+/// `probs` (`[B, E_m]`, mix after mix), and the sum of the instances it mixes (`all:
+/// [B, N, u]`) so weighted into its slot of `out` (`[B, M, u]`).
+pub(super) fn mix_rows(
+    p: &super::LayerParams,
+    (logits, total): (&[f32], usize),
+    all: &[f32],
+    b: usize,
+    u: usize,
+    probs: &mut [f32],
+    out: &mut [f32],
+) {
+    let plan = &p.plan;
+    let (n_slots, n, m_count) = (plan.inputs.len(), plan.instances, plan.mixes.len());
+    let column = |i: usize| p.layout.columns.as_ref().map_or(i, |c| c[i] as usize);
+    let mut at = 0;
+    for (mi, mix) in plan.mixes.iter().enumerate() {
+        let e = mix.instances.len();
+        let mine = &mut probs[at * b..(at + e) * b]; // [B, E_m]
+        for r in 0..b {
+            let p_row = &mut mine[r * e..(r + 1) * e];
+            for (j, v) in p_row.iter_mut().enumerate() {
+                *v = logits[r * n_slots * total + column(at + j)];
+            }
+            gate_row(p_row, p.gating.temperature, p.gating.top_k);
+            let o = &mut out[(r * m_count + mi) * u..(r * m_count + mi + 1) * u];
+            o.fill(0.0);
+            for (&wj, &inst) in p_row.iter().zip(&mix.instances) {
+                let x = &all[(r * n + inst) * u..(r * n + inst + 1) * u];
+                o.iter_mut().zip(x).for_each(|(o, &v)| *o += wj * v);
+            }
+        }
+        at += e;
+    }
 }
 
 /// One mix's logits into its weights: `/ temperature`, top-k's mask (the k largest
@@ -634,13 +605,21 @@ fn experts(
                 // Depth 0: every expert reads the same rows, so one GEMM over the
                 // weights side by side packs those rows once, not once per expert.
                 let wc = concat_experts(wcat, w, e, k, m)?;
-                return gemm_into(dst, Rows::packed(r, e * m), src, xr, wc);
+                return matmul(dst, View::packed(r, e * m), src, View::of(xr), wc, View::packed(k, e * m), false);
             }
             for ex in 0..e {
                 // Depth 0 reads the input rows whole; deeper, expert ex's columns.
                 let xr = src_rows.unwrap_or(Rows { at: ex * k, n: r, width: k, stride: e * k });
                 let yr = Rows { at: ex * m, n: r, width: m, stride: e * m };
-                gemm_into(dst, yr, src, xr, &w[ex * k * m..(ex + 1) * k * m])?;
+                matmul(
+                    dst,
+                    View::of(yr),
+                    src,
+                    View::of(xr),
+                    &w[ex * k * m..(ex + 1) * k * m],
+                    View::packed(k, m),
+                    false,
+                )?;
             }
             Ok(())
         })?;

@@ -14,6 +14,7 @@ mod dense;
 pub mod device_ops;
 mod fused;
 mod infer;
+mod strided;
 
 pub use backprop::Gradients;
 pub use fused::{ExpertStack, LayerOutput, LayerParams, MixLayout};

@@ -1,8 +1,9 @@
 //! The heads of the hand-written step: each task's tower depth by depth, ESMM products,
 //! and the loss with its gradient of every head; then the towers' backward.
 
-use super::super::infer::{bias_activate, grow, log_sigmoid, with_f32, Rows};
-use super::kernels::{activation_grad, column_sums, matmul, View};
+use super::super::infer::{bias_activate, grow, log_sigmoid, with_f32};
+use super::super::strided::{matmul, Rows, View};
+use super::kernels::{activation_grad, column_sums};
 use super::{Params, Result};
 use crate::backend::candle::{Batch, CandleModel, Tower};
 use crate::ir::{Activation, Link, Model, TaskOutput};

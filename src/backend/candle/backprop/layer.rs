@@ -1,8 +1,9 @@
 //! One layer of the hand-written step: its expert runs depth by depth, its gates'
 //! softmax and the mixture, forward with every activation kept, then backward.
 
-use super::super::infer::{bias_activate, concat_experts, gate_row, grow, Rows};
-use super::kernels::{activation_grad, bias_activate_keep, column_sums, dot, matmul, View};
+use super::super::infer::{bias_activate, concat_experts, grow, mix_rows, run_rows};
+use super::super::strided::{matmul, Rows, View};
+use super::kernels::{activation_grad, bias_activate_keep, column_sums, dot};
 use super::{Params, Result};
 use crate::backend::candle::{ExpertStack, LayerParams};
 use crate::ir::Activation;
@@ -102,20 +103,7 @@ pub(super) fn layer_forward(
         let k = run.slots.len();
         let stack = &p.groups[run.group];
         let RunTape { rows, depths, wcat, .. } = rt;
-        let (x, xr): (&[f32], Rows) = match run_input(&run.slots, n_slots) {
-            RunInput::All => (h, Rows::packed(b * k, d)),
-            RunInput::Slot(s) => (h, Rows { at: s * d, n: b, width: d, stride: n_slots * d }),
-            RunInput::Gathered => {
-                let rows = grow(rows, b * k * d);
-                for r in 0..b {
-                    for (j, &slot) in run.slots.iter().enumerate() {
-                        let from = r * n_slots * d + slot * d;
-                        rows[(r * k + j) * d..(r * k + j + 1) * d].copy_from_slice(&h[from..from + d]);
-                    }
-                }
-                (&rows[..], Rows::packed(b * k, d))
-            }
-        };
+        let (x, xr) = run_rows(h, &run.slots, n_slots, b, d, rows);
         experts_forward(stack, x, xr, depths, wcat, params, rng)?;
         if whole {
             continue;
@@ -155,7 +143,7 @@ fn mix_forward(
 ) -> Result<()> {
     let Some((w, bias)) = &p.gates else { return Ok(()) };
     let plan = &p.plan;
-    let (n_slots, n) = (plan.inputs.len(), plan.instances);
+    let n_slots = plan.inputs.len();
     let (w, bias) = (params.value(w)?, params.value(bias)?);
     let total = bias.len();
     let logits = grow(logits, b * n_slots * total);
@@ -169,29 +157,9 @@ fn mix_forward(
         false,
     )?;
     bias_activate(logits, bias, Activation::Linear);
-    let m_count = plan.mixes.len();
     let probs = grow(probs, b * plan.mixes.iter().map(|m| m.instances.len()).sum::<usize>());
-    let out = grow(out, b * m_count * u);
-    let column = |i: usize| p.layout.columns.as_ref().map_or(i, |c| c[i] as usize);
-    let mut at = 0;
-    for (mi, mix) in plan.mixes.iter().enumerate() {
-        let e = mix.instances.len();
-        let mine = &mut probs[at * b..(at + e) * b];
-        for r in 0..b {
-            let p_row = &mut mine[r * e..(r + 1) * e];
-            for (j, v) in p_row.iter_mut().enumerate() {
-                *v = logits[r * n_slots * total + column(at + j)];
-            }
-            gate_row(p_row, p.gating.temperature, p.gating.top_k);
-            let o = &mut out[(r * m_count + mi) * u..(r * m_count + mi + 1) * u];
-            o.fill(0.0);
-            for (&wj, &inst) in p_row.iter().zip(&mix.instances) {
-                let x = &all[(r * n + inst) * u..(r * n + inst + 1) * u];
-                o.iter_mut().zip(x).for_each(|(o, &v)| *o += wj * v);
-            }
-        }
-        at += e;
-    }
+    let out = grow(out, b * plan.mixes.len() * u);
+    mix_rows(p, (logits, total), all, b, u, probs, out);
     Ok(())
 }
 

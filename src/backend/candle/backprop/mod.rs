@@ -32,7 +32,8 @@ use std::sync::Mutex;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Storage, Tensor, TensorId, Var};
 
-use super::infer::{grow, inputs, Rows};
+use super::infer::{grow, inputs};
+use super::strided::Rows;
 use super::{Batch, CandleModel, Lookup, Result};
 use crate::ir::{LossBalance, Model, Stream, TaskId, TaskOutput};
 use crate::rng::Rng;

@@ -1,0 +1,93 @@
+//! Matrices as strided views of f32 buffers, and the GEMM over them (gemm-rs, on the
+//! calling thread) that the CPU passes without autograd use: evaluation (`infer.rs`)
+//! and training (`backprop/`).
+
+use super::Result;
+
+/// Rows of a row-major matrix: `n` rows of `width` values, `stride` apart, from `at`.
+#[derive(Clone, Copy)]
+pub(crate) struct Rows {
+    pub(crate) at: usize,
+    pub(crate) n: usize,
+    pub(crate) width: usize,
+    pub(crate) stride: usize,
+}
+
+impl Rows {
+    pub(crate) fn packed(n: usize, width: usize) -> Rows {
+        Rows { at: 0, n, width, stride: width }
+    }
+}
+
+/// A strided matrix: element `(i, j)` at `at + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+pub(crate) struct View {
+    pub(crate) at: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
+}
+
+impl View {
+    pub(crate) fn of(r: Rows) -> View {
+        View { at: r.at, rows: r.n, cols: r.width, rs: r.stride, cs: 1 }
+    }
+
+    pub(crate) fn packed(rows: usize, cols: usize) -> View {
+        View { at: 0, rows, cols, rs: cols, cs: 1 }
+    }
+
+    pub(crate) fn t(self) -> View {
+        View { at: self.at, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+
+    fn fits(&self, len: usize) -> bool {
+        self.rows == 0 || self.cols == 0 || self.at + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < len
+    }
+}
+
+/// `dst = a b`, or with `add` `dst += a b` (`a: [m, k]`, `b: [k, n]`, `dst: [m, n]`,
+/// any strides).
+pub(crate) fn matmul(dst: &mut [f32], dv: View, a: &[f32], av: View, b: &[f32], bv: View, add: bool) -> Result<()> {
+    let (m, k, n) = (av.rows, av.cols, bv.cols);
+    if bv.rows != k || dv.rows != m || dv.cols != n || !av.fits(a.len()) || !bv.fits(b.len()) || !dv.fits(dst.len()) {
+        candle_core::bail!("a GEMM of [{m}, {k}] x [{}, {n}] into [{}, {}] does not fit", bv.rows, dv.rows, dv.cols);
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !add {
+            (0..m).for_each(|i| (0..n).for_each(|j| dst[dv.at + i * dv.rs + j * dv.cs] = 0.0));
+        }
+        return Ok(());
+    }
+    // SAFETY: `fits` checked that every element of each view lies within its slice;
+    // dst does not alias a or b (a &mut). With `read_dst` the GEMM adds into dst,
+    // without it dst is only written.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(dv.at),
+            dv.cs as isize,
+            dv.rs as isize,
+            add,
+            a.as_ptr().add(av.at),
+            av.cs as isize,
+            av.rs as isize,
+            b.as_ptr().add(bv.at),
+            bv.cs as isize,
+            bv.rs as isize,
+            if add { 1.0f32 } else { 0.0 },
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    Ok(())
+}
