@@ -10,7 +10,9 @@
 //! expert over strided rows; the gates' softmax and the mixture are one pass over each
 //! row; the embedding gradients come out as the looked-up rows' gradients (`[B, dim]`, a
 //! bag's `[B * len, dim]`) that the optimizer applies sparsely, as with the graph.
-//! Dropout draws the graph's masks, from the same stream in the same order.
+//! Dropout draws the graph's masks, from the same stream in the same order. A ReLU
+//! passes the gradient where its input is above 0, as the fused dense op does (candle's
+//! own ReLU also at exactly 0: both are subgradients, and they differ only there).
 //!
 //! It computes the gradients of the loss `train::batch_loss_weighted` builds, for the
 //! models whose loss is a weighted sum of per-task means and whose gates have no noise
@@ -132,9 +134,10 @@ impl Trainer {
         out
     }
 }
+
 impl CandleModel {
     /// Whether training steps of this model run the hand-written backward of
-    /// `backprop.rs`: on the CPU, when its loss is a weighted sum of per-task means (no
+    /// `backprop/`: on the CPU, when its loss is a weighted sum of per-task means (no
     /// load-balancing loss, uncertainty weighting or GradNorm) and its gates have no
     /// noise. Others train through candle's graph.
     pub fn hand_backward(&self) -> bool {
