@@ -354,3 +354,23 @@ fn hand_gradients_match_finite_differences() {
     }
     assert!(checked > 40, "{checked} coordinates");
 }
+
+/// No rows: every loss 0 and every gradient zero, no error. An id outside its table is
+/// an error, not a read past the table.
+#[test]
+fn empty_batches_and_bad_ids() {
+    let (c, mut ds) = small("[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [4]\n", TWO_BINARY_TASKS, 10);
+    let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
+    let empty = Batch::gather(&ds, &[], &Device::Cpu).unwrap();
+    let g = model.train_step(&empty, None, &mut Rng::new(1)).unwrap();
+    assert!(g.per_task.iter().all(|&l| l == 0.0), "{:?}", g.per_task);
+    for (name, v) in &model.vars {
+        if let Some(t) = g.grads.get(v.as_tensor()) {
+            assert!(values(t).iter().all(|&x| x == 0.0), "{name}");
+        }
+    }
+    ds.cat[0][3] = 1_000_000;
+    let batch = Batch::gather(&ds, &(0..10).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let err = model.train_step(&batch, None, &mut Rng::new(1)).err().expect("an error").to_string();
+    assert!(err.contains("outside its table"), "{err}");
+}

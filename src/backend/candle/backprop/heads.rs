@@ -180,7 +180,8 @@ pub(super) fn loss(
         let weight = task.loss_weight as f64 * factors.map_or(1.0, |f| f[t]);
         let mask: Option<Vec<f32>> =
             batch.masks[t].as_ref().map(|m| with_f32(m, "a label mask", |m| Ok(m.to_vec()))).transpose()?;
-        let present = mask.as_ref().map_or(b as f64, |m| m.iter().map(|&v| v as f64).sum::<f64>().max(1.0));
+        // A mean over the labelled rows, at least one (no rows: a loss of 0, not 0/0).
+        let present = mask.as_ref().map_or(b as f64, |m| m.iter().map(|&v| v as f64).sum::<f64>()).max(1.0);
         let scale = (weight / present) as f32;
         let mut sum = 0f64;
         with_f32(labels, "labels", |y| {
