@@ -136,6 +136,10 @@ fn towers_products_and_multiclass_heads_differentiate_as_autograd_does() {
         150,
     );
     check(&c, &ds, "towers and heads");
+    // A class label that is no class index: no loss and no gradient, as in the graph.
+    let mut ds = ds;
+    ds.labels[3][0] = 7.0;
+    check(&c, &ds, "a label outside the classes");
 }
 
 #[test]

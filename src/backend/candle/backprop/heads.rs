@@ -226,6 +226,12 @@ fn row_loss(link: Link, z: &[f32], y: f32, g: &mut [f32]) -> f32 {
             -(y * z[0] + (1.0 - y) * clamped.ln())
         }
         Link::Softmax => {
+            // A label that is no class index has no one-hot entry: no loss and no
+            // gradient, as the graph's one-hot product gives.
+            if !(0..z.len()).any(|j| j as f32 == y) {
+                g.fill(0.0);
+                return 0.0;
+            }
             let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
             let lse = max + sum.ln();
