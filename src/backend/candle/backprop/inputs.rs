@@ -31,23 +31,7 @@ pub(super) fn input_grads(
             FeatureKind::Dense { width, .. } => width,
         };
     }
-    // Crosses, last first: each adds to its factors' columns.
-    let mut cross_at: Vec<usize> = Vec::with_capacity(ir.crosses.len());
-    for c in &ir.crosses {
-        cross_at.push(at);
-        at += c.dim;
-    }
-    for (c, &ca) in ir.crosses.iter().zip(&cross_at).rev() {
-        let (oa, ob) = (offsets[c.a.0], offsets[c.b.0]);
-        for r in 0..b {
-            let (xr, row) = (&x[r * width..(r + 1) * width], r * width);
-            for j in 0..c.dim {
-                let g = dx[row + ca + j];
-                dx[row + oa + j] += g * xr[ob + j];
-                dx[row + ob + j] += g * xr[oa + j];
-            }
-        }
-    }
+    crosses_backward(ir, &offsets, at, x, dx, b);
     let mut out = Vec::new();
     let mut cat_i = 0;
     for ((f, table), &off) in ir.features.iter().zip(&model.embeddings).zip(&offsets) {
@@ -96,6 +80,28 @@ pub(super) fn input_grads(
         out.push((Lookup { var, ids, leaf, slots }, dim, rows));
     }
     Ok(out)
+}
+
+/// The crosses' gradient (their columns of `dx`, from `at`) to their factors' columns
+/// (at `offsets`), last cross first: `d a += d c * b`, `d b += d c * a`.
+fn crosses_backward(ir: &crate::ir::Model, offsets: &[usize], mut at: usize, x: &[f32], dx: &mut [f32], b: usize) {
+    let width = ir.input_width;
+    let mut cross_at: Vec<usize> = Vec::with_capacity(ir.crosses.len());
+    for c in &ir.crosses {
+        cross_at.push(at);
+        at += c.dim;
+    }
+    for (c, &ca) in ir.crosses.iter().zip(&cross_at).rev() {
+        let (oa, ob) = (offsets[c.a.0], offsets[c.b.0]);
+        for r in 0..b {
+            let (xr, row) = (&x[r * width..(r + 1) * width], r * width);
+            for j in 0..c.dim {
+                let g = dx[row + ca + j];
+                dx[row + oa + j] += g * xr[ob + j];
+                dx[row + ob + j] += g * xr[oa + j];
+            }
+        }
+    }
 }
 
 /// One bag row's slot gradients `g: [len, dim]` from its pooled gradient `dout`: a
