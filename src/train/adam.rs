@@ -219,7 +219,8 @@ impl candle_core::InplaceOp1 for SparseStep<'_> {
                     let at = ahead[0].0 as usize * d;
                     [&*p, &*m, &*v].into_iter().for_each(|x| prefetch(x, at));
                 }
-                self.sum_run(run, &mut g);
+                g.fill(0.0);
+                self.add_run(run, &mut g);
                 let r = (run[0].0 as usize) * d..(run[0].0 as usize + 1) * d;
                 self.k.apply(&mut p[r.clone()], &g, &mut m[r.clone()], &mut v[r]);
             }
@@ -288,12 +289,11 @@ impl SparseStep<'_> {
         order
     }
 
-    /// One table row's gradient rows (a run of [`SparseStep::order`]) summed from zero
-    /// into `g`.
+    /// One table row's gradient rows (a run of [`SparseStep::order`]) added into `g`, in
+    /// order.
     #[inline]
-    fn sum_run(&self, run: &[(u32, u32, u32)], g: &mut [f32]) {
+    fn add_run(&self, run: &[(u32, u32, u32)], g: &mut [f32]) {
         let d = self.dim;
-        g.iter_mut().for_each(|x| *x = 0.0);
         for &(_, part, i) in run {
             let rows = &self.parts[part as usize].1;
             let i = i as usize;
@@ -308,12 +308,13 @@ impl SparseStep<'_> {
         let order = self.order();
         let runs = order.chunk_by(|a, b| a.0 == b.0);
         let mut ids = Vec::new();
-        let mut grads = vec![0f32; order.len() * d];
-        for (j, run) in runs.enumerate() {
+        let mut grads = Vec::with_capacity(order.len() * d);
+        for run in runs {
             ids.push(run[0].0);
-            self.sum_run(run, &mut grads[j * d..(j + 1) * d]);
+            let at = grads.len();
+            grads.resize(at + d, 0.0);
+            self.add_run(run, &mut grads[at..]);
         }
-        grads.truncate(ids.len() * d);
         (ids, grads)
     }
 }

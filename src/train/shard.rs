@@ -19,7 +19,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::{batch_loss_weighted, StepLoss};
-use crate::backend::candle::{Batch, CandleModel, Lookup};
+use crate::backend::candle::{Batch, CandleModel, Gradients, Lookup};
 use crate::ir::LossBalance;
 use crate::rng::Rng;
 
@@ -149,70 +149,32 @@ pub fn step(
     workers: &Workers,
 ) -> Result<Step> {
     let k = workers.shards(model, batch.size);
-    if model.hand_backward() {
-        return hand_step(model, batch, rng, factors, workers, k);
-    }
-    if k <= 1 {
+    let hand = model.hand_backward();
+    if k <= 1 && !hand {
         let mut loss = batch_loss_weighted(model, batch, rng, factors)?;
         let per_task = Tensor::stack(&loss.per_task, 0)?;
         let grads = workers.run(|| loss.total.backward())?;
         let lookups = std::mem::take(&mut loss.lookups);
         return Ok(Step { per_task, grads: vec![grads], lookups, loss: Some(loss) });
     }
-    let cuts = bounds(batch.size, k);
-    let shares = shares(batch, &cuts)?;
-    let shards = cuts.iter().map(|&(at, len)| batch.narrow(at, len)).collect::<Result<Vec<_>>>()?;
-    // Each shard's dropout masks from its own stream, seeded from the run's.
-    let seeds: Vec<u64> = (0..k).map(|_| rng.next_u64()).collect();
-    let tasks = model.ir.tasks.len();
-    let done: Vec<Result<(Vec<f32>, GradStore, Vec<Lookup>)>> = workers.run(|| {
-        shards
-            .par_iter()
-            .zip(&seeds)
-            .zip(&shares)
-            .map(|((shard, &seed), share)| {
-                let f: Vec<f64> = (0..tasks).map(|t| factors.map_or(1.0, |f| f[t]) * share[t]).collect();
-                let loss = batch_loss_weighted(model, shard, &mut Rng::new(seed), Some(&f))?;
-                let values = Tensor::stack(&loss.per_task, 0)?.to_vec1::<f32>()?;
-                Ok((values, loss.total.backward()?, loss.lookups))
-            })
-            .collect()
-    });
-    let mut per_task = vec![0f32; tasks];
-    let mut grads = Vec::with_capacity(k);
-    let mut lookups = Vec::new();
-    for (r, share) in done.into_iter().zip(&shares) {
-        let (values, g, l) = r?;
-        for ((p, v), s) in per_task.iter_mut().zip(&values).zip(share) {
-            *p += v * *s as f32;
-        }
-        grads.push(g);
-        lookups.extend(l);
-    }
-    let per_task = Tensor::from_vec(per_task, tasks, &model.device)?;
-    Ok(Step { per_task, grads, lookups, loss: None })
-}
-
-/// [`step`] through the hand-written backward ([`CandleModel::train_step`]), in `k`
-/// shards.
-fn hand_step(
-    model: &CandleModel,
-    batch: &Batch,
-    rng: &mut Rng,
-    factors: Option<&[f64]>,
-    workers: &Workers,
-    k: usize,
-) -> Result<Step> {
     let tasks = model.ir.tasks.len();
     let cuts = bounds(batch.size, k.max(1));
     let shares = shares(batch, &cuts)?;
-    let run = |&(at, len): &(usize, usize), share: &Vec<f64>, rng: &mut Rng| {
+    // One shard's losses and gradients, its tasks' loss weights scaled by its share:
+    // through the hand-written backward where it applies, else through candle's graph.
+    let run = |&(at, len): &(usize, usize), share: &Vec<f64>, rng: &mut Rng| -> Result<Gradients> {
         let f: Vec<f64> = (0..tasks).map(|t| factors.map_or(1.0, |f| f[t]) * share[t]).collect();
-        model.train_step(&batch.narrow(at, len)?, Some(&f), rng)
+        let shard = batch.narrow(at, len)?;
+        if hand {
+            return model.train_step(&shard, Some(&f), rng);
+        }
+        let loss = batch_loss_weighted(model, &shard, rng, Some(&f))?;
+        let per_task = Tensor::stack(&loss.per_task, 0)?.to_vec1::<f32>()?;
+        Ok(Gradients { per_task, grads: loss.total.backward()?, lookups: loss.lookups })
     };
-    // Dropout masks as the graph's step draws them: from the run's stream unsharded,
-    // else each shard's from its own stream seeded from the run's.
-    let done: Vec<Result<crate::backend::candle::Gradients>> = if cuts.len() == 1 {
+    // Dropout masks from the run's stream unsharded, else each shard's from its own
+    // stream seeded from the run's.
+    let done: Vec<Result<Gradients>> = if cuts.len() == 1 {
         vec![run(&cuts[0], &shares[0], rng)]
     } else {
         let seeds: Vec<u64> = (0..cuts.len()).map(|_| rng.next_u64()).collect();

@@ -71,10 +71,20 @@ pub(super) fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 /// storage's read lock.
 fn with_values<E: candle_core::WithDType, T>(t: &Tensor, what: &str, f: impl FnOnce(&[E]) -> Result<T>) -> Result<T> {
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("evaluation: {what} is not on the CPU") };
+    f(values_in(&storage, layout, what)?)
+}
+
+/// The values of a contiguous CPU tensor of element type `E`, from its storage (held
+/// under its read lock by the caller) and layout.
+pub(super) fn values_in<'s, E: candle_core::WithDType>(
+    storage: &'s Storage,
+    layout: &candle_core::Layout,
+    what: &str,
+) -> Result<&'s [E]> {
+    let Storage::Cpu(cpu) = storage else { candle_core::bail!("{what} is not on the CPU") };
     let v = E::cpu_storage_as_slice(cpu)?;
-    let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("evaluation: {what} is not contiguous") };
-    f(&v[a..b])
+    let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("{what} is not contiguous") };
+    Ok(&v[a..b])
 }
 
 /// [`with_values`] for f32 values.
@@ -559,6 +569,34 @@ pub(super) fn concat_experts<'b>(buf: &'b mut Vec<f32>, w: &[f32], e: usize, k: 
     Ok(out)
 }
 
+/// One expert depth's GEMMs into `dst: [R, E * m]`, the fused weight `w: [E, k, m]` read
+/// where it is. `rows`: depth 0's input rows, which every expert reads whole, so one GEMM
+/// over the weights side by side (copied into `wcat`) packs them once, not once per
+/// expert; None: a deeper depth, expert `ex` reading its own columns of `src: [R, E * k]`.
+pub(super) fn expert_gemms(
+    dst: &mut [f32],
+    src: &[f32],
+    rows: Option<Rows>,
+    w: &[f32],
+    (e, k, m): (usize, usize, usize),
+    wcat: &mut Vec<f32>,
+) -> Result<()> {
+    let r = dst.len() / (e * m).max(1);
+    if let (Some(xr), true) = (rows, e > 1) {
+        let wc = concat_experts(wcat, w, e, k, m)?;
+        return matmul(dst, View::packed(r, e * m), src, View::of(xr), wc, View::packed(k, e * m), false);
+    }
+    if w.len() != e * k * m {
+        candle_core::bail!("an expert weight of {} values for [{e}, {k}, {m}]", w.len())
+    }
+    for ex in 0..e {
+        let xr = rows.unwrap_or(Rows { at: ex * k, n: r, width: k, stride: e * k });
+        let yr = Rows { at: ex * m, n: r, width: m, stride: e * m };
+        matmul(dst, View::of(yr), src, View::of(xr), &w[ex * k * m..(ex + 1) * k * m], View::packed(k, m), false)?;
+    }
+    Ok(())
+}
+
 /// Where [`experts`] left its last depth.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Held {
@@ -600,29 +638,7 @@ fn experts(
             candle_core::bail!("evaluation: an expert output of {} for [{r}, {e} x {m}]", dst.len())
         }
         let dst = &mut dst[..r * e * m];
-        with_f32(w.as_tensor(), "an expert weight", |w| {
-            if let (Some(xr), true) = (src_rows, e > 1) {
-                // Depth 0: every expert reads the same rows, so one GEMM over the
-                // weights side by side packs those rows once, not once per expert.
-                let wc = concat_experts(wcat, w, e, k, m)?;
-                return matmul(dst, View::packed(r, e * m), src, View::of(xr), wc, View::packed(k, e * m), false);
-            }
-            for ex in 0..e {
-                // Depth 0 reads the input rows whole; deeper, expert ex's columns.
-                let xr = src_rows.unwrap_or(Rows { at: ex * k, n: r, width: k, stride: e * k });
-                let yr = Rows { at: ex * m, n: r, width: m, stride: e * m };
-                matmul(
-                    dst,
-                    View::of(yr),
-                    src,
-                    View::of(xr),
-                    &w[ex * k * m..(ex + 1) * k * m],
-                    View::packed(k, m),
-                    false,
-                )?;
-            }
-            Ok(())
-        })?;
+        with_f32(w.as_tensor(), "an expert weight", |w| expert_gemms(dst, src, src_rows, w, (e, k, m), wcat))?;
         // The fused bias `[E, d]` is each row's `E * d` values in order.
         with_f32(bias.as_tensor(), "an expert bias", |b| {
             if b.len() != e * m {

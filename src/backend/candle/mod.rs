@@ -409,7 +409,7 @@ pub(crate) fn dropout(x: &Tensor, rate: f32, rng: Option<&mut Rng>) -> Result<Te
 
 /// The CPU's dropout mask of `n` values at `rate` (kept ones `1 / (1 - rate)`, the others
 /// 0), drawn from `rng`: two values per draw, in order. The graph and the hand-written
-/// step (`backprop.rs`) both draw it here, so they drop the same units.
+/// step (`backprop/`) both draw it here, so they drop the same units.
 pub(crate) fn dropout_mask(rng: &mut Rng, n: usize, rate: f32) -> Vec<f32> {
     let keep = 1.0 - rate;
     let threshold = (keep as f64 * u32::MAX as f64) as u32;

@@ -1,7 +1,7 @@
 //! One layer of the hand-written step: its expert runs depth by depth, its gates'
 //! softmax and the mixture, forward with every activation kept, then backward.
 
-use super::super::infer::{bias_activate, concat_experts, grow, mix_rows, run_rows};
+use super::super::infer::{bias_activate, expert_gemms, grow, mix_rows, run_rows};
 use super::super::strided::{matmul, Rows, View};
 use super::kernels::{activation_grad, bias_activate_keep, column_sums, dot};
 use super::{Params, Result};
@@ -190,19 +190,8 @@ fn experts_forward(
         }
         let (done, rest) = acts.split_at_mut(i);
         let dst = grow(&mut rest[0], r * e * m);
-        if i == 0 && e > 1 {
-            // Every expert reads the same rows: one GEMM over the weights side by side.
-            let wc = concat_experts(wcat, w, e, k, m)?;
-            matmul(dst, View::packed(r, e * m), x, View::of(xr), wc, View::packed(k, e * m), false)?;
-        } else {
-            for ex in 0..e {
-                // Depth 0 reads the input rows whole; deeper, expert ex's columns.
-                let src = if i == 0 { View::of(xr) } else { View { at: ex * k, rows: r, cols: k, rs: e * k, cs: 1 } };
-                let input: &[f32] = if i == 0 { x } else { &done[i - 1] };
-                let dv = View { at: ex * m, rows: r, cols: m, rs: e * m, cs: 1 };
-                matmul(dst, dv, input, src, &w[ex * k * m..(ex + 1) * k * m], View::packed(k, m), false)?;
-            }
-        }
+        let (src, rows): (&[f32], _) = if i == 0 { (x, Some(xr)) } else { (&done[i - 1], None) };
+        expert_gemms(dst, src, rows, w, (e, k, m), wcat)?;
         bias_activate_keep(dst, bias, stack.activation, &mut pre[i], rate > 0.0);
         if rate > 0.0 {
             // The graph drops depth 0 as `[R, E * m]` (this layout) and deeper depths

@@ -34,7 +34,7 @@ use std::sync::Mutex;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Storage, Tensor, TensorId, Var};
 
-use super::infer::{grow, inputs};
+use super::infer::{grow, inputs, values_in};
 use super::strided::Rows;
 use super::{Batch, CandleModel, Lookup, Result};
 use crate::ir::{LossBalance, Model, Stream, TaskId, TaskOutput};
@@ -68,12 +68,7 @@ impl<'a> Params<'a> {
     ) -> Result<Params<'a>> {
         let mut values = Vec::with_capacity(guards.len());
         for (storage, layout) in guards {
-            let Storage::Cpu(cpu) = &**storage else { candle_core::bail!("training: a parameter is not on the CPU") };
-            let v = cpu.as_slice::<f32>()?;
-            let Some((a, z)) = layout.contiguous_offsets() else {
-                candle_core::bail!("training: a parameter is not contiguous")
-            };
-            values.push(&v[a..z]);
+            values.push(values_in(storage, layout, "a parameter")?);
         }
         let index = model.vars.iter().enumerate().map(|(i, (_, v))| (v.as_tensor().id(), i)).collect();
         Ok(Params { index, grads: vec![None; values.len()], values })
