@@ -3,7 +3,8 @@
 # (models/bench_avazu_mmoe_64.toml = ../shared/bench/torch_mmoe.py's defaults: eleven
 # tables of 10,000 x 16, the product of two embeddings, 8 experts x 64, towers of 32, two
 # binary tasks, batch 512, Adam lr 1e-3). Every configuration runs at 1 and 2 threads,
-# interleaved, REPS times; one table of medians and the ratios the speed issue targets.
+# interleaved, REPS times; one table of medians and the ratios the speed issue targets,
+# with the forward pass's ceiling: its FLOPs at the f32 FMA peak `bench` measures.
 # Usage: scripts/bench_vs_torch.sh [REPS] [STEPS]
 #   PYTHON=/path/to/python   a Python with torch and numpy (else a venv is made in
 #                            target/bench-venv with `pip install torch numpy`)
@@ -27,7 +28,12 @@ def multigate(opt, threads):
                          capture_output=True, text=True, check=True).stdout
     train = float(re.search(r"train:\s+([0-9.]+) samples/s", out).group(1))
     fwd = float(re.search(r"forward only:\s+([0-9.]+) samples/s", out).group(1))
-    return {f"multigate {opt}": train, f"multigate forward-only ({opt} run)": fwd}
+    res = {f"multigate {opt}": train, f"multigate forward-only ({opt} run)": fwd}
+    # The forward pass's FLOPs at the FMA peak bench measures on the same threads.
+    ceiling = re.search(r"ceiling:\s+([0-9.]+) samples/s", out)
+    if ceiling and opt == "adam":
+        res["forward-only ceiling: FLOPs at the FMA peak"] = float(ceiling.group(1))
+    return res
 
 def torch(name, flags, threads):
     out = subprocess.run([py, script, *flags, "--threads", str(threads), "--steps", steps],
@@ -66,6 +72,10 @@ ratio("lazy_adam: multigate best / pytorch sparse best", best("multigate lazy_ad
       best("pytorch fused + one table + sparse + SparseAdam"), ">= 1.5x")
 ratio("forward-only: multigate best / pytorch best", best("multigate forward-only (adam run)"),
       best("pytorch forward-only (fused, inference_mode)"), ">= 2x")
+if ("forward-only ceiling: FLOPs at the FMA peak", 1) in med:
+    ratio("forward-only ceiling (FMA peak, no other work) / pytorch best",
+          best("forward-only ceiling: FLOPs at the FMA peak"), best("pytorch forward-only (fused, inference_mode)"),
+          "the most an f32 pass of these FLOPs reaches")
 for n in ("multigate adam", "multigate forward-only (adam run)"):
     ratio(f"two cores: {n}, 2 threads / 1 thread", med[(n, 2)], med[(n, 1)], ">= 1.6x")
 PY

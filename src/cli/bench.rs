@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 
 use super::{compile, Failure};
-use multigate::backend::candle::{candle_device, Batch, CandleBackend};
+use multigate::backend::candle::{candle_device, fma_peak, Batch, CandleBackend};
 use multigate::backend::Backend;
 use multigate::backend::Device;
 use multigate::data;
@@ -72,6 +72,8 @@ pub fn bench(
         sync(&shard::forward(&model, b, &workers)?[0].sum_all()?)?;
     }
     let forward_only = t0.elapsed();
+    // The f32 FMA rate of every worker at once, under the same neighbours as the pass.
+    let peak: Option<f64> = workers.broadcast(fma_peak).into_iter().sum();
 
     // Full training steps, timing each phase. On a GPU the phases are the host's time
     // to queue the work; the total runs to a device sync after the last step.
@@ -125,6 +127,20 @@ pub fn bench(
     println!("  forward+loss+backward {:>6.1}%  {:.3} ms", share(passes), ms(passes));
     println!("  optimizer             {:>6.1}%  {:.3} ms", share(optim), ms(optim));
     println!("forward only: {:>10.0} samples/s  ({:.3} ms/step)", per_sec(forward_only), ms(forward_only));
+    let flops = c.model.flops_per_sample();
+    match peak {
+        Some(peak) => {
+            let ceiling = peak / flops.max(1) as f64;
+            println!(
+                "ceiling:      {ceiling:>10.0} samples/s forward only at the f32 FMA peak ({:.1} GFLOP/s over {} \
+                 thread(s), measured now; {flops} FLOPs/sample): this run is at {:.0}% of it",
+                peak / 1e9,
+                workers.threads(),
+                100.0 * per_sec(forward_only) / ceiling
+            )
+        }
+        None => println!("ceiling:      unknown (the FMA peak is measured with AVX2 and FMA, which this CPU lacks)"),
+    }
     println!(
         "memory:       {} allocations per training step; peak resident {}",
         allocations / steps as u64,

@@ -85,6 +85,14 @@ impl Workers {
         self.threads
     }
 
+    /// Runs `f` once on every worker at the same time, its results in worker order.
+    pub fn broadcast<R: Send>(&self, f: impl Fn() -> R + Sync) -> Vec<R> {
+        match &self.pool {
+            Some(p) => p.broadcast(|_| f()),
+            None => vec![f()],
+        }
+    }
+
     /// Runs `f` with this pool as rayon's current pool (parallel loops inside use it).
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         match &self.pool {

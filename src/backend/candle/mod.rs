@@ -18,6 +18,7 @@ mod strided;
 
 pub use backprop::Gradients;
 pub use fused::{ExpertStack, LayerOutput, LayerParams, MixLayout};
+pub use strided::fma_peak;
 pub(crate) use infer::prefetch;
 
 use candle_core::{Tensor, Var, D};
