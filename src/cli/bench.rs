@@ -133,7 +133,7 @@ pub fn bench(
             let ceiling = peak / flops.max(1) as f64;
             println!(
                 "ceiling:      {ceiling:>10.0} samples/s forward only at the f32 FMA peak ({:.1} GFLOP/s over {} \
-                 thread(s), measured now; {flops} FLOPs/sample): this run is at {:.0}% of it",
+                 thread(s), measured now; {flops} FLOPs/sample): this run is at {:.1}% of it",
                 peak / 1e9,
                 workers.threads(),
                 100.0 * per_sec(forward_only) / ceiling

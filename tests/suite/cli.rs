@@ -149,6 +149,24 @@ fn bench_reports_phases() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{mem}"));
     assert!(mib > 1.0 && mib < 4096.0, "{mem}");
+    // The forward pass beside its FLOPs at the FMA peak measured on the same thread: a
+    // small model at batch 64 is far from it, and no pass is above it.
+    let ceiling = out.lines().find(|l| l.starts_with("ceiling:")).unwrap_or_else(|| panic!("{out}"));
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        let rate: f64 =
+            ceiling.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{ceiling}"));
+        let at: f64 = ceiling
+            .split("this run is at ")
+            .nth(1)
+            .and_then(|s| s.strip_suffix("% of it"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{ceiling}"));
+        assert!(rate > 1000.0 && ceiling.contains(" FLOPs/sample"), "{ceiling}");
+        assert!(at > 0.0 && at < 100.0, "{ceiling}");
+        return;
+    }
+    assert!(ceiling.contains("unknown"), "{ceiling}");
 }
 
 #[test]

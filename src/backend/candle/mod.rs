@@ -18,8 +18,8 @@ mod strided;
 
 pub use backprop::Gradients;
 pub use fused::{ExpertStack, LayerOutput, LayerParams, MixLayout};
-pub use strided::fma_peak;
 pub(crate) use infer::prefetch;
+pub use strided::fma_peak;
 
 use candle_core::{Tensor, Var, D};
 
