@@ -11,11 +11,13 @@ use multigate::backend::candle::{Batch, CandleModel};
 use multigate::data::Dataset;
 use multigate::lower::Compiled;
 use multigate::rng::Rng;
-use multigate::train::adam::{Adam, AdamConfig};
 use multigate::train::shard::{self, Workers};
 
 use super::infer::{scramble, small};
-use super::{compile_ok, model_and_rows, model_files, small_spec, TWO_BINARY_TASKS};
+use super::{
+    central_difference, compile_ok, model_and_rows, model_files, small_spec, smooth_tasks, two_hundred_adam_steps,
+    with_product_and_multiclass, TWO_BINARY_TASKS,
+};
 
 fn values(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -237,14 +239,11 @@ fn noise_and_coupled_losses_train_through_the_graph() {
 /// order): the same algorithm.
 #[test]
 fn two_hundred_steps_train_as_autograd_does() {
-    // tanh, not ReLU: see `MMOE` in `shard.rs`.
-    let tasks = TWO_BINARY_TASKS
-        .replace("tower = [4]", "tower = [4]\nactivation = \"tanh\"")
-        .replace("tower = [3]", "tower = [3]\nactivation = \"tanh\"");
+    // tanh, not ReLU: see `smooth_tasks`.
     let spec = small_spec(
         "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [8, 6]\nactivation = \"tanh\"\n\n\
          [[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\nactivation = \"tanh\"\n",
-        &tasks,
+        &smooth_tasks(),
     );
     let c = compile_ok("steps.toml", &spec);
     let frame = multigate::data::synthetic::categorical_frame(&c.model, 40, 1024, 9);
@@ -254,19 +253,7 @@ fn two_hundred_steps_train_as_autograd_does() {
             let mut model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
             model.set_graph_training(graph);
             assert_eq!(model.hand_backward(), !graph);
-            let workers = Workers::new(threads).unwrap();
-            let mut opt = Adam::new(model.vars.clone(), AdamConfig { lazy, ..AdamConfig::from(&c.train) }).unwrap();
-            let mut rng = Rng::new(3);
-            let mut last = Vec::new();
-            for s in 0..200 {
-                let idx: Vec<usize> = (0..256).map(|i| (s * 256 + i) % 1024).collect();
-                let batch = Batch::gather(&ds, &idx, &Device::Cpu).unwrap();
-                let step = shard::step(&model, &batch, &mut rng, None, &workers).unwrap();
-                workers.run(|| opt.step(&step.grads, &step.lookups, 0.01)).unwrap();
-                last = step.per_task.to_vec1::<f32>().unwrap();
-            }
-            let params = model.vars.iter().flat_map(|(_, v)| values(v.as_tensor()));
-            (params.collect(), last)
+            two_hundred_adam_steps(&model, &ds, lazy, &c.train, &Workers::new(threads).unwrap())
         };
         let (pg, lg) = train(true, 1);
         for threads in [1, 2] {
@@ -287,15 +274,8 @@ fn two_hundred_steps_train_as_autograd_does() {
 /// gates, towers, an ESMM product and a multiclass head.
 #[test]
 fn hand_gradients_match_finite_differences() {
-    let smooth = TWO_BINARY_TASKS
-        .replace("tower = [4]", "tower = [4]\nactivation = \"tanh\"")
-        .replace("tower = [3]", "tower = [3]\nactivation = \"tanh\"");
-    let tasks = format!(
-        "{smooth}\n[[tasks]]\nname = \"t3\"\nkind = \"binary\"\nlabel = \"y1\"\nproduct = [\"t1\", \"t2\"]\n\n\
-         [[tasks]]\nname = \"t4\"\nkind = \"multiclass\"\nlabel = \"k\"\nclasses = [\"p\", \"q\", \"r\"]\ntower = [5]\nactivation = \"tanh\"\n"
-    );
     let layers = "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6, 4]\nactivation = \"tanh\"\n";
-    let (c, ds) = small(layers, &tasks, 64);
+    let (c, ds) = small(layers, &with_product_and_multiclass(&smooth_tasks()), 64);
     let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
     scramble(&model, 9);
     let batch = Batch::gather(&ds, &(0..64).collect::<Vec<_>>(), &Device::Cpu).unwrap();
@@ -334,20 +314,8 @@ fn hand_gradients_match_finite_differences() {
                 (g, [0, n / 2, n - 1].into_iter().map(|j| (j, j)).collect())
             }
         };
-        let shape = v.as_tensor().shape().clone();
-        let base = values(v.as_tensor());
         for (at, gi) in coords {
-            let set = |x: f32| {
-                let mut w = base.clone();
-                w[at] = x;
-                v.set(&Tensor::from_vec(w, &shape, &Device::Cpu).unwrap()).unwrap();
-            };
-            set(base[at] + h);
-            let up = loss();
-            set(base[at] - h);
-            let down = loss();
-            set(base[at]);
-            let numeric = (up - down) / (2.0 * h as f64);
+            let numeric = central_difference(v, at, h, &loss);
             let analytic = g[gi] as f64;
             assert!(
                 (numeric - analytic).abs() <= 2e-3 + 0.03 * analytic.abs(),

@@ -5,7 +5,7 @@ use multigate::backend::candle::{Batch, CandleModel};
 use multigate::data::{self, synthetic};
 use multigate::ir::{Activation, ExpertOwner, GateOwner, Layer, LayerKind, TaskId};
 
-use super::{compile_ok, small_spec, TWO_BINARY_TASKS};
+use super::{central_difference, compile_ok, small_spec, smooth_tasks, with_product_and_multiclass, TWO_BINARY_TASKS};
 
 fn var(model: &CandleModel, name: &str) -> Tensor {
     model.vars.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no var {name}")).1.as_tensor().clone()
@@ -430,13 +430,7 @@ fn dropout_is_off_in_evaluation_and_on_in_training() {
 #[test]
 fn ple_gradients_match_finite_differences() {
     // tanh everywhere: finite differences across a ReLU kink are not a derivative.
-    let smooth = TWO_BINARY_TASKS
-        .replace("tower = [4]", "tower = [4]\nactivation = \"tanh\"")
-        .replace("tower = [3]", "tower = [3]\nactivation = \"tanh\"");
-    let tasks = format!(
-        "{smooth}\n[[tasks]]\nname = \"t3\"\nkind = \"binary\"\nlabel = \"y1\"\nproduct = [\"t1\", \"t2\"]\n\n\
-         [[tasks]]\nname = \"t4\"\nkind = \"multiclass\"\nlabel = \"k\"\nclasses = [\"p\", \"q\", \"r\"]\ntower = [5]\nactivation = \"tanh\"\n"
-    );
+    let tasks = with_product_and_multiclass(&smooth_tasks());
     let layers = "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = { t1 = 2, t4 = 1 }\nunits = [6]\nactivation = \"tanh\"\n\n\
                   [[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [5]\nactivation = \"tanh\"\n";
     let c = compile_ok("grad.toml", &small_spec(layers, &tasks));
@@ -455,17 +449,8 @@ fn ple_gradients_match_finite_differences() {
     for (name, v) in model.vars.iter().filter(|(n, _)| !n.ends_with("embedding")) {
         let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
         let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let shape = v.as_tensor().shape().clone();
-        let base = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for &i in &[0, base.len() / 2, base.len() - 1] {
-            let at = |x: f32| {
-                let mut w = base.clone();
-                w[i] = x;
-                v.set(&candle_core::Tensor::from_vec(w, &shape, &Device::Cpu).unwrap()).unwrap();
-                loss()
-            };
-            let numeric = (at(base[i] + h) - at(base[i] - h)) / (2.0 * h as f64);
-            at(base[i]);
+        for i in [0, g.len() / 2, g.len() - 1] {
+            let numeric = central_difference(v, i, h, &loss);
             let analytic = g[i] as f64;
             assert!(
                 (numeric - analytic).abs() <= 1e-3 + 0.03 * analytic.abs(),

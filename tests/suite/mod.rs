@@ -223,6 +223,68 @@ label = "y2"
 tower = [3]
 "#;
 
+/// [`TWO_BINARY_TASKS`] with tanh towers: smooth, for finite differences (a ReLU kink is
+/// no derivative) and for long trajectories compared across summation orders (a unit on
+/// either side of a kink now and then, which Adam turns into a visible step).
+pub fn smooth_tasks() -> String {
+    TWO_BINARY_TASKS
+        .replace("tower = [4]", "tower = [4]\nactivation = \"tanh\"")
+        .replace("tower = [3]", "tower = [3]\nactivation = \"tanh\"")
+}
+
+/// `tasks` and two more heads over them: an ESMM product `t3 = t1 * t2` and a
+/// three-class head `t4` with a tanh tower.
+pub fn with_product_and_multiclass(tasks: &str) -> String {
+    format!(
+        "{tasks}\n[[tasks]]\nname = \"t3\"\nkind = \"binary\"\nlabel = \"y1\"\nproduct = [\"t1\", \"t2\"]\n\n\
+         [[tasks]]\nname = \"t4\"\nkind = \"multiclass\"\nlabel = \"k\"\nclasses = [\"p\", \"q\", \"r\"]\ntower = [5]\nactivation = \"tanh\"\n"
+    )
+}
+
+/// The central difference `(loss(w + h) - loss(w - h)) / 2h` in element `at` of `v`
+/// (flattened), `v` restored after.
+pub fn central_difference(v: &candle_core::Var, at: usize, h: f32, loss: impl Fn() -> f64) -> f64 {
+    let t = v.as_tensor();
+    let (shape, base) = (t.shape().clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    let set = |x: f32| {
+        let mut w = base.clone();
+        w[at] = x;
+        v.set(&candle_core::Tensor::from_vec(w, &shape, t.device()).unwrap()).unwrap();
+    };
+    set(base[at] + h);
+    let up = loss();
+    set(base[at] - h);
+    let down = loss();
+    set(base[at]);
+    (up - down) / (2.0 * h as f64)
+}
+
+/// Two hundred Adam steps at lr 0.01, through `shard::step` on `workers`, on 256-row
+/// batches cycling through the first 1024 rows of `ds` (dropout and noise draw from seed
+/// 3): the parameters after, flattened in the model's order, and the last step's
+/// per-task losses.
+pub fn two_hundred_adam_steps(
+    model: &multigate::backend::candle::CandleModel,
+    ds: &multigate::data::Dataset,
+    lazy: bool,
+    train: &multigate::ir::TrainConfig,
+    workers: &multigate::train::shard::Workers,
+) -> (Vec<f32>, Vec<f32>) {
+    use multigate::train::adam::{Adam, AdamConfig};
+    let mut opt = Adam::new(model.vars.clone(), AdamConfig { lazy, ..AdamConfig::from(train) }).unwrap();
+    let mut rng = multigate::rng::Rng::new(3);
+    let mut last = Vec::new();
+    for s in 0..200 {
+        let idx: Vec<usize> = (0..256).map(|i| (s * 256 + i) % 1024).collect();
+        let batch = multigate::backend::candle::Batch::gather(ds, &idx, &candle_core::Device::Cpu).unwrap();
+        let step = multigate::train::shard::step(model, &batch, &mut rng, None, workers).unwrap();
+        workers.run(|| opt.step(&step.grads, &step.lookups, 0.01)).unwrap();
+        last = step.per_task.to_vec1::<f32>().unwrap();
+    }
+    let params = model.vars.iter().flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    (params.collect(), last)
+}
+
 /// A model of `models/` and `rows` rows of data for it (the spec's synthetic generator,
 /// or the categorical generator for file-backed specs), with what the spec leaves open
 /// fitted on those rows, as `multigate bench` does.

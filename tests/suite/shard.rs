@@ -7,14 +7,11 @@ use candle_core::{Device, Tensor};
 use multigate::backend::candle::{Batch, CandleModel};
 use multigate::data::{self, synthetic, Dataset};
 use multigate::rng::Rng;
-use multigate::train::adam::{Adam, AdamConfig};
 use multigate::train::shard::{self, Workers};
 
-use super::{compile_ok, small_spec, TWO_BINARY_TASKS};
+use super::{compile_ok, small_spec, smooth_tasks, two_hundred_adam_steps, TWO_BINARY_TASKS};
 
-// tanh, not ReLU: over hundreds of steps, two summation orders put some row's unit on
-// either side of a ReLU's kink now and then, which Adam turns into a visible step;
-// smooth activations keep the comparison about the algorithm.
+// tanh, not ReLU: see `smooth_tasks`.
 const MMOE: &str = r#"
 [[layers]]
 kind = "mmoe"
@@ -22,13 +19,6 @@ experts = 3
 units = [8, 6]
 activation = "tanh"
 "#;
-
-/// Two binary tasks with tanh towers.
-fn smooth_tasks() -> String {
-    TWO_BINARY_TASKS
-        .replace("tower = [4]", "tower = [4]\nactivation = \"tanh\"")
-        .replace("tower = [3]", "tower = [3]\nactivation = \"tanh\"")
-}
 
 fn model_and_data(rows: usize) -> (CandleModel, Dataset, multigate::lower::Compiled) {
     let c = compile_ok("shard.toml", &small_spec(MMOE, &smooth_tasks()));
@@ -122,21 +112,7 @@ fn two_workers_train_like_one() {
 fn two_workers_train_like_one_with(lazy: bool) {
     let train = |threads: usize| -> (Vec<f32>, Vec<f32>) {
         let (model, ds, c) = model_and_data(1024);
-        let workers = Workers::new(threads).unwrap();
-        let config = AdamConfig { lazy, ..AdamConfig::from(&c.train) };
-        let mut opt = Adam::new(model.vars.clone(), config).unwrap();
-        let mut rng = Rng::new(3);
-        let mut last = Vec::new();
-        for s in 0..200 {
-            let idx: Vec<usize> = (0..256).map(|i| (s * 256 + i) % 1024).collect();
-            let batch = Batch::gather(&ds, &idx, &Device::Cpu).unwrap();
-            let step = shard::step(&model, &batch, &mut rng, None, &workers).unwrap();
-            workers.run(|| opt.step(&step.grads, &step.lookups, 0.01)).unwrap();
-            last = step.per_task.to_vec1::<f32>().unwrap();
-        }
-        let params =
-            model.vars.iter().flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        (params.collect(), last)
+        two_hundred_adam_steps(&model, &ds, lazy, &c.train, &Workers::new(threads).unwrap())
     };
     let (p1, l1) = train(1);
     let (p2, l2) = train(2);
