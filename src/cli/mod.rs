@@ -348,7 +348,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphArg,
     },
-    /// Measure training and inference throughput of a spec at a batch size.
+    /// Measure training and inference throughput of a spec at a batch size, and the forward
+    /// pass beside its ceiling: its FLOPs at the f32 FMA peak measured on the same workers.
     Bench {
         #[command(flatten)]
         threads: Threads,
