@@ -72,8 +72,9 @@ pub fn bench(
         sync(&shard::forward(&model, b, &workers)?[0].sum_all()?)?;
     }
     let forward_only = t0.elapsed();
-    // The f32 FMA rate of every worker at once, under the same neighbours as the pass.
-    let peak: Option<f64> = workers.broadcast(fma_peak).into_iter().sum();
+    // The f32 FMA rate of every worker at once, under the same neighbours as the pass
+    // (on the CPU: a GPU's pass has no such ceiling here).
+    let peak: Option<Option<f64>> = dev.is_cpu().then(|| workers.broadcast(fma_peak).into_iter().sum());
 
     // Full training steps, timing each phase. On a GPU the phases are the host's time
     // to queue the work; the total runs to a device sync after the last step.
@@ -129,7 +130,8 @@ pub fn bench(
     println!("forward only: {:>10.0} samples/s  ({:.3} ms/step)", per_sec(forward_only), ms(forward_only));
     let flops = c.model.flops_per_sample();
     match peak {
-        Some(peak) => {
+        None => {}
+        Some(Some(peak)) => {
             let ceiling = peak / flops.max(1) as f64;
             println!(
                 "ceiling:      {ceiling:>10.0} samples/s forward only at the f32 FMA peak ({:.1} GFLOP/s over {} \
@@ -139,7 +141,9 @@ pub fn bench(
                 100.0 * per_sec(forward_only) / ceiling
             )
         }
-        None => println!("ceiling:      unknown (the FMA peak is measured with AVX2 and FMA, which this CPU lacks)"),
+        Some(None) => {
+            println!("ceiling:      unknown (the FMA peak is measured with AVX2 and FMA, which this CPU lacks)")
+        }
     }
     println!(
         "memory:       {} allocations per training step; peak resident {}",
