@@ -13,7 +13,7 @@ use multigate::lower::Compiled;
 use multigate::rng::Rng;
 use multigate::train::shard::{self, Workers};
 
-use super::infer::{scramble, small};
+use super::infer::{scramble, small, LAYER_CASES};
 use super::{
     central_difference, compile_ok, model_and_rows, model_files, small_spec, smooth_tasks, two_hundred_adam_steps,
     with_product_and_multiclass, TWO_BINARY_TASKS,
@@ -100,23 +100,7 @@ fn every_model_differentiates_as_autograd_does() {
 
 #[test]
 fn layer_kinds_and_activations_differentiate_as_autograd_does() {
-    for layers in [
-        "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [7, 5, 4]\nactivation = \"tanh\"\n",
-        "[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [6, 3]\nactivation = \"gelu\"\n",
-        "[[layers]]\nkind = \"moe\"\nexperts = 4\nunits = [5]\nactivation = \"sigmoid\"\n",
-        "[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [5]\nactivation = \"linear\"\n",
-        "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [8, 6]\n",
-        "[[layers]]\nkind = \"shared_bottom\"\nunits = [6, 4]\n",
-        "[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\ntemperature = 0.5\ntop_k = 2\nnoise = false\n",
-        // PLE: task and shared slots, runs on one slot each, unequal gates, then a
-        // slotwise MMoE whose run covers every slot.
-        "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\ntop_k = 1\nnoise = false\n\n\
-         [[layers]]\nkind = \"cgc\"\nexperts = 3\ntask_experts = { t2 = 2 }\nunits = [5]\ntemperature = 2.0\n\n\
-         [[layers]]\nkind = \"cgc\"\nexperts = 1\ntask_experts = 2\nunits = [4]\n\n\
-         [[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [3]\n",
-        // No layers: the towers read the input row.
-        "",
-    ] {
+    for layers in LAYER_CASES {
         let (c, ds) = small(layers, TWO_BINARY_TASKS, 150);
         check(&c, &ds, layers);
     }

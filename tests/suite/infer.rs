@@ -11,7 +11,7 @@ use multigate::data::{synthetic, Dataset};
 use multigate::lower::Compiled;
 use multigate::rng::Rng;
 
-use super::{compile_ok, model_and_rows, model_files, small_spec, TWO_BINARY_TASKS};
+use super::{compile_ok, model_and_rows, model_files, small_spec, with_product_and_multiclass, TWO_BINARY_TASKS};
 
 /// Every parameter redrawn as N(0, 0.5²): biases non-zero and gates far from uniform,
 /// so that a slot, column or bias taken from the wrong place shows.
@@ -89,25 +89,35 @@ fn check_layers(layers: &str, tasks: &str) {
     check(&c, &ds, layers);
 }
 
+/// Layer stacks that the models of `models/` do not cover, for the evaluation and the
+/// training passes without autograd: deep experts in each activation (depth i > 0 reads
+/// each expert's columns), ungated layers, tempered top-k gates (ties and all), PLE
+/// levels, and no layers at all.
+pub(super) const LAYER_CASES: &[&str] = &[
+    "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [7, 5, 4]\nactivation = \"tanh\"\n",
+    "[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [6, 3]\nactivation = \"gelu\"\n",
+    "[[layers]]\nkind = \"moe\"\nexperts = 4\nunits = [5]\nactivation = \"sigmoid\"\n",
+    "[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [5]\nactivation = \"linear\"\n",
+    "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [8, 6]\n",
+    // Ungated: one instance, written straight into the stream.
+    "[[layers]]\nkind = \"shared_bottom\"\nunits = [6, 4]\n",
+    "[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\ntemperature = 0.5\ntop_k = 2\nnoise = false\n",
+    // PLE: task and shared slots, runs on one slot each, unequal gates, then a
+    // slotwise MMoE whose run covers every slot.
+    "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\ntop_k = 1\nnoise = false\n\n\
+     [[layers]]\nkind = \"cgc\"\nexperts = 3\ntask_experts = { t2 = 2 }\nunits = [5]\ntemperature = 2.0\n\n\
+     [[layers]]\nkind = \"cgc\"\nexperts = 1\ntask_experts = 2\nunits = [4]\n\n\
+     [[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [3]\n",
+    // No layers: the towers read the input row.
+    "",
+];
+
 #[test]
 fn layer_kinds_and_activations_evaluate_as_the_graph_does() {
-    for layers in [
-        // Deep experts in each activation: depth i > 0 reads each expert's columns.
-        "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [7, 5, 4]\nactivation = \"tanh\"\n",
-        "[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [6, 3]\nactivation = \"gelu\"\n",
-        "[[layers]]\nkind = \"moe\"\nexperts = 4\nunits = [5]\nactivation = \"sigmoid\"\n",
-        "[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [5]\nactivation = \"linear\"\n",
-        // Ungated: one instance, written straight into the stream.
-        "[[layers]]\nkind = \"shared_bottom\"\nunits = [6, 4]\n",
-        // Tempered and top-k gates (evaluation: no noise), ties and all.
-        "[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\ntemperature = 0.5\ntop_k = 2\nbalance = 0.01\n",
-        // PLE: task and shared slots, runs on one slot each, unequal gates, then a
-        // slotwise MMoE whose run covers every slot.
-        "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\ntop_k = 1\nnoise = false\n\n\
-         [[layers]]\nkind = \"cgc\"\nexperts = 3\ntask_experts = { t2 = 2 }\nunits = [5]\ntemperature = 2.0\n\n\
-         [[layers]]\nkind = \"cgc\"\nexperts = 1\ntask_experts = 2\nunits = [4]\n\n\
-         [[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [3]\n",
-    ] {
+    // Top-k gates with a balance loss and (in training) noise: evaluation has neither.
+    let balanced =
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\ntemperature = 0.5\ntop_k = 2\nbalance = 0.01\n";
+    for &layers in LAYER_CASES.iter().chain([&balanced]) {
         check_layers(layers, TWO_BINARY_TASKS);
     }
 }
@@ -115,12 +125,7 @@ fn layer_kinds_and_activations_evaluate_as_the_graph_does() {
 #[test]
 fn towers_products_and_multiclass_heads_evaluate_as_the_graph_does() {
     // A tower reading an inner PLE level, an ESMM product, a multiclass head.
-    let tasks = format!(
-        "{}\n[[tasks]]\nname = \"t3\"\nkind = \"binary\"\nlabel = \"y1\"\nproduct = [\"t1\", \"t2\"]\n\n\
-         [[tasks]]\nname = \"t4\"\nkind = \"multiclass\"\nlabel = \"k\"\nclasses = [\"p\", \"q\", \"r\"]\ntower = [5]\n\
-         activation = \"tanh\"\n",
-        TWO_BINARY_TASKS.replace("tower = [4]", "tower = [4]\ninput = \"l1\"")
-    );
+    let tasks = with_product_and_multiclass(&TWO_BINARY_TASKS.replace("tower = [4]", "tower = [4]\ninput = \"l1\""));
     check_layers(
         "[[layers]]\nname = \"l1\"\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\n\n\
          [[layers]]\nname = \"l2\"\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [5]\n",

@@ -118,6 +118,12 @@ impl MixLayout {
 }
 
 impl LayerParams {
+    /// The width of each expert's output: the last depth's units (0 with no experts).
+    pub(crate) fn expert_width(&self) -> Result<usize> {
+        let last = self.groups.first().and_then(|g| g.layers.last());
+        Ok(last.map(|(w, _)| w.as_tensor().dim(2)).transpose()?.unwrap_or(0))
+    }
+
     /// The layer's structure and constants; the parameters are filled in by the caller
     /// from the parameter table.
     pub fn new(l: &Layer, n_tasks: usize, device: &candle_core::Device) -> Result<LayerParams> {

@@ -397,7 +397,7 @@ fn layer(
     let plan = &p.plan;
     let n_slots = plan.inputs.len();
     let n = plan.instances;
-    let u = p.groups.first().and_then(|g| g.layers.last()).map(|(w, _)| w.as_tensor().dim(2)).transpose()?.unwrap_or(0);
+    let u = p.expert_width()?;
     if h.len() < b * n_slots * d || out.len() < b * plan.outputs.len() * u {
         candle_core::bail!("evaluation: a layer's streams do not fit its plan")
     }

@@ -90,7 +90,7 @@ pub(super) fn layer_forward(
     let plan = &p.plan;
     let n_slots = plan.inputs.len();
     let n = plan.instances;
-    let u = p.groups.first().and_then(|g| g.layers.last()).map(|(w, _)| w.as_tensor().dim(2)).transpose()?.unwrap_or(0);
+    let u = p.expert_width()?;
     if h.len() < b * n_slots * d {
         candle_core::bail!("training: a layer's input does not fit its plan")
     }
@@ -228,7 +228,7 @@ pub(super) fn layer_backward(
     let plan = &p.plan;
     let n_slots = plan.inputs.len();
     let n = plan.instances;
-    let u = p.groups.first().and_then(|g| g.layers.last()).map(|(w, _)| w.as_tensor().dim(2)).transpose()?.unwrap_or(0);
+    let u = p.expert_width()?;
     let whole = plan.runs.len() == 1 && matches!(run_input(&plan.runs[0].slots, n_slots), RunInput::All);
     let LayerTape { dout, runs, experts, dexperts, dlogits, probs, .. } = lt;
     let dall = grow(dexperts, b * n * u);
