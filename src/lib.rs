@@ -33,6 +33,7 @@ pub mod init;
 pub mod ir;
 pub mod lower;
 pub mod pipeline;
+pub mod program;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -68,6 +68,25 @@ impl Rng {
     }
 }
 
+/// The CPU's dropout mask of `n` values at `rate` (kept ones `1 / (1 - rate)`, the others
+/// 0), drawn from `rng`: two values per draw, in order. The candle graph, its
+/// hand-written step and the native backend all draw it here, so they drop the same
+/// units.
+pub fn dropout_mask(rng: &mut Rng, n: usize, rate: f32) -> Vec<f32> {
+    let keep = 1.0 - rate;
+    let threshold = (keep as f64 * u32::MAX as f64) as u32;
+    let scale = 1.0 / keep;
+    let mut mask = Vec::with_capacity(n + 1);
+    while mask.len() < n {
+        let r = rng.next_u64();
+        for half in [r as u32, (r >> 32) as u32] {
+            mask.push(if half < threshold { scale } else { 0.0 });
+        }
+    }
+    mask.truncate(n);
+    mask
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,3 +110,4 @@ mod tests {
         assert!((var - 1.0).abs() < 0.02, "var {var}");
     }
 }
+

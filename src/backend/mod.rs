@@ -5,6 +5,7 @@
 //! CUDA plugs in behind the `cuda` feature without touching the IR.
 
 pub mod candle;
+pub mod native;
 
 use crate::ir::Validated;
 

@@ -6,11 +6,13 @@
 
 mod error;
 mod layers;
+pub mod program;
 mod settings;
 mod tasks;
 
 pub use crate::diag::did_you_mean;
 pub use error::{LowerError, LowerWarning};
+pub use program::lower_program;
 
 use std::collections::HashMap;
 

@@ -13,6 +13,7 @@ mod infer;
 mod inputs;
 mod models;
 mod onnx;
+mod program;
 mod real_data;
 mod report;
 mod robustness;

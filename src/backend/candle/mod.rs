@@ -408,23 +408,7 @@ pub(crate) fn dropout(x: &Tensor, rate: f32, rng: Option<&mut Rng>) -> Result<Te
     x * Tensor::from_vec(dropout_mask(rng, n, rate), x.shape(), x.device())?
 }
 
-/// The CPU's dropout mask of `n` values at `rate` (kept ones `1 / (1 - rate)`, the others
-/// 0), drawn from `rng`: two values per draw, in order. The graph and the hand-written
-/// step (`backprop/`) both draw it here, so they drop the same units.
-pub(crate) fn dropout_mask(rng: &mut Rng, n: usize, rate: f32) -> Vec<f32> {
-    let keep = 1.0 - rate;
-    let threshold = (keep as f64 * u32::MAX as f64) as u32;
-    let scale = 1.0 / keep;
-    let mut mask = Vec::with_capacity(n + 1);
-    while mask.len() < n {
-        let r = rng.next_u64();
-        for half in [r as u32, (r >> 32) as u32] {
-            mask.push(if half < threshold { scale } else { 0.0 });
-        }
-    }
-    mask.truncate(n);
-    mask
-}
+pub(crate) use crate::rng::dropout_mask;
 
 /// The most matrices one cuBLAS batched GEMM is given. Some of its kernels put the batch
 /// on a grid axis limited to 65,535 blocks (PyTorch splits at 63 × 1024 on the GPUs where

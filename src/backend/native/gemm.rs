@@ -1,0 +1,73 @@
+//! `C (+)= A B` over row-major f32 matrices with strides (gemm-rs on the calling
+//! thread): every matmul-like op of the native backend, forward and backward.
+
+use super::NativeError;
+
+/// A matrix inside a buffer: element `(i, j)` at `at + i * rs + j * cs`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Mat {
+    pub at: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Mat {
+    /// `rows x cols`, row-major, rows `stride` apart, from `at`.
+    pub fn rows(at: usize, rows: usize, cols: usize, stride: usize) -> Mat {
+        Mat { at, rows, cols, rs: stride, cs: 1 }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> Mat {
+        Mat { at: self.at, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+
+    fn fits(&self, len: usize) -> bool {
+        self.rows == 0 || self.cols == 0 || self.at + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < len
+    }
+}
+
+/// `dst = a b`, or with `add` `dst += a b`.
+pub(super) fn matmul(dst: &mut [f32], d: Mat, a: &[f32], am: Mat, b: &[f32], bm: Mat, add: bool) -> Result<(), NativeError> {
+    let (m, k, n) = (am.rows, am.cols, bm.cols);
+    if bm.rows != k || d.rows != m || d.cols != n || !am.fits(a.len()) || !bm.fits(b.len()) || !d.fits(dst.len()) {
+        return Err(NativeError::Kernel(format!("a GEMM of [{m}, {k}] x [{}, {n}] into [{}, {}] does not fit", bm.rows, d.rows, d.cols)));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !add {
+            (0..m).for_each(|i| (0..n).for_each(|j| dst[d.at + i * d.rs + j * d.cs] = 0.0));
+        }
+        return Ok(());
+    }
+    // SAFETY: `fits` checked that every element of each view lies inside its slice, and
+    // dst (a &mut) aliases neither a nor b. With `add` the GEMM reads dst, else only writes it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(d.at),
+            d.cs as isize,
+            d.rs as isize,
+            add,
+            a.as_ptr().add(am.at),
+            am.cs as isize,
+            am.rs as isize,
+            b.as_ptr().add(bm.at),
+            bm.cs as isize,
+            bm.rs as isize,
+            if add { 1.0f32 } else { 0.0 },
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    Ok(())
+}
