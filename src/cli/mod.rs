@@ -81,6 +81,15 @@ enum Command {
         #[arg(long, num_args = 0..=1, value_name = "CSV")]
         data: Option<Option<PathBuf>>,
     },
+    /// Compile a spec and print one of its levels: the model IR, the op program
+    /// (evaluation or training) or the training program's derived backward.
+    Compile {
+        /// The spec (.toml or .mg).
+        spec: PathBuf,
+        /// ir, program (evaluation), train (the training program) or backward.
+        #[arg(long, value_enum, default_value = "program")]
+        emit: EmitArg,
+    },
     /// Compile a spec, train it, report per-task metrics and write a bundle.
     CompileAndTrain {
         #[command(flatten)]
@@ -436,6 +445,14 @@ enum FormatArg {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum EmitArg {
+    Ir,
+    Program,
+    Train,
+    Backward,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum ExportArg {
     Onnx,
 }
@@ -488,6 +505,7 @@ pub fn run() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check { spec, data } => check(&spec, data),
+        Command::Compile { spec, emit } => emit_level(&spec, emit),
         Command::CompileAndTrain {
             spec,
             data,
@@ -602,6 +620,27 @@ pub(crate) fn compile(path: &Path) -> Result<(SourceFile, Compiled), Failure> {
             Err(Failure::new(2, format!("{}\n{} error(s) in {}", e.render(Some(&src), colour()), n, src.name)))
         }
     }
+}
+
+/// `compile --emit`: one level of the compiled spec on standard output.
+fn emit_level(path: &Path, emit: EmitArg) -> Result<(), Failure> {
+    use multigate::program::{derive_backward, grad::Show, Mode};
+    let (_, c) = compile(path)?;
+    let lowered = |mode| {
+        multigate::lower::lower_program(&c.model, mode)
+            .map_err(|e| Failure::new(1, format!("error: {} does not lower to an op program: {e}", path.display())))
+    };
+    match emit {
+        EmitArg::Ir => print!("{}", *c.model),
+        EmitArg::Program => print!("{}", lowered(Mode::Eval)?),
+        EmitArg::Train => print!("{}", lowered(Mode::Train)?),
+        EmitArg::Backward => {
+            let p = lowered(Mode::Train)?;
+            let b = derive_backward(&p).map_err(|e| Failure::new(1, format!("error: no backward program: {e}")))?;
+            print!("{}", Show(&p, &b));
+        }
+    }
+    Ok(())
 }
 
 fn check(path: &Path, data_arg: Option<Option<PathBuf>>) -> Result<(), Failure> {
