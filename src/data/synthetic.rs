@@ -187,7 +187,12 @@ fn categorical_inputs(
                 let key = f.shares.map_or(fi, |o| o.0);
                 let weights: Vec<Vec<f64>> =
                     (0..n_tasks).map(|t| (0..card).map(|v| teacher(seed, key, v, t)).collect()).collect();
-                let values: Vec<String> = (0..card).map(|v| format!("v{v}")).collect();
+                // A bucketized feature reads numbers: value v is spread over [-1, 1).
+                let values: Vec<String> = if encoding.numeric() {
+                    (0..card).map(|v| format!("{:.4}", 2.0 * v as f64 / card as f64 - 1.0)).collect()
+                } else {
+                    (0..card).map(|v| format!("v{v}")).collect()
+                };
                 let draw = |rng: &mut Rng| ((card as f64).powf(rng.uniform()) as usize).saturating_sub(1).min(card - 1);
                 match bag {
                     None => {

@@ -53,7 +53,8 @@ fn every_model_exports_to_onnx_that_onnxruntime_runs_to_1e_5() {
     }
     let tmp = tempfile::tempdir().unwrap();
     // Every model, and tests/inputs/onnx/ for the operators no model uses (gelu, top-k,
-    // temperature, deeper experts, unequal task experts, towers on an earlier layer).
+    // temperature, deeper experts, unequal task experts, towers on an earlier layer) and
+    // the inputs (bags of each pooling, a shared table, bucketize, minmax).
     let mut specs: Vec<PathBuf> = ["models", "tests/inputs/onnx"]
         .iter()
         .flat_map(|d| std::fs::read_dir(repo().join(d)).unwrap())
@@ -61,7 +62,7 @@ fn every_model_exports_to_onnx_that_onnxruntime_runs_to_1e_5() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     specs.sort();
-    assert!(specs.len() >= 11);
+    assert!(specs.len() >= 12);
     let mut checked = Vec::new();
     let mut skipped = 0;
     for spec in &specs {
@@ -107,7 +108,8 @@ fn every_model_exports_to_onnx_that_onnxruntime_runs_to_1e_5() {
     }
     // Every model but those whose data needs ../shared (skipped, with the reason printed).
     assert_eq!(checked.len() + skipped, specs.len());
-    assert!(checked.len() >= 11 && checked.contains(&"every_op".to_string()), "{checked:?}");
+    let has = |n: &str| checked.iter().any(|c| c == n);
+    assert!(checked.len() >= 12 && has("every_op") && has("bags_buckets"), "{checked:?}");
 }
 
 #[test]
