@@ -29,6 +29,7 @@ pub mod backend;
 pub mod data;
 pub mod diag;
 pub mod export;
+pub mod fs;
 pub mod init;
 pub mod ir;
 pub mod lower;

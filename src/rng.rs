@@ -110,4 +110,3 @@ mod tests {
         assert!((var - 1.0).abs() < 0.02, "var {var}");
     }
 }
-

@@ -19,14 +19,12 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::candle::{candle_device, CandleBackend, CandleModel};
 use crate::backend::{Backend, Device};
-use crate::data::{
-    self, fit::DenseStats, fit::Fits, fit::FittedFeature, fit::FittedLabel, Frame, LoadInfo, Need, NeedOwner,
-};
+use crate::data::{self, fit::DenseStats, fit::Fits, fit::FittedFeature, fit::FittedLabel, Frame, Need, NeedOwner};
 use crate::export::provenance::{DataFile, Provenance, SplitRows};
 use crate::export::{self, BundleContents, ExportError, RunLock};
 use crate::lower::{self, Compiled};
 use crate::source::SourceFile;
-use crate::train::{self, EpochEnd, EpochReport, Predictions, TrainError, TrainObserver, TrainReport};
+use crate::train::{self, EpochEnd, Predictions, TrainError, TrainObserver, TrainReport};
 
 /// How to run a spec: overrides of its settings and where things go.
 #[derive(Debug, Clone, Default)]
@@ -53,84 +51,7 @@ pub struct TrainOptions {
     pub command: Vec<String>,
 }
 
-/// What a run reports while it works.
-pub enum Event<'a> {
-    /// A statistic the spec left open was fitted on the training rows: `of` says
-    /// whose (`feature age`, `the labels of task income`).
-    Fitted {
-        of: &'a str,
-        what: String,
-    },
-    /// A data file is being read: bytes read so far (compressed ones for gzip) of its size.
-    Loading {
-        path: &'a Path,
-        read: u64,
-        total: u64,
-    },
-    /// The model is built.
-    Built {
-        compiled: &'a Compiled,
-    },
-    DataLoaded {
-        info: &'a LoadInfo,
-        train: usize,
-        validation: usize,
-        test: usize,
-    },
-    /// Streamed training rows skipped as broken in the first epoch (each epoch reads
-    /// them again and checks the cap), of the rows read; `warn`: show them.
-    StreamSkipped {
-        skipped: &'a data::Skipped,
-        read: u64,
-        warn: bool,
-    },
-    /// Continuing from a checkpoint; `complete` when that run had already finished its
-    /// epochs or stopped early (then nothing is trained, the bundle is written).
-    Resumed {
-        checkpoint: &'a Path,
-        epochs_done: usize,
-        complete: bool,
-    },
-    NoCheckpoint {
-        checkpoint: &'a Path,
-    },
-    /// After every optimizer step: each task's training loss on the batch.
-    Step {
-        epoch: usize,
-        step: u64,
-        losses: &'a [f32],
-    },
-    Epoch(&'a EpochReport),
-    /// Something the user should know that does not stop the run.
-    Warning(String),
-    /// The bundle is in place.
-    Finished {
-        report: &'a TrainReport,
-        out: &'a Path,
-    },
-}
-
-/// Receives a run's [`Event`]s.
-pub trait Observer {
-    fn on(&mut self, event: &Event<'_>);
-}
-
-/// Hands every event to two observers, in order.
-pub struct Both<'a>(pub &'a mut dyn Observer, pub &'a mut dyn Observer);
-
-impl Observer for Both<'_> {
-    fn on(&mut self, event: &Event<'_>) {
-        self.0.on(event);
-        self.1.on(event);
-    }
-}
-
-/// Ignores everything.
-pub struct Silent;
-
-impl Observer for Silent {
-    fn on(&mut self, _: &Event<'_>) {}
-}
+pub use crate::report::events::{Both, Event, Observer, Silent};
 
 /// What determines a run, kept in its checkpoint (`run.json`) so that `--resume` can
 /// refuse to continue a run under other settings.
@@ -226,6 +147,12 @@ pub enum RunError {
     Export(#[from] ExportError),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<crate::fs::FsError> for RunError {
+    fn from(e: crate::fs::FsError) -> RunError {
+        RunError::Export(e.into())
+    }
 }
 
 /// What a finished run leaves.

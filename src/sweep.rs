@@ -333,7 +333,7 @@ pub fn summary_markdown(axes: &[Axis], runs: &[SweepRun], higher_is_better: bool
 /// Writes `sweep.csv` and `sweep.md` into the sweep folder.
 pub fn write_results(dir: &Path, csv_text: &str, md: &str) -> Result<(), SweepError> {
     for (name, text) in [("sweep.csv", csv_text), ("sweep.md", md)] {
-        crate::export::write_file(&dir.join(name), text.as_bytes())?;
+        crate::fs::write_file(&dir.join(name), text.as_bytes()).map_err(crate::export::ExportError::from)?;
     }
     Ok(())
 }

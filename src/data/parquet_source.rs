@@ -93,7 +93,7 @@ pub fn read_parquet_chunks(
             Some(i) => {
                 names.push(need.column.clone());
                 kinds.push(need.kind);
-                joins.push(need.separator.clone().unwrap_or_else(|| crate::lower::DEFAULT_SEPARATOR.to_string()));
+                joins.push(need.separator.clone().unwrap_or_else(|| crate::ir::DEFAULT_SEPARATOR.to_string()));
                 sinks.push(match need.kind {
                     ColumnKind::Num => Sink::Num(Vec::new()),
                     ColumnKind::Cat => Sink::Cat(Interner::default()),
@@ -403,5 +403,5 @@ pub fn write_parquet(frame: &Frame, path: &Path) -> Result<(), DataError> {
         w.write(&batch).map_err(|e| DataError::Other(format!("{e}")))?;
         w.close().map_err(|e| DataError::Other(format!("{e}")))?;
     }
-    crate::export::write_file(path, &buf).map_err(|e| DataError::Other(format!("{}: {e}", path.display())))
+    crate::fs::write_file(path, &buf).map_err(|e| DataError::Other(format!("{}: {e}", path.display())))
 }

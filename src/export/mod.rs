@@ -20,20 +20,17 @@
 //! name and shape for shape. The IR's text may change between versions without
 //! orphaning bundles. Every file of a bundle gets the same permissions.
 //!
-//! Writes follow the commit protocol of `commit.rs`: at any instant the target holds the
-//! complete old bundle or the complete new one, and the next read or write finishes or
-//! rolls back an interrupted commit. `lock.rs` keeps two runs off one folder.
+//! Writes follow the commit protocol of [`crate::fs`]: at any instant the target holds
+//! the complete old bundle or the complete new one, and the next read or write finishes
+//! or rolls back an interrupted commit. Its run lock keeps two runs off one folder.
 
 mod checkpoint;
-mod commit;
 pub mod files;
-mod lock;
 pub mod onnx;
 pub mod provenance;
 
-use commit::write_folder;
-pub use commit::{crash_point, recover, remove_folder, write_file};
-pub use lock::RunLock;
+use crate::fs::write_folder;
+pub use crate::fs::{crash_point, recover, remove_folder, write_file, FsError, RunLock};
 
 pub use checkpoint::{read_checkpoint, write_checkpoint};
 
@@ -197,6 +194,15 @@ pub enum ExportError {
     BadSpec { path: String, problem: String },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<FsError> for ExportError {
+    fn from(e: FsError) -> ExportError {
+        match e {
+            FsError::Io { path, source } => ExportError::Io { path, source },
+            FsError::Locked { path, holder } => ExportError::Locked { path, holder },
+        }
+    }
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ExportError + '_ {

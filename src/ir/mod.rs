@@ -105,6 +105,9 @@ pub struct Bag {
     pub weights: Option<String>,
 }
 
+/// What separates a bag's values in a text cell unless `separator` says.
+pub const DEFAULT_SEPARATOR: &str = "|";
+
 /// How a [`Bag`]'s embeddings become one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {

@@ -11,6 +11,7 @@ mod settings;
 mod tasks;
 
 pub use crate::diag::did_you_mean;
+pub use crate::ir::DEFAULT_SEPARATOR;
 pub use error::{LowerError, LowerWarning};
 pub use program::lower_program;
 
@@ -721,8 +722,6 @@ impl Lower {
 pub const MAX_ROWS: u64 = 1 << 26;
 /// Most values a bag (`max_len`) keeps per row.
 pub const MAX_BAG: u64 = 4096;
-/// What separates a bag's values in a text cell unless `separator` says.
-pub const DEFAULT_SEPARATOR: &str = "|";
 /// Largest width of any layer.
 pub const MAX_UNITS: u64 = 1 << 16;
 /// Most experts in a layer.

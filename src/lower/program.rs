@@ -119,7 +119,8 @@ impl Cx<'_> {
                 FeatureKind::Categorical { .. } => 0,
             })
             .sum();
-        let dense = (dense_width > 0).then(|| self.p.input("dense", Shape::batched(&[dense_width]), DType::F32, Input::Dense));
+        let dense =
+            (dense_width > 0).then(|| self.p.input("dense", Shape::batched(&[dense_width]), DType::F32, Input::Dense));
         let mut pieces = Vec::with_capacity(m.features.len() + m.crosses.len());
         let mut embedded: Vec<Option<BufId>> = Vec::with_capacity(m.features.len());
         let (mut cat, mut at) = (0, 0);
@@ -130,13 +131,28 @@ impl Cx<'_> {
                     let table = self.param(Role::Embedding { feature: owner })?;
                     let e = match bag {
                         None => {
-                            let ids = self.p.input(&format!("ids.{}", f.name), Shape::batched(&[]), DType::U32, Input::Ids(cat));
+                            let ids = self.p.input(
+                                &format!("ids.{}", f.name),
+                                Shape::batched(&[]),
+                                DType::U32,
+                                Input::Ids(cat),
+                            );
                             self.op(Op::Gather, &[table, ids])?
                         }
                         Some(bag) => {
                             let len = [bag.max_len];
-                            let ids = self.p.input(&format!("ids.{}", f.name), Shape::batched(&len), DType::U32, Input::Ids(cat));
-                            let w = self.p.input(&format!("bag.{}", f.name), Shape::batched(&len), DType::F32, Input::BagWeights(cat));
+                            let ids = self.p.input(
+                                &format!("ids.{}", f.name),
+                                Shape::batched(&len),
+                                DType::U32,
+                                Input::Ids(cat),
+                            );
+                            let w = self.p.input(
+                                &format!("bag.{}", f.name),
+                                Shape::batched(&len),
+                                DType::F32,
+                                Input::BagWeights(cat),
+                            );
                             let rows = self.op(Op::Gather, &[table, ids])?;
                             let mode = match bag.pooling {
                                 Pooling::Sum | Pooling::Mean => PoolMode::WeightedSum,
@@ -150,7 +166,11 @@ impl Cx<'_> {
                     e
                 }
                 FeatureKind::Dense { width, .. } => {
-                    let d = dense.ok_or_else(|| ProgramError::Shape { node: 0, op: "slice", what: "no dense input".into() })?;
+                    let d = dense.ok_or_else(|| ProgramError::Shape {
+                        node: 0,
+                        op: "slice",
+                        what: "no dense input".into(),
+                    })?;
                     let e = if *width == dense_width { d } else { self.op(Op::Slice { at, len: *width }, &[d])? };
                     at += width;
                     embedded.push(None);
@@ -231,7 +251,8 @@ impl Cx<'_> {
         let w = self.param(Role::GateWeight { layer: li })?;
         let b = self.param(Role::GateBias { layer: li })?;
         let total: usize = l.gates.iter().map(|g| g.experts).sum();
-        let offsets: Vec<usize> = l.gates.iter().scan(0, |acc, g| Some(std::mem::replace(acc, *acc + g.experts))).collect();
+        let offsets: Vec<usize> =
+            l.gates.iter().scan(0, |acc, g| Some(std::mem::replace(acc, *acc + g.experts))).collect();
         let columns: Vec<usize> = plan
             .mixes
             .iter()

@@ -84,7 +84,12 @@ pub fn derive(p: &Program) -> Result<Backward, ProgramError> {
         }
         let id = BufId(first + b.bufs.len());
         let src = p.buf(of);
-        b.bufs.push(Buf { name: format!("d{}", p.label(of)), shape: src.shape.clone(), dtype: DType::F32, kind: BufKind::Value });
+        b.bufs.push(Buf {
+            name: format!("d{}", p.label(of)),
+            shape: src.shape.clone(),
+            dtype: DType::F32,
+            kind: BufKind::Value,
+        });
         b.grad_of.insert(of, id);
         (id, false)
     };
@@ -107,12 +112,7 @@ pub fn derive(p: &Program) -> Result<Backward, ProgramError> {
             continue;
         }
         let reach = n.op.grad_inputs(n.args.len());
-        let dargs = n
-            .args
-            .iter()
-            .zip(&reach)
-            .map(|(&a, &r)| (r && trainable[a.0]).then(|| grad(&mut b, a)))
-            .collect();
+        let dargs = n.args.iter().zip(&reach).map(|(&a, &r)| (r && trainable[a.0]).then(|| grad(&mut b, a))).collect();
         b.steps.push(GradStep { node: i, dout, dargs });
     }
     // A gathered table has its rows above; any other parameter reached, a dense gradient.

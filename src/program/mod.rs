@@ -219,7 +219,12 @@ impl Program {
         if let Some(i) = self.bufs.iter().position(|b| b.kind == BufKind::Param && b.name == name) {
             return BufId(i);
         }
-        self.push_buf(Buf { name: name.to_string(), shape: Shape::fixed(shape), dtype: DType::F32, kind: BufKind::Param })
+        self.push_buf(Buf {
+            name: name.to_string(),
+            shape: Shape::fixed(shape),
+            dtype: DType::F32,
+            kind: BufKind::Param,
+        })
     }
 
     fn push_buf(&mut self, b: Buf) -> BufId {
@@ -231,9 +236,7 @@ impl Program {
     pub fn push(&mut self, op: Op, args: &[BufId]) -> Result<BufId, ProgramError> {
         let node = self.nodes.len();
         let shapes: Vec<&Shape> = args.iter().map(|a| &self.bufs[a.0].shape).collect();
-        let shape = op
-            .infer_shape(&shapes)
-            .map_err(|what| ProgramError::Shape { node, op: op.name(), what })?;
+        let shape = op.infer_shape(&shapes).map_err(|what| ProgramError::Shape { node, op: op.name(), what })?;
         let out = self.push_buf(Buf { name: String::new(), shape, dtype: DType::F32, kind: BufKind::Value });
         self.nodes.push(Node { op, args: args.to_vec(), out });
         Ok(out)
@@ -262,7 +265,8 @@ impl Program {
                 return Err(ProgramError::Shape { node: i, op: n.op.name(), what });
             }
             let shapes: Vec<&Shape> = n.args.iter().map(|a| &self.bufs[a.0].shape).collect();
-            let shape = n.op.infer_shape(&shapes).map_err(|what| ProgramError::Shape { node: i, op: n.op.name(), what })?;
+            let shape =
+                n.op.infer_shape(&shapes).map_err(|what| ProgramError::Shape { node: i, op: n.op.name(), what })?;
             if shape != self.bufs[n.out.0].shape {
                 let what = format!("writes {} but computes {}", self.bufs[n.out.0].shape, shape);
                 return Err(ProgramError::Shape { node: i, op: n.op.name(), what });

@@ -94,34 +94,61 @@ impl LossKind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     Gather,
-    Pool { mode: PoolMode },
+    Pool {
+        mode: PoolMode,
+    },
     /// Columns `at .. at + len` of the last axis.
-    Slice { at: usize, len: usize },
+    Slice {
+        at: usize,
+        len: usize,
+    },
     /// Along the first axis after the batch.
     Concat,
     /// Entries `indices` of the first axis after the batch.
-    Take { indices: Vec<usize> },
+    Take {
+        indices: Vec<usize>,
+    },
     /// To these axes after the batch (the same count of elements per row).
-    Reshape { dims: Vec<usize> },
+    Reshape {
+        dims: Vec<usize>,
+    },
     Add,
     Mul,
-    Scale { factor: f32 },
-    AddScalar { value: f32 },
+    Scale {
+        factor: f32,
+    },
+    AddScalar {
+        value: f32,
+    },
     Unary(Unary),
     /// With two operands, no bias.
     Linear,
     ExpertLinear,
     GroupedLinear,
     /// A step's dropout mask of this shape after the batch.
-    DropoutMask { rate: f32, dims: Vec<usize> },
+    DropoutMask {
+        rate: f32,
+        dims: Vec<usize>,
+    },
     /// A step's standard normal draws of this shape after the batch.
-    Normal { dims: Vec<usize> },
-    TopKMask { segments: Vec<usize>, k: usize },
-    Softmax { segments: Vec<usize> },
+    Normal {
+        dims: Vec<usize>,
+    },
+    TopKMask {
+        segments: Vec<usize>,
+        k: usize,
+    },
+    Softmax {
+        segments: Vec<usize>,
+    },
     /// Mix m is `sum_j weights[:, c_m + j] * experts[:, sets[m][j], :]`, where `c_m`
     /// is the sum of the earlier sets' lengths.
-    Mix { sets: Vec<Vec<usize>> },
-    Loss { kind: LossKind },
+    Mix {
+        sets: Vec<Vec<usize>>,
+    },
+    Loss {
+        kind: LossKind,
+    },
 }
 
 impl Op {

@@ -4,7 +4,7 @@
 //! length bytes | data | u32 masked CRC32C of data`, where data is a serialized
 //! `tensorflow.Event` (`event.proto`: `wall_time = 1`, `step = 2`, `file_version = 3`,
 //! `summary = 5`; `Summary.value = 1`; `Summary.Value.tag = 1`, `simple_value = 2`). The
-//! first record carries `file_version = "brain.Event:2"`. [`Observer`](crate::run::Observer)
+//! first record carries `file_version = "brain.Event:2"`. [`Observer`](super::events::Observer)
 //! [`TensorBoard`] writes a run's scalars: per-step training loss per task and total,
 //! per-epoch learning rate, training loss, validation loss and metrics per task,
 //! effective loss weights, and at the end each gate's mean weight per expert.
@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 
-use crate::run::{Event as RunEvent, Observer};
+use super::events::{Event as RunEvent, Observer};
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct Event {

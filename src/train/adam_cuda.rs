@@ -14,7 +14,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{CudaStorage, Layout, Storage, Tensor, Var};
 
-use super::adam::Coefficients;
+use super::adam_update::Coefficients;
 use crate::backend::candle::device_ops::cuda;
 
 type Result<T> = candle_core::Result<T>;

@@ -9,6 +9,7 @@
 pub mod adam;
 #[cfg(feature = "cuda")]
 mod adam_cuda;
+mod adam_update;
 pub mod balance;
 pub mod gate_report;
 pub mod loss;

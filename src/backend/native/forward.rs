@@ -41,7 +41,14 @@ fn bias_rows(bias: Option<&[f32]>, rows: usize, width: usize) -> Vec<f32> {
 }
 
 /// The result of `op` on `args` at batch size `b`.
-pub(super) fn run(op: &Op, args: &[Arg], shapes: &[&Shape], out: &Shape, b: usize, rng: Option<&mut Rng>) -> Result<Vec<f32>> {
+pub(super) fn run(
+    op: &Op,
+    args: &[Arg],
+    shapes: &[&Shape],
+    out: &Shape,
+    b: usize,
+    rng: Option<&mut Rng>,
+) -> Result<Vec<f32>> {
     let f = |i: usize| args[i].f32(op.name());
     let n_out = out.elems(b);
     Ok(match op {

@@ -30,10 +30,21 @@ impl Mat {
 }
 
 /// `dst = a b`, or with `add` `dst += a b`.
-pub(super) fn matmul(dst: &mut [f32], d: Mat, a: &[f32], am: Mat, b: &[f32], bm: Mat, add: bool) -> Result<(), NativeError> {
+pub(super) fn matmul(
+    dst: &mut [f32],
+    d: Mat,
+    a: &[f32],
+    am: Mat,
+    b: &[f32],
+    bm: Mat,
+    add: bool,
+) -> Result<(), NativeError> {
     let (m, k, n) = (am.rows, am.cols, bm.cols);
     if bm.rows != k || d.rows != m || d.cols != n || !am.fits(a.len()) || !bm.fits(b.len()) || !d.fits(dst.len()) {
-        return Err(NativeError::Kernel(format!("a GEMM of [{m}, {k}] x [{}, {n}] into [{}, {}] does not fit", bm.rows, d.rows, d.cols)));
+        return Err(NativeError::Kernel(format!(
+            "a GEMM of [{m}, {k}] x [{}, {n}] into [{}, {}] does not fit",
+            bm.rows, d.rows, d.cols
+        )));
     }
     if m == 0 || n == 0 {
         return Ok(());

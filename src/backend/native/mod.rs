@@ -201,14 +201,20 @@ impl Native {
                     .collect();
                 let shapes: Vec<_> = n.args.iter().map(|a| &p.buf(*a).shape).collect();
                 let want: Vec<bool> = step.dargs.iter().map(Option::is_some).collect();
-                let ctx = vjp::Ctx { args: &args, shapes: &shapes, out: &run.values[n.out.0], b: run.batch, want: &want };
+                let ctx =
+                    vjp::Ctx { args: &args, shapes: &shapes, out: &run.values[n.out.0], b: run.batch, want: &want };
                 vjp::run(&n.op, &ctx, &grads[step.dout.0])?
             };
             for (d, c) in step.dargs.iter().zip(contributions) {
                 if let (Some((g, _)), Some(c)) = (d, c) {
                     let dst = &mut grads[g.0];
                     if dst.len() != c.len() {
-                        return Err(NativeError::Kernel(format!("vjp of {}: {} values for {}", n.op.name(), c.len(), dst.len())));
+                        return Err(NativeError::Kernel(format!(
+                            "vjp of {}: {} values for {}",
+                            n.op.name(),
+                            c.len(),
+                            dst.len()
+                        )));
                     }
                     dst.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
                 }

@@ -57,7 +57,9 @@ pub(super) fn run(op: &Op, c: &Ctx, dy: &[f32]) -> Result<Grads> {
             let mut at = 0;
             let mut out = Vec::with_capacity(widths.len());
             for (i, &w) in widths.iter().enumerate() {
-                out.push(c.want[i].then(|| dy.chunks_exact(total.max(1)).flat_map(|r| &r[at..at + w]).copied().collect()));
+                out.push(
+                    c.want[i].then(|| dy.chunks_exact(total.max(1)).flat_map(|r| &r[at..at + w]).copied().collect()),
+                );
                 at += w;
             }
             out
@@ -154,7 +156,9 @@ fn pool(c: &Ctx, mode: PoolMode, dy: &[f32], op: &Op) -> Result<Vec<f32>> {
             PoolMode::Max => {
                 // Each column's gradient to the first present slot holding its maximum.
                 for j in 0..d {
-                    let best = (0..len).filter(|&l| wr[l] > 0.0).max_by(|&a, &b| e[a * d + j].total_cmp(&e[b * d + j]).then(b.cmp(&a)));
+                    let best = (0..len)
+                        .filter(|&l| wr[l] > 0.0)
+                        .max_by(|&a, &b| e[a * d + j].total_cmp(&e[b * d + j]).then(b.cmp(&a)));
                     if let Some(l) = best {
                         dr[l * d + j] = g[j];
                     }
@@ -213,7 +217,8 @@ fn experts(c: &Ctx, dy: &[f32], op: &Op) -> Result<Grads> {
         }
         if let Some(db) = db.as_mut() {
             let dbk = &mut db[k * o..(k + 1) * o];
-            dy.chunks_exact((e * o).max(1)).for_each(|r| dbk.iter_mut().zip(&r[k * o..(k + 1) * o]).for_each(|(s, g)| *s += g));
+            dy.chunks_exact((e * o).max(1))
+                .for_each(|r| dbk.iter_mut().zip(&r[k * o..(k + 1) * o]).for_each(|(s, g)| *s += g));
         }
     }
     Ok(vec![dx, dw, db])

@@ -28,7 +28,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{io, ExportError};
+use super::{io, FsError};
 
 /// Aborts the process here if `MULTIGATE_CRASH_AT` names this step and its count (see
 /// the module docs). Without the variable it costs one environment lookup.
@@ -124,7 +124,7 @@ fn leftovers(dir: &Path) -> Vec<(Stage, PathBuf)> {
 
 /// Finishes or rolls back every interrupted commit to `dir` (see the module docs) and
 /// removes the leftovers. Returns what it did, one sentence per step.
-pub fn recover(dir: &Path) -> Result<Vec<String>, ExportError> {
+pub fn recover(dir: &Path) -> Result<Vec<String>, FsError> {
     let mut done = Vec::new();
     for (stage, path) in leftovers(dir) {
         match stage {
@@ -147,7 +147,7 @@ pub fn recover(dir: &Path) -> Result<Vec<String>, ExportError> {
 
 /// Removes `dir` in one step: it is renamed to a temporary sibling first, which a crash
 /// during the deletion leaves for [`recover`] to delete, instead of a half-deleted `dir`.
-pub fn remove_folder(dir: &Path) -> Result<(), ExportError> {
+pub fn remove_folder(dir: &Path) -> Result<(), FsError> {
     if !dir.exists() {
         return Ok(());
     }
@@ -163,7 +163,7 @@ pub fn remove_folder(dir: &Path) -> Result<(), ExportError> {
 /// Writes a single file (predictions, an ONNX model, a formatted spec) the same way:
 /// into a temporary sibling, synced, then renamed over `path`, so a reader sees the old
 /// file or the new one. Temporaries a dead writer left beside `path` are removed first.
-pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     for (_, stale) in leftovers(path) {
         if stale.is_file() {
             std::fs::remove_file(&stale).map_err(io(&stale))?;
@@ -187,12 +187,12 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
 }
 
 /// Makes a complete folder `ready` the new `dir` (steps 3-5).
-fn publish(ready: &Path, dir: &Path) -> Result<(), ExportError> {
+fn publish(ready: &Path, dir: &Path) -> Result<(), FsError> {
     if !dir.exists() {
         return std::fs::rename(ready, dir).map_err(io(dir));
     }
     if !dir.is_dir() {
-        return Err(ExportError::Io {
+        return Err(FsError::Io {
             path: dir.display().to_string(),
             source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a folder"),
         });
@@ -229,15 +229,16 @@ fn sync_files(dir: &Path) {
 /// Publishes a folder at `dir`: recovers earlier interrupted commits, fills a fresh
 /// temporary sibling with `fill`, syncs it, marks it complete and puts it in place. On
 /// an error the temporary folder goes and `dir` stays as it was.
-pub fn write_folder(dir: &Path, fill: impl FnOnce(&Path) -> Result<(), ExportError>) -> Result<(), ExportError> {
+pub fn write_folder<E: From<FsError>>(dir: &Path, fill: impl FnOnce(&Path) -> Result<(), E>) -> Result<(), E> {
     let parent = parent_of(dir);
     std::fs::create_dir_all(parent).map_err(io(parent))?;
     recover(dir)?;
     if dir.exists() && !dir.is_dir() {
-        return Err(ExportError::Io {
+        return Err(FsError::Io {
             path: dir.display().to_string(),
             source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a folder"),
-        });
+        }
+        .into());
     }
     let pid = std::process::id();
     let tmp = sibling(dir, Stage::Tmp, pid);
@@ -254,10 +255,10 @@ pub fn write_folder(dir: &Path, fill: impl FnOnce(&Path) -> Result<(), ExportErr
     let ready = sibling(dir, Stage::Ready, pid);
     if let Err(e) = std::fs::rename(&tmp, &ready) {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(io(&ready)(e));
+        return Err(io(&ready)(e).into());
     }
     crash_point("ready");
-    publish(&ready, dir)
+    Ok(publish(&ready, dir)?)
 }
 
 #[cfg(test)]
@@ -337,10 +338,11 @@ mod tests {
         let d = tmp.path().join("b");
         write_folder(&d, |t| {
             std::fs::write(t.join("marker"), "one").unwrap();
-            Ok(())
+            Ok::<(), FsError>(())
         })
         .unwrap();
-        let err = write_folder(&d, |_| Err(ExportError::Corrupt { path: "x".into(), problem: "fill failed".into() }));
+        let err =
+            write_folder(&d, |_| Err(FsError::Io { path: "x".into(), source: std::io::Error::other("fill failed") }));
         assert!(err.is_err());
         assert_eq!((marker(&d), siblings(&d)), ("one".to_string(), vec![]));
     }

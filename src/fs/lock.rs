@@ -12,7 +12,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use super::commit::{name_of, parent_of};
-use super::ExportError;
+use super::FsError;
 
 /// An exclusive lock on a bundle folder, released when dropped (or when the process
 /// dies).
@@ -30,11 +30,11 @@ impl RunLock {
 
     /// Takes the lock of `dir` (creating its parent folder), or fails at once naming the
     /// process that holds it.
-    pub fn acquire(dir: &Path) -> Result<RunLock, ExportError> {
+    pub fn acquire(dir: &Path) -> Result<RunLock, FsError> {
         let parent = parent_of(dir);
         let io = |path: &Path| {
             let path = path.display().to_string();
-            move |source| ExportError::Io { path, source }
+            move |source| FsError::Io { path, source }
         };
         std::fs::create_dir_all(parent).map_err(io(parent))?;
         let path = Self::path_of(dir);
@@ -46,7 +46,7 @@ impl RunLock {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
-                return Err(ExportError::Locked {
+                return Err(FsError::Locked {
                     path: dir.display().to_string(),
                     holder: if holder.is_empty() { "another process".into() } else { format!("process {holder}") },
                 });
