@@ -270,12 +270,14 @@ impl Cx<'_> {
             }
         };
         let logits = self.op(Op::Linear, &[h, w, b])?; // [B, (S,) sum E_g]
-        let mut x = select(self, logits)?;
-        let Gating { temperature, top_k, noise, .. } = l.gating;
+        let mut clean = select(self, logits)?;
+        let Gating { temperature, top_k, noise, balance } = l.gating;
         if temperature != 1.0 {
-            x = self.op(Op::Scale { factor: 1.0 / temperature }, &[x])?;
+            clean = self.op(Op::Scale { factor: 1.0 / temperature }, &[clean])?;
         }
-        if noise && top_k.is_some() && self.p.mode == Mode::Train {
+        let train = self.p.mode == Mode::Train;
+        let mut noisy = None;
+        if let (true, Some(_), true) = (noise, top_k, train) {
             // logits + N(0, 1) * (softplus(x W_noise) + 0.01).
             let wn = self.param(Role::GateNoise { layer: li })?;
             let raw = self.op(Op::Linear, &[h, wn])?;
@@ -284,12 +286,22 @@ impl Cx<'_> {
             let scale = self.op(Op::AddScalar { value: 1e-2 }, &[sp])?;
             let eps = self.op(Op::Normal { dims: vec![columns.len()] }, &[])?;
             let jitter = self.op(Op::Mul, &[eps, scale])?;
-            x = self.op(Op::Add, &[x, jitter])?;
+            noisy = Some((self.op(Op::Add, &[clean, jitter])?, scale));
         }
+        let mut x = noisy.map_or(clean, |(n, _)| n);
         if let Some(k) = top_k {
             x = self.op(Op::TopKMask { segments: segments.clone(), k }, &[x])?;
         }
-        self.op(Op::Softmax { segments }, &[x])
+        let probs = self.op(Op::Softmax { segments: segments.clone() }, &[x])?;
+        if train && balance > 0.0 {
+            let imp = self.op(Op::Balance { segments: segments.clone(), weight: balance }, &[probs])?;
+            self.p.aux_losses.push(imp);
+            if let (Some(k), Some((noisy, scale))) = (top_k, noisy) {
+                let load = self.op(Op::LoadBalance { segments, k, weight: balance }, &[clean, noisy, scale])?;
+                self.p.aux_losses.push(load);
+            }
+        }
+        Ok(probs)
     }
 
     /// Every task's raw output, in task order: towers on their slot, then products.

@@ -38,6 +38,8 @@ fn attributes(op: &Op) -> String {
         Op::Softmax { segments: s } => format!(" segments={}", segments(s)),
         Op::Mix { sets } => format!(" sets={}", sets.iter().map(|s| indices(s)).collect::<Vec<_>>().join(",")),
         Op::Loss { kind } => format!(" {}", kind.name()),
+        Op::Balance { segments: s, weight } => format!(" weight={weight} segments={}", segments(s)),
+        Op::LoadBalance { segments: s, k, weight } => format!(" k={k} weight={weight} segments={}", segments(s)),
         _ => String::new(),
     }
 }
@@ -102,6 +104,9 @@ impl fmt::Display for Program {
         }
         for l in &self.losses {
             writeln!(f, "  loss {} = {}", self.outputs[l.task].task, self.label(l.loss))?;
+        }
+        for a in &self.aux_losses {
+            writeln!(f, "  aux loss = {}", self.label(*a))?;
         }
         Ok(())
     }

@@ -41,6 +41,8 @@ pub struct Backward {
     /// Per task loss (as [`Program::losses`]): the scalar seed buffer `dL/dloss_t`,
     /// which the trainer fills with the task's weight.
     pub seeds: Vec<BufId>,
+    /// Per auxiliary loss ([`Program::aux_losses`]): its seed, always 1.
+    pub aux_seeds: Vec<BufId>,
     pub steps: Vec<GradStep>,
     pub params: Vec<ParamGrad>,
     /// The gradient buffer of each forward buffer that has one.
@@ -72,6 +74,7 @@ pub fn derive(p: &Program) -> Result<Backward, ProgramError> {
     let mut b = Backward {
         bufs: Vec::new(),
         seeds: Vec::new(),
+        aux_seeds: Vec::new(),
         steps: Vec::new(),
         params: Vec::new(),
         grad_of: HashMap::new(),
@@ -96,6 +99,10 @@ pub fn derive(p: &Program) -> Result<Backward, ProgramError> {
     for l in &p.losses {
         let (seed, _) = grad(&mut b, l.loss);
         b.seeds.push(seed);
+    }
+    for &a in &p.aux_losses {
+        let (seed, _) = grad(&mut b, a);
+        b.aux_seeds.push(seed);
     }
     for (i, n) in p.nodes.iter().enumerate().rev() {
         let Some(&dout) = b.grad_of.get(&n.out) else { continue };
@@ -134,6 +141,9 @@ impl fmt::Display for Show<'_> {
         writeln!(f, "backward {}", p.name)?;
         for (l, s) in p.losses.iter().zip(&b.seeds) {
             writeln!(f, "  seed  {} f32[]  <- weight of task {}", label(*s), p.outputs[l.task].task)?;
+        }
+        for s in &b.aux_seeds {
+            writeln!(f, "  seed  {} f32[]  <- 1", label(*s))?;
         }
         for s in &b.steps {
             let n = &p.nodes[s.node];

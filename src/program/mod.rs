@@ -182,6 +182,8 @@ pub struct Program {
     pub gates: Vec<GateWeights>,
     /// Training only: one per task that trains.
     pub losses: Vec<TaskLoss>,
+    /// Training only: scalar losses added to the total as they are (gate balance).
+    pub aux_losses: Vec<BufId>,
 }
 
 /// What a malformed program (a lowering bug, never user input) breaks.
@@ -202,6 +204,7 @@ impl Program {
             outputs: Vec::new(),
             gates: Vec::new(),
             losses: Vec::new(),
+            aux_losses: Vec::new(),
         }
     }
 

@@ -23,6 +23,8 @@
 //! | `softmax`       | x `[B, C]`                                   | a softmax per segment       |
 //! | `mix`           | weights `[B, C]`, experts `[B, N, u]`        | `[B, M, u]`: mix m weighs `sets[m]` |
 //! | `loss`          | raw, label `[B]`, mask `[B]`                 | `[]`: the masked mean       |
+//! | `balance`       | gate weights `[B, C]`                        | `[]`: the importance term of the load-balancing loss |
+//! | `load_balance`  | clean, noisy logits, noise scale `[B, C]`    | `[]`: its load term (noisy top-k) |
 
 use std::fmt;
 
@@ -149,6 +151,22 @@ pub enum Op {
     Loss {
         kind: LossKind,
     },
+    /// `weight * sum_m cv2(importance_m)`, where `importance_m` sums segment m's gate
+    /// weights over the batch and `cv2` is the squared coefficient of variation over
+    /// its experts (Shazeer et al. 2017, eq. 6).
+    Balance {
+        segments: Vec<usize>,
+        weight: f32,
+    },
+    /// `weight * sum_m cv2(load_m)`: `load_m` sums over the batch each expert's chance to
+    /// stay in its segment's top k when only its own noise is redrawn, from the clean
+    /// logits, the noisy ones (which set the threshold, no gradient) and the noise scale
+    /// (Shazeer et al. 2017, eq. 8-10).
+    LoadBalance {
+        segments: Vec<usize>,
+        k: usize,
+        weight: f32,
+    },
 }
 
 impl Op {
@@ -174,6 +192,8 @@ impl Op {
             Op::Softmax { .. } => "softmax",
             Op::Mix { .. } => "mix",
             Op::Loss { .. } => "loss",
+            Op::Balance { .. } => "balance",
+            Op::LoadBalance { .. } => "load_balance",
         }
     }
 
@@ -185,6 +205,7 @@ impl Op {
         match self {
             Op::Gather => vec![true, false],
             Op::Loss { .. } => vec![true, false, false],
+            Op::LoadBalance { .. } => vec![true, false, true],
             Op::DropoutMask { .. } | Op::Normal { .. } => Vec::new(),
             _ => vec![true; n_args],
         }
@@ -202,7 +223,7 @@ impl Op {
             Op::Concat => 1..=usize::MAX,
             Op::Linear => 2..=3,
             Op::Gather | Op::Pool { .. } | Op::Add | Op::Mul | Op::Mix { .. } => 2..=2,
-            Op::ExpertLinear | Op::GroupedLinear | Op::Loss { .. } => 3..=3,
+            Op::ExpertLinear | Op::GroupedLinear | Op::Loss { .. } | Op::LoadBalance { .. } => 3..=3,
             _ => 1..=1,
         };
         if !arity.contains(&args.len()) {
@@ -371,6 +392,17 @@ mod shapes {
                     return Err(format!("weights {w} do not fit the sets over {n} instances"));
                 }
                 Ok(Shape::batched(&[sets.len(), u]))
+            }
+            Op::Balance { segments, .. } => {
+                segments_fit(a[0], segments)?;
+                Ok(Shape::fixed(&[]))
+            }
+            Op::LoadBalance { segments, k, .. } => {
+                if a[1] != a[0] || a[2] != a[0] || segments.iter().any(|s| s <= k) {
+                    return Err(format!("clean {}, noisy {}, scale {} and top {k} do not fit", a[0], a[1], a[2]));
+                }
+                segments_fit(a[0], segments)?;
+                Ok(Shape::fixed(&[]))
             }
             Op::Loss { kind } => {
                 let [x, y, m] = [a[0], a[1], a[2]];

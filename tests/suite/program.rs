@@ -260,14 +260,18 @@ fn layer_kinds_heads_and_bags_differentiate_natively_as_autograd_does() {
 }
 
 /// Training's random ops draw what the graph draws, in its order: dropout after the
-/// first expert depth and in a tower, and noisy top-k gates.
+/// first expert depth and in a tower, and noisy top-k gates; and the load-balancing
+/// losses (importance, and load with noise) add what the graph adds.
 #[test]
-fn dropout_and_gate_noise_differentiate_natively_as_autograd_does() {
+fn dropout_gate_noise_and_balance_differentiate_natively_as_autograd_does() {
     let tasks = TWO_BINARY_TASKS.replace("tower = [4]", "tower = [4]\ndropout = 0.3");
     for layers in [
         "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\ndropout = 0.25\n",
         "[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\ntop_k = 2\nnoise = true\n",
         "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [5]\ndropout = 0.2\ntop_k = 2\nnoise = true\n",
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\ntop_k = 2\nbalance = 0.1\n",
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\nbalance = 0.2\n",
+        "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [5]\ntop_k = 1\nbalance = 0.05\n",
     ] {
         let (c, ds) = small(layers, &tasks, 150);
         check_grad(&c, &ds, layers);

@@ -117,6 +117,10 @@ pub(super) fn run(
         }
         Op::Mix { sets } => mix(f(0)?, f(1)?, sets, shapes[1], b),
         Op::Loss { kind } => vec![loss(*kind, f(0)?, f(1)?, f(2)?, shapes[0].last(), b)],
+        Op::Balance { segments, weight } => vec![super::balance::importance(f(0)?, segments, *weight, None).0],
+        Op::LoadBalance { segments, k, weight } => {
+            vec![super::balance::load([f(0)?, f(1)?, f(2)?], segments, *k, *weight, None).value]
+        }
     })
 }
 

@@ -10,6 +10,7 @@
 //! buffers. The fused kernels that make the CPU path fast (`backend/candle/infer.rs`,
 //! `backprop/`) are to become fusion patterns over the same ops.
 
+mod balance;
 mod forward;
 mod gemm;
 mod vjp;
@@ -168,7 +169,8 @@ impl Native {
     }
 
     /// Runs the backward program after [`Native::forward`] of the same batch:
-    /// `seeds[i]` is `dL/dloss` of the program's i-th loss (its task's weight).
+    /// `seeds[i]` is `dL/dloss` of the program's i-th loss (its task's weight); the
+    /// auxiliary losses count once each.
     pub fn backward(&self, params: &[Option<&[f32]>], feed: &Feed, run: &mut Run, seeds: &[f32]) -> Result<()> {
         let p = &self.program;
         let Some(bw) = &self.backward else { return Err(NativeError::Kernel("no backward program".into())) };
@@ -182,6 +184,9 @@ impl Native {
         }
         for (s, &v) in bw.seeds.iter().zip(seeds) {
             grads[s.0] = vec![v];
+        }
+        for s in &bw.aux_seeds {
+            grads[s.0] = vec![1.0];
         }
         let mut bound: Vec<Option<Arg>> = vec![None; p.bufs.len()];
         for (id, input, _) in p.inputs() {

@@ -110,6 +110,15 @@ pub(super) fn run(op: &Op, c: &Ctx, dy: &[f32]) -> Result<Grads> {
             }
             vec![Some(dz), None, None]
         }
+        Op::Balance { segments, weight } => {
+            let seed = dy.first().copied().unwrap_or(0.0);
+            one(super::balance::importance(c.f(0, op)?, segments, *weight, Some(seed)).1)
+        }
+        Op::LoadBalance { segments, k, weight } => {
+            let seed = dy.first().copied().unwrap_or(0.0);
+            let l = super::balance::load([c.f(0, op)?, c.f(1, op)?, c.f(2, op)?], segments, *k, *weight, Some(seed));
+            vec![Some(l.dclean), None, Some(l.dscale)]
+        }
         Op::Gather | Op::DropoutMask { .. } | Op::Normal { .. } => {
             return Err(NativeError::Kernel(format!("{} has no vector-Jacobian step", op.name())))
         }

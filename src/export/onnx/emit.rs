@@ -184,7 +184,11 @@ impl<'a> Emitter<'a> {
                 per_segment(g, &a[0], segments, |g, x| g.node("Softmax", &[x], vec![int_attr("axis", -1)]))
             }
             Op::Mix { sets } => mix(g, &a[0], &a[1], sets, &arg_shape(1)),
-            Op::DropoutMask { .. } | Op::Normal { .. } | Op::Loss { .. } => {
+            Op::DropoutMask { .. }
+            | Op::Normal { .. }
+            | Op::Loss { .. }
+            | Op::Balance { .. }
+            | Op::LoadBalance { .. } => {
                 return Err(OnnxError::Unsupported(format!("`{}` exists only in training programs", n.op.name())))
             }
         })
