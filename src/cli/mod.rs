@@ -356,6 +356,9 @@ enum Command {
         /// dot (Graphviz) or mermaid.
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphArg,
+        /// Draw the evaluation op program (one box per primitive op) instead of the model.
+        #[arg(long)]
+        program: bool,
     },
     /// Measure training and inference throughput of a spec at a batch size, and the forward
     /// pass beside its ceiling: its FLOPs at the f32 FMA peak measured on the same workers.
@@ -560,7 +563,7 @@ pub fn run() -> ExitCode {
         Command::Init { data, labels, ignore, columns, delimiter, validation, test, name, out, force } => {
             init(data, labels, ignore, columns, delimiter, validation, test, name, out, force)
         }
-        Command::Graph { spec, format } => graph(&spec, format),
+        Command::Graph { spec, format, program } => graph(&spec, format, program),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let shell = match shell {
@@ -1284,8 +1287,17 @@ fn init(
     Ok(())
 }
 
-fn graph(path: &Path, format: GraphArg) -> Result<(), Failure> {
+fn graph(path: &Path, format: GraphArg, program: bool) -> Result<(), Failure> {
     let (_, c) = compile(path)?;
+    if program {
+        if !matches!(format, GraphArg::Dot) {
+            return Err(Failure::new(2, "error: the op program is drawn as dot only (--format dot)"));
+        }
+        let p = multigate::lower::lower_program(&c.model, multigate::program::Mode::Eval)
+            .map_err(|e| Failure::new(1, format!("error: {} does not lower to an op program: {e}", path.display())))?;
+        print!("{}", multigate::program::render_dot(&p));
+        return Ok(());
+    }
     let format = match format {
         GraphArg::Dot => multigate::ir::GraphFormat::Dot,
         GraphArg::Mermaid => multigate::ir::GraphFormat::Mermaid,

@@ -46,7 +46,7 @@ pub fn lower_program(model: &Validated, mode: Mode) -> Result<Program> {
     let raws = cx.heads(x, &outputs)?;
     for (t, (task, raw)) in m.tasks.iter().zip(&raws).enumerate() {
         cx.p.outputs.push(Output { task: task.name.clone(), raw: *raw, link: task.link() });
-        if mode == Mode::Train && task.trains() {
+        if mode == Mode::Train && task.label.is_some() {
             let loss = cx.loss(t, *raw)?;
             cx.p.losses.push(TaskLoss { task: t, loss });
         }
@@ -91,12 +91,13 @@ impl Cx<'_> {
     }
 
     /// Inverted dropout in training (a mask drawn per step, then `mul`); nothing else.
-    fn dropout(&mut self, x: BufId, rate: f32) -> Result<BufId> {
+    /// `draw`: the mask's draw order (see [`Op::DropoutMask`]).
+    fn dropout(&mut self, x: BufId, rate: f32, draw: Vec<usize>) -> Result<BufId> {
         if self.p.mode != Mode::Train || rate <= 0.0 {
             return Ok(x);
         }
         let dims = self.shape(x).dims.clone();
-        let mask = self.op(Op::DropoutMask { rate, dims }, &[])?;
+        let mask = self.op(Op::DropoutMask { rate, dims, draw }, &[])?;
         self.op(Op::Mul, &[x, mask])
     }
 
@@ -234,7 +235,10 @@ impl Cx<'_> {
                 let op = if depth == 0 { Op::ExpertLinear } else { Op::GroupedLinear };
                 x = self.op(op, &[x, w, b])?; // [B, (k,) E, u_depth]
                 x = self.activate(x, g.activation)?;
-                x = self.dropout(x, g.dropout)?;
+                // Deeper depths draw their mask expert-major: [E, B, (k,) u].
+                let rank = self.shape(x).dims.len() + 1;
+                let draw = if depth == 0 { Vec::new() } else { [vec![rank - 2], (0..rank - 2).collect(), vec![rank - 1]].concat() };
+                x = self.dropout(x, g.dropout, draw)?;
             }
             let width = if slotted { k * g.count } else { g.count };
             parts.push(self.reshape(x, &[width, g.d_out()])?); // [B, k*E, u]
@@ -328,7 +332,7 @@ impl Cx<'_> {
                 x = self.op(Op::Linear, &[x, w, b])?;
                 if depth + 1 < depths {
                     x = self.activate(x, *activation)?;
-                    x = self.dropout(x, *dropout)?;
+                    x = self.dropout(x, *dropout, Vec::new())?;
                 }
             }
             let out = if task.head.width() == 1 { self.reshape(x, &[])? } else { x };

@@ -33,7 +33,8 @@ fn attributes(op: &Op) -> String {
         Op::Reshape { dims } => format!(" to={dims:?}").replace(' ', "").replacen("to=", " to=", 1),
         Op::Scale { factor } => format!(" by={factor}"),
         Op::AddScalar { value } => format!(" value={value}"),
-        Op::DropoutMask { rate, .. } => format!(" rate={rate}"),
+        Op::DropoutMask { rate, draw, .. } if draw.is_empty() => format!(" rate={rate}"),
+        Op::DropoutMask { rate, draw, .. } => format!(" rate={rate} drawn={draw:?}").replace(", ", ","),
         Op::TopKMask { segments: s, k } => format!(" k={k} segments={}", segments(s)),
         Op::Softmax { segments: s } => format!(" segments={}", segments(s)),
         Op::Mix { sets } => format!(" sets={}", sets.iter().map(|s| indices(s)).collect::<Vec<_>>().join(",")),
@@ -110,6 +111,42 @@ impl fmt::Display for Program {
         }
         Ok(())
     }
+}
+
+/// The program as a Graphviz graph: one box per op (its name, attributes and result
+/// shape), one ellipse per input, an edge per value read; parameters are listed in the
+/// op that reads them, not drawn.
+pub fn render_dot(p: &Program) -> String {
+    let mut out = format!("digraph \"{}\" {{\n  rankdir=TB;\n  node [fontname=\"monospace\", fontsize=10];\n", p.name);
+    let node_of = |id: super::BufId| -> Option<String> {
+        match p.buf(id).kind {
+            BufKind::Input(_) => Some(format!("in{}", id.0)),
+            BufKind::Value => p.nodes.iter().position(|n| n.out == id).map(|i| format!("op{i}")),
+            BufKind::Param => None,
+        }
+    };
+    for (id, _, b) in p.inputs() {
+        out.push_str(&format!("  in{} [shape=ellipse, label=\"{} {}\"];\n", id.0, b.name, b.shape));
+    }
+    for (i, n) in p.nodes.iter().enumerate() {
+        let params: Vec<String> =
+            n.args.iter().filter(|a| p.buf(**a).kind == BufKind::Param).map(|a| p.label(*a)).collect();
+        let with = if params.is_empty() { String::new() } else { format!("\\n{}", params.join("\\n")) };
+        let label = format!("{} = {}{}{with}\\n{}", p.label(n.out), n.op.name(), attributes(&n.op), p.buf(n.out).shape);
+        out.push_str(&format!("  op{i} [shape=box, label=\"{}\"];\n", label.replace('"', "'")));
+        for a in &n.args {
+            if let Some(src) = node_of(*a) {
+                out.push_str(&format!("  {src} -> op{i};\n"));
+            }
+        }
+    }
+    for o in &p.outputs {
+        if let Some(src) = node_of(o.raw) {
+            out.push_str(&format!("  out_{0} [shape=ellipse, label=\"out {0}\"];\n  {src} -> out_{0};\n", o.task));
+        }
+    }
+    out.push_str("}\n");
+    out
 }
 
 #[cfg(test)]

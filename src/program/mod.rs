@@ -37,6 +37,7 @@ mod display;
 pub mod grad;
 mod op;
 
+pub use display::render_dot;
 pub use grad::{derive as derive_backward, Backward, GradStep, ParamGrad};
 pub use op::{LossKind, Op, PoolMode, Unary};
 
@@ -180,7 +181,7 @@ pub struct Program {
     pub outputs: Vec<Output>,
     /// One per gated layer, in layer order.
     pub gates: Vec<GateWeights>,
-    /// Training only: one per task that trains.
+    /// Training only: one per task with a label (its weight is the backward's seed).
     pub losses: Vec<TaskLoss>,
     /// Training only: scalar losses added to the total as they are (gate balance).
     pub aux_losses: Vec<BufId>,

@@ -127,10 +127,14 @@ pub enum Op {
     Linear,
     ExpertLinear,
     GroupedLinear,
-    /// A step's dropout mask of this shape after the batch.
+    /// A step's dropout mask of this shape after the batch, its values drawn from the
+    /// step's stream in the axis order `draw` (axis 0 the batch; empty: the layout's
+    /// own order). Deeper expert depths draw expert-major, as the graph always has, so
+    /// a seed drops the same units it did before the program existed.
     DropoutMask {
         rate: f32,
         dims: Vec<usize>,
+        draw: Vec<usize>,
     },
     /// A step's standard normal draws of this shape after the batch.
     Normal {

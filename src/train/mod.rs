@@ -12,7 +12,8 @@ mod adam_cuda;
 mod adam_update;
 pub mod balance;
 pub mod gate_report;
-pub mod loss;
+/// The per-task losses (their candle implementation is the backend's `loss` op).
+pub use crate::backend::candle::loss;
 pub mod metrics;
 pub mod shard;
 
@@ -406,13 +407,13 @@ pub fn batch_loss_weighted(
     let out = model.forward_train(batch, rng)?;
     let mut per_task = Vec::with_capacity(out.heads.len());
     let mut total: Option<Tensor> = None;
-    for (((h, t), y), mask) in out.heads.iter().zip(&model.ir.tasks).zip(&batch.labels).zip(&batch.masks) {
-        let Some(y) = y.as_ref().filter(|_| t.label.is_some()) else {
-            // A task without labels (trained through a product) adds nothing itself.
+    for ((h, t), l) in out.heads.iter().zip(&model.ir.tasks).zip(&out.losses) {
+        // The training program's loss of each task with labels; a task without (trained
+        // through a product) adds nothing itself.
+        let Some(l) = l.clone() else {
             per_task.push(Tensor::zeros((), candle_core::DType::F32, h.device())?);
             continue;
         };
-        let l = loss::task_loss(t.link(), h, y, mask.as_ref())?;
         let ti = per_task.len();
         let weight = t.loss_weight as f64 * factors.map_or(1.0, |f| f[ti]);
         let w = match &model.log_variance {

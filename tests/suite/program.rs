@@ -277,3 +277,48 @@ fn dropout_gate_noise_and_balance_differentiate_natively_as_autograd_does() {
         check_grad(&c, &ds, layers);
     }
 }
+
+/// The op names of a program, in order (shapes and attributes left out).
+fn op_names(c: &Compiled) -> Vec<&'static str> {
+    lower_program(&c.model, Mode::Train).unwrap().nodes.iter().map(|n| n.op.name()).collect()
+}
+
+/// Experts of a layer are one op per depth, never a loop: the programs of models that
+/// differ only in their expert counts have the same ops, in the same order.
+#[test]
+fn the_op_list_does_not_grow_with_the_expert_count() {
+    for (few, many) in [
+        ("kind = \"mmoe\"\nexperts = 2\nunits = [6, 4]", "kind = \"mmoe\"\nexperts = 9\nunits = [6, 4]"),
+        ("kind = \"moe\"\nexperts = 2\nunits = [5]", "kind = \"moe\"\nexperts = 7\nunits = [5]"),
+        (
+            "kind = \"cgc\"\nexperts = 1\ntask_experts = 1\nunits = [5]\ntop_k = 1",
+            "kind = \"cgc\"\nexperts = 6\ntask_experts = 4\nunits = [5]\ntop_k = 3",
+        ),
+    ] {
+        let spec = |layer: &str| super::small_spec(&format!("[[layers]]\n{layer}\ndropout = 0.1\n"), TWO_BINARY_TASKS);
+        let (a, b) = (super::compile_ok("a.toml", &spec(few)), super::compile_ok("b.toml", &spec(many)));
+        assert_eq!(op_names(&a), op_names(&b), "{few} against {many}");
+        let experts = op_names(&a).iter().filter(|n| n.ends_with("linear") && n.contains("expert")).count();
+        assert!(experts >= 1, "{few}: no expert op");
+    }
+}
+
+/// `compile --emit` prints each level; `graph --program` draws the program, an edge per
+/// value an op reads.
+#[test]
+fn the_cli_prints_and_draws_the_program() {
+    let spec = "models/synthetic_mmoe.toml";
+    let program = super::mg_ok(&["compile", spec, "--emit", "program"]);
+    let c = compile_path(&super::repo().join(spec));
+    assert_eq!(program, lower_program(&c.model, Mode::Eval).unwrap().to_string());
+    assert!(super::mg_ok(&["compile", spec, "--emit", "ir"]).starts_with("model synthetic_mmoe"));
+    let backward = super::mg_ok(&["compile", spec, "--emit", "backward"]);
+    assert!(backward.contains("vjp expert_linear") && backward.contains("grad layers.layer0.gates.weight"), "{backward}");
+    let dot = super::mg_ok(&["graph", spec, "--program"]);
+    let p = lower_program(&c.model, Mode::Eval).unwrap();
+    let reads = p.nodes.iter().flat_map(|n| &n.args).filter(|a| p.buf(**a).kind != BufKind::Param).count();
+    assert_eq!(dot.matches(" -> ").count(), reads + p.outputs.len(), "{dot}");
+    assert!(dot.starts_with("digraph") && dot.contains("mix"), "{dot}");
+    let (code, _, err) = super::multigate(&["graph", spec, "--program", "--format", "mermaid"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+}

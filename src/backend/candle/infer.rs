@@ -240,7 +240,7 @@ fn run(model: &CandleModel, batch: &super::Batch, want_gates: bool, s: &mut Scra
             }
         })
         .collect::<Result<_>>()?;
-    Ok(Output { heads, gates, lookups: Vec::new(), balance: None })
+    Ok(Output { heads, gates, lookups: Vec::new(), balance: None, losses: Vec::new() })
 }
 
 /// The concatenated input rows `x: [B, input_width]`: each feature's embedding (a bag's

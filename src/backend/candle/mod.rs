@@ -14,10 +14,12 @@ mod dense;
 pub mod device_ops;
 mod fused;
 mod infer;
+pub mod loss;
+mod program;
 mod strided;
 
 pub use backprop::Gradients;
-pub use fused::{ExpertStack, LayerOutput, LayerParams, MixLayout};
+pub use fused::{ExpertStack, LayerParams, MixLayout};
 pub(crate) use infer::prefetch;
 pub use strided::fma_peak;
 
@@ -25,7 +27,8 @@ use candle_core::{Tensor, Var, D};
 
 use super::{Backend, Device};
 use crate::data::Dataset;
-use crate::ir::{Activation, FeatureKind, Init, Link, Model, Role, Stream, TaskId, TaskOutput, Validated};
+use crate::ir::{Activation, FeatureKind, Init, Link, Model, Role, TaskOutput, Validated};
+use crate::program::Mode;
 use crate::rng::Rng;
 
 pub type Result<T> = candle_core::Result<T>;
@@ -325,6 +328,9 @@ pub struct Output {
     pub lookups: Vec<Lookup>,
     /// The weighted load-balancing loss of the gated layers that have one, `[]`.
     pub balance: Option<Tensor>,
+    /// Training only: per task with labels in the batch, its loss `[]` (the masked
+    /// mean of its link's per-row loss); None for the others (and in evaluation).
+    pub losses: Vec<Option<Tensor>>,
 }
 
 /// One embedding lookup of a training step. The looked-up rows are a leaf `Var`, so
@@ -369,6 +375,14 @@ pub struct CandleModel {
     trainer: Option<backprop::Trainer>,
     /// Train through the graph even where the hand-written backward applies.
     graph_training: bool,
+    /// The op programs the graph runs.
+    programs: Programs,
+}
+
+/// A model's evaluation and training programs, lowered once.
+struct Programs {
+    eval: crate::program::Program,
+    train: crate::program::Program,
 }
 
 /// A parameter's initial value, drawn from our seeded RNG as its [`Init`] says.
@@ -519,8 +533,7 @@ impl CandleModel {
         let n_tasks = ir.tasks.len();
         let mut vars = Vec::new();
         let mut embeddings: Vec<Option<Var>> = vec![None; ir.features.len()];
-        let mut layers: Vec<LayerParams> =
-            ir.layers.iter().map(|l| LayerParams::new(l, n_tasks, device)).collect::<Result<_>>()?;
+        let mut layers: Vec<LayerParams> = ir.layers.iter().map(|l| LayerParams::new(l, n_tasks)).collect();
         let mut towers: Vec<Tower> = ir
             .tasks
             .iter()
@@ -560,6 +573,11 @@ impl CandleModel {
                 embeddings[fi] = embeddings[owner.0].clone();
             }
         }
+        let lowered = |mode| {
+            crate::lower::lower_program(model, mode)
+                .map_err(|e| candle_core::Error::Msg(format!("the model's op program: {e}")))
+        };
+        let programs = Programs { eval: lowered(Mode::Eval)?, train: lowered(Mode::Train)? };
         let engine = device.is_cpu().then(infer::Engine::default);
         let trainer = device.is_cpu().then(backprop::Trainer::default);
         Ok(CandleModel {
@@ -573,6 +591,7 @@ impl CandleModel {
             engine,
             trainer,
             graph_training: false,
+            programs,
         })
     }
 
@@ -686,73 +705,11 @@ impl CandleModel {
         self.run(batch, Some(rng))
     }
 
-    fn run(&self, batch: &Batch, mut rng: Option<&mut Rng>) -> Result<Output> {
-        let mut lookups = Vec::new();
-        let mut h = self.inputs(batch, rng.is_some().then_some(&mut lookups))?; // [B, D]
-        let mut stream = Stream::Shared { width: self.ir.input_width };
-        let mut gates = Vec::new();
-        // Each layer's output, for towers that read an earlier layer.
-        let mut outputs: Vec<(Tensor, Stream)> = Vec::with_capacity(self.ir.layers.len());
-        let mut balance: Option<Tensor> = None;
-        for (l, p) in self.ir.layers.iter().zip(&self.layers) {
-            let LayerOutput { stream: out, gates: g, balance: b } = p.forward(&h, l.output, rng.as_deref_mut())?;
-            if !g.is_empty() {
-                gates.push(g);
-            }
-            balance = add_opt(balance, b)?;
-            outputs.push((out.clone(), l.output));
-            h = out;
-            stream = l.output;
-        }
-        // Slotted streams: [B, S, d] -> [S, B, d] so slot t is contiguous; one
-        // transpose per source actually read.
-        let mut slotted: Vec<Option<Tensor>> = vec![None; outputs.len() + 1];
-        let mut heads: Vec<Option<Tensor>> = vec![None; self.ir.tasks.len()];
-        for (t, (tower, task)) in self.towers.iter().zip(&self.ir.tasks).enumerate() {
-            if !matches!(task.output, TaskOutput::Tower { .. }) {
-                continue;
-            }
-            let (src, (h_src, s_src)) = match task.input {
-                Some(i) => (i, (&outputs[i].0, outputs[i].1)),
-                None => (outputs.len(), (&h, stream)),
-            };
-            let mut x = match s_src {
-                Stream::Shared { .. } => h_src.clone(),
-                Stream::PerTask { .. } | Stream::PerTaskShared { .. } => {
-                    if slotted[src].is_none() {
-                        slotted[src] = Some(h_src.transpose(0, 1)?.contiguous()?);
-                    }
-                    let slot = s_src.task_slot(TaskId(t));
-                    slotted[src].as_ref().map(|s| s.get(slot)).transpose()?.unwrap_or_else(|| h_src.clone())
-                    // [B, d]
-                }
-            };
-            let last = tower.layers.len() - 1;
-            for (i, (w, b)) in tower.layers.iter().enumerate() {
-                let act = if i < last { tower.activation } else { Activation::Linear };
-                x = dense::dense(&x, w.as_tensor(), b.as_tensor(), act)?;
-                if i < last {
-                    x = dropout(&x, tower.dropout, rng.as_deref_mut())?;
-                }
-            }
-            // [B] for one output, [B, K] for a multiclass head.
-            heads[t] = Some(if x.dim(1)? == 1 { x.squeeze(D::Minus1)? } else { x });
-        }
-        // Products (ESMM): log p = log sigmoid(a) + log sigmoid(b), kept in log space so
-        // that the loss stays finite however small the product gets.
-        for (t, task) in self.ir.tasks.iter().enumerate() {
-            if let TaskOutput::Product { factors: [a, b] } = task.output {
-                let (Some(za), Some(zb)) = (&heads[a.0], &heads[b.0]) else {
-                    return Err(candle_core::Error::Msg(format!("product task `{}` lacks a factor", task.name)));
-                };
-                heads[t] = Some((log_sigmoid(za)? + log_sigmoid(zb)?)?); // [B]
-            }
-        }
-        let heads = heads
-            .into_iter()
-            .map(|h| h.ok_or_else(|| candle_core::Error::Msg("a task has no output".into())))
-            .collect::<Result<_>>()?;
-        Ok(Output { heads, gates, lookups, balance })
+    /// The graph: the evaluation program, or with `rng` (dropout masks, gate noise) the
+    /// training one.
+    fn run(&self, batch: &Batch, rng: Option<&mut Rng>) -> Result<Output> {
+        let program = if rng.is_some() { &self.programs.train } else { &self.programs.eval };
+        self.run_program(program, batch, rng)
     }
 
     /// The weight GradNorm measures task gradients on: the last depth of the last

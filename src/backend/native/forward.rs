@@ -97,9 +97,11 @@ pub(super) fn run(
             y
         }
         Op::ExpertLinear | Op::GroupedLinear => experts(op, f(0)?, f(1)?, f(2)?, shapes[1], n_out)?,
-        Op::DropoutMask { rate, .. } => {
+        Op::DropoutMask { rate, draw, .. } => {
             let rng = rng.ok_or_else(|| NativeError::Kernel("dropout needs the step's random stream".into()))?;
-            crate::rng::dropout_mask(rng, n_out, *rate)
+            let drawn = crate::rng::dropout_mask(rng, n_out, *rate);
+            let full: Vec<usize> = std::iter::once(b).chain(out.dims.iter().copied()).collect();
+            if draw.is_empty() { drawn } else { place(&drawn, &full, draw) }
         }
         Op::Normal { .. } => {
             let rng = rng.ok_or_else(|| NativeError::Kernel("gate noise needs the step's random stream".into()))?;
@@ -122,6 +124,30 @@ pub(super) fn run(
             vec![super::balance::load([f(0)?, f(1)?, f(2)?], segments, *k, *weight, None).value]
         }
     })
+}
+
+/// Values drawn in axis order `draw` of a tensor of shape `full`, put in its layout.
+fn place(drawn: &[f32], full: &[usize], draw: &[usize]) -> Vec<f32> {
+    // Row-major strides of the layout, taken in draw order.
+    let mut strides = vec![1; full.len()];
+    for i in (0..full.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * full[i + 1];
+    }
+    let (sizes, steps): (Vec<usize>, Vec<usize>) = draw.iter().map(|&a| (full[a], strides[a])).unzip();
+    let mut out = vec![0f32; drawn.len()];
+    let mut index = vec![0usize; sizes.len()];
+    for &v in drawn {
+        out[index.iter().zip(&steps).map(|(i, s)| i * s).sum::<usize>()] = v;
+        // The next multi-index in draw order (the last axis fastest).
+        for a in (0..index.len()).rev() {
+            index[a] += 1;
+            if index[a] < sizes[a] {
+                break;
+            }
+            index[a] = 0;
+        }
+    }
+    out
 }
 
 fn gather(table: &[f32], ids: Arg, d: usize) -> Result<Vec<f32>> {

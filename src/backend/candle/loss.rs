@@ -1,4 +1,4 @@
-//! Losses, one per [`Link`]: each gives a per-row loss `[B]`, and [`task_loss`] takes
+//! Losses, one per [`Link`] (the program's `loss` op on candle tensors): each gives a per-row loss `[B]`, and [`task_loss`] takes
 //! the mean over the rows whose label is present.
 
 use candle_core::{DType, Tensor, D};
