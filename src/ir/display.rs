@@ -120,7 +120,11 @@ impl fmt::Display for Model {
                     "    expert_group {}: {} x {} {}{} ({owner})  params {}",
                     e.name,
                     e.count,
-                    mlp(&e.dims),
+                    if e.cross > 0 {
+                        format!("Cross[{}] x {} -> {}", e.d_in(), e.cross, mlp(&e.dims))
+                    } else {
+                        mlp(&e.dims)
+                    },
                     e.activation.as_str(),
                     dropout(e.dropout),
                     e.params()

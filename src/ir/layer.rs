@@ -128,6 +128,10 @@ pub struct ExpertGroup {
     pub name: String,
     pub owner: ExpertOwner,
     pub count: usize,
+    /// DCN-v2 cross layers below the MLP (Wang et al. 2021): `x_{i+1} = x_0 * (W_i x_i +
+    /// b_i) + x_i` on the expert's input, weight `[count, d_in, d_in]`, bias `[count,
+    /// d_in]` each. 0: a plain MLP expert.
+    pub cross: usize,
     /// `[d_in, u_1, .., u_k]`.
     pub dims: Vec<usize>,
     pub activation: Activation,
@@ -143,11 +147,13 @@ impl ExpertGroup {
         *self.dims.last().unwrap_or(&0)
     }
     pub fn params(&self) -> usize {
-        self.count * self.dims.windows(2).map(|w| w[0] * w[1] + w[1]).sum::<usize>()
+        let d = self.d_in();
+        self.count * (self.cross * (d * d + d) + self.dims.windows(2).map(|w| w[0] * w[1] + w[1]).sum::<usize>())
     }
     /// Forward FLOPs of the group on one row of one slot.
     pub fn flops_per_slot(&self) -> usize {
-        self.count * self.dims.windows(2).map(|w| 2 * w[0] * w[1]).sum::<usize>()
+        let d = self.d_in();
+        self.count * (self.cross * 2 * d * d + self.dims.windows(2).map(|w| 2 * w[0] * w[1]).sum::<usize>())
     }
 }
 

@@ -7,6 +7,7 @@
 //! |------------------------------------------|-----------------------|--------------------------|
 //! | `features.{f}.embedding`                 | `[rows, dim]`         | embedding table          |
 //! | `layers.{l}.experts.{i}.weight` / `.bias`| `[E, d_i, d_i+1]` / `[E, d_i+1]` | shared experts, depth i |
+//! | `layers.{l}.experts.cross.{i}.weight` / `.bias` | `[E, d_in, d_in]` / `[E, d_in]` | DCN-v2 cross layer i below them |
 //! | `layers.{l}.task_experts.{t}.{i}.weight` / `.bias` | as above    | task t's experts (CGC)   |
 //! | `layers.{l}.gates.weight` / `.bias`      | `[d_in, sum E_g]` / `[sum E_g]` | every gate of the layer, side by side |
 //! | `layers.{l}.gates.noise`                 | `[d_in, sum E_g]`     | noisy top-k: noise scale weights |
@@ -45,6 +46,17 @@ pub enum Role {
         depth: usize,
     },
     ExpertBias {
+        layer: usize,
+        group: usize,
+        depth: usize,
+    },
+    /// A DCN-v2 cross layer of an expert group, `[E, d_in, d_in]`.
+    CrossWeight {
+        layer: usize,
+        group: usize,
+        depth: usize,
+    },
+    CrossBias {
         layer: usize,
         group: usize,
         depth: usize,
@@ -141,6 +153,10 @@ impl Model {
                     ExpertOwner::Shared => format!("layers.{}.experts", l.name),
                     ExpertOwner::Task(t) => format!("layers.{}.task_experts.{}", l.name, self.tasks[t.0].name),
                 };
+                let d = g.d_in();
+                mlp(&mut out, &format!("{prefix}.cross"), &vec![d; g.cross + 1], Some(g.count), |depth| {
+                    (Role::CrossWeight { layer: li, group: gi, depth }, Role::CrossBias { layer: li, group: gi, depth })
+                });
                 mlp(&mut out, &prefix, &g.dims, Some(g.count), |depth| {
                     (
                         Role::ExpertWeight { layer: li, group: gi, depth },

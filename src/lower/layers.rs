@@ -47,10 +47,12 @@ impl Lower {
         dims.extend(&units);
         let activation = self.activation(&l.activation);
         let dropout = self.dropout(&l.dropout);
+        let cross = l.cross_layers.as_ref().map_or(0, |c| self.count("cross_layers", c, MAX_CROSS_LAYERS));
         let group = |name: String, owner: ExpertOwner, count: usize| ExpertGroup {
             name,
             owner,
             count,
+            cross,
             dims: dims.clone(),
             activation,
             dropout,

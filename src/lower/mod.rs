@@ -726,6 +726,8 @@ pub const MAX_BAG: u64 = 4096;
 pub const MAX_UNITS: u64 = 1 << 16;
 /// Most experts in a layer.
 pub const MAX_EXPERTS: u64 = 1024;
+/// Most DCN-v2 cross layers below an expert.
+pub const MAX_CROSS_LAYERS: u64 = 16;
 /// Most parameters a model may have (8 GiB of f32).
 pub const MAX_PARAMS: usize = 1 << 31;
 /// Most bytes of generated data held in memory.

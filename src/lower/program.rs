@@ -11,6 +11,7 @@
 //! | cross                         | `mul` of two embeddings                                    |
 //! | concat                        | `concat`                                                   |
 //! | expert group on k slots       | (`take` of its slots) `expert_linear`, then `grouped_linear` per depth, activation and dropout each |
+//! | DCN-v2 cross layers below it  | `expand` to one copy per expert, then per layer `grouped_linear`, `mul` by the copy, `add` (its first MLP depth is then a `grouped_linear`) |
 //! | a layer's gates               | one `linear` over every slot, `take` of the columns its mixes read, `scale` (temperature), noise (`linear`, `softplus`, `normal`, ...), `top_k_mask`, `softmax` |
 //! | a layer's mixes               | one `mix` over every group's instances                     |
 //! | tower                         | (`take` of its slot) `linear` + activation per depth       |
@@ -229,15 +230,22 @@ impl Cx<'_> {
             if slotted && !run.slots.iter().copied().eq(0..n_slots) {
                 x = self.op(Op::Take { indices: run.slots.clone() }, &[h])?; // [B, k, d]
             }
+            if g.cross > 0 {
+                x = self.cross_layers(li, run.group, g.cross, g.count, x)?; // [B, (k,) E, d]
+            }
             for depth in 0..g.dims.len() - 1 {
                 let w = self.param(Role::ExpertWeight { layer: li, group: run.group, depth })?;
                 let b = self.param(Role::ExpertBias { layer: li, group: run.group, depth })?;
-                let op = if depth == 0 { Op::ExpertLinear } else { Op::GroupedLinear };
+                let op = if depth == 0 && g.cross == 0 { Op::ExpertLinear } else { Op::GroupedLinear };
                 x = self.op(op, &[x, w, b])?; // [B, (k,) E, u_depth]
                 x = self.activate(x, g.activation)?;
                 // Deeper depths draw their mask expert-major: [E, B, (k,) u].
                 let rank = self.shape(x).dims.len() + 1;
-                let draw = if depth == 0 { Vec::new() } else { [vec![rank - 2], (0..rank - 2).collect(), vec![rank - 1]].concat() };
+                let draw = if depth == 0 {
+                    Vec::new()
+                } else {
+                    [vec![rank - 2], (0..rank - 2).collect(), vec![rank - 1]].concat()
+                };
                 x = self.dropout(x, g.dropout, draw)?;
             }
             let width = if slotted { k * g.count } else { g.count };
@@ -247,6 +255,21 @@ impl Cx<'_> {
             [one] => Ok(*one),
             _ => self.op(Op::Concat, &parts),
         }
+    }
+
+    /// DCN-v2 cross layers below an expert group's MLP, every expert on its own copy of
+    /// the input: `x_{i+1} = x_0 * (W_i x_i + b_i) + x_i`, `[B, (k,) d]` -> `[B, (k,) E, d]`.
+    fn cross_layers(&mut self, li: usize, group: usize, layers: usize, count: usize, x: BufId) -> Result<BufId> {
+        let x0 = self.op(Op::Expand { count }, &[x])?;
+        let mut xi = x0;
+        for depth in 0..layers {
+            let w = self.param(Role::CrossWeight { layer: li, group, depth })?;
+            let b = self.param(Role::CrossBias { layer: li, group, depth })?;
+            let z = self.op(Op::GroupedLinear, &[xi, w, b])?;
+            let gated = self.op(Op::Mul, &[x0, z])?;
+            xi = self.op(Op::Add, &[gated, xi])?;
+        }
+        Ok(xi)
     }
 
     /// Every gate of the layer on every slot: one `linear`, the columns the mixes read,

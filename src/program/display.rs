@@ -32,6 +32,7 @@ fn attributes(op: &Op) -> String {
         Op::Take { indices: i } => format!(" at={}", indices(i)),
         Op::Reshape { dims } => format!(" to={dims:?}").replace(' ', "").replacen("to=", " to=", 1),
         Op::Scale { factor } => format!(" by={factor}"),
+        Op::Expand { count } => format!(" count={count}"),
         Op::AddScalar { value } => format!(" value={value}"),
         Op::DropoutMask { rate, draw, .. } if draw.is_empty() => format!(" rate={rate}"),
         Op::DropoutMask { rate, draw, .. } => format!(" rate={rate} drawn={draw:?}").replace(", ", ","),

@@ -10,6 +10,7 @@
 //! | `concat`        | xs `[B, a_i, ..]` (same trailing axes)       | `[B, sum a_i, ..]`          |
 //! | `take`          | x `[B, a, ..]`                               | `[B, len(indices), ..]`     |
 //! | `reshape`       | x                                            | the same elements per row   |
+//! | `expand`        | x `[B, .., d]`                               | `[B, .., count, d]`: each row repeated |
 //! | `add`, `mul`    | a, b of one shape                            | that shape                  |
 //! | `scale`         | x                                            | `x * factor`                |
 //! | `add_scalar`    | x                                            | `x + value`                 |
@@ -110,6 +111,10 @@ pub enum Op {
     Take {
         indices: Vec<usize>,
     },
+    /// `count` copies of the last axis side by side on a new axis before it.
+    Expand {
+        count: usize,
+    },
     /// To these axes after the batch (the same count of elements per row).
     Reshape {
         dims: Vec<usize>,
@@ -182,6 +187,7 @@ impl Op {
             Op::Concat => "concat",
             Op::Take { .. } => "take",
             Op::Reshape { .. } => "reshape",
+            Op::Expand { .. } => "expand",
             Op::Add => "add",
             Op::Mul => "mul",
             Op::Scale { .. } => "scale",
@@ -235,6 +241,27 @@ impl Op {
         }
         shapes::infer(self, args)
     }
+}
+
+/// The 0/1 matrix `[sum |sets|, M * N]` that scatters a `mix`'s weights `[B, C]` to a
+/// dense `[B, M, N]` (every backend that runs `mix` as a batched matmul builds it here),
+/// or None when every set is all N instances in order (the weights are then `[B, M, N]`
+/// as they are).
+pub fn mix_scatter(sets: &[Vec<usize>], n: usize) -> Option<(usize, usize, Vec<f32>)> {
+    if sets.iter().all(|s| s.iter().copied().eq(0..n)) {
+        return None;
+    }
+    let m = sets.len();
+    let rows: usize = sets.iter().map(Vec::len).sum();
+    let mut q = vec![0f32; rows * m * n];
+    let mut row = 0;
+    for (mi, set) in sets.iter().enumerate() {
+        for &inst in set {
+            q[row * m * n + mi * n + inst] = 1.0;
+            row += 1;
+        }
+    }
+    Some((rows, m * n, q))
 }
 
 /// The shape rules, one arm per op.
@@ -324,6 +351,13 @@ mod shapes {
                     }
                     _ => Err(format!("indices {indices:?} of {x}")),
                 }
+            }
+            Op::Expand { count } => {
+                let x = a[0];
+                batched(x, "x")?;
+                let d = *x.dims.last().ok_or_else(|| format!("x {x} has no axis to repeat"))?;
+                let lead = &x.dims[..x.dims.len() - 1];
+                Ok(Shape::batched(&[lead, &[*count, d]].concat()))
             }
             Op::Reshape { dims } => {
                 let x = a[0];

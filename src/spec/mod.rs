@@ -369,6 +369,11 @@ pub struct LayerSpec {
     /// `"relu"` (default), `"tanh"`, `"sigmoid"`, `"gelu"` or `"linear"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<Sp<String>>,
+    /// DCN-v2 cross layers at the bottom of every expert (or of the shared-bottom MLP):
+    /// `x_{i+1} = x_0 * (W_i x_i + b_i) + x_i` on the layer's input, before its `units`.
+    /// Default 0 (plain MLP experts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_layers: Option<Sp<u64>>,
     /// Dropout rate after each expert (or MLP) layer while training, in [0, 1). Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropout: Option<Sp<f64>>,

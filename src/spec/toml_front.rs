@@ -203,6 +203,7 @@ const SPEC_SCHEMA: Schema = Table(
                     ("task_experts", Leaf),
                     ("units", Leaf),
                     ("activation", Leaf),
+                    ("cross_layers", Leaf),
                     ("dropout", Leaf),
                     ("temperature", Leaf),
                     ("top_k", Leaf),

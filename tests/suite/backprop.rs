@@ -73,11 +73,7 @@ fn check_batch(model: &CandleModel, batch: &Batch, factors: Option<&[f64]>, what
 /// [`check_batch`] on rows `0..n` and on rows `n/3..n/3 + n/2` of them, parameters
 /// redrawn so that biases and gates matter.
 fn check(c: &Compiled, ds: &Dataset, what: &str) {
-    let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
-    scramble(&model, 17);
-    let n = ds.rows.min(203);
-    let whole = Batch::gather(ds, &(0..n).collect::<Vec<_>>(), &Device::Cpu).unwrap();
-    let shard = whole.narrow(n / 3, n / 2).unwrap();
+    let (model, whole, shard) = super::infer::scrambled_batches(c, ds);
     check_batch(&model, &whole, None, &format!("{what}, whole batch"));
     check_batch(&model, &shard, None, &format!("{what}, shard"));
 }

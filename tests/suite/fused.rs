@@ -33,6 +33,13 @@ fn naive_expert(model: &CandleModel, l: &Layer, g: usize, e: usize, x: &Tensor) 
     let group = &l.groups[g];
     let prefix = group_prefix(model, l, g);
     let mut h = x.clone();
+    // DCN-v2 cross layers first: x_{i+1} = x_0 * (x_i W_i + b_i) + x_i.
+    for i in 0..group.cross {
+        let w = var(model, &format!("{prefix}.cross.{i}.weight")).get(e).unwrap();
+        let b = var(model, &format!("{prefix}.cross.{i}.bias")).get(e).unwrap();
+        let z = h.matmul(&w).unwrap().broadcast_add(&b).unwrap();
+        h = ((x * z).unwrap() + &h).unwrap();
+    }
     for i in 0..group.dims.len() - 1 {
         let w = var(model, &format!("{prefix}.{i}.weight")).get(e).unwrap();
         let b = var(model, &format!("{prefix}.{i}.bias")).get(e).unwrap();
@@ -249,6 +256,18 @@ fn mmoe_matches_naive() {
 #[test]
 fn deep_experts_match_naive() {
     check_layers("[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [7, 5, 4]\nactivation = \"tanh\"\n");
+}
+
+/// DCN-v2 cross layers below the experts (the graph runs them: the fast CPU passes do
+/// not know them), in MMoE, shared-bottom and a CGC level under an MMoE on task slots.
+#[test]
+fn cross_layer_experts_match_naive() {
+    check_layers("[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\ncross_layers = 2\n");
+    check_layers("[[layers]]\nkind = \"shared_bottom\"\nunits = [5]\ncross_layers = 1\n");
+    check_layers(
+        "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\ncross_layers = 1\n\n\
+         [[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [4]\ncross_layers = 2\nactivation = \"tanh\"\n",
+    );
 }
 
 #[test]

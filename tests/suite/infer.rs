@@ -38,13 +38,21 @@ fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
     }
 }
 
-/// The CPU pass against the graph on rows `0..n` and on rows `at..at + len` of them.
-fn check(c: &Compiled, ds: &Dataset, what: &str) {
+/// A model of `c` with every parameter redrawn ([`scramble`]), a batch of its first rows
+/// (at most 203) and a shard cut from the middle of that batch (rows at an offset, as
+/// `shard::forward` and the predictor's chunks hand them over).
+pub(super) fn scrambled_batches(c: &Compiled, ds: &Dataset) -> (CandleModel, Batch, Batch) {
     let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
     scramble(&model, 17);
     let n = ds.rows.min(203);
     let whole = Batch::gather(ds, &(0..n).collect::<Vec<_>>(), &Device::Cpu).unwrap();
     let shard = whole.narrow(n / 3, n / 2).unwrap();
+    (model, whole, shard)
+}
+
+/// The CPU pass against the graph on rows `0..n` and on rows `at..at + len` of them.
+fn check(c: &Compiled, ds: &Dataset, what: &str) {
+    let (model, whole, shard) = scrambled_batches(c, ds);
     for (batch, part) in [(&whole, "whole batch"), (&shard, "shard")] {
         let fast = model.forward(batch).unwrap();
         let graph = model.forward_graph(batch).unwrap();

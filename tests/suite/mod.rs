@@ -15,6 +15,7 @@ mod models;
 mod onnx;
 mod program;
 mod real_data;
+mod release;
 mod report;
 mod robustness;
 mod runs;

@@ -13,7 +13,7 @@ use multigate::lower::{lower_program, Compiled};
 use multigate::program::{derive_backward, BufKind, Input, Mode, ParamGrad, Program};
 use multigate::rng::Rng;
 
-use super::infer::{scramble, small, LAYER_CASES};
+use super::infer::{scrambled_batches, small, LAYER_CASES};
 use super::{compile_path, model_and_rows, model_files, with_product_and_multiclass, TWO_BINARY_TASKS};
 
 fn values(t: &Tensor) -> Vec<f32> {
@@ -21,7 +21,7 @@ fn values(t: &Tensor) -> Vec<f32> {
 }
 
 /// A batch's columns on the host, as a [`Feed`] borrows them.
-struct HostBatch {
+pub(super) struct HostBatch {
     size: usize,
     ids: Vec<Vec<u32>>,
     bags: Vec<Option<Vec<f32>>>,
@@ -31,7 +31,7 @@ struct HostBatch {
 }
 
 impl HostBatch {
-    fn of(b: &Batch) -> HostBatch {
+    pub(super) fn of(b: &Batch) -> HostBatch {
         let opt = |t: &Option<Tensor>| t.as_ref().map(values);
         HostBatch {
             size: b.size,
@@ -43,7 +43,7 @@ impl HostBatch {
         }
     }
 
-    fn feed(&self) -> Feed<'_> {
+    pub(super) fn feed(&self) -> Feed<'_> {
         Feed {
             batch: self.size,
             ids: self.ids.iter().map(Vec::as_slice).collect(),
@@ -56,7 +56,7 @@ impl HostBatch {
 }
 
 /// Every parameter's current value, by the program's buffer ids.
-fn param_values(p: &Program, model: &CandleModel) -> Vec<Option<Vec<f32>>> {
+pub(super) fn param_values(p: &Program, model: &CandleModel) -> Vec<Option<Vec<f32>>> {
     let mut v = vec![None; p.bufs.len()];
     for (id, b) in p.params() {
         let var = model.vars.iter().find(|(n, _)| *n == b.name).unwrap_or_else(|| panic!("no variable {}", b.name));
@@ -65,7 +65,7 @@ fn param_values(p: &Program, model: &CandleModel) -> Vec<Option<Vec<f32>>> {
     v
 }
 
-fn borrowed(v: &[Option<Vec<f32>>]) -> Vec<Option<&[f32]>> {
+pub(super) fn borrowed(v: &[Option<Vec<f32>>]) -> Vec<Option<&[f32]>> {
     v.iter().map(|x| x.as_deref()).collect()
 }
 
@@ -105,11 +105,7 @@ fn check_forward(c: &Compiled, model: &CandleModel, batch: &Batch, tol: f32, wha
 /// [`check_forward`] with parameters redrawn (so a wrong slot, column or bias shows),
 /// on rows `0..n` and on a shard cut from their middle.
 fn check(c: &Compiled, ds: &Dataset, what: &str) {
-    let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
-    scramble(&model, 17);
-    let n = ds.rows.min(203);
-    let whole = Batch::gather(ds, &(0..n).collect::<Vec<_>>(), &Device::Cpu).unwrap();
-    let shard = whole.narrow(n / 3, n / 2).unwrap();
+    let (model, whole, shard) = scrambled_batches(c, ds);
     check_forward(c, &model, &whole, 1e-5, &format!("{what}, whole batch"));
     check_forward(c, &model, &shard, 1e-5, &format!("{what}, shard"));
 }
@@ -155,13 +151,14 @@ fn every_model_runs_natively_as_the_graph_does() {
     }
 }
 
-#[test]
-fn layer_kinds_gates_heads_and_bags_run_natively_as_the_graph_does() {
-    let balanced =
-        "[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\ntemperature = 0.5\ntop_k = 2\nbalance = 0.01\n";
-    for &layers in LAYER_CASES.iter().chain([&balanced]) {
+/// The cases beside `models/`: every layer stack of `LAYER_CASES`, `CROSS_CASES` and
+/// `extra` under two binary tasks; towers on an inner PLE level with an ESMM product and
+/// a multiclass head; bags of each pooling.
+fn cases(extra: &[&str]) -> Vec<(Compiled, Dataset, String)> {
+    let mut out = Vec::new();
+    for &layers in LAYER_CASES.iter().chain(CROSS_CASES).chain(extra) {
         let (c, ds) = small(layers, TWO_BINARY_TASKS, 150);
-        check(&c, &ds, layers);
+        out.push((c, ds, layers.to_string()));
     }
     let tasks = with_product_and_multiclass(&TWO_BINARY_TASKS.replace("tower = [4]", "tower = [4]\ninput = \"l1\""));
     let (c, ds) = small(
@@ -170,9 +167,19 @@ fn layer_kinds_gates_heads_and_bags_run_natively_as_the_graph_does() {
         &tasks,
         150,
     );
-    check(&c, &ds, "towers on an inner level, a product and a multiclass head");
+    out.push((c, ds, "towers on an inner level, a product and a multiclass head".into()));
     let (c, ds) = super::bags::encoded(super::bags::SPEC, super::bags::ROWS);
-    check(&c, &ds, "bags");
+    out.push((c, ds, "bags".into()));
+    out
+}
+
+#[test]
+fn layer_kinds_gates_heads_and_bags_run_natively_as_the_graph_does() {
+    let balanced =
+        "[[layers]]\nkind = \"mmoe\"\nexperts = 4\nunits = [6]\ntemperature = 0.5\ntop_k = 2\nbalance = 0.01\n";
+    for (c, ds, what) in cases(&[balanced]) {
+        check(&c, &ds, &what);
+    }
 }
 
 /// The derived backward against autograd of the same loss on `batch`.
@@ -225,12 +232,9 @@ fn check_gradients(c: &Compiled, model: &CandleModel, batch: &Batch, what: &str)
 }
 
 fn check_grad(c: &Compiled, ds: &Dataset, what: &str) {
-    let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
-    scramble(&model, 17);
-    let n = ds.rows.min(203);
-    let whole = Batch::gather(ds, &(0..n).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let (model, whole, shard) = scrambled_batches(c, ds);
     check_gradients(c, &model, &whole, &format!("{what}, whole batch"));
-    check_gradients(c, &model, &whole.narrow(n / 3, n / 2).unwrap(), &format!("{what}, shard"));
+    check_gradients(c, &model, &shard, &format!("{what}, shard"));
 }
 
 #[test]
@@ -241,22 +245,19 @@ fn every_model_differentiates_natively_as_autograd_does() {
     }
 }
 
+/// DCN-v2 cross layers below experts: gated, on task slots (k > 1 copies), shared-bottom.
+const CROSS_CASES: &[&str] = &[
+    "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [5]\ncross_layers = 2\n",
+    "[[layers]]\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\ncross_layers = 1\n\n\
+     [[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [4, 3]\ncross_layers = 2\ndropout = 0.2\n",
+    "[[layers]]\nkind = \"shared_bottom\"\nunits = [4]\ncross_layers = 3\n",
+];
+
 #[test]
 fn layer_kinds_heads_and_bags_differentiate_natively_as_autograd_does() {
-    for &layers in LAYER_CASES {
-        let (c, ds) = small(layers, TWO_BINARY_TASKS, 150);
-        check_grad(&c, &ds, layers);
+    for (c, ds, what) in cases(&[]) {
+        check_grad(&c, &ds, &what);
     }
-    let tasks = with_product_and_multiclass(&TWO_BINARY_TASKS.replace("tower = [4]", "tower = [4]\ninput = \"l1\""));
-    let (c, ds) = small(
-        "[[layers]]\nname = \"l1\"\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [6]\n\n\
-         [[layers]]\nname = \"l2\"\nkind = \"cgc\"\nexperts = 2\ntask_experts = 1\nunits = [5]\n",
-        &tasks,
-        150,
-    );
-    check_grad(&c, &ds, "towers on an inner level, a product and a multiclass head");
-    let (c, ds) = super::bags::encoded(super::bags::SPEC, super::bags::ROWS);
-    check_grad(&c, &ds, "bags");
 }
 
 /// Training's random ops draw what the graph draws, in its order: dropout after the
@@ -313,7 +314,10 @@ fn the_cli_prints_and_draws_the_program() {
     assert_eq!(program, lower_program(&c.model, Mode::Eval).unwrap().to_string());
     assert!(super::mg_ok(&["compile", spec, "--emit", "ir"]).starts_with("model synthetic_mmoe"));
     let backward = super::mg_ok(&["compile", spec, "--emit", "backward"]);
-    assert!(backward.contains("vjp expert_linear") && backward.contains("grad layers.layer0.gates.weight"), "{backward}");
+    assert!(
+        backward.contains("vjp expert_linear") && backward.contains("grad layers.layer0.gates.weight"),
+        "{backward}"
+    );
     let dot = super::mg_ok(&["graph", spec, "--program"]);
     let p = lower_program(&c.model, Mode::Eval).unwrap();
     let reads = p.nodes.iter().flat_map(|n| &n.args).filter(|a| p.buf(**a).kind != BufKind::Param).count();

@@ -32,17 +32,12 @@ pub struct LayerParams {
 }
 
 /// How a layer's gates feed its mixes, derived from the plan once: which logit columns
-/// each mix reads, and where each mix's weights land among the expert instances.
+/// each mix reads.
 #[derive(Debug, Clone)]
 pub struct MixLayout {
     /// Columns of the all-slot logits `[B, S * sum E_g]` that the mixes read, in mix
     /// order; None when that is every column in order.
     pub columns: Option<Vec<u32>>,
-    /// Experts each mix weighs, when every mix weighs the same number (one softmax).
-    pub equal_width: Option<usize>,
-    /// Places each mix's weights among all instances: `(rows, cols, values)` of a
-    /// `[sum E_m, M * N]` 0/1 matrix; None when every mix weighs all instances in order.
-    pub scatter: Option<(usize, usize, Vec<f32>)>,
 }
 
 impl MixLayout {
@@ -60,26 +55,7 @@ impl MixLayout {
         let identity =
             columns.iter().enumerate().all(|(i, &c)| i as u32 == c) && columns.len() == plan.inputs.len() * total;
         let columns = if identity || columns.is_empty() { None } else { Some(columns) };
-        let widths: Vec<usize> = plan.mixes.iter().map(|m| m.instances.len()).collect();
-        let equal_width = widths.first().copied().filter(|w| widths.iter().all(|x| x == w));
-        let n = plan.instances;
-        let all_in_order = plan.mixes.iter().all(|m| m.instances.iter().copied().eq(0..n));
-        let scatter = if all_in_order || plan.mixes.is_empty() {
-            None
-        } else {
-            let rows: usize = widths.iter().sum();
-            let cols = plan.mixes.len() * n;
-            let mut q = vec![0f32; rows * cols];
-            let mut row = 0;
-            for (mi, m) in plan.mixes.iter().enumerate() {
-                for &inst in &m.instances {
-                    q[row * cols + mi * n + inst] = 1.0;
-                    row += 1;
-                }
-            }
-            Some((rows, cols, q))
-        };
-        MixLayout { columns, equal_width, scatter }
+        MixLayout { columns }
     }
 }
 

@@ -562,6 +562,8 @@ impl CandleModel {
                         g.1 = var;
                     }
                 }
+                // Cross layers run only through the program (the fast CPU passes refuse them).
+                Role::CrossWeight { .. } | Role::CrossBias { .. } => {}
                 Role::TowerWeight { task, .. } => towers[task].layers.push((var.clone(), var)),
                 Role::TowerBias { task, depth } => towers[task].layers[depth].1 = var,
                 Role::LossLogVariance => log_variance = Some(var),
@@ -578,8 +580,10 @@ impl CandleModel {
                 .map_err(|e| candle_core::Error::Msg(format!("the model's op program: {e}")))
         };
         let programs = Programs { eval: lowered(Mode::Eval)?, train: lowered(Mode::Train)? };
-        let engine = device.is_cpu().then(infer::Engine::default);
-        let trainer = device.is_cpu().then(backprop::Trainer::default);
+        // The fast CPU passes know MLP experts only; cross-layer experts take the graph.
+        let fast = device.is_cpu() && ir.layers.iter().all(|l| l.groups.iter().all(|g| g.cross == 0));
+        let engine = fast.then(infer::Engine::default);
+        let trainer = fast.then(backprop::Trainer::default);
         Ok(CandleModel {
             ir,
             device: device.clone(),

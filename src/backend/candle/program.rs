@@ -15,7 +15,7 @@ use super::{
     CandleModel, Lookup, Output, Result,
 };
 use crate::ir::{Activation, Link, Pooling};
-use crate::program::{BufKind, Input, LossKind, Mode, Node, Op, PoolMode, Program, Shape, Unary};
+use crate::program::{mix_scatter, BufKind, Input, LossKind, Mode, Node, Op, PoolMode, Program, Shape, Unary};
 use crate::rng::Rng;
 
 fn err(what: String) -> candle_core::Error {
@@ -162,7 +162,8 @@ impl CandleModel {
                 let shapes: Vec<&Shape> = n.args.iter().map(|a| &p.buf(*a).shape).collect();
                 let out = dims(&p.buf(n.out).shape, b);
                 if n.op.is_random() {
-                    let rng = rng.as_deref_mut().ok_or_else(|| err("a training program needs a random stream".into()))?;
+                    let rng =
+                        rng.as_deref_mut().ok_or_else(|| err("a training program needs a random stream".into()))?;
                     random(&n.op, &out, &self.device, rng)?
                 } else {
                     self.eval(&n.op, &args, &shapes, &out)?
@@ -200,7 +201,9 @@ impl CandleModel {
         let ids = values[n.args[1].0].as_ref().ok_or_else(|| err("a gather without ids".into()))?.flatten_all()?;
         let leaf = Var::from_tensor(&self.vars[var].1.as_tensor().detach().index_select(&ids, 0)?)?;
         let slots = match p.buf(n.args[1]).kind {
-            BufKind::Input(Input::Ids(i)) => batch.bags.get(i).cloned().flatten().map(|w| w.flatten_all()).transpose()?,
+            BufKind::Input(Input::Ids(i)) => {
+                batch.bags.get(i).cloned().flatten().map(|w| w.flatten_all()).transpose()?
+            }
             _ => None,
         };
         let y = leaf.as_tensor().reshape(dims(&p.buf(n.out).shape, batch.size))?;
@@ -229,6 +232,7 @@ impl CandleModel {
                 }
             }
             Op::Reshape { .. } => a[0].reshape(out),
+            Op::Expand { .. } => a[0].unsqueeze(a[0].rank() - 1)?.broadcast_as(out)?.contiguous(),
             Op::Add => &a[0] + &a[1],
             Op::Mul => &a[0] * &a[1],
             Op::Scale { factor } => &a[0] * *factor as f64,
@@ -284,19 +288,9 @@ impl CandleModel {
     fn mix(&self, w: &Tensor, experts: &Tensor, sets: &[Vec<usize>]) -> Result<Tensor> {
         let (b, n, _) = experts.dims3()?;
         let m = sets.len();
-        let dense = if sets.iter().all(|s| s.iter().copied().eq(0..n)) {
-            w.reshape((b, m, n))?
-        } else {
-            let rows: usize = sets.iter().map(Vec::len).sum();
-            let mut q = vec![0f32; rows * m * n];
-            let mut row = 0;
-            for (mi, set) in sets.iter().enumerate() {
-                for &inst in set {
-                    q[row * m * n + mi * n + inst] = 1.0;
-                    row += 1;
-                }
-            }
-            w.matmul(&Tensor::from_vec(q, (rows, m * n), &self.device)?)?.reshape((b, m, n))?
+        let dense = match mix_scatter(sets, n) {
+            None => w.reshape((b, m, n))?,
+            Some((rows, cols, q)) => w.matmul(&Tensor::from_vec(q, (rows, cols), &self.device)?)?.reshape((b, m, n))?,
         };
         batched_matmul(&dense, experts)
     }

@@ -41,55 +41,14 @@ impl View {
     pub(crate) fn t(self) -> View {
         View { at: self.at, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
     }
-
-    fn fits(&self, len: usize) -> bool {
-        self.rows == 0 || self.cols == 0 || self.at + (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < len
-    }
 }
 
 /// `dst = a b`, or with `add` `dst += a b` (`a: [m, k]`, `b: [k, n]`, `dst: [m, n]`,
-/// any strides).
+/// any strides): the native backend's GEMM.
 pub(crate) fn matmul(dst: &mut [f32], dv: View, a: &[f32], av: View, b: &[f32], bv: View, add: bool) -> Result<()> {
-    let (m, k, n) = (av.rows, av.cols, bv.cols);
-    if bv.rows != k || dv.rows != m || dv.cols != n || !av.fits(a.len()) || !bv.fits(b.len()) || !dv.fits(dst.len()) {
-        candle_core::bail!("a GEMM of [{m}, {k}] x [{}, {n}] into [{}, {}] does not fit", bv.rows, dv.rows, dv.cols);
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        if !add {
-            (0..m).for_each(|i| (0..n).for_each(|j| dst[dv.at + i * dv.rs + j * dv.cs] = 0.0));
-        }
-        return Ok(());
-    }
-    // SAFETY: `fits` checked that every element of each view lies within its slice;
-    // dst does not alias a or b (a &mut). With `read_dst` the GEMM adds into dst,
-    // without it dst is only written.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr().add(dv.at),
-            dv.cs as isize,
-            dv.rs as isize,
-            add,
-            a.as_ptr().add(av.at),
-            av.cs as isize,
-            av.rs as isize,
-            b.as_ptr().add(bv.at),
-            bv.cs as isize,
-            bv.rs as isize,
-            if add { 1.0f32 } else { 0.0 },
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-    Ok(())
+    use crate::backend::native::gemm::{self, Mat};
+    let mat = |v: View| Mat { at: v.at, rows: v.rows, cols: v.cols, rs: v.rs, cs: v.cs };
+    gemm::matmul(dst, mat(dv), a, mat(av), b, mat(bv), add).map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
 
 /// This thread's f32 multiply-add rate in FLOP/s, measured: twelve independent chains of

@@ -82,6 +82,10 @@ pub(super) fn run(
             y
         }
         Op::Reshape { .. } => f(0)?.to_vec(),
+        Op::Expand { count } => {
+            let d = shapes[0].last();
+            f(0)?.chunks_exact(d.max(1)).flat_map(|r| std::iter::repeat_n(r, *count).flatten()).copied().collect()
+        }
         Op::Add => f(0)?.iter().zip(f(1)?).map(|(x, y)| x + y).collect(),
         Op::Mul => f(0)?.iter().zip(f(1)?).map(|(x, y)| x * y).collect(),
         Op::Scale { factor } => f(0)?.iter().map(|x| x * factor).collect(),
@@ -101,7 +105,11 @@ pub(super) fn run(
             let rng = rng.ok_or_else(|| NativeError::Kernel("dropout needs the step's random stream".into()))?;
             let drawn = crate::rng::dropout_mask(rng, n_out, *rate);
             let full: Vec<usize> = std::iter::once(b).chain(out.dims.iter().copied()).collect();
-            if draw.is_empty() { drawn } else { place(&drawn, &full, draw) }
+            if draw.is_empty() {
+                drawn
+            } else {
+                place(&drawn, &full, draw)
+            }
         }
         Op::Normal { .. } => {
             let rng = rng.ok_or_else(|| NativeError::Kernel("gate noise needs the step's random stream".into()))?;

@@ -1,11 +1,12 @@
-//! `C (+)= A B` over row-major f32 matrices with strides (gemm-rs on the calling
-//! thread): every matmul-like op of the native backend, forward and backward.
+//! `C (+)= A B` over f32 matrices with any strides (gemm-rs on the calling thread): every
+//! matmul-like op of the native backend, forward and backward, and the GEMMs of the
+//! candle backend's fast CPU passes (`candle/strided.rs`).
 
 use super::NativeError;
 
 /// A matrix inside a buffer: element `(i, j)` at `at + i * rs + j * cs`.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Mat {
+pub(crate) struct Mat {
     pub at: usize,
     pub rows: usize,
     pub cols: usize,
@@ -30,7 +31,7 @@ impl Mat {
 }
 
 /// `dst = a b`, or with `add` `dst += a b`.
-pub(super) fn matmul(
+pub(crate) fn matmul(
     dst: &mut [f32],
     d: Mat,
     a: &[f32],

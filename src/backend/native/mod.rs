@@ -12,7 +12,7 @@
 
 mod balance;
 mod forward;
-mod gemm;
+pub(crate) mod gemm;
 mod vjp;
 
 use crate::program::{Backward, BufId, BufKind, Input, Program};
@@ -88,6 +88,24 @@ impl<'a> Arg<'a> {
     }
 }
 
+/// The operands `args` as a kernel reads them: parameters, bound inputs, or values
+/// computed earlier.
+fn operands<'a>(
+    p: &Program,
+    args: &[BufId],
+    params: &[Option<&'a [f32]>],
+    bound: &[Option<Arg<'a>>],
+    values: &'a [Vec<f32>],
+) -> Vec<Arg<'a>> {
+    args.iter()
+        .map(|a| match (&p.buf(*a).kind, bound[a.0]) {
+            (BufKind::Param, _) => Arg::F32(params.get(a.0).copied().flatten().unwrap_or(&[])),
+            (_, Some(arg)) => arg,
+            _ => Arg::F32(&values[a.0]),
+        })
+        .collect()
+}
+
 impl Native {
     pub fn new(program: Program, backward: Option<Backward>) -> Native {
         Native { program, backward }
@@ -135,6 +153,15 @@ impl Native {
         Ok(Some(arg))
     }
 
+    /// Every input buffer's binding (None: a mask the batch does not have).
+    fn bind_all<'a>(&self, feed: &Feed<'a>) -> Result<Vec<Option<Arg<'a>>>> {
+        let mut bound = vec![None; self.program.bufs.len()];
+        for (id, input, _) in self.program.inputs() {
+            bound[id.0] = self.bind(id, input, feed)?;
+        }
+        Ok(bound)
+    }
+
     /// Runs the forward program on one batch. `params[i]` is buffer i's value when it
     /// is a parameter; `rng` draws dropout masks and gate noise (training programs).
     pub fn forward(&self, params: &[Option<&[f32]>], feed: &Feed, mut rng: Option<&mut Rng>) -> Result<Run> {
@@ -142,24 +169,15 @@ impl Native {
         let p = &self.program;
         let b = feed.batch;
         let mut values: Vec<Vec<f32>> = vec![Vec::new(); p.bufs.len()];
-        let mut bound: Vec<Option<Arg>> = vec![None; p.bufs.len()];
-        for (id, input, _) in p.inputs() {
-            bound[id.0] = self.bind(id, input, feed)?;
+        let bound = self.bind_all(feed)?;
+        for (id, _, _) in p.inputs() {
             if bound[id.0].is_none() {
                 values[id.0] = vec![1.0; b]; // every label present
             }
         }
         for n in &p.nodes {
             let out = {
-                let args: Vec<Arg> = n
-                    .args
-                    .iter()
-                    .map(|a| match (&p.buf(*a).kind, bound[a.0]) {
-                        (BufKind::Param, _) => Arg::F32(params[a.0].unwrap_or(&[])),
-                        (_, Some(arg)) => arg,
-                        _ => Arg::F32(&values[a.0]),
-                    })
-                    .collect();
+                let args = operands(p, &n.args, params, &bound, &values);
                 let shapes: Vec<_> = n.args.iter().map(|a| &p.buf(*a).shape).collect();
                 forward::run(&n.op, &args, &shapes, &p.buf(n.out).shape, b, rng.as_deref_mut())?
             };
@@ -188,22 +206,11 @@ impl Native {
         for s in &bw.aux_seeds {
             grads[s.0] = vec![1.0];
         }
-        let mut bound: Vec<Option<Arg>> = vec![None; p.bufs.len()];
-        for (id, input, _) in p.inputs() {
-            bound[id.0] = self.bind(id, input, feed)?;
-        }
+        let bound = self.bind_all(feed)?;
         for step in &bw.steps {
             let n = &p.nodes[step.node];
             let contributions = {
-                let args: Vec<Arg> = n
-                    .args
-                    .iter()
-                    .map(|a| match (&p.buf(*a).kind, bound[a.0]) {
-                        (BufKind::Param, _) => Arg::F32(params[a.0].unwrap_or(&[])),
-                        (_, Some(arg)) => arg,
-                        _ => Arg::F32(&run.values[a.0]),
-                    })
-                    .collect();
+                let args = operands(p, &n.args, params, &bound, &run.values);
                 let shapes: Vec<_> = n.args.iter().map(|a| &p.buf(*a).shape).collect();
                 let want: Vec<bool> = step.dargs.iter().map(Option::is_some).collect();
                 let ctx =

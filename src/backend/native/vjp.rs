@@ -34,6 +34,15 @@ pub(super) fn run(op: &Op, c: &Ctx, dy: &[f32]) -> Result<Grads> {
     Ok(match op {
         Op::Reshape { .. } | Op::AddScalar { .. } | Op::TopKMask { .. } => one(dy.to_vec()),
         Op::Scale { factor } => one(dy.iter().map(|g| g * factor).collect()),
+        Op::Expand { count } => {
+            // The sum of each row's copies.
+            let d = c.shapes[0].last();
+            let mut dx = vec![0f32; c.n(0)];
+            for (row, copies) in dx.chunks_exact_mut(d.max(1)).zip(dy.chunks_exact((count * d).max(1))) {
+                copies.chunks_exact(d.max(1)).for_each(|g| row.iter_mut().zip(g).for_each(|(a, v)| *a += v));
+            }
+            one(dx)
+        }
         Op::Add => vec![Some(dy.to_vec()), Some(dy.to_vec())],
         Op::Mul => {
             let (a, b) = (c.f(0, op)?, c.f(1, op)?);

@@ -6,6 +6,7 @@
 //! | `gather`        | `Gather` (axis 0) of the table initializer                    |
 //! | `pool`          | weighted sum: `MatMul` `[B,1,L] x [B,L,d]`; max: `ReduceMax` of the rows pushed down where absent |
 //! | `slice`, `take`, `concat`, `reshape` | `Slice`, `Gather` (axis 1), `Concat`, `Reshape` |
+//! | `expand`        | `Reshape` to `[B, .., 1, d]`, `Expand`                         |
 //! | `linear`        | `MatMul` + `Add`                                              |
 //! | `expert_linear` | one `MatMul` over the experts' weights side by side `[i, E*o]`, `Add`, `Reshape` |
 //! | `grouped_linear`| a batched `MatMul` `[.., E, 1, i] x [E, i, o]`, `Reshape`, `Add` |
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 use super::graph::{int_attr, ints_attr, Graph};
 use super::proto::{data_type, NodeProto};
 use super::OnnxError;
-use crate::program::{BufId, BufKind, Input, Node, Op, PoolMode, Program, Shape};
+use crate::program::{mix_scatter, BufId, BufKind, Input, Node, Op, PoolMode, Program, Shape};
 
 /// Emits a program's nodes into a graph.
 pub(super) struct Emitter<'a> {
@@ -147,6 +148,19 @@ impl<'a> Emitter<'a> {
                 g.gather_const(&a[0], 1, &idx, false)
             }
             Op::Reshape { .. } => g.reshape(&a[0], &target(&out_shape)),
+            Op::Expand { count } => {
+                // [B, .., 1, d] broadcast to [1, .., count, d].
+                let xs = arg_shape(0);
+                let mut one = target(&xs);
+                one.insert(one.len() - 1, 1);
+                let x = g.reshape(&a[0], &one);
+                let mut to: Vec<i64> = one.iter().map(|_| 1).collect();
+                let n = to.len();
+                to[n - 2] = *count as i64;
+                to[n - 1] = xs.last() as i64;
+                let shape = g.i64s("expand", &[n], &to);
+                g.node("Expand", &[&x, &shape], vec![])
+            }
             Op::Add => g.node("Add", &[&a[0], &a[1]], vec![]),
             Op::Mul => g.node("Mul", &[&a[0], &a[1]], vec![]),
             Op::Scale { factor } => {
@@ -272,21 +286,13 @@ fn top_k(g: &mut Graph, x: &str, k: usize) -> String {
 /// (none when every mix weighs all N instances in order), then one batched `MatMul`.
 fn mix(g: &mut Graph, w: &str, x: &str, sets: &[Vec<usize>], xs: &Shape) -> String {
     let (m, n) = (sets.len(), xs.dims[0]);
-    let dense = if sets.iter().all(|s| s.iter().copied().eq(0..n)) {
-        g.reshape(w, &[-1, m as i64, n as i64])
-    } else {
-        let rows: usize = sets.iter().map(Vec::len).sum();
-        let mut q = vec![0f32; rows * m * n];
-        let mut row = 0;
-        for (mi, set) in sets.iter().enumerate() {
-            for &inst in set {
-                q[row * m * n + mi * n + inst] = 1.0;
-                row += 1;
-            }
+    let dense = match mix_scatter(sets, n) {
+        None => g.reshape(w, &[-1, m as i64, n as i64]),
+        Some((rows, cols, q)) => {
+            let q = g.f32s("scatter", &[rows, cols], &q);
+            let d = g.node("MatMul", &[w, &q], vec![]);
+            g.reshape(&d, &[-1, m as i64, n as i64])
         }
-        let q = g.f32s("scatter", &[rows, m * n], &q);
-        let d = g.node("MatMul", &[w, &q], vec![]);
-        g.reshape(&d, &[-1, m as i64, n as i64])
     };
     g.node("MatMul", &[&dense, x], vec![]) // [B, M, u]
 }

@@ -500,6 +500,7 @@ impl Builder {
             balance: None,
             units: Sp::new(span.start..span.start + 5, Vec::new()),
             activation: None,
+            cross_layers: None,
             dropout: None,
         };
         let mut units_seen: Option<Span> = None;
@@ -521,6 +522,11 @@ impl Builder {
                     }
                 }
                 Rule::activation => self.set_word(&mut l.activation, "activation", inner_of(opt, "activation")),
+                // Grammar: `cross_layers = { "cross" ~ integer }`.
+                Rule::cross_layers => {
+                    let n = self.integer(inner_of(opt, "cross"), "cross");
+                    self.once(&mut l.cross_layers, "cross", n);
+                }
                 Rule::dropout => self.set_number(&mut l.dropout, "dropout", inner_of(opt, "dropout")),
                 // Grammar: `gate = { "gate" ~ arguments }`.
                 Rule::gate => {

@@ -88,6 +88,7 @@ fn rule_name(r: &Rule) -> &'static str {
         Rule::tower => "`tower [..]`",
         Rule::weight => "`weight X`",
         Rule::dropout => "`dropout X`",
+        Rule::cross_layers => "`cross N` (DCN-v2 cross layers below each expert)",
         Rule::input => "`input LAYER`",
         Rule::batch => "`batch N`",
         Rule::epochs => "`epochs N`",

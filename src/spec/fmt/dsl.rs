@@ -297,6 +297,9 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         for v in [&l.dropout].into_iter().flatten() {
             out.mark(v);
         }
+        for v in [&l.cross_layers].into_iter().flatten() {
+            out.mark(v);
+        }
         match &l.experts {
             Some(e) => write!(out, "experts {} x {}", e.get_ref(), ints(l.units.get_ref()))?,
             None => write!(out, "units {}", ints(l.units.get_ref()))?,
@@ -311,6 +314,9 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
                 write!(out, " task_experts({})", items.join(", "))?
             }
             None => {}
+        }
+        if let Some(c) = &l.cross_layers {
+            write!(out, " cross {}", c.get_ref())?;
         }
         if let Some(d) = &l.dropout {
             write!(out, " dropout {}", num(*d.get_ref()))?;

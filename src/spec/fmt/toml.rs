@@ -202,6 +202,7 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         });
         t.put("units", &l.units, |x| list(x.iter().map(|u| u.get_ref().to_string())));
         t.opt("activation", &l.activation, |x| q(x));
+        t.opt("cross_layers", &l.cross_layers, |x| x.to_string());
         t.opt("dropout", &l.dropout, |x| num(*x));
         t.opt("temperature", &l.temperature, |x| num(*x));
         t.opt("top_k", &l.top_k, |x| x.to_string());
