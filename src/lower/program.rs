@@ -71,7 +71,7 @@ impl Cx<'_> {
     fn param(&mut self, role: Role) -> Result<BufId> {
         match self.params.iter().find(|p| p.role == role) {
             Some(p) => Ok(self.p.param(&p.name, &p.shape)),
-            None => Err(ProgramError::Shape { node: self.p.nodes.len(), op: "param", what: format!("no {role:?}") }),
+            None => Err(ProgramError::Invalid { node: self.p.nodes.len(), op: "param", what: format!("no {role:?}") }),
         }
     }
 
@@ -129,46 +129,13 @@ impl Cx<'_> {
         for (fi, f) in m.features.iter().enumerate() {
             let e = match &f.kind {
                 FeatureKind::Categorical { bag, .. } => {
-                    let owner = f.shares.map_or(fi, |o| o.0);
-                    let table = self.param(Role::Embedding { feature: owner })?;
-                    let e = match bag {
-                        None => {
-                            let ids = self.p.input(
-                                &format!("ids.{}", f.name),
-                                Shape::batched(&[]),
-                                DType::U32,
-                                Input::Ids(cat),
-                            );
-                            self.op(Op::Gather, &[table, ids])?
-                        }
-                        Some(bag) => {
-                            let len = [bag.max_len];
-                            let ids = self.p.input(
-                                &format!("ids.{}", f.name),
-                                Shape::batched(&len),
-                                DType::U32,
-                                Input::Ids(cat),
-                            );
-                            let w = self.p.input(
-                                &format!("bag.{}", f.name),
-                                Shape::batched(&len),
-                                DType::F32,
-                                Input::BagWeights(cat),
-                            );
-                            let rows = self.op(Op::Gather, &[table, ids])?;
-                            let mode = match bag.pooling {
-                                Pooling::Sum | Pooling::Mean => PoolMode::WeightedSum,
-                                Pooling::Max => PoolMode::Max,
-                            };
-                            self.op(Op::Pool { mode }, &[rows, w])?
-                        }
-                    };
+                    let e = self.embedding(fi, cat, bag.as_ref())?;
                     cat += 1;
                     embedded.push(Some(e));
                     e
                 }
                 FeatureKind::Dense { width, .. } => {
-                    let d = dense.ok_or_else(|| ProgramError::Shape {
+                    let d = dense.ok_or_else(|| ProgramError::Invalid {
                         node: 0,
                         op: "slice",
                         what: "no dense input".into(),
@@ -184,7 +151,7 @@ impl Cx<'_> {
         for c in &m.crosses {
             let (Some(a), Some(b)) = (embedded[c.a.0], embedded[c.b.0]) else {
                 let what = format!("cross `{}` of a dense feature", c.name);
-                return Err(ProgramError::Shape { node: self.p.nodes.len(), op: "mul", what });
+                return Err(ProgramError::Invalid { node: self.p.nodes.len(), op: "mul", what });
             };
             pieces.push(self.op(Op::Mul, &[a, b])?);
         }
@@ -192,6 +159,23 @@ impl Cx<'_> {
             [one] => Ok(*one),
             _ => self.op(Op::Concat, &pieces),
         }
+    }
+
+    /// Categorical `fi` (the batch's categorical input `cat`): its table's rows
+    /// gathered, `[B, dim]`, a bag's pooled by its slot weights.
+    fn embedding(&mut self, fi: usize, cat: usize, bag: Option<&crate::ir::Bag>) -> Result<BufId> {
+        let f = &self.model.features[fi];
+        let table = self.param(Role::Embedding { feature: f.shares.map_or(fi, |o| o.0) })?;
+        let len: Vec<usize> = bag.map(|b| b.max_len).into_iter().collect();
+        let ids = self.p.input(&format!("ids.{}", f.name), Shape::batched(&len), DType::U32, Input::Ids(cat));
+        let rows = self.op(Op::Gather, &[table, ids])?;
+        let Some(bag) = bag else { return Ok(rows) };
+        let w = self.p.input(&format!("bag.{}", f.name), Shape::batched(&len), DType::F32, Input::BagWeights(cat));
+        let mode = match bag.pooling {
+            Pooling::Sum | Pooling::Mean => PoolMode::WeightedSum,
+            Pooling::Max => PoolMode::Max,
+        };
+        self.op(Op::Pool { mode }, &[rows, w])
     }
 
     /// One layer on its input stream (`[B, d]` shared, `[B, S, d]` slotted) -> its
@@ -366,7 +350,7 @@ impl Cx<'_> {
                 // log p = log sigmoid(a) + log sigmoid(b), kept in log space.
                 let (Some(za), Some(zb)) = (raws[a.0], raws[b.0]) else {
                     let what = format!("product task `{}` lacks a factor", task.name);
-                    return Err(ProgramError::Shape { node: self.p.nodes.len(), op: "add", what });
+                    return Err(ProgramError::Invalid { node: self.p.nodes.len(), op: "add", what });
                 };
                 let la = self.op(Op::Unary(Unary::LogSigmoid), &[za])?;
                 let lb = self.op(Op::Unary(Unary::LogSigmoid), &[zb])?;
@@ -376,7 +360,7 @@ impl Cx<'_> {
         raws.into_iter()
             .enumerate()
             .map(|(t, r)| {
-                r.ok_or_else(|| ProgramError::Shape { node: 0, op: "out", what: format!("task {t} has no output") })
+                r.ok_or_else(|| ProgramError::Invalid { node: 0, op: "out", what: format!("task {t} has no output") })
             })
             .collect()
     }

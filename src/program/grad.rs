@@ -113,7 +113,7 @@ pub fn derive(p: &Program) -> Result<Backward, ProgramError> {
             let table = n.args[0];
             if p.buf(table).kind != BufKind::Param {
                 let what = "gathers from a computed buffer".to_string();
-                return Err(ProgramError::Shape { node: i, op: n.op.name(), what });
+                return Err(ProgramError::Invalid { node: i, op: n.op.name(), what });
             }
             b.params.push(ParamGrad::Rows { param: table, ids: n.args[1], rows: dout });
             continue;

@@ -14,21 +14,25 @@
 //! is a new lowering and a new backend is one implementation of each primitive.
 //!
 //! ```text
-//! program synthetic_mmoe  batch B
-//!   in    dense     f32[B,100]      <- dense
+//! program synthetic_mmoe eval  batch B
+//!   in    dense f32[B,100]  <- dense values
 //!   param layers.layer0.experts.0.weight f32[8,100,16]
 //!   ...
-//!   %0  = expert_linear dense, layers.layer0.experts.0.weight, layers.layer0.experts.0.bias  : f32[B,8,16]
-//!   %1  = relu %0                                                                            : f32[B,8,16]
-//!   %2  = linear dense, layers.layer0.gates.weight, layers.layer0.gates.bias                 : f32[B,16]
-//!   %3  = softmax %2 segments=2x8                                                            : f32[B,16]
-//!   %4  = mix %3, %1 sets=[0..8],[0..8]                                                      : f32[B,2,16]
+//!   %0 = expert_linear dense, layers.layer0.experts.0.weight, layers.layer0.experts.0.bias : f32[B,8,16]
+//!   %1 = relu %0 : f32[B,8,16]
+//!   %2 = linear dense, layers.layer0.gates.weight, layers.layer0.gates.bias : f32[B,16]
+//!   %3 = softmax %2 segments=2x8 : f32[B,16]
+//!   %4 = mix %3, %1 sets=0..8,0..8 : f32[B,2,16]
+//!   %5 = take %4 at=[0] : f32[B,1,16]
+//!   ...
+//!   out y1 = %10  link identity
+//!   gates 0 = %3  widths 2x8
 //! ```
 //!
 //! # Backward
 //!
-//! Every op declares its vector-Jacobian product once ([`Op::grad_inputs`] says which
-//! operands have one; backends implement it per op). [`grad::derive`] walks the forward
+//! Every op declares which operands its vector-Jacobian product reaches
+//! ([`Op::grad_inputs`]); each backend implements each op's VJP once. [`grad::derive`] walks the forward
 //! program in reverse and produces the backward program: one step per op that a
 //! trainable parameter reaches, with gradient accumulation planned where a buffer feeds
 //! several ops. Nothing is differentiated per model.
@@ -187,11 +191,13 @@ pub struct Program {
     pub aux_losses: Vec<BufId>,
 }
 
-/// What a malformed program (a lowering bug, never user input) breaks.
+/// What makes a program malformed: an op whose operands do not fit its shape rule, a
+/// value read before it is computed, a parameter or input the model lacks. A lowering
+/// bug, never the user's input (the spec was validated before).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProgramError {
     #[error("op {node} ({op}): {what}")]
-    Shape { node: usize, op: &'static str, what: String },
+    Invalid { node: usize, op: &'static str, what: String },
 }
 
 impl Program {
@@ -240,7 +246,7 @@ impl Program {
     pub fn push(&mut self, op: Op, args: &[BufId]) -> Result<BufId, ProgramError> {
         let node = self.nodes.len();
         let shapes: Vec<&Shape> = args.iter().map(|a| &self.bufs[a.0].shape).collect();
-        let shape = op.infer_shape(&shapes).map_err(|what| ProgramError::Shape { node, op: op.name(), what })?;
+        let shape = op.infer_shape(&shapes).map_err(|what| ProgramError::Invalid { node, op: op.name(), what })?;
         let out = self.push_buf(Buf { name: String::new(), shape, dtype: DType::F32, kind: BufKind::Value });
         self.nodes.push(Node { op, args: args.to_vec(), out });
         Ok(out)
@@ -266,14 +272,14 @@ impl Program {
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(a) = n.args.iter().find(|a| !defined[a.0]) {
                 let what = format!("reads {} before it is computed", self.label(*a));
-                return Err(ProgramError::Shape { node: i, op: n.op.name(), what });
+                return Err(ProgramError::Invalid { node: i, op: n.op.name(), what });
             }
             let shapes: Vec<&Shape> = n.args.iter().map(|a| &self.bufs[a.0].shape).collect();
             let shape =
-                n.op.infer_shape(&shapes).map_err(|what| ProgramError::Shape { node: i, op: n.op.name(), what })?;
+                n.op.infer_shape(&shapes).map_err(|what| ProgramError::Invalid { node: i, op: n.op.name(), what })?;
             if shape != self.bufs[n.out.0].shape {
                 let what = format!("writes {} but computes {}", self.bufs[n.out.0].shape, shape);
-                return Err(ProgramError::Shape { node: i, op: n.op.name(), what });
+                return Err(ProgramError::Invalid { node: i, op: n.op.name(), what });
             }
             defined[n.out.0] = true;
         }

@@ -303,6 +303,28 @@ mod shapes {
 
     pub(super) fn infer(op: &Op, a: &[&Shape]) -> Result<Shape, String> {
         match op {
+            Op::Gather
+            | Op::Pool { .. }
+            | Op::Slice { .. }
+            | Op::Concat
+            | Op::Take { .. }
+            | Op::Expand { .. }
+            | Op::Reshape { .. } => layout(op, a),
+            Op::Add
+            | Op::Mul
+            | Op::Scale { .. }
+            | Op::AddScalar { .. }
+            | Op::Unary(_)
+            | Op::Linear
+            | Op::ExpertLinear
+            | Op::GroupedLinear => arithmetic(op, a),
+            _ => gating(op, a),
+        }
+    }
+
+    /// A layout op: lookups, pooling, cuts, joins, copies, reshapes.
+    fn layout(op: &Op, a: &[&Shape]) -> Result<Shape, String> {
+        match op {
             Op::Gather => {
                 let [table, ids] = [a[0], a[1]];
                 match (table.batch, table.dims.as_slice(), ids.batch) {
@@ -368,6 +390,13 @@ mod shapes {
                     Err(format!("{x} cannot become {to}"))
                 }
             }
+            _ => Err(format!("`{}` is not a layout op", op.name())),
+        }
+    }
+
+    /// An arithmetic op: elementwise and the matmuls.
+    fn arithmetic(op: &Op, a: &[&Shape]) -> Result<Shape, String> {
+        match op {
             Op::Add | Op::Mul => same(a[0], a[1]),
             Op::Scale { .. } | Op::AddScalar { .. } | Op::Unary(_) => Ok(a[0].clone()),
             Op::Linear => {
@@ -411,6 +440,13 @@ mod shapes {
                 dims[n - 1] = o;
                 Ok(Shape::batched(&dims))
             }
+            _ => Err(format!("`{}` is not an arithmetic op", op.name())),
+        }
+    }
+
+    /// A gating, random or loss op.
+    fn gating(op: &Op, a: &[&Shape]) -> Result<Shape, String> {
+        match op {
             Op::DropoutMask { dims, .. } | Op::Normal { dims } => Ok(Shape::batched(dims)),
             Op::TopKMask { segments, k } => {
                 if segments.iter().any(|s| s < k) || *k == 0 {
@@ -455,6 +491,7 @@ mod shapes {
                     Err(format!("raw {x}, label {y} and mask {m} do not fit"))
                 }
             }
+            _ => Err(format!("`{}` is not a gating, random or loss op", op.name())),
         }
     }
 }

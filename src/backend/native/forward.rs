@@ -58,29 +58,8 @@ pub(super) fn run(
             let n = shapes[0].last();
             f(0)?.chunks_exact(n.max(1)).flat_map(|r| &r[*at..at + len]).copied().collect()
         }
-        Op::Concat => {
-            let xs: Vec<&[f32]> = (0..args.len()).map(f).collect::<Result<_>>()?;
-            let widths: Vec<usize> = shapes.iter().map(|s| s.row_elems()).collect();
-            let mut y = Vec::with_capacity(n_out);
-            for r in 0..b {
-                for (x, &w) in xs.iter().zip(&widths) {
-                    y.extend_from_slice(&x[r * w..(r + 1) * w]);
-                }
-            }
-            y
-        }
-        Op::Take { indices } => {
-            let x = f(0)?;
-            let inner = shapes[0].dims[1..].iter().product::<usize>();
-            let row = shapes[0].row_elems();
-            let mut y = Vec::with_capacity(n_out);
-            for r in 0..b {
-                for &i in indices {
-                    y.extend_from_slice(&x[r * row + i * inner..r * row + (i + 1) * inner]);
-                }
-            }
-            y
-        }
+        Op::Concat => concat(&(0..args.len()).map(f).collect::<Result<Vec<_>>>()?, shapes, b),
+        Op::Take { indices } => take(f(0)?, indices, shapes[0], b),
         Op::Reshape { .. } => f(0)?.to_vec(),
         Op::Expand { count } => {
             let d = shapes[0].last();
@@ -132,6 +111,31 @@ pub(super) fn run(
             vec![super::balance::load([f(0)?, f(1)?, f(2)?], segments, *k, *weight, None).value]
         }
     })
+}
+
+/// Each row of every operand, side by side: `[B, sum a_i, ..]`.
+fn concat(xs: &[&[f32]], shapes: &[&Shape], b: usize) -> Vec<f32> {
+    let widths: Vec<usize> = shapes.iter().map(|s| s.row_elems()).collect();
+    let mut y = Vec::with_capacity(b * widths.iter().sum::<usize>());
+    for r in 0..b {
+        for (x, &w) in xs.iter().zip(&widths) {
+            y.extend_from_slice(&x[r * w..(r + 1) * w]);
+        }
+    }
+    y
+}
+
+/// Entries `indices` of the first axis after the batch.
+fn take(x: &[f32], indices: &[usize], shape: &Shape, b: usize) -> Vec<f32> {
+    let inner = shape.dims[1..].iter().product::<usize>();
+    let row = shape.row_elems();
+    let mut y = Vec::with_capacity(b * indices.len() * inner);
+    for r in 0..b {
+        for &i in indices {
+            y.extend_from_slice(&x[r * row + i * inner..r * row + (i + 1) * inner]);
+        }
+    }
+    y
 }
 
 /// Values drawn in axis order `draw` of a tensor of shape `full`, put in its layout.

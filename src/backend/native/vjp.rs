@@ -52,73 +52,15 @@ pub(super) fn run(op: &Op, c: &Ctx, dy: &[f32]) -> Result<Grads> {
             ]
         }
         Op::Unary(u) => one(unary(*u, c.f(0, op)?, c.out, dy)),
-        Op::Slice { at, len } => {
-            let n = c.shapes[0].last();
-            let mut dx = vec![0f32; c.n(0)];
-            for (row, g) in dx.chunks_exact_mut(n.max(1)).zip(dy.chunks_exact((*len).max(1))) {
-                row[*at..at + len].copy_from_slice(g);
-            }
-            one(dx)
-        }
-        Op::Concat => {
-            let widths: Vec<usize> = c.shapes.iter().map(|s| s.row_elems()).collect();
-            let total: usize = widths.iter().sum();
-            let mut at = 0;
-            let mut out = Vec::with_capacity(widths.len());
-            for (i, &w) in widths.iter().enumerate() {
-                out.push(
-                    c.want[i].then(|| dy.chunks_exact(total.max(1)).flat_map(|r| &r[at..at + w]).copied().collect()),
-                );
-                at += w;
-            }
-            out
-        }
-        Op::Take { indices } => {
-            let inner = c.shapes[0].dims[1..].iter().product::<usize>();
-            let row = c.shapes[0].row_elems();
-            let mut dx = vec![0f32; c.n(0)];
-            for r in 0..c.b {
-                for (j, &i) in indices.iter().enumerate() {
-                    let g = &dy[(r * indices.len() + j) * inner..][..inner];
-                    dx[r * row + i * inner..][..inner].iter_mut().zip(g).for_each(|(d, v)| *d += v);
-                }
-            }
-            one(dx)
-        }
+        Op::Slice { at, len } => one(slice(c, *at, *len, dy)),
+        Op::Concat => concat(c, dy),
+        Op::Take { indices } => one(take(c, indices, dy)),
         Op::Pool { mode } => one(pool(c, *mode, dy, op)?),
         Op::Linear => linear(c, dy, op)?,
         Op::ExpertLinear | Op::GroupedLinear => experts(c, dy, op)?,
-        Op::Softmax { segments } => {
-            let mut dx = dy.to_vec();
-            let y = c.out;
-            // dx = y * (dy - sum(dy * y)) per segment: y's segments beside dx's.
-            let width: usize = segments.iter().sum();
-            for (gr, yr) in dx.chunks_exact_mut(width.max(1)).zip(y.chunks_exact(width.max(1))) {
-                let mut at = 0;
-                for &s in segments {
-                    let (g, p) = (&mut gr[at..at + s], &yr[at..at + s]);
-                    let dot: f32 = g.iter().zip(p).map(|(a, b)| a * b).sum();
-                    g.iter_mut().zip(p).for_each(|(a, &b)| *a = b * (*a - dot));
-                    at += s;
-                }
-            }
-            one(dx)
-        }
+        Op::Softmax { segments } => one(softmax(c.out, segments, dy)),
         Op::Mix { sets } => mix(c, sets, dy, op)?,
-        Op::Loss { kind } => {
-            let (z, y, m) = (c.f(0, op)?, c.f(1, op)?, c.f(2, op)?);
-            let k = c.shapes[0].last();
-            let present: f32 = m.iter().sum::<f32>().max(1.0);
-            let seed = dy.first().copied().unwrap_or(0.0);
-            let mut dz = vec![0f32; z.len()];
-            for r in 0..c.b {
-                let d = &mut dz[r * k..(r + 1) * k];
-                row_loss(*kind, &z[r * k..(r + 1) * k], y[r], Some(d));
-                let scale = seed * m[r] / present;
-                d.iter_mut().for_each(|v| *v *= scale);
-            }
-            vec![Some(dz), None, None]
-        }
+        Op::Loss { kind } => vec![Some(loss(c, *kind, dy, op)?), None, None],
         Op::Balance { segments, weight } => {
             let seed = dy.first().copied().unwrap_or(0.0);
             one(super::balance::importance(c.f(0, op)?, segments, *weight, Some(seed)).1)
@@ -132,6 +74,76 @@ pub(super) fn run(op: &Op, c: &Ctx, dy: &[f32]) -> Result<Grads> {
             return Err(NativeError::Kernel(format!("{} has no vector-Jacobian step", op.name())))
         }
     })
+}
+
+/// `slice`: the result's gradient put back in its columns, zeros elsewhere.
+fn slice(c: &Ctx, at: usize, len: usize, dy: &[f32]) -> Vec<f32> {
+    let n = c.shapes[0].last();
+    let mut dx = vec![0f32; c.n(0)];
+    for (row, g) in dx.chunks_exact_mut(n.max(1)).zip(dy.chunks_exact(len.max(1))) {
+        row[at..at + len].copy_from_slice(g);
+    }
+    dx
+}
+
+/// `concat`: each operand's cut of the result's gradient.
+fn concat(c: &Ctx, dy: &[f32]) -> Grads {
+    let widths: Vec<usize> = c.shapes.iter().map(|s| s.row_elems()).collect();
+    let total: usize = widths.iter().sum();
+    let mut at = 0;
+    let mut out = Vec::with_capacity(widths.len());
+    for (i, &w) in widths.iter().enumerate() {
+        out.push(c.want[i].then(|| dy.chunks_exact(total.max(1)).flat_map(|r| &r[at..at + w]).copied().collect()));
+        at += w;
+    }
+    out
+}
+
+/// `take`: the result's gradient added back at the entries taken (an entry taken
+/// twice gets both).
+fn take(c: &Ctx, indices: &[usize], dy: &[f32]) -> Vec<f32> {
+    let inner = c.shapes[0].dims[1..].iter().product::<usize>();
+    let row = c.shapes[0].row_elems();
+    let mut dx = vec![0f32; c.n(0)];
+    for r in 0..c.b {
+        for (j, &i) in indices.iter().enumerate() {
+            let g = &dy[(r * indices.len() + j) * inner..][..inner];
+            dx[r * row + i * inner..][..inner].iter_mut().zip(g).for_each(|(d, v)| *d += v);
+        }
+    }
+    dx
+}
+
+/// `softmax` from its result `y`: `dx = y * (dy - sum(dy * y))` per segment.
+fn softmax(y: &[f32], segments: &[usize], dy: &[f32]) -> Vec<f32> {
+    let mut dx = dy.to_vec();
+    let width: usize = segments.iter().sum();
+    for (gr, yr) in dx.chunks_exact_mut(width.max(1)).zip(y.chunks_exact(width.max(1))) {
+        let mut at = 0;
+        for &s in segments {
+            let (g, p) = (&mut gr[at..at + s], &yr[at..at + s]);
+            let dot: f32 = g.iter().zip(p).map(|(a, b)| a * b).sum();
+            g.iter_mut().zip(p).for_each(|(a, &b)| *a = b * (*a - dot));
+            at += s;
+        }
+    }
+    dx
+}
+
+/// `loss`: each row's derivative, times the seed, over the rows present (the mask).
+fn loss(c: &Ctx, kind: crate::program::LossKind, dy: &[f32], op: &Op) -> Result<Vec<f32>> {
+    let (z, y, m) = (c.f(0, op)?, c.f(1, op)?, c.f(2, op)?);
+    let k = c.shapes[0].last();
+    let present: f32 = m.iter().sum::<f32>().max(1.0);
+    let seed = dy.first().copied().unwrap_or(0.0);
+    let mut dz = vec![0f32; z.len()];
+    for r in 0..c.b {
+        let d = &mut dz[r * k..(r + 1) * k];
+        row_loss(kind, &z[r * k..(r + 1) * k], y[r], Some(d));
+        let scale = seed * m[r] / present;
+        d.iter_mut().for_each(|v| *v *= scale);
+    }
+    Ok(dz)
 }
 
 /// `dx = dy * f'(x)`, from the input `x` or the output `y` as is cheaper.

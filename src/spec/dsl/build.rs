@@ -528,22 +528,7 @@ impl Builder {
                     self.once(&mut l.cross_layers, "cross", n);
                 }
                 Rule::dropout => self.set_number(&mut l.dropout, "dropout", inner_of(opt, "dropout")),
-                // Grammar: `gate = { "gate" ~ arguments }`.
-                Rule::gate => {
-                    let mut args = self.args(opt.into_inner().next(), "gate(..)");
-                    l.temperature = self.take_f64(&mut args, "temperature");
-                    l.top_k = self.take_u64(&mut args, "top_k");
-                    l.noise = match self.take(&mut args, "noise") {
-                        Some((Value::Bool(b), span)) => Some(Sp::new(span, b)),
-                        Some((_, span)) => {
-                            self.bad("noise", "true or false", &span);
-                            None
-                        }
-                        None => None,
-                    };
-                    l.balance = self.take_f64(&mut args, "balance");
-                    self.finish(args, &["temperature", "top_k", "noise", "balance"]);
-                }
+                Rule::gate => self.gate(opt, &mut l),
                 Rule::task_experts => {
                     let v = self.task_experts(inner_of(opt, "task_experts"));
                     if let Some(v) = v {
@@ -561,6 +546,23 @@ impl Builder {
             });
         }
         l
+    }
+
+    /// A layer's gate settings. Grammar: `gate = { "gate" ~ arguments }`.
+    fn gate(&mut self, opt: Pair<Rule>, l: &mut LayerSpec) {
+        let mut args = self.args(opt.into_inner().next(), "gate(..)");
+        l.temperature = self.take_f64(&mut args, "temperature");
+        l.top_k = self.take_u64(&mut args, "top_k");
+        l.noise = match self.take(&mut args, "noise") {
+            Some((Value::Bool(b), span)) => Some(Sp::new(span, b)),
+            Some((_, span)) => {
+                self.bad("noise", "true or false", &span);
+                None
+            }
+            None => None,
+        };
+        l.balance = self.take_f64(&mut args, "balance");
+        self.finish(args, &["temperature", "top_k", "noise", "balance"]);
     }
 
     /// Grammar: `task_experts = { "task_experts" ~ (integer | arguments) }`.
