@@ -195,6 +195,8 @@ impl Native {
         if seeds.len() != bw.seeds.len() {
             return Err(NativeError::Kernel(format!("{} seeds for {} losses", seeds.len(), bw.seeds.len())));
         }
+        // Every gradient buffer starts at zero and every step adds into it, so the plan's
+        // write-or-add flag (for backends that do not clear their buffers) is not needed.
         let first = p.bufs.len();
         let mut grads: Vec<Vec<f32>> = vec![Vec::new(); first + bw.bufs.len()];
         for (i, g) in bw.bufs.iter().enumerate() {
