@@ -16,7 +16,8 @@
 //! | a layer's mixes               | one `mix` over every group's instances                     |
 //! | tower                         | (`take` of its slot) `linear` + activation per depth       |
 //! | ESMM product                  | `log_sigmoid` of both factors' logits, `add`               |
-//! | training loss                 | `loss` per training task                                   |
+//! | training loss                 | `loss` per task with a label (its weight seeds the backward) |
+//! | load-balancing loss (training)| `balance` on the gate weights, `load_balance` with noise   |
 //!
 //! The layer's slots, instances and mixes come from [`crate::ir::plan_layer`], as every
 //! other reader of a layer takes them.
