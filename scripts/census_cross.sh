@@ -42,11 +42,8 @@ raw="bench/results/$(date -u +%Y-%m-%d)-census_cross-$commit.txt"
   echo
   echo "| experts | income | never married |"
   echo "|---|---|---|"
-  for v in "${variants[@]}"; do
-    IFS='|' read -r name _ <<< "$v"
-    awk -F'\t' -v n="$name" '$1 == n { k++; a += $3; aa += $3 * $3; b += $4; bb += $4 * $4 }
-      END { ma = a / k; mb = b / k; sa = (k > 1) ? sqrt((aa - k * ma * ma) / (k - 1)) : 0; sb = (k > 1) ? sqrt((bb - k * mb * mb) / (k - 1)) : 0
-            printf "| %s | %.4f ± %.4f | %.4f ± %.4f |\n", n, ma, sa, mb, sb }' "$runs"
-  done
+  names=()
+  for v in "${variants[@]}"; do IFS='|' read -r name _ <<< "$v"; names+=("$name"); done
+  census_table "$runs" "${names[@]}"
 } > docs/census_cross.md
 cat docs/census_cross.md

@@ -48,6 +48,15 @@ census_tasks() { # group
   printf '[[tasks]]\nname = "never_married"\nkind = "binary"\nlabel = "marital_stat"\npositive = "Never married"\ntower = [8]\n\n'
 }
 
+census_table() { # runs-file name...: a markdown row per name, test AUC mean ± sd of both tasks
+  local runs=$1; shift
+  for name in "$@"; do
+    awk -F'\t' -v n="$name" '$1 == n { k++; a += $3; aa += $3 * $3; b += $4; bb += $4 * $4 }
+      END { ma = a / k; mb = b / k; sa = (k > 1) ? sqrt((aa - k * ma * ma) / (k - 1)) : 0; sb = (k > 1) ? sqrt((bb - k * mb * mb) / (k - 1)) : 0
+            printf "| %s | %.4f ± %.4f | %.4f ± %.4f |\n", n, ma, sa, mb, sb }' "$runs"
+  done
+}
+
 census_spec() { # group model seed epochs patience [layer keys] [train keys]
   sed -e '/^\[\[layers\]\]/,$d' -e 's/^embedding_dim = 4$/embedding_dim = 8/' -e "s|\.\./\.\./shared|$PWD/../shared|" \
     models/census_income_mmoe.toml

@@ -33,12 +33,9 @@ done
   echo
   echo "| variant | income | never married |"
   echo "|---|---|---|"
-  for v in "${variants[@]}"; do
-    IFS='|' read -r name _ <<< "$v"
-    awk -F'\t' -v n="$name" '$1 == n { k++; a += $3; aa += $3 * $3; b += $4; bb += $4 * $4 }
-      END { ma = a / k; mb = b / k; sa = (k > 1) ? sqrt((aa - k * ma * ma) / (k - 1)) : 0; sb = (k > 1) ? sqrt((bb - k * mb * mb) / (k - 1)) : 0
-            printf "| %s | %.4f ± %.4f | %.4f ± %.4f |\n", n, ma, sa, mb, sb }' "$runs"
-  done
+  names=()
+  for v in "${variants[@]}"; do IFS='|' read -r name _ <<< "$v"; names+=("$name"); done
+  census_table "$runs" "${names[@]}"
   echo
   echo '```'
   cat "$runs"
