@@ -270,6 +270,20 @@ impl LayerPlan {
     pub fn output_stream(&self, width: usize) -> Stream {
         Stream::from_slots(&self.outputs, width)
     }
+
+    /// The columns of the layer's gate logits on every input slot, `[B, S * sum E_g]`
+    /// (slot-major, the gates side by side in each slot), that the mixes read, in mix
+    /// order: mix m reads gate g's logits on its input slot.
+    pub fn gate_columns(&self, gates: &[Gate]) -> Vec<usize> {
+        // Gate g's logit columns start at the sum of the earlier gates' widths.
+        let offsets: Vec<usize> =
+            gates.iter().scan(0, |acc, g| Some(std::mem::replace(acc, *acc + g.experts))).collect();
+        let total: usize = gates.iter().map(|g| g.experts).sum();
+        self.mixes
+            .iter()
+            .flat_map(|m| (0..m.instances.len()).map(|j| m.input * total + offsets[m.gate] + j).collect::<Vec<_>>())
+            .collect()
+    }
 }
 
 /// The rule of the module docs, for a layer of `kind` with these groups and gates.

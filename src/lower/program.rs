@@ -263,13 +263,7 @@ impl Cx<'_> {
         let w = self.param(Role::GateWeight { layer: li })?;
         let b = self.param(Role::GateBias { layer: li })?;
         let total: usize = l.gates.iter().map(|g| g.experts).sum();
-        let offsets: Vec<usize> =
-            l.gates.iter().scan(0, |acc, g| Some(std::mem::replace(acc, *acc + g.experts))).collect();
-        let columns: Vec<usize> = plan
-            .mixes
-            .iter()
-            .flat_map(|m| (0..m.instances.len()).map(|j| m.input * total + offsets[m.gate] + j).collect::<Vec<_>>())
-            .collect();
+        let columns = plan.gate_columns(&l.gates);
         let segments: Vec<usize> = plan.mixes.iter().map(|m| m.instances.len()).collect();
         let n_slots = plan.inputs.len();
         // [B, S * sum E_g] -> the columns the mixes read, [B, sum E_m].

@@ -42,16 +42,8 @@ pub struct MixLayout {
 
 impl MixLayout {
     pub fn new(l: &Layer, plan: &LayerPlan) -> MixLayout {
-        // Gate g's logit columns start at the sum of the earlier gates' widths.
-        let offsets: Vec<usize> =
-            l.gates.iter().scan(0, |acc, g| Some(std::mem::replace(acc, *acc + g.experts))).collect();
         let total: usize = l.gates.iter().map(|g| g.experts).sum();
-        let offsets = &offsets;
-        let columns: Vec<u32> = plan
-            .mixes
-            .iter()
-            .flat_map(|m| (0..m.instances.len()).map(move |j| (m.input * total + offsets[m.gate] + j) as u32))
-            .collect();
+        let columns: Vec<u32> = plan.gate_columns(&l.gates).into_iter().map(|c| c as u32).collect();
         let identity =
             columns.iter().enumerate().all(|(i, &c)| i as u32 == c) && columns.len() == plan.inputs.len() * total;
         let columns = if identity || columns.is_empty() { None } else { Some(columns) };
