@@ -23,7 +23,7 @@
 //! other reader of a layer takes them.
 
 use crate::ir::{
-    Activation, FeatureKind, Gating, Layer, LayerPlan, Link, Model, Param, Pooling, Role, Stream, TaskId, TaskOutput,
+    Activation, FeatureKind, Gating, Layer, LayerPlan, Model, Param, Pooling, Role, Stream, TaskId, TaskOutput,
     Validated,
 };
 use crate::program::{
@@ -365,12 +365,7 @@ impl Cx<'_> {
         let name = &self.model.tasks[t].name;
         let label = self.p.input(&format!("label.{name}"), Shape::batched(&[]), DType::F32, Input::Label(t));
         let mask = self.p.input(&format!("mask.{name}"), Shape::batched(&[]), DType::F32, Input::Mask(t));
-        let kind = match self.model.tasks[t].link() {
-            Link::Sigmoid => LossKind::BceLogits,
-            Link::LogProb => LossKind::BceLogProb,
-            Link::Softmax => LossKind::SoftmaxCe,
-            Link::Identity => LossKind::Squared,
-        };
+        let kind = LossKind::of(self.model.tasks[t].link());
         self.op(Op::Loss { kind }, &[raw, label, mask])
     }
 }

@@ -83,6 +83,28 @@ pub enum LossKind {
 }
 
 impl LossKind {
+    /// The loss that trains an output of link `link` (see [`crate::ir::Link`]).
+    pub fn of(link: crate::ir::Link) -> LossKind {
+        use crate::ir::Link;
+        match link {
+            Link::Sigmoid => LossKind::BceLogits,
+            Link::LogProb => LossKind::BceLogProb,
+            Link::Softmax => LossKind::SoftmaxCe,
+            Link::Identity => LossKind::Squared,
+        }
+    }
+
+    /// The link whose output this loss trains ([`LossKind::of`] backwards).
+    pub fn link(&self) -> crate::ir::Link {
+        use crate::ir::Link;
+        match self {
+            LossKind::BceLogits => Link::Sigmoid,
+            LossKind::BceLogProb => Link::LogProb,
+            LossKind::SoftmaxCe => Link::Softmax,
+            LossKind::Squared => Link::Identity,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             LossKind::BceLogits => "bce_logits",

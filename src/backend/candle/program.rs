@@ -14,8 +14,8 @@ use super::{
     activate, add_bias, batched_matmul, dense::dense, device_ops, dropout, log_sigmoid, loss, pool, softplus, Batch,
     CandleModel, Lookup, Output, Result,
 };
-use crate::ir::{Activation, Link, Pooling};
-use crate::program::{mix_scatter, BufKind, Input, LossKind, Mode, Node, Op, PoolMode, Program, Shape, Unary};
+use crate::ir::{Activation, Pooling};
+use crate::program::{mix_scatter, BufKind, Input, Mode, Node, Op, PoolMode, Program, Shape, Unary};
 use crate::rng::Rng;
 
 fn err(what: String) -> candle_core::Error {
@@ -146,13 +146,7 @@ impl CandleModel {
                 let (raw, label) = (get(0), get(1));
                 // A batch without this task's labels adds no loss.
                 let (Some(raw), Some(label)) = (raw, label) else { continue };
-                let link = match kind {
-                    LossKind::BceLogits => Link::Sigmoid,
-                    LossKind::BceLogProb => Link::LogProb,
-                    LossKind::SoftmaxCe => Link::Softmax,
-                    LossKind::Squared => Link::Identity,
-                };
-                loss::task_loss(link, raw, label, get(2))?
+                loss::task_loss(kind.link(), raw, label, get(2))?
             } else {
                 let args = n
                     .args
