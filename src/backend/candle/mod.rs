@@ -379,10 +379,12 @@ pub struct CandleModel {
     programs: Programs,
 }
 
-/// A model's evaluation and training programs, lowered once.
+/// A model's evaluation and training programs, lowered once, and where each parameter
+/// name sits in `CandleModel::vars` (the programs name their parameters).
 struct Programs {
     eval: crate::program::Program,
     train: crate::program::Program,
+    var_index: std::collections::HashMap<String, usize>,
 }
 
 /// A parameter's initial value, drawn from our seeded RNG as its [`Init`] says.
@@ -579,7 +581,9 @@ impl CandleModel {
             crate::lower::lower_program(model, mode)
                 .map_err(|e| candle_core::Error::Msg(format!("the model's op program: {e}")))
         };
-        let programs = Programs { eval: lowered(Mode::Eval)?, train: lowered(Mode::Train)? };
+        let var_index =
+            vars.iter().enumerate().map(|(i, (name, _)): (usize, &(String, Var))| (name.clone(), i)).collect();
+        let programs = Programs { eval: lowered(Mode::Eval)?, train: lowered(Mode::Train)?, var_index };
         // The fast CPU passes know MLP experts only; cross-layer experts take the graph.
         let fast = device.is_cpu() && ir.layers.iter().all(|l| l.groups.iter().all(|g| g.cross == 0));
         let engine = fast.then(infer::Engine::default);

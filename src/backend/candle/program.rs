@@ -125,7 +125,7 @@ impl CandleModel {
     /// the training program's dropout masks and gate noise.
     pub fn run_program(&self, p: &Program, batch: &Batch, mut rng: Option<&mut Rng>) -> Result<Output> {
         let b = batch.size;
-        let vars: HashMap<&str, usize> = self.vars.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
+        let vars = &self.programs.var_index;
         let mut values: Vec<Option<Tensor>> = vec![None; p.bufs.len()];
         for (id, buf) in p.bufs.iter().enumerate() {
             values[id] = match buf.kind {
@@ -140,7 +140,7 @@ impl CandleModel {
         let mut lookups = Vec::new();
         for n in &p.nodes {
             let y = if n.op == Op::Gather && p.mode == Mode::Train {
-                self.lookup(p, n, &values, &vars, batch, &mut lookups)?
+                self.lookup(p, n, &values, vars, batch, &mut lookups)?
             } else if let Op::Loss { kind } = n.op {
                 let get = |i: usize| values[n.args[i].0].as_ref();
                 let (raw, label) = (get(0), get(1));
@@ -186,7 +186,7 @@ impl CandleModel {
         p: &Program,
         n: &Node,
         values: &[Option<Tensor>],
-        vars: &HashMap<&str, usize>,
+        vars: &HashMap<String, usize>,
         batch: &Batch,
         lookups: &mut Vec<Lookup>,
     ) -> Result<Tensor> {
