@@ -69,9 +69,8 @@ impl Rng {
 }
 
 /// The CPU's dropout mask of `n` values at `rate` (kept ones `1 / (1 - rate)`, the others
-/// 0), drawn from `rng`: two values per draw, in order. The candle graph, its
-/// hand-written step and the native backend all draw it here, so they drop the same
-/// units.
+/// 0), drawn from `rng`: two values per draw, in order. The candle graph and the
+/// native backend both draw it here, so they drop the same units.
 pub fn dropout_mask(rng: &mut Rng, n: usize, rate: f32) -> Vec<f32> {
     let keep = 1.0 - rate;
     let threshold = (keep as f64 * u32::MAX as f64) as u32;

@@ -120,7 +120,7 @@ pub fn bench(
         "device {device:?}, threads {}, batch {batch_size}, {}, {}, {steps} timed steps after {warmup} warm-up",
         workers.threads(),
         if c.train.lazy_embeddings { "lazy_adam" } else { "adam" },
-        if model.hand_backward() { "hand-written backward" } else { "autograd" }
+        if model.native_training() { "native interpreter" } else { "autograd" }
     );
     println!("train:        {:>10.0} samples/s  ({:.3} ms/step)", per_sec(train), ms(train));
     // Forward and backward run together, one shard per worker.

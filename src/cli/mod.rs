@@ -379,7 +379,7 @@ enum Command {
         /// Override the spec's optimizer: adam or lazy_adam.
         #[arg(long)]
         optimizer: Option<String>,
-        /// Train through candle's autograd even where the hand-written backward applies
+        /// Train through candle's autograd even where the native interpreter applies
         /// (the reference it replaced, for side-by-side figures).
         #[arg(long)]
         autograd: bool,

@@ -38,6 +38,7 @@
 //! several ops. Nothing is differentiated per model.
 
 mod display;
+pub mod fuse;
 pub mod grad;
 mod op;
 

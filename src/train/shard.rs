@@ -157,8 +157,8 @@ pub fn step(
     workers: &Workers,
 ) -> Result<Step> {
     let k = workers.shards(model, batch.size);
-    let hand = model.hand_backward();
-    if k <= 1 && !hand {
+    let native = model.native_training();
+    if k <= 1 && !native {
         let mut loss = batch_loss_weighted(model, batch, rng, factors)?;
         let per_task = Tensor::stack(&loss.per_task, 0)?;
         let grads = workers.run(|| loss.total.backward())?;
@@ -169,11 +169,11 @@ pub fn step(
     let cuts = bounds(batch.size, k.max(1));
     let shares = shares(batch, &cuts)?;
     // One shard's losses and gradients, its tasks' loss weights scaled by its share:
-    // through the hand-written backward where it applies, else through candle's graph.
+    // on the native interpreter where it applies, else through candle's graph.
     let run = |&(at, len): &(usize, usize), share: &Vec<f64>, rng: &mut Rng| -> Result<Gradients> {
         let f: Vec<f64> = (0..tasks).map(|t| factors.map_or(1.0, |f| f[t]) * share[t]).collect();
         let shard = batch.narrow(at, len)?;
-        if hand {
+        if native {
             return model.train_step(&shard, Some(&f), rng);
         }
         let loss = batch_loss_weighted(model, &shard, rng, Some(&f))?;

@@ -1,5 +1,5 @@
-//! Training without autograd (`backend/candle/backprop.rs`): the hand-written step's
-//! losses and gradients equal candle's autograd of the same loss
+//! Training on the native interpreter (`backend/native`, the derived backward program):
+//! its losses and gradients equal candle's autograd of the same loss
 //! (`train::batch_loss_weighted`), dense parameters and looked-up rows, on every model
 //! of `models/` it applies to and on the layer kinds, activations, gates, poolings,
 //! heads, label masks and loss factors those do not cover; on a whole batch and on a
@@ -34,9 +34,9 @@ fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
     }
 }
 
-/// The hand-written step against autograd on `batch`, with loss factors `factors`.
+/// The native step against autograd on `batch`, with loss factors `factors`.
 fn check_batch(model: &CandleModel, batch: &Batch, factors: Option<&[f64]>, what: &str) {
-    assert!(model.hand_backward(), "{what}: should train without autograd");
+    assert!(model.native_training(), "{what}: should train on the native interpreter");
     let hand = model.train_step(batch, factors, &mut Rng::new(1)).unwrap();
     let loss = multigate::train::batch_loss_weighted(model, batch, &mut Rng::new(1), factors).unwrap();
     let grads = loss.total.backward().unwrap();
@@ -84,8 +84,8 @@ fn every_model_differentiates_as_autograd_does() {
     for path in model_files("toml") {
         let (c, ds) = model_and_rows(&path, 203);
         let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
-        if !model.hand_backward() {
-            println!("{}: trains through the graph (dropout, gate noise or a coupled loss)", path.display());
+        if !model.native_training() {
+            println!("{}: trains through the graph (a coupled loss)", path.display());
             continue;
         }
         check(&c, &ds, &path.display().to_string());
@@ -150,7 +150,7 @@ fn masks_and_loss_factors_differentiate_as_autograd_does() {
     check_batch(&model, &batch, None, "no labels for t2");
 }
 
-/// Dropout in experts (depth 0 and deeper) and towers: the hand-written step draws the
+/// Dropout in experts (depth 0 and deeper) and towers: the native step draws the
 /// graph's masks from the same stream, so its gradients are autograd's, unsharded and
 /// in shards (each shard's stream seeded from the run's, as the graph's step does).
 #[test]
@@ -190,31 +190,33 @@ fn dropout_differentiates_as_autograd_does() {
     }
 }
 
-/// What the hand-written step does not cover trains through the graph.
+/// Noise and balance losses train natively; a loss coupled across the batch through the graph.
 #[test]
-fn noise_and_coupled_losses_train_through_the_graph() {
+fn noise_and_balance_train_natively_and_coupled_losses_through_the_graph() {
     let base = "[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\n";
     for layers in [
-        // Noisy top-k (noise is on by default with top_k).
+        // Noisy top-k (noise is on by default with top_k), and both balance losses.
         base.replace("units = [6]", "units = [6]\ntop_k = 2"),
         base.replace("units = [6]", "units = [6]\nbalance = 0.01"),
+        base.replace("units = [6]", "units = [6]\ntop_k = 2\nbalance = 0.01"),
     ] {
-        let c = compile_ok("graph.toml", &small_spec(&layers, TWO_BINARY_TASKS));
-        let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
-        assert!(!model.hand_backward(), "{layers}");
+        let (c, ds) = small(&layers, TWO_BINARY_TASKS, 150);
+        let (model, whole, _) = super::infer::scrambled_batches(&c, &ds);
+        // The same random stream: the same noise and dropout draws.
+        check_batch(&model, &whole, None, &layers);
     }
     let spec = small_spec(base, TWO_BINARY_TASKS).replace("[train]", "[train]\nloss_balance = \"uncertainty\"");
     let model = CandleModel::new(&compile_ok("graph.toml", &spec).model, 5, &Device::Cpu).unwrap();
-    assert!(!model.hand_backward());
+    assert!(!model.native_training());
     let mut model =
         CandleModel::new(&compile_ok("graph.toml", &small_spec(base, TWO_BINARY_TASKS)).model, 5, &Device::Cpu)
             .unwrap();
-    assert!(model.hand_backward());
+    assert!(model.native_training());
     model.set_graph_training(true);
-    assert!(!model.hand_backward());
+    assert!(!model.native_training());
 }
 
-/// Two hundred Adam steps (dense and lazy) through the hand-written backward end where
+/// Two hundred Adam steps (dense and lazy) through the native backward end where
 /// two hundred through autograd end, within float rounding (its GEMMs sum in another
 /// order): the same algorithm.
 #[test]
@@ -232,7 +234,7 @@ fn two_hundred_steps_train_as_autograd_does() {
         let train = |graph: bool, threads: usize| -> (Vec<f32>, Vec<f32>) {
             let mut model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
             model.set_graph_training(graph);
-            assert_eq!(model.hand_backward(), !graph);
+            assert_eq!(model.native_training(), !graph);
             two_hundred_adam_steps(&model, &ds, lazy, &c.train, &Workers::new(threads).unwrap())
         };
         let (pg, lg) = train(true, 1);
@@ -248,7 +250,7 @@ fn two_hundred_steps_train_as_autograd_does() {
     }
 }
 
-/// The hand-written step's gradients against central finite differences of its own loss
+/// The native step's gradients against central finite differences of its own loss
 /// (in f64 of the f32 losses), on a smooth model (tanh everywhere: a ReLU kink is not a
 /// derivative) with every kind of parameter: embeddings through a cross, deep experts,
 /// gates, towers, an ESMM product and a multiclass head.
@@ -259,7 +261,7 @@ fn hand_gradients_match_finite_differences() {
     let model = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
     scramble(&model, 9);
     let batch = Batch::gather(&ds, &(0..64).collect::<Vec<_>>(), &Device::Cpu).unwrap();
-    assert!(model.hand_backward());
+    assert!(model.native_training());
     let weights: Vec<f64> = c.model.tasks.iter().map(|t| t.loss_weight as f64).collect();
     let loss = || -> f64 {
         let g = model.train_step(&batch, None, &mut Rng::new(1)).unwrap();
@@ -299,7 +301,7 @@ fn hand_gradients_match_finite_differences() {
             let analytic = g[gi] as f64;
             assert!(
                 (numeric - analytic).abs() <= 2e-3 + 0.03 * analytic.abs(),
-                "{name}[{at}]: hand-written {analytic}, finite differences {numeric}"
+                "{name}[{at}]: native {analytic}, finite differences {numeric}"
             );
             checked += 1;
         }

@@ -77,19 +77,6 @@ fn device_name() -> String {
     std::env::var("MULTIGATE_TEST_DEVICE").unwrap_or_else(|_| "cuda".into())
 }
 
-/// No dropout and no gate noise: their random streams differ between devices by design.
-fn without_randomness(model: &mut CandleModel) {
-    for t in &mut model.towers {
-        t.dropout = 0.0;
-    }
-    for l in &mut model.layers {
-        l.noise = None;
-        for g in &mut l.groups {
-            g.dropout = 0.0;
-        }
-    }
-}
-
 /// The largest difference of `b` from `a`: relative to `a`'s value where that is above
 /// 1, absolute below (where a relative one would blow up near 0; losses of binary tasks
 /// are below 1, so for them this is the absolute difference).
@@ -137,7 +124,7 @@ fn cuda_training_follows_cpu_for_every_model() {
         for lazy in [false, true] {
             let run = |dev: &Device| -> Vec<Vec<f32>> {
                 let mut model = CandleModel::new(&c.model, 7, dev).unwrap();
-                without_randomness(&mut model);
+                model.without_randomness();
                 let config = AdamConfig { lazy, ..AdamConfig::from(&c.train) };
                 let mut opt = Adam::new(model.vars.clone(), config).unwrap();
                 let mut rng = Rng::new(3);

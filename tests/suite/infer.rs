@@ -1,4 +1,4 @@
-//! Evaluation without autograd (`backend/candle/infer.rs`): the CPU pass that
+//! Evaluation on the native interpreter (`backend/native`, the evaluation program): the CPU pass that
 //! `CandleModel::forward` runs computes what candle's graph computes
 //! (`forward_graph`), heads and gate weights, on every model of `models/` and on the
 //! layer kinds, activations, gates, poolings and heads that those do not cover; on a

@@ -10,7 +10,7 @@ use multigate::backend::candle::{Batch, CandleModel};
 use multigate::backend::native::{Feed, Native, Run};
 use multigate::data::Dataset;
 use multigate::lower::{lower_program, Compiled};
-use multigate::program::{derive_backward, BufKind, Input, Mode, ParamGrad, Program};
+use multigate::program::{derive_backward, fuse, BufKind, Input, Mode, Op, ParamGrad, Program, Unary};
 use multigate::rng::Rng;
 
 use super::infer::{scrambled_batches, small, LAYER_CASES};
@@ -182,8 +182,9 @@ fn layer_kinds_gates_heads_and_bags_run_natively_as_the_graph_does() {
     }
 }
 
-/// The derived backward against autograd of the same loss on `batch`.
-fn check_gradients(c: &Compiled, model: &CandleModel, batch: &Batch, what: &str) {
+/// The derived backward against autograd of the same loss on `batch`, run in `run`
+/// (whose buffers an earlier batch, of another size, may have left: they are reused).
+fn check_gradients(c: &Compiled, model: &CandleModel, batch: &Batch, run: &mut Run, what: &str) {
     let program = lower_program(&c.model, Mode::Train).unwrap();
     let backward = derive_backward(&program).unwrap();
     let native = Native::new(program, Some(backward));
@@ -191,9 +192,9 @@ fn check_gradients(c: &Compiled, model: &CandleModel, batch: &Batch, what: &str)
     let params = param_values(p, model);
     let host = HostBatch::of(batch);
     let feed = host.feed();
-    let mut run: Run = native.forward(&borrowed(&params), &feed, Some(&mut Rng::new(1))).unwrap();
+    native.forward_into(&borrowed(&params), &feed, Some(&mut Rng::new(1)), run).unwrap();
     let seeds: Vec<f32> = p.losses.iter().map(|l| c.model.tasks[l.task].loss_weight).collect();
-    native.backward(&borrowed(&params), &feed, &mut run, &seeds).unwrap();
+    native.backward(&borrowed(&params), &feed, run, &seeds).unwrap();
     let loss = multigate::train::batch_loss_weighted(model, batch, &mut Rng::new(1), None).unwrap();
     let grads = loss.total.backward().unwrap();
     for l in &p.losses {
@@ -231,10 +232,13 @@ fn check_gradients(c: &Compiled, model: &CandleModel, batch: &Batch, what: &str)
     assert_eq!(dense, reached, "{what}: parameters with a gradient");
 }
 
+/// The whole batch, a shard, then the whole batch again, through one reused [`Run`].
 fn check_grad(c: &Compiled, ds: &Dataset, what: &str) {
     let (model, whole, shard) = scrambled_batches(c, ds);
-    check_gradients(c, &model, &whole, &format!("{what}, whole batch"));
-    check_gradients(c, &model, &shard, &format!("{what}, shard"));
+    let mut run = Run::default();
+    check_gradients(c, &model, &whole, &mut run, &format!("{what}, whole batch"));
+    check_gradients(c, &model, &shard, &mut run, &format!("{what}, shard after it"));
+    check_gradients(c, &model, &whole, &mut run, &format!("{what}, whole batch after a shard"));
 }
 
 #[test]
@@ -325,4 +329,40 @@ fn the_cli_prints_and_draws_the_program() {
     assert!(dot.starts_with("digraph") && dot.contains("mix"), "{dot}");
     let (code, _, err) = super::multigate(&["graph", spec, "--program", "--format", "mermaid"], &[]);
     assert_eq!(code, Some(2), "{err}");
+}
+
+/// The fusion patterns (`program/fuse.rs`), found once for every backend that fuses. On
+/// the bench shape's evaluation program the experts' ReLU and each tower's run in their
+/// linear op's kernel, and the gathers that only the input concat reads are copied
+/// there directly (the two the cross product also reads are not). A GELU, whose
+/// derivative needs its input, and a linear result read twice stay apart.
+#[test]
+fn fusion_finds_the_activation_epilogues_and_the_gathers_into_the_concat() {
+    let c = compile_path(std::path::Path::new("models/bench_avazu_mmoe_64.toml"));
+    let p = lower_program(&c.model, Mode::Eval).unwrap();
+    let epilogues = fuse::epilogues(&p);
+    let producers: Vec<&Op> = epilogues.iter().map(|e| &p.nodes[e.producer].op).collect();
+    assert_eq!(producers, [&Op::ExpertLinear, &Op::Linear, &Op::Linear], "{epilogues:?}");
+    assert!(epilogues
+        .iter()
+        .all(|e| e.unary == Unary::Relu && p.nodes[e.activation].args[0] == p.nodes[e.producer].out));
+    let gathers = fuse::gathers_into_concat(&p);
+    assert_eq!(gathers.len(), 9, "{gathers:?}");
+    for g in gathers {
+        let out = p.nodes[g].out;
+        let readers: Vec<&Op> = p.nodes.iter().filter(|n| n.args.contains(&out)).map(|n| &n.op).collect();
+        assert_eq!(readers, [&Op::Concat]);
+    }
+    let (gelu, _) =
+        small("[[layers]]\nkind = \"mmoe\"\nexperts = 2\nunits = [4]\nactivation = \"gelu\"\n", TWO_BINARY_TASKS, 10);
+    let p = lower_program(&gelu.model, Mode::Train).unwrap();
+    assert!(fuse::epilogues(&p).iter().all(|e| p.nodes[e.producer].op != Op::ExpertLinear));
+    // A linear op whose result two ops read keeps it.
+    let mut two = p.clone();
+    let e = fuse::epilogues(&p)[0];
+    let reread = p.nodes[e.producer].out;
+    two.bufs.push(p.buf(reread).clone());
+    let out = multigate::program::BufId(two.bufs.len() - 1);
+    two.nodes.push(multigate::program::Node { op: Op::Unary(Unary::Relu), args: vec![reread], out });
+    assert!(!fuse::epilogues(&two).iter().any(|x| x.producer == e.producer));
 }

@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn the_log_prob_loss_matches_a_hand_computation() {
-        // ESMM: p = sigmoid(a) sigmoid(b), loss -(y ln p + (1-y) ln(1-p)).
+        // A log-probability head, here p = sigmoid(a) sigmoid(b): -(y ln p + (1-y) ln(1-p)).
         let (a, b) = ([0.5f32, -1.0, 2.0], [1.5f32, 0.3, -0.7]);
         let y = [1f32, 0.0, 1.0];
         let s = |x: f32| 1.0 / (1.0 + (-x as f64).exp());

@@ -1,33 +1,27 @@
 //! The candle backend: validated IR -> [`CandleModel`] (CPU; CUDA behind `cuda`).
 //!
 //! Every parameter is a candle `Var` made from the IR's parameter table
-//! ([`crate::ir::Model::parameters`]): its name, shape and initialiser come from there,
-//! and its role says where it goes. A layer's expert groups are each one fused tensor
-//! per MLP depth and run as one GEMM (first depth) or one batched matmul (deeper) on
-//! the slots the layer's plan ([`crate::ir::plan_layer`]) gives them; all gates of a
-//! layer are one matmul, and all mixtures one batched matmul `[B, M, N] x [B, N, u]`.
-//! No loop over experts, no host round-trip in the graph. Evaluation on the CPU skips the
-//! graph (`infer.rs`): the same function over the parameters' buffers, no autograd.
+//! ([`crate::ir::Model::parameters`]): its name, shape and initialiser come from there.
+//! The model runs its op programs ([`crate::program`]): on the CPU through the native
+//! interpreter (`native.rs`: evaluation, and training steps whose loss is the
+//! program's), elsewhere and for losses coupled across the batch through candle's
+//! graph of the same program (`program.rs`), which autograd differentiates.
 
-mod backprop;
 mod dense;
 pub mod device_ops;
-mod fused;
-mod infer;
 pub mod loss;
+mod native;
 mod program;
-mod strided;
 
-pub use backprop::Gradients;
-pub use fused::{ExpertStack, LayerParams, MixLayout};
-pub(crate) use infer::prefetch;
-pub use strided::fma_peak;
+pub use crate::backend::native::fma_peak;
+pub(crate) use crate::backend::native::prefetch;
+pub use native::Gradients;
 
 use candle_core::{Tensor, Var, D};
 
 use super::{Backend, Device};
 use crate::data::Dataset;
-use crate::ir::{Activation, FeatureKind, Init, Link, Model, Role, TaskOutput, Validated};
+use crate::ir::{Activation, FeatureKind, Init, Link, Model, Role, Validated};
 use crate::program::Mode;
 use crate::rng::Rng;
 
@@ -317,8 +311,8 @@ impl<'a> Feed<'a> {
 
 /// The forward pass's results.
 pub struct Output {
-    /// Per task, its raw output as its [`Link`] says: a logit `[B]`, the log of a
-    /// product probability `[B]`, class logits `[B, K]` or a (transformed) value `[B]`.
+    /// Per task, its raw output as its [`Link`] says: a logit `[B]`, a log-probability
+    /// `[B]`, class logits `[B, K]` or a (transformed) value `[B]`.
     pub heads: Vec<Tensor>,
     /// Per gated layer, per gate application of its plan (`LayerPlan::mixes`): the
     /// gate's weights `[B, E_m]` over the experts it mixes.
@@ -348,14 +342,6 @@ pub struct Lookup {
     pub slots: Option<Tensor>,
 }
 
-pub struct Tower {
-    /// `(weight [d_i, d_i+1], bias [d_i+1])` per depth.
-    pub layers: Vec<(Var, Var)>,
-    /// After every depth but the last.
-    pub activation: Activation,
-    pub dropout: f32,
-}
-
 /// A model built from IR, ready to train.
 pub struct CandleModel {
     pub ir: Model,
@@ -364,19 +350,19 @@ pub struct CandleModel {
     pub vars: Vec<(String, Var)>,
     /// Per feature: its embedding table (None for dense features).
     pub embeddings: Vec<Option<Var>>,
-    pub layers: Vec<LayerParams>,
-    /// Per task (a product task's is empty).
-    pub towers: Vec<Tower>,
     /// Uncertainty weighting: each task's learned log-variance, `[T]`.
     pub log_variance: Option<Var>,
-    /// Evaluation without autograd (CPU); None on other devices, which run the graph.
-    engine: Option<infer::Engine>,
-    /// Training steps with a hand-written backward (CPU); None on other devices.
-    trainer: Option<backprop::Trainer>,
-    /// Train through the graph even where the hand-written backward applies.
+    /// Train through candle's graph even where the native interpreter applies.
     graph_training: bool,
+    /// Training without dropout or gate noise (see [`CandleModel::without_randomness`]).
+    deterministic: bool,
     /// The op programs the graph runs.
     programs: Programs,
+    /// The evaluation program on the native interpreter (CPU only; other devices run
+    /// candle's graph).
+    cpu_eval: Option<native::Compiled>,
+    /// The training program and its derived backward on the native interpreter (CPU only).
+    cpu_train: Option<native::Compiled>,
 }
 
 /// A model's evaluation and training programs, lowered once, and where each parameter
@@ -532,22 +518,8 @@ impl CandleModel {
     pub fn new(model: &Validated, seed: u64, device: &candle_core::Device) -> Result<CandleModel> {
         let ir = model.model().clone();
         let mut rng = Rng::derive(seed, "init");
-        let n_tasks = ir.tasks.len();
         let mut vars = Vec::new();
         let mut embeddings: Vec<Option<Var>> = vec![None; ir.features.len()];
-        let mut layers: Vec<LayerParams> = ir.layers.iter().map(|l| LayerParams::new(l, n_tasks)).collect();
-        let mut towers: Vec<Tower> = ir
-            .tasks
-            .iter()
-            .map(|t| match &t.output {
-                TaskOutput::Tower { activation, dropout, .. } => {
-                    Tower { layers: Vec::new(), activation: *activation, dropout: *dropout }
-                }
-                TaskOutput::Product { .. } => {
-                    Tower { layers: Vec::new(), activation: Activation::Linear, dropout: 0.0 }
-                }
-            })
-            .collect();
         let mut log_variance = None;
         for p in ir.parameters() {
             let value = init_value(&mut rng, &p.shape, &p.init);
@@ -555,20 +527,8 @@ impl CandleModel {
             vars.push((p.name.clone(), var.clone()));
             match p.role {
                 Role::Embedding { feature } => embeddings[feature] = Some(var),
-                Role::ExpertWeight { layer, group, .. } => layers[layer].groups[group].layers.push((var.clone(), var)),
-                Role::ExpertBias { layer, group, depth } => layers[layer].groups[group].layers[depth].1 = var,
-                Role::GateWeight { layer } => layers[layer].gates = Some((var.clone(), var)),
-                Role::GateNoise { layer } => layers[layer].noise = Some(var),
-                Role::GateBias { layer } => {
-                    if let Some(g) = layers[layer].gates.as_mut() {
-                        g.1 = var;
-                    }
-                }
-                // Cross layers run only through the program (the fast CPU passes refuse them).
-                Role::CrossWeight { .. } | Role::CrossBias { .. } => {}
-                Role::TowerWeight { task, .. } => towers[task].layers.push((var.clone(), var)),
-                Role::TowerBias { task, depth } => towers[task].layers[depth].1 = var,
                 Role::LossLogVariance => log_variance = Some(var),
+                _ => {}
             }
         }
         // Features reading another's table look up that table.
@@ -584,22 +544,28 @@ impl CandleModel {
         let var_index =
             vars.iter().enumerate().map(|(i, (name, _)): (usize, &(String, Var))| (name.clone(), i)).collect();
         let programs = Programs { eval: lowered(Mode::Eval)?, train: lowered(Mode::Train)?, var_index };
-        // The fast CPU passes know MLP experts only; cross-layer experts take the graph.
-        let fast = device.is_cpu() && ir.layers.iter().all(|l| l.groups.iter().all(|g| g.cross == 0));
-        let engine = fast.then(infer::Engine::default);
-        let trainer = fast.then(backprop::Trainer::default);
+        let (cpu_eval, cpu_train) = if device.is_cpu() {
+            use crate::backend::native::Native;
+            let backward = crate::program::grad::derive(&programs.train)
+                .map_err(|e| candle_core::Error::Msg(format!("the model's backward program: {e}")))?;
+            let eval = native::Compiled::new(Native::new(programs.eval.clone(), None), &programs.var_index)?;
+            let train =
+                native::Compiled::new(Native::new(programs.train.clone(), Some(backward)), &programs.var_index)?;
+            (Some(eval), Some(train))
+        } else {
+            (None, None)
+        };
         Ok(CandleModel {
             ir,
             device: device.clone(),
             vars,
             embeddings,
-            layers,
-            towers,
             log_variance,
-            engine,
-            trainer,
             graph_training: false,
+            deterministic: false,
             programs,
+            cpu_eval,
+            cpu_train,
         })
     }
 
@@ -683,21 +649,20 @@ impl CandleModel {
     }
 
     /// Runs the model for evaluation (no dropout), with each gated layer's mix weights.
-    /// Shapes: see [`Output`]. On the CPU this is the pass without autograd of
-    /// `infer.rs` (no graph, scratch buffers reused), so no gradient flows from it: a
-    /// caller that differentiates uses [`CandleModel::forward_graph`]. Elsewhere it is
-    /// the graph's.
+    /// Shapes: see [`Output`]. On the CPU the native interpreter runs the evaluation
+    /// program (no graph, buffers reused), so no gradient flows from it: a caller that
+    /// differentiates uses [`CandleModel::forward_graph`]. Elsewhere it is the graph's.
     pub fn forward(&self, batch: &Batch) -> Result<Output> {
-        match &self.engine {
-            Some(engine) => engine.forward(self, batch, true),
+        match &self.cpu_eval {
+            Some(c) => c.forward(self, batch, true),
             None => self.run(batch, None),
         }
     }
 
     /// [`CandleModel::forward`]'s heads alone (no gate weights kept).
     pub fn forward_heads(&self, batch: &Batch) -> Result<Vec<Tensor>> {
-        match &self.engine {
-            Some(engine) => Ok(engine.forward(self, batch, false)?.heads),
+        match &self.cpu_eval {
+            Some(c) => Ok(c.forward(self, batch, false)?.heads),
             None => Ok(self.run(batch, None)?.heads),
         }
     }
@@ -710,20 +675,59 @@ impl CandleModel {
 
     /// Runs the model for training: dropout masks come from `rng`.
     pub fn forward_train(&self, batch: &Batch, rng: &mut Rng) -> Result<Output> {
-        self.run(batch, Some(rng))
+        let rng = (!self.deterministic).then_some(rng);
+        self.run_program(&self.programs.train, batch, rng)
     }
 
-    /// The graph: the evaluation program, or with `rng` (dropout masks, gate noise) the
-    /// training one.
+    /// The graph of the evaluation program.
     fn run(&self, batch: &Batch, rng: Option<&mut Rng>) -> Result<Output> {
-        let program = if rng.is_some() { &self.programs.train } else { &self.programs.eval };
-        self.run_program(program, batch, rng)
+        self.run_program(&self.programs.eval, batch, rng)
+    }
+
+    /// Training from here on keeps every unit (no dropout) and draws no gate noise:
+    /// their random streams differ between devices by design, so a comparison of
+    /// devices' training steps turns them off.
+    pub fn without_randomness(&mut self) {
+        self.deterministic = true;
+    }
+
+    /// Whether training steps of this model run on the native interpreter: on the
+    /// CPU, when its loss is the training program's (a weighted sum of the tasks'
+    /// losses and the balance terms: no uncertainty weighting or GradNorm, which
+    /// need candle's graph of the loss). Others train through candle's graph.
+    pub fn native_training(&self) -> bool {
+        self.cpu_train.is_some()
+            && !self.graph_training
+            && matches!(self.ir.balance, crate::ir::LossBalance::Fixed | crate::ir::LossBalance::Dwa { .. })
+            && self.log_variance.is_none()
+    }
+
+    /// Makes training steps take candle's graph even where [`CandleModel::native_training`]
+    /// would hold (the reference the native backward is tested against).
+    pub fn set_graph_training(&mut self, on: bool) {
+        self.graph_training = on;
+    }
+
+    /// One training step on the native interpreter (see [`CandleModel::native_training`]):
+    /// the gradients of `train::batch_loss_weighted` with the same `factors` and `rng`.
+    pub fn train_step(&self, batch: &Batch, factors: Option<&[f64]>, rng: &mut Rng) -> Result<Gradients> {
+        match (&self.cpu_train, self.native_training()) {
+            (Some(c), true) => c.train_step(self, batch, factors, (!self.deterministic).then_some(rng)),
+            _ => candle_core::bail!("this model trains through the graph"),
+        }
     }
 
     /// The weight GradNorm measures task gradients on: the last depth of the last
     /// layer's first (shared) expert group.
     pub fn last_shared_weight(&self) -> Option<&Var> {
-        self.layers.last().and_then(|l| l.groups.first()).and_then(|g| g.layers.last()).map(|(w, _)| w)
+        let last = self.ir.layers.len().checked_sub(1)?;
+        let name = self
+            .ir
+            .parameters()
+            .into_iter()
+            .rfind(|p| matches!(p.role, Role::ExpertWeight { layer, group: 0, .. } if layer == last))?
+            .name;
+        self.programs.var_index.get(&name).map(|&i| &self.vars[i].1)
     }
 
     /// Copies every parameter's current value (for best-epoch restore).

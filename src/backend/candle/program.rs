@@ -122,7 +122,8 @@ fn random(op: &Op, shape: &[usize], device: &candle_core::Device, rng: &mut Rng)
 impl CandleModel {
     /// Runs the program on a batch: its outputs as [`Output`] (heads, each gated layer's
     /// mixes' weights, lookups in training, the auxiliary losses summed). `rng` draws
-    /// the training program's dropout masks and gate noise.
+    /// the training program's dropout masks and gate noise; without one, every unit is
+    /// kept and no noise added.
     pub fn run_program(&self, p: &Program, batch: &Batch, mut rng: Option<&mut Rng>) -> Result<Output> {
         let b = batch.size;
         let vars = &self.programs.var_index;
@@ -156,9 +157,12 @@ impl CandleModel {
                 let shapes: Vec<&Shape> = n.args.iter().map(|a| &p.buf(*a).shape).collect();
                 let out = dims(&p.buf(n.out).shape, b);
                 if n.op.is_random() {
-                    let rng =
-                        rng.as_deref_mut().ok_or_else(|| err("a training program needs a random stream".into()))?;
-                    random(&n.op, &out, &self.device, rng)?
+                    match rng.as_deref_mut() {
+                        Some(rng) => random(&n.op, &out, &self.device, rng)?,
+                        // No random stream: every unit kept, no noise.
+                        None if matches!(n.op, Op::DropoutMask { .. }) => Tensor::ones(out, DType::F32, &self.device)?,
+                        None => Tensor::zeros(out, DType::F32, &self.device)?,
+                    }
                 } else {
                     self.eval(&n.op, &args, &shapes, &out)?
                 }

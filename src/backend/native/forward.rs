@@ -20,122 +20,188 @@ pub(super) fn softplus(x: f32) -> f32 {
     x.max(0.0) + ((-x.abs()).exp() + 1.0).ln()
 }
 
-pub(super) fn unary(u: Unary, x: f32) -> f32 {
-    match u {
-        Unary::Relu => x.max(0.0),
-        Unary::Tanh => x.tanh(),
-        Unary::Sigmoid => sigmoid(x),
-        Unary::Gelu => gelu(x),
-        Unary::Softplus => softplus(x),
-        Unary::LogSigmoid => -softplus(-x),
-        Unary::Exp => x.exp(),
+/// `dst` holding `n` values: left as it is when it does (its values are stale: the
+/// caller overwrites them all), else cleared and zero-filled to `n`.
+fn sized(dst: &mut Vec<f32>, n: usize) {
+    if dst.len() != n {
+        dst.clear();
+        dst.resize(n, 0.0);
     }
 }
 
-/// `rows` rows of `out`, each the bias (or zeros).
-fn bias_rows(bias: Option<&[f32]>, rows: usize, width: usize) -> Vec<f32> {
-    match bias {
-        Some(b) => b.iter().copied().cycle().take(rows * width).collect(),
-        None => vec![0.0; rows * width],
+/// An activation fused into a linear op's kernel (see `program::fuse`).
+pub(super) type Act = Option<Unary>;
+
+/// `y = act(y + bias)` on each row of `width` values, in one pass.
+fn bias_activate(y: &mut [f32], bias: Option<&[f32]>, width: usize, act: Act) {
+    fn each(y: &mut [f32], bias: Option<&[f32]>, width: usize, f: impl Fn(f32) -> f32) {
+        match bias {
+            Some(b) => {
+                y.chunks_exact_mut(width.max(1)).for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v = f(*v + b)))
+            }
+            None => y.iter_mut().for_each(|v| *v = f(*v)),
+        }
+    }
+    match act {
+        None if bias.is_none() => {}
+        None => each(y, bias, width, |v| v),
+        Some(Unary::Relu) => each(y, bias, width, |v| v.max(0.0)),
+        Some(Unary::Tanh) => each(y, bias, width, f32::tanh),
+        Some(Unary::Sigmoid) => each(y, bias, width, sigmoid),
+        Some(Unary::Gelu) => each(y, bias, width, gelu),
+        Some(Unary::Softplus) => each(y, bias, width, softplus),
+        Some(Unary::LogSigmoid) => each(y, bias, width, |v| -softplus(-v)),
+        Some(Unary::Exp) => each(y, bias, width, f32::exp),
     }
 }
 
-/// The result of `op` on `args` at batch size `b`.
-pub(super) fn run(
-    op: &Op,
-    args: &[Arg],
-    shapes: &[&Shape],
-    out: &Shape,
-    b: usize,
-    rng: Option<&mut Rng>,
-) -> Result<Vec<f32>> {
+/// `dst` replaced by `values`, its allocation kept.
+fn fill(dst: &mut Vec<f32>, values: impl Iterator<Item = f32>) {
+    dst.clear();
+    dst.extend(values);
+}
+
+/// Where an op's forward writes: its result (whose earlier contents are dropped and
+/// whose allocation is reused from run to run), its node's working values, and the
+/// activation fused into it.
+pub(super) struct Out<'a> {
+    pub shape: &'a Shape,
+    pub values: &'a mut Vec<f32>,
+    pub scratch: &'a mut Vec<f32>,
+    pub act: Act,
+}
+
+/// The result of `op` on `args` at batch size `b`, written into `o`.
+pub(super) fn run(op: &Op, args: &[Arg], shapes: &[&Shape], o: Out, b: usize, rng: Option<&mut Rng>) -> Result<()> {
+    let Out { shape: out, values: dst, scratch, act } = o;
     let f = |i: usize| args[i].f32(op.name());
     let n_out = out.elems(b);
-    Ok(match op {
-        Op::Gather => gather(f(0)?, args[1], shapes[0].last())?,
-        Op::Pool { mode } => pool(f(0)?, f(1)?, *mode, shapes[1].last(), out.last()),
+    match op {
+        Op::Gather => gather(dst, f(0)?, args[1], shapes[0].last())?,
+        Op::Pool { mode } => pool(dst, f(0)?, f(1)?, *mode, shapes[1].last(), out.last()),
         Op::Slice { at, len } => {
             let n = shapes[0].last();
-            f(0)?.chunks_exact(n.max(1)).flat_map(|r| &r[*at..at + len]).copied().collect()
+            fill(dst, f(0)?.chunks_exact(n.max(1)).flat_map(|r| &r[*at..at + len]).copied())
         }
-        Op::Concat => concat(&(0..args.len()).map(f).collect::<Result<Vec<_>>>()?, shapes, b),
-        Op::Take { indices } => take(f(0)?, indices, shapes[0], b),
-        Op::Reshape { .. } => f(0)?.to_vec(),
+        Op::Concat => concat(dst, args, shapes, b)?,
+        Op::Take { indices } => take(dst, f(0)?, indices, shapes[0], b),
+        Op::Reshape { .. } => fill(dst, f(0)?.iter().copied()),
         Op::Expand { count } => {
             let d = shapes[0].last();
-            f(0)?.chunks_exact(d.max(1)).flat_map(|r| std::iter::repeat_n(r, *count).flatten()).copied().collect()
+            fill(dst, f(0)?.chunks_exact(d.max(1)).flat_map(|r| std::iter::repeat_n(r, *count).flatten()).copied())
         }
-        Op::Add => f(0)?.iter().zip(f(1)?).map(|(x, y)| x + y).collect(),
-        Op::Mul => f(0)?.iter().zip(f(1)?).map(|(x, y)| x * y).collect(),
-        Op::Scale { factor } => f(0)?.iter().map(|x| x * factor).collect(),
-        Op::AddScalar { value } => f(0)?.iter().map(|x| x + value).collect(),
-        Op::Unary(u) => f(0)?.iter().map(|&x| unary(*u, x)).collect(),
+        Op::Add => fill(dst, f(0)?.iter().zip(f(1)?).map(|(x, y)| x + y)),
+        Op::Mul => fill(dst, f(0)?.iter().zip(f(1)?).map(|(x, y)| x * y)),
+        Op::Scale { factor } => fill(dst, f(0)?.iter().map(|x| x * factor)),
+        Op::AddScalar { value } => fill(dst, f(0)?.iter().map(|x| x + value)),
+        Op::Unary(u) => unary_into(dst, *u, f(0)?),
         Op::Linear => {
             let (x, w) = (f(0)?, f(1)?);
             let (i, o) = (shapes[1].dims[0], shapes[1].dims[1]);
             let rows = n_out / o.max(1);
             let bias = if args.len() == 3 { Some(f(2)?) } else { None };
-            let mut y = bias_rows(bias, rows, o);
-            matmul(&mut y, Mat::rows(0, rows, o, o), x, Mat::rows(0, rows, i, i), w, Mat::rows(0, i, o, o), true)?;
-            y
+            sized(dst, rows * o);
+            matmul(dst, Mat::rows(0, rows, o, o), x, Mat::rows(0, rows, i, i), w, Mat::rows(0, i, o, o), false)?;
+            bias_activate(dst, bias, o, act);
         }
-        Op::ExpertLinear | Op::GroupedLinear => experts(op, f(0)?, f(1)?, f(2)?, shapes[1], n_out)?,
+        Op::ExpertLinear => expert_linear(dst, scratch, f(0)?, f(1)?, f(2)?, shapes[1], act)?,
+        Op::GroupedLinear => {
+            grouped_linear(dst, f(0)?, f(1)?, shapes[1], n_out)?;
+            bias_activate(dst, Some(f(2)?), shapes[1].dims[0] * shapes[1].dims[2], act);
+        }
+        Op::DropoutMask { .. } | Op::Normal { .. } if rng.is_none() => {
+            // No random stream: every unit kept, no noise.
+            let keep = if matches!(op, Op::DropoutMask { .. }) { 1.0 } else { 0.0 };
+            fill(dst, std::iter::repeat_n(keep, n_out));
+        }
         Op::DropoutMask { rate, draw, .. } => {
             let rng = rng.ok_or_else(|| NativeError::Kernel("dropout needs the step's random stream".into()))?;
             let drawn = crate::rng::dropout_mask(rng, n_out, *rate);
             let full: Vec<usize> = std::iter::once(b).chain(out.dims.iter().copied()).collect();
-            if draw.is_empty() {
-                drawn
-            } else {
-                place(&drawn, &full, draw)
-            }
+            *dst = if draw.is_empty() { drawn } else { place(&drawn, &full, draw) };
         }
         Op::Normal { .. } => {
             let rng = rng.ok_or_else(|| NativeError::Kernel("gate noise needs the step's random stream".into()))?;
-            (0..n_out).map(|_| rng.normal() as f32).collect()
+            fill(dst, (0..n_out).map(|_| rng.normal() as f32));
         }
         Op::TopKMask { segments, k } => {
-            let mut y = f(0)?.to_vec();
-            for_segments(&mut y, segments, |s| top_k(s, *k));
-            y
+            fill(dst, f(0)?.iter().copied());
+            for_segments(dst, segments, |s| top_k(s, *k));
         }
         Op::Softmax { segments } => {
-            let mut y = f(0)?.to_vec();
-            for_segments(&mut y, segments, softmax);
-            y
+            fill(dst, f(0)?.iter().copied());
+            for_segments(dst, segments, softmax);
         }
-        Op::Mix { sets } => mix(f(0)?, f(1)?, sets, shapes[1], b),
-        Op::Loss { kind } => vec![loss(*kind, f(0)?, f(1)?, f(2)?, shapes[0].last(), b)],
-        Op::Balance { segments, weight } => vec![super::balance::importance(f(0)?, segments, *weight, None).0],
+        Op::Mix { sets } => mix(dst, f(0)?, f(1)?, sets, shapes[1], b),
+        Op::Loss { kind } => fill(dst, std::iter::once(loss(*kind, f(0)?, f(1)?, f(2)?, shapes[0].last(), b))),
+        Op::Balance { segments, weight } => {
+            fill(dst, std::iter::once(super::balance::importance(f(0)?, segments, *weight, None).0))
+        }
         Op::LoadBalance { segments, k, weight } => {
-            vec![super::balance::load([f(0)?, f(1)?, f(2)?], segments, *k, *weight, None).value]
-        }
-    })
-}
-
-/// Each row of every operand, side by side: `[B, sum a_i, ..]`.
-fn concat(xs: &[&[f32]], shapes: &[&Shape], b: usize) -> Vec<f32> {
-    let widths: Vec<usize> = shapes.iter().map(|s| s.row_elems()).collect();
-    let mut y = Vec::with_capacity(b * widths.iter().sum::<usize>());
-    for r in 0..b {
-        for (x, &w) in xs.iter().zip(&widths) {
-            y.extend_from_slice(&x[r * w..(r + 1) * w]);
+            let l = super::balance::load([f(0)?, f(1)?, f(2)?], segments, *k, *weight, None);
+            fill(dst, std::iter::once(l.value))
         }
     }
-    y
+    Ok(())
+}
+
+/// `dst = u(x)`, elementwise.
+pub(super) fn unary_into(dst: &mut Vec<f32>, u: Unary, x: &[f32]) {
+    // One loop per function, so that each compiles to its own vectorisable pass.
+    match u {
+        Unary::Relu => fill(dst, x.iter().map(|&v| v.max(0.0))),
+        Unary::Tanh => fill(dst, x.iter().map(|&v| v.tanh())),
+        Unary::Sigmoid => fill(dst, x.iter().map(|&v| sigmoid(v))),
+        Unary::Gelu => fill(dst, x.iter().map(|&v| gelu(v))),
+        Unary::Softplus => fill(dst, x.iter().map(|&v| softplus(v))),
+        Unary::LogSigmoid => fill(dst, x.iter().map(|&v| -softplus(-v))),
+        Unary::Exp => fill(dst, x.iter().map(|&v| v.exp())),
+    }
+}
+
+/// Each row of every operand, side by side: `[B, sum a_i, ..]`; a deferred gather's
+/// table rows copied straight in.
+fn concat(y: &mut Vec<f32>, xs: &[Arg], shapes: &[&Shape], b: usize) -> Result<()> {
+    let total: usize = shapes.iter().map(|s| s.row_elems()).sum();
+    sized(y, b * total);
+    let mut at = 0;
+    for (x, s) in xs.iter().zip(shapes) {
+        let w = s.row_elems();
+        let rows = y.chunks_exact_mut(total.max(1));
+        match *x {
+            Arg::F32(x) => {
+                rows.zip(x.chunks_exact(w.max(1))).for_each(|(dst, src)| dst[at..at + w].copy_from_slice(src))
+            }
+            Arg::Rows { table, ids, dim, name } => {
+                let n = table.len() / dim.max(1);
+                for (r, (dst, &id)) in rows.zip(ids).enumerate() {
+                    let id = id as usize;
+                    if id >= n {
+                        return Err(NativeError::Kernel(format!("`{name}`: id {id} outside its table of {n} rows")));
+                    }
+                    if let Some(&ahead) = ids.get(r + 8) {
+                        prefetch(table, ahead as usize * dim);
+                    }
+                    dst[at..at + w].copy_from_slice(&table[id * dim..][..w]);
+                }
+            }
+            Arg::U32(_) => return Err(NativeError::Kernel("concat: ids among its operands".into())),
+        }
+        at += w;
+    }
+    Ok(())
 }
 
 /// Entries `indices` of the first axis after the batch.
-fn take(x: &[f32], indices: &[usize], shape: &Shape, b: usize) -> Vec<f32> {
+fn take(y: &mut Vec<f32>, x: &[f32], indices: &[usize], shape: &Shape, b: usize) {
     let inner = shape.dims[1..].iter().product::<usize>();
     let row = shape.row_elems();
-    let mut y = Vec::with_capacity(b * indices.len() * inner);
+    y.clear();
     for r in 0..b {
         for &i in indices {
             y.extend_from_slice(&x[r * row + i * inner..r * row + (i + 1) * inner]);
         }
     }
-    y
 }
 
 /// Values drawn in axis order `draw` of a tensor of shape `full`, put in its layout.
@@ -162,22 +228,39 @@ fn place(drawn: &[f32], full: &[usize], draw: &[usize]) -> Vec<f32> {
     out
 }
 
-fn gather(table: &[f32], ids: Arg, d: usize) -> Result<Vec<f32>> {
+fn gather(y: &mut Vec<f32>, table: &[f32], ids: Arg, d: usize) -> Result<()> {
     let Arg::U32(ids) = ids else { return Err(NativeError::Kernel("gather: ids must be u32".into())) };
     let rows = table.len() / d.max(1);
-    let mut y = Vec::with_capacity(ids.len() * d);
-    for &i in ids {
+    y.clear();
+    for (r, &i) in ids.iter().enumerate() {
         let i = i as usize;
         if i >= rows {
-            return Err(NativeError::Kernel(format!("gather: row {i} of a table of {rows}")));
+            return Err(NativeError::Kernel(format!("id {i} outside its table of {rows} rows")));
+        }
+        // The rows are scattered over the table: ask for the one 8 ids ahead now.
+        if let Some(&ahead) = ids.get(r + 8) {
+            prefetch(table, ahead as usize * d);
         }
         y.extend_from_slice(&table[i * d..(i + 1) * d]);
     }
-    Ok(y)
+    Ok(())
 }
 
-fn pool(rows: &[f32], w: &[f32], mode: PoolMode, len: usize, d: usize) -> Vec<f32> {
-    let mut y = Vec::with_capacity(w.len() / len.max(1) * d);
+/// Asks for the cache line of `v[at]` ahead of its use; nothing when `at` is outside
+/// `v` or on other targets.
+#[inline(always)]
+pub(crate) fn prefetch(v: &[f32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at < v.len() {
+        // SAFETY: a prefetch reads nothing and cannot fault; the address is within `v`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(v.as_ptr().add(at).cast());
+        }
+    }
+}
+
+fn pool(y: &mut Vec<f32>, rows: &[f32], w: &[f32], mode: PoolMode, len: usize, d: usize) {
+    y.clear();
     for (e, w) in rows.chunks_exact((len * d).max(1)).zip(w.chunks_exact(len.max(1))) {
         let mut acc = vec![0f32; d];
         match mode {
@@ -198,23 +281,51 @@ fn pool(rows: &[f32], w: &[f32], mode: PoolMode, len: usize, d: usize) -> Vec<f3
         }
         y.extend_from_slice(&acc);
     }
-    y
 }
 
-/// `expert_linear` (`x: [R, i]` through every expert) or `grouped_linear` (`x: [R, E,
-/// i]`, expert e on its own rows) into `[R, E, o]`: one GEMM per expert over strided rows.
-fn experts(op: &Op, x: &[f32], w: &[f32], bias: &[f32], ws: &Shape, n_out: usize) -> Result<Vec<f32>> {
+/// The experts' weights `[E, i, o]` side by side as one matrix `[i, E * o]`.
+pub(super) fn side_by_side(dst: &mut Vec<f32>, w: &[f32], e: usize, i: usize, o: usize) {
+    dst.clear();
+    for j in 0..i {
+        for k in 0..e {
+            dst.extend_from_slice(&w[(k * i + j) * o..][..o]);
+        }
+    }
+}
+
+/// `expert_linear`: `x: [R, i]` through every expert into `[R, E, o]`, as one GEMM
+/// over the experts' weights side by side (kept in `packed` for the VJP): a GEMM
+/// per expert of `o` columns runs well below one of `E * o`.
+fn expert_linear(
+    y: &mut Vec<f32>,
+    packed: &mut Vec<f32>,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    ws: &Shape,
+    act: Act,
+) -> Result<()> {
+    let n_out = x.len() / ws.dims[1].max(1) * ws.dims[0] * ws.dims[2];
+    let (e, i, o) = (ws.dims[0], ws.dims[1], ws.dims[2]);
+    let (rows, n) = (n_out / (e * o).max(1), e * o);
+    side_by_side(packed, w, e, i, o);
+    sized(y, rows * n);
+    matmul(y, Mat::rows(0, rows, n, n), x, Mat::rows(0, rows, i, i), packed, Mat::rows(0, i, n, n), false)?;
+    bias_activate(y, Some(bias), n, act);
+    Ok(())
+}
+
+/// `grouped_linear` (`x: [R, E, i]`, expert e on its own rows) into `[R, E, o]`: one
+/// GEMM per expert over strided rows (each has its own input, so no one GEMM holds them).
+fn grouped_linear(y: &mut Vec<f32>, x: &[f32], w: &[f32], ws: &Shape, n_out: usize) -> Result<()> {
     let (e, i, o) = (ws.dims[0], ws.dims[1], ws.dims[2]);
     let rows = n_out / (e * o).max(1);
-    let mut y = bias_rows(Some(bias), rows, e * o);
+    sized(y, rows * e * o);
     for k in 0..e {
-        let xm = match op {
-            Op::ExpertLinear => Mat::rows(0, rows, i, i),
-            _ => Mat::rows(k * i, rows, i, e * i),
-        };
-        matmul(&mut y, Mat::rows(k * o, rows, o, e * o), x, xm, w, Mat::rows(k * i * o, i, o, o), true)?;
+        let xm = Mat::rows(k * i, rows, i, e * i);
+        matmul(y, Mat::rows(k * o, rows, o, e * o), x, xm, w, Mat::rows(k * i * o, i, o, o), false)?;
     }
-    Ok(y)
+    Ok(())
 }
 
 /// `f` on each segment of each row of `y` (rows of `sum segments` values).
@@ -245,10 +356,11 @@ fn softmax(s: &mut [f32]) {
 }
 
 /// `[B, M, u]`: mix m of row r is `sum_j w[r, c_m + j] x[r, sets[m][j], :]`.
-fn mix(w: &[f32], x: &[f32], sets: &[Vec<usize>], xs: &Shape, b: usize) -> Vec<f32> {
+fn mix(y: &mut Vec<f32>, w: &[f32], x: &[f32], sets: &[Vec<usize>], xs: &Shape, b: usize) {
     let (n, u) = (xs.dims[0], xs.dims[1]);
     let c: usize = sets.iter().map(Vec::len).sum();
-    let mut y = vec![0f32; b * sets.len() * u];
+    y.clear();
+    y.resize(b * sets.len() * u, 0.0);
     for r in 0..b {
         let mut col = 0;
         for (m, set) in sets.iter().enumerate() {
@@ -261,7 +373,6 @@ fn mix(w: &[f32], x: &[f32], sets: &[Vec<usize>], xs: &Shape, b: usize) -> Vec<f
             }
         }
     }
-    y
 }
 
 /// A row's loss and its derivative by the raw output (`k` values; one unless softmax).

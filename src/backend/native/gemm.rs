@@ -1,6 +1,6 @@
 //! `C (+)= A B` over f32 matrices with any strides (gemm-rs on the calling thread): every
 //! matmul-like op of the native backend, forward and backward, and the GEMMs of the
-//! candle backend's fast CPU passes (`candle/strided.rs`).
+//! FMA peak that `multigate bench` measures the forward pass against.
 
 use super::NativeError;
 
@@ -82,4 +82,41 @@ pub(crate) fn matmul(
         );
     }
     Ok(())
+}
+
+/// This thread's f32 multiply-add rate in FLOP/s, measured: twelve independent chains of
+/// 8-lane FMAs, best of three short runs (about 50 ms in all). The ceiling for [`matmul`],
+/// so for a pass whose FLOPs are its GEMMs: `multigate bench` puts the forward pass
+/// beside it. None on a CPU without AVX2 and FMA.
+pub fn fma_peak() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        const ITERS: usize = 4_000_000;
+        let best = (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                std::hint::black_box(unsafe { fma_chains(std::hint::black_box(ITERS)) });
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min);
+        return Some((ITERS * 12 * 8 * 2) as f64 / best.max(1e-9));
+    }
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); 12];
+    let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    for _ in 0..iters {
+        for r in acc.iter_mut() {
+            *r = _mm256_fmadd_ps(*r, a, b);
+        }
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), acc.iter().fold(_mm256_setzero_ps(), |s, &r| _mm256_add_ps(s, r)));
+    lanes.iter().sum()
 }

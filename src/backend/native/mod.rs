@@ -6,16 +6,22 @@
 //! once (`forward.rs`) and its vector-Jacobian product once (`vjp.rs`); nothing here
 //! knows a model kind, so every model the lowering can express runs here.
 //!
-//! This is the reference interpreter: every op is its own pass over freshly allocated
-//! buffers. The fused kernels that make the CPU path fast (`backend/candle/infer.rs`,
-//! `backprop/`) are to become fusion patterns over the same ops.
+//! It is the CPU path of training and evaluation. What keeps it fast: a [`Run`]'s
+//! buffers are kept from call to call (no allocation once the largest batch was
+//! seen); a gradient's first contribution writes its buffer instead of adding to a
+//! cleared one (the backward plan's write-or-add flag); `expert_linear` is one GEMM
+//! over the experts' weights side by side; and an activation that only reads a
+//! linear op's result runs in that op's kernel (`program::fuse`).
 
 mod balance;
 mod forward;
 pub(crate) mod gemm;
 mod vjp;
 
-use crate::program::{Backward, BufId, BufKind, Input, Program};
+pub(crate) use forward::prefetch;
+pub use gemm::fma_peak;
+
+use crate::program::{Backward, BufId, BufKind, Input, Program, Unary};
 use crate::rng::Rng;
 
 /// What a native run can fail on: a program or feed that does not fit (never a panic).
@@ -48,10 +54,14 @@ pub struct Feed<'a> {
 }
 
 /// Every buffer's value after a forward pass (and gradients after a backward one).
+#[derive(Default)]
 pub struct Run {
     pub batch: usize,
     values: Vec<Vec<f32>>,
     grads: Vec<Vec<f32>>,
+    /// Per node: a kernel's own working values, kept from its forward for its VJP
+    /// (`expert_linear`'s weights side by side).
+    scratch: Vec<Vec<f32>>,
 }
 
 impl Run {
@@ -70,6 +80,13 @@ impl Run {
 pub struct Native {
     pub program: Program,
     pub backward: Option<Backward>,
+    /// Per node: the activation its kernel applies and the buffer it then writes (the
+    /// activation's), from `program::fuse`; the activation's own node is skipped.
+    epilogue: Vec<Option<(Unary, BufId)>>,
+    fused_away: Vec<bool>,
+    /// Per buffer: the gather node that a concat runs in its own kernel
+    /// (`program::fuse::gathers_into_concat`); that node is skipped.
+    deferred: Vec<Option<usize>>,
 }
 
 /// One operand of a kernel.
@@ -77,6 +94,14 @@ pub struct Native {
 pub(crate) enum Arg<'a> {
     F32(&'a [f32]),
     U32(&'a [u32]),
+    /// A gather not run by itself: rows `ids` of `table` (`dim` values a row), which
+    /// only a concat reads (`program::fuse::gathers_into_concat`).
+    Rows {
+        table: &'a [f32],
+        ids: &'a [u32],
+        dim: usize,
+        name: &'a str,
+    },
 }
 
 impl<'a> Arg<'a> {
@@ -84,31 +109,54 @@ impl<'a> Arg<'a> {
         match self {
             Arg::F32(v) => Ok(v),
             Arg::U32(_) => Err(NativeError::Kernel(format!("{what}: expected f32 values, got ids"))),
+            Arg::Rows { .. } => Err(NativeError::Kernel(format!("{what}: expected f32 values, got a deferred gather"))),
         }
     }
 }
 
-/// The operands `args` as a kernel reads them: parameters, bound inputs, or values
-/// computed earlier.
+/// The operands `args` as a kernel reads them: parameters, bound inputs, values
+/// computed earlier, or a deferred gather's table and ids (`deferred[buf]` its node).
 fn operands<'a>(
-    p: &Program,
+    p: &'a Program,
     args: &[BufId],
     params: &[Option<&'a [f32]>],
     bound: &[Option<Arg<'a>>],
     values: &'a [Vec<f32>],
+    deferred: &[Option<usize>],
 ) -> Vec<Arg<'a>> {
+    let one = |a: BufId| match (&p.buf(a).kind, bound[a.0]) {
+        (BufKind::Param, _) => Arg::F32(params.get(a.0).copied().flatten().unwrap_or(&[])),
+        (_, Some(arg)) => arg,
+        _ => Arg::F32(&values[a.0]),
+    };
     args.iter()
-        .map(|a| match (&p.buf(*a).kind, bound[a.0]) {
-            (BufKind::Param, _) => Arg::F32(params.get(a.0).copied().flatten().unwrap_or(&[])),
-            (_, Some(arg)) => arg,
-            _ => Arg::F32(&values[a.0]),
+        .map(|&a| match deferred[a.0].map(|g| &p.nodes[g]) {
+            Some(g) => match (one(g.args[0]), one(g.args[1])) {
+                (Arg::F32(table), Arg::U32(ids)) => {
+                    let t = p.buf(g.args[0]);
+                    Arg::Rows { table, ids, dim: t.shape.last(), name: &t.name }
+                }
+                _ => one(a),
+            },
+            None => one(a),
         })
         .collect()
 }
 
 impl Native {
     pub fn new(program: Program, backward: Option<Backward>) -> Native {
-        Native { program, backward }
+        let mut epilogue = vec![None; program.nodes.len()];
+        let mut fused_away = vec![false; program.nodes.len()];
+        for e in crate::program::fuse::epilogues(&program) {
+            epilogue[e.producer] = Some((e.unary, program.nodes[e.activation].out));
+            fused_away[e.activation] = true;
+        }
+        let mut deferred = vec![None; program.bufs.len()];
+        for g in crate::program::fuse::gathers_into_concat(&program) {
+            deferred[program.nodes[g].out.0] = Some(g);
+            fused_away[g] = true;
+        }
+        Native { program, backward, epilogue, fused_away, deferred }
     }
 
     /// Checks that `params` holds every parameter at its shape.
@@ -143,7 +191,7 @@ impl Native {
         };
         let len = match arg {
             Arg::F32(v) => v.len(),
-            Arg::U32(v) => v.len(),
+            Arg::U32(v) | Arg::Rows { ids: v, .. } => v.len(),
         };
         let want = b.shape.elems(feed.batch);
         if len != want {
@@ -163,27 +211,60 @@ impl Native {
     }
 
     /// Runs the forward program on one batch. `params[i]` is buffer i's value when it
-    /// is a parameter; `rng` draws dropout masks and gate noise (training programs).
-    pub fn forward(&self, params: &[Option<&[f32]>], feed: &Feed, mut rng: Option<&mut Rng>) -> Result<Run> {
+    /// is a parameter; `rng` draws dropout masks and gate noise (training programs);
+    /// without one, a training program keeps every unit and adds no noise.
+    pub fn forward(&self, params: &[Option<&[f32]>], feed: &Feed, rng: Option<&mut Rng>) -> Result<Run> {
+        let mut run = Run::default();
+        self.forward_into(params, feed, rng, &mut run)?;
+        Ok(run)
+    }
+
+    /// [`Native::forward`] into `run`, whose buffers are reused: a caller that keeps
+    /// one `Run` per thread allocates nothing once the largest batch has been seen.
+    pub fn forward_into(
+        &self,
+        params: &[Option<&[f32]>],
+        feed: &Feed,
+        mut rng: Option<&mut Rng>,
+        run: &mut Run,
+    ) -> Result<()> {
         self.check_params(params)?;
         let p = &self.program;
         let b = feed.batch;
-        let mut values: Vec<Vec<f32>> = vec![Vec::new(); p.bufs.len()];
+        run.batch = b;
+        run.values.resize_with(p.bufs.len(), Vec::new);
+        run.scratch.resize_with(p.nodes.len(), Vec::new);
+        let values = &mut run.values;
         let bound = self.bind_all(feed)?;
         for (id, _, _) in p.inputs() {
             if bound[id.0].is_none() {
-                values[id.0] = vec![1.0; b]; // every label present
+                values[id.0].clear();
+                values[id.0].resize(b, 1.0); // every label present
             }
         }
-        for n in &p.nodes {
-            let out = {
-                let args = operands(p, &n.args, params, &bound, &values);
-                let shapes: Vec<_> = n.args.iter().map(|a| &p.buf(*a).shape).collect();
-                forward::run(&n.op, &args, &shapes, &p.buf(n.out).shape, b, rng.as_deref_mut())?
+        for (i, (n, scratch)) in p.nodes.iter().zip(&mut run.scratch).enumerate() {
+            if self.fused_away[i] {
+                continue;
+            }
+            let (act, target) = match self.epilogue[i] {
+                Some((u, to)) => (Some(u), to),
+                None => (None, n.out),
             };
-            values[n.out.0] = out;
+            let mut dst = std::mem::take(&mut values[target.0]);
+            let done = {
+                let args = operands(p, &n.args, params, &bound, values, &self.deferred);
+                let shapes: Vec<_> = n.args.iter().map(|a| &p.buf(*a).shape).collect();
+                let out = forward::Out { shape: &p.buf(n.out).shape, values: &mut dst, scratch, act };
+                forward::run(&n.op, &args, &shapes, out, b, rng.as_deref_mut())
+            };
+            values[target.0] = dst;
+            // A gather's failure names its table.
+            done.map_err(|e| match n.op {
+                crate::program::Op::Gather => NativeError::Kernel(format!("`{}`: {e}", p.label(n.args[0]))),
+                _ => e,
+            })?;
         }
-        Ok(Run { batch: b, values, grads: Vec::new() })
+        Ok(())
     }
 
     /// Runs the backward program after [`Native::forward`] of the same batch:
@@ -195,46 +276,72 @@ impl Native {
         if seeds.len() != bw.seeds.len() {
             return Err(NativeError::Kernel(format!("{} seeds for {} losses", seeds.len(), bw.seeds.len())));
         }
-        // Every gradient buffer starts at zero and every step adds into it, so the plan's
-        // write-or-add flag (for backends that do not clear their buffers) is not needed.
+        // The buffers of the run before are reused, not cleared: the step that first
+        // contributes to a buffer writes it (the plan's write-or-add flag) where its
+        // kernel covers every element, and is given it cleared where not.
         let first = p.bufs.len();
-        let mut grads: Vec<Vec<f32>> = vec![Vec::new(); first + bw.bufs.len()];
+        let grads = &mut run.grads;
+        grads.resize_with(first + bw.bufs.len(), Vec::new);
         for (i, g) in bw.bufs.iter().enumerate() {
-            grads[first + i] = vec![0.0; g.shape.elems(run.batch)];
+            let dst = &mut grads[first + i];
+            let n = g.shape.elems(run.batch);
+            if dst.len() != n {
+                dst.clear();
+                dst.resize(n, 0.0);
+            }
         }
         for (s, &v) in bw.seeds.iter().zip(seeds) {
-            grads[s.0] = vec![v];
+            grads[s.0].clear();
+            grads[s.0].push(v);
         }
         for s in &bw.aux_seeds {
-            grads[s.0] = vec![1.0];
+            grads[s.0].clear();
+            grads[s.0].push(1.0);
         }
         let bound = self.bind_all(feed)?;
         for step in &bw.steps {
             let n = &p.nodes[step.node];
-            let contributions = {
-                let args = operands(p, &n.args, params, &bound, &run.values);
-                let shapes: Vec<_> = n.args.iter().map(|a| &p.buf(*a).shape).collect();
-                let want: Vec<bool> = step.dargs.iter().map(Option::is_some).collect();
-                let ctx =
-                    vjp::Ctx { args: &args, shapes: &shapes, out: &run.values[n.out.0], b: run.batch, want: &want };
-                vjp::run(&n.op, &ctx, &grads[step.dout.0])?
-            };
-            for (d, c) in step.dargs.iter().zip(contributions) {
-                if let (Some((g, _)), Some(c)) = (d, c) {
-                    let dst = &mut grads[g.0];
-                    if dst.len() != c.len() {
-                        return Err(NativeError::Kernel(format!(
-                            "vjp of {}: {} values for {}",
-                            n.op.name(),
-                            c.len(),
-                            dst.len()
-                        )));
+            // Each operand's gradient buffer, taken out of the run while the step adds
+            // into it (an operand read twice, `mul x, x`, adds into a copy put back after).
+            let mut taken: Vec<Option<Vec<f32>>> = Vec::with_capacity(step.dargs.len());
+            let mut twice: Vec<(usize, BufId)> = Vec::new();
+            for (i, d) in step.dargs.iter().enumerate() {
+                taken.push(d.map(|(g, adds)| {
+                    let mut buf = std::mem::take(&mut run.grads[g.0]);
+                    if buf.is_empty() && step.dargs[..i].iter().flatten().any(|(h, _)| *h == g) {
+                        twice.push((i, g));
+                        buf = vec![0.0; bw.buf(g).shape.elems(run.batch)];
+                    } else if !adds && !vjp::overwrites(&n.op, i) {
+                        buf.fill(0.0);
                     }
-                    dst.iter_mut().zip(&c).for_each(|(x, y)| *x += y);
+                    buf
+                }));
+            }
+            let add: Vec<bool> = step
+                .dargs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| d.is_some_and(|(_, adds)| adds || twice.iter().any(|&(j, _)| j == i)))
+                .collect();
+            let done = {
+                let args = operands(p, &n.args, params, &bound, &run.values, &self.deferred);
+                let shapes: Vec<_> = n.args.iter().map(|a| &p.buf(*a).shape).collect();
+                let ctx = vjp::Ctx { args: &args, shapes: &shapes, out: &run.values[n.out.0], b: run.batch, add: &add };
+                let mut dargs: Vec<Option<&mut [f32]>> =
+                    taken.iter_mut().map(|t| t.as_mut().map(Vec::as_mut_slice)).collect();
+                vjp::run(&n.op, &ctx, &run.grads[step.dout.0], &mut dargs, &mut run.scratch[step.node])
+            };
+            for (i, (d, t)) in step.dargs.iter().zip(taken).enumerate() {
+                if let (Some((g, _)), Some(t)) = (d, t) {
+                    if twice.iter().any(|&(j, _)| j == i) {
+                        run.grads[g.0].iter_mut().zip(&t).for_each(|(a, v)| *a += v);
+                    } else {
+                        run.grads[g.0] = t;
+                    }
                 }
             }
+            done.map_err(|e| NativeError::Kernel(format!("vjp of {}: {e}", n.op.name())))?;
         }
-        run.grads = grads;
         Ok(())
     }
 }
