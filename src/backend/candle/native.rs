@@ -30,7 +30,8 @@ pub(crate) struct Compiled {
     native: Native,
     /// Per buffer of the program: the index of its parameter in `vars`.
     params: Vec<Option<usize>>,
-    pool: Mutex<Vec<Run>>,
+    /// Runs not in use, each with the thread that used it last.
+    pool: Mutex<Vec<(std::thread::ThreadId, Run)>>,
 }
 
 fn err(what: impl std::fmt::Display) -> candle_core::Error {
@@ -99,12 +100,18 @@ impl Compiled {
         &self.native.program
     }
 
-    /// Runs `f` with a pooled [`Run`], returned to the pool after.
+    /// Runs `f` with a pooled [`Run`], returned to the pool after. A thread gets back
+    /// the run it used last where there is one: its buffers are in that core's cache.
     fn with_run<T>(&self, f: impl FnOnce(&mut Run) -> Result<T>) -> Result<T> {
-        let mut run = self.pool.lock().map(|mut p| p.pop()).unwrap_or(None).unwrap_or_default();
+        let me = std::thread::current().id();
+        let taken = self.pool.lock().ok().and_then(|mut p| {
+            let at = p.iter().position(|(t, _)| *t == me).or_else(|| p.len().checked_sub(1))?;
+            Some(p.swap_remove(at).1)
+        });
+        let mut run = taken.unwrap_or_default();
         let out = f(&mut run);
         if let Ok(mut pool) = self.pool.lock() {
-            pool.push(run);
+            pool.push((me, run));
         }
         out
     }

@@ -16,12 +16,13 @@
 mod balance;
 mod forward;
 pub(crate) mod gemm;
+mod plan;
 mod vjp;
 
 pub(crate) use forward::prefetch;
 pub use gemm::fma_peak;
 
-use crate::program::{Backward, BufId, BufKind, Input, Program, Unary};
+use crate::program::{Backward, BufId, BufKind, Input, Program};
 use crate::rng::Rng;
 
 /// What a native run can fail on: a program or feed that does not fit (never a panic).
@@ -57,6 +58,8 @@ pub struct Feed<'a> {
 #[derive(Default)]
 pub struct Run {
     pub batch: usize,
+    /// Per buffer: which of `values` holds it (see `plan.rs`).
+    slot: std::sync::Arc<Vec<usize>>,
     values: Vec<Vec<f32>>,
     grads: Vec<Vec<f32>>,
     /// Per node: a kernel's own working values, kept from its forward for its VJP
@@ -65,9 +68,11 @@ pub struct Run {
 }
 
 impl Run {
-    /// A computed buffer's value (empty for inputs and parameters).
+    /// A computed buffer's value (empty for inputs and parameters). After an
+    /// evaluation run only the values the program hands out (heads, gate weights) are
+    /// kept: the others' buffers were reused (see `plan.rs`).
     pub fn value(&self, id: BufId) -> &[f32] {
-        &self.values[id.0]
+        self.slot.get(id.0).and_then(|&s| self.values.get(s)).map_or(&[], Vec::as_slice)
     }
 
     /// A gradient buffer's value (see [`Backward::grad_of`]).
@@ -80,13 +85,8 @@ impl Run {
 pub struct Native {
     pub program: Program,
     pub backward: Option<Backward>,
-    /// Per node: the activation its kernel applies and the buffer it then writes (the
-    /// activation's), from `program::fuse`; the activation's own node is skipped.
-    epilogue: Vec<Option<(Unary, BufId)>>,
-    fused_away: Vec<bool>,
-    /// Per buffer: the gather node that a concat runs in its own kernel
-    /// (`program::fuse::gathers_into_concat`); that node is skipped.
-    deferred: Vec<Option<usize>>,
+    /// The fused kernels and where each value lives (`plan.rs`).
+    plan: plan::Plan,
 }
 
 /// One operand of a kernel.
@@ -121,13 +121,13 @@ fn operands<'a>(
     args: &[BufId],
     params: &[Option<&'a [f32]>],
     bound: &[Option<Arg<'a>>],
-    values: &'a [Vec<f32>],
+    (values, slot): (&'a [Vec<f32>], &[usize]),
     deferred: &[Option<usize>],
 ) -> Vec<Arg<'a>> {
     let one = |a: BufId| match (&p.buf(a).kind, bound[a.0]) {
         (BufKind::Param, _) => Arg::F32(params.get(a.0).copied().flatten().unwrap_or(&[])),
         (_, Some(arg)) => arg,
-        _ => Arg::F32(&values[a.0]),
+        _ => Arg::F32(&values[slot[a.0]]),
     };
     args.iter()
         .map(|&a| match deferred[a.0].map(|g| &p.nodes[g]) {
@@ -145,18 +145,8 @@ fn operands<'a>(
 
 impl Native {
     pub fn new(program: Program, backward: Option<Backward>) -> Native {
-        let mut epilogue = vec![None; program.nodes.len()];
-        let mut fused_away = vec![false; program.nodes.len()];
-        for e in crate::program::fuse::epilogues(&program) {
-            epilogue[e.producer] = Some((e.unary, program.nodes[e.activation].out));
-            fused_away[e.activation] = true;
-        }
-        let mut deferred = vec![None; program.bufs.len()];
-        for g in crate::program::fuse::gathers_into_concat(&program) {
-            deferred[program.nodes[g].out.0] = Some(g);
-            fused_away[g] = true;
-        }
-        Native { program, backward, epilogue, fused_away, deferred }
+        let plan = plan::plan(&program, backward.is_some());
+        Native { program, backward, plan }
     }
 
     /// Checks that `params` holds every parameter at its shape.
@@ -232,32 +222,31 @@ impl Native {
         let p = &self.program;
         let b = feed.batch;
         run.batch = b;
-        run.values.resize_with(p.bufs.len(), Vec::new);
+        run.slot = self.plan.slot.clone();
+        run.values.resize_with(self.plan.slots, Vec::new);
         run.scratch.resize_with(p.nodes.len(), Vec::new);
-        let values = &mut run.values;
+        let (values, slot) = (&mut run.values, &self.plan.slot);
         let bound = self.bind_all(feed)?;
         for (id, _, _) in p.inputs() {
             if bound[id.0].is_none() {
-                values[id.0].clear();
-                values[id.0].resize(b, 1.0); // every label present
+                values[slot[id.0]].clear();
+                values[slot[id.0]].resize(b, 1.0); // every label present
             }
         }
         for (i, (n, scratch)) in p.nodes.iter().zip(&mut run.scratch).enumerate() {
-            if self.fused_away[i] {
+            if self.plan.fused_away[i] {
                 continue;
             }
-            let (act, target) = match self.epilogue[i] {
-                Some((u, to)) => (Some(u), to),
-                None => (None, n.out),
-            };
-            let mut dst = std::mem::take(&mut values[target.0]);
+            let act = self.plan.epilogue[i].map(|(u, _)| u);
+            let target = slot[self.plan.target(p, i).0];
+            let mut dst = std::mem::take(&mut values[target]);
             let done = {
-                let args = operands(p, &n.args, params, &bound, values, &self.deferred);
+                let args = operands(p, &n.args, params, &bound, (values, slot), &self.plan.deferred);
                 let shapes: Vec<_> = n.args.iter().map(|a| &p.buf(*a).shape).collect();
                 let out = forward::Out { shape: &p.buf(n.out).shape, values: &mut dst, scratch, act };
                 forward::run(&n.op, &args, &shapes, out, b, rng.as_deref_mut())
             };
-            values[target.0] = dst;
+            values[target] = dst;
             // A gather's failure names its table.
             done.map_err(|e| match n.op {
                 crate::program::Op::Gather => NativeError::Kernel(format!("`{}`: {e}", p.label(n.args[0]))),
@@ -324,9 +313,10 @@ impl Native {
                 .map(|(i, d)| d.is_some_and(|(_, adds)| adds || twice.iter().any(|&(j, _)| j == i)))
                 .collect();
             let done = {
-                let args = operands(p, &n.args, params, &bound, &run.values, &self.deferred);
+                let args = operands(p, &n.args, params, &bound, (&run.values, &run.slot), &self.plan.deferred);
                 let shapes: Vec<_> = n.args.iter().map(|a| &p.buf(*a).shape).collect();
-                let ctx = vjp::Ctx { args: &args, shapes: &shapes, out: &run.values[n.out.0], b: run.batch, add: &add };
+                let out = &run.values[run.slot[n.out.0]];
+                let ctx = vjp::Ctx { args: &args, shapes: &shapes, out, b: run.batch, add: &add };
                 let mut dargs: Vec<Option<&mut [f32]>> =
                     taken.iter_mut().map(|t| t.as_mut().map(Vec::as_mut_slice)).collect();
                 vjp::run(&n.op, &ctx, &run.grads[step.dout.0], &mut dargs, &mut run.scratch[step.node])
