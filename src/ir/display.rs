@@ -209,6 +209,10 @@ impl fmt::Display for Model {
                     writeln!(f, "    product {}: {} x {}", t.name, self.tasks[a.0].name, self.tasks[b.0].name)?;
                 }
             }
+            if let Some(tr) = t.transfer {
+                let from = &self.tasks[tr.from.0].name;
+                writeln!(f, "    transfer {from} -> {}: info + attention, calibration {}", t.name, tr.calibration)?;
+            }
         }
         match self.balance {
             LossBalance::Fixed => {}

@@ -297,6 +297,18 @@ impl Model {
         crosses
             + self.layers.iter().map(|l| l.flops(n)).sum::<usize>()
             + self.tasks.iter().map(Task::tower_flops).sum::<usize>()
+            + self.transfer_flops()
+    }
+
+    /// AITM transfers: the info layer, three projections of two items, the two dot
+    /// products and the weighted sum.
+    fn transfer_flops(&self) -> usize {
+        let each = |t: &Task| -> Option<usize> {
+            let (tr, h) = (t.transfer?, t.last_hidden()?);
+            let h_from = self.tasks[tr.from.0].last_hidden()?;
+            Some(2 * h_from * h + 3 * 2 * 2 * h * h + 2 * 2 * h + 2 * 2 * h)
+        };
+        self.tasks.iter().filter_map(each).sum()
     }
 
     /// The stream the towers read.

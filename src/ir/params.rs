@@ -12,6 +12,8 @@
 //! | `layers.{l}.gates.weight` / `.bias`      | `[d_in, sum E_g]` / `[sum E_g]` | every gate of the layer, side by side |
 //! | `layers.{l}.gates.noise`                 | `[d_in, sum E_g]`     | noisy top-k: noise scale weights |
 //! | `tasks.{t}.tower.{i}.weight` / `.bias`   | `[d_i, d_i+1]` / `[d_i+1]` | tower, depth i        |
+//! | `tasks.{t}.transfer.info.weight` / `.bias` | `[h_from, h]` / `[h]` | AITM: the info layer on the earlier tower's last hidden vector |
+//! | `tasks.{t}.transfer.query` / `.key` / `.value` | `[h, h]`      | AITM: the attention's projections (no bias) |
 //! | `loss.log_variance`                      | `[T]`                 | uncertainty weighting    |
 
 use std::fmt;
@@ -32,6 +34,16 @@ pub enum Init {
         blocks: Vec<usize>,
     },
     Zeros,
+}
+
+/// Which of an AITM transfer's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferPart {
+    InfoWeight,
+    InfoBias,
+    Query,
+    Key,
+    Value,
 }
 
 /// What a parameter is, for a backend placing it in its structures.
@@ -74,6 +86,11 @@ pub enum Role {
     TowerWeight {
         task: usize,
         depth: usize,
+    },
+    /// AITM: one of a task's transfer parameters.
+    Transfer {
+        task: usize,
+        part: TransferPart,
     },
     TowerBias {
         task: usize,
@@ -196,6 +213,27 @@ impl Model {
             mlp(&mut out, &format!("tasks.{}.tower", t.name), dims, None, |depth| {
                 (Role::TowerWeight { task: ti, depth }, Role::TowerBias { task: ti, depth })
             });
+        }
+        for (ti, t) in self.tasks.iter().enumerate() {
+            let (Some(tr), Some(h)) = (t.transfer, t.last_hidden()) else { continue };
+            let h_from = self.tasks[tr.from.0].last_hidden().unwrap_or(h);
+            let glorot = |fan_in| Init::Glorot { fan_in, blocks: vec![h] };
+            let prefix = format!("tasks.{}.transfer", t.name);
+            let mut push = |name: &str, shape: Vec<usize>, init: Init, part| {
+                out.push(Param {
+                    name: format!("{prefix}.{name}"),
+                    shape,
+                    init,
+                    role: Role::Transfer { task: ti, part },
+                });
+            };
+            push("info.weight", vec![h_from, h], glorot(h_from), TransferPart::InfoWeight);
+            push("info.bias", vec![h], Init::Zeros, TransferPart::InfoBias);
+            for (name, part) in
+                [("query", TransferPart::Query), ("key", TransferPart::Key), ("value", TransferPart::Value)]
+            {
+                push(name, vec![h, h], glorot(h), part);
+            }
         }
         if self.balance == LossBalance::Uncertainty {
             out.push(Param {

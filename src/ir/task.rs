@@ -162,6 +162,19 @@ pub enum TaskOutput {
     Product { factors: [TaskId; 2] },
 }
 
+/// AITM (Xi et al., KDD 2021): a task's tower attends to an earlier funnel task's.
+/// The earlier tower's last hidden vector, through an info layer (`relu(x W + b)`),
+/// and this tower's own are the two items of a self-attention (query, key and value
+/// projections, scaled dot products, softmax); its output replaces this tower's last
+/// hidden vector before the output layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transfer {
+    pub from: TaskId,
+    /// The calibration (behavioural expectation) loss's weight: it adds
+    /// `calibration * mean(max(p_task - p_from, 0))` over every row of a batch.
+    pub calibration: f32,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
     pub name: String,
@@ -172,6 +185,8 @@ pub struct Task {
     pub input: Option<usize>,
     pub output: TaskOutput,
     pub loss_weight: f32,
+    /// AITM: the earlier task this tower attends to.
+    pub transfer: Option<Transfer>,
 }
 
 impl Task {
@@ -194,6 +209,14 @@ impl Task {
         match &self.head {
             Head::Multiclass { classes } => classes.iter().map(|c| format!("{}.{c}", self.name)).collect(),
             _ => vec![self.name.clone()],
+        }
+    }
+
+    /// The width of the tower's last hidden layer (None: a product, or no hidden layer).
+    pub fn last_hidden(&self) -> Option<usize> {
+        match &self.output {
+            TaskOutput::Tower { dims, .. } if dims.len() >= 3 => Some(dims[dims.len() - 2]),
+            _ => None,
         }
     }
 

@@ -132,6 +132,19 @@ pub enum LowerError {
         span: Span,
     },
 
+    #[error("task `{task}` transfers from `{from}`, which {problem}")]
+    #[diagnostic(
+        code(multigate::lower::bad_transfer),
+        help("AITM: a task attends to the tower of an earlier binary task of the funnel, declared before it (transfer_from = \"ctr\" on the conversion task)")
+    )]
+    BadTransfer {
+        task: String,
+        from: String,
+        problem: &'static str,
+        #[label("this task")]
+        span: Span,
+    },
+
     #[error("label column `{column}` of task `{task}` is also read by feature `{feature}` (label leakage)")]
     #[diagnostic(code(multigate::lower::label_leak), help("remove the feature, or point it at another column"))]
     LabelLeak {
@@ -209,6 +222,7 @@ impl LowerError {
             | LowerError::GateOnSharedBottom { span, .. }
             | LowerError::NoSharedSlot { span, .. }
             | LowerError::BadFactor { span, .. }
+            | LowerError::BadTransfer { span, .. }
             | LowerError::Synthetic { span, .. } => span.clone(),
             LowerError::Duplicate { second, .. } => second.clone(),
             LowerError::LabelLeak { input, .. } => input.clone(),

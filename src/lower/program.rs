@@ -16,6 +16,8 @@
 //! | a layer's mixes               | one `mix` over every group's instances                     |
 //! | tower                         | (`take` of its slot) `linear` + activation per depth       |
 //! | ESMM product                  | `log_sigmoid` of both factors' logits, `add`               |
+//! | AITM transfer                 | info `linear` + `relu` on the earlier tower's last hidden vector, `concat` with this one's, `reshape` to two items; query, key, value `linear`s; `mul`, `reduce` (sum), `scale` by 1/sqrt(h), `softmax`, `mix` |
+//! | AITM calibration (training)   | `sigmoid` of both logits, `scale` by -1, `add`, `relu`, `reduce` (batch mean), `scale` by its weight |
 //! | training loss                 | `loss` per task with a label (its weight seeds the backward) |
 //! | load-balancing loss (training)| `balance` on the gate weights, `load_balance` with noise   |
 //!
@@ -24,11 +26,11 @@
 
 use crate::ir::{
     Activation, FeatureKind, Gating, Layer, LayerPlan, Model, Param, Pooling, Role, Stream, TaskId, TaskOutput,
-    Validated,
+    TransferPart, Validated,
 };
 use crate::program::{
-    BufId, DType, GateWeights, Input, LossKind, Mode, Op, Output, PoolMode, Program, ProgramError, Shape, TaskLoss,
-    Unary,
+    BufId, DType, GateWeights, Input, LossKind, Mode, Op, Output, PoolMode, Program, ProgramError, Reduction, Shape,
+    TaskLoss, Unary,
 };
 
 type Result<T> = std::result::Result<T, ProgramError>;
@@ -46,6 +48,9 @@ pub fn lower_program(model: &Validated, mode: Mode) -> Result<Program> {
         outputs.push(h);
     }
     let raws = cx.heads(x, &outputs)?;
+    if mode == Mode::Train {
+        cx.calibration(&raws)?;
+    }
     for (t, (task, raw)) in m.tasks.iter().zip(&raws).enumerate() {
         cx.p.outputs.push(Output { task: task.name.clone(), raw: *raw, link: task.link() });
         if mode == Mode::Train && task.label.is_some() {
@@ -314,6 +319,8 @@ impl Cx<'_> {
     fn heads(&mut self, input: BufId, outputs: &[BufId]) -> Result<Vec<BufId>> {
         let m = self.model;
         let mut raws: Vec<Option<BufId>> = vec![None; m.tasks.len()];
+        // Each tower's last hidden vector (after its transfer, AITM's `z`).
+        let mut hidden: Vec<Option<BufId>> = vec![None; m.tasks.len()];
         for (t, task) in m.tasks.iter().enumerate() {
             let TaskOutput::Tower { dims, activation, dropout } = &task.output else { continue };
             let (src, stream) = match task.input {
@@ -329,6 +336,12 @@ impl Cx<'_> {
             };
             let depths = dims.len() - 1;
             for depth in 0..depths {
+                if depth + 1 == depths && depth > 0 {
+                    if let Some(tr) = task.transfer {
+                        x = self.transfer(t, hidden[tr.from.0], x)?;
+                    }
+                    hidden[t] = Some(x);
+                }
                 let w = self.param(Role::TowerWeight { task: t, depth })?;
                 let b = self.param(Role::TowerBias { task: t, depth })?;
                 x = self.op(Op::Linear, &[x, w, b])?;
@@ -358,6 +371,56 @@ impl Cx<'_> {
                 r.ok_or_else(|| ProgramError::Invalid { node: 0, op: "out", what: format!("task {t} has no output") })
             })
             .collect()
+    }
+
+    /// AITM's transfer into task `t`'s tower: its last hidden vector `q` `[B, h]` and
+    /// the earlier task's `prev` (through the info layer) are the two items of a
+    /// self-attention; the result `[B, h]` replaces `q`.
+    fn transfer(&mut self, t: usize, prev: Option<BufId>, q: BufId) -> Result<BufId> {
+        let part = |cx: &mut Self, part| cx.param(Role::Transfer { task: t, part });
+        let prev = prev.ok_or_else(|| ProgramError::Invalid {
+            node: self.p.nodes.len(),
+            op: "concat",
+            what: format!("task {t} transfers from a task without a hidden vector"),
+        })?;
+        let h = self.shape(q).last();
+        let (w, b) = (part(self, TransferPart::InfoWeight)?, part(self, TransferPart::InfoBias)?);
+        let info = self.op(Op::Linear, &[prev, w, b])?;
+        let info = self.op(Op::Unary(Unary::Relu), &[info])?;
+        let both = self.op(Op::Concat, &[q, info])?;
+        let items = self.reshape(both, &[2, h])?;
+        let project = |cx: &mut Self, which| -> Result<BufId> {
+            let w = part(cx, which)?;
+            cx.op(Op::Linear, &[items, w])
+        };
+        let (query, key, value) = (
+            project(self, TransferPart::Query)?,
+            project(self, TransferPart::Key)?,
+            project(self, TransferPart::Value)?,
+        );
+        let dots = self.op(Op::Mul, &[query, key])?;
+        let scores = self.op(Op::Reduce { over: Reduction::SumLast }, &[dots])?;
+        let scores = self.op(Op::Scale { factor: 1.0 / (h as f32).sqrt() }, &[scores])?;
+        let weights = self.op(Op::Softmax { segments: vec![2] }, &[scores])?;
+        let z = self.op(Op::Mix { sets: vec![vec![0, 1]] }, &[weights, value])?;
+        self.reshape(z, &[h])
+    }
+
+    /// AITM's calibration losses (auxiliary): per transfer with a weight, the batch mean
+    /// of `max(p_task - p_from, 0)` times the weight.
+    fn calibration(&mut self, raws: &[BufId]) -> Result<()> {
+        for (t, task) in self.model.tasks.iter().enumerate() {
+            let Some(tr) = task.transfer.filter(|tr| tr.calibration > 0.0) else { continue };
+            let p = self.op(Op::Unary(Unary::Sigmoid), &[raws[t]])?;
+            let p_from = self.op(Op::Unary(Unary::Sigmoid), &[raws[tr.from.0]])?;
+            let minus = self.op(Op::Scale { factor: -1.0 }, &[p_from])?;
+            let excess = self.op(Op::Add, &[p, minus])?;
+            let excess = self.op(Op::Unary(Unary::Relu), &[excess])?;
+            let mean = self.op(Op::Reduce { over: Reduction::MeanBatch }, &[excess])?;
+            let loss = self.op(Op::Scale { factor: tr.calibration }, &[mean])?;
+            self.p.aux_losses.push(loss);
+        }
+        Ok(())
     }
 
     /// Task `t`'s loss on its labels and label mask.

@@ -131,7 +131,75 @@ impl Lower {
                 }
             }
         };
-        Task { name: t.name.get_ref().clone(), input: None, head, label, output, loss_weight }
+        let transfer = self.lower_transfer(t, all);
+        Task { name: t.name.get_ref().clone(), input: None, head, label, output, loss_weight, transfer }
+    }
+
+    /// AITM's `transfer_from` and `calibration`: an earlier binary task with a tower
+    /// hidden layer, from a binary task with one; the calibration weight only with it.
+    fn lower_transfer(&mut self, t: &spec::TaskSpec, all: &[spec::TaskSpec]) -> Option<Transfer> {
+        let calibration = t.calibration.as_ref().map_or(0.0, |c| {
+            let x = *c.get_ref();
+            self.range("calibration", x.is_finite() && x >= 0.0, x, "a finite number >= 0", c.span());
+            x
+        }) as f32;
+        let Some(from) = &t.transfer_from else {
+            let help = Some("the calibration loss compares this task with the one it transfers from".into());
+            self.not_allowed(
+                "a task without transfer_from",
+                help,
+                &[("calibration", t.calibration.as_ref().map(|v| v.span()))],
+            );
+            return None;
+        };
+        let me = all.iter().position(|o| std::ptr::eq(o, t)).unwrap_or(all.len());
+        let Some(i) = all.iter().position(|o| o.name.get_ref() == from.get_ref()) else {
+            self.errors.push(LowerError::UnknownName {
+                what: "task",
+                name: from.get_ref().clone(),
+                span: from.span(),
+                help: did_you_mean(from.get_ref(), all.iter().map(|o| o.name.get_ref().as_str())),
+            });
+            return None;
+        };
+        let hidden =
+            |o: &spec::TaskSpec| o.product.is_none() && o.tower.as_ref().is_some_and(|u| !u.get_ref().is_empty());
+        let mine = if t.kind.get_ref() != "binary" {
+            Some(("a task that is not binary", "AITM transfers between the binary steps of a funnel"))
+        } else if !hidden(t) {
+            Some((
+                "a task without a tower hidden layer",
+                "the attention replaces the tower's last hidden vector: give it `tower = [..]`",
+            ))
+        } else {
+            None
+        };
+        if let Some((context, help)) = mine {
+            self.errors.push(LowerError::NotAllowed {
+                key: "transfer_from",
+                context,
+                span: from.span(),
+                help: Some(help.into()),
+            });
+            return None;
+        }
+        let problem = if i == me {
+            Some("is the task itself")
+        } else if i > me {
+            Some("comes after it (a funnel's earlier step is declared first)")
+        } else if all[i].kind.get_ref() != "binary" {
+            Some("is not binary")
+        } else if !hidden(&all[i]) {
+            Some("has no tower hidden layer (`tower = [..]`)")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            let (task, from_name) = (t.name.get_ref().clone(), from.get_ref().clone());
+            self.errors.push(LowerError::BadTransfer { task, from: from_name, problem, span: from.span() });
+            return None;
+        }
+        Some(Transfer { from: TaskId(i), calibration })
     }
 
     /// The head of a task: its kind and the kind's settings (classes, label transform).

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::{BufKind, DType, Input, Mode, Op, PoolMode, Program};
+use super::{BufKind, DType, Input, Mode, Op, PoolMode, Program, Reduction};
 
 /// `0..4` for a run of consecutive indices, else `[0,2,5]`; several lists joined by ','.
 fn indices(v: &[usize]) -> String {
@@ -32,6 +32,8 @@ fn attributes(op: &Op) -> String {
         Op::Take { indices: i } => format!(" at={}", indices(i)),
         Op::Reshape { dims } => format!(" to={dims:?}").replace(' ', "").replacen("to=", " to=", 1),
         Op::Scale { factor } => format!(" by={factor}"),
+        Op::Reduce { over: Reduction::SumLast } => " sum over=last".into(),
+        Op::Reduce { over: Reduction::MeanBatch } => " mean over=batch".into(),
         Op::Expand { count } => format!(" count={count}"),
         Op::AddScalar { value } => format!(" value={value}"),
         Op::DropoutMask { rate, draw, .. } if draw.is_empty() => format!(" rate={rate}"),

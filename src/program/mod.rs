@@ -44,7 +44,7 @@ mod op;
 
 pub use display::render_dot;
 pub use grad::{derive as derive_backward, Backward, GradStep, ParamGrad};
-pub use op::{mix_scatter, LossKind, Op, PoolMode, Unary};
+pub use op::{mix_scatter, LossKind, Op, PoolMode, Reduction, Unary};
 
 /// A buffer's element type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

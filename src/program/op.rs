@@ -60,6 +60,15 @@ impl Unary {
     }
 }
 
+/// What `reduce` sums away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// The sum over the last axis: `[B, .., n]` -> `[B, ..]`.
+    SumLast,
+    /// The mean over the batch of a value per row: `[B]` -> `[]`.
+    MeanBatch,
+}
+
 /// How `pool` combines a bag's rows (a mean arrives as weights that sum to 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolMode {
@@ -150,6 +159,9 @@ pub enum Op {
         value: f32,
     },
     Unary(Unary),
+    Reduce {
+        over: Reduction,
+    },
     /// With two operands, no bias.
     Linear,
     ExpertLinear,
@@ -213,6 +225,7 @@ impl Op {
             Op::Add => "add",
             Op::Mul => "mul",
             Op::Scale { .. } => "scale",
+            Op::Reduce { .. } => "reduce",
             Op::AddScalar { .. } => "add_scalar",
             Op::Unary(u) => u.name(),
             Op::Linear => "linear",
@@ -337,6 +350,7 @@ mod shapes {
             | Op::Scale { .. }
             | Op::AddScalar { .. }
             | Op::Unary(_)
+            | Op::Reduce { .. }
             | Op::Linear
             | Op::ExpertLinear
             | Op::GroupedLinear => arithmetic(op, a),
@@ -421,6 +435,14 @@ mod shapes {
         match op {
             Op::Add | Op::Mul => same(a[0], a[1]),
             Op::Scale { .. } | Op::AddScalar { .. } | Op::Unary(_) => Ok(a[0].clone()),
+            Op::Reduce { over: super::Reduction::SumLast } => match a[0].dims.split_last() {
+                Some((_, rest)) => Ok(Shape { batch: a[0].batch, dims: rest.to_vec() }),
+                None => Err(format!("{} has no last axis to sum", a[0])),
+            },
+            Op::Reduce { over: super::Reduction::MeanBatch } => match (a[0].batch, a[0].dims.is_empty()) {
+                (true, true) => Ok(Shape::fixed(&[])),
+                _ => Err(format!("{} is not one value per row", a[0])),
+            },
             Op::Linear => {
                 let [x, w] = [a[0], a[1]];
                 let (i, o) = match (w.batch, w.dims.as_slice()) {

@@ -459,6 +459,16 @@ pub struct TaskSpec {
     /// (`product = ["ctr", "cvr"]`); it has no tower.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product: Option<Sp<Vec<Sp<String>>>>,
+    /// AITM (Xi et al., KDD 2021): the earlier task of the funnel whose tower's last
+    /// hidden layer this task's tower attends to (`transfer_from = "ctr"` on the
+    /// conversion task); both are binary towers with at least one hidden layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_from: Option<Sp<String>>,
+    /// AITM's calibration (behavioural expectation) loss: this weight times the mean of
+    /// `max(p_task - p_from, 0)` over every row, so that a later step of the funnel is
+    /// never likelier than the one before. Only with `transfer_from`. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Sp<f64>>,
     /// The layer whose output this task's tower reads. Default: the last layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Sp<String>>,

@@ -227,6 +227,8 @@ const SPEC_SCHEMA: Schema = Table(
                     ("mean", Leaf),
                     ("std", Leaf),
                     ("product", Leaf),
+                    ("transfer_from", Leaf),
+                    ("calibration", Leaf),
                     ("input", Leaf),
                     ("tower", Leaf),
                     ("activation", Leaf),

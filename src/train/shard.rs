@@ -126,12 +126,17 @@ fn bounds(n: usize, k: usize) -> Vec<(usize, usize)> {
 }
 
 /// Whether a batch's loss gradient is the sum of its shards': not with a load-balancing
-/// loss (it depends on the whole batch's gate usage), uncertainty weighting (its
+/// loss (it depends on the whole batch's gate usage) or an AITM calibration loss (an
+/// auxiliary loss, counted once per step, not per shard), uncertainty weighting (its
 /// log-variance term is per batch, not per row) or GradNorm (it needs each task's
 /// gradient of the whole batch).
 pub fn shardable(model: &CandleModel) -> bool {
     let per_row_loss = matches!(model.ir.balance, LossBalance::Fixed | LossBalance::Dwa { .. });
-    per_row_loss && model.log_variance.is_none() && model.ir.layers.iter().all(|l| l.gating.balance <= 0.0)
+    let calibrated = model.ir.tasks.iter().any(|t| t.transfer.is_some_and(|tr| tr.calibration > 0.0));
+    per_row_loss
+        && model.log_variance.is_none()
+        && model.ir.layers.iter().all(|l| l.gating.balance <= 0.0)
+        && !calibrated
 }
 
 /// One training step's loss values and gradients.

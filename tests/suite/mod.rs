@@ -1,3 +1,4 @@
+mod aitm;
 mod backprop;
 mod bags;
 mod buckets;

@@ -15,7 +15,7 @@ use super::{
     CandleModel, Lookup, Output, Result,
 };
 use crate::ir::{Activation, Pooling};
-use crate::program::{mix_scatter, BufKind, Input, Mode, Node, Op, PoolMode, Program, Shape, Unary};
+use crate::program::{mix_scatter, BufKind, Input, Mode, Node, Op, PoolMode, Program, Reduction, Shape, Unary};
 use crate::rng::Rng;
 
 fn err(what: String) -> candle_core::Error {
@@ -234,6 +234,8 @@ impl CandleModel {
             Op::Add => &a[0] + &a[1],
             Op::Mul => &a[0] * &a[1],
             Op::Scale { factor } => &a[0] * *factor as f64,
+            Op::Reduce { over: Reduction::SumLast } => a[0].sum(D::Minus1),
+            Op::Reduce { over: Reduction::MeanBatch } => a[0].mean_all(),
             Op::AddScalar { value } => &a[0] + *value as f64,
             Op::Unary(u) => match u {
                 Unary::Relu => a[0].relu(),

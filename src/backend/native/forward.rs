@@ -3,7 +3,7 @@
 
 use super::gemm::{matmul, Mat};
 use super::{Arg, NativeError, Result};
-use crate::program::{LossKind, Op, PoolMode, Shape, Unary};
+use crate::program::{LossKind, Op, PoolMode, Reduction, Shape, Unary};
 use crate::rng::Rng;
 
 /// The tanh-approximation GELU (candle's).
@@ -95,6 +95,14 @@ pub(super) fn run(op: &Op, args: &[Arg], shapes: &[&Shape], o: Out, b: usize, rn
         Op::Scale { factor } => fill(dst, f(0)?.iter().map(|x| x * factor)),
         Op::AddScalar { value } => fill(dst, f(0)?.iter().map(|x| x + value)),
         Op::Unary(u) => unary_into(dst, *u, f(0)?),
+        Op::Reduce { over: Reduction::SumLast } => {
+            let n = shapes[0].last();
+            fill(dst, f(0)?.chunks_exact(n.max(1)).map(|r| r.iter().sum::<f32>()))
+        }
+        Op::Reduce { over: Reduction::MeanBatch } => {
+            let x = f(0)?;
+            fill(dst, std::iter::once(x.iter().sum::<f32>() / x.len().max(1) as f32))
+        }
         Op::Linear => {
             let (x, w) = (f(0)?, f(1)?);
             let (i, o) = (shapes[1].dims[0], shapes[1].dims[1]);

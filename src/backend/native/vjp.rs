@@ -5,7 +5,7 @@
 use super::forward::{row_loss, sigmoid};
 use super::gemm::{matmul, Mat};
 use super::{Arg, NativeError, Result};
-use crate::program::{Op, PoolMode, Shape, Unary};
+use crate::program::{Op, PoolMode, Reduction, Shape, Unary};
 
 /// What a VJP reads: the forward operands and result, and per operand whether its
 /// contribution adds to its gradient buffer or is the buffer's first (see
@@ -25,7 +25,7 @@ pub(super) struct Ctx<'a> {
 pub(super) fn overwrites(op: &Op, i: usize) -> bool {
     match op {
         Op::Reshape { .. } | Op::AddScalar { .. } | Op::TopKMask { .. } | Op::Scale { .. } => true,
-        Op::Add | Op::Mul | Op::Unary(_) | Op::Softmax { .. } | Op::Concat => true,
+        Op::Add | Op::Mul | Op::Unary(_) | Op::Softmax { .. } | Op::Concat | Op::Reduce { .. } => true,
         Op::Loss { .. } => i == 0,
         Op::Linear | Op::ExpertLinear => i < 2,
         _ => false,
@@ -119,6 +119,21 @@ pub(super) fn run(op: &Op, c: &Ctx, dy: &[f32], d: &mut Dargs, scratch: &mut Vec
             }
         }
         Op::Concat => concat(c, dy, d),
+        Op::Reduce { over } => {
+            if let Some(dx) = d[0].as_deref_mut() {
+                match over {
+                    // Each row's gradient to every entry it summed.
+                    Reduction::SumLast => {
+                        let n = c.shapes[0].last();
+                        put(dx, c.add[0], dy.iter().flat_map(|&g| std::iter::repeat_n(g, n)));
+                    }
+                    Reduction::MeanBatch => {
+                        let g = dy.first().copied().unwrap_or(0.0) / c.b.max(1) as f32;
+                        put(dx, c.add[0], std::iter::repeat_n(g, c.b));
+                    }
+                }
+            }
+        }
         Op::Take { indices } => {
             if let Some(dx) = d[0].as_deref_mut() {
                 take(dx, c, indices, dy);

@@ -7,6 +7,7 @@
 //! | `pool`          | weighted sum: `MatMul` `[B,1,L] x [B,L,d]`; max: `ReduceMax` of the rows pushed down where absent |
 //! | `slice`, `take`, `concat`, `reshape` | `Slice`, `Gather` (axis 1), `Concat`, `Reshape` |
 //! | `expand`        | `Reshape` to `[B, .., 1, d]`, `Expand`                         |
+//! | `reduce` (sum over the last axis) | `ReduceSum` over axis -1                    |
 //! | `linear`        | `MatMul` + `Add`                                              |
 //! | `expert_linear` | one `MatMul` over the experts' weights side by side `[i, E*o]`, `Add`, `Reshape` |
 //! | `grouped_linear`| a batched `MatMul` `[.., E, 1, i] x [E, i, o]`, `Reshape`, `Add` |
@@ -21,7 +22,7 @@ use std::collections::HashMap;
 use super::graph::{int_attr, ints_attr, Graph};
 use super::proto::{data_type, NodeProto};
 use super::OnnxError;
-use crate::program::{mix_scatter, BufId, BufKind, Input, Node, Op, PoolMode, Program, Shape};
+use crate::program::{mix_scatter, BufId, BufKind, Input, Node, Op, PoolMode, Program, Reduction, Shape};
 
 /// Emits a program's nodes into a graph.
 pub(super) struct Emitter<'a> {
@@ -172,6 +173,10 @@ impl<'a> Emitter<'a> {
                 g.node("Add", &[&a[0], &c], vec![])
             }
             Op::Unary(u) => g.unary(&a[0], *u),
+            Op::Reduce { over: Reduction::SumLast } => {
+                let axes = g.i64s("axes", &[1], &[-1]);
+                g.node("ReduceSum", &[&a[0], &axes], vec![int_attr("keepdims", 0)])
+            }
             Op::Linear => match a.get(2) {
                 Some(b) => g.matmul_add(&a[0], &a[1], b),
                 None => g.node("MatMul", &[&a[0], &a[1]], vec![]),
@@ -202,6 +207,7 @@ impl<'a> Emitter<'a> {
             | Op::Normal { .. }
             | Op::Loss { .. }
             | Op::Balance { .. }
+            | Op::Reduce { over: Reduction::MeanBatch }
             | Op::LoadBalance { .. } => {
                 return Err(OnnxError::Unsupported(format!("`{}` exists only in training programs", n.op.name())))
             }

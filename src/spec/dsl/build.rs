@@ -614,6 +614,8 @@ impl Builder {
             mean: None,
             std: None,
             product: None,
+            transfer_from: None,
+            calibration: None,
             input: None,
             tower: None,
             activation: None,
@@ -677,18 +679,24 @@ impl Builder {
         t
     }
 
-    /// The `key = value` arguments of a task: only_where, classes, transform, mean, std.
+    /// The `key = value` arguments of a task: only_where, classes, transform, mean, std,
+    /// transfer_from, calibration.
     fn task_arguments(&mut self, t: &mut TaskSpec, arguments: Vec<Pair<Rule>>) {
         let mut args = self.args_of(arguments.into_iter(), "a task");
         t.only_where = self.take_str(&mut args, "only_where");
         t.transform = self.take_str(&mut args, "transform");
         t.mean = self.take_f64(&mut args, "mean");
         t.std = self.take_f64(&mut args, "std");
+        t.transfer_from = self.take_str(&mut args, "transfer_from");
+        t.calibration = self.take_f64(&mut args, "calibration");
         t.classes = self.take_strings(&mut args, "classes").map(|v| {
             let span = v.span();
             Sp::new(span, v.into_inner().into_iter().map(|s| s.into_inner()).collect())
         });
-        self.finish(args, &["label", "only_where", "classes", "transform", "mean", "std"]);
+        self.finish(
+            args,
+            &["label", "only_where", "classes", "transform", "mean", "std", "transfer_from", "calibration"],
+        );
     }
 
     fn train(&mut self, p: Pair<Rule>, t: &mut TrainSection) {

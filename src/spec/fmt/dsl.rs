@@ -346,10 +346,12 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
     for t in &s.tasks {
         out.mark(&t.name);
         out.mark(&t.kind);
-        for v in [&t.label, &t.only_where, &t.transform, &t.input, &t.activation].into_iter().flatten() {
+        for v in
+            [&t.label, &t.only_where, &t.transform, &t.transfer_from, &t.input, &t.activation].into_iter().flatten()
+        {
             out.mark(v);
         }
-        for v in [&t.mean, &t.std, &t.dropout, &t.weight].into_iter().flatten() {
+        for v in [&t.mean, &t.std, &t.calibration, &t.dropout, &t.weight].into_iter().flatten() {
             out.mark(v);
         }
         for v in [&t.product].into_iter().flatten() {
@@ -393,6 +395,12 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         }
         if let Some(x) = &t.std {
             parts.push(format!("std = {}", num(*x.get_ref())));
+        }
+        if let Some(x) = &t.transfer_from {
+            parts.push(format!("transfer_from = {}", q(x.get_ref())));
+        }
+        if let Some(x) = &t.calibration {
+            parts.push(format!("calibration = {}", num(*x.get_ref())));
         }
         write!(out, "{})", parts.join(", "))?;
         if let Some(p) = &t.product {

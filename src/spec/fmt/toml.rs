@@ -225,6 +225,8 @@ fn write_spec(out: &mut Out, s: &Spec) -> std::fmt::Result {
         t.opt("mean", &task.mean, |x| num(*x));
         t.opt("std", &task.std, |x| num(*x));
         t.opt("product", &task.product, |x| strings(x.iter().map(|s| s.get_ref())));
+        t.opt("transfer_from", &task.transfer_from, |x| q(x));
+        t.opt("calibration", &task.calibration, |x| num(*x));
         t.opt("input", &task.input, |x| q(x));
         t.opt("tower", &task.tower, |x| list(x.iter().map(|u| u.get_ref().to_string())));
         t.opt("activation", &task.activation, |x| q(x));
