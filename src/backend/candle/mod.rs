@@ -327,6 +327,17 @@ pub struct Output {
     pub losses: Vec<Option<Tensor>>,
 }
 
+/// A gated layer's gate weights `[B, sum E_m]` cut into each mix's `[B, E_m]`.
+fn mixes_of(probs: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
+    let mut at = 0;
+    let mut mixes = Vec::with_capacity(widths.len());
+    for &w in widths {
+        mixes.push(probs.narrow(1, at, w)?.contiguous()?);
+        at += w;
+    }
+    Ok(mixes)
+}
+
 /// One embedding lookup of a training step. The looked-up rows are a leaf `Var`, so
 /// backward yields a `[B, dim]` gradient instead of a dense `[rows, dim]` one (candle
 /// zero-fills and copies a table-sized gradient per lookup otherwise).

@@ -150,14 +150,7 @@ impl Compiled {
         let mut out = Output { heads, gates: Vec::new(), lookups: Vec::new(), balance: None, losses: Vec::new() };
         if gates {
             for g in &p.gates {
-                let probs = tensor(g.probs)?;
-                let mut at = 0;
-                let mut mixes = Vec::with_capacity(g.widths.len());
-                for &w in &g.widths {
-                    mixes.push(probs.narrow(1, at, w)?.contiguous()?);
-                    at += w;
-                }
-                out.gates.push(mixes);
+                out.gates.push(super::mixes_of(&tensor(g.probs)?, &g.widths)?);
             }
         }
         Ok(out)

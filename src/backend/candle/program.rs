@@ -304,14 +304,7 @@ impl CandleModel {
         let heads = p.outputs.iter().map(|o| get(o.raw)).collect::<Result<Vec<_>>>()?;
         let mut gates = Vec::with_capacity(p.gates.len());
         for g in &p.gates {
-            let probs = get(g.probs)?;
-            let mut at = 0;
-            let mut mixes = Vec::with_capacity(g.widths.len());
-            for &w in &g.widths {
-                mixes.push(probs.narrow(1, at, w)?.contiguous()?);
-                at += w;
-            }
-            gates.push(mixes);
+            gates.push(super::mixes_of(&get(g.probs)?, &g.widths)?);
         }
         let mut balance: Option<Tensor> = None;
         for &a in &p.aux_losses {
