@@ -144,7 +144,7 @@ impl Lower {
             x
         }) as f32;
         let Some(from) = &t.transfer_from else {
-            let help = Some("the calibration loss compares this task with the one it transfers from".into());
+            let help = Some("the calibration loss compares this task with the one it transfers from");
             self.not_allowed(
                 "a task without transfer_from",
                 help,

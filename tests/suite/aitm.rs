@@ -119,7 +119,7 @@ fn transfer_and_calibration_gradients_match_finite_differences() {
         let g = values(step.grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")));
         let n = g.len();
         for at in [0, n / 2, n - 1] {
-            let numeric = central_difference(v, at, 1e-3, &loss);
+            let numeric = central_difference(v, at, 1e-3, loss);
             let analytic = g[at] as f64;
             assert!(
                 (numeric - analytic).abs() <= 2e-3 + 0.03 * analytic.abs(),
