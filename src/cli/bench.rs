@@ -53,7 +53,7 @@ pub fn bench(
         .collect::<Result<_, _>>()?;
     let mut model = CandleBackend { device: dev.clone() }.build(&c.model, c.train.seed)?;
     model.set_graph_training(autograd);
-    let vars = model.vars.clone();
+    let vars = model.vars().to_vec();
     let mut opt = Adam::new(vars, AdamConfig::from(&c.train))?;
     let workers = shard::Workers::configured()?;
     let sync = |t: &Tensor| -> Result<(), Failure> {
@@ -80,7 +80,7 @@ pub fn bench(
     // to queue the work; the total runs to a device sync after the last step.
     let (mut passes, mut optim) = (Duration::ZERO, Duration::ZERO);
     let mut allocations = 0u64;
-    let first = model.vars.first().map(|(_, v)| v.as_tensor().clone());
+    let first = model.vars().first().map(|(_, v)| v.as_tensor().clone());
     let sync_params = || -> Result<(), Failure> {
         match &first {
             Some(p) => sync(&p.flatten_all()?.get(0)?),

@@ -33,7 +33,7 @@ struct State {
 }
 
 fn named(model: &CandleModel, values: &[Tensor]) -> HashMap<String, Tensor> {
-    model.vars.iter().zip(values).map(|((n, _), t)| (n.clone(), t.clone())).collect()
+    model.vars().iter().zip(values).map(|((n, _), t)| (n.clone(), t.clone())).collect()
 }
 
 /// Writes a checkpoint to `dir` (replacing any older one atomically).
@@ -58,7 +58,7 @@ pub fn write_checkpoint(dir: &Path, model: &CandleModel, c: &Checkpoint) -> Resu
             problem: format!("cannot encode state: {e}"),
         })?;
         write_files(tmp, &[("state.json", json), ("run.json", c.run.clone())])?;
-        seal(tmp, &model.ir, FolderKind::Checkpoint)
+        seal(tmp, &model.ir(), FolderKind::Checkpoint)
     })
 }
 
@@ -67,13 +67,13 @@ pub fn read_checkpoint(dir: &Path, model: &CandleModel) -> Result<Checkpoint, Ex
     let corrupt = |problem: String| ExportError::Corrupt { path: dir.display().to_string(), problem };
     super::recover(dir)?;
     let manifest = open_manifest(dir, FolderKind::Checkpoint, "weights.safetensors")?;
-    manifest.check_parameters(dir, &model.ir)?;
+    manifest.check_parameters(dir, &model.ir())?;
     let state: State =
         serde_json::from_slice(&manifest.read(dir, "state.json")?).map_err(|e| corrupt(format!("state.json: {e}")))?;
-    let load = |file: &str| manifest.tensors(dir, file, &model.device);
+    let load = |file: &str| manifest.tensors(dir, file, &model.device());
     let values = |map: &HashMap<String, Tensor>, file: &str| -> Result<Vec<Tensor>, ExportError> {
         model
-            .vars
+            .vars()
             .iter()
             .map(|(name, v)| match map.get(name) {
                 Some(t) if t.shape() == v.as_tensor().shape() => Ok(t.clone()),

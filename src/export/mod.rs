@@ -223,14 +223,14 @@ pub struct BundleContents<'a> {
 pub fn write_bundle(dir: &Path, model: &CandleModel, contents: BundleContents<'_>) -> Result<(), ExportError> {
     write_folder(dir, |tmp| {
         let weights: HashMap<String, Tensor> =
-            model.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+            model.vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
         files::save_tensors(&tmp.join("model.safetensors"), &weights)?;
         write_files(
             tmp,
             &[
                 ("spec.toml", contents.spec_toml.to_string()),
                 ("provenance.json", contents.provenance_json.to_string()),
-                ("model.ir", model.ir.to_string()),
+                ("model.ir", model.ir().to_string()),
                 ("metrics.json", contents.metrics_json.to_string()),
             ],
         )?;
@@ -238,7 +238,7 @@ pub fn write_bundle(dir: &Path, model: &CandleModel, contents: BundleContents<'_
             let p = tmp.join(name);
             std::fs::write(&p, bytes).map_err(io(&p))?;
         }
-        seal(tmp, &model.ir, FolderKind::Bundle)
+        seal(tmp, &model.ir(), FolderKind::Bundle)
     })
 }
 
@@ -287,14 +287,14 @@ pub fn read_bundle(dir: &Path, device: &candle_core::Device) -> Result<Bundle, E
     };
     let tensors = manifest.tensors(dir, "model.safetensors", device)?;
     let model = CandleModel::new(&compiled.model, 0, device)?;
-    if tensors.len() != model.vars.len() {
+    if tensors.len() != model.vars().len() {
         return Err(corrupt(format!(
             "model.safetensors holds {} tensors, the model has {}",
             tensors.len(),
-            model.vars.len()
+            model.vars().len()
         )));
     }
-    for (name, var) in &model.vars {
+    for (name, var) in model.vars() {
         let t = tensors.get(name).ok_or_else(|| corrupt(format!("model.safetensors lacks `{name}`")))?;
         if t.shape() != var.as_tensor().shape() || t.dtype() != var.as_tensor().dtype() {
             return Err(corrupt(format!(

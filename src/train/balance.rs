@@ -18,7 +18,7 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn new(model: &CandleModel) -> Balancer {
-        Balancer { kind: model.ir.balance, factors: vec![1.0; model.ir.tasks.len()], initial: None }
+        Balancer { kind: model.ir().balance, factors: vec![1.0; model.ir().tasks.len()], initial: None }
     }
 
     /// What a checkpoint keeps: the factors, then GradNorm's initial losses.
@@ -41,7 +41,7 @@ impl Balancer {
 
     /// Tasks that add to the loss.
     fn training(model: &CandleModel) -> Vec<usize> {
-        (0..model.ir.tasks.len()).filter(|&t| model.ir.tasks[t].trains()).collect()
+        (0..model.ir().tasks.len()).filter(|&t| model.ir().tasks[t].trains()).collect()
     }
 
     /// DWA: before an epoch, factors from the ratio of the last two epochs' mean
@@ -71,7 +71,7 @@ impl Balancer {
         let mut norms = Vec::with_capacity(tasks.len());
         for &t in &tasks {
             let l = &step.per_task[t];
-            let weighted = (l * model.ir.tasks[t].loss_weight as f64)?;
+            let weighted = (l * model.ir().tasks[t].loss_weight as f64)?;
             let g = weighted.backward()?;
             let norm = match g.get(w.as_tensor()) {
                 Some(g) => g.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64,
@@ -81,7 +81,7 @@ impl Balancer {
             norms.push(norm);
         }
         let initial = self.initial.get_or_insert_with(|| {
-            let mut i = vec![1.0; model.ir.tasks.len()];
+            let mut i = vec![1.0; model.ir().tasks.len()];
             for (&t, &l) in tasks.iter().zip(&losses) {
                 i[t] = l.max(1e-12);
             }
@@ -107,9 +107,9 @@ impl Balancer {
     /// Each task's effective loss weight now: its fixed weight times its factor, and for
     /// uncertainty weighting `c exp(-s_t)` (c = 1/2 for a regression).
     pub fn effective(&self, model: &CandleModel) -> candle_core::Result<Vec<f64>> {
-        let s: Option<Vec<f32>> = model.log_variance.as_ref().map(|v| v.as_tensor().to_vec1()).transpose()?;
+        let s: Option<Vec<f32>> = model.log_variance().as_ref().map(|v| v.as_tensor().to_vec1()).transpose()?;
         Ok(model
-            .ir
+            .ir()
             .tasks
             .iter()
             .enumerate()

@@ -137,7 +137,7 @@ fn mix_names(model: &CandleModel, l: &crate::ir::Layer, plan: &crate::ir::LayerP
             let uses = plan.mixes.iter().filter(|x| x.gate == m.gate).count();
             match (uses, m.output) {
                 (1, _) | (_, crate::ir::Slot::Shared) => gate.name.clone(),
-                (_, crate::ir::Slot::Task(t)) => format!("{}@{}", gate.name, model.ir.tasks[t.0].name),
+                (_, crate::ir::Slot::Task(t)) => format!("{}@{}", gate.name, model.ir().tasks[t.0].name),
             }
         })
         .collect()
@@ -170,7 +170,7 @@ fn predict_batch(
     gate_rows: bool,
     rows: usize,
 ) -> candle_core::Result<()> {
-    for ((h, t), p) in out.heads.iter().zip(&model.ir.tasks).zip(preds.iter_mut()) {
+    for ((h, t), p) in out.heads.iter().zip(&model.ir().tasks).zip(preds.iter_mut()) {
         let v = crate::backend::candle::apply_link(h, t.link())?.flatten_all()?.to_vec1::<f32>()?;
         p.extend(v.into_iter().map(|y| t.head.decode(y)));
     }
@@ -240,10 +240,10 @@ struct PredictSums<'m> {
 impl<'m> PredictSums<'m> {
     /// `expected`: the rows to come, if known (capacity only).
     fn new(model: &'m CandleModel, expected: usize, gate_rows: bool, usage: bool) -> PredictSums<'m> {
-        let n_tasks = model.ir.tasks.len();
+        let n_tasks = model.ir().tasks.len();
         let summarise = usage || gate_rows;
         let gated: Vec<&crate::ir::Layer> =
-            model.ir.layers.iter().filter(|l| summarise && !l.gates.is_empty()).collect();
+            model.ir().layers.iter().filter(|l| summarise && !l.gates.is_empty()).collect();
         let plans: Vec<crate::ir::LayerPlan> = gated.iter().map(|l| l.plan(n_tasks)).collect();
         let sums = plans.iter().map(|p| (0..p.mixes.len()).map(|_| MixSums::default()).collect()).collect();
         PredictSums { preds: vec![Vec::with_capacity(expected); n_tasks], gated, plans, sums, gate_rows, rows: 0 }
@@ -255,9 +255,9 @@ impl<'m> PredictSums<'m> {
         let chunks: Vec<&[usize]> = idx.chunks(batch_size.max(1)).collect();
         // One batch per worker at a time, in parallel; their outputs are taken in order.
         let workers = shard::Workers::configured()?;
-        let at_once = if model.device.is_cpu() { workers.threads() } else { 1 };
+        let at_once = if model.device().is_cpu() { workers.threads() } else { 1 };
         for group in chunks.chunks(at_once) {
-            let run = |chunk: &&[usize]| model.forward(&Batch::gather(ds, chunk, &model.device)?);
+            let run = |chunk: &&[usize]| model.forward(&Batch::gather(ds, chunk, &model.device())?);
             let outs: Vec<candle_core::Result<crate::backend::candle::Output>> = match group {
                 // One batch (a small request): on this thread, no hand-off to a worker.
                 [one] => vec![run(one)],
@@ -334,7 +334,7 @@ pub fn evaluate_split(
         crate::data::SplitData::Streamed(s) => s,
     };
     let mut sums = PredictSums::new(model, streamed.rows, false, true);
-    let mut labels: Vec<Vec<f32>> = vec![Vec::new(); model.ir.tasks.len()];
+    let mut labels: Vec<Vec<f32>> = vec![Vec::new(); model.ir().tasks.len()];
     let mut failed: Option<candle_core::Error> = None;
     // Rows skipped here were counted (and checked against the cap) when the split was
     // first read.
@@ -366,7 +366,7 @@ fn score(
 ) -> Result<Evaluation, TrainError> {
     let mut metrics = Vec::new();
     let mut loss = 0.0;
-    for ((t, p), y) in model.ir.tasks.iter().zip(&predictions).zip(labels) {
+    for ((t, p), y) in model.ir().tasks.iter().zip(&predictions).zip(labels) {
         if y.is_empty() {
             metrics.push(TaskMetrics::Unlabelled);
             continue;
@@ -407,7 +407,7 @@ pub fn batch_loss_weighted(
     let out = model.forward_train(batch, rng)?;
     let mut per_task = Vec::with_capacity(out.heads.len());
     let mut total: Option<Tensor> = None;
-    for ((h, t), l) in out.heads.iter().zip(&model.ir.tasks).zip(&out.losses) {
+    for ((h, t), l) in out.heads.iter().zip(&model.ir().tasks).zip(&out.losses) {
         // The training program's loss of each task with labels; a task without (trained
         // through a product) adds nothing itself.
         let Some(l) = l.clone() else {
@@ -416,7 +416,7 @@ pub fn batch_loss_weighted(
         };
         let ti = per_task.len();
         let weight = t.loss_weight as f64 * factors.map_or(1.0, |f| f[ti]);
-        let w = match &model.log_variance {
+        let w = match &model.log_variance() {
             // Kendall et al.: c exp(-s) L + s / 2, c = 1/2 for a regression.
             Some(s) => {
                 let s_t = s.as_tensor().get(ti)?;
@@ -520,7 +520,7 @@ impl<F: FnMut(&EpochEnd) -> Result<(), String>> TrainObserver for OnEpoch<F> {
 
 /// Adds loss sums read from the device to `sums`; a non-finite one stops training.
 fn add_losses(sums: &mut [f64], read: &Tensor, model: &CandleModel, epoch: usize, step: u64) -> Result<(), TrainError> {
-    for ((s, v), t) in sums.iter_mut().zip(read.to_vec1::<f32>()?).zip(&model.ir.tasks) {
+    for ((s, v), t) in sums.iter_mut().zip(read.to_vec1::<f32>()?).zip(&model.ir().tasks) {
         if !v.is_finite() {
             return Err(TrainError::NonFinite { task: t.name.clone(), value: v, epoch, step });
         }
@@ -606,17 +606,17 @@ pub fn fit_from(
     if train.rows == 0 && splits.stream.is_none() {
         return Err(TrainError::NoRows);
     }
-    for (t, l) in model.ir.tasks.iter().zip(&train.labels) {
+    for (t, l) in model.ir().tasks.iter().zip(&train.labels) {
         if t.label.is_some() && l.len() != train.rows {
             return Err(TrainError::NoLabels(t.name.clone()));
         }
     }
-    let vars = model.vars.clone();
+    let vars = model.vars().to_vec();
     let mut opt = Adam::new(vars, AdamConfig::from(cfg))?;
     // On a GPU the training rows are uploaded once and the losses read back every
     // `LOSS_READ_EVERY` steps; on the CPU every step's losses are read (it costs nothing).
-    let feed = Feed::new(train, &model.device)?;
-    let read_every = if model.device.is_cpu() { 1 } else { LOSS_READ_EVERY };
+    let feed = Feed::new(train, &model.device())?;
+    let read_every = if model.device().is_cpu() { 1 } else { LOSS_READ_EVERY };
     let workers = shard::Workers::configured()?;
     let workers = &workers;
     let mut epochs = Vec::new();
@@ -632,7 +632,7 @@ pub fn fit_from(
         epochs = c.reports;
         first_epoch = c.epochs_done;
     }
-    let n_tasks = model.ir.tasks.len();
+    let n_tasks = model.ir().tasks.len();
     let mut balancer = balance::Balancer::new(model);
     if let Some(state) = &resume_balance {
         balancer.load(state);

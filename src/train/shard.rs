@@ -113,7 +113,7 @@ impl Workers {
     /// How many shards a forward pass (no loss) over `rows` rows is cut into: one per
     /// worker on the CPU, each at least [`MIN_SHARD_ROWS`] rows.
     fn forward_shards(&self, model: &CandleModel, rows: usize) -> usize {
-        if self.threads <= 1 || !model.device.is_cpu() {
+        if self.threads <= 1 || !model.device().is_cpu() {
             return 1;
         }
         self.threads.min(rows / MIN_SHARD_ROWS).max(1)
@@ -131,11 +131,11 @@ fn bounds(n: usize, k: usize) -> Vec<(usize, usize)> {
 /// log-variance term is per batch, not per row) or GradNorm (it needs each task's
 /// gradient of the whole batch).
 pub fn shardable(model: &CandleModel) -> bool {
-    let per_row_loss = matches!(model.ir.balance, LossBalance::Fixed | LossBalance::Dwa { .. });
-    let calibrated = model.ir.tasks.iter().any(|t| t.transfer.is_some_and(|tr| tr.calibration > 0.0));
+    let per_row_loss = matches!(model.ir().balance, LossBalance::Fixed | LossBalance::Dwa { .. });
+    let calibrated = model.ir().tasks.iter().any(|t| t.transfer.is_some_and(|tr| tr.calibration > 0.0));
     per_row_loss
-        && model.log_variance.is_none()
-        && model.ir.layers.iter().all(|l| l.gating.balance <= 0.0)
+        && model.log_variance().is_none()
+        && model.ir().layers.iter().all(|l| l.gating.balance <= 0.0)
         && !calibrated
 }
 
@@ -170,7 +170,7 @@ pub fn step(
         let lookups = std::mem::take(&mut loss.lookups);
         return Ok(Step { per_task, grads: vec![grads], lookups, loss: Some(loss) });
     }
-    let tasks = model.ir.tasks.len();
+    let tasks = model.ir().tasks.len();
     let cuts = bounds(batch.size, k.max(1));
     let shares = shares(batch, &cuts)?;
     // One shard's losses and gradients, its tasks' loss weights scaled by its share:
@@ -206,7 +206,7 @@ pub fn step(
         grads.push(g.grads);
         lookups.extend(g.lookups);
     }
-    let per_task = Tensor::from_vec(per_task, tasks, &model.device)?;
+    let per_task = Tensor::from_vec(per_task, tasks, &model.device())?;
     Ok(Step { per_task, grads, lookups, loss: None })
 }
 

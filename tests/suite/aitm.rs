@@ -26,7 +26,7 @@ fn values(t: &Tensor) -> Vec<f32> {
 
 /// A parameter's values and shape, by its table name.
 fn param(model: &CandleModel, name: &str) -> (Vec<f32>, Vec<usize>) {
-    let v = &model.vars.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no parameter {name}")).1;
+    let v = &model.vars().iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no parameter {name}")).1;
     (values(v.as_tensor()), v.as_tensor().dims().to_vec())
 }
 
@@ -89,7 +89,7 @@ fn a_transfer_computes_the_papers_module_row_by_row() {
     }
     // The attention matters: the conversion logit moves with the click tower's weights.
     let before = values(&model.forward(&batch).unwrap().heads[1]);
-    let w = &model.vars.iter().find(|(n, _)| n == "tasks.t1.tower.0.weight").unwrap().1;
+    let w = &model.vars().iter().find(|(n, _)| n == "tasks.t1.tower.0.weight").unwrap().1;
     w.set(&(w.as_tensor() * 2.0).unwrap()).unwrap();
     let after = values(&model.forward(&batch).unwrap().heads[1]);
     assert!(before.iter().zip(&after).any(|(a, b)| (a - b).abs() > 1e-3));
@@ -115,7 +115,7 @@ fn transfer_and_calibration_gradients_match_finite_differences() {
     };
     let step = model.train_step(&batch, None, &mut Rng::new(1)).unwrap();
     let mut checked = 0;
-    for (name, v) in model.vars.iter().filter(|(n, _)| n.starts_with("tasks.")) {
+    for (name, v) in model.vars().iter().filter(|(n, _)| n.starts_with("tasks.")) {
         let g = values(step.grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")));
         let n = g.len();
         for at in [0, n / 2, n - 1] {
@@ -134,7 +134,7 @@ fn transfer_and_calibration_gradients_match_finite_differences() {
     let plain = CandleModel::new(&c0.model, 5, &Device::Cpu).unwrap();
     scramble(&plain, 11);
     let g0 = plain.train_step(&batch, None, &mut Rng::new(1)).unwrap();
-    let name = |m: &CandleModel, n: &str| m.vars.iter().find(|(x, _)| x == n).unwrap().1.clone();
+    let name = |m: &CandleModel, n: &str| m.vars().iter().find(|(x, _)| x == n).unwrap().1.clone();
     let w = "tasks.t2.tower.1.bias";
     let (a, b) = (
         values(step.grads.get(name(&model, w).as_tensor()).unwrap()),

@@ -46,7 +46,7 @@ fn check_batch(model: &CandleModel, batch: &Batch, factors: Option<&[f64]>, what
     let leaves = loss.lookups.iter().map(|l| l.leaf.as_tensor());
     let floor = 1e-3
         * model
-            .vars
+            .vars()
             .iter()
             .map(|(_, v)| v.as_tensor())
             .chain(leaves)
@@ -57,7 +57,7 @@ fn check_batch(model: &CandleModel, batch: &Batch, factors: Option<&[f64]>, what
         let b = l.to_scalar::<f32>().unwrap();
         assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{what}: task {t}'s loss {a} against {b}");
     }
-    for (name, v) in &model.vars {
+    for (name, v) in model.vars() {
         match (hand.grads.get(v.as_tensor()), grads.get(v.as_tensor())) {
             (Some(a), Some(b)) => assert_close(a, b, &format!("{what}: {name}"), floor),
             (None, None) => {}
@@ -188,7 +188,7 @@ fn dropout_differentiates_as_autograd_does() {
         let graph = shard::step(&model, &batch, &mut Rng::new(8), None, &workers).unwrap();
         assert_eq!((hand.grads.len(), graph.grads.len()), (2, 2));
         for (s, (h, g)) in hand.grads.iter().zip(&graph.grads).enumerate() {
-            for (name, v) in &model.vars {
+            for (name, v) in model.vars() {
                 if let (Some(a), Some(b)) = (h.get(v.as_tensor()), g.get(v.as_tensor())) {
                     assert_close(a, b, &format!("{layers}: shard {s}, {name}"), 1e-3);
                 }
@@ -199,7 +199,7 @@ fn dropout_differentiates_as_autograd_does() {
         let (one, two) = (Rng::new(1), Rng::new(2));
         let g1 = model.train_step(&batch, None, &mut { one }).unwrap();
         let g2 = model.train_step(&batch, None, &mut { two }).unwrap();
-        let (_, w) = &model.vars.iter().find(|(n, _)| n.contains("experts")).unwrap();
+        let (_, w) = &model.vars().iter().find(|(n, _)| n.contains("experts")).unwrap();
         assert_ne!(values(g1.grads.get(w.as_tensor()).unwrap()), values(g2.grads.get(w.as_tensor()).unwrap()));
     }
 }
@@ -284,7 +284,7 @@ fn hand_gradients_match_finite_differences() {
     let step = model.train_step(&batch, None, &mut Rng::new(1)).unwrap();
     let h = 2e-3f32;
     let mut checked = 0;
-    for (i, (name, v)) in model.vars.iter().enumerate() {
+    for (i, (name, v)) in model.vars().iter().enumerate() {
         // A table's gradient is its looked-up rows'; check the dense parameters here and
         // one looked-up row of each table through its lookup.
         let lookups: Vec<_> = step.lookups.iter().filter(|l| l.var == i).collect();
@@ -332,7 +332,7 @@ fn empty_batches_and_bad_ids() {
     let empty = Batch::gather(&ds, &[], &Device::Cpu).unwrap();
     let g = model.train_step(&empty, None, &mut Rng::new(1)).unwrap();
     assert!(g.per_task.iter().all(|&l| l == 0.0), "{:?}", g.per_task);
-    for (name, v) in &model.vars {
+    for (name, v) in model.vars() {
         if let Some(t) = g.grads.get(v.as_tensor()) {
             assert!(values(t).iter().all(|&x| x == 0.0), "{name}");
         }

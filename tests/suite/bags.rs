@@ -49,7 +49,7 @@ pub fn encoded(spec: &str, rows: &str) -> (multigate::lower::Compiled, Dataset) 
 }
 
 fn table(model: &CandleModel, f: usize) -> Vec<Vec<f32>> {
-    model.embeddings[f].as_ref().unwrap().as_tensor().to_vec2::<f32>().unwrap()
+    model.table(f).unwrap().as_tensor().to_vec2::<f32>().unwrap()
 }
 
 /// `sum_i w_i rows[i]`.
@@ -190,7 +190,7 @@ fn a_lazy_step_moves_the_bags_rows_and_leaves_the_padding_row_alone() {
     let (c, ds) = encoded(SPEC, ROWS);
     let model = CandleModel::new(&c.model, 7, &Device::Cpu).unwrap();
     let before = table(&model, 0);
-    let mut opt = Adam::new(model.vars.clone(), AdamConfig { lazy: true, ..AdamConfig::from(&c.train) }).unwrap();
+    let mut opt = Adam::new(model.vars().to_vec(), AdamConfig { lazy: true, ..AdamConfig::from(&c.train) }).unwrap();
     // Row 0: item a, history b|c and one padding slot (id 0, the unknown item's row).
     let batch = Batch::gather(&ds, &[0], &Device::Cpu).unwrap();
     let loss = multigate::train::batch_loss(&model, &batch, &mut multigate::rng::Rng::new(1)).unwrap();

@@ -126,7 +126,7 @@ fn cuda_training_follows_cpu_for_every_model() {
                 let mut model = CandleModel::new(&c.model, 7, dev).unwrap();
                 model.without_randomness();
                 let config = AdamConfig { lazy, ..AdamConfig::from(&c.train) };
-                let mut opt = Adam::new(model.vars.clone(), config).unwrap();
+                let mut opt = Adam::new(model.vars().to_vec(), config).unwrap();
                 let mut rng = Rng::new(3);
                 let mut losses = Vec::new();
                 for s in 0..200 {

@@ -94,7 +94,7 @@ fn every_tampering_of_a_bundle_is_refused_naming_the_file() {
     let d = copy_bundle(&dir, "swapped");
     let model = export::read_bundle(&dir, &Device::Cpu).unwrap().model;
     let mut named: std::collections::HashMap<String, candle_core::Tensor> =
-        model.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        model.vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
     let name = "layers.layer0.experts.0.weight".to_string();
     let t = named[&name].clone();
     let swapped = candle_core::Tensor::cat(
@@ -114,7 +114,7 @@ fn every_tampering_of_a_bundle_is_refused_naming_the_file() {
         let text = small_spec("[[layers]]\nkind = \"mmoe\"\nexperts = 3\nunits = [6]\n", TWO_BINARY_TASKS);
         let c = compile_ok("export.toml", &text);
         let m = CandleModel::new(&c.model, 77, &Device::Cpu).unwrap();
-        m.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+        m.vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
     };
     export::files::save_tensors(&d.join("model.safetensors"), &other_weights).unwrap();
     expect_corrupt(&d, &["model.safetensors"]);
@@ -297,7 +297,7 @@ fn a_resumed_run_takes_the_same_steps_as_one_that_never_stopped() {
     let c = compile_ok("resume.toml", &text);
     let (splits, _) = data::load_splits(&c.model, &c.data, None, &|_| String::new()).unwrap();
     let flat = |m: &CandleModel| -> Vec<f32> {
-        m.vars.iter().flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+        m.vars().iter().flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
     };
     // Uninterrupted.
     let straight = CandleModel::new(&c.model, 4, &Device::Cpu).unwrap();

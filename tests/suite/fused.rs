@@ -8,7 +8,7 @@ use multigate::ir::{Activation, ExpertOwner, GateOwner, Layer, LayerKind, TaskId
 use super::{central_difference, compile_ok, small_spec, smooth_tasks, with_product_and_multiclass, TWO_BINARY_TASKS};
 
 fn var(model: &CandleModel, name: &str) -> Tensor {
-    model.vars.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no var {name}")).1.as_tensor().clone()
+    model.vars().iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no var {name}")).1.as_tensor().clone()
 }
 
 fn act(x: &Tensor, a: Activation) -> Tensor {
@@ -24,7 +24,7 @@ fn act(x: &Tensor, a: Activation) -> Tensor {
 fn group_prefix(model: &CandleModel, l: &Layer, g: usize) -> String {
     match l.groups[g].owner {
         ExpertOwner::Shared => format!("layers.{}.experts", l.name),
-        ExpertOwner::Task(t) => format!("layers.{}.task_experts.{}", l.name, model.ir.tasks[t.0].name),
+        ExpertOwner::Task(t) => format!("layers.{}.task_experts.{}", l.name, model.ir().tasks[t.0].name),
     }
 }
 
@@ -104,7 +104,7 @@ struct Slots {
 
 /// One layer, written out per kind from the papers' definitions.
 fn naive_layer(model: &CandleModel, l: &Layer, input: &Slots) -> Slots {
-    let n_tasks = model.ir.tasks.len();
+    let n_tasks = model.ir().tasks.len();
     let task_of_gate = |g: usize| match l.gates[g].owner {
         GateOwner::Task(t) => Some(t.0),
         _ => None,
@@ -165,12 +165,12 @@ fn naive_layer(model: &CandleModel, l: &Layer, input: &Slots) -> Slots {
 fn naive_forward(model: &CandleModel, x: &Tensor) -> Vec<Tensor> {
     let mut slots = Slots { tasks: None, shared: Some(x.clone()) };
     let mut history: Vec<Slots> = Vec::new();
-    for l in &model.ir.layers {
+    for l in &model.ir().layers {
         slots = naive_layer(model, l, &slots);
         history.push(slots.clone());
     }
     let mut heads: Vec<Option<Tensor>> = model
-        .ir
+        .ir()
         .tasks
         .iter()
         .enumerate()
@@ -193,7 +193,7 @@ fn naive_forward(model: &CandleModel, x: &Tensor) -> Vec<Tensor> {
         })
         .collect();
     // ESMM products: ln(sigmoid(a) * sigmoid(b)), computed the plain way.
-    for (t, task) in model.ir.tasks.iter().enumerate() {
+    for (t, task) in model.ir().tasks.iter().enumerate() {
         if let multigate::ir::TaskOutput::Product { factors: [a, b] } = task.output {
             let p = |x: &Tensor| candle_nn::ops::sigmoid(x).unwrap();
             let (pa, pb) = (p(heads[a.0].as_ref().unwrap()), p(heads[b.0].as_ref().unwrap()));
@@ -376,7 +376,7 @@ fn noisy_top_k_trains_its_noise_and_the_balance_loss_reaches_the_gates() {
     // The noise weights start at zero and still get a gradient: through the load term.
     let step = multigate::train::batch_loss(&model, &batch, &mut multigate::rng::Rng::new(1)).unwrap();
     let grads = step.total.backward().unwrap();
-    let noise = model.vars.iter().find(|(n, _)| n.ends_with("gates.noise")).expect("noise weights").1.clone();
+    let noise = model.vars().iter().find(|(n, _)| n.ends_with("gates.noise")).expect("noise weights").1.clone();
     let g = grads.get(noise.as_tensor()).expect("a gradient for the noise weights");
     let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(norm > 0.0 && norm.is_finite(), "{norm}");
@@ -404,7 +404,7 @@ fn gradients_reach_every_parameter_through_the_gates() {
     let batch = Batch::gather(&ds, &(0..64).collect::<Vec<_>>(), &Device::Cpu).unwrap();
     let step = multigate::train::batch_loss(&model, &batch, &mut multigate::rng::Rng::new(1)).unwrap();
     let grads = step.total.backward().unwrap();
-    for (i, (name, v)) in model.vars.iter().enumerate() {
+    for (i, (name, v)) in model.vars().iter().enumerate() {
         // Embedding tables get their gradient through the looked-up rows.
         let g = match step.lookups.iter().find(|l| l.var == i) {
             Some(l) => grads.get(l.leaf.as_tensor()),
@@ -465,7 +465,7 @@ fn ple_gradients_match_finite_differences() {
     let grads = step.total.backward().unwrap();
     let h = 2e-3f32;
     let mut checked = 0;
-    for (name, v) in model.vars.iter().filter(|(n, _)| !n.ends_with("embedding")) {
+    for (name, v) in model.vars().iter().filter(|(n, _)| !n.ends_with("embedding")) {
         let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
         let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for i in [0, g.len() / 2, g.len() - 1] {

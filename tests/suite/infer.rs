@@ -17,7 +17,7 @@ use super::{compile_ok, model_and_rows, model_files, small_spec, with_product_an
 /// so that a slot, column or bias taken from the wrong place shows.
 pub(super) fn scramble(model: &CandleModel, seed: u64) {
     let mut rng = Rng::new(seed);
-    for (_, v) in &model.vars {
+    for (_, v) in model.vars() {
         let shape = v.as_tensor().dims().to_vec();
         let n: usize = shape.iter().product();
         let w: Vec<f32> = (0..n).map(|_| 0.5 * rng.normal() as f32).collect();

@@ -274,7 +274,7 @@ pub fn two_hundred_adam_steps(
     workers: &multigate::train::shard::Workers,
 ) -> (Vec<f32>, Vec<f32>) {
     use multigate::train::adam::{Adam, AdamConfig};
-    let mut opt = Adam::new(model.vars.clone(), AdamConfig { lazy, ..AdamConfig::from(train) }).unwrap();
+    let mut opt = Adam::new(model.vars().to_vec(), AdamConfig { lazy, ..AdamConfig::from(train) }).unwrap();
     let mut rng = multigate::rng::Rng::new(3);
     let mut last = Vec::new();
     for s in 0..200 {
@@ -284,7 +284,7 @@ pub fn two_hundred_adam_steps(
         workers.run(|| opt.step(&step.grads, &step.lookups, 0.01)).unwrap();
         last = step.per_task.to_vec1::<f32>().unwrap();
     }
-    let params = model.vars.iter().flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    let params = model.vars().iter().flat_map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
     (params.collect(), last)
 }
 

@@ -59,7 +59,7 @@ impl HostBatch {
 pub(super) fn param_values(p: &Program, model: &CandleModel) -> Vec<Option<Vec<f32>>> {
     let mut v = vec![None; p.bufs.len()];
     for (id, b) in p.params() {
-        let var = model.vars.iter().find(|(n, _)| *n == b.name).unwrap_or_else(|| panic!("no variable {}", b.name));
+        let var = model.vars().iter().find(|(n, _)| *n == b.name).unwrap_or_else(|| panic!("no variable {}", b.name));
         v[id.0] = Some(values(var.1.as_tensor()));
     }
     v
@@ -205,7 +205,7 @@ fn check_gradients(c: &Compiled, model: &CandleModel, batch: &Batch, run: &mut R
     // of the scale is 1e-3 of the step's largest (see `backprop::assert_close`).
     let largest = |t: &Tensor| values(t).iter().fold(0f32, |m, x| m.max(x.abs()));
     let leaves = loss.lookups.iter().map(|l| l.leaf.as_tensor());
-    let all = model.vars.iter().map(|(_, v)| v.as_tensor()).chain(leaves);
+    let all = model.vars().iter().map(|(_, v)| v.as_tensor()).chain(leaves);
     let floor = 1e-3 * all.filter_map(|t| grads.get(t)).map(largest).fold(1.0, f32::max);
     let close = |a: &[f32], b: &[f32], name: &str| {
         assert_eq!(a.len(), b.len(), "{what}: {name}'s gradient length");
@@ -220,7 +220,7 @@ fn check_gradients(c: &Compiled, model: &CandleModel, batch: &Batch, run: &mut R
         match g {
             ParamGrad::Dense { param, grad } => {
                 let name = &p.buf(*param).name;
-                let var = &model.vars.iter().find(|(n, _)| n == name).unwrap().1;
+                let var = &model.vars().iter().find(|(n, _)| n == name).unwrap().1;
                 let reference = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{what}: autograd has no {name}"));
                 close(run.grad(*grad), &values(reference), name);
                 dense += 1;
@@ -234,7 +234,7 @@ fn check_gradients(c: &Compiled, model: &CandleModel, batch: &Batch, run: &mut R
         }
     }
     // Every dense parameter autograd reaches, the derived backward reaches too.
-    let reached = model.vars.iter().filter(|(_, v)| grads.get(v.as_tensor()).is_some()).count();
+    let reached = model.vars().iter().filter(|(_, v)| grads.get(v.as_tensor()).is_some()).count();
     assert_eq!(dense, reached, "{what}: parameters with a gradient");
 }
 

@@ -39,7 +39,7 @@ fn model_and_data(rows: usize) -> (CandleModel, Dataset, multigate::lower::Compi
 /// embedding tables' from their looked-up rows scattered into the table's shape.
 fn gradients(model: &CandleModel, step: &shard::Step) -> HashMap<String, Vec<f32>> {
     let mut out = HashMap::new();
-    for (i, (name, var)) in model.vars.iter().enumerate() {
+    for (i, (name, var)) in model.vars().iter().enumerate() {
         let mut sum: Option<Tensor> = None;
         for g in step.grads.iter().filter_map(|g| g.get(var.as_tensor())) {
             sum = Some(match sum {
@@ -78,7 +78,7 @@ fn shard_gradients_sum_to_the_whole_batch() {
         assert!((a - b).abs() < 1e-5 * a.abs().max(1.0), "task loss {a} whole, {b} in shards");
     }
     let (gw, gs) = (gradients(&model, &whole), gradients(&model, &split));
-    assert_eq!(gw.len(), model.vars.len(), "every parameter has a gradient");
+    assert_eq!(gw.len(), model.vars().len(), "every parameter has a gradient");
     for (name, a) in &gw {
         let b = &gs[name];
         let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-3);

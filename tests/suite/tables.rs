@@ -84,16 +84,16 @@ fn one_value_takes_one_row_in_either_column_and_both_lookups_train_the_table() {
     }
     // One table var; a lazy step moves rows looked up through either feature.
     let model = CandleModel::new(&c.model, 3, &Device::Cpu).unwrap();
-    let id = |f: usize| model.embeddings[f].as_ref().unwrap().as_tensor().id();
+    let id = |f: usize| model.table(f).unwrap().as_tensor().id();
     assert_eq!(id(1), id(0));
-    let before = model.embeddings[0].as_ref().unwrap().as_tensor().to_vec2::<f32>().unwrap();
-    let mut opt = Adam::new(model.vars.clone(), AdamConfig { lazy: true, ..AdamConfig::from(&c.train) }).unwrap();
+    let before = model.table(0).unwrap().as_tensor().to_vec2::<f32>().unwrap();
+    let mut opt = Adam::new(model.vars().to_vec(), AdamConfig { lazy: true, ..AdamConfig::from(&c.train) }).unwrap();
     let batch = Batch::gather(&ds, &[0], &Device::Cpu).unwrap();
     let loss = multigate::train::batch_loss(&model, &batch, &mut multigate::rng::Rng::new(1)).unwrap();
     assert_eq!(loss.lookups.iter().filter(|l| l.var == loss.lookups[0].var).count(), 2, "two lookups of one table");
     let grads = loss.total.backward().unwrap();
     opt.step(&[grads], &loss.lookups, 0.01).unwrap();
-    let after = model.embeddings[0].as_ref().unwrap().as_tensor().to_vec2::<f32>().unwrap();
+    let after = model.table(0).unwrap().as_tensor().to_vec2::<f32>().unwrap();
     let changed: Vec<usize> = (0..after.len()).filter(|&r| after[r] != before[r]).collect();
     let mut expected = vec![ds.cat[0][0] as usize, ds.cat[1][0] as usize];
     expected.sort_unstable();

@@ -191,7 +191,7 @@ fn same_seed_same_weights() {
     let b = CandleModel::new(&c.model, 5, &Device::Cpu).unwrap();
     let d = CandleModel::new(&c.model, 6, &Device::Cpu).unwrap();
     let flat = |m: &CandleModel| {
-        Tensor::cat(&m.vars.iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap()).collect::<Vec<_>>(), 0)
+        Tensor::cat(&m.vars().iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap()).collect::<Vec<_>>(), 0)
             .unwrap()
             .to_vec1::<f32>()
             .unwrap()
@@ -215,7 +215,7 @@ fn sparse_embedding_updates_equal_dense_adam() {
     let cfg = AdamConfig { lazy: false, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
     // The training path: embedding gradients arrive as looked-up rows.
     let sparse = CandleModel::new(&c.model, 2, &Device::Cpu).unwrap();
-    let mut opt = Adam::new(sparse.vars.clone(), cfg).unwrap();
+    let mut opt = Adam::new(sparse.vars().to_vec(), cfg).unwrap();
     for b in batches.iter().chain(&batches) {
         let step = train::batch_loss(&sparse, b, &mut multigate::rng::Rng::new(0)).unwrap();
         assert_eq!(step.lookups.len(), 2, "one lookup per categorical feature");
@@ -224,7 +224,7 @@ fn sparse_embedding_updates_equal_dense_adam() {
     // The reference: the evaluation graph (candle's, differentiable) keeps dense table
     // gradients.
     let dense = CandleModel::new(&c.model, 2, &Device::Cpu).unwrap();
-    let mut opt = Adam::new(dense.vars.clone(), cfg).unwrap();
+    let mut opt = Adam::new(dense.vars().to_vec(), cfg).unwrap();
     for b in batches.iter().chain(&batches) {
         let out = dense.forward_graph(b).unwrap();
         let mut total: Option<Tensor> = None;
@@ -237,7 +237,7 @@ fn sparse_embedding_updates_equal_dense_adam() {
         }
         opt.step(&[total.unwrap().backward().unwrap()], &[], 0.01).unwrap();
     }
-    for ((name, a), (_, b)) in sparse.vars.iter().zip(&dense.vars) {
+    for ((name, a), (_, b)) in sparse.vars().iter().zip(dense.vars()) {
         let d = (a.as_tensor() - b.as_tensor())
             .unwrap()
             .abs()
@@ -262,11 +262,11 @@ fn lazy_adam_moves_only_the_rows_a_step_looks_up() {
     let ds = data::encode(&c.model, &frame, true).unwrap();
     let rows = |from: usize, to: usize| Batch::gather(&ds, &(from..to).collect::<Vec<_>>(), &Device::Cpu).unwrap();
     let (first, second) = (rows(0, 32), rows(32, 64));
-    let table = |m: &CandleModel| m.vars[0].1.as_tensor().to_vec2::<f32>().unwrap();
+    let table = |m: &CandleModel| m.vars()[0].1.as_tensor().to_vec2::<f32>().unwrap();
     let run = |lazy: bool, batches: &[&Batch]| {
         let model = CandleModel::new(&c.model, 2, &Device::Cpu).unwrap();
         let cfg = AdamConfig { lazy, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-        let mut opt = Adam::new(model.vars.clone(), cfg).unwrap();
+        let mut opt = Adam::new(model.vars().to_vec(), cfg).unwrap();
         for b in batches {
             let step = train::batch_loss(&model, b, &mut multigate::rng::Rng::new(0)).unwrap();
             opt.step(&[step.total.backward().unwrap()], &step.lookups, 0.01).unwrap();

@@ -406,7 +406,7 @@ fn a_gate_pinned_to_one_expert_raises_the_collapse_and_dead_expert_alarms() {
     assert!(healthy.usage[0].alarms().is_empty(), "{:?}", healthy.usage[0].alarms());
     // Both gates (3 experts each, side by side) put everything on expert 0: expert 1
     // and 2 are dead, and both gates have collapsed.
-    let bias = model.vars.iter().find(|(n, _)| n == "layers.layer0.gates.bias").unwrap().1.clone();
+    let bias = model.vars().iter().find(|(n, _)| n == "layers.layer0.gates.bias").unwrap().1.clone();
     bias.set(&candle_core::Tensor::new(&[50f32, 0.0, 0.0, 50.0, 0.0, 0.0], &Device::Cpu).unwrap()).unwrap();
     let pinned = multigate::train::predict_rows(&model, &ds, 100, false).unwrap();
     let alarms = pinned.usage[0].alarms();

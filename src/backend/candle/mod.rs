@@ -355,14 +355,14 @@ pub struct Lookup {
 
 /// A model built from IR, ready to train.
 pub struct CandleModel {
-    pub ir: Model,
-    pub device: candle_core::Device,
+    ir: Model,
+    device: candle_core::Device,
     /// Every parameter with its checkpoint name, in a stable order.
-    pub vars: Vec<(String, Var)>,
+    vars: Vec<(String, Var)>,
     /// Per feature: its embedding table (None for dense features).
-    pub embeddings: Vec<Option<Var>>,
+    embeddings: Vec<Option<Var>>,
     /// Uncertainty weighting: each task's learned log-variance, `[T]`.
-    pub log_variance: Option<Var>,
+    log_variance: Option<Var>,
     /// Train through candle's graph even where the native interpreter applies.
     graph_training: bool,
     /// Training without dropout or gate noise (see [`CandleModel::without_randomness`]).
@@ -726,6 +726,36 @@ impl CandleModel {
             (Some(c), true) => c.train_step(self, batch, factors, (!self.deterministic).then_some(rng)),
             _ => candle_core::bail!("this model trains through the graph"),
         }
+    }
+
+    /// The model IR it was built from.
+    pub fn ir(&self) -> &Model {
+        &self.ir
+    }
+
+    pub fn device(&self) -> &candle_core::Device {
+        &self.device
+    }
+
+    /// Every parameter with its ParamTable name, in the table's order.
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    /// The parameter of ParamTable name `name`.
+    pub fn var(&self, name: &str) -> Option<&Var> {
+        self.programs.var_index.get(name).map(|&i| &self.vars[i].1)
+    }
+
+    /// Feature `feature`'s embedding table (a table it shares: the owner's); None for a
+    /// dense feature.
+    pub fn table(&self, feature: usize) -> Option<&Var> {
+        self.embeddings.get(feature).and_then(Option::as_ref)
+    }
+
+    /// Uncertainty weighting: each task's learned log-variance `[T]`.
+    pub fn log_variance(&self) -> Option<&Var> {
+        self.log_variance.as_ref()
     }
 
     /// The weight GradNorm measures task gradients on: the last depth of the last

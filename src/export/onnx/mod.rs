@@ -79,13 +79,12 @@ fn prediction(g: &mut graph::Graph, raw: &str, link: Link, head: &Head) -> Strin
 
 /// The model's forward pass as ONNX protobuf bytes.
 pub fn to_onnx(model: &CandleModel) -> Result<Vec<u8>, OnnxError> {
-    let ir = &model.ir;
+    let ir = model.ir();
     // The model was validated to be built; its IR is unchanged since.
     let program = crate::lower::lower_program(&Validated::new_unchecked(ir.clone()), Mode::Eval)?;
     let values = |name: &str| -> Result<Vec<f32>, OnnxError> {
-        let var = model.vars.iter().find(|(n, _)| n == name);
-        let var = var.ok_or_else(|| OnnxError::Unsupported(format!("no parameter `{name}`")))?;
-        Ok(var.1.as_tensor().flatten_all()?.to_vec1::<f32>()?)
+        let var = model.var(name).ok_or_else(|| OnnxError::Unsupported(format!("no parameter `{name}`")))?;
+        Ok(var.as_tensor().flatten_all()?.to_vec1::<f32>()?)
     };
     let mut e = emit::Emitter::new(&program, &values);
     let (n_cat, n_slots, dense_width) = e.bind_inputs();
@@ -137,7 +136,7 @@ pub fn to_onnx(model: &CandleModel) -> Result<Vec<u8>, OnnxError> {
         producer_version: env!("CARGO_PKG_VERSION").into(),
         domain: String::new(),
         model_version: 1,
-        doc_string: format!("{}", model.ir),
+        doc_string: format!("{}", model.ir()),
         graph: Some(graph),
         metadata_props: vec![proto::StringStringEntryProto {
             key: "multigate.encoding".into(),
