@@ -255,7 +255,7 @@ impl<'m> PredictSums<'m> {
         let chunks: Vec<&[usize]> = idx.chunks(batch_size.max(1)).collect();
         // One batch per worker at a time, in parallel; their outputs are taken in order.
         let workers = shard::Workers::configured()?;
-        let at_once = if model.device().is_cpu() { workers.threads() } else { 1 };
+        let at_once = if model.runs_on_host() { workers.threads() } else { 1 };
         for group in chunks.chunks(at_once) {
             let run = |chunk: &&[usize]| model.forward(&Batch::gather(ds, chunk, &model.device())?);
             let outs: Vec<candle_core::Result<crate::backend::candle::Output>> = match group {
@@ -616,7 +616,7 @@ pub fn fit_from(
     // On a GPU the training rows are uploaded once and the losses read back every
     // `LOSS_READ_EVERY` steps; on the CPU every step's losses are read (it costs nothing).
     let feed = Feed::new(train, &model.device())?;
-    let read_every = if model.device().is_cpu() { 1 } else { LOSS_READ_EVERY };
+    let read_every = if model.runs_on_host() { 1 } else { LOSS_READ_EVERY };
     let workers = shard::Workers::configured()?;
     let workers = &workers;
     let mut epochs = Vec::new();

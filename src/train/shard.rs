@@ -111,9 +111,9 @@ impl Workers {
     }
 
     /// How many shards a forward pass (no loss) over `rows` rows is cut into: one per
-    /// worker on the CPU, each at least [`MIN_SHARD_ROWS`] rows.
+    /// worker where the passes run on the host, each at least [`MIN_SHARD_ROWS`] rows.
     fn forward_shards(&self, model: &CandleModel, rows: usize) -> usize {
-        if self.threads <= 1 || !model.device().is_cpu() {
+        if self.threads <= 1 || !model.runs_on_host() {
             return 1;
         }
         self.threads.min(rows / MIN_SHARD_ROWS).max(1)

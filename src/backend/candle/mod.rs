@@ -702,6 +702,14 @@ impl CandleModel {
         self.deterministic = true;
     }
 
+    /// Whether this model's passes run on the host's cores (the native interpreter,
+    /// chosen once when the model is built for the CPU): a batch is then cut into one
+    /// shard per worker, several batches are scored at once, and reading a value back
+    /// costs nothing. Otherwise the passes are queued on a device.
+    pub fn runs_on_host(&self) -> bool {
+        self.cpu_eval.is_some()
+    }
+
     /// Whether training steps of this model run on the native interpreter: on the
     /// CPU, when its loss is the training program's (a weighted sum of the tasks'
     /// losses and the balance terms: no uncertainty weighting or GradNorm, which
