@@ -56,31 +56,7 @@ impl Lower {
         let is_factor = all
             .iter()
             .any(|o| o.product.as_ref().is_some_and(|p| p.get_ref().iter().any(|n| n.get_ref() == t.name.get_ref())));
-        let label = match &t.label {
-            Some(l) => {
-                if l.get_ref().is_empty() {
-                    self.range("the label column", false, "\"\"", "a column name", l.span());
-                }
-                Some(Label {
-                    column: l.get_ref().clone(),
-                    positive: t.positive.as_ref().map(|p| p.get_ref().values()),
-                    only_where: t.only_where.as_ref().map(|w| w.get_ref().clone()),
-                })
-            }
-            None if is_factor => None,
-            None => {
-                self.errors.push(LowerError::Missing {
-                    what: "`label`",
-                    span: t.name.span(),
-                    help: Some(format!(
-                        "name the column task `{}` learns, e.g. label = \"{}\"",
-                        t.name.get_ref(),
-                        t.name.get_ref()
-                    )),
-                });
-                None
-            }
-        };
+        let label = self.lower_label(t, is_factor);
         if label.is_none() {
             let keys = [
                 ("positive", t.positive.as_ref().map(|v| v.span())),
@@ -133,6 +109,35 @@ impl Lower {
         };
         let transfer = self.lower_transfer(t, all);
         Task { name: t.name.get_ref().clone(), input: None, head, label, output, loss_weight, transfer }
+    }
+
+    /// A task's label column: required unless the task is a factor of a product.
+    fn lower_label(&mut self, t: &spec::TaskSpec, is_factor: bool) -> Option<Label> {
+        match &t.label {
+            Some(l) => {
+                if l.get_ref().is_empty() {
+                    self.range("the label column", false, "\"\"", "a column name", l.span());
+                }
+                Some(Label {
+                    column: l.get_ref().clone(),
+                    positive: t.positive.as_ref().map(|p| p.get_ref().values()),
+                    only_where: t.only_where.as_ref().map(|w| w.get_ref().clone()),
+                })
+            }
+            None if is_factor => None,
+            None => {
+                self.errors.push(LowerError::Missing {
+                    what: "`label`",
+                    span: t.name.span(),
+                    help: Some(format!(
+                        "name the column task `{}` learns, e.g. label = \"{}\"",
+                        t.name.get_ref(),
+                        t.name.get_ref()
+                    )),
+                });
+                None
+            }
+        }
     }
 
     /// AITM's `transfer_from` and `calibration`: an earlier binary task with a tower

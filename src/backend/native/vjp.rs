@@ -83,15 +83,7 @@ pub(super) fn run(op: &Op, c: &Ctx, dy: &[f32], d: &mut Dargs, scratch: &mut Vec
                 put(dx, c.add[0], dy.iter().map(|g| g * factor));
             }
         }
-        Op::Expand { count } => {
-            // The sum of each row's copies.
-            let dim = c.shapes[0].last();
-            if let Some(dx) = d[0].as_deref_mut() {
-                for (row, copies) in dx.chunks_exact_mut(dim.max(1)).zip(dy.chunks_exact((count * dim).max(1))) {
-                    copies.chunks_exact(dim.max(1)).for_each(|g| add_into(row, g.iter().copied()));
-                }
-            }
-        }
+        Op::Expand { count } => expand(c, *count, dy, d),
         Op::Add => {
             for (dx, &add) in d.iter_mut().zip(c.add) {
                 if let Some(dx) = dx.as_deref_mut() {
@@ -119,21 +111,7 @@ pub(super) fn run(op: &Op, c: &Ctx, dy: &[f32], d: &mut Dargs, scratch: &mut Vec
             }
         }
         Op::Concat => concat(c, dy, d),
-        Op::Reduce { over } => {
-            if let Some(dx) = d[0].as_deref_mut() {
-                match over {
-                    // Each row's gradient to every entry it summed.
-                    Reduction::SumLast => {
-                        let n = c.shapes[0].last();
-                        put(dx, c.add[0], dy.iter().flat_map(|&g| std::iter::repeat_n(g, n)));
-                    }
-                    Reduction::MeanBatch => {
-                        let g = dy.first().copied().unwrap_or(0.0) / c.b.max(1) as f32;
-                        put(dx, c.add[0], std::iter::repeat_n(g, c.b));
-                    }
-                }
-            }
-        }
+        Op::Reduce { over } => reduce(c, *over, dy, d),
         Op::Take { indices } => {
             if let Some(dx) = d[0].as_deref_mut() {
                 take(dx, c, indices, dy);
@@ -158,15 +136,51 @@ pub(super) fn run(op: &Op, c: &Ctx, dy: &[f32], d: &mut Dargs, scratch: &mut Vec
                 loss(dz, c, *kind, dy, op)?;
             }
         }
+        Op::Balance { .. } | Op::LoadBalance { .. } => balance_terms(op, c, dy, d)?,
+        Op::Gather | Op::DropoutMask { .. } | Op::Normal { .. } => {
+            return Err(NativeError::Kernel(format!("{} has no vector-Jacobian step", op.name())))
+        }
+    }
+    Ok(())
+}
+
+/// `expand`: the sum of each row's copies.
+fn expand(c: &Ctx, count: usize, dy: &[f32], d: &mut Dargs) {
+    let dim = c.shapes[0].last();
+    if let Some(dx) = d[0].as_deref_mut() {
+        for (row, copies) in dx.chunks_exact_mut(dim.max(1)).zip(dy.chunks_exact((count * dim).max(1))) {
+            copies.chunks_exact(dim.max(1)).for_each(|g| add_into(row, g.iter().copied()));
+        }
+    }
+}
+
+/// `reduce`: each row's gradient to every entry it summed, or the batch mean's to
+/// every row.
+fn reduce(c: &Ctx, over: Reduction, dy: &[f32], d: &mut Dargs) {
+    let Some(dx) = d[0].as_deref_mut() else { return };
+    match over {
+        Reduction::SumLast => {
+            let n = c.shapes[0].last();
+            put(dx, c.add[0], dy.iter().flat_map(|&g| std::iter::repeat_n(g, n)));
+        }
+        Reduction::MeanBatch => {
+            let g = dy.first().copied().unwrap_or(0.0) / c.b.max(1) as f32;
+            put(dx, c.add[0], std::iter::repeat_n(g, c.b));
+        }
+    }
+}
+
+/// The balance losses: the gate weights' gradient, and with noise the noise scale's.
+fn balance_terms(op: &Op, c: &Ctx, dy: &[f32], d: &mut Dargs) -> Result<()> {
+    let seed = dy.first().copied().unwrap_or(0.0);
+    match op {
         Op::Balance { segments, weight } => {
-            let seed = dy.first().copied().unwrap_or(0.0);
             let g = super::balance::importance(c.f(0, op)?, segments, *weight, Some(seed)).1;
             if let Some(dx) = d[0].as_deref_mut() {
                 add_into(dx, g.into_iter());
             }
         }
         Op::LoadBalance { segments, k, weight } => {
-            let seed = dy.first().copied().unwrap_or(0.0);
             let l = super::balance::load([c.f(0, op)?, c.f(1, op)?, c.f(2, op)?], segments, *k, *weight, Some(seed));
             if let Some(dx) = d[0].as_deref_mut() {
                 add_into(dx, l.dclean.into_iter());
@@ -175,9 +189,7 @@ pub(super) fn run(op: &Op, c: &Ctx, dy: &[f32], d: &mut Dargs, scratch: &mut Vec
                 add_into(ds, l.dscale.into_iter());
             }
         }
-        Op::Gather | Op::DropoutMask { .. } | Op::Normal { .. } => {
-            return Err(NativeError::Kernel(format!("{} has no vector-Jacobian step", op.name())))
-        }
+        _ => {}
     }
     Ok(())
 }
