@@ -18,12 +18,7 @@ variants=(
 for s in $(seq 1 "$seeds"); do
   for v in "${variants[@]}"; do
     IFS='|' read -r name model layer <<< "$v"
-    census_spec 1 "$model" "$s" "$epochs" "$patience" "$layer" > "$tmp/spec.toml"
-    t0=$(date +%s)
-    out=$("$bin" compile-and-train "$tmp/spec.toml" --out "$tmp/bundle" --fresh --force --no-tensorboard)
-    aucs=$(echo "$out" | awk '/^test [a-z_]+: auc/ {printf "%s\t", $4}')
-    best=$(echo "$out" | awk '/^best epoch/ {print $3}')
-    echo -e "$name\t$s\t$aucs$best\t$(( $(date +%s) - t0 ))s" | tee -a "$runs" >&2
+    census_run "$name" "$model" "$s" "$epochs" "$patience" "$layer"
   done
 done
 commit=$(git rev-parse --short HEAD)

@@ -18,6 +18,18 @@ census_prepare() {
   runs="$tmp/runs.txt"
 }
 
+# One run: trains the spec of NAME's MODEL at SEED and appends to $runs the line
+# "NAME, seed, test income auc, test never_married auc, best epoch, seconds".
+census_run() { # name model seed epochs patience [layer keys] [train keys]
+  census_spec 1 "$2" "$3" "$4" "$5" "${6:-}" "${7:-}" > "$tmp/spec.toml"
+  local t0 out aucs best
+  t0=$(date +%s)
+  out=$("$bin" compile-and-train "$tmp/spec.toml" --out "$tmp/bundle" --fresh --force --no-tensorboard)
+  aucs=$(echo "$out" | awk '/^test [a-z_]+: auc/ {printf "%s\t", $4}')
+  best=$(echo "$out" | awk '/^best epoch/ {print $3}')
+  echo -e "$1\t$3\t$aucs$best\t$(( $(date +%s) - t0 ))s" | tee -a "$runs" >&2
+}
+
 census_layers() { # model, extra layer keys
   local one
   case $1 in

@@ -19,10 +19,7 @@ variants=(
 for v in "${variants[@]}"; do
   IFS='|' read -r name model layer train <<< "$v"
   for s in $(seq 1 "$seeds"); do
-    census_spec 1 "$model" "$s" "$epochs" "$patience" "$layer" "$train" > "$tmp/spec.toml"
-    out=$("$bin" compile-and-train "$tmp/spec.toml" --out "$tmp/bundle" --fresh --force)
-    aucs=$(echo "$out" | awk '/^test [a-z_]+: auc/ {printf "%s\t", $4}')
-    echo -e "$name\t$s\t$aucs" | tee -a "$runs" >&2
+    census_run "$name" "$model" "$s" "$epochs" "$patience" "$layer" "$train"
   done
 done
 {

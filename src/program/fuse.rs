@@ -12,7 +12,7 @@
 //! (The experts of a layer are already one op, `expert_linear`: the lowering never
 //! emits a loop over experts, which `tests/suite/program.rs` checks.)
 
-use super::{BufId, Op, Program, Unary};
+use super::{Op, Program, Unary};
 
 /// A linear op and the activation run in its kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,10 +37,7 @@ fn readers(p: &Program) -> Vec<usize> {
     for node in &p.nodes {
         node.args.iter().for_each(|a| n[a.0] += 1);
     }
-    let handed_out = p.outputs.iter().map(|o| o.raw).chain(p.gates.iter().map(|g| g.probs));
-    let kept: Vec<BufId> =
-        handed_out.chain(p.losses.iter().map(|l| l.loss)).chain(p.aux_losses.iter().copied()).collect();
-    kept.into_iter().for_each(|b| n[b.0] += 1);
+    p.handed_out().for_each(|b| n[b.0] += 1);
     n
 }
 

@@ -253,6 +253,13 @@ impl Program {
         Ok(out)
     }
 
+    /// The values the program hands out, which a backend keeps to the end of a run:
+    /// heads, gate weights, task losses and auxiliary losses.
+    pub fn handed_out(&self) -> impl Iterator<Item = BufId> + '_ {
+        let heads = self.outputs.iter().map(|o| o.raw).chain(self.gates.iter().map(|g| g.probs));
+        heads.chain(self.losses.iter().map(|l| l.loss)).chain(self.aux_losses.iter().copied())
+    }
+
     /// Parameters, in declaration order.
     pub fn params(&self) -> impl Iterator<Item = (BufId, &Buf)> {
         self.bufs.iter().enumerate().filter(|(_, b)| b.kind == BufKind::Param).map(|(i, b)| (BufId(i), b))

@@ -65,7 +65,9 @@ fn with_feed<T>(batch: &Batch, f: impl FnOnce(&Feed) -> Result<T>) -> Result<T> 
     let dense = lock(&batch.dense);
     let labels: Vec<_> = batch.labels.iter().map(lock).collect();
     let masks: Vec<_> = batch.masks.iter().map(lock).collect();
-    let zeros = vec![0f32; batch.size];
+    // Only a batch that lacks some task's labels needs the zeros.
+    let lacking = batch.labels.iter().any(Option::is_none);
+    let zeros = if lacking { vec![0f32; batch.size] } else { Vec::new() };
     let mut feed = Feed {
         batch: batch.size,
         ids: ids.iter().map(|g| values::<u32>(g, "ids")).collect::<Result<_>>()?,

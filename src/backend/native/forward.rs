@@ -181,16 +181,9 @@ fn concat(y: &mut Vec<f32>, xs: &[Arg], shapes: &[&Shape], b: usize) -> Result<(
                 rows.zip(x.chunks_exact(w.max(1))).for_each(|(dst, src)| dst[at..at + w].copy_from_slice(src))
             }
             Arg::Rows { table, ids, dim, name } => {
-                let n = table.len() / dim.max(1);
-                for (r, (dst, &id)) in rows.zip(ids).enumerate() {
-                    let id = id as usize;
-                    if id >= n {
-                        return Err(NativeError::Kernel(format!("`{name}`: id {id} outside its table of {n} rows")));
-                    }
-                    if let Some(&ahead) = ids.get(r + 8) {
-                        prefetch(table, ahead as usize * dim);
-                    }
-                    dst[at..at + w].copy_from_slice(&table[id * dim..][..w]);
+                for (dst, row) in rows.zip(table_rows(table, ids, dim)) {
+                    let row = row.map_err(|e| NativeError::Kernel(format!("`{name}`: {e}")))?;
+                    dst[at..at + w].copy_from_slice(row);
                 }
             }
             Arg::U32(_) => return Err(NativeError::Kernel("concat: ids among its operands".into())),
@@ -238,20 +231,27 @@ fn place(drawn: &[f32], full: &[usize], draw: &[usize]) -> Vec<f32> {
 
 fn gather(y: &mut Vec<f32>, table: &[f32], ids: Arg, d: usize) -> Result<()> {
     let Arg::U32(ids) = ids else { return Err(NativeError::Kernel("gather: ids must be u32".into())) };
-    let rows = table.len() / d.max(1);
     y.clear();
-    for (r, &i) in ids.iter().enumerate() {
+    for row in table_rows(table, ids, d) {
+        y.extend_from_slice(row?);
+    }
+    Ok(())
+}
+
+/// Rows `ids` of `table` (`d` values a row), in order, each checked to lie in the
+/// table. The rows are scattered over it: each step asks for the row 8 ids ahead.
+fn table_rows<'t>(table: &'t [f32], ids: &'t [u32], d: usize) -> impl Iterator<Item = Result<&'t [f32]>> + 't {
+    let rows = table.len() / d.max(1);
+    ids.iter().enumerate().map(move |(r, &i)| {
         let i = i as usize;
         if i >= rows {
             return Err(NativeError::Kernel(format!("id {i} outside its table of {rows} rows")));
         }
-        // The rows are scattered over the table: ask for the one 8 ids ahead now.
         if let Some(&ahead) = ids.get(r + 8) {
             prefetch(table, ahead as usize * d);
         }
-        y.extend_from_slice(&table[i * d..(i + 1) * d]);
-    }
-    Ok(())
+        Ok(&table[i * d..(i + 1) * d])
+    })
 }
 
 /// Asks for the cache line of `v[at]` ahead of its use; nothing when `at` is outside

@@ -61,8 +61,7 @@ fn share(p: &Program, plan: &Plan) -> (Vec<usize>, usize) {
     for (i, n) in p.nodes.iter().enumerate().filter(|(i, _)| !plan.fused_away[*i]) {
         n.args.iter().for_each(|a| last[a.0] = last[a.0].max(i));
     }
-    let kept = p.outputs.iter().map(|o| o.raw).chain(p.gates.iter().map(|g| g.probs));
-    kept.chain(p.losses.iter().map(|l| l.loss)).chain(p.aux_losses.iter().copied()).for_each(|b| last[b.0] = END);
+    p.handed_out().for_each(|b| last[b.0] = END);
     let mut slot = vec![usize::MAX; p.bufs.len()];
     let mut count = 0;
     for (id, b) in p.bufs.iter().enumerate() {

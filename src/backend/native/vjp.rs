@@ -66,7 +66,7 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `d += v`, elementwise.
 fn add_into(d: &mut [f32], v: impl Iterator<Item = f32>) {
-    d.iter_mut().zip(v).for_each(|(a, v)| *a += v);
+    put(d, true, v);
 }
 
 /// Adds `op`'s operands' gradient contributions, given `dy` (its result's gradient).
